@@ -1,0 +1,53 @@
+# pneumo-edge: every entry point a person or CI needs.
+#   make install   create .venv with the pneumo command and the extras this machine can use
+#   make demo      train -> export -> edge inference -> benchmark on SYNTHETIC phantoms
+#   make demo DATA=../shared/data/chest_xray   the same on the real data set
+#   make test      the whole CPU test suite (what CI runs)
+#   make test-trt  the real TensorRT tests (on a Jetson or any machine with TensorRT)
+#   make lint      ruff + mypy
+#   make bench     benchmarks this machine supports, written under benchmarks/results/
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DATA   ?=
+DEMO   ?= demo
+ARCH   ?= dsconv
+EPOCHS ?=
+EXTRAS ?= train,dev,bench,dicom
+
+.PHONY: install demo test test-fast test-trt lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	@touch $@
+
+# Without DATA the demo makes SYNTHETIC phantoms, and says so in every output.
+demo: install
+	@set -e; data='$(DATA)'; \
+	if [ -z "$$data" ]; then data='$(DEMO)/synthetic'; $(BIN)/pneumo data synth "$$data" --per-class 160; fi; \
+	$(BIN)/pneumo train --arch $(ARCH) --data "$$data" --out $(DEMO)/run $(if $(EPOCHS),--epochs $(EPOCHS),) --overwrite; \
+	echo "demo: trained model and model card in $(DEMO)/run"
+
+test: install
+	$(BIN)/python -m pytest -m "not trt" -q
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not trt" -q
+
+test-trt: install
+	PNEUMO_REQUIRE_TRT=1 $(BIN)/python -m pytest -m "trt or gpu" -q -rs
+
+lint: install
+	$(BIN)/ruff check train export edge_runtime benchmarks tests
+	$(BIN)/mypy train export edge_runtime benchmarks
+
+bench: install
+	$(BIN)/pneumo bench --auto -o benchmarks/results
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,156 @@
+"""The deployment bundle: the folder a technician copies onto a Jetson.
+
+Layout (written by ``pneumo export bundle``, read here; no TensorFlow needed)::
+
+    bundle/
+      manifest.json          schema, model version, created, sha256 + size of every file below
+      contract.json          preprocessing contract (edge_runtime.contract)
+      model_info.json        labels, threshold, model version, SYNTHETIC flag
+      model_card.json        the training run's model card
+      model.onnx             FP32, uint8 NHWC input, scaling inside the graph
+      model_fp16.onnx        FP16 typed graph (uint8 input, float32 output)
+      model_int8_qdq.onnx    INT8 Q/DQ graph, calibrated on the training split
+      calibration/           calib.npy (uint8 images) + calib.json (provenance)
+      golden/                images.npy (preprocessed test images) + golden.json (FP32 probabilities)
+      export_report.json     parity figures of the export
+      engines/               built on the device by ``pneumo edge build``; not in the manifest
+
+Engines are device-specific and live under ``engines/`` with their own
+sidecars, so they are outside the manifest: copying a bundle to another
+Jetson and rebuilding never invalidates it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.contract import CONTRACT_FILE, MODEL_INFO_FILE, ModelInfo, PreprocessContract
+from edge_runtime.errors import BundleError
+from edge_runtime.fileio import atomic_write_json, read_json, sha256_file
+
+MANIFEST_FILE = "manifest.json"
+BUNDLE_SCHEMA = 1
+ENGINES_DIR = "engines"
+
+# Which ONNX file serves which precision. TensorRT builds FP16 from the FP32
+# graph (10.x builder flag) or the typed FP16 graph (11.x strongly typed), and
+# INT8 from the Q/DQ graph.
+ONNX_FOR_PRECISION = {
+    "fp32": "model.onnx",
+    "fp16": "model_fp16.onnx",
+    "int8": "model_int8_qdq.onnx",
+}
+REQUIRED_FILES = (CONTRACT_FILE, MODEL_INFO_FILE, "model.onnx")
+_UNLISTED_DIRS = (ENGINES_DIR,)
+
+
+def _listed_files(root: Path) -> list[Path]:
+    files = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if rel.parts[0] in _UNLISTED_DIRS or (rel.name == MANIFEST_FILE and len(rel.parts) == 1):
+            continue
+        if path.is_symlink():
+            raise BundleError(f"{path}: bundles may not contain symbolic links")
+        if path.is_file() and not path.name.startswith("."):
+            files.append(path)
+    return files
+
+
+def write_manifest(root: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Hash every file of the bundle into ``manifest.json`` (atomically)."""
+    root = Path(root)
+    info = ModelInfo.load(root)
+    entries = {
+        path.relative_to(root).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        for path in _listed_files(root)
+    }
+    for required in REQUIRED_FILES:
+        if required not in entries:
+            raise BundleError(f"{root / required}: required bundle file is missing")
+    manifest = {
+        "schema": BUNDLE_SCHEMA,
+        "model_version": info.model_version,
+        "synthetic": info.synthetic,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "files": entries,
+        **(extra or {}),
+    }
+    atomic_write_json(root / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def verify_manifest(root: str | Path) -> dict[str, Any]:
+    """Check every listed file's size and sha256; raise naming the first bad file."""
+    root = Path(root)
+    manifest_path = root / MANIFEST_FILE
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a bundle folder (expected a folder made by 'pneumo export bundle')")
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path}: manifest missing; re-copy the bundle or re-run 'pneumo export bundle'")
+    try:
+        manifest = read_json(manifest_path)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("schema") != BUNDLE_SCHEMA:
+        raise BundleError(f"{manifest_path}: bundle schema {manifest.get('schema')!r} is not {BUNDLE_SCHEMA}")
+    files = manifest.get("files", {})
+    for required in REQUIRED_FILES:
+        if required not in files:
+            raise BundleError(f"{manifest_path}: required file {required} is not listed")
+    for rel, entry in sorted(files.items()):
+        path = root / rel
+        if not path.is_file():
+            raise BundleError(f"{path}: listed in the manifest but missing; re-copy the bundle")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise BundleError(
+                f"{path}: {size} bytes, manifest says {entry['bytes']} (truncated copy?); re-copy the bundle"
+            )
+        if sha256_file(path) != entry["sha256"]:
+            raise BundleError(f"{path}: sha256 does not match the manifest (modified or corrupt); re-copy it")
+    extra = sorted({p.relative_to(root).as_posix() for p in _listed_files(root)} - set(files))
+    if extra:
+        raise BundleError(f"{root / extra[0]}: file is not in the manifest (added after export?)")
+    return manifest
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """An opened (and by default verified) deployment bundle."""
+
+    root: Path
+    manifest: dict[str, Any]
+    contract: PreprocessContract
+    info: ModelInfo
+
+    @classmethod
+    def open(cls, root: str | Path, verify: bool = True) -> Bundle:
+        root = Path(root)
+        manifest = verify_manifest(root) if verify else (read_json(root / MANIFEST_FILE) if (root / MANIFEST_FILE).is_file() else {})
+        return cls(root, manifest, PreprocessContract.load(root), ModelInfo.load(root))
+
+    def onnx_path(self, precision: str) -> Path:
+        if precision not in ONNX_FOR_PRECISION:
+            raise BundleError(f"unknown precision {precision!r}: expected one of {sorted(ONNX_FOR_PRECISION)}")
+        path = self.root / ONNX_FOR_PRECISION[precision]
+        if not path.is_file():
+            raise BundleError(
+                f"{path}: this bundle has no {precision} model; re-run 'pneumo export bundle' with that precision"
+            )
+        return path
+
+    @property
+    def precisions(self) -> list[str]:
+        return [p for p, name in ONNX_FOR_PRECISION.items() if (self.root / name).is_file()]
+
+    @property
+    def engines_dir(self) -> Path:
+        return self.root / ENGINES_DIR
+
+    def file_sha256(self, rel: str) -> str:
+        entry = self.manifest.get("files", {}).get(rel)
+        return entry["sha256"] if entry else sha256_file(self.root / rel)

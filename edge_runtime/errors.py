@@ -1,0 +1,32 @@
+"""Typed errors of the edge runtime. Only CLIs print them and pick exit codes."""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base class of every error raised by edge_runtime."""
+
+
+class ContractError(EdgeError):
+    """A preprocessing contract is missing, malformed or incompatible."""
+
+
+class ImageDecodeError(EdgeError):
+    """An input file could not be decoded into an image; the message says why."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class BundleError(EdgeError):
+    """A deployment bundle is incomplete, tampered with or truncated."""
+
+
+class BackendUnavailableError(EdgeError):
+    """The requested inference backend cannot run on this machine."""
+
+
+class EngineMismatchError(EdgeError):
+    """A TensorRT engine was built for another device, TensorRT version or model."""

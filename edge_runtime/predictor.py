@@ -1,0 +1,120 @@
+"""From model outputs to results a clinician can read.
+
+Every result carries the probability, the threshold, the label, the model
+version and its sha256, the backend and the precision that produced it, and
+the intended use: decision support, not a diagnosis.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.backends.base import Backend
+from edge_runtime.contract import SYNTHETIC_WARNING, ModelInfo
+
+
+def abnormal_probability(outputs: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """P(abnormal) per image: the sigmoid output, or 1 - P(negative) for softmax heads."""
+    outputs = np.asarray(outputs, dtype=np.float32)
+    if info.head == "sigmoid":
+        return outputs.reshape(-1)
+    return 1.0 - outputs.reshape(outputs.shape[0], -1)[:, info.labels.index(info.negative_label)]
+
+
+def predicted_labels(outputs: np.ndarray, info: ModelInfo) -> list[str]:
+    """The label shown: binary decision at the threshold; for softmax the top abnormal class."""
+    prob = abnormal_probability(outputs, info)
+    if info.head == "sigmoid":
+        return [info.positive_label if p >= info.threshold else info.negative_label for p in prob]
+    outputs = outputs.reshape(outputs.shape[0], -1)
+    negative = info.labels.index(info.negative_label)
+    labels = []
+    for row, p in zip(outputs, prob):
+        if p < info.threshold:
+            labels.append(info.negative_label)
+        else:
+            masked = row.copy()
+            masked[negative] = -np.inf
+            labels.append(info.labels[int(np.argmax(masked))])
+    return labels
+
+
+@dataclass
+class Prediction:
+    """One image's result. ``decision`` is 'abnormal' or 'normal' at ``threshold``."""
+
+    source: str
+    probability: float
+    label: str
+    decision: str
+    threshold: float
+    model_version: str
+    model_sha256: str
+    backend: str
+    precision: str
+    latency_ms: float
+    timestamp: str = ""
+    input_sha256: str = ""
+    class_probabilities: dict[str, float] = field(default_factory=dict)
+    synthetic: bool = False
+    note: str = "Decision support only, not a diagnosis."
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.synthetic:
+            data["warning"] = SYNTHETIC_WARNING
+        return data
+
+
+class Predictor:
+    """Runs batches through a backend and wraps each output as a :class:`Prediction`."""
+
+    def __init__(self, backend: Backend, info: ModelInfo, model_sha256: str) -> None:
+        self.backend = backend
+        self.info = info
+        self.model_sha256 = model_sha256
+
+    def predict(self, batch: np.ndarray, sources: Sequence[str]) -> list[Prediction]:
+        """``batch`` is uint8 NHWC from the contract; split to the backend's max batch."""
+        started = time.perf_counter()
+        chunks = [
+            self.backend.infer(batch[i : i + self.backend.max_batch])
+            for i in range(0, len(batch), self.backend.max_batch)
+        ]
+        outputs = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, self.info.n_outputs), np.float32)
+        per_image_ms = (time.perf_counter() - started) * 1000.0 / max(1, len(batch))
+        return self.wrap(outputs, sources, per_image_ms)
+
+    def wrap(self, outputs: np.ndarray, sources: Sequence[str], latency_ms: float) -> list[Prediction]:
+        probs = abnormal_probability(outputs, self.info)
+        labels = predicted_labels(outputs, self.info)
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+        results = []
+        for i, source in enumerate(sources):
+            class_probs: dict[str, float] = {}
+            if self.info.head == "softmax":
+                class_probs = {lab: round(float(v), 6) for lab, v in zip(self.info.labels, outputs[i].reshape(-1))}
+            results.append(
+                Prediction(
+                    source=source,
+                    probability=round(float(probs[i]), 6),
+                    label=labels[i],
+                    decision="abnormal" if probs[i] >= self.info.threshold else "normal",
+                    threshold=self.info.threshold,
+                    model_version=self.info.model_version,
+                    model_sha256=self.model_sha256,
+                    backend=self.backend.name,
+                    precision=self.backend.precision,
+                    latency_ms=round(latency_ms, 3),
+                    timestamp=now,
+                    class_probabilities=class_probs,
+                    synthetic=self.info.synthetic,
+                )
+            )
+        return results
