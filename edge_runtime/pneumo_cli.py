@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 # name -> (module, function, summary)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
-    "data": ("train.cli", "data_main", "check a chest X-ray folder, or make SYNTHETIC phantom images"),
+    "data": ("train.data_cli", "main", "check a chest X-ray folder, or make SYNTHETIC phantom images"),
     "train": ("train.cli", "train_main", "train a Keras CNN into a run folder (model.h5 + model card)"),
     "evaluate": ("train.cli", "evaluate_main", "evaluate a saved model on a labelled folder"),
     "export": ("export.cli", "main", "convert .h5 -> ONNX -> FP16 / INT8 / TensorRT, and pack a bundle"),
@@ -25,7 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("benchmarks.cli", "main", "latency, throughput and accuracy per backend and precision"),
 }
 
-EXTRA_FOR = {"train.cli": "train", "export.cli": "train", "benchmarks.cli": "bench"}
+EXTRA_FOR = {"train.cli": "train", "train.data_cli": "train", "export.cli": "train", "benchmarks.cli": "bench"}
 
 USAGE = """usage: pneumo <command> [options]
 
