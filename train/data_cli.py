@@ -1,0 +1,217 @@
+"""``pneumo data``: check a data folder, show how it would be split, or make SYNTHETIC phantoms.
+
+Exit codes: 0 success (``check``: the data is usable, warnings only), 1 a
+failure or unusable data (the message or report on stdout/stderr says which
+file and what to do), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.contract import SYNTHETIC_WARNING
+from edge_runtime.fileio import atomic_write_json
+from train.errors import TrainError
+
+EPILOG = """examples:
+  pneumo data check ../shared/data/chest_xray -o data_check.json
+  pneumo data check my_xrays/ --json > report.json
+  pneumo data split ../shared/data/chest_xray                 # patient-wise split summary
+  pneumo data split ../shared/data/chest_xray --split-mode random   # seed 000's leaky split
+  pneumo data synth demo/synthetic --per-class 160 --seed 0
+
+Nothing is ever modified or deleted in a data folder."""
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Check a chest X-ray folder, show its patient-wise split, or make SYNTHETIC phantoms.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{check,split,synth}")
+
+    check = sub.add_parser(
+        "check",
+        help="decode every file and report problems, duplicates, counts and image sizes",
+        description=(
+            "Decode every file with the runtime's decoder and report unreadable, truncated, non-image, "
+            "wrong-extension, 16-bit, alpha, palette, tiny and huge files, exact duplicates (and whether a "
+            "group crosses splits), counts and patients per split and class, and the size / aspect "
+            "distribution per split and MANIFEST source. Exit 0 when the data is usable (warnings only), "
+            "1 when files are unreadable or the layout is broken. Never modifies or deletes anything."
+        ),
+        epilog="example:\n  pneumo data check ../shared/data/chest_xray -o data_check.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("root", type=Path, help="data folder: ROOT/{train,val,test}/{CLASS}/ or ROOT/{CLASS}/")
+    check.add_argument("-o", "--output", type=Path, help="write the full JSON report (every file) here")
+    check.add_argument("--json", action="store_true", help="print the JSON report (without the per-file list) on stdout")
+    check.add_argument("--workers", type=_positive_int, default=2, help="decoding threads (default 2)")
+    check.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    check.set_defaults(func=_check)
+
+    split = sub.add_parser(
+        "split",
+        help="show the train/val/test split training would use (counts, patients, overlap)",
+        description="Discover ROOT and split it like `pneumo train` does; print the summary and notes.",
+        epilog="examples:\n  pneumo data split ../shared/data/chest_xray -o split.json\n"
+        "  pneumo data split ../shared/data/chest_xray --split-mode random",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    split.add_argument("root", type=Path, help="data folder")
+    split.add_argument("--label-mode", choices=("binary", "kind"), default="binary")
+    split.add_argument("--split-mode", choices=("patient", "random"), default="patient")
+    split.add_argument("--val-fraction", type=float, default=0.1)
+    split.add_argument("--sources", choices=("all", "original"), default="all")
+    split.add_argument("--undersample", action="store_true", help="undersample the majority class(es) in train")
+    split.add_argument(
+        "--exclude-test-patients", action="store_true", help="drop train images of patients that are in test"
+    )
+    split.add_argument("--max-per-class", type=_positive_int, default=None)
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("-o", "--output", type=Path, help="write split.json (every sample) here")
+    split.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    split.set_defaults(func=_split)
+
+    synth = sub.add_parser(
+        "synth",
+        help="write SYNTHETIC phantom images (not X-rays) in the data set's layout",
+        description=(
+            "Write procedural phantom 'chest' images with a learnable pneumonia-like signal as JPEGs in "
+            "OUT/{train,val,test}/{NORMAL,PNEUMONIA}/ (or OUT/{CLASS}/ with --layout flat), with "
+            "Kermany-like patient file names, a README.txt and a SYNTHETIC.json marker. Deterministic for "
+            "a seed. " + SYNTHETIC_WARNING
+        ),
+        epilog="example:\n  pneumo data synth demo/synthetic --per-class 160 --seed 0\n"
+        "  pneumo train --data demo/synthetic --out runs/synthetic",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    synth.add_argument("out", type=Path, help="new or empty output folder")
+    synth.add_argument("--per-class", type=_positive_int, default=160, help="images per class, all splits (default 160)")
+    synth.add_argument("--size", type=_positive_int, default=256, help="image height in pixels (default 256)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--layout", choices=("split", "flat"), default="split")
+    synth.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    synth.set_defaults(func=_synth)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def main(argv: list[str], prog: str = "pneumo data") -> int:
+    parser = build_parser(prog)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return exc.code if isinstance(exc.code, int) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args))
+    except TrainError as exc:
+        print(f"{prog} {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _check(args: argparse.Namespace) -> int:
+    from train.checks import check_folder, format_report
+
+    report = check_folder(args.root, workers=args.workers, progress=not args.no_progress)
+    full = report.to_dict()
+    if args.output:
+        atomic_write_json(args.output, full)
+    if args.json:
+        print(json.dumps({k: v for k, v in full.items() if k != "files"}, indent=2, sort_keys=True))
+    else:
+        print(format_report(report))
+        if args.output:
+            print(f"full report: {args.output}")
+    return 0 if report.usable else 1
+
+
+def _split(args: argparse.Namespace) -> int:
+    from train.data import DataConfig, make_splits
+
+    config = DataConfig(
+        root=args.root,
+        label_mode=args.label_mode,
+        split_mode=args.split_mode,
+        val_fraction=args.val_fraction,
+        sources=args.sources,
+        undersample=args.undersample,
+        exclude_test_patients=args.exclude_test_patients,
+        max_per_class=args.max_per_class,
+        seed=args.seed,
+    )
+    splits = make_splits(config)
+    if args.output:
+        splits.save(args.output)
+    summary = splits.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return 0
+    print(_format_split(summary))
+    if args.output:
+        print(f"split written: {args.output}")
+    print(f"next: pneumo train --data {summary['root']} --out runs/NAME")
+    return 0
+
+
+def _format_split(summary: dict[str, Any]) -> str:
+    labels = summary["labels"]
+    head = f"{'split':<6} " + " ".join(f"{label:>10}" for label in labels) + f" {'images':>7} {'patients':>9}  sources"
+    lines = [f"{summary['split_mode']} split of {summary['root']} ({summary['label_mode']} labels)", "", head]
+    for name, part in summary["splits"].items():
+        per_class = " ".join(f"{part['per_class'][label]:>10}" for label in labels)
+        sources = ", ".join(f"{k} {v}" for k, v in part["sources"].items())
+        lines.append(f"{name:<6} {per_class} {part['images']:>7} {part['patients']:>9}  {sources}")
+    lines.append("")
+    lines.append(
+        "patients shared: "
+        + "; ".join(f"{pair} {v['patients']}" for pair, v in summary["patient_overlap"].items())
+    )
+    lines += ["", "notes:"] + [f"  - {note}" for note in summary["notes"]]
+    return "\n".join(lines)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from train.synth import SynthConfig, generate
+
+    config = SynthConfig(per_class=args.per_class, size=args.size, seed=args.seed, layout=args.layout)
+    result = generate(args.out, config)
+    if args.json:
+        payload = {
+            "root": str(result.root),
+            "synthetic": True,
+            "warning": SYNTHETIC_WARNING,
+            "files": result.files,
+            "reused": result.reused,
+            "counts": result.counts,
+            "params": asdict(config),
+        }
+        print(json.dumps(payload, indent=2, sort_keys=True))
+        return 0
+    verb = "already holds" if result.reused else "wrote"
+    print(f"{verb} {result.files} SYNTHETIC phantom images (not X-rays) in {result.root}")
+    for split, per_class in result.counts.items():
+        counts = ", ".join(f"{label} {n}" for label, n in per_class.items())
+        print(f"  {split or '(flat)'}: {counts}")
+    print(SYNTHETIC_WARNING)
+    print(f"next: pneumo train --data {result.root} --out runs/synthetic")
+    return 0
