@@ -1,0 +1,282 @@
+"""``pneumo bench``: benchmark a bundle, compare two results, or time the watch daemon.
+
+Exit codes: 0 the benchmark ran (targets missed are results, not failures),
+1 a failure named on stderr, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.errors import BenchError
+from edge_runtime.errors import EdgeError
+
+DEFAULT_OUTPUT = Path("benchmarks/results")
+
+BENCH_EXAMPLES = """examples:
+  pneumo bench bundles/seed000 --keras runs/seed000            # everything this machine supports
+  pneumo bench bundles/seed000 --keras runs/seed000 --data ../shared/data/chest_xray/test \\
+      --backends ort-cpu,keras --batch 1,8 --duration 5
+  pneumo bench --auto -o benchmarks/results                    # what 'make bench' runs
+  pneumo bench --compare benchmarks/results/A/2025-01-01/bench.json benchmarks/results/B/2025-01-02/bench.json
+  pneumo bench watch bundles/seed000 --images ../shared/data/chest_xray/test --count 1000
+
+Writes OUTPUT/<device>/<date>/bench.json, bench.md and PNG plots. What this
+machine cannot run (e.g. trt without TensorRT) is listed with the reason.
+"""
+
+WATCH_EXAMPLES = """example:
+  pneumo bench watch bundles/seed000 --images ../shared/data/chest_xray/test --count 1000
+
+Starts 'pneumo edge watch' on a temporary inbox/outbox, drops COUNT copies of
+real images and times them from inbox to results.jsonl, split by stage.
+The source folder is only read.
+"""
+
+
+def _csv(kind: type) -> Any:
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            values = tuple(kind(part.strip()) for part in text.split(",") if part.strip())
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list") from exc
+        if not values:
+            raise argparse.ArgumentTypeError("empty list")
+        return values
+
+    return parse
+
+
+def _bench_parser(prog: str) -> argparse.ArgumentParser:
+    from benchmarks.run import ALL_BACKENDS, ALL_PRECISIONS, DEFAULT_BATCHES
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Throughput, latency, cold start, memory and accuracy per backend, precision and batch size.",
+        epilog=BENCH_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("bundle", nargs="?", type=Path, help="deployment bundle folder (from 'pneumo export bundle')")
+    parser.add_argument(
+        "--backends", type=_csv(str), default=ALL_BACKENDS, help=f"comma list (default: {','.join(ALL_BACKENDS)})"
+    )
+    parser.add_argument(
+        "--precisions", type=_csv(str), default=ALL_PRECISIONS, help=f"comma list (default: {','.join(ALL_PRECISIONS)})"
+    )
+    parser.add_argument(
+        "--batch", type=_csv(int), default=DEFAULT_BATCHES, help=f"batch sizes (default: {','.join(map(str, DEFAULT_BATCHES))})"
+    )
+    timing = parser.add_mutually_exclusive_group()
+    timing.add_argument("--iterations", type=int, help="timed calls per combination")
+    timing.add_argument("--duration", type=float, default=3.0, help="seconds timed per combination (default: 3)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="untimed warm-up seconds (default: 1)")
+    parser.add_argument("--data", type=Path, help="labelled test folder TESTDIR/<LABEL>/ (default: the run's split.json test entries)")
+    parser.add_argument("--keras", type=Path, help="training run folder or .h5: the Keras reference row")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    parser.add_argument("--test-limit", type=int, help="score at most N test images (seeded, stratified)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (default: 1000)")
+    parser.add_argument("--cold-start-repeats", type=int, default=3, help="fresh processes per cold start (0: skip)")
+    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end (decode + preprocess) loop")
+    parser.add_argument("--no-trtexec", action="store_true", help="skip the trtexec --loadEngine rows")
+    parser.add_argument("--watch-images", type=Path, help="also benchmark the watch daemon on images from DIR")
+    parser.add_argument("--watch-count", type=int, default=1000, help="images for the watch benchmark (default: 1000)")
+    parser.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT, help="results root (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace today's results for this device")
+    parser.add_argument("--json", action="store_true", help="print bench.json on stdout")
+    parser.add_argument("--auto", action="store_true", help="find bundle, Keras run and test images here (make bench)")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"), help="show two results side by side")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    return parser
+
+
+def _watch_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Images per second of the whole watch daemon, inbox to result file, split by stage.",
+        epilog=WATCH_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--images", type=Path, required=True, help="folder of real images (read only, recursive)")
+    parser.add_argument("--count", type=int, default=1000, help="images to drop (default: 1000)")
+    parser.add_argument("--backend", default="auto", help="the daemon's --backend (default: auto)")
+    parser.add_argument("--precision", default="fp32", help="the daemon's --precision (default: fp32)")
+    parser.add_argument("--daemon-batch", type=int, help="the daemon's --batch")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all results (default: 600)")
+    parser.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT, help="results root (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the result JSON on stdout")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _error(prog: str, message: str) -> int:
+    print(f"{prog}: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str], prog: str = "pneumo bench") -> int:
+    if argv and argv[0] == "watch":
+        return watch_main(argv[1:], prog=f"{prog} watch")
+    parser = _bench_parser(prog)
+    args = parser.parse_args(argv)
+    if args.compare:
+        return _compare(args, prog)
+    if args.bundle is None and not args.auto:
+        parser.print_usage(sys.stderr)
+        print(f"{prog}: error: give a BUNDLE folder, --auto or --compare A.json B.json", file=sys.stderr)
+        return 2
+    try:
+        return _bench(args, argv, prog)
+    except (BenchError, EdgeError) as exc:
+        return _error(prog, str(exc))
+
+
+def _log(quiet: bool) -> Any:
+    def log(message: str) -> None:
+        if not quiet:
+            print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def _bench(args: argparse.Namespace, argv: list[str], prog: str) -> int:
+    from benchmarks.errors import BenchConfigError
+    from benchmarks.report import summary_lines, write_report
+    from benchmarks.run import BenchConfig, run_benchmark
+
+    log = _log(args.quiet)
+    bundle, keras, data, watch_images = args.bundle, args.keras, args.data, args.watch_images
+    if args.auto:
+        from benchmarks.auto import plan_auto
+
+        plan = plan_auto(Path("."), bundle)
+        for note in plan.notes:
+            log(note)
+        bundle = plan.bundle
+        keras = keras or plan.keras
+        data = data or plan.data
+        watch_images = watch_images or plan.watch_images
+    try:
+        config = BenchConfig(
+            bundle=bundle,
+            backends=args.backends,
+            precisions=args.precisions,
+            batches=args.batch,
+            iterations=args.iterations,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            end_to_end=not args.no_e2e,
+            data=data,
+            keras=keras,
+            threads=args.threads,
+            test_limit=args.test_limit,
+            bootstrap=args.bootstrap,
+            cold_start_repeats=args.cold_start_repeats,
+            trtexec=not args.no_trtexec,
+            progress=not args.quiet,
+            command=" ".join(shlex.quote(a) for a in ["pneumo", "bench", *argv]),
+        )
+    except BenchConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    document = run_benchmark(config, log=log)
+    if watch_images is not None:
+        document["watch"] = _watch_section(config.bundle, watch_images, args.watch_count, document, log, args.quiet)
+    written = write_report(document, args.output, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(document, indent=2, default=str))
+    out = sys.stderr if args.json else sys.stdout
+    print("\n".join(summary_lines(document)), file=out)
+    print(f"\nwrote {written['json']}\n      {written['markdown']}", file=out)
+    for name, path in written.items():
+        if name not in ("json", "markdown"):
+            print(f"      {path}", file=out)
+    print(
+        f"next: read {written['markdown']}; compare with another device: "
+        f"pneumo bench --compare {written['json']} OTHER/bench.json",
+        file=out,
+    )
+    return 0
+
+
+def _watch_section(
+    bundle: Path, images: Path, count: int, document: dict[str, Any], log: Any, quiet: bool
+) -> dict[str, Any] | None:
+    from benchmarks.watch_bench import WatchBenchConfig, run_watch_bench
+
+    log(f"watch daemon: {count} images from {images}")
+    try:
+        return run_watch_bench(WatchBenchConfig(bundle=bundle, images=images, count=count), progress=not quiet)
+    except BenchError as exc:
+        document["skipped"].append({"backend": "watch", "precision": None, "batch": None, "reason": str(exc)})
+        return None
+
+
+def _compare(args: argparse.Namespace, prog: str) -> int:
+    from benchmarks.report import compare, load_bench, render_compare
+
+    try:
+        a, b = load_bench(args.compare[0]), load_bench(args.compare[1])
+    except BenchError as exc:
+        return _error(prog, str(exc))
+    comparison = compare(a, b)
+    if args.json:
+        print(json.dumps(comparison, indent=2))
+    else:
+        print(render_compare(comparison), end="")
+    return 0
+
+
+def watch_main(argv: list[str], prog: str = "pneumo bench watch") -> int:
+    from benchmarks.device_facts import collect_device_facts
+    from benchmarks.errors import BenchConfigError
+    from benchmarks.report import result_folder
+    from benchmarks.watch_bench import WatchBenchConfig, run_watch_bench, watch_markdown
+    from edge_runtime.fileio import atomic_write_json, atomic_write_text
+
+    args = _watch_parser(prog).parse_args(argv)
+    try:
+        config = WatchBenchConfig(
+            bundle=args.bundle,
+            images=args.images,
+            count=args.count,
+            backend=args.backend,
+            precision=args.precision,
+            daemon_batch=args.daemon_batch,
+            timeout_s=args.timeout,
+        )
+    except BenchConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        watch = run_watch_bench(config, progress=not args.quiet)
+        facts = collect_device_facts()
+    except (BenchError, EdgeError) as exc:
+        return _error(prog, str(exc))
+    import datetime as _dt
+
+    now = _dt.datetime.now(_dt.timezone.utc)
+    document = {
+        "schema": "pneumo-bench-watch/1",
+        "created": now.isoformat(timespec="seconds"),
+        "date": now.date().isoformat(),
+        "command": " ".join(shlex.quote(a) for a in ["pneumo", "bench", "watch", *argv]),
+        "device": facts.to_dict(),
+        "watch": watch,
+    }
+    folder = result_folder(args.output, document, marker="watch.json")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "watch.json", document)
+    body = [f"# pneumo bench watch on {facts.slug}", "", f"- Command: `{document['command']}`", "", *watch_markdown(watch), ""]
+    atomic_write_text(folder / "watch.md", "\n".join(body))
+    if args.json:
+        print(json.dumps(document, indent=2, default=str))
+    out = sys.stderr if args.json else sys.stdout
+    print("\n".join(watch_markdown(watch)), file=out)
+    print(f"\nwrote {folder / 'watch.json'} and watch.md", file=out)
+    return 0 if not watch.get("missing") else 1

@@ -1,0 +1,265 @@
+"""Cold start and peak memory, each measured in a fresh Python process.
+
+The parent (:func:`measure_cold_start`) starts ``python -m benchmarks.coldstart``
+and times it from just before the spawn until the child reports its first
+inference on stdout: interpreter start + imports + model load + first
+inference, the wait a clinician has after a reboot. The child reports its own
+phases and its peak resident memory (``ru_maxrss``) at that moment; teardown
+is not counted.
+
+Two kinds of child, doing the same work with different stacks:
+
+* ``edge``: edge_runtime only (numpy, OpenCV, ONNX Runtime or TensorRT), the
+  bundle opened and verified as ``pneumo edge`` does;
+* ``keras``: TensorFlow, ``load_model`` of the .h5 and ``model(x, training=False)``.
+
+Both decode and preprocess the same image through edge_runtime.preprocess
+(or use a zero image when none is given). This module imports only the
+standard library at the top so the child's import time is its stack's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_MODULE_START = time.perf_counter()
+_READY_LINE = "COLDSTART-READY"
+_RESULT_PREFIX = "COLDSTART "
+
+
+@dataclass(frozen=True)
+class ColdStartSpec:
+    """What one cold-start child loads: an edge backend from a bundle, or the Keras .h5."""
+
+    kind: str  # "edge" or "keras"
+    backend: str
+    precision: str
+    bundle: Path
+    h5: Path | None = None
+    image: Path | None = None
+    threads: int = 0
+
+    def argv(self) -> list[str]:
+        args = [
+            sys.executable,
+            "-m",
+            "benchmarks.coldstart",
+            self.kind,
+            "--bundle",
+            str(self.bundle),
+            "--backend",
+            self.backend,
+            "--precision",
+            self.precision,
+            "--threads",
+            str(self.threads),
+        ]
+        if self.h5 is not None:
+            args += ["--h5", str(self.h5)]
+        if self.image is not None:
+            args += ["--image", str(self.image)]
+        return args
+
+
+def measure_cold_start(spec: ColdStartSpec, repeats: int = 3, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Median cold start and peak memory over ``repeats`` fresh processes (or an ``error``)."""
+    runs: list[dict[str, Any]] = []
+    for _ in range(repeats):
+        run = _one_child(spec, timeout_s)
+        if "error" in run:
+            return {"backend": spec.backend, "precision": spec.precision, "kind": spec.kind, "error": run["error"]}
+        runs.append(run)
+    peaks = [r["peak_rss_mb"] for r in runs]
+    gpu = [r["gpu_memory_mb"] for r in runs if r.get("gpu_memory_mb") is not None]
+    return {
+        "backend": spec.backend,
+        "precision": spec.precision,
+        "kind": spec.kind,
+        "repeats": len(runs),
+        "cold_start_s": round(statistics.median(r["cold_start_s"] for r in runs), 4),
+        "cold_start_runs_s": [round(r["cold_start_s"], 4) for r in runs],
+        "import_s": round(statistics.median(r["import_s"] for r in runs), 4),
+        "load_s": round(statistics.median(r["load_s"] for r in runs), 4),
+        "first_inference_s": round(statistics.median(r["first_inference_s"] for r in runs), 4),
+        "peak_rss_mb": round(statistics.median(peaks), 1),
+        "gpu_memory_mb": round(statistics.median(gpu), 1) if gpu else None,
+        "gpu_memory_note": runs[0].get("gpu_memory_note", ""),
+        "peak_rss_source": runs[0].get("peak_rss_source", ""),
+        "versions": runs[0].get("versions", {}),
+    }
+
+
+def _one_child(spec: ColdStartSpec, timeout_s: float) -> dict[str, Any]:
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The child must import this checkout's packages even when pneumo-edge is not installed.
+    repo = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
+    started = time.perf_counter()
+    try:
+        proc = subprocess.Popen(
+            spec.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=repo
+        )
+    except OSError as exc:
+        return {"error": f"could not start a fresh Python process: {exc}"}
+    report: dict[str, Any] | None = None
+    ready = started
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            if line.strip() == _READY_LINE:
+                ready = time.perf_counter()
+            elif line.startswith(_RESULT_PREFIX):
+                report = json.loads(line[len(_RESULT_PREFIX) :])
+                break
+        _, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return {"error": f"fresh process did not finish within {timeout_s:.0f} s"}
+    if report is None or proc.returncode != 0 or ready == started:
+        tail = (stderr or "").strip().splitlines()[-3:]
+        return {"error": f"fresh process failed (exit {proc.returncode}): {' | '.join(tail) or 'no output'}"}
+    report["cold_start_s"] = ready - started
+    return report
+
+
+# --------------------------------------------------------------------------- child side
+
+
+def _child_edge(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from edge_runtime.backends.select import create_backend
+    from edge_runtime.bundle import Bundle
+    from edge_runtime.preprocess import preprocess_file
+
+    imported = time.perf_counter()
+    bundle = Bundle.open(args.bundle)
+    backend = create_backend(bundle, args.backend, args.precision, args.threads)
+    backend.open()
+    loaded = time.perf_counter()
+    if args.image:
+        batch = preprocess_file(args.image, bundle.contract)[np.newaxis]
+    else:
+        batch = np.zeros((1, *bundle.contract.input_shape), dtype=np.uint8)
+    backend.infer(batch)
+    done = time.perf_counter()
+    backend.close()
+    return {"import_s": imported - _MODULE_START, "load_s": loaded - imported, "first_inference_s": done - loaded}
+
+
+def _child_keras(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import tensorflow as tf
+
+    from edge_runtime.contract import PreprocessContract
+    from edge_runtime.preprocess import preprocess_file
+
+    imported = time.perf_counter()
+    contract = PreprocessContract.load(args.bundle)
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+    model = tf.keras.models.load_model(str(args.h5), compile=False)
+    loaded = time.perf_counter()
+    if args.image:
+        batch = preprocess_file(args.image, contract)[np.newaxis].astype(np.float32)
+    else:
+        batch = np.zeros((1, *contract.input_shape), dtype=np.float32)
+    model(batch, training=False).numpy()
+    done = time.perf_counter()
+    return {"import_s": imported - _MODULE_START, "load_s": loaded - imported, "first_inference_s": done - loaded}
+
+
+def _peak_rss_mb() -> tuple[float, str]:
+    """Peak resident memory of this process since exec.
+
+    Linux's ``ru_maxrss`` also counts the parent's RSS at fork time (exec folds
+    the old address space's high-water mark into it), so a benchmark parent
+    holding TensorFlow would inflate every child. ``VmHWM`` in
+    /proc/self/status belongs to the new address space only.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0, "VmHWM (/proc/self/status)"
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kilobytes, macOS bytes.
+    return (peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0), "ru_maxrss"
+
+
+def _gpu_memory_mb(backend: str) -> tuple[float | None, str]:
+    if backend in ("ort-cpu",):
+        return None, "CPU backend"
+    if shutil.which("nvidia-smi") is None:
+        return None, "no per-process GPU memory reading here (Jetson memory is shared; see peak RSS)"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None, "nvidia-smi failed"
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(os.getpid()):
+            try:
+                return float(parts[1]), "nvidia-smi used_memory of this process"
+            except ValueError:
+                break
+    return None, "this process is not listed by nvidia-smi (ran on CPU?)"
+
+
+def _stack_versions(kind: str) -> dict[str, str | None]:
+    import importlib.metadata
+
+    names = ("tensorflow", "tensorflow-cpu", "keras") if kind == "keras" else ("onnxruntime", "onnxruntime-gpu", "tensorrt")
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def child_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.coldstart")
+    parser.add_argument("kind", choices=("edge", "keras"))
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--backend", default="ort-cpu")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--h5", type=Path)
+    parser.add_argument("--image", type=Path)
+    args = parser.parse_args(argv)
+    report = _child_edge(args) if args.kind == "edge" else _child_keras(args)
+    # The parent stops its clock on this line; what follows (memory queries) is not cold start.
+    sys.stdout.write(_READY_LINE + "\n")
+    sys.stdout.flush()
+    report["peak_rss_mb"], report["peak_rss_source"] = _peak_rss_mb()
+    report["gpu_memory_mb"], report["gpu_memory_note"] = _gpu_memory_mb(args.backend)
+    report["versions"] = _stack_versions(args.kind)
+    sys.stdout.write(_RESULT_PREFIX + json.dumps(report) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(child_main())

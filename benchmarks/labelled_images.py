@@ -1,0 +1,186 @@
+"""The labelled test images a benchmark scores every precision on, and the files its end-to-end loop reads.
+
+Sources, in order: ``--data TESTDIR`` (``TESTDIR/{LABEL}/*`` or a data-set
+root holding ``test/{LABEL}/*``), else the ``test`` entries of the training
+run's ``split.json``. Each file goes through the one preprocessing
+implementation (:func:`edge_runtime.preprocess.preprocess_file`), once, and
+the resulting uint8 batch is reused by every backend and precision so their
+accuracies are comparable image for image.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from benchmarks.errors import BenchInputError
+from edge_runtime.contract import ModelInfo, PreprocessContract
+from edge_runtime.errors import ImageDecodeError
+from edge_runtime.preprocess import is_image_name, load_image, preprocess_file
+
+
+@dataclass(frozen=True)
+class LabelledFile:
+    path: Path
+    label_index: int
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Preprocessed test images, their labels (indices into ModelInfo.labels) and where they came from."""
+
+    source: str
+    paths: tuple[Path, ...]
+    labels: np.ndarray
+    images: np.ndarray
+    skipped_files: int = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def files_from_folder(folder: Path, info: ModelInfo) -> list[LabelledFile]:
+    """``folder/{LABEL}/**`` image files (labels matched to the model's labels, case-insensitively)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise BenchInputError(f"{folder}: test folder not found (--data)")
+    if not _class_dirs(folder, info) and (folder / "test").is_dir():
+        folder = folder / "test"
+    class_dirs = _class_dirs(folder, info)
+    if not class_dirs:
+        raise BenchInputError(
+            f"{folder}: no class folders named like the model's labels {list(info.labels)} "
+            "(expected TESTDIR/<LABEL>/images, e.g. chest_xray/test)"
+        )
+    files = []
+    for label_index, class_dir in class_dirs:
+        for path in sorted(class_dir.rglob("*")):
+            if path.is_file() and is_image_name(path.name) and not path.name.startswith("."):
+                files.append(LabelledFile(path, label_index))
+    if not files:
+        raise BenchInputError(f"{folder}: class folders hold no image files")
+    return files
+
+
+def files_from_split_json(split_json: Path, info: ModelInfo) -> list[LabelledFile]:
+    """The ``test`` entries of a training run's split.json: ``{"root": ..., "test": [{"path", "label"}, ...]}``.
+
+    Only the entry lists are read (with :meth:`train.data.Sample.from_dict`, paths
+    relative to ``root`` or absolute), not the data configuration, so a split
+    written by an older or hand-made run still serves.
+    """
+    from edge_runtime.fileio import read_json
+    from train.data import Sample
+
+    try:
+        data = read_json(split_json)
+        root = Path(str(data["root"])) if data.get("root") else split_json.parent
+        samples = [Sample.from_dict(item, root) for item in data["test"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BenchInputError(f"{split_json}: no readable test list ({exc}); pass the test folder with --data") from exc
+    index = {label.upper(): i for i, label in enumerate(info.labels)}
+    files = []
+    for sample in samples:
+        if sample.label.upper() not in index:
+            raise BenchInputError(
+                f"{split_json}: test label {sample.label!r} is not one of the model's labels {list(info.labels)}"
+            )
+        files.append(LabelledFile(sample.path, index[sample.label.upper()]))
+    missing = [f.path for f in files if not f.path.is_file()]
+    if missing:
+        raise BenchInputError(
+            f"{split_json}: {len(missing)} test image(s) missing, e.g. {missing[0]}; pass the test folder with --data"
+        )
+    if not files:
+        raise BenchInputError(f"{split_json}: the test split is empty")
+    return files
+
+
+def limit_files(files: list[LabelledFile], limit: int | None, seed: int = 0) -> list[LabelledFile]:
+    """A seeded, label-stratified subset of at most ``limit`` files (quick runs), in a stable order."""
+    if limit is None or len(files) <= limit:
+        return files
+    rng = random.Random(seed)
+    by_label: dict[int, list[LabelledFile]] = {}
+    for item in files:
+        by_label.setdefault(item.label_index, []).append(item)
+    chosen: list[LabelledFile] = []
+    for label_index in sorted(by_label):
+        group = by_label[label_index]
+        share = max(1, round(limit * len(group) / len(files)))
+        chosen += rng.sample(group, min(share, len(group)))
+    return sorted(chosen, key=lambda f: str(f.path))[:limit]
+
+
+def load_labelled_images(
+    files: list[LabelledFile], contract: PreprocessContract, source: str, progress: bool = True
+) -> LabelledImages:
+    """Decode and preprocess every file once; undecodable files are counted and left out."""
+    from tqdm import tqdm
+
+    images, labels, paths = [], [], []
+    skipped = 0
+    for item in tqdm(files, desc="test images", unit="img", disable=not progress, leave=False):
+        try:
+            images.append(preprocess_file(item.path, contract))
+        except ImageDecodeError:
+            skipped += 1
+            continue
+        labels.append(item.label_index)
+        paths.append(item.path)
+    if not images:
+        raise BenchInputError(f"{source}: none of the {len(files)} test images could be decoded")
+    return LabelledImages(
+        source=source,
+        paths=tuple(paths),
+        labels=np.asarray(labels, dtype=np.int64),
+        images=np.stack(images),
+        skipped_files=skipped,
+    )
+
+
+def mean_source_size(paths: Iterable[Path], sample: int = 50) -> dict[str, float] | None:
+    """Mean width, height and bytes of (up to ``sample``) source files: end-to-end cost depends on them."""
+    chosen = list(paths)[:sample]
+    sizes = []
+    for path in chosen:
+        try:
+            image = load_image(path)
+        except ImageDecodeError:
+            continue
+        sizes.append((image.shape[1], image.shape[0], path.stat().st_size))
+    if not sizes:
+        return None
+    arr = np.asarray(sizes, dtype=np.float64)
+    return {
+        "width": round(float(arr[:, 0].mean()), 1),
+        "height": round(float(arr[:, 1].mean()), 1),
+        "bytes": round(float(arr[:, 2].mean()), 1),
+    }
+
+
+def write_generated_jpegs(folder: Path, count: int, side: int = 1024, seed: int = 0) -> list[Path]:
+    """Smooth random grayscale JPEGs for the end-to-end loop when no test images were given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        noise = rng.integers(0, 256, (side // 8, side // 8), dtype=np.uint8)
+        image = cv2.resize(noise, (side, side), interpolation=cv2.INTER_CUBIC)
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise BenchInputError(f"{folder}: OpenCV could not encode a generated JPEG")
+        path = folder / f"generated_{i:03d}.jpg"
+        path.write_bytes(encoded.tobytes())
+        paths.append(path)
+    return paths
+
+
+def _class_dirs(folder: Path, info: ModelInfo) -> list[tuple[int, Path]]:
+    by_name = {child.name.upper(): child for child in folder.iterdir() if child.is_dir()}
+    return [(i, by_name[label.upper()]) for i, label in enumerate(info.labels) if label.upper() in by_name]

@@ -1,0 +1,196 @@
+"""The project's performance targets, each judged as a ratio of two rows from the same run.
+
+A target whose rows did not run here is "not measured" with the reason,
+never "met". Ratios are always same-run: a speedup against a Keras number
+from another day or machine would say nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# INT8 counts as "no faster" when within this factor of FP32.
+_NO_FASTER = 1.05
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    text: str
+    kind: str  # "throughput", "cold_start", "memory", "trtexec"
+    numerator: tuple[str, str]
+    denominator: tuple[str, str]
+    batch: int | None
+    threshold: float
+    #: ">=": the ratio must reach the threshold; "<=": it must stay below it
+    direction: str
+    where: str  # "cpu" or "gpu"
+
+
+TARGETS = (
+    Target(
+        "cpu_ort_fp32_vs_keras_b1",
+        "ONNX Runtime FP32 >= 5x Keras throughput at batch 1 (CPU)",
+        "throughput", ("ort-cpu", "fp32"), ("keras", "fp32"), 1, 5.0, ">=", "cpu",
+    ),
+    Target(
+        "cpu_ort_int8_vs_keras_b1",
+        "ONNX Runtime INT8 >= 3x Keras throughput at batch 1 (CPU)",
+        "throughput", ("ort-cpu", "int8"), ("keras", "fp32"), 1, 3.0, ">=", "cpu",
+    ),
+    Target(
+        "cold_start_vs_tensorflow",
+        "edge runtime cold start <= 1/5 of TensorFlow/Keras",
+        "cold_start", ("edge", ""), ("keras", "fp32"), None, 0.2, "<=", "any",
+    ),
+    Target(
+        "peak_memory_vs_tensorflow",
+        "edge runtime peak host memory <= 1/4 of TensorFlow/Keras",
+        "memory", ("edge", ""), ("keras", "fp32"), None, 0.25, "<=", "any",
+    ),
+    Target(
+        "gpu_trt_fp16_vs_keras_b32",
+        "TensorRT FP16 >= 5x Keras GPU throughput at batch 32",
+        "throughput", ("trt", "fp16"), ("keras", "fp32"), 32, 5.0, ">=", "gpu",
+    ),
+    Target(
+        "trt_python_vs_trtexec",
+        "our Python runtime within 15% of trtexec throughput on the same engine (FP16)",
+        "trtexec", ("trt", "fp16"), ("trtexec", "fp16"), None, 0.85, ">=", "gpu",
+    ),
+)
+# Which edge cold-start row stands for "the edge runtime": what `pneumo edge` would pick.
+_EDGE_PREFERENCE = (("trt", "fp16"), ("trt", "fp32"), ("ort-cpu", "fp32"), ("ort-cuda", "fp32"), ("ort-trt", "fp16"))
+
+
+def evaluate_targets(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with its ratio and status: "met", "missed" or "not measured" (with the reason)."""
+    return [_evaluate(target, document) for target in TARGETS]
+
+
+def _evaluate(target: Target, document: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "key": target.key,
+        "target": target.text,
+        "threshold": target.threshold,
+        "direction": target.direction,
+        "ratio": None,
+        "status": "not measured",
+        "detail": "",
+    }
+    if target.kind == "throughput":
+        ratio, detail = _throughput_ratio(target, document)
+    elif target.kind in ("cold_start", "memory"):
+        ratio, detail = _cold_ratio(target, document)
+    else:
+        ratio, detail = _trtexec_ratio(document)
+    result["detail"] = detail
+    if ratio is not None:
+        result["ratio"] = round(ratio, 4)
+        met = ratio >= target.threshold if target.direction == ">=" else ratio <= target.threshold
+        result["status"] = "met" if met else "missed"
+    return result
+
+
+def _row(document: dict[str, Any], backend: str, precision: str, batch: int) -> dict[str, Any] | None:
+    for row in document.get("rows", []):
+        if row["backend"] == backend and row["precision"] == precision and row["batch"] == batch:
+            return row
+    return None
+
+
+def _throughput_ratio(target: Target, document: dict[str, Any]) -> tuple[float | None, str]:
+    assert target.batch is not None
+    top = _row(document, *target.numerator, target.batch)
+    bottom = _row(document, *target.denominator, target.batch)
+    if top is None or bottom is None:
+        missing = " and ".join(
+            f"{b} {p} batch {target.batch}"
+            for (b, p), row in ((target.numerator, top), (target.denominator, bottom))
+            if row is None
+        )
+        return None, f"{missing} did not run here"
+    if target.where == "gpu" and bottom.get("device") != "gpu":
+        return None, "Keras ran on the CPU here (no TensorFlow GPU): no GPU reference"
+    if target.where == "cpu" and bottom.get("device") != "cpu":
+        return None, "Keras ran on a GPU here: the CPU target needs a CPU reference"
+    ratio = top["throughput_ips"] / bottom["throughput_ips"]
+    return ratio, (
+        f"{top['throughput_ips']:.1f} vs {bottom['throughput_ips']:.1f} images/s "
+        f"({target.numerator[0]} {target.numerator[1]} / keras, batch {target.batch})"
+    )
+
+
+def _cold_ratio(target: Target, document: dict[str, Any]) -> tuple[float | None, str]:
+    cold = [c for c in document.get("cold_start", []) if "error" not in c]
+    keras = next((c for c in cold if c["backend"] == "keras"), None)
+    edge = None
+    for backend, precision in _EDGE_PREFERENCE:
+        edge = next((c for c in cold if c["backend"] == backend and c["precision"] == precision), None)
+        if edge:
+            break
+    if keras is None or edge is None:
+        return None, "needs a cold start of both the edge runtime and Keras in this run"
+    key, unit, label = (
+        ("cold_start_s", "s", "cold start") if target.kind == "cold_start" else ("peak_rss_mb", "MB", "peak RSS")
+    )
+    if not keras[key]:
+        return None, f"Keras {label} is zero"
+    return edge[key] / keras[key], (
+        f"{label} {edge[key]:.2f} {unit} ({edge['backend']} {edge['precision']}) vs {keras[key]:.2f} {unit} (keras)"
+    )
+
+
+def _trtexec_ratio(document: dict[str, Any]) -> tuple[float | None, str]:
+    rows = [r for r in document.get("trtexec", []) if r.get("precision") == "fp16" and r.get("python_vs_trtexec")]
+    if not rows:
+        return None, "no trtexec row for an FP16 engine in this run"
+    worst = min(rows, key=lambda r: r["python_vs_trtexec"])
+    return float(worst["python_vs_trtexec"]), (
+        f"batch {worst['batch']}: {worst['python_runtime_throughput_ips']:.1f} vs "
+        f"{worst['throughput_ips']:.1f} images/s (worst batch of {len(rows)})"
+    )
+
+
+def measurement_notes(document: dict[str, Any]) -> list[str]:
+    """Plain statements about what was measured that a reader must not miss."""
+    notes: list[str] = []
+    device = document.get("device", {})
+    flags = device.get("cpu_flags", [])
+    int8_ratios = _cpu_ratios(document, "int8")
+    slow = [batch for batch, ratio in int8_ratios.items() if ratio <= _NO_FASTER]
+    if slow:
+        int8_flags = [f for f in flags if f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")]
+        notes.append(
+            f"INT8 Q/DQ on this CPU is no faster than FP32 at batch {', '.join(map(str, slow))} "
+            f"(INT8/FP32 throughput: {_ratio_text(int8_ratios)}); CPU int8 flags: {', '.join(int8_flags) or 'none'}. "
+            "On this CPU, ONNX Runtime gains no speed from the INT8 Q/DQ graph; INT8 is meant for TensorRT "
+            "on the Jetson, where it is measured separately."
+        )
+    fp16_ratios = _cpu_ratios(document, "fp16")
+    if any(ratio < 1.0 for ratio in fp16_ratios.values()):
+        notes.append(
+            f"FP16 on the CPU is slower than FP32 (FP16/FP32 throughput: {_ratio_text(fp16_ratios)}): ONNX Runtime's "
+            "CPU provider has few FP16 kernels and inserts casts; FP16 is a GPU precision."
+        )
+    if not any(r["backend"] in ("trt", "ort-trt") for r in document.get("rows", [])):
+        notes.append("No TensorRT row ran on this machine: TensorRT figures are not measured by this run.")
+    if document.get("bundle", {}).get("synthetic"):
+        notes.append("SYNTHETIC: the model was trained on phantom images; accuracy figures are not about X-rays.")
+    return notes
+
+
+def _cpu_ratios(document: dict[str, Any], precision: str) -> dict[int, float]:
+    """ort-cpu throughput of ``precision`` over FP32, per batch size where both ran."""
+    ratios = {}
+    for batch in sorted({r["batch"] for r in document.get("rows", [])}):
+        fp32 = _row(document, "ort-cpu", "fp32", batch)
+        other = _row(document, "ort-cpu", precision, batch)
+        if fp32 and other and fp32["throughput_ips"]:
+            ratios[batch] = other["throughput_ips"] / fp32["throughput_ips"]
+    return ratios
+
+
+def _ratio_text(ratios: dict[int, float]) -> str:
+    return ", ".join(f"x{ratio:.2f} at batch {batch}" for batch, ratio in ratios.items())

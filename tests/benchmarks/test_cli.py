@@ -1,0 +1,79 @@
+"""``pneumo bench`` through its main(): exit codes, files written, --json, --compare, --auto."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.cli import main
+from tests.benchmarks.test_run import labelled_folder
+
+QUICK = ["--iterations", "3", "--warmup", "0", "--batch", "1", "--cold-start-repeats", "0", "--bootstrap", "10", "--quiet"]
+
+
+def test_bench_writes_results_and_prints_json(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = labelled_folder(tmp_path / "test", per_class=2)
+    out = tmp_path / "results"
+    code = main([str(tiny_bundle), "--data", str(data), "--backends", "ort-cpu,trt", "-o", str(out), "--json", *QUICK])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    document = json.loads(captured.out)
+    assert document["rows"][0]["backend"] == "ort-cpu"
+    assert any(s["backend"] == "trt" and s["reason"] for s in document["skipped"])
+    files = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert files == ["bench.json", "bench.md", "latency.png", "throughput.png"]
+    assert "pneumo bench --compare" in captured.err  # the next command
+    assert document["command"].startswith("pneumo bench ")
+
+
+def test_compare_two_results(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results"
+    for _ in range(2):
+        assert main([str(tiny_bundle), "--backends", "ort-cpu", "--no-e2e", "-o", str(out), *QUICK]) == 0
+    first, second = sorted(out.rglob("bench.json"))
+    capsys.readouterr()
+    assert main(["--compare", str(first), str(second)]) == 0
+    text = capsys.readouterr().out
+    assert "| ort-cpu | fp32 | 1 |" in text and "B/A" in text
+    assert main(["--compare", str(first), str(second), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"][0]["b_over_a"] > 0
+
+
+def test_usage_errors_exit_2(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "BUNDLE" in capsys.readouterr().err
+    assert main([str(tiny_bundle), "--backends", "tflite"]) == 2
+    assert "--backends" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([str(tiny_bundle), "--iterations", "3", "--duration", "2"])
+    assert exc.value.code == 2
+
+
+def test_failures_exit_1_with_the_file_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path / "no-bundle"), *QUICK]) == 1
+    assert "no-bundle" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert main(["--compare", str(bad), str(bad)]) == 1
+    assert "bad.json" in capsys.readouterr().err
+
+
+def test_auto_without_a_bundle_says_what_to_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--auto", "-o", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "make demo" in err and "pneumo export bundle" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert "pneumo bench --auto" in capsys.readouterr().out
