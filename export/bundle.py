@@ -1,0 +1,410 @@
+"""``pneumo export bundle``: a training run -> the folder a technician copies onto a Jetson.
+
+Steps, each timed and reported (one line per step in the CLI):
+
+1. ``onnx``        model.h5 -> model.onnx (uint8 in), parity vs Keras on test images (fails above 1e-4)
+2. ``calibration`` class-balanced training images -> calibration/calib.npy + calib.json (int8 only)
+3. ``fp16``        model_fp16.onnx, run on ONNX Runtime CPU, diff vs FP32 (sanity bound)
+4. ``int8``        model_int8_qdq.onnx calibrated on step 2, run on ONNX Runtime CPU, diff vs FP32
+5. ``accuracy``    every precision on the test split; fails when INT8 sensitivity drops too far
+6. ``golden``      golden/images.npy + golden.json (expected FP32 outputs, per-precision tolerances)
+7. ``records``     contract.json, model_info.json, model_card.json, export_report.json
+8. ``manifest``    edge_runtime.bundle.write_manifest, then verify_manifest
+
+The bundle is built in a hidden sibling folder and renamed into place only
+when every step passed, so a failed export never leaves a half bundle where a
+good one is expected; ``--overwrite`` replaces an existing *bundle* (a folder
+with a manifest), never any other folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.bundle import MANIFEST_FILE, ONNX_FOR_PRECISION, verify_manifest, write_manifest
+from edge_runtime.contract import SYNTHETIC_WARNING
+from edge_runtime.errors import EdgeError
+from edge_runtime.fileio import fsync_dir, sha256_file
+from export.accuracy import (
+    accuracy_drop_points,
+    evaluate_precisions,
+    headline,
+    require_int8_sensitivity,
+    sensitivity_drop_points,
+)
+from export.calibration import CALIBRATION_DIR, build_calibration_set, save_calibration
+from export.config import BundleConfig
+from export.errors import ExportError, OutputExistsError, ParityError, RunFolderError
+from export.golden import GOLDEN_DIR, golden_check, golden_tolerances, write_golden
+from export.onnx_from_keras import export_onnx
+from export.parity import ParityResult, compare_outputs, onnx_outputs
+from export.precision import fp16_from_onnx, int8_qdq_from_onnx, qdq_summary
+from export.report import REPORT_FILE, new_report, write_report
+from export.run_folder import (
+    MODEL_CARD_FILE,
+    LabelledImage,
+    RunFolder,
+    balanced_sample,
+    label_indices,
+    load_images,
+)
+
+
+@dataclass
+class StepResult:
+    """One export step: what it wrote, how long it took, and what it measured or why it failed."""
+
+    name: str
+    ok: bool
+    seconds: float
+    files: list[str] = field(default_factory=list)
+    bytes: int = 0
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 2),
+            "files": self.files,
+            "bytes": self.bytes,
+            "detail": self.detail,
+        }
+
+
+StepCallback = Callable[[StepResult], None]
+
+
+@dataclass
+class BundleResult:
+    """The finished bundle: where it is, its export report and manifest, the optional archive."""
+
+    root: Path
+    report: dict[str, Any]
+    manifest: dict[str, Any]
+    steps: list[StepResult]
+    archive: Path | None = None
+
+
+@dataclass
+class _StepRecord:
+    files: list[Path] = field(default_factory=list)
+    detail: str = ""
+
+
+class _Steps:
+    """Times each step and reports it, failed or not, before the error propagates."""
+
+    def __init__(self, root: Path, on_step: StepCallback | None) -> None:
+        self.root = root
+        self.on_step = on_step
+        self.results: list[StepResult] = []
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[_StepRecord]:
+        record = _StepRecord()
+        started = time.perf_counter()
+        try:
+            yield record
+        except (ExportError, EdgeError) as exc:
+            self._emit(name, False, time.perf_counter() - started, record, str(exc))
+            raise
+        self._emit(name, True, time.perf_counter() - started, record, record.detail)
+
+    def _emit(self, name: str, ok: bool, seconds: float, record: _StepRecord, detail: str) -> None:
+        files = [p for p in record.files if p.is_file()]
+        result = StepResult(
+            name=name,
+            ok=ok,
+            seconds=seconds,
+            files=[p.relative_to(self.root).as_posix() if p.is_relative_to(self.root) else str(p) for p in files],
+            bytes=sum(p.stat().st_size for p in files),
+            detail=detail,
+        )
+        self.results.append(result)
+        if self.on_step is not None:
+            self.on_step(result)
+
+
+def make_bundle(
+    run_or_h5: str | Path,
+    output: str | Path,
+    config: BundleConfig,
+    on_step: StepCallback | None = None,
+) -> BundleResult:
+    """Build, verify and install a deployment bundle at ``output``; see the module docstring for the steps."""
+    run = RunFolder.resolve(run_or_h5)
+    output = Path(output)
+    check_output(output, run, config.overwrite)
+    staging = output.parent / f".{output.name}.building-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    steps = _Steps(staging, on_step)
+    try:
+        report = _build(run, staging, config, steps)
+        _install(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    manifest = verify_manifest(output)
+    archive = write_archive(output, config.overwrite) if config.tar else None
+    return BundleResult(root=output, report=report, manifest=manifest, steps=steps.results, archive=archive)
+
+
+def check_output(output: Path, run: RunFolder, overwrite: bool) -> None:
+    """Refuse outputs that would clobber the run or a non-bundle folder; a non-empty one needs --overwrite."""
+    resolved, run_dir = output.resolve(), run.folder.resolve()
+    if resolved == run_dir or run_dir.is_relative_to(resolved):
+        raise OutputExistsError(
+            f"{output}: is (or contains) the run folder {run.folder}; choose a separate bundle folder, "
+            f"e.g. -o bundles/{run.info.model_version}"
+        )
+    if output.exists() and not output.is_dir():
+        raise OutputExistsError(f"{output}: exists and is not a folder; choose another -o")
+    if output.is_dir() and any(output.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"{output}: folder is not empty; pass --overwrite to replace the bundle there")
+        if not (output / MANIFEST_FILE).is_file():
+            raise OutputExistsError(
+                f"{output}: not empty and not a bundle (no {MANIFEST_FILE}); refusing to delete it even with "
+                "--overwrite, choose another -o"
+            )
+
+
+def _install(staging: Path, output: Path) -> None:
+    """Rename the finished bundle into place; an old bundle there is moved aside, then removed."""
+    old = output.parent / f".{output.name}.old-{os.getpid()}"
+    if output.exists():
+        os.replace(output, old)
+    os.replace(staging, output)
+    fsync_dir(output.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_archive(root: Path, overwrite: bool) -> Path:
+    """``root.tar.gz`` beside the bundle, written to a temporary name and renamed."""
+    archive = root.with_name(root.name + ".tar.gz")
+    if archive.exists() and not overwrite:
+        raise OutputExistsError(f"{archive}: exists; pass --overwrite to replace it")
+    partial = archive.with_name(f".{archive.name}.partial-{os.getpid()}")
+    try:
+        with tarfile.open(partial, "w:gz") as tar:
+            tar.add(root, arcname=root.name, filter=_skip_engines)
+        os.replace(partial, archive)
+    finally:
+        partial.unlink(missing_ok=True)
+    return archive
+
+
+def _skip_engines(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    parts = Path(member.name).parts
+    return None if len(parts) > 1 and parts[1] == "engines" else member
+
+
+def _build(run: RunFolder, root: Path, config: BundleConfig, steps: _Steps) -> dict[str, Any]:
+    info, contract = run.info, run.contract
+    report = new_report(
+        info,
+        source={
+            "run": str(run.folder),
+            "h5": run.h5_path.name,
+            "h5_sha256": sha256_file(run.h5_path),
+            "split": str(run.split_path),
+            "data_root": str(config.data_root) if config.data_root else None,
+        },
+        config=config.to_dict(),
+    )
+    with steps.step("inputs") as record:
+        test_all = run.split_images("test", config.data_root)
+        if not test_all:
+            raise RunFolderError(f"{run.split_path}: the test list is empty; export measures every precision on it")
+        train = run.split_images("train", config.data_root) if "int8" in config.precisions else []
+        evaluated = (
+            balanced_sample(test_all, info.labels, config.eval_limit, seed=0) if config.eval_limit else test_all
+        )
+        test_batch = load_images(evaluated, contract)
+        y_true = label_indices(evaluated, info.labels)
+        parity_idx = _subset(evaluated, balanced_sample(evaluated, info.labels, config.onnx.parity_images, seed=0))
+        golden_idx = _subset(evaluated, balanced_sample(evaluated, info.labels, config.golden.size, config.golden.seed))
+        record.detail = (
+            f"{len(evaluated)} test images preprocessed to {contract.height}x{contract.width} {contract.color}, "
+            f"{len(train)} training images listed"
+        )
+    parity_batch, parity_source = test_batch[parity_idx], "test split, class-balanced"
+    paths = {p: root / ONNX_FOR_PRECISION[p] for p in config.precisions}
+
+    with steps.step("onnx") as record:
+        record.files.append(paths["fp32"])
+        exported = export_onnx(run.h5_path, contract, info, paths["fp32"], parity_batch, parity_source, config.onnx)
+        report["onnx"] = exported.to_dict()
+        record.detail = f"opset {exported.opset}, {exported.parity.describe()}"
+    fp32_parity = onnx_outputs(paths["fp32"], parity_batch)
+
+    if "int8" in config.precisions:
+        with steps.step("calibration") as record:
+            calibration = build_calibration_set(train, contract, info, config.calibration)
+            record.files.extend(save_calibration(calibration, root / CALIBRATION_DIR))
+            report["calibration"] = {k: v for k, v in calibration.meta.items() if k != "files"}
+            counts = ", ".join(f"{k} {v}" for k, v in calibration.meta["class_counts"].items())
+            record.detail = f"{calibration.n} training images ({counts}), sha256 {calibration.file_list_sha256[:12]}"
+
+    if "fp16" in config.precisions:
+        with steps.step("fp16") as record:
+            record.files.append(fp16_from_onnx(paths["fp32"], paths["fp16"]))
+            result = _compare(fp32_parity, onnx_outputs(paths["fp16"], parity_batch, precision="fp16"), "fp16", info)
+            report["fp16"] = {"file": paths["fp16"].name, "parity": result.to_dict(), "bound": config.fp16.max_abs_diff}
+            record.detail = result.describe()
+            if result.max_abs_diff > config.fp16.max_abs_diff:
+                raise ParityError(
+                    f"{paths['fp16']}: FP16 differs from FP32 by {result.max_abs_diff:.3g} (bound "
+                    f"{config.fp16.max_abs_diff:g}): the model overflows or underflows in float16; ship fp32/int8"
+                )
+
+    if "int8" in config.precisions:
+        with steps.step("int8") as record:
+            settings = int8_qdq_from_onnx(paths["fp32"], paths["int8"], calibration.images, config.quant)
+            record.files.append(paths["int8"])
+            result = _compare(fp32_parity, onnx_outputs(paths["int8"], parity_batch, precision="int8"), "int8", info)
+            summary = qdq_summary(paths["int8"])
+            report["int8"] = {"file": paths["int8"].name, "quantization": settings, "qdq": summary, "parity": result.to_dict()}
+            record.detail = f"{summary['quantize_linear']} Q / {summary['dequantize_linear']} DQ nodes, {result.describe()}"
+
+    with steps.step("accuracy") as record:
+        results, outputs = evaluate_precisions(
+            paths, test_batch, y_true, info, bootstrap=config.bootstrap, seed=0
+        )
+        accuracy: dict[str, Any] = {"split": "test", "n_images": len(evaluated), "backend": "onnxruntime cpu"}
+        accuracy.update({p: results[p] for p in config.precisions})
+        for p in config.precisions:
+            if p != "fp32":
+                accuracy[f"{p}_vs_fp32"] = {
+                    "accuracy_drop_points": round(accuracy_drop_points(results, p), 3),
+                    "sensitivity_drop_points": round(sensitivity_drop_points(results, p), 3),
+                    "outputs": _compare(outputs["fp32"], outputs[p], p, info, "test split").to_dict(),
+                }
+        accuracy["max_int8_sensitivity_drop_points"] = config.quant.max_sensitivity_drop
+        report["accuracy"] = accuracy
+        record.detail = "  ".join(
+            f"{p} acc {results[p]['accuracy']:.3f} sens {results[p]['sensitivity']:.3f}" for p in config.precisions
+        )
+        if "int8" in config.precisions:
+            accuracy["int8_gate_passed"] = False
+            require_int8_sensitivity(results, config.quant.max_sensitivity_drop, paths["int8"])
+            accuracy["int8_gate_passed"] = True
+
+    with steps.step("golden") as record:
+        chosen = [evaluated[i] for i in golden_idx]
+        fp32_golden = outputs["fp32"][golden_idx]
+        measured = {
+            p: _compare(fp32_golden, outputs[p][golden_idx], p, info, "golden set")
+            for p in config.precisions
+            if p != "fp32"
+        }
+        tolerance = golden_tolerances(config.golden, measured)
+        ort_reference = {
+            p: {
+                "max_abs_diff": r.max_abs_diff,
+                "decision_agreement": r.decision_agreement,
+                "outputs": np.asarray(outputs[p][golden_idx], dtype=np.float64).round(8).tolist(),
+            }
+            for p, r in measured.items()
+        }
+        record.files.extend(
+            write_golden(
+                root / GOLDEN_DIR, test_batch[golden_idx], chosen, info, contract, fp32_golden, tolerance, ort_reference
+            )
+        )
+        meta = {"fp32_outputs": fp32_golden.tolist(), "tolerance": tolerance, "decision_threshold": info.threshold}
+        self_check = {p: golden_check(outputs[p][golden_idx], meta, p, info) for p in config.precisions}
+        report["golden"] = {
+            "n": len(chosen),
+            "class_counts": {label: sum(1 for im in chosen if im.label == label) for label in info.labels},
+            "tolerance": tolerance,
+            "onnxruntime_self_check": self_check,
+        }
+        record.detail = f"{len(chosen)} test images, tolerances " + ", ".join(f"{k} {v:g}" for k, v in tolerance.items())
+
+    with steps.step("records") as record:
+        record.files.append(contract.save(root))
+        record.files.append(info.save(root))
+        card = run.folder / MODEL_CARD_FILE
+        if card.is_file():
+            shutil.copyfile(card, root / MODEL_CARD_FILE)
+            record.files.append(root / MODEL_CARD_FILE)
+            report["model_card"] = MODEL_CARD_FILE
+        else:
+            report["model_card"] = None
+            record.detail = f"no {MODEL_CARD_FILE} in {run.folder}; the bundle has none"
+        report["steps"] = [s.to_dict() for s in steps.results]
+        record.files.append(write_report(root / REPORT_FILE, report))
+
+    with steps.step("manifest") as record:
+        extra = {
+            "precisions": list(config.precisions),
+            "export_report": REPORT_FILE,
+            "source_h5_sha256": report["source"]["h5_sha256"],
+            "decision_threshold": info.threshold,
+        }
+        if info.synthetic:
+            extra["warning"] = SYNTHETIC_WARNING
+        write_manifest(root, extra=extra)
+        verify_manifest(root)
+        record.files.append(root / MANIFEST_FILE)
+        record.detail = "every file hashed and verified"
+    return report
+
+
+def _subset(pool: list[LabelledImage], chosen: list[LabelledImage]) -> np.ndarray:
+    index = {image.path: i for i, image in enumerate(pool)}
+    return np.array([index[image.path] for image in chosen], dtype=np.int64)
+
+
+def _compare(
+    reference: np.ndarray, candidate: np.ndarray, precision: str, info: Any, images: str = "test split, class-balanced"
+) -> ParityResult:
+    return compare_outputs(
+        reference,
+        candidate,
+        info,
+        reference_name="onnx fp32",
+        candidate_name=f"onnx {precision}",
+        images=images,
+    )
+
+
+def summary_rows(report: dict[str, Any], root: Path) -> list[dict[str, Any]]:
+    """One row per precision for the CLI's summary table."""
+    rows = []
+    accuracy = report.get("accuracy", {})
+    for precision, name in ONNX_FOR_PRECISION.items():
+        path = root / name
+        if precision not in accuracy or not path.is_file():
+            continue
+        if precision == "fp32":
+            parity = report["onnx"]["parity"]
+            versus = "keras"
+        else:
+            parity = accuracy[f"{precision}_vs_fp32"]["outputs"]
+            versus = "onnx fp32"
+        rows.append(
+            {
+                "precision": precision,
+                "file": name,
+                "mb": path.stat().st_size / 1e6,
+                "versus": versus,
+                "max_abs_diff": parity["max_abs_diff"],
+                "agreement": parity["decision_agreement"],
+                **headline(accuracy[precision]),
+            }
+        )
+    return rows

@@ -1,0 +1,150 @@
+"""The INT8 calibration set: class-balanced training-split images, preprocessed by the shared contract.
+
+Stored as ``calibration/calib.npy`` (uint8 NHWC, exactly what the model takes)
+and ``calibration/calib.json`` (provenance). The provenance hash is the sha256
+of the sorted list of the images' data-set paths, so a TensorRT calibration
+cache can record which set it came from and refuse a different one. Images
+come from the ``train`` list of split.json only: calibrating on test images
+would leak the test split into the model that is then measured on it.
+
+:func:`iter_batches` is calibrator-agnostic: ONNX Runtime's quantizer and a
+TensorRT ``IInt8EntropyCalibrator2`` both take batches from it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.contract import ModelInfo, PreprocessContract
+from edge_runtime.fileio import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes
+from export.config import MIN_CALIBRATION_IMAGES, CalibrationConfig
+from export.errors import CalibrationError
+from export.run_folder import LabelledImage, balanced_sample, load_images
+
+CALIBRATION_DIR = "calibration"
+IMAGES_FILE = "calib.npy"
+META_FILE = "calib.json"
+CALIBRATION_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Calibration images (uint8 NHWC) and their provenance record (``calib.json``)."""
+
+    images: np.ndarray
+    meta: dict[str, Any]
+
+    @property
+    def n(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def file_list_sha256(self) -> str:
+        return str(self.meta["file_list_sha256"])
+
+
+def file_list_sha256(refs: list[str]) -> str:
+    """sha256 of the sorted data-set paths, one per line: the calibration set's identity."""
+    return hashlib.sha256("\n".join(sorted(refs)).encode("utf-8")).hexdigest()
+
+
+def iter_batches(images: np.ndarray, batch: int) -> Iterator[np.ndarray]:
+    """Contiguous uint8 batches of at most ``batch`` images, in order; the last one may be smaller."""
+    if batch < 1:
+        raise ValueError(f"batch size must be positive, got {batch}")
+    for start in range(0, len(images), batch):
+        yield np.ascontiguousarray(images[start : start + batch])
+
+
+def build_calibration_set(
+    train_images: list[LabelledImage],
+    contract: PreprocessContract,
+    info: ModelInfo,
+    config: CalibrationConfig,
+) -> CalibrationSet:
+    """Sample ``config.size`` class-balanced training images and preprocess them."""
+    not_train = [image for image in train_images if image.split != "train"]
+    if not_train:
+        raise CalibrationError(
+            f"{not_train[0].path}: is from the {not_train[0].split!r} split; calibration images must come "
+            "from the training split only (test images would leak into the model measured on them)"
+        )
+    if len(train_images) < MIN_CALIBRATION_IMAGES and not config.force:
+        raise CalibrationError(
+            f"the training split has {len(train_images)} images, fewer than the {MIN_CALIBRATION_IMAGES} "
+            "INT8 calibration needs; use a larger training set, leave out int8 (--precisions fp32,fp16), "
+            "or pass --force for a test run"
+        )
+    chosen = balanced_sample(train_images, info.labels, config.size, config.seed)
+    images = load_images(chosen, contract)
+    refs = [image.ref or image.path.as_posix() for image in chosen]
+    counts = {label: sum(1 for image in chosen if image.label == label) for label in info.labels}
+    meta = {
+        "schema": CALIBRATION_SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "n": len(chosen),
+        "requested": config.size,
+        "forced": config.force and len(chosen) < MIN_CALIBRATION_IMAGES,
+        "split": "train",
+        "sampling": "class-balanced, seeded permutation of each class sorted by path",
+        "seed": config.seed,
+        "labels": list(info.labels),
+        "class_counts": counts,
+        "files": sorted(refs),
+        "file_list_sha256": file_list_sha256(refs),
+        "images_file": IMAGES_FILE,
+        "images_sha256": "",
+        "shape": list(images.shape),
+        "dtype": "uint8",
+        "layout": "NHWC",
+        "contract": contract.to_dict(),
+    }
+    return CalibrationSet(images=images, meta=meta)
+
+
+def save_calibration(calibration: CalibrationSet, folder: Path) -> tuple[Path, Path]:
+    """Write ``calib.npy`` and ``calib.json`` atomically; the JSON records the .npy's sha256."""
+    buffer = io.BytesIO()
+    np.save(buffer, calibration.images, allow_pickle=False)
+    data = buffer.getvalue()
+    calibration.meta["images_sha256"] = sha256_bytes(data)
+    images_path, meta_path = folder / IMAGES_FILE, folder / META_FILE
+    atomic_write_bytes(images_path, data)
+    atomic_write_json(meta_path, calibration.meta)
+    return images_path, meta_path
+
+
+def load_calibration(path: Path, contract: PreprocessContract | None = None) -> CalibrationSet:
+    """Read a calibration folder (or its calib.npy), checking its hash, shape and contract."""
+    folder = path.parent if path.suffix == ".npy" else path
+    images_path, meta_path = folder / IMAGES_FILE, folder / META_FILE
+    for required in (images_path, meta_path):
+        if not required.is_file():
+            raise CalibrationError(
+                f"{required}: missing; make a calibration set with 'pneumo export calib RUN -o {folder}'"
+            )
+    try:
+        meta = read_json(meta_path)
+        data = images_path.read_bytes()
+        images = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"{folder}: unreadable calibration set ({exc}); rebuild it") from exc
+    if meta.get("images_sha256") != sha256_bytes(data):
+        raise CalibrationError(f"{images_path}: sha256 does not match {meta_path}; the set was modified, rebuild it")
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != meta.get("n"):
+        raise CalibrationError(f"{images_path}: expected {meta.get('n')} uint8 NHWC images, got {images.dtype} {images.shape}")
+    if meta.get("split") != "train":
+        raise CalibrationError(f"{meta_path}: drawn from split {meta.get('split')!r}; calibration must use 'train'")
+    if contract is not None and meta.get("contract") != contract.to_dict():
+        raise CalibrationError(
+            f"{meta_path}: made with another preprocessing contract than this model's; rebuild it for this model"
+        )
+    return CalibrationSet(images=images, meta=meta)

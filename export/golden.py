@@ -1,0 +1,129 @@
+"""The golden set: a few dozen real, preprocessed test images with their expected FP32 outputs.
+
+``pneumo edge build`` on the Jetson runs every engine it builds on
+``golden/images.npy`` and compares with ``golden/golden.json``:
+
+* ``fp32_outputs``: ONNX FP32 outputs on ONNX Runtime CPU, shape (N, K);
+* ``tolerance[precision]``: the largest allowed max abs difference of the raw
+  outputs from ``fp32_outputs``;
+* decisions at ``decision_threshold`` must agree on every image whose FP32
+  P(abnormal) lies more than ``tolerance[precision]`` from the threshold
+  (images closer than that may legitimately flip; ``agreement_rule`` says so).
+
+FP16 and INT8 tolerances are set from what ONNX Runtime's own FP16 and Q/DQ
+graphs do on these images (``ort_reference``), with headroom for TensorRT's
+different kernels, and never below a floor.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.contract import ModelInfo, PreprocessContract
+from edge_runtime.fileio import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes
+from edge_runtime.predictor import abnormal_probability
+from export.config import GoldenConfig
+from export.errors import ExportError
+from export.parity import ParityResult
+from export.run_folder import LabelledImage
+
+GOLDEN_DIR = "golden"
+IMAGES_FILE = "images.npy"
+META_FILE = "golden.json"
+GOLDEN_SCHEMA = 1
+# Floors for TensorRT vs ONNX Runtime: FP16 kernels differ in accumulation order, INT8 in fusion and rounding.
+FP16_FLOOR, FP16_HEADROOM = 1e-2, 4.0
+INT8_FLOOR, INT8_HEADROOM = 5e-2, 2.0
+AGREEMENT_RULE = (
+    "decisions at decision_threshold must agree with fp32_outputs on every image whose fp32 P(abnormal) "
+    "is more than tolerance[precision] away from decision_threshold"
+)
+
+
+def golden_tolerances(config: GoldenConfig, measured: dict[str, ParityResult]) -> dict[str, float]:
+    """Per-precision max abs difference allowed against ``fp32_outputs``."""
+    tolerance = {"fp32": config.fp32_tolerance}
+    if "fp16" in measured:
+        tolerance["fp16"] = max(FP16_FLOOR, FP16_HEADROOM * measured["fp16"].max_abs_diff)
+    if "int8" in measured:
+        tolerance["int8"] = max(INT8_FLOOR, INT8_HEADROOM * measured["int8"].max_abs_diff)
+    return {k: float(f"{v:.3g}") for k, v in tolerance.items()}
+
+
+def write_golden(
+    folder: Path,
+    images: np.ndarray,
+    chosen: list[LabelledImage],
+    info: ModelInfo,
+    contract: PreprocessContract,
+    fp32_outputs: np.ndarray,
+    tolerance: dict[str, float],
+    ort_reference: dict[str, dict[str, Any]],
+) -> tuple[Path, Path]:
+    """Write ``images.npy`` and ``golden.json`` atomically."""
+    if any(image.split != "test" for image in chosen):
+        raise ExportError("golden images must come from the test split")
+    buffer = io.BytesIO()
+    np.save(buffer, images, allow_pickle=False)
+    data = buffer.getvalue()
+    meta = {
+        "schema": GOLDEN_SCHEMA,
+        "split": "test",
+        "n": len(chosen),
+        "labels": list(info.labels),
+        "files": [image.ref or image.path.as_posix() for image in chosen],
+        "true_labels": [image.label for image in chosen],
+        "fp32_outputs": np.asarray(fp32_outputs, dtype=np.float64).round(8).tolist(),
+        "fp32_probabilities": abnormal_probability(fp32_outputs, info).astype(np.float64).round(8).tolist(),
+        "reference": "model.onnx (fp32) on onnxruntime cpu",
+        "decision_threshold": info.threshold,
+        "head": info.head,
+        "tolerance": tolerance,
+        "agreement_rule": AGREEMENT_RULE,
+        "ort_reference": ort_reference,
+        "model_version": info.model_version,
+        "contract": contract.to_dict(),
+        "images_file": IMAGES_FILE,
+        "images_sha256": sha256_bytes(data),
+        "shape": list(images.shape),
+        "dtype": "uint8",
+        "layout": "NHWC",
+    }
+    images_path, meta_path = folder / IMAGES_FILE, folder / META_FILE
+    atomic_write_bytes(images_path, data)
+    atomic_write_json(meta_path, meta)
+    return images_path, meta_path
+
+
+def load_golden(folder: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read ``golden/`` back, checking the images against their recorded hash."""
+    data = (folder / IMAGES_FILE).read_bytes()
+    meta = read_json(folder / META_FILE)
+    if meta.get("images_sha256") != sha256_bytes(data):
+        raise ExportError(f"{folder / IMAGES_FILE}: sha256 does not match {folder / META_FILE}")
+    return np.load(io.BytesIO(data), allow_pickle=False), meta
+
+
+def golden_check(outputs: np.ndarray, meta: dict[str, Any], precision: str, info: ModelInfo) -> dict[str, Any]:
+    """Apply golden.json's rule to ``outputs`` of one precision (the rule the Jetson self-test applies)."""
+    reference = np.asarray(meta["fp32_outputs"], dtype=np.float64)
+    outputs = np.asarray(outputs, dtype=np.float64).reshape(reference.shape)
+    tolerance = float(meta["tolerance"][precision])
+    threshold = float(meta["decision_threshold"])
+    ref_prob = abnormal_probability(reference, info)
+    out_prob = abnormal_probability(outputs, info)
+    clear = np.abs(ref_prob - threshold) > tolerance
+    flipped = clear & ((ref_prob >= threshold) != (out_prob >= threshold))
+    max_diff = float(np.abs(reference - outputs).max())
+    return {
+        "precision": precision,
+        "max_abs_diff": max_diff,
+        "tolerance": tolerance,
+        "clear_images": int(clear.sum()),
+        "clear_decisions_flipped": int(flipped.sum()),
+        "passed": bool(max_diff <= tolerance and not flipped.any()),
+    }

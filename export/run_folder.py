@@ -1,0 +1,224 @@
+"""What export reads from a training run: model.h5, contract, model info, and the split's image lists.
+
+A run folder (written by ``pneumo train``) holds ``model.h5``,
+``contract.json``, ``model_info.json``, ``model_card.json`` and ``split.json``
+= ``{"labels": [...], "root": DATA_ROOT, "train": [{"path", "label", ...}],
+"val": [...], "test": [...]}`` with paths absolute or relative to ``root``.
+A bare ``.h5`` is accepted when ``contract.json`` and ``model_info.json`` lie
+beside it; its parity images then come from ``--data``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.contract import CONTRACT_FILE, MODEL_INFO_FILE, ModelInfo, PreprocessContract
+from edge_runtime.errors import ContractError, ImageDecodeError
+from edge_runtime.fileio import read_json
+from edge_runtime.preprocess import is_image_name, preprocess_file
+from export.errors import ExportError, RunFolderError
+
+MODEL_FILE = "model.h5"
+SPLIT_FILE = "split.json"
+MODEL_CARD_FILE = "model_card.json"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One image file with its true label and the split it belongs to."""
+
+    path: Path
+    label: str
+    split: str
+    # The path as the data set names it (relative to its root where possible): stable across machines,
+    # so provenance hashes do not change when the data set moves.
+    ref: str = ""
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A resolved model source: the .h5 and the records that say how to feed it and read it."""
+
+    h5_path: Path
+    folder: Path
+    contract: PreprocessContract
+    info: ModelInfo
+
+    @classmethod
+    def resolve(cls, run_or_h5: str | Path) -> RunFolder:
+        """Accept a run folder or a ``.h5`` file with contract.json and model_info.json beside it."""
+        source = Path(run_or_h5)
+        if not source.exists():
+            raise RunFolderError(f"{source}: not found; pass the run folder 'pneumo train --out' wrote, or its model.h5")
+        if source.is_dir():
+            folder, h5_path = source, source / MODEL_FILE
+        elif source.suffix.lower() in (".h5", ".hdf5"):
+            folder, h5_path = source.parent, source
+        else:
+            raise RunFolderError(
+                f"{source}: not a run folder or .h5 file; pass the folder 'pneumo train --out' wrote, or its model.h5"
+            )
+        if not h5_path.is_file():
+            raise RunFolderError(
+                f"{h5_path}: model file not found; train one with 'pneumo train --out {folder}' "
+                "or pass the path of an existing .h5"
+            )
+        for name in (CONTRACT_FILE, MODEL_INFO_FILE):
+            if not (folder / name).is_file():
+                raise RunFolderError(
+                    f"{folder / name}: missing; it is written by 'pneumo train' next to model.h5 and export "
+                    "needs it to know how the model was fed (contract) and what its output means (model info)"
+                )
+        try:
+            contract = PreprocessContract.load(folder / CONTRACT_FILE)
+            info = ModelInfo.load(folder / MODEL_INFO_FILE)
+        except ContractError as exc:
+            raise RunFolderError(f"{exc}; re-run 'pneumo train' or fix the file") from exc
+        return cls(h5_path=h5_path, folder=folder, contract=contract, info=info)
+
+    @property
+    def split_path(self) -> Path:
+        return self.folder / SPLIT_FILE
+
+    @property
+    def has_split(self) -> bool:
+        return self.split_path.is_file()
+
+    def split_images(self, split: str, data_root: Path | None = None) -> list[LabelledImage]:
+        """Images of one split from split.json; ``data_root`` re-roots paths when the data moved."""
+        if not self.has_split:
+            raise RunFolderError(
+                f"{self.split_path}: missing; export draws calibration images from the training split and test "
+                "images from the test split it lists. Use the run folder 'pneumo train' wrote"
+            )
+        return read_split(self.split_path, split, self.info.labels, data_root)
+
+
+def read_split(path: Path, split: str, labels: tuple[str, ...], data_root: Path | None = None) -> list[LabelledImage]:
+    """The entries of ``split`` in a split.json, with paths resolved and every file checked to exist."""
+    if split not in SPLITS:
+        raise ExportError(f"unknown split {split!r}: expected one of {SPLITS}")
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise RunFolderError(f"{path}: cannot read split JSON ({exc}); re-run 'pneumo train'") from exc
+    if not isinstance(data, dict) or not isinstance(data.get(split), list):
+        raise RunFolderError(f"{path}: no {split!r} list; expected the split.json 'pneumo train' writes")
+    split_root = Path(str(data.get("root", path.parent)))
+    images = []
+    for entry in data[split]:
+        image = _entry(entry, split, split_root, data_root, path)
+        if image.label not in labels:
+            raise RunFolderError(f"{path}: {image.path} has label {image.label!r}, not one of the model's {labels}")
+        images.append(image)
+    missing = [image.path for image in images if not image.path.is_file()]
+    if missing:
+        hint = "pass --data ROOT where the data set now lives" if data_root is None else f"check --data {data_root}"
+        raise RunFolderError(
+            f"{missing[0]}: listed in {path} ({split}) but not found ({len(missing)} of {len(images)} missing); {hint}"
+        )
+    return images
+
+
+def _entry(entry: Any, split: str, split_root: Path, data_root: Path | None, source: Path) -> LabelledImage:
+    if not isinstance(entry, dict) or "path" not in entry or "label" not in entry:
+        raise RunFolderError(f"{source}: a {split} entry lacks 'path' or 'label': {entry!r}")
+    raw = Path(str(entry["path"]))
+    if raw.is_absolute():
+        path = raw
+        if data_root is not None and not raw.exists():
+            # The data set moved: keep the path relative to the old root under the new one.
+            try:
+                path = data_root / raw.relative_to(split_root)
+            except ValueError:
+                path = raw
+    else:
+        path = (data_root or split_root) / raw
+    try:
+        ref = raw.relative_to(split_root).as_posix() if raw.is_absolute() else raw.as_posix()
+    except ValueError:
+        ref = raw.as_posix()
+    return LabelledImage(path=path, label=str(entry["label"]), split=split, ref=ref)
+
+
+def folder_images(root: Path, labels: tuple[str, ...], split: str) -> list[LabelledImage]:
+    """Labelled images of a data folder: ``ROOT/SPLIT/CLASS/*`` if present, else ``ROOT/CLASS/*``."""
+    base = root / split if (root / split).is_dir() else root
+    images: list[LabelledImage] = []
+    for label in labels:
+        folder = base / label
+        if folder.is_dir():
+            images.extend(
+                LabelledImage(path=p, label=label, split=split, ref=p.relative_to(root).as_posix())
+                for p in sorted(folder.rglob("*"))
+                if p.is_file() and is_image_name(p.name)
+            )
+    if not images:
+        raise RunFolderError(
+            f"{base}: no images in {', '.join(f'{base / label}/' for label in labels)}; "
+            "pass a folder laid out as ROOT/test/CLASS/ or ROOT/CLASS/"
+        )
+    return images
+
+
+def balanced_sample(images: list[LabelledImage], labels: tuple[str, ...], n: int, seed: int) -> list[LabelledImage]:
+    """Up to ``n`` images, as equal per class as the classes allow; deterministic for a seed.
+
+    Images are sorted by path before shuffling, so the sample does not depend on
+    the order of split.json. A class with too few images gives all it has and
+    the others fill the remainder.
+    """
+    rng = np.random.default_rng(seed)
+    pools: dict[str, list[LabelledImage]] = {}
+    for label in labels:
+        pool = sorted((im for im in images if im.label == label), key=lambda im: str(im.path))
+        pools[label] = [pool[i] for i in rng.permutation(len(pool))]
+    quota = {label: 0 for label in labels}
+    remaining = min(n, sum(len(pool) for pool in pools.values()))
+    while remaining > 0:
+        open_labels = [label for label in labels if quota[label] < len(pools[label])]
+        share, extra = divmod(remaining, len(open_labels))
+        for i, label in enumerate(open_labels):
+            take = min(share + (1 if i < extra else 0), len(pools[label]) - quota[label])
+            quota[label] += take
+            remaining -= take
+    chosen = [image for label in labels for image in pools[label][: quota[label]]]
+    return sorted(chosen, key=lambda im: (labels.index(im.label), str(im.path)))
+
+
+def load_images(images: list[LabelledImage], contract: PreprocessContract) -> np.ndarray:
+    """uint8 NHWC batch through the one preprocessing implementation; a bad file is an error naming it."""
+    batch = np.empty((len(images), *contract.input_shape), dtype=np.uint8)
+    for i, image in enumerate(images):
+        try:
+            batch[i] = preprocess_file(image.path, contract)
+        except ImageDecodeError as exc:
+            raise ExportError(f"{exc}; remove it from the data set or re-run 'pneumo train' to rebuild split.json") from exc
+    return batch
+
+
+def label_indices(images: list[LabelledImage], labels: tuple[str, ...]) -> np.ndarray:
+    return np.array([labels.index(image.label) for image in images], dtype=np.int64)
+
+
+def parity_images_for(run: RunFolder, n: int, data_root: Path | None, seed: int = 0) -> tuple[list[LabelledImage], str]:
+    """Real images for a parity check: the run's test split (else val), or a ``--data`` folder's test images."""
+    if run.has_split:
+        for split in ("test", "val"):
+            images = run.split_images(split, data_root)
+            if images:
+                chosen = balanced_sample(images, run.info.labels, n, seed)
+                return chosen, f"{split} split (class-balanced sample of split.json)"
+        raise RunFolderError(f"{run.split_path}: the test and val lists are empty; parity needs real images")
+    if data_root is None:
+        raise RunFolderError(
+            f"{run.split_path}: missing, so there are no test images for the parity check; pass --data ROOT "
+            "(a folder laid out as ROOT/test/CLASS/ or ROOT/CLASS/)"
+        )
+    images = folder_images(data_root, run.info.labels, "test")
+    return balanced_sample(images, run.info.labels, n, seed), f"{data_root} (class-balanced sample)"
