@@ -30,3 +30,11 @@ class BackendUnavailableError(EdgeError):
 
 class EngineMismatchError(EdgeError):
     """A TensorRT engine was built for another device, TensorRT version or model."""
+
+
+class EngineBuildError(EdgeError):
+    """A TensorRT engine could not be built as asked (precision, calibration, DLA, profile)."""
+
+
+class CameraError(EdgeError):
+    """A camera or video source could not be opened or stopped delivering frames."""

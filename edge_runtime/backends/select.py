@@ -1,17 +1,142 @@
-"""Choose and create a backend for a bundle: ``--backend auto`` or a named one."""
+"""Choose and create a backend for a bundle: ``--backend auto`` or a named one.
+
+``auto`` tries, fastest first: a TensorRT engine built for this device in the
+bundle (``trt``), ONNX Runtime's TensorRT execution provider (``ort-trt``), its
+CUDA provider (``ort-cuda``), its CPU provider (``ort-cpu``). Each candidate is
+actually opened (for ONNX Runtime that means ``session.get_providers()`` shows
+the provider loaded, not just that it is listed), the first that opens wins,
+and the choice and the reason every faster one was skipped are logged and
+returned (:class:`BackendChoice`). A named backend that cannot run is an
+error, never a silent fallback.
+"""
 
 from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
 
 from edge_runtime.backends.base import Backend
 from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edge_runtime.bundle import Bundle
-from edge_runtime.errors import BackendUnavailableError
+from edge_runtime.errors import BackendUnavailableError, EdgeError
 
-BACKENDS = ("ort-cpu",)
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "trt", "ort-trt", "ort-cuda", "ort-cpu")
+AUTO_ORDER = ("trt", "ort-trt", "ort-cuda", "ort-cpu")
+
+
+@dataclass
+class BackendChoice:
+    """The backend chosen (unopened) and why each faster candidate was skipped."""
+
+    backend: Backend
+    name: str
+    precision: str
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        text = f"backend {self.name} ({self.precision})"
+        if self.skipped:
+            text += "; skipped " + "; ".join(f"{name} ({_short(name, why)})" for name, why in self.skipped.items())
+        return text
+
+
+def _short(name: str, why: str) -> str:
+    """First clause of a skip reason, without a repeated backend name, for one log line."""
+    why = why.removeprefix(f"{name}: ")
+    return why.split("; ")[0]
+
+
+def rebuild_command(bundle: Bundle, precision: str) -> str:
+    """The command that (re)builds the engine ``trt`` looks for."""
+    return f"pneumo edge build {shlex.quote(str(bundle.root))} --precision {precision}"
+
+
+def _tensorrt_backend(bundle: Bundle, precision: str) -> Backend:
+    from edge_runtime.backends.tensorrt import TensorRTBackend
+    from edge_runtime.device import cuda_device, device_key, tensorrt_version
+    from edge_runtime.engine_sidecar import EngineSidecar, engine_files
+
+    key = device_key(*_gpu_facts(cuda_device()), tensorrt_version())
+    files = engine_files(bundle.engines_dir, key, precision)
+    command = rebuild_command(bundle, precision)
+    if not files.engine.is_file():
+        built = sorted(p.name for p in (bundle.engines_dir / key).glob("*.engine")) if (bundle.engines_dir / key).is_dir() else []
+        raise BackendUnavailableError(
+            f"trt: no {precision} engine for this device ({key}) in {bundle.engines_dir}"
+            + (f" (built here: {', '.join(built)})" if built else "")
+            + f"; build it with: {command}"
+        )
+    sidecar = EngineSidecar.load(files.sidecar)
+    onnx_sha = bundle.file_sha256(sidecar.onnx_file) if (bundle.root / sidecar.onnx_file).is_file() else None
+    return TensorRTBackend(files.engine, expected_onnx_sha256=onnx_sha, rebuild_command=command)
+
+
+def _gpu_facts(device: Any) -> tuple[str, str]:
+    return device.name, device.compute_capability
+
+
+def _onnxruntime_backend(bundle: Bundle, name: str, precision: str, threads: int) -> Backend:
+    options: dict[str, Any] = {}
+    model = bundle.onnx_path(precision)
+    if name == "ort-trt":
+        # The TensorRT EP builds its own engine from the ONNX; cache it beside ours so
+        # the next start does not rebuild it (minutes on a Jetson).
+        cache = bundle.engines_dir / "onnxruntime-trt"
+        options = {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache),
+        }
+        if precision == "fp16":
+            # The EP takes FP16 as a flag on the FP32 graph, like TensorRT 10's builder.
+            model = bundle.onnx_path("fp32")
+            options["trt_fp16_enable"] = True
+        elif precision == "int8":
+            options["trt_int8_enable"] = True  # explicit Q/DQ scales from model_int8_qdq.onnx
+    backend = OnnxRuntimeBackend(model, name=name, precision=precision, threads=threads, provider_options=options)
+    return backend
+
+
+def _make(bundle: Bundle, name: str, precision: str, threads: int) -> Backend:
+    if name == "trt":
+        return _tensorrt_backend(bundle, precision)
+    return _onnxruntime_backend(bundle, name, precision, threads)
+
+
+def select_backend(bundle: Bundle, backend: str = "auto", precision: str = "fp32", threads: int = 0) -> BackendChoice:
+    """Pick a backend that really loads here; return it unopened with the reasons for skipped ones."""
+    if backend not in BACKENDS:
+        raise BackendUnavailableError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return BackendChoice(_make(bundle, backend, precision, threads), backend, precision)
+    skipped: dict[str, str] = {}
+    for name in AUTO_ORDER:
+        try:
+            candidate = _make(bundle, name, precision, threads)
+            candidate.open()
+            candidate.close()
+        except EdgeError as exc:
+            skipped[name] = str(exc)
+            continue
+        except Exception as exc:  # noqa: BLE001 - a provider failing to load in any way means "skip it"
+            skipped[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        choice = BackendChoice(candidate, name, precision, skipped)
+        log.info("backend auto -> %s", choice.describe())
+        return choice
+    raise BackendUnavailableError(
+        f"no backend can run the {precision} model here: " + "; ".join(f"{n}: {why}" for n, why in skipped.items())
+    )
 
 
 def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "fp32", threads: int = 0) -> Backend:
-    """Return an unopened backend for ``bundle``; use it as a context manager."""
-    if backend in ("auto", "ort-cpu"):
-        return OnnxRuntimeBackend(bundle.onnx_path(precision), name="ort-cpu", precision=precision, threads=threads)
-    raise BackendUnavailableError(f"unknown backend {backend!r}: expected auto or one of {BACKENDS}")
+    """Return an unopened backend for ``bundle``; use it as a context manager.
+
+    With ``backend="auto"`` the fastest one that loads here (see :func:`select_backend`).
+    """
+    return select_backend(bundle, backend, precision, threads).backend

@@ -1,0 +1,345 @@
+"""Live inference on a camera or video stream with OpenCV capture.
+
+Capture back-ends, and the trap behind each:
+
+* USB cameras go through V4L2, which every Linux OpenCV build has.
+* A Jetson CSI camera (``csi://0``) is only reachable through a GStreamer
+  pipeline (``nvarguscamerasrc ! ... ! appsink``), and the OpenCV wheels on the
+  package index are built *without* GStreamer: ``cv2.VideoCapture`` then
+  returns an unopened capture or blank frames with no error. So the build
+  information is checked first and a CSI source on such an OpenCV fails with
+  that explanation (JetPack's own OpenCV has GStreamer: use a venv made with
+  ``--system-site-packages``; see deploy/JETSON.md).
+* ``opencv-python-headless`` has no GUI (``GUI: NONE``), so ``imshow`` cannot
+  open a window; that is detected and reported unless ``--headless`` is asked.
+
+Per frame the loop times three stages (capture, preprocess, infer), writes one
+JSON line in headless mode (and a PNG snapshot every N seconds), and stops
+cleanly when the ``stop`` event is set (the CLI sets it on Ctrl-C and SIGTERM),
+at the end of a file, or after ``max_frames``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from threading import Event
+from typing import IO, Any
+
+import numpy as np
+
+from edge_runtime.contract import SYNTHETIC_WARNING, PreprocessContract
+from edge_runtime.device import opencv_capture_backends, opencv_has_gui
+from edge_runtime.errors import CameraError
+from edge_runtime.fileio import atomic_write_bytes
+from edge_runtime.predictor import Prediction, Predictor
+from edge_runtime.preprocess import apply_contract
+from edge_runtime.sources import CameraSource
+
+FLIP_METHODS = range(8)  # nvvidconv flip-method: 0 none, 2 rotate 180, 4 horizontal, 6 vertical, ...
+STAGES = ("capture", "preprocess", "infer")
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """One camera run, from ``pneumo edge camera`` flags."""
+
+    source: str
+    width: int = 1280
+    height: int = 720
+    fps: int = 30
+    flip: int = 0
+    headless: bool = False
+    jsonl: Path | None = None
+    snapshot_every_s: float = 0.0
+    snapshot_dir: Path | None = None
+    max_frames: int = 0
+    realtime: bool = False
+    window_title: str = "pneumo-edge"
+
+    def __post_init__(self) -> None:
+        if not (16 <= self.width <= 8192 and 16 <= self.height <= 8192):
+            raise CameraError(f"--width/--height {self.width}x{self.height} is outside 16..8192")
+        if not 1 <= self.fps <= 240:
+            raise CameraError(f"--fps {self.fps} is outside 1..240")
+        if self.flip not in FLIP_METHODS:
+            raise CameraError(f"--flip {self.flip}: nvvidconv flip-method is 0..7")
+        if self.snapshot_every_s < 0 or self.max_frames < 0:
+            raise CameraError("--snapshot-every and --max-frames must not be negative")
+        if self.headless and self.jsonl is None:
+            raise CameraError("--headless needs --jsonl OUT.jsonl: the per-frame results go there")
+
+    @property
+    def snapshots(self) -> Path | None:
+        if self.snapshot_every_s <= 0:
+            return None
+        if self.snapshot_dir is not None:
+            return self.snapshot_dir
+        return (self.jsonl.parent if self.jsonl is not None else Path(".")) / "snapshots"
+
+
+def csi_pipeline(sensor_id: int, width: int, height: int, fps: int, flip: int = 0) -> str:
+    """GStreamer pipeline for a Jetson CSI camera, ending in an appsink OpenCV reads BGR from.
+
+    nvarguscamerasrc delivers NV12 in NVMM (GPU) memory; nvvidconv converts and
+    flips on the VIC, videoconvert makes BGR, and the appsink keeps only the
+    newest frame so a slow model never works on stale frames.
+    """
+    return (
+        f"nvarguscamerasrc sensor-id={sensor_id} ! "
+        f"video/x-raw(memory:NVMM), width=(int){width}, height=(int){height}, "
+        f"framerate=(fraction){fps}/1, format=(string)NV12 ! "
+        f"nvvidconv flip-method={flip} ! "
+        f"video/x-raw, width=(int){width}, height=(int){height}, format=(string)BGRx ! "
+        "videoconvert ! video/x-raw, format=(string)BGR ! "
+        "appsink drop=true max-buffers=1 sync=false"
+    )
+
+
+def no_gstreamer_message(source: CameraSource) -> str:
+    import cv2
+
+    return (
+        f"{source.target}: a CSI camera needs OpenCV built with GStreamer (nvarguscamerasrc), and this "
+        f"OpenCV {cv2.__version__} has GStreamer: NO (the opencv-python wheels from the package index are "
+        "built without it; 'pneumo edge doctor' shows the capture back-ends). On a Jetson use JetPack's "
+        "OpenCV: create the venv with 'python3 -m venv --system-site-packages' and remove the pip OpenCV "
+        "from it (deploy/JETSON.md). USB cameras work through V4L2 either way: --source /dev/video0"
+    )
+
+
+def open_capture(source: CameraSource, config: CameraConfig, build_info: str | None = None) -> Any:
+    """An opened ``cv2.VideoCapture`` for ``source``, or a CameraError saying why not."""
+    import cv2
+
+    backends = opencv_capture_backends(build_info if build_info is not None else cv2.getBuildInformation())
+    if source.kind == "csi":
+        if not backends["gstreamer"]:
+            raise CameraError(no_gstreamer_message(source))
+        assert source.index is not None
+        pipeline = csi_pipeline(source.index, config.width, config.height, config.fps, config.flip)
+        capture = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
+    elif source.kind == "v4l2":
+        api = cv2.CAP_V4L2 if backends["v4l2"] else cv2.CAP_ANY
+        capture = cv2.VideoCapture(source.index if source.index is not None else source.target, api)
+        if capture.isOpened():
+            capture.set(cv2.CAP_PROP_FRAME_WIDTH, config.width)
+            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, config.height)
+            capture.set(cv2.CAP_PROP_FPS, config.fps)
+    elif source.kind == "network":
+        capture = cv2.VideoCapture(source.target, cv2.CAP_FFMPEG if backends["ffmpeg"] else cv2.CAP_ANY)
+    else:
+        capture = cv2.VideoCapture(source.target)
+    if not capture.isOpened():
+        have = ", ".join(name for name, ok in backends.items() if ok) or "none"
+        raise CameraError(
+            f"could not open {source.describe()} (this OpenCV's capture back-ends: {have}); "
+            "check the device exists and is not in use ('pneumo edge doctor' lists cameras)"
+        )
+    return capture
+
+
+@dataclass
+class StageTimes:
+    """Per-stage latencies in milliseconds, one entry per frame."""
+
+    values: dict[str, list[float]] = field(default_factory=lambda: {stage: [] for stage in STAGES})
+
+    def add(self, **stage_ms: float) -> None:
+        for stage, value in stage_ms.items():
+            self.values[stage].append(value)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for stage, values in self.values.items():
+            if values:
+                array = np.asarray(values)
+                out[stage] = {
+                    "mean_ms": round(float(array.mean()), 3),
+                    "p50_ms": round(float(np.percentile(array, 50)), 3),
+                    "p95_ms": round(float(np.percentile(array, 95)), 3),
+                }
+        return out
+
+
+@dataclass
+class CameraSummary:
+    """What a camera run did: sustained FPS, per-stage latency, why it stopped."""
+
+    source: str
+    backend: str
+    precision: str
+    frames: int
+    seconds: float
+    fps: float
+    stages: dict[str, dict[str, float]]
+    stop_reason: str
+    jsonl: str | None = None
+    snapshots: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def overlay(frame: np.ndarray, prediction: Prediction, fps: float, synthetic: bool) -> np.ndarray:
+    """Draw label, probability, FPS and the decision-support note on a copy of ``frame``."""
+    import cv2
+
+    shown = frame.copy() if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    colour = (0, 0, 255) if prediction.decision == "abnormal" else (0, 200, 0)
+    lines = [
+        (f"{prediction.label}  p={prediction.probability:.3f} (threshold {prediction.threshold:.3f})", colour),
+        (f"{fps:.1f} FPS  {prediction.backend} {prediction.precision}  model {prediction.model_version}", (255, 255, 255)),
+        ("Decision support only, not a diagnosis", (255, 255, 255)),
+    ]
+    if synthetic:
+        lines.append((SYNTHETIC_WARNING, (0, 165, 255)))
+    scale = max(0.5, shown.shape[1] / 1600)
+    for i, (text, rgb) in enumerate(lines):
+        y = int(30 * scale * (i + 1)) + 5
+        cv2.putText(shown, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 4, cv2.LINE_AA)
+        cv2.putText(shown, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, scale, rgb, 1, cv2.LINE_AA)
+    return shown
+
+
+class Window:
+    """An OpenCV window; refuses to exist where OpenCV has no GUI."""
+
+    def __init__(self, title: str, build_info: str | None = None) -> None:
+        if not opencv_has_gui(build_info):
+            raise CameraError(
+                "this OpenCV has no GUI (opencv-python-headless, 'GUI: NONE'), so no window can open: "
+                "run with --headless --jsonl results.jsonl, or use an OpenCV with GUI support "
+                "(JetPack's, via a --system-site-packages venv)"
+            )
+        self.title = title
+
+    def show(self, image: np.ndarray) -> bool:
+        """Show ``image``; False when the user pressed q or Esc."""
+        import cv2
+
+        cv2.imshow(self.title, image)
+        return (cv2.waitKey(1) & 0xFF) not in (ord("q"), 27)
+
+    def close(self) -> None:
+        import cv2
+
+        cv2.destroyWindow(self.title)
+
+
+def _snapshot(folder: Path, frame_index: int, image: np.ndarray) -> Path:
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise CameraError(f"could not encode snapshot of frame {frame_index}")
+    path = folder / f"snapshot_{frame_index:07d}.png"
+    atomic_write_bytes(path, encoded.tobytes())
+    return path
+
+
+def run_camera(
+    capture: Any,
+    predictor: Predictor,
+    contract: PreprocessContract,
+    config: CameraConfig,
+    stop: Event,
+    source_name: str,
+    window: Window | None = None,
+    on_frame: Callable[[dict[str, Any]], None] | None = None,
+) -> CameraSummary:
+    """Capture -> preprocess -> infer until ``stop`` is set, the stream ends or ``max_frames``."""
+    times = StageTimes()
+    snapshots: list[str] = []
+    snapshot_dir = config.snapshots
+    jsonl: IO[str] | None = None
+    if config.jsonl is not None:
+        config.jsonl.parent.mkdir(parents=True, exist_ok=True)
+        # Append, never truncate: a previous run's results are someone's record.
+        jsonl = open(config.jsonl, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
+    frames, stop_reason = 0, "stopped by signal"
+    started = time.perf_counter()
+    last_snapshot = -float("inf")
+    recent: list[float] = []
+    pace = _frame_interval(capture) if config.realtime else 0.0
+    try:
+        while not stop.is_set():
+            if pace and frames:
+                # Play a file at its own frame rate, as a live camera would deliver it.
+                stop.wait(max(0.0, started + frames * pace - time.perf_counter()))
+                if stop.is_set():
+                    break
+            t0 = time.perf_counter()
+            ok, frame = capture.read()
+            t1 = time.perf_counter()
+            if not ok or frame is None:
+                if frames == 0:
+                    raise CameraError(f"{source_name}: opened, but delivered no frame (check the camera and pipeline)")
+                stop_reason = "end of stream"
+                break
+            model_input = apply_contract(frame, contract)
+            t2 = time.perf_counter()
+            prediction = predictor.predict(model_input[np.newaxis], [source_name])[0]
+            t3 = time.perf_counter()
+            frames += 1
+            capture_ms, preprocess_ms, infer_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
+            times.add(capture=capture_ms, preprocess=preprocess_ms, infer=infer_ms)
+            recent = [*recent[-29:], t3]
+            fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+            record = prediction.to_dict()
+            record.update(
+                frame=frames - 1,
+                capture_ms=round(capture_ms, 3),
+                preprocess_ms=round(preprocess_ms, 3),
+                infer_ms=round(infer_ms, 3),
+                fps=round(fps, 2),
+            )
+            shown = None
+            if snapshot_dir is not None and t3 - last_snapshot >= config.snapshot_every_s:
+                shown = overlay(frame, prediction, fps, predictor.info.synthetic)
+                path = _snapshot(snapshot_dir, frames - 1, shown)
+                snapshots.append(str(path))
+                record["snapshot"] = str(path)
+                last_snapshot = t3
+            if jsonl is not None:
+                jsonl.write(json.dumps(record, sort_keys=True) + "\n")
+                jsonl.flush()
+            if on_frame is not None:
+                on_frame(record)
+            if window is not None:
+                shown = shown if shown is not None else overlay(frame, prediction, fps, predictor.info.synthetic)
+                if not window.show(shown):
+                    stop_reason = "window closed (q/Esc)"
+                    break
+            if config.max_frames and frames >= config.max_frames:
+                stop_reason = f"--max-frames {config.max_frames} reached"
+                break
+    finally:
+        if jsonl is not None:
+            jsonl.close()
+        capture.release()
+        if window is not None:
+            window.close()
+    seconds = time.perf_counter() - started
+    return CameraSummary(
+        source=source_name,
+        backend=predictor.backend.name,
+        precision=predictor.backend.precision,
+        frames=frames,
+        seconds=round(seconds, 3),
+        fps=round(frames / seconds, 2) if seconds > 0 else 0.0,
+        stages=times.summary(),
+        stop_reason=stop_reason,
+        jsonl=str(config.jsonl) if config.jsonl is not None else None,
+        snapshots=snapshots,
+    )
+
+
+def _frame_interval(capture: Any) -> float:
+    import cv2
+
+    fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+    return 1.0 / fps if 0.1 < fps < 1000 else 0.0

@@ -1,0 +1,470 @@
+"""``pneumo edge``: predict, camera, watch, build, doctor.
+
+Each subcommand maps its flags onto a typed config and calls library code,
+which raises typed errors; only this module prints and picks exit codes
+(0 success, 1 failure named on stderr, 2 usage). Results go to stdout (or
+``-o``), logs and progress to stderr. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import io
+import json
+import logging
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.contract import SYNTHETIC_WARNING
+from edge_runtime.errors import EdgeError
+
+DISCLAIMER = "Decision support for a trained clinician, not a diagnosis."
+BACKEND_CHOICES = ("auto", "trt", "ort-trt", "ort-cuda", "ort-cpu")
+PRECISION_CHOICES = ("fp32", "fp16", "int8")
+
+EPILOGS = {
+    "predict": """examples:
+  pneumo edge predict bundles/demo xray.png
+  pneumo edge predict bundles/demo scans/ 'more/**/*.jpeg' --backend trt --precision fp16 --batch 16
+  pneumo edge predict bundles/demo scans/ --csv -o results.csv
+
+Folders are searched recursively for image files; inputs are only read, never changed.
+Exit status 1 when any input failed (each is named with its reason).""",
+    "camera": """examples:
+  pneumo edge camera bundles/demo --source 0                       # USB camera, window with overlay
+  pneumo edge camera bundles/demo --source csi://0 --width 1920 --height 1080 --fps 30 --flip 2
+  pneumo edge camera bundles/demo --source clip.mp4 --headless --jsonl out/frames.jsonl --snapshot-every 5
+
+Stops cleanly on Ctrl-C or SIGTERM and prints sustained FPS and per-stage latency.""",
+    "build": """examples:
+  pneumo edge build bundles/demo                                  # all precisions, engines for this device
+  pneumo edge build bundles/demo --precision fp16 --batch 1,8 --workspace 1024
+  pneumo edge build bundles/demo --precision int8 --dla 0         # AGX Orin / Orin NX DLA core 0
+  pneumo edge build bundles/demo --precision all --backend ort-cpu  # no TensorRT: self-test the ONNX models
+
+Engines go to BUNDLE/engines/<device-key>/ with a sidecar and are reused while they match.""",
+    "doctor": """examples:
+  pneumo edge doctor
+  pneumo edge doctor --json > device.json
+
+Only reads device state; changes nothing.""",
+}
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run a deployment bundle on this device. Results are decision support, not a diagnosis.",
+        epilog="Run '%(prog)s <command> --help' for the options and an example of each.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("predict", help="classify image files, folders and globs", epilog=EPILOGS["predict"],
+                       formatter_class=fmt)
+    p.add_argument("bundle", type=Path, help="bundle folder made by 'pneumo export bundle'")
+    p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
+    _backend_flags(p)
+    p.add_argument("--batch", type=int, default=8, help="images per inference batch (default 8)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="JSON on stdout (or -o) instead of a table")
+    out.add_argument("--csv", action="store_true", help="CSV on stdout (or -o) instead of a table")
+    p.add_argument("-o", "--output", type=Path, help="write the results to this file (atomically) instead of stdout")
+
+    c = sub.add_parser("camera", help="live inference on a camera or video stream", epilog=EPILOGS["camera"],
+                       formatter_class=fmt)
+    c.add_argument("bundle", type=Path, help="bundle folder made by 'pneumo export bundle'")
+    c.add_argument("--source", required=True, help="0 | /dev/video0 | v4l2:///dev/video0 | csi://0 | FILE.mp4 | rtsp://...")
+    c.add_argument("--width", type=int, default=1280)
+    c.add_argument("--height", type=int, default=720)
+    c.add_argument("--fps", type=int, default=30)
+    c.add_argument("--flip", type=int, default=0, help="CSI flip-method 0..7 (2 = rotate 180)")
+    c.add_argument("--headless", action="store_true", help="no window: write per-frame JSONL (needs --jsonl)")
+    c.add_argument("--jsonl", type=Path, help="append one JSON line per frame to this file")
+    c.add_argument("--snapshot-every", type=float, default=0.0, metavar="S", help="save a PNG every S seconds")
+    c.add_argument("--snapshot-dir", type=Path, help="where snapshots go (default: JSONL folder/snapshots)")
+    c.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: run until stopped)")
+    c.add_argument("--realtime", action="store_true", help="play a video file at its own frame rate, like a camera")
+    c.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
+    _backend_flags(c)
+
+    sub.add_parser("watch", help="folder-watch daemon for a clinic inbox (see 'watch --help')", add_help=False)
+
+    b = sub.add_parser("build", help="verify a bundle, build/reuse engines for this device, golden self-test",
+                       epilog=EPILOGS["build"], formatter_class=fmt)
+    b.add_argument("bundle", type=Path, help="bundle folder copied onto this device")
+    b.add_argument("--precision", default="all", help="fp32 | fp16 | int8 | all | a comma list (default all)")
+    b.add_argument("--batch", default="1,8,32", help="batch sizes of the optimization profile (default 1,8,32)")
+    b.add_argument("--workspace", type=int, default=1024, metavar="MiB",
+                   help="TensorRT workspace limit in MiB (default 1024; a 4 GB Nano needs <= 1024)")
+    b.add_argument("--dla", type=int, default=None, metavar="N", help="build for DLA core N with GPU fallback")
+    b.add_argument("--backend", default="trt", choices=("trt", "ort-trt", "ort-cuda", "ort-cpu"),
+                   help="trt builds engines; ort-* only self-tests the ONNX models (no TensorRT needed)")
+    b.add_argument("--int8-source", default="auto", choices=("auto", "calibrator", "qdq"),
+                   help="TensorRT 10: calibrate (auto when calibration/calib.npy exists) or use the Q/DQ model")
+    b.add_argument("--rebuild", action="store_true", help="rebuild even when a matching engine exists")
+    b.add_argument("--verbose", action="store_true", help="TensorRT builder log at VERBOSE")
+    b.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+    d = sub.add_parser("doctor", help="what this device has and lacks for each precision", epilog=EPILOGS["doctor"],
+                       formatter_class=fmt)
+    d.add_argument("--json", action="store_true", help="facts as JSON on stdout")
+    d.add_argument("--disk", type=Path, default=Path("."), help="folder whose free disk space to report")
+    return parser
+
+
+def _backend_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                        help="auto picks the fastest that loads here: trt > ort-trt > ort-cuda > ort-cpu")
+    parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES)
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
+
+
+def _error(prog: str, message: str) -> int:
+    print(f"{prog}: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "pneumo edge") -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "watch":
+        try:
+            # Imported only for this subcommand (written as its own module, with its own deps).
+            watch = importlib.import_module("edge_runtime.watch")
+        except ImportError as exc:
+            return _error(f"{prog} watch", f"the watch daemon is not available ({exc})")
+        return int(watch.main(args_list[1:], prog=f"{prog} watch"))
+    parser = _parser(prog)
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format=f"{prog} {args.command}: %(message)s", stream=sys.stderr)
+    command_prog = f"{prog} {args.command}"
+    handler = {"predict": _predict, "camera": _camera, "build": _build, "doctor": _doctor}[args.command]
+    try:
+        return int(handler(args, command_prog))
+    except EdgeError as exc:
+        return _error(command_prog, str(exc))
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def _header_lines(info: Any, backend_name: str, precision: str) -> list[str]:
+    lines = [
+        f"model {info.model_version} ({info.arch}), threshold {info.threshold:.3f} on P({info.positive_label}), "
+        f"backend {backend_name} ({precision})",
+        DISCLAIMER,
+    ]
+    if info.synthetic:
+        lines.insert(0, f"*** {SYNTHETIC_WARNING} ***")
+    return lines
+
+
+def _predict(args: argparse.Namespace, prog: str) -> int:
+    from tqdm import tqdm
+
+    from edge_runtime.backends.select import select_backend
+    from edge_runtime.bundle import Bundle
+    from edge_runtime.errors import ImageDecodeError
+    from edge_runtime.fileio import sha256_file
+    from edge_runtime.predictor import Prediction, Predictor
+    from edge_runtime.preprocess import preprocess_file
+    from edge_runtime.sources import expand_inputs
+
+    if args.batch < 1:
+        print(f"{prog}: --batch must be 1 or more", file=sys.stderr)
+        return 2
+    bundle = Bundle.open(args.bundle)
+    inputs = expand_inputs(args.paths)
+    if args.output is not None:
+        target = args.output.resolve()
+        if any(target == f.resolve() for f in inputs.files):
+            print(f"{prog}: -o {args.output} is one of the inputs; refusing to overwrite an input", file=sys.stderr)
+            return 2
+    failures: list[tuple[str, str]] = list(inputs.failures)
+    choice = select_backend(bundle, args.backend, args.precision, args.threads)
+    if args.backend != "auto":  # select_backend logs the auto choice itself
+        logging.getLogger(__name__).info("backend %s (%s)", choice.name, choice.precision)
+    results: list[Prediction] = []
+    with choice.backend as backend:
+        predictor = Predictor(backend, bundle.info, _model_sha256(bundle, backend))
+        progress = tqdm(total=len(inputs.files), unit="img", file=sys.stderr, disable=None, desc="predict")
+        for start in range(0, len(inputs.files), args.batch):
+            chunk = inputs.files[start : start + args.batch]
+            arrays, names, hashes = [], [], []
+            for path in chunk:
+                try:
+                    arrays.append(preprocess_file(path, bundle.contract))
+                    names.append(str(path))
+                    hashes.append(sha256_file(path))
+                except ImageDecodeError as exc:
+                    failures.append((str(path), exc.reason))
+                except OSError as exc:
+                    failures.append((str(path), f"cannot read: {exc}"))
+            if arrays:
+                import numpy as np
+
+                for prediction, digest in zip(predictor.predict(np.stack(arrays), names), hashes):
+                    prediction.input_sha256 = digest
+                    results.append(prediction)
+            progress.update(len(chunk))
+        progress.close()
+    text = _format_predictions(args, bundle.info, choice.name, args.precision, results, failures)
+    if args.output is not None:
+        from edge_runtime.fileio import atomic_write_text
+
+        atomic_write_text(args.output, text)
+        print(f"{prog}: wrote {len(results)} results to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    for name, reason in failures:
+        print(f"{prog}: FAILED {name}: {reason}", file=sys.stderr)
+    abnormal = sum(1 for r in results if r.decision == "abnormal")
+    print(
+        f"{prog}: {len(results)} images classified ({abnormal} abnormal, {len(results) - abnormal} normal), "
+        f"{len(failures)} failed",
+        file=sys.stderr,
+    )
+    if failures:
+        return 1
+    if not results:
+        print(f"{prog}: no images given", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _model_sha256(bundle: Any, backend: Any) -> str:
+    """sha256 of the ONNX model the running backend came from (an engine's sidecar names it)."""
+    sidecar = getattr(backend, "sidecar", None)
+    if sidecar is not None:
+        return str(sidecar.onnx_sha256)
+    model_path = getattr(backend, "model_path", None)
+    return str(bundle.file_sha256(Path(model_path).name)) if model_path is not None else ""
+
+
+def _format_predictions(args: argparse.Namespace, info: Any, backend_name: str, precision: str,
+                        results: list[Any], failures: list[tuple[str, str]]) -> str:
+    if args.json:
+        document = {
+            "model_version": info.model_version,
+            "threshold": info.threshold,
+            "backend": backend_name,
+            "precision": precision,
+            "intended_use": info.intended_use,
+            "note": DISCLAIMER,
+            "synthetic": info.synthetic,
+            **({"warning": SYNTHETIC_WARNING} if info.synthetic else {}),
+            "results": [r.to_dict() for r in results],
+            "failures": [{"source": name, "error": reason} for name, reason in failures],
+        }
+        return json.dumps(document, indent=2) + "\n"
+    columns = ["file", "probability", "label", "decision", "threshold", "latency_ms", "model_version",
+               "backend", "precision", "input_sha256", "synthetic", "error"]
+    if args.csv:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for r in results:
+            writer.writerow({"file": r.source, "probability": f"{r.probability:.6f}", "label": r.label,
+                             "decision": r.decision, "threshold": r.threshold, "latency_ms": r.latency_ms,
+                             "model_version": r.model_version, "backend": r.backend, "precision": r.precision,
+                             "input_sha256": r.input_sha256, "synthetic": r.synthetic, "error": ""})
+        for name, reason in failures:
+            writer.writerow({"file": name, "model_version": info.model_version, "backend": backend_name,
+                             "precision": precision, "synthetic": info.synthetic, "error": reason})
+        return buffer.getvalue()
+    rows = [[r.source, f"{r.probability:.4f}", r.label, r.decision, f"{r.latency_ms:.2f}"] for r in results]
+    rows += [[name, "-", "-", "FAILED", "-"] for name, _ in failures]
+    return "\n".join(_header_lines(info, backend_name, precision)) + "\n\n" + _table(
+        ["file", "probability", "label", f"decision@{info.threshold:.3f}", "latency_ms"], rows
+    )
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)] if rows else [len(h) for h in headers]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- camera
+
+
+def _camera(args: argparse.Namespace, prog: str) -> int:
+    from edge_runtime.backends.select import select_backend
+    from edge_runtime.bundle import Bundle
+    from edge_runtime.camera import CameraConfig, Window, open_capture, run_camera
+    from edge_runtime.predictor import Predictor
+    from edge_runtime.sources import parse_camera_source
+
+    config = CameraConfig(
+        source=args.source, width=args.width, height=args.height, fps=args.fps, flip=args.flip,
+        headless=args.headless, jsonl=args.jsonl, snapshot_every_s=args.snapshot_every,
+        snapshot_dir=args.snapshot_dir, max_frames=args.max_frames, realtime=args.realtime,
+    )
+    source = parse_camera_source(args.source)
+    window = None if args.headless else Window(config.window_title)
+    bundle = Bundle.open(args.bundle)
+    choice = select_backend(bundle, args.backend, args.precision, args.threads)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        print(f"{prog}: {signal.Signals(signum).name} received, stopping after this frame", file=sys.stderr)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        capture = open_capture(source, config)
+        print(f"{prog}: {source.describe()} -> {choice.name} ({args.precision}); Ctrl-C to stop", file=sys.stderr)
+        for line in _header_lines(bundle.info, choice.name, args.precision):
+            print(f"{prog}: {line}", file=sys.stderr)
+        with choice.backend as backend:
+            predictor = Predictor(backend, bundle.info, _model_sha256(bundle, backend))
+            summary = run_camera(capture, predictor, bundle.contract, config, stop, source.describe(), window)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    rows = [[stage, f"{v['mean_ms']:.2f}", f"{v['p50_ms']:.2f}", f"{v['p95_ms']:.2f}"] for stage, v in summary.stages.items()]
+    print(
+        f"{prog}: {summary.frames} frames in {summary.seconds:.1f} s = {summary.fps:.1f} FPS sustained "
+        f"({summary.stop_reason})\n" + _table(["stage", "mean_ms", "p50_ms", "p95_ms"], rows).rstrip(),
+        file=sys.stderr,
+    )
+    if summary.jsonl:
+        print(f"{prog}: per-frame results in {summary.jsonl}" + (f", {len(summary.snapshots)} snapshots" if summary.snapshots else ""),
+              file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def _build(args: argparse.Namespace, prog: str) -> int:
+    from edge_runtime.edge_build import EdgeBuildConfig, parse_precisions, run_edge_build
+
+    config = EdgeBuildConfig(
+        precisions=parse_precisions(args.precision),
+        batch_sizes=args.batch,
+        workspace_mib=args.workspace,
+        dla_core=args.dla,
+        backend=args.backend,
+        int8_source=args.int8_source,
+        rebuild=args.rebuild,
+        verbose=args.verbose,
+    )
+    report = run_edge_build(args.bundle, config, progress=lambda message: print(f"{prog}: {message}", file=sys.stderr))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    rows = []
+    for r in report.results:
+        rows.append([
+            r.precision, r.backend, r.engine_action,
+            "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
+            "-" if r.tolerance is None else f"{r.tolerance:.0e}",
+            "-" if r.decision_agreement is None else f"{100 * r.decision_agreement:.1f}%",
+            "-" if r.accuracy is None else f"{100 * r.accuracy:.1f}%",
+            r.status.upper(),
+        ])
+    banner = f"*** {SYNTHETIC_WARNING} ***\n" if report.synthetic else ""
+    out = sys.stderr if args.json else sys.stdout
+    print(
+        f"{banner}golden self-test of {report.bundle} (model {report.model_version}"
+        + (f", device {report.device_key}" if report.device_key else "") + ")\n"
+        + _table(["precision", "backend", "engine", "max|diff|", "tolerance", "agreement", "accuracy", "result"], rows),
+        file=out,
+        end="",
+    )
+    for r in report.results:
+        if r.status != "pass":
+            print(f"{prog}: {r.precision} {r.status.upper()}: {r.message}", file=sys.stderr)
+    if report.passed:
+        best = report.results[-1].precision
+        backend = "trt" if args.backend == "trt" else args.backend
+        print(f"next: pneumo edge predict {shlex.quote(str(args.bundle))} IMAGES... --backend {backend} --precision {best}",
+              file=sys.stderr)
+        return 0
+    return 1
+
+
+# ----------------------------------------------------------------------------- doctor
+
+
+def _doctor(args: argparse.Namespace, prog: str) -> int:
+    from edge_runtime.device import collect_device_facts, precision_readiness
+
+    facts = collect_device_facts(disk_path=args.disk)
+    readiness = precision_readiness(facts)
+    if args.json:
+        document = facts.to_dict()
+        document["precisions"] = [
+            {"precision": r.precision, "tensorrt_ready": r.tensorrt_ready, "missing": list(r.missing),
+             "onnxruntime_fallback": r.onnxruntime_fallback, "notes": list(r.notes), "fixes": list(r.fixes)}
+            for r in readiness
+        ]
+        print(json.dumps(document, indent=2))
+        return 0
+
+    def show(value: Any, missing: str = "not found") -> str:
+        if value is None or value == [] or value == {}:
+            return missing
+        return str(value)
+
+    backends = facts.opencv_backends
+    rows = [
+        ["GPU", show(facts.gpu_name and f"{facts.gpu_name} (compute {facts.compute_capability}, "
+                     f"{facts.gpu_memory_mib} MiB, via {facts.gpu_source})", facts.gpu_error or "none found")],
+        ["TensorRT", show(facts.tensorrt_version, facts.tensorrt_error or "not installed")],
+        ["pycuda", show(facts.pycuda_version, facts.pycuda_error or "not installed")],
+        ["CUDA", f"driver {show(facts.cuda_driver_version, '?')}, toolkit {show(facts.cuda_toolkit_version, '?')}"],
+        ["DLA cores", show(facts.dla_cores, "unknown (needs TensorRT and a GPU)")],
+        ["ONNX Runtime", f"{show(facts.onnxruntime_version, 'not installed')}; loads: "
+                         f"{', '.join(facts.onnxruntime_providers) or 'nothing'}"],
+    ]
+    rows += [["  not loading", f"{name}: {why}"] for name, why in facts.onnxruntime_failed.items()]
+    rows += [
+        ["Jetson", show(facts.jetson_model, "not a Jetson (no /proc/device-tree/model)")],
+        ["L4T / JetPack", f"{show(facts.l4t_release, 'no /etc/nv_tegra_release')}"
+                          + (f" ({facts.jetpack})" if facts.jetpack else "")],
+        ["power mode", show(facts.power_mode, "nvpmodel not present")],
+        ["disk free", f"{show(facts.disk_free_mib, '?')} MiB at {facts.disk_path}"],
+        ["memory", f"{show(facts.memory_available_mib, '?')} MiB available of {show(facts.memory_total_mib, '?')} MiB"],
+        ["cameras", show(facts.cameras and ", ".join(facts.cameras), "none (/dev/video*)")],
+        ["OpenCV", f"{show(facts.opencv_version, 'not installed')}; capture: "
+                   + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in backends.items())
+                   + f"; GUI {'yes' if facts.opencv_gui else 'NO (headless build: use --headless)'}"],
+        ["engine key", show(facts.device_key, "needs TensorRT + pycuda + GPU")],
+    ]
+    print(_table(["item", "this device"], rows), end="")
+    print()
+    precision_rows = []
+    for r in readiness:
+        status = "ready" if r.tensorrt_ready else "missing: " + ", ".join(r.missing)
+        precision_rows.append([r.precision, status, r.onnxruntime_fallback])
+    print(_table(["precision", "TensorRT engine", "ONNX Runtime fallback"], precision_rows), end="")
+    for fix in dict.fromkeys(f for r in readiness for f in r.fixes):
+        print(f"to fix: {fix}")
+    for r in readiness:
+        for note in r.notes:
+            print(f"note ({r.precision}): {note}")
+    if backends and not backends.get("gstreamer"):
+        print("note: this OpenCV has no GStreamer, so CSI cameras (csi://N) will not open; USB cameras work via V4L2. "
+              "On a Jetson use JetPack's OpenCV through a --system-site-packages venv (deploy/JETSON.md).")
+    print(f"next: pneumo edge build BUNDLE --precision {'all' if readiness[0].tensorrt_ready else 'all --backend ort-cpu'}",
+          file=sys.stderr)
+    return 0

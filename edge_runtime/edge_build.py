@@ -1,0 +1,372 @@
+"""``pneumo edge build``: verify a bundle, build or reuse this device's engines, run the golden self-test.
+
+On the Jetson, after copying a bundle:
+
+1. the manifest is verified (a tampered or truncated file is refused by name);
+2. for each precision asked, the engine for this device is reused when its
+   sidecar matches (GPU, compute capability, TensorRT version, ONNX sha256,
+   profile, workspace, DLA core, build path) or built otherwise, into
+   ``engines/<device-key>/`` with the device's timing cache;
+3. the golden set (``golden/images.npy`` + ``golden/golden.json``, real
+   preprocessed test images with their FP32 outputs from export time) runs
+   through the engine and is compared with the expected outputs: the maximum
+   absolute difference must be within the precision's tolerance, and no
+   decision at the threshold may flip except for images whose expected
+   probability lies within that tolerance of the threshold.
+
+Where TensorRT is absent the same self-test runs through ONNX Runtime on the
+bundle's ONNX variants (``backend="ort-cpu"``), so a bundle can be verified on
+any machine; engines themselves are only ever built on the device.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.backends.base import Backend
+from edge_runtime.bundle import Bundle
+from edge_runtime.contract import ModelInfo
+from edge_runtime.engine_build import (
+    PRECISIONS,
+    CalibrationData,
+    EngineBuildConfig,
+    OnnxSources,
+    build_engine,
+    int8_calibration_available,
+    parse_batch_sizes,
+    plan_build,
+)
+from edge_runtime.engine_sidecar import EngineFiles, EngineSidecar, engine_files, engine_mismatches
+from edge_runtime.errors import BackendUnavailableError, BundleError, EdgeError
+from edge_runtime.fileio import read_json, sha256_file
+from edge_runtime.predictor import abnormal_probability, predicted_labels
+
+GOLDEN_DIR = "golden"
+CALIBRATION_NPY = "calibration/calib.npy"
+SELF_TEST_BACKENDS = ("trt", "ort-trt", "ort-cuda", "ort-cpu")
+
+
+def parse_precisions(text: str) -> tuple[str, ...]:
+    """'all' -> fp32, fp16, int8; 'fp16,int8' -> fp16, int8."""
+    if text.strip() == "all":
+        return PRECISIONS
+    chosen = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    unknown = [p for p in chosen if p not in PRECISIONS]
+    if not chosen or unknown:
+        raise EdgeError(f"--precision {text!r}: expected fp32, fp16, int8, a comma list of them, or all")
+    return chosen
+
+
+@dataclass(frozen=True)
+class EdgeBuildConfig:
+    """``pneumo edge build`` settings."""
+
+    precisions: tuple[str, ...] = ("fp32",)
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    workspace_mib: int = 1024
+    dla_core: int | None = None
+    backend: str = "trt"
+    int8_source: str = "auto"
+    rebuild: bool = False
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batch_sizes", parse_batch_sizes(self.batch_sizes))
+        if self.backend not in SELF_TEST_BACKENDS:
+            raise EdgeError(f"--backend {self.backend!r}: expected one of {', '.join(SELF_TEST_BACKENDS)}")
+        for precision in self.precisions:
+            if precision not in PRECISIONS:
+                raise EdgeError(f"precision {precision!r}: expected one of {PRECISIONS}")
+
+    def engine_config(self, precision: str, files: EngineFiles) -> EngineBuildConfig:
+        return EngineBuildConfig(
+            precision=precision,
+            batch_sizes=self.batch_sizes,
+            workspace_mib=self.workspace_mib,
+            dla_core=self.dla_core,
+            int8_source=self.int8_source,
+            timing_cache=files.timing_cache,
+            calibration_cache=files.calibration_cache,
+            verbose=self.verbose,
+        )
+
+
+def edge_build_command(bundle_root: str | Path, config: EdgeBuildConfig, precision: str | None = None) -> str:
+    """The command line that reproduces this build (goes into sidecars and error messages)."""
+    args = ["pneumo", "edge", "build", str(bundle_root), "--precision", precision or ",".join(config.precisions)]
+    args += ["--batch", ",".join(str(b) for b in config.batch_sizes)]
+    if config.workspace_mib != 1024:
+        args += ["--workspace", str(config.workspace_mib)]
+    if config.dla_core is not None:
+        args += ["--dla", str(config.dla_core)]
+    if config.int8_source != "auto":
+        args += ["--int8-source", config.int8_source]
+    return shlex.join(args)
+
+
+@dataclass(frozen=True)
+class GoldenSet:
+    """The bundle's golden images and the FP32 outputs export measured on them."""
+
+    images: np.ndarray
+    files: list[str]
+    true_labels: list[Any]
+    fp32_outputs: np.ndarray
+    tolerance: dict[str, float]
+    decision_threshold: float
+
+    @classmethod
+    def load(cls, bundle: Bundle) -> GoldenSet:
+        folder = bundle.root / GOLDEN_DIR
+        images_path, meta_path = folder / "images.npy", folder / "golden.json"
+        if not images_path.is_file() or not meta_path.is_file():
+            raise BundleError(
+                f"{folder}: the bundle has no golden set (images.npy + golden.json), so it cannot be "
+                "self-tested; re-run 'pneumo export bundle'"
+            )
+        try:
+            images = np.load(images_path, allow_pickle=False)
+            meta = read_json(meta_path)
+            outputs = np.asarray(meta["fp32_outputs"], dtype=np.float32)
+            tolerance = {str(k): float(v) for k, v in meta["tolerance"].items()}
+            threshold = float(meta.get("decision_threshold", bundle.info.threshold))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BundleError(f"{folder}: malformed golden set ({type(exc).__name__}: {exc})") from exc
+        if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != bundle.contract.input_shape:
+            raise BundleError(
+                f"{images_path}: golden images are {images.dtype} {images.shape}, the contract says uint8 "
+                f"(N, {', '.join(map(str, bundle.contract.input_shape))})"
+            )
+        if len(outputs) != len(images):
+            raise BundleError(f"{meta_path}: {len(outputs)} fp32_outputs for {len(images)} golden images")
+        files = list(meta.get("files") or [f"golden[{i}]" for i in range(len(images))])
+        return cls(images, files, list(meta.get("true_labels") or []), outputs.reshape(len(images), -1),
+                   tolerance, threshold)
+
+
+@dataclass
+class GoldenComparison:
+    """One backend's outputs on the golden set against the FP32 reference."""
+
+    n: int
+    max_abs_diff: float
+    tolerance: float
+    decision_agreement: float
+    flipped: list[str]
+    flipped_outside_tolerance: list[str]
+    accuracy: float | None
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance and not self.flipped_outside_tolerance
+
+
+def compare_golden(outputs: np.ndarray, golden: GoldenSet, info: ModelInfo, precision: str) -> GoldenComparison:
+    """Max abs difference and decision agreement of ``outputs`` against the golden FP32 outputs."""
+    outputs = np.asarray(outputs, dtype=np.float32).reshape(golden.fp32_outputs.shape)
+    tolerance = golden.tolerance.get(precision)
+    if tolerance is None:
+        raise BundleError(f"golden.json has no tolerance for {precision} (it has {sorted(golden.tolerance)})")
+    diff = float(np.max(np.abs(outputs - golden.fp32_outputs))) if outputs.size else 0.0
+    threshold = golden.decision_threshold
+    prob, ref_prob = abnormal_probability(outputs, info), abnormal_probability(golden.fp32_outputs, info)
+    decision, ref_decision = prob >= threshold, ref_prob >= threshold
+    flipped = [golden.files[i] for i in np.flatnonzero(decision != ref_decision)]
+    # An image whose reference probability is within the tolerance of the threshold may
+    # legitimately flip; any other flip fails the test.
+    far = np.abs(ref_prob - threshold) > tolerance
+    flipped_far = [golden.files[i] for i in np.flatnonzero((decision != ref_decision) & far)]
+    accuracy = None
+    if len(golden.true_labels) == len(outputs) and len(outputs):
+        labels = predicted_labels(outputs, info)
+        truth = [info.labels[t] if isinstance(t, int) else str(t) for t in golden.true_labels]
+        accuracy = float(np.mean([p == t for p, t in zip(labels, truth)]))
+    return GoldenComparison(
+        n=len(outputs),
+        max_abs_diff=diff,
+        tolerance=tolerance,
+        decision_agreement=float(np.mean(decision == ref_decision)) if len(outputs) else 1.0,
+        flipped=flipped,
+        flipped_outside_tolerance=flipped_far,
+        accuracy=accuracy,
+    )
+
+
+def run_golden(backend: Backend, golden: GoldenSet) -> np.ndarray:
+    """All golden images through an opened backend, in batches it accepts."""
+    step = max(1, min(backend.max_batch, 64))
+    chunks = [backend.infer(golden.images[i : i + step]) for i in range(0, len(golden.images), step)]
+    return np.concatenate(chunks, axis=0) if chunks else np.zeros_like(golden.fp32_outputs)
+
+
+@dataclass
+class PrecisionResult:
+    """One row of the pass/fail table."""
+
+    precision: str
+    backend: str
+    status: str  # pass | fail | error
+    engine: str | None = None
+    engine_action: str = "-"  # built | reused | -
+    build_seconds: float | None = None
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+    decision_agreement: float | None = None
+    flipped: list[str] = field(default_factory=list)
+    accuracy: float | None = None
+    n: int = 0
+    message: str = ""
+
+
+@dataclass
+class EdgeBuildReport:
+    bundle: str
+    model_version: str
+    synthetic: bool
+    backend: str
+    device_key: str | None
+    results: list[PrecisionResult]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.status == "pass" for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["passed"] = self.passed
+        return data
+
+
+def reuse_problem(files: EngineFiles, sidecar: EngineSidecar | None, wanted: EngineBuildConfig, *,
+                  gpu_name: str, compute_capability: str, tensorrt_version: str, bundle: Bundle,
+                  build_path: str) -> str | None:
+    """Why the existing engine cannot be reused for ``wanted``, or None when it can."""
+    if sidecar is None or not files.engine.is_file():
+        return "no engine built yet"
+    onnx_path = bundle.root / sidecar.onnx_file
+    onnx_sha = bundle.file_sha256(sidecar.onnx_file) if onnx_path.is_file() else "missing"
+    problems = engine_mismatches(sidecar, gpu_name=gpu_name, compute_capability=compute_capability,
+                                 tensorrt_version=tensorrt_version, onnx_sha256=onnx_sha)
+    profile = wanted.profile
+    want_profile = [profile.min, profile.opt, profile.max]
+    have = next(iter(sidecar.profile.values()), {})
+    have_profile = [have.get(k, [None])[0] for k in ("min", "opt", "max")]
+    if have_profile != want_profile:
+        problems.append(f"batch profile {have_profile} != {want_profile}")
+    if sidecar.precision != wanted.precision:
+        problems.append(f"precision {sidecar.precision} != {wanted.precision}")
+    if sidecar.workspace_mib != wanted.workspace_mib:
+        problems.append(f"workspace {sidecar.workspace_mib} MiB != {wanted.workspace_mib} MiB")
+    if sidecar.dla_core != wanted.dla_core:
+        problems.append(f"DLA core {sidecar.dla_core} != {wanted.dla_core}")
+    if sidecar.build_path != build_path:
+        problems.append(f"build path {sidecar.build_path} != {build_path}")
+    if files.engine.stat().st_size != sidecar.engine_bytes or sha256_file(files.engine) != sidecar.engine_sha256:
+        problems.append("engine file does not match its sidecar sha256")
+    return "; ".join(problems) or None
+
+
+def _build_or_reuse(bundle: Bundle, precision: str, config: EdgeBuildConfig, key: str, gpu: Any,
+                    trt_version: str, say: Callable[[str], None]) -> tuple[EngineFiles, EngineSidecar, str]:
+    files = engine_files(bundle.engines_dir, key, precision, config.dla_core)
+    calibration = None
+    if precision == "int8" and (bundle.root / CALIBRATION_NPY).is_file():
+        calibration = CalibrationData.from_npy(bundle.root / CALIBRATION_NPY)
+    wanted = config.engine_config(precision, files)
+    sources = OnnxSources.from_bundle(bundle)
+    available = precision == "int8" and int8_calibration_available(
+        sources, files.calibration_cache, trt_version, calibration
+    )
+    plan = plan_build(trt_version, precision, config.int8_source, available)
+    sidecar = None
+    if files.sidecar.is_file():
+        try:
+            sidecar = EngineSidecar.load(files.sidecar)
+        except EdgeError:
+            sidecar = None
+    problem = "--rebuild asked" if config.rebuild else reuse_problem(
+        files, sidecar, wanted, gpu_name=gpu.name, compute_capability=gpu.compute_capability,
+        tensorrt_version=trt_version, bundle=bundle, build_path=plan.build_path)
+    if problem is None and sidecar is not None:
+        say(f"{precision}: reusing {files.engine} (sidecar matches this device)")
+        return files, sidecar, "reused"
+    say(f"{precision}: building {files.engine} ({problem}; {plan.build_path}; this takes minutes on a Jetson)")
+    sidecar = build_engine(sources, files.engine, wanted, calibration,
+                           rebuild_command=edge_build_command(bundle.root, config, precision))
+    return files, sidecar, "built"
+
+
+def run_edge_build(bundle_root: str | Path, config: EdgeBuildConfig,
+                   progress: Callable[[str], None] | None = None) -> EdgeBuildReport:
+    """Verify, build or reuse, self-test. Raises BundleError / BackendUnavailableError up front;
+    per-precision build or test failures become failed rows so every precision gets its line."""
+    say = progress or (lambda _message: None)
+    bundle = Bundle.open(bundle_root)
+    say(f"manifest verified: {len(bundle.manifest.get('files', {}))} files match their sha256")
+    golden = GoldenSet.load(bundle)
+    key = None
+    gpu: Any = None
+    trt_version = ""
+    if config.backend == "trt":
+        from edge_runtime.device import cuda_device, device_key, tensorrt_version
+
+        try:
+            trt_version = tensorrt_version()
+            gpu = cuda_device()
+        except BackendUnavailableError as exc:
+            raise BackendUnavailableError(
+                f"{exc}. Engines can only be built on the device that runs them. To verify this bundle "
+                f"here anyway, self-test its ONNX models with ONNX Runtime: pneumo edge build "
+                f"{shlex.quote(str(bundle.root))} --precision all --backend ort-cpu"
+            ) from exc
+        key = device_key(gpu.name, gpu.compute_capability, trt_version)
+    results = []
+    for precision in config.precisions:
+        results.append(_one_precision(bundle, golden, precision, config, key, gpu, trt_version, say))
+    return EdgeBuildReport(str(bundle.root), bundle.info.model_version, bundle.info.synthetic, config.backend, key,
+                           results)
+
+
+def _one_precision(bundle: Bundle, golden: GoldenSet, precision: str, config: EdgeBuildConfig, key: str | None,
+                   gpu: Any, trt_version: str, say: Callable[[str], None]) -> PrecisionResult:
+    result = PrecisionResult(precision, config.backend, "error")
+    try:
+        backend: Backend
+        if config.backend == "trt":
+            assert key is not None
+            from edge_runtime.backends.tensorrt import TensorRTBackend
+
+            files, sidecar, action = _build_or_reuse(bundle, precision, config, key, gpu, trt_version, say)
+            result.engine, result.engine_action = str(files.engine), action
+            result.build_seconds = sidecar.build_seconds if action == "built" else None
+            backend = TensorRTBackend(files.engine, expected_onnx_sha256=bundle.file_sha256(sidecar.onnx_file),
+                                      rebuild_command=edge_build_command(bundle.root, config, precision))
+        else:
+            from edge_runtime.backends.select import create_backend
+
+            backend = create_backend(bundle, config.backend, precision)
+        with backend:
+            outputs = run_golden(backend, golden)
+        comparison = compare_golden(outputs, golden, bundle.info, precision)
+    except EdgeError as exc:
+        result.message = str(exc)
+        say(f"{precision}: ERROR {exc}")
+        return result
+    result.status = "pass" if comparison.passed else "fail"
+    result.max_abs_diff, result.tolerance = comparison.max_abs_diff, comparison.tolerance
+    result.decision_agreement, result.flipped = comparison.decision_agreement, comparison.flipped
+    result.accuracy, result.n = comparison.accuracy, comparison.n
+    if not comparison.passed:
+        reasons = []
+        if comparison.max_abs_diff > comparison.tolerance:
+            reasons.append(f"max |diff| {comparison.max_abs_diff:.3g} > tolerance {comparison.tolerance:.3g}")
+        if comparison.flipped_outside_tolerance:
+            reasons.append(f"decisions flipped on {', '.join(comparison.flipped_outside_tolerance[:5])}")
+        result.message = "; ".join(reasons)
+    return result

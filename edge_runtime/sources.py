@@ -1,0 +1,130 @@
+"""Where images come from: files, folders and globs for ``predict``; camera URIs for ``camera``.
+
+Input sources are chosen by what the user typed, in the manner of
+jetson-inference: a path to a file, a folder (searched recursively for image
+files), a glob pattern, or for cameras ``0``, ``/dev/video0``,
+``v4l2:///dev/video0``, ``csi://0``, ``rtsp://...``, ``http(s)://...`` or a
+video file. Expansion only lists paths; it never opens, moves or changes
+them, and every argument that matches nothing is reported, not dropped.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from edge_runtime.errors import CameraError
+from edge_runtime.preprocess import is_image_name
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclass
+class ExpandedInputs:
+    """Files to read, in order and without duplicates, and the arguments that named nothing."""
+
+    files: list[Path] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    found: list[Path] = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(Path(root) / n for n in sorted(names) if not n.startswith(".") and is_image_name(n))
+    return found
+
+
+def expand_inputs(arguments: list[str] | tuple[str, ...]) -> ExpandedInputs:
+    """Expand files, folders (recursive, image extensions only) and globs, keeping the order given.
+
+    A file named explicitly is kept whatever its extension: the decoder sniffs
+    the content and reports a clear reason if it is not an image.
+    """
+    result = ExpandedInputs()
+    seen: set[str] = set()
+
+    def add(path: Path) -> None:
+        key = os.path.normpath(str(path))
+        if key not in seen:
+            seen.add(key)
+            result.files.append(path)
+
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            images = _folder_images(path)
+            if not images:
+                result.failures.append((argument, "folder contains no image files (.png, .jpg, .jpeg, .dcm, ...)"))
+            for image in images:
+                add(image)
+        elif path.exists():
+            add(path)
+        elif _GLOB_CHARS.search(argument):
+            matches = sorted(glob.glob(argument, recursive=True))
+            files = [Path(m) for m in matches if Path(m).is_file()]
+            for folder in (Path(m) for m in matches if Path(m).is_dir()):
+                files.extend(_folder_images(folder))
+            if not files:
+                result.failures.append((argument, "pattern matched no files"))
+            for match in files:
+                add(match)
+        else:
+            result.failures.append((argument, "no such file or folder"))
+    return result
+
+
+SourceKind = Literal["v4l2", "csi", "network", "file"]
+
+
+@dataclass(frozen=True)
+class CameraSource:
+    """A parsed ``--source``: its kind and what OpenCV or GStreamer gets."""
+
+    kind: SourceKind
+    target: str
+    index: int | None = None
+
+    def describe(self) -> str:
+        return {
+            "v4l2": f"USB/V4L2 camera {self.target}",
+            "csi": f"CSI camera sensor {self.index}",
+            "network": f"network stream {self.target}",
+            "file": f"video file {self.target}",
+        }[self.kind]
+
+
+def parse_camera_source(text: str) -> CameraSource:
+    """'0' / '/dev/video0' / 'v4l2:///dev/video0' / 'csi://0' / 'rtsp://...' / 'clip.mp4'."""
+    text = text.strip()
+    if not text:
+        raise CameraError("--source is empty: give 0, /dev/video0, csi://0, rtsp://... or a video file")
+    if text.isdigit():
+        return CameraSource("v4l2", f"/dev/video{int(text)}", int(text))
+    if text.startswith("v4l2://"):
+        device = text[len("v4l2://") :]
+        match = re.fullmatch(r"/dev/video(\d+)", device)
+        if not match:
+            raise CameraError(f"--source {text}: expected v4l2:///dev/videoN")
+        return CameraSource("v4l2", device, int(match.group(1)))
+    match = re.fullmatch(r"/dev/video(\d+)", text)
+    if match:
+        return CameraSource("v4l2", text, int(match.group(1)))
+    if text.startswith("csi://"):
+        sensor = text[len("csi://") :]
+        if not sensor.isdigit():
+            raise CameraError(f"--source {text}: expected csi://N with the sensor id, e.g. csi://0")
+        return CameraSource("csi", text, int(sensor))
+    if re.match(r"^(rtsp|rtsps|rtmp|http|https)://", text):
+        return CameraSource("network", text)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    if not Path(text).is_file():
+        raise CameraError(
+            f"--source {text}: no such video file (and not 0, /dev/videoN, csi://N or a rtsp:// URL)"
+        )
+    return CameraSource("file", text)

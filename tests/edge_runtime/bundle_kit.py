@@ -1,0 +1,108 @@
+"""Complete tiny bundles for the edge tests: FP16 and Q/DQ variants, a calibration set and a golden set.
+
+Built on tests/conftest.py's :func:`make_tiny_onnx` (a real ONNX model run by
+ONNX Runtime): the FP16 variant is a genuinely typed float16 graph and the
+INT8 variant has real QuantizeLinear / DequantizeLinear nodes, so every
+precision runs for real on ONNX Runtime CPU. The golden FP32 outputs are
+computed here with ONNX Runtime, as the export stage does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.bundle import write_manifest
+
+SIZE = 32
+
+
+def _tiny_graph(path: Path, dtype: str) -> Path:
+    """make_tiny_onnx's function in float16 ('fp16') or with a Q/DQ pair on the scaled input ('int8')."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    compute = TensorProto.FLOAT16 if dtype == "fp16" else TensorProto.FLOAT
+    np_type = np.float16 if dtype == "fp16" else np.float32
+
+    def const(name: str, value: float) -> onnx.TensorProto:
+        return onnx.numpy_helper.from_array(np.array(value, dtype=np_type), name)
+
+    nodes = [helper.make_node("Cast", ["image"], ["xf"], to=compute), helper.make_node("Mul", ["xf", "scale"], ["xs"])]
+    reduce_input = "xs"
+    inits = [const("scale", 1 / 255), const("half", 0.5), const("gain", 8.0)]
+    if dtype == "int8":
+        nodes += [
+            helper.make_node("QuantizeLinear", ["xs", "q_scale", "q_zero"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "q_scale", "q_zero"], ["xdq"]),
+        ]
+        inits += [
+            onnx.numpy_helper.from_array(np.array(1 / 127, np.float32), "q_scale"),
+            onnx.numpy_helper.from_array(np.array(0, np.int8), "q_zero"),
+        ]
+        reduce_input = "xdq"
+    nodes += [
+        helper.make_node("ReduceMean", [reduce_input, "axes"], ["m"], keepdims=0),
+        helper.make_node("Sub", ["m", "half"], ["c"]),
+        helper.make_node("Mul", ["c", "gain"], ["logit"]),
+        helper.make_node("Unsqueeze", ["logit", "one"], ["logit2"]),
+        helper.make_node("Sigmoid", ["logit2"], ["p_low"]),
+        helper.make_node("Cast", ["p_low"], ["probability"], to=TensorProto.FLOAT),
+    ]
+    inits += [
+        helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
+        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        f"tiny_{dtype}",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", SIZE, SIZE, 1])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    """uint8 (n, 32, 32, 1) images of spread brightness: dark ones NORMAL, bright ones PNEUMONIA."""
+    rng = np.random.default_rng(seed)
+    levels = np.linspace(20, 235, n)
+    base = levels[:, None, None, None] + rng.normal(0, 12, (n, SIZE, SIZE, 1))
+    return np.clip(np.rint(base), 0, 255).astype(np.uint8)
+
+
+def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"image": batch})[0], dtype=np.float32)
+
+
+def complete_bundle(root: Path, golden_n: int = 24, calib_n: int = 24,
+                    tolerance: dict[str, float] | None = None) -> Path:
+    """Add the FP16 / Q/DQ variants, calibration and golden sets to a tiny bundle, then re-hash it."""
+    _tiny_graph(root / "model_fp16.onnx", "fp16")
+    _tiny_graph(root / "model_int8_qdq.onnx", "int8")
+    (root / "calibration").mkdir(exist_ok=True)
+    np.save(root / "calibration" / "calib.npy", images(calib_n, seed=1))
+    (root / "calibration" / "calib.json").write_text(json.dumps({"images": calib_n, "split": "train"}))
+    golden = images(golden_n, seed=2)
+    (root / "golden").mkdir(exist_ok=True)
+    np.save(root / "golden" / "images.npy", golden)
+    outputs = run_onnx(root / "model.onnx", golden)
+    meta = {
+        "files": [f"golden_{i:02d}.png" for i in range(golden_n)],
+        "true_labels": ["PNEUMONIA" if float(p) >= 0.5 else "NORMAL" for p in outputs.reshape(-1)],
+        "fp32_outputs": outputs.tolist(),
+        "tolerance": tolerance or {"fp32": 1e-5, "fp16": 5e-3, "int8": 5e-2},
+        "decision_threshold": 0.5,
+    }
+    (root / "golden" / "golden.json").write_text(json.dumps(meta))
+    write_manifest(root)
+    return root

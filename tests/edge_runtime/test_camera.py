@@ -1,0 +1,150 @@
+"""``pneumo edge camera`` on generated video files, headless; CSI and GUI detection; SIGTERM stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
+from edge_runtime.bundle import Bundle
+from edge_runtime.camera import CameraConfig, Window, csi_pipeline, open_capture, run_camera
+from edge_runtime.cli import main
+from edge_runtime.device import opencv_capture_backends
+from edge_runtime.errors import CameraError
+from edge_runtime.predictor import Predictor
+from edge_runtime.sources import CameraSource, parse_camera_source
+from tests.conftest import REPO
+
+HEADLESS_BUILD = "  GUI:                           NONE\n"
+GSTREAMER_BUILD = "Video I/O:\n    FFMPEG:   YES\n    GStreamer:   YES (1.20.3)\n    v4l/v4l2:  YES (linux/videodev2.h)\n"
+
+
+def make_video(path: Path, frames: int, fps: float = 10.0, fourcc: str = "mp4v") -> Path:
+    """Bright and dark frames alternating in blocks of five (a real encoded file)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (64, 48))
+    assert writer.isOpened(), f"OpenCV cannot write {fourcc}"
+    for i in range(frames):
+        writer.write(np.full((48, 64, 3), 235 if (i // 5) % 2 else 20, np.uint8))
+    writer.release()
+    return path
+
+
+def test_csi_pipeline_is_built_from_the_flags() -> None:
+    pipeline = csi_pipeline(1, 1920, 1080, 30, flip=2)
+    assert pipeline.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM), width=(int)1920, height=(int)1080")
+    assert "framerate=(fraction)30/1" in pipeline and "nvvidconv flip-method=2" in pipeline
+    assert pipeline.endswith("appsink drop=true max-buffers=1 sync=false")
+
+
+def test_csi_on_an_opencv_without_gstreamer_explains_why() -> None:
+    backends = opencv_capture_backends()
+    source = CameraSource("csi", "csi://0", 0)
+    if backends["gstreamer"]:
+        pytest.skip("this OpenCV has GStreamer")
+    with pytest.raises(CameraError, match=r"GStreamer: NO .*package index.*--system-site-packages.*/dev/video0"):
+        open_capture(source, CameraConfig(source="csi://0"))
+    assert opencv_capture_backends(GSTREAMER_BUILD) == {"gstreamer": True, "v4l2": True, "ffmpeg": True}
+
+
+def test_headless_opencv_has_no_window() -> None:
+    with pytest.raises(CameraError, match=r"no GUI.*--headless --jsonl"):
+        Window("pneumo-edge", build_info=HEADLESS_BUILD)
+
+
+def test_camera_config_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(CameraError, match="--headless needs --jsonl"):
+        CameraConfig(source="0", headless=True)
+    with pytest.raises(CameraError, match="flip-method"):
+        CameraConfig(source="0", flip=9)
+    assert CameraConfig(source="0", jsonl=tmp_path / "r.jsonl", snapshot_every_s=2).snapshots == tmp_path / "snapshots"
+
+
+def test_headless_run_on_a_video_file(tiny_bundle: Path, tmp_path: Path) -> None:
+    video = make_video(tmp_path / "clip.mp4", 20)
+    jsonl = tmp_path / "out" / "frames.jsonl"
+    jsonl.parent.mkdir()
+    jsonl.write_text('{"earlier": "run"}\n')
+    bundle = Bundle.open(tiny_bundle)
+    config = CameraConfig(source=str(video), headless=True, jsonl=jsonl, snapshot_every_s=1e-6)
+    source = parse_camera_source(str(video))
+    with OnnxRuntimeBackend(bundle.onnx_path("fp32")) as backend:
+        summary = run_camera(open_capture(source, config), Predictor(backend, bundle.info, "sha"), bundle.contract,
+                             config, threading.Event(), source.describe())
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert lines[0] == {"earlier": "run"}, "an existing JSONL is appended to, never truncated"
+    frames = lines[1:]
+    assert summary.frames == 20 == len(frames) and summary.stop_reason == "end of stream"
+    assert [f["frame"] for f in frames] == list(range(20))
+    assert [f["decision"] for f in frames[:10]] == ["normal"] * 5 + ["abnormal"] * 5
+    first = frames[0]
+    assert first["model_version"] == "tiny-test-1" and first["threshold"] == 0.5 and first["backend"] == "ort-cpu"
+    assert first["warning"].startswith("SYNTHETIC") and first["source"] == f"video file {video}"
+    assert {"capture_ms", "preprocess_ms", "infer_ms", "fps", "probability", "label"} <= set(first)
+    assert set(summary.stages) == {"capture", "preprocess", "infer"} and summary.fps > 0
+    assert len(summary.snapshots) == 20 and Path(summary.snapshots[0]).name == "snapshot_0000000.png"
+    assert cv2.imread(summary.snapshots[0]).shape == (48, 64, 3)
+
+
+def test_max_frames_and_cli_summary(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    video = make_video(tmp_path / "clip.avi", 30, fourcc="MJPG")
+    jsonl = tmp_path / "frames.jsonl"
+    code = main(["camera", str(tiny_bundle), "--source", str(video), "--headless", "--jsonl", str(jsonl),
+                 "--max-frames", "7", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["frames"] == 7 and summary["stop_reason"] == "--max-frames 7 reached"
+    assert len(jsonl.read_text().splitlines()) == 7
+    assert "FPS sustained" in err and "preprocess" in err and "Decision support" in err
+
+
+def test_window_mode_on_headless_opencv_fails_clearly(tiny_bundle: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    video = make_video(tmp_path / "clip.mp4", 3)
+    if "GUI:                           NONE" not in cv2.getBuildInformation():
+        pytest.skip("this OpenCV has a GUI")
+    assert main(["camera", str(tiny_bundle), "--source", str(video)]) == 1
+    assert "no GUI" in capsys.readouterr().err
+
+
+def test_missing_device_fails_clearly(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["camera", str(tiny_bundle), "--source", "/dev/video97", "--headless", "--jsonl", "/dev/null"]) == 1
+    assert "could not open USB/V4L2 camera /dev/video97" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_a_real_process_cleanly(tiny_bundle: Path, tmp_path: Path, signum: int) -> None:
+    video = make_video(tmp_path / "long.mp4", 200, fps=20.0)  # 10 s when played in real time
+    jsonl = tmp_path / "frames.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge_runtime.pneumo_cli", "edge", "camera", str(tiny_bundle), "--source", str(video),
+         "--headless", "--jsonl", str(jsonl), "--realtime", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not jsonl.exists() or len(jsonl.read_text().splitlines()) < 3):
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["stop_reason"] == "stopped by signal" and 3 <= summary["frames"] < 200
+    assert f"{signal.Signals(signum).name} received" in err
+    lines = jsonl.read_text().splitlines()
+    assert len(lines) == summary["frames"] and all(json.loads(line)["frame"] == i for i, line in enumerate(lines))

@@ -1,0 +1,168 @@
+"""``pneumo edge build``: manifest check, engine build/reuse per device, golden self-test, pass/fail table."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.bundle import Bundle, write_manifest
+from edge_runtime.cli import main
+from edge_runtime.edge_build import (
+    EdgeBuildConfig,
+    GoldenSet,
+    compare_golden,
+    edge_build_command,
+    parse_precisions,
+    run_edge_build,
+)
+from edge_runtime.errors import BackendUnavailableError, BundleError, EdgeError
+from tests.edge_runtime import trt_double
+from tests.edge_runtime.bundle_kit import complete_bundle
+
+
+@pytest.fixture
+def bundle_root(tiny_bundle: Path) -> Path:
+    return complete_bundle(tiny_bundle)
+
+
+def test_parse_precisions() -> None:
+    assert parse_precisions("all") == ("fp32", "fp16", "int8")
+    assert parse_precisions("int8,fp16,int8") == ("int8", "fp16")
+    with pytest.raises(EdgeError, match="--precision"):
+        parse_precisions("fp8")
+
+
+def test_onnxruntime_self_test_passes_every_variant_anywhere(bundle_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["build", str(bundle_root), "--precision", "all", "--backend", "ort-cpu"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "manifest verified" in err and "SYNTHETIC" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("fp32", "fp16", "int8"))]
+    assert [(r[0], r[1], r[-1]) for r in rows] == [("fp32", "ort-cpu", "PASS"), ("fp16", "ort-cpu", "PASS"),
+                                                   ("int8", "ort-cpu", "PASS")]
+    assert "next: pneumo edge predict" in err
+
+
+def test_report_figures_are_measured(bundle_root: Path) -> None:
+    report = run_edge_build(bundle_root, EdgeBuildConfig(precisions=("fp32", "fp16", "int8"), backend="ort-cpu"))
+    fp32, fp16, int8 = report.results
+    assert fp32.max_abs_diff == 0.0 and fp32.decision_agreement == 1.0 and fp32.accuracy == 1.0 and fp32.n == 24
+    assert fp16.max_abs_diff is not None and 0 < fp16.max_abs_diff <= 5e-3
+    assert int8.max_abs_diff is not None and 0 < int8.max_abs_diff <= 5e-2
+    assert report.to_dict()["passed"] is True
+
+
+def test_golden_comparison_fails_on_real_disagreement(bundle_root: Path) -> None:
+    bundle = Bundle.open(bundle_root)
+    golden = GoldenSet.load(bundle)
+    shifted = golden.fp32_outputs.copy()
+    far = int(np.argmax(np.abs(golden.fp32_outputs.reshape(-1) - 0.5)))
+    shifted[far] = 1.0 - shifted[far]
+    result = compare_golden(shifted, golden, bundle.info, "int8")
+    assert not result.passed and result.flipped_outside_tolerance == [golden.files[far]]
+    # A flip on an image whose reference sits within the tolerance of the threshold is allowed.
+    near = golden.fp32_outputs.copy()
+    near[far] = 0.5
+    borderline = compare_golden(near, GoldenSet(golden.images, golden.files, golden.true_labels, near,
+                                                golden.tolerance, 0.5), bundle.info, "int8")
+    assert borderline.passed
+
+
+def test_failed_self_test_exits_nonzero_with_the_reason(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    complete_bundle(tiny_bundle, tolerance={"fp32": 1e-5, "fp16": 1e-9, "int8": 5e-2})
+    code = main(["build", str(tiny_bundle), "--precision", "fp16", "--backend", "ort-cpu"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "FAIL" in out and "fp16 FAIL: max |diff|" in err
+
+
+def test_tampered_bundle_is_refused_naming_the_file(bundle_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = bundle_root / "golden" / "images.npy"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0x01
+    target.write_bytes(bytes(data))
+    assert main(["build", str(bundle_root), "--backend", "ort-cpu"]) == 1
+    assert "golden/images.npy: sha256 does not match" in capsys.readouterr().err
+
+
+def test_bundle_without_golden_set_cannot_be_self_tested(tiny_bundle: Path) -> None:
+    with pytest.raises(BundleError, match="no golden set"):
+        run_edge_build(tiny_bundle, EdgeBuildConfig(backend="ort-cpu"))
+
+
+def test_without_tensorrt_it_says_so_and_how_to_verify_anyway(bundle_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(BackendUnavailableError, match="only be built on the device"):
+        run_edge_build(bundle_root, EdgeBuildConfig())
+    assert main(["build", str(bundle_root), "--precision", "fp16"]) == 1
+    err = capsys.readouterr().err
+    assert "TensorRT is not installed" in err and f"pneumo edge build {bundle_root} --precision all --backend ort-cpu" in err
+
+
+def test_trt_builds_then_reuses_engines_per_device(bundle_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    double = trt_double.install(monkeypatch)
+    assert main(["build", str(bundle_root), "--precision", "all", "--batch", "1,4,16", "--workspace", "256"]) == 0
+    out, err = capsys.readouterr()
+    assert "device orin-sm87-trt10.3.0" in out
+    assert [line.split()[2] for line in out.splitlines() if line.startswith(("fp32", "fp16", "int8"))] == ["built"] * 3
+    folder = bundle_root / "engines" / "orin-sm87-trt10.3.0"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "calib_int8.cache", "calib_int8.cache.json", "model_fp16.engine", "model_fp16.engine.json",
+        "model_fp32.engine", "model_fp32.engine.json", "model_int8.engine", "model_int8.engine.json", "timing.cache",
+    ]
+    sidecar = json.loads((folder / "model_int8.engine.json").read_text())
+    assert sidecar["build_path"] == "trt10-builder-flags+entropy-calibrator"
+    assert sidecar["rebuild_command"] == f"pneumo edge build {bundle_root} --precision int8 --batch 1,4,16 --workspace 256"
+    assert sidecar["profile"]["image"]["opt"] == [4, 32, 32, 1]
+    assert len(double.builds) == 3
+    Bundle.open(bundle_root)  # engines live outside the manifest: the bundle still verifies
+
+    assert main(["build", str(bundle_root), "--precision", "all", "--batch", "1,4,16", "--workspace", "256"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[2] for line in out.splitlines() if line.startswith(("fp32", "fp16", "int8"))] == ["reused"] * 3
+    assert len(double.builds) == 3, "nothing rebuilt"
+
+    assert main(["build", str(bundle_root), "--precision", "fp16", "--batch", "1,8"]) == 0
+    err = capsys.readouterr().err
+    assert "batch profile [1, 4, 16] != [1, 8, 8]" in err and "workspace 256 MiB != 1024 MiB" in err
+    assert len(double.builds) == 4
+
+
+def test_a_new_tensorrt_gets_its_own_engines(bundle_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trt_double.install(monkeypatch, version="10.3.0")
+    assert run_edge_build(bundle_root, EdgeBuildConfig(precisions=("fp32",))).passed
+    trt_double.install(monkeypatch, version="11.0.0")
+    report = run_edge_build(bundle_root, EdgeBuildConfig(precisions=("fp16", "int8")))
+    assert report.passed and report.device_key == "orin-sm87-trt11.0.0"
+    assert [r.engine_action for r in report.results] == ["built", "built"]
+    sidecar = json.loads((bundle_root / "engines" / "orin-sm87-trt11.0.0" / "model_int8.engine.json").read_text())
+    assert sidecar["onnx_file"] == "model_int8_qdq.onnx" and sidecar["build_path"] == "trt11-strongly-typed"
+
+
+def test_build_errors_become_rows_not_crashes(bundle_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trt_double.install(monkeypatch, dla_cores=0)
+    report = run_edge_build(bundle_root, EdgeBuildConfig(precisions=("fp16",), dla_core=0))
+    assert not report.passed and report.results[0].status == "error"
+    assert "no DLA" in report.results[0].message
+
+
+def test_manifest_rewrite_after_golden_change_is_caught_by_the_self_test(bundle_root: Path) -> None:
+    meta_path = bundle_root / "golden" / "golden.json"
+    meta = json.loads(meta_path.read_text())
+    meta["fp32_outputs"] = [[1.0 - row[0]] for row in meta["fp32_outputs"]]
+    meta_path.write_text(json.dumps(meta))
+    write_manifest(bundle_root)
+    report = run_edge_build(bundle_root, EdgeBuildConfig(backend="ort-cpu"))
+    assert not report.passed and "decisions flipped" in report.results[0].message
+
+
+def test_edge_build_command_reproduces_non_default_flags(bundle_root: Path) -> None:
+    config = EdgeBuildConfig(precisions=("int8",), batch_sizes=(2, 4), dla_core=1, int8_source="qdq")
+    assert edge_build_command(bundle_root, config) == (
+        f"pneumo edge build {bundle_root} --precision int8 --batch 2,4 --dla 1 --int8-source qdq"
+    )
