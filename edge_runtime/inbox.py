@@ -1,0 +1,489 @@
+"""The inbox of the watch daemon: finding complete files, and reading them without trusting them.
+
+Discovery (:class:`InboxWatcher`) combines two sources:
+
+* inotify through watchdog, for speed: a file renamed into the inbox
+  (``moved_to``) or closed after writing (``close_write``, unless
+  ``trust_close_write`` is off) is complete at once; a created file is only
+  noted;
+* scans of the folder (``os.scandir``), for certainty: at start (what was
+  already there), every ``rescan_seconds`` (events can be dropped, and
+  inotify sees nothing of writes made by another machine on a network
+  share), and every ``poll_interval`` when inotify is unavailable. A file
+  found this way is complete once its size, mtime and inode held still for
+  ``quiet_seconds``, measured on this machine's monotonic clock (a writer's
+  clock may be wrong).
+
+Memory is bounded: at most ``max_pending`` candidates are tracked. When the
+window is full, discovery pauses: events beyond it are dropped and a rescan
+is scheduled, and a scan keeps only the oldest files (by mtime, through a
+bounded heap) that fit. A flood of 10,000 files therefore costs a window of
+``max_pending`` small records, never a 10,000-item list.
+
+Ignored: names matching ``ignore`` (hidden files, ``*.part``, ``*.tmp``,
+``*.crdownload``...) and sub-folders, except a folder named like an image,
+which is reported as a failure. Everything else is a candidate; the file's
+content, not its extension, decides whether it is an image.
+
+Reading (:func:`read_input`) never follows a symlink, never opens a fifo or
+device, reads the bytes once (so the sha256 is of exactly what was decoded)
+and refuses the result if the file changed while it was read.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import heapq
+import os
+import queue
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.contract import PreprocessContract
+from edge_runtime.errors import EdgeError, ImageDecodeError
+from edge_runtime.preprocess import MAX_FILE_BYTES, apply_contract, decode_bytes, is_image_name
+
+Clock = Callable[[], float]
+
+
+class InboxUnavailableError(EdgeError):
+    """The inbox folder is missing, not a folder, or cannot be listed."""
+
+
+@dataclass
+class Candidate:
+    """A file being watched until it is complete."""
+
+    name: str
+    kind: str
+    size: int
+    mtime_ns: int
+    ino: int
+    dev: int
+    #: monotonic time since which size, mtime and inode have not changed
+    stable_since: float
+    #: complete without waiting: renamed in, or closed after writing
+    hinted: bool = False
+    #: taken into the batch in hand
+    taken: bool = False
+
+    @property
+    def signature(self) -> tuple[int, int, int, int]:
+        return (self.size, self.mtime_ns, self.ino, self.dev)
+
+
+def entry_kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISLNK(mode):
+        return "link"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    return "other"
+
+
+class _Hints:
+    """watchdog handler: turns events into (name, hinted) pairs in a bounded queue."""
+
+    def __init__(self, inbox: Path, capacity: int, trust_close_write: bool, wake: threading.Event) -> None:
+        self.inbox = os.path.abspath(inbox)
+        self.queue: queue.Queue[tuple[str, bool]] = queue.Queue(maxsize=capacity)
+        self.overflowed = threading.Event()
+        self.trust_close_write = trust_close_write
+        self.wake = wake
+
+    def _put(self, path: Any, hinted: bool) -> None:
+        path = os.fsdecode(path)
+        if not path or os.path.dirname(os.path.abspath(path)) != self.inbox:
+            return
+        try:
+            self.queue.put_nowait((os.path.basename(path), hinted))
+        except queue.Full:
+            self.overflowed.set()  # a rescan will find it
+        self.wake.set()
+
+    def dispatch(self, event: Any) -> None:
+        """Called on watchdog's thread for every event; must stay O(1)."""
+        kind = event.event_type
+        if kind == "moved":
+            self._put(event.dest_path, True)
+        elif kind == "closed":
+            self._put(event.src_path, self.trust_close_write)
+        elif kind == "created":
+            self._put(event.src_path, False)
+
+
+class InboxWatcher:
+    """Bounded window of candidate files and the logic that decides when one is complete."""
+
+    def __init__(
+        self,
+        inbox: Path,
+        *,
+        quiet_seconds: float,
+        max_pending: int,
+        poll_interval: float,
+        rescan_seconds: float,
+        ignore: tuple[str, ...],
+        use_watchdog: bool = True,
+        trust_close_write: bool = True,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.inbox = Path(inbox)
+        self.quiet_seconds = quiet_seconds
+        self.max_pending = max_pending
+        self.poll_interval = poll_interval
+        self.rescan_seconds = rescan_seconds
+        self.ignore = ignore
+        self.use_watchdog = use_watchdog
+        self.clock = clock
+        self.wake = threading.Event()
+        self.pending: dict[str, Candidate] = {}
+        #: files seen by the last scan that did not fit in the window
+        self.beyond_window = 0
+        self.mode = "polling"
+        self.watch_error = ""
+        self._hints = _Hints(self.inbox, max(64, max_pending), trust_close_write, self.wake)
+        self._observer: Any = None
+        self._next_scan = 0.0
+        self._last_scan = -1e9
+        self._more_waiting = False
+        self._inbox_id: tuple[int, int] | None = None
+
+    # -- watchdog -------------------------------------------------------
+    def start(self) -> None:
+        """Start inotify if asked and possible; otherwise say why and poll."""
+        if not self.use_watchdog:
+            self.mode, self.watch_error = "polling", "inotify disabled (--no-watchdog)"
+            return
+        self.stop()
+        try:
+            self._observer = self._make_observer()
+            self.mode, self.watch_error = "inotify", ""
+        except Exception as exc:  # noqa: BLE001 - any watchdog failure (no inotify, watch limit, import) means: poll
+            self._observer = None
+            self.mode, self.watch_error = "polling", f"inotify unavailable ({exc}); polling every {self.poll_interval:g} s"
+        try:
+            st = os.stat(self.inbox)
+            self._inbox_id = (st.st_dev, st.st_ino)
+        except OSError:
+            self._inbox_id = None
+
+    def _make_observer(self) -> Any:
+        from watchdog.events import FileSystemEventHandler
+
+        hints = self._hints
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                hints.dispatch(event)
+
+        if sys.platform.startswith("linux"):
+            from watchdog.observers.inotify import InotifyObserver
+
+            # full events: a rename from outside the inbox arrives as a move, not a create
+            observer: Any = InotifyObserver(generate_full_events=True)
+        else:
+            from watchdog.observers import Observer
+
+            observer = Observer()
+        observer.schedule(Handler(), str(self.inbox), recursive=False)
+        observer.daemon = True
+        observer.start()
+        return observer
+
+    def stop(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            try:
+                observer.stop()
+                observer.join(timeout=5)
+            except Exception:  # noqa: BLE001 - stopping a dead observer must not stop the daemon
+                pass
+
+    def _check_inbox(self) -> None:
+        """Raise when the inbox is gone; re-arm inotify when it was replaced or the observer died."""
+        try:
+            st = os.stat(self.inbox)
+        except OSError as exc:
+            raise InboxUnavailableError(f"{self.inbox}: inbox is missing ({exc.strerror or exc})") from exc
+        if not stat.S_ISDIR(st.st_mode):
+            raise InboxUnavailableError(f"{self.inbox}: inbox is not a folder")
+        if not self.use_watchdog:
+            return
+        alive = self._observer is not None and self._observer.is_alive()
+        if (st.st_dev, st.st_ino) != self._inbox_id or (self.mode == "inotify" and not alive):
+            self.start()
+
+    # -- discovery ------------------------------------------------------
+    def ignored(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.ignore)
+
+    def _stat_candidate(self, name: str, now: float) -> Candidate | None:
+        try:
+            st = os.lstat(self.inbox / name)
+        except OSError:
+            return None
+        kind = entry_kind(st.st_mode)
+        if kind == "dir" and not is_image_name(name):
+            return None
+        return Candidate(name, kind, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, now)
+
+    def _scan_entries(self) -> Iterator[tuple[int, str, os.stat_result]]:
+        try:
+            with os.scandir(self.inbox) as it:
+                for entry in it:
+                    if entry.name in self.pending or self.ignored(entry.name):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISDIR(st.st_mode) and not is_image_name(entry.name):
+                        continue
+                    yield (st.st_mtime_ns, entry.name, st)
+        except OSError as exc:
+            raise InboxUnavailableError(f"{self.inbox}: inbox cannot be listed ({exc.strerror or exc})") from exc
+
+    def scan(self, now: float) -> int:
+        """Add the oldest unseen entries that fit in the window; return how many were added."""
+        self._last_scan = now
+        self._next_scan = now + (self.rescan_seconds if self.mode == "inotify" else self.poll_interval)
+        self._hints.overflowed.clear()
+        free = self.max_pending - len(self.pending)
+        waiting = 0
+
+        def counted() -> Iterator[tuple[int, str, os.stat_result]]:
+            nonlocal waiting
+            for item in self._scan_entries():
+                waiting += 1
+                yield item
+
+        oldest = heapq.nsmallest(max(0, free), counted(), key=lambda item: (item[0], item[1]))
+        if free <= 0:
+            for _ in counted():
+                pass
+        for _, name, st in oldest:
+            self.pending[name] = Candidate(
+                name, entry_kind(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, now
+            )
+        self._more_waiting = waiting > len(oldest)
+        self.beyond_window = waiting - len(oldest)
+        return len(oldest)
+
+    @property
+    def backlog(self) -> int:
+        """Files known to be waiting: the window plus what the last scan could not fit."""
+        return len(self.pending) + self.beyond_window
+
+    def _drain_hints(self, now: float) -> None:
+        while True:
+            try:
+                name, hinted = self._hints.queue.get_nowait()
+            except queue.Empty:
+                return
+            if self.ignored(name):
+                continue
+            known = self.pending.get(name)
+            if known is not None:
+                if known.taken:
+                    continue
+                fresh = self._stat_candidate(name, now)
+                if fresh is None:
+                    continue
+                if fresh.signature != known.signature:
+                    known.size, known.mtime_ns, known.ino, known.dev = fresh.size, fresh.mtime_ns, fresh.ino, fresh.dev
+                    known.stable_since = now
+                known.hinted = known.hinted or hinted
+            elif len(self.pending) < self.max_pending:
+                fresh = self._stat_candidate(name, now)
+                if fresh is not None:
+                    fresh.hinted = hinted
+                    self.pending[name] = fresh
+            else:
+                self._more_waiting = True
+
+    def _scan_due(self, now: float) -> bool:
+        if now >= self._next_scan or self._hints.overflowed.is_set():
+            return True
+        # a flood: refill as the window drains, but not more often than 4 times a second
+        return self._more_waiting and len(self.pending) <= self.max_pending // 2 and now - self._last_scan >= 0.25
+
+    def _refresh(self, now: float) -> None:
+        """Re-stat candidates whose quiet period is up; drop the ones that vanished."""
+        for name, cand in list(self.pending.items()):
+            if cand.taken or cand.hinted or now - cand.stable_since < self.quiet_seconds:
+                continue
+            fresh = self._stat_candidate(name, now)
+            if fresh is None:
+                del self.pending[name]  # vanished before it was complete: never an input
+                continue
+            if fresh.signature != cand.signature:
+                cand.size, cand.mtime_ns, cand.ino, cand.dev, cand.kind = (
+                    fresh.size,
+                    fresh.mtime_ns,
+                    fresh.ino,
+                    fresh.dev,
+                    fresh.kind,
+                )
+                cand.stable_since = now
+
+    def _is_ready(self, cand: Candidate, now: float) -> bool:
+        return not cand.taken and (cand.hinted or now - cand.stable_since >= self.quiet_seconds)
+
+    def poll(self, limit: int) -> list[Candidate]:
+        """Up to ``limit`` complete candidates, oldest first; marks them taken. Raises InboxUnavailableError."""
+        now = self.clock()
+        self._check_inbox()
+        self._drain_hints(now)
+        if self._scan_due(now):
+            self.scan(now)
+        self._refresh(now)
+        ready = [c for c in self.pending.values() if self._is_ready(c, now)]
+        ready.sort(key=lambda c: (c.mtime_ns, c.name))
+        batch = ready[:limit]
+        for cand in batch:
+            cand.taken = True
+        return batch
+
+    def next_wakeup(self) -> float:
+        """Seconds until something may become ready without an event."""
+        now = self.clock()
+        waits = [self._next_scan - now, self.poll_interval]
+        waits += [c.stable_since + self.quiet_seconds - now for c in self.pending.values() if not c.taken]
+        return max(0.01, min(waits))
+
+    def done(self, name: str) -> None:
+        """The input has a result (or was claimed): stop tracking it."""
+        self.pending.pop(name, None)
+
+    def requeue(self, name: str) -> None:
+        """Not complete after all (changed while read): wait for a new quiet period."""
+        cand = self.pending.get(name)
+        if cand is not None:
+            cand.taken = False
+            cand.hinted = False
+            cand.stable_since = self.clock()
+            fresh = self._stat_candidate(name, cand.stable_since)
+            if fresh is None:
+                del self.pending[name]
+            else:
+                cand.size, cand.mtime_ns, cand.ino, cand.dev = fresh.size, fresh.mtime_ns, fresh.ino, fresh.dev
+
+    def forget_all(self) -> None:
+        """Drop the window (after an outbox or inbox error); the next scan rebuilds it."""
+        self.pending.clear()
+        self.beyond_window = 0
+        self._next_scan = 0.0
+        while True:
+            try:
+                self._hints.queue.get_nowait()
+            except queue.Empty:
+                break
+
+    def inbox_present(self) -> bool:
+        return self.inbox.is_dir()
+
+
+# -- reading ---------------------------------------------------------------
+@dataclass
+class InputRead:
+    """What reading one candidate gave: an image, a refusal with its reason, or "not complete yet"."""
+
+    candidate: Candidate
+    source: str
+    outcome: str  # "image", "rejected" or "changed"
+    image: np.ndarray | None = None
+    sha256: str = ""
+    size: int = 0
+    reason: str = ""
+    kind: str = ""
+
+
+def _rejected(cand: Candidate, source: str, kind: str, reason: str, sha: str = "", size: int = 0) -> InputRead:
+    return InputRead(cand, source, "rejected", sha256=sha, size=size, reason=reason, kind=kind)
+
+
+def read_input(inbox: Path, cand: Candidate, contract: PreprocessContract) -> InputRead:
+    """Read, hash and decode one candidate with the one preprocessing implementation.
+
+    Raises InboxUnavailableError when the inbox itself is gone (a file is not
+    "vanished" because its share was unmounted).
+    """
+    path = inbox / cand.name
+    source = str(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if not inbox.is_dir():
+            raise InboxUnavailableError(f"{inbox}: inbox disappeared while reading") from None
+        return _rejected(cand, source, "missing", "file vanished before it could be read")
+    except OSError as exc:
+        return _rejected(cand, source, "file", f"cannot examine file: {exc.strerror or exc}")
+    kind = entry_kind(st.st_mode)
+    if (st.st_ino, st.st_dev) != (cand.ino, cand.dev) or kind != cand.kind:
+        return InputRead(cand, source, "changed")
+    if kind == "link":
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return _rejected(
+            cand,
+            source,
+            "link",
+            f"symbolic link (to {target!r}): links are never followed; copy the image itself into the inbox",
+        )
+    if kind == "dir":
+        return _rejected(cand, source, "dir", "a folder named like an image, not an image file")
+    if kind == "other":
+        return _rejected(cand, source, "other", "not a regular file (a fifo, socket or device)")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if not inbox.is_dir():
+            raise InboxUnavailableError(f"{inbox}: inbox disappeared while reading") from None
+        return _rejected(cand, source, "missing", "file vanished before it could be read")
+    except OSError as exc:
+        return _rejected(cand, source, "file", f"cannot open file: {exc.strerror or exc}", size=st.st_size)
+    try:
+        before = os.fstat(fd)
+        if (before.st_ino, before.st_dev) != (cand.ino, cand.dev) or not stat.S_ISREG(before.st_mode):
+            return InputRead(cand, source, "changed")
+        if before.st_size > MAX_FILE_BYTES:
+            return _rejected(
+                cand, source, "file", f"file is {before.st_size:,} bytes, over the {MAX_FILE_BYTES:,} byte limit",
+                size=before.st_size,
+            )
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        after = os.fstat(fd)
+    except OSError as exc:
+        return _rejected(cand, source, "file", f"cannot read file: {exc.strerror or exc}", size=st.st_size)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    signature = (after.st_size, after.st_mtime_ns, after.st_ino, after.st_dev)
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or signature != cand.signature:
+        return InputRead(cand, source, "changed")
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        image = apply_contract(decode_bytes(data, name=cand.name), contract)
+    except ImageDecodeError as exc:
+        return _rejected(cand, source, "file", exc.reason, sha, len(data))
+    except Exception as exc:  # noqa: BLE001 - a hostile file must fail alone, never stop the daemon
+        return _rejected(cand, source, "file", f"decoder error: {type(exc).__name__}: {exc}", sha, len(data))
+    return InputRead(cand, source, "image", image=image, sha256=sha, size=len(data), kind="file")

@@ -1,0 +1,201 @@
+"""Crash safety of the watch daemon: a write-ahead record of the batch in hand.
+
+The daemon turns a batch of inbox files into results in five visible steps
+(move the input, write the per-image JSON, append to ``results.jsonl``,
+append to ``results.csv``, forget the batch). A ``kill -9`` or power cut can
+stop it between any two of them, so before the first step it writes a
+*claim*: one JSON file, ``OUTBOX/.pneumo/journal.json``, written atomically
+(temp file, fsync, rename, fsync of the folder), that holds for every input
+
+* its identity in the inbox (name, inode, device, size, mtime, sha256 of the
+  bytes that were read), so a later file of the same name is never mistaken
+  for it;
+* where it goes (``done/`` or ``failed/`` under a unique name) and where its
+  JSON goes;
+* the complete result record, so finishing after a crash writes exactly what
+  would have been written, without running the model again;
+* the sizes of ``results.jsonl`` and ``results.csv`` before the batch, so
+  only the tail the batch may have appended is examined for its ids.
+
+Every step is idempotent given the claim (see ``edge_runtime.outbox``): on
+start, and after any outbox error, a claim left behind is finished, then
+removed. Only one claim exists at a time (the daemon claims the next batch
+only after removing the previous one), so "every input ends with exactly
+one result" reduces to "a claimed batch is finished exactly once", and an
+input that was never claimed is still in the inbox and simply processed.
+
+A second daemon on the same outbox would break that reasoning, so the
+outbox is locked (``flock`` on ``.pneumo/lock``) while the daemon runs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.errors import EdgeError
+from edge_runtime.fileio import atomic_write_json, fsync_dir
+
+STATE_DIR = ".pneumo"
+JOURNAL_FILE = "journal.json"
+LOCK_FILE = "lock"
+JOURNAL_SCHEMA = 1
+
+
+class OutboxBusyError(EdgeError):
+    """Another daemon holds the outbox lock."""
+
+
+@dataclass
+class JournalEntry:
+    """One input of the claimed batch: who it is, where it goes, what its result says."""
+
+    id: str
+    name: str
+    #: "file", "link", "dir", "other" (fifo, socket, device) or "missing" (vanished; nothing to move)
+    kind: str
+    #: "done" or "failed"
+    status: str
+    #: absolute inbox path when it was read
+    source: str
+    #: absolute path it is moved to; "" when there is nothing to move
+    target: str
+    #: absolute path of the per-image result JSON
+    result_path: str
+    record: dict[str, Any]
+    ino: int = 0
+    dev: int = 0
+    size: int = 0
+    mtime_ns: int = 0
+    sha256: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JournalEntry:
+        return cls(**data)
+
+
+@dataclass
+class Claim:
+    """The batch in hand, as written to the journal before any visible step."""
+
+    batch_id: str
+    jsonl_offset: int
+    csv_offset: int
+    entries: list[JournalEntry] = field(default_factory=list)
+    created: str = ""
+    schema: int = JOURNAL_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Claim:
+        if data.get("schema") != JOURNAL_SCHEMA:
+            raise ValueError(f"journal schema {data.get('schema')!r} is not {JOURNAL_SCHEMA}")
+        entries = [JournalEntry.from_dict(e) for e in data["entries"]]
+        return cls(
+            batch_id=str(data["batch_id"]),
+            jsonl_offset=int(data["jsonl_offset"]),
+            csv_offset=int(data["csv_offset"]),
+            entries=entries,
+            created=str(data.get("created", "")),
+        )
+
+
+class Journal:
+    """The claim file in ``STATE_DIR`` of the outbox."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / JOURNAL_FILE
+
+    def write(self, claim: Claim) -> None:
+        """Make the claim durable before anything of the batch becomes visible."""
+        if not claim.created:
+            claim.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+        atomic_write_json(self.path, claim.to_dict())
+
+    def read(self) -> Claim | None:
+        """The unfinished claim, or None. A claim that cannot be parsed is moved aside and reported.
+
+        Atomic writes mean a torn claim cannot happen through a crash; an
+        unreadable one means disk corruption or a hand edit, so it is kept
+        (renamed) for a person to inspect and a ValueError says where.
+        """
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            return Claim.from_dict(json.loads(text))
+        except (ValueError, KeyError, TypeError) as exc:
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+            aside = self.path.with_name(f"journal.corrupt-{stamp}.json")
+            os.replace(self.path, aside)
+            fsync_dir(self.state_dir)
+            raise ValueError(f"{self.path}: unreadable journal ({exc}); kept as {aside}") from exc
+
+    def clear(self) -> None:
+        """Forget the finished batch (durably, so it is not finished twice after a power cut)."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            return
+        fsync_dir(self.state_dir)
+
+
+class OutboxLock:
+    """An exclusive ``flock`` on ``STATE_DIR/lock``; the file records the holder's pid."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        if self._fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise OutboxBusyError(
+                f"{self.path}: another pneumo edge watch (pid {holder}) is using this outbox; "
+                "stop it first, or give each daemon its own outbox"
+            ) from exc
+        except OSError:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def ensure(self) -> None:
+        """Hold the lock on the lock file that is there now (the outbox may have been replaced)."""
+        if self._fd is not None:
+            try:
+                current = os.stat(self.path)
+                mine = os.fstat(self._fd)
+                if (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
+                    return
+            except OSError:
+                pass
+            self.release()
+        self.acquire()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
