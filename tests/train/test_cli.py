@@ -1,0 +1,126 @@
+"""``pneumo train`` / ``pneumo evaluate`` command lines: exit codes and messages that name the flag or file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_image
+from train.cli import evaluate_main, train_main
+from train.models import ARCHITECTURES
+
+
+def _tiny_folder(root: Path, classes: dict[str, tuple[str, ...]]) -> Path:
+    """ROOT/{split}/{CLASS}/ with one small image per folder."""
+    import numpy as np
+
+    for split, labels in classes.items():
+        for label in labels:
+            write_image(
+                root / split / label / f"{label.lower()}-IM-000{len(label)}-0001.png",
+                np.full((40, 40), 90, np.uint8),
+            )
+    return root
+
+
+def test_train_help_teaches_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--help"], prog="pneumo train")
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "pneumo train --arch lhu --data" in text and "--threshold-rule" in text
+    assert all(name in text for name in ARCHITECTURES)
+
+
+def test_unknown_arch_is_an_error_listing_the_valid_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = train_main(["--arch", "alexnet", "--data", str(tmp_path), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "--arch 'alexnet'" in err and "lhu" in err and "dsconv" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_folder_names_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no_such_data"
+    code = train_main(["--arch", "lhu", "--data", str(missing), "--out", str(tmp_path / "run")])
+    assert code == 1
+    assert f"{missing}: data folder not found" in capsys.readouterr().err
+
+
+def test_missing_class_folder_names_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _tiny_folder(tmp_path / "data", {"train": ("NORMAL", "PNEUMONIA"), "test": ("NORMAL",)})
+    code = train_main(["--arch", "lhu", "--data", str(data), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert str(data / "test" / "PNEUMONIA") in err and "class folder missing" in err
+
+
+def test_empty_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    code = train_main(["--arch", "lhu", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run")])
+    assert code == 1
+    assert "empty" in capsys.readouterr().err
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.h5").write_bytes(b"keep me")
+    code = train_main(["--arch", "lhu", "--data", str(tmp_path), "--out", str(out)])
+    assert code == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "model.h5").read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "text"),
+    [
+        (["--epochs", "0"], 1, "--epochs 0: must be within"),
+        (["--threshold-rule", "youden:3"], 1, "--threshold-rule"),
+        (["--learning-rate", "-1"], 1, "--learning-rate"),
+        (["--epochs", "ten"], 2, "invalid int value"),
+        (["--optimizer", "lion"], 2, "invalid choice"),
+        (["--no-such-flag"], 2, "unrecognized arguments"),
+    ],
+)
+def test_bad_flag_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, text: str
+) -> None:
+    full = ["--arch", "lhu", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *argv]
+    if code == 2:
+        with pytest.raises(SystemExit) as exit_info:
+            train_main(full)
+        assert exit_info.value.code == 2
+    else:
+        assert train_main(full) == 1
+    assert text in capsys.readouterr().err
+
+
+def test_data_and_out_are_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--arch", "lhu"])
+    assert exit_info.value.code == 2
+    assert "--data and --out are required" in capsys.readouterr().err
+
+
+def test_evaluate_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate_main([str(tmp_path / "nope.h5"), "--data", str(tmp_path)]) == 1
+    assert "model not found" in capsys.readouterr().err
+    (tmp_path / "model.txt").write_text("x")
+    assert evaluate_main([str(tmp_path / "model.txt"), "--data", str(tmp_path)]) == 1
+    assert "unsupported model file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main([str(tmp_path)])
+    assert exit_info.value.code == 2
+
+
+def test_pneumo_train_help_through_the_console_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_runtime.pneumo_cli", "train", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "usage: pneumo train" in result.stdout

@@ -1,0 +1,161 @@
+"""TrainConfig, the input pipeline, class weights, the run-folder guard and determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train.config import TrainConfig, load_toml, merge
+from train.errors import TrainError
+
+
+@pytest.fixture(scope="module")
+def synth_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SYNTHETIC phantom folder (split layout)."""
+    from train.synth import SynthConfig, generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "data", SynthConfig(per_class=24, size=64)).root
+
+
+# --------------------------------------------------------------------------- config (no TensorFlow)
+
+
+def test_resolved_fills_the_arch_recipe_and_keeps_overrides() -> None:
+    cfg = TrainConfig(arch="lhu", learning_rate=0.01).resolved()
+    assert (cfg.height, cfg.width, cfg.color) == (256, 256, "rgb")
+    assert (cfg.optimizer, cfg.batch_size, cfg.epochs, cfg.learning_rate) == ("adagrad", 32, 20, 0.01)
+    assert cfg.class_weights is False and cfg.augment == "none"
+    ros = TrainConfig(arch="roskilde", undersample=False).resolved()
+    assert ros.undersample is False and ros.early_stopping == 5 and ros.color == "grayscale"
+
+
+@pytest.mark.parametrize(
+    ("changes", "flag"),
+    [
+        ({"epochs": 0}, "--epochs"),
+        ({"learning_rate": -1.0}, "--learning-rate"),
+        ({"batch_size": 100_000}, "--batch-size"),
+        ({"height": 4}, "--height"),
+        ({"optimizer": "lion"}, "--optimizer"),
+        ({"augment": "heavy"}, "--augment"),
+        ({"threshold_rule": "sensitivity:2"}, "--threshold-rule"),
+        ({"val_fraction": 0.9}, "--val-fraction"),
+        ({"label_smoothing": float("nan")}, "--label-smoothing"),
+    ],
+)
+def test_bad_values_name_their_flag(changes: dict, flag: str) -> None:
+    with pytest.raises(TrainError, match=flag):
+        TrainConfig(**changes)
+
+
+def test_flags_override_the_toml_file(tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text('[train]\narch = "lhu"\nepochs = 7\nimage-size = 128\nclass_weights = true\n')
+    cfg = merge(load_toml(toml), {"epochs": 2, "data": "/d", "out": "/o"})
+    assert (cfg.arch, cfg.epochs, cfg.height, cfg.width, cfg.class_weights) == ("lhu", 2, 128, 128, True)
+    assert cfg.data == Path("/d")
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # config.json round trip
+
+
+def test_toml_errors_name_the_file_and_setting(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = 'ten'\n")
+    with pytest.raises(TrainError, match="epochs must be an integer"):
+        merge(load_toml(bad), {}, source=str(bad))
+    bad.write_text("epoch = 3\n")
+    with pytest.raises(TrainError, match="unknown setting 'epoch'"):
+        merge(load_toml(bad), {}, source=str(bad))
+    bad.write_text("epochs = [\n")
+    with pytest.raises(TrainError, match="not a readable TOML"):
+        load_toml(bad)
+    with pytest.raises(TrainError, match="file not found"):
+        load_toml(tmp_path / "missing.toml")
+
+
+def test_run_folder_is_never_overwritten_without_the_flag(tmp_path: Path) -> None:
+    from train.fit import prepare_run_folder
+
+    out = tmp_path / "run"
+    prepare_run_folder(out, overwrite=False)  # new: created
+    (out / "model.h5").write_bytes(b"precious")
+    with pytest.raises(TrainError, match="--overwrite"):
+        prepare_run_folder(out, overwrite=False)
+    prepare_run_folder(out, overwrite=True)
+    assert (out / "model.h5").read_bytes() == b"precious"  # --overwrite deletes nothing by itself
+
+
+def test_class_weights_follow_seed_004() -> None:
+    from train.pipeline import class_weights, sample_weights
+
+    y = np.array([0] * 25 + [1] * 75)
+    weights = class_weights(y, 2)
+    assert weights == {0: pytest.approx(100 / (2 * 25)), 1: pytest.approx(100 / (2 * 75))}
+    w = sample_weights(y, weights)
+    assert w[:25].sum() == pytest.approx(w[25:].sum())  # each class carries half the loss
+
+
+# --------------------------------------------------------------------------- pipeline (TensorFlow)
+
+
+@pytest.mark.tf
+def test_training_batches_are_float_pixels_with_targets_and_weights() -> None:
+    from train.augment import build_augmenter
+    from train.models.blocks import Head
+    from train.pipeline import evaluation_data, training_data
+
+    x = np.random.default_rng(0).integers(0, 256, (10, 16, 16, 1), dtype=np.uint8)
+    y = np.array([0, 1] * 5)
+    batches = list(training_data(x, y, Head("sigmoid", 2), 4, build_augmenter("seed004"), {0: 2.0, 1: 0.5}))
+    assert [len(b[0]) for b in batches] == [4, 4, 2]
+    images, targets, weights = (np.asarray(t) for t in batches[0])
+    assert images.dtype == np.float32 and images.max() <= 255.0 and targets.shape == (4, 1)
+    assert set(np.round(weights, 3).tolist()) <= {2.0, 0.5}
+    seen = np.concatenate([np.asarray(b[1]).reshape(-1) for b in batches])
+    assert sorted(seen.tolist()) == sorted(y.tolist())  # shuffled, none lost
+    plain = list(evaluation_data(x, y, Head("softmax", 2), 4))
+    assert len(plain[0]) == 2 and np.asarray(plain[0][1]).shape == (4, 2)
+    np.testing.assert_array_equal(np.asarray(plain[0][0]), x[:4].astype(np.float32))  # ordered, unaugmented
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_training_is_deterministic_with_a_seed(tmp_path: Path, synth_small: Path) -> None:
+    from train.fit import train_run
+
+    def run(name: str) -> bytes:
+        cfg = TrainConfig(
+            arch="lhu", data=synth_small, out=tmp_path / name, height=32, width=32, epochs=2,
+            augment="light", class_weights=True, cache_dir=tmp_path / "cache", progress=False,
+            bootstrap=10, tensorboard=False, seed=3,
+        )  # fmt: skip
+        result = train_run(cfg)
+        return json_bytes(result.metrics["history"]["loss"]) + json_bytes(result.metrics["test"]["roc_curve"])
+
+    assert run("a") == run("b")
+
+
+def json_bytes(obj: object) -> bytes:
+    import json
+
+    return json.dumps(obj, sort_keys=True).encode()
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_three_class_softmax_run_with_focal_loss_and_mirrored_strategy(tmp_path: Path, synth_small: Path) -> None:
+    """NORMAL / BACTERIA / VIRUS from the file names, softmax head, focal loss, tf.distribute on CPU."""
+    from train.fit import train_run
+
+    cfg = TrainConfig(
+        arch="lhu", data=synth_small, out=tmp_path / "kind", height=32, width=32, epochs=1,
+        label_mode="kind", loss="focal", label_smoothing=0.1, strategy="mirrored", threshold_rule="youden",
+        cache_dir=tmp_path / "cache", progress=False, bootstrap=10, tensorboard=False,
+    )  # fmt: skip
+    result = train_run(cfg)
+    assert result.info.head == "softmax" and result.info.labels == ("BACTERIA", "NORMAL", "VIRUS")
+    assert result.info.negative_label == "NORMAL"
+    assert set(result.metrics["test"]["per_class"]) == {"BACTERIA", "NORMAL", "VIRUS"}
+    assert result.card["training"]["compute"]["strategy"] == "mirrored"
+    assert result.card["training"]["loss"].startswith("focal")

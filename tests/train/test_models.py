@@ -1,0 +1,150 @@
+"""Every architecture builds as its seed describes, with built-in layers only, and survives .h5 in safe mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.contract import PreprocessContract
+from train.errors import TrainError
+from train.models import ARCHITECTURES, build_model, get_arch, resolve_head
+
+pytestmark = pytest.mark.tf
+
+
+def _layer_types(model) -> list[str]:  # type: ignore[no-untyped-def]
+    return [type(layer).__name__ for layer in model.layers]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_arch_builds_with_its_contract_shape_and_builtin_layers(arch: str) -> None:
+    spec = ARCHITECTURES[arch]
+    contract = spec.contract()
+    model = build_model(arch, contract, 2)
+    assert model.input_shape == (None, *contract.input_shape)
+    assert model.output_shape == ((None, 2) if spec.head == "softmax" else (None, 1))
+    # scaling lives inside the model, right after the input
+    rescale = model.layers[1]
+    assert type(rescale).__name__ == "Rescaling"
+    assert rescale.scale == pytest.approx(contract.scale) and rescale.offset == pytest.approx(contract.offset)
+    # only built-in Keras layers (no Lambda, no custom classes): the .h5 loads in safe mode for export
+    for layer in model.layers:
+        assert type(layer).__module__.startswith("keras."), type(layer)
+        assert type(layer).__name__ != "Lambda"
+    assert 1_000 < model.count_params() < 30_000_000
+
+
+def test_lhu_is_seed_000_exactly() -> None:
+    model = build_model("lhu", get_arch("lhu").contract(), 2)
+    assert _layer_types(model) == [
+        "InputLayer",
+        "Rescaling",
+        "BatchNormalization",
+        "Conv2D",
+        "MaxPooling2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense",
+        "Dense",
+    ]
+    convs = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"]
+    assert [c.filters for c in convs] == [16, 32, 16]
+    assert all(c.kernel_size == (3, 3) and c.strides == (1, 1) for c in convs)
+    assert all(c.activation.__name__ == "relu" for c in convs)
+    dense, head = model.layers[-2], model.layers[-1]
+    assert dense.units == 256 and dense.activation.__name__ == "relu"
+    assert head.units == 1 and head.activation.__name__ == "sigmoid"
+    assert model.input_shape == (None, 256, 256, 3)
+    # 12 input BatchNorm + 448 + 4,640 + 4,624 + 14,400 * 256 + 256 + 257
+    assert model.count_params() == 3_696_637
+    spec = get_arch("lhu")
+    assert (spec.optimizer, spec.learning_rate, spec.batch_size, spec.epochs) == ("adagrad", 1e-3, 32, 20)
+
+
+def test_roskilde_matches_the_papers_parameter_count() -> None:
+    model = build_model("roskilde", get_arch("roskilde").contract(), 2)
+    assert model.count_params() == 2_600_577  # printed in seed 002's model summary at 128x128x1
+
+
+def test_dsconv_is_small_and_cheaper_than_the_seed_models() -> None:
+    from train.models.complexity import model_complexity
+
+    dsconv = model_complexity(build_model("dsconv", get_arch("dsconv").contract(), 2))
+    lhu = model_complexity(build_model("lhu", get_arch("lhu").contract(), 2))
+    assert dsconv.params < 1_500_000
+    assert dsconv.flops < 0.6 * lhu.flops
+    model = build_model("dsconv", get_arch("dsconv").contract(), 2)
+    types = set(_layer_types(model))
+    assert {"DepthwiseConv2D", "GlobalAveragePooling2D", "BatchNormalization", "Dropout"} <= types
+
+
+def test_flops_are_counted_from_layer_shapes() -> None:
+    import keras
+
+    from train.models.complexity import model_complexity
+
+    inputs = keras.Input((8, 8, 2))
+    x = keras.layers.Conv2D(4, 3)(inputs)  # 6*6*4 outputs * 3*3*2 = 2,592 MACs
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)  # 6*6*4 * 9 = 1,296
+    x = keras.layers.SeparableConv2D(5, 3)(x)  # 4*4*4*9 + 4*4*4*5 = 576 + 320
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(3)(x)  # 80 * 3 = 240
+    c = model_complexity(keras.Model(inputs, x))
+    assert c.macs == 2_592 + 1_296 + 576 + 320 + 240
+    assert c.flops == 2 * c.macs
+
+
+def test_heads() -> None:
+    contract = PreprocessContract(height=32, width=32)
+    model = build_model("dsconv", contract, 3)
+    assert model.output_shape == (None, 3) and model.layers[-1].activation.__name__ == "softmax"
+    model = build_model("lhu", PreprocessContract(height=32, width=32, color="rgb"), 2, head="softmax")
+    assert model.output_shape == (None, 2)
+    with pytest.raises(TrainError, match="--head sigmoid needs exactly two classes"):
+        resolve_head("sigmoid", 3)
+
+
+def test_unknown_arch_lists_the_valid_ones() -> None:
+    with pytest.raises(TrainError) as err:
+        get_arch("resnet9000")
+    message = str(err.value)
+    assert "--arch 'resnet9000'" in message
+    assert all(name in message for name in ARCHITECTURES)
+
+
+def test_transfer_weights_must_be_a_local_file(tmp_path: Path) -> None:
+    contract = PreprocessContract(height=32, width=32, color="rgb")
+    with pytest.raises(TrainError, match="nothing is downloaded"):
+        build_model("resnet50", contract, 2, weights=tmp_path / "missing_notop.h5")
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"x")
+    with pytest.raises(TrainError, match="--color rgb"):
+        build_model("vgg16_transfer", PreprocessContract(height=32, width=32), 2, weights=weights)
+
+
+@pytest.mark.parametrize(
+    ("arch", "contract"),
+    [
+        ("lhu", PreprocessContract(height=48, width=48, color="rgb")),
+        ("dsconv", PreprocessContract(height=48, width=48)),
+        ("sutd_cnn3", PreprocessContract(height=48, width=48, scale=2 / 255, offset=-1.0)),
+        ("vgg16_transfer", PreprocessContract(height=32, width=32, color="rgb")),  # nested keras.applications
+    ],
+)
+def test_h5_round_trip_in_safe_mode_gives_identical_outputs(
+    arch: str, contract: PreprocessContract, tmp_path: Path
+) -> None:
+    import keras
+
+    model = build_model(arch, contract, 2)
+    x = np.random.default_rng(0).integers(0, 256, (4, *contract.input_shape)).astype(np.float32)
+    expected = np.asarray(model(x, training=False))
+    path = tmp_path / "model.h5"
+    model.save(path)
+    reloaded = keras.models.load_model(path, safe_mode=True, compile=False)
+    np.testing.assert_array_equal(np.asarray(reloaded(x, training=False)), expected)

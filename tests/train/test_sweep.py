@@ -1,0 +1,369 @@
+"""``pneumo train sweep``: experiment files validate; a tiny sweep survives a kill and resumes without retraining."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from train.config import OPTIMIZERS, TrainConfig, load_toml, merge
+from train.sweep import (
+    REDUCTION,
+    SweepConfig,
+    SweepError,
+    config_toml,
+    load_experiment,
+    main,
+    plan_sweep,
+)
+from train.synth import SynthConfig, generate
+
+REPO = Path(__file__).resolve().parents[2]
+EXPERIMENTS = sorted((REPO / "experiments").glob("*.toml"))
+
+
+# --------------------------------------------------------------------------- committed experiment files
+
+
+def test_experiment_files_exist() -> None:
+    names = {path.stem for path in EXPERIMENTS}
+    assert {
+        "seed000_lhu_optimizers",
+        "seed000_lhu_leak",
+        "seed001_go19_augmentation",
+        "seed002_roskilde_adjustments",
+        "seed003_vgg16_three_class",
+        "seed004_sutd",
+        "best_model",
+    } <= names
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("reduced", [False, True], ids=["full", "reduced"])
+def test_every_run_of_every_experiment_file_validates(path: Path, reduced: bool, tmp_path: Path) -> None:
+    experiment = load_experiment(path)
+    plan = plan_sweep(
+        experiment, SweepConfig(experiments=path, out=tmp_path / "sweep", data=tmp_path, reduced=reduced)
+    )
+    assert len(plan) == len(experiment.runs) >= 1
+    for run in plan:
+        assert run.config.out == (tmp_path / "sweep" / "runs" / run.spec.name).resolve()
+        assert run.config.optimizer in OPTIMIZERS and run.config.epochs and run.config.height
+        # what the sweep hands to `pneumo train --config` reads back as the same config
+        written = tmp_path / f"{run.spec.name}.toml"
+        written.write_text(config_toml(run.config, "test"))
+        assert merge(load_toml(written), {}).resolved() == run.config
+        if reduced:
+            assert run.config.max_per_class is not None and run.reductions
+        else:
+            assert not run.reductions
+    assert not (tmp_path / "sweep").exists(), "planning must not write anything"
+
+
+def test_studies_are_covered_as_the_issue_asks() -> None:
+    by_name = {path.stem: load_experiment(path) for path in EXPERIMENTS}
+    plan = {
+        name: plan_sweep(exp, SweepConfig(experiments=exp.path, data=Path("/data"), dry_run=True))
+        for name, exp in by_name.items()
+    }
+    optimizers = {run.config.optimizer for run in plan["seed000_lhu_optimizers"]}
+    assert optimizers == set(OPTIMIZERS)
+    assert {run.config.arch for run in plan["seed000_lhu_optimizers"]} == {"lhu"}
+    assert {run.config.split_mode for run in plan["seed000_lhu_leak"]} == {"random", "patient"}
+    assert {run.config.augment for run in plan["seed001_go19_augmentation"]} == {"seed001", "none"}
+    roskilde = plan["seed002_roskilde_adjustments"]
+    assert len(roskilde) == 8 and all(run.config.undersample for run in roskilde)
+    assert {run.config.height for run in roskilde} == {64, 128}
+    assert {run.config.optimizer for run in roskilde} == {"rmsprop", "adam"}
+    vgg = plan["seed003_vgg16_three_class"]
+    assert [(run.config.arch, run.config.label_mode) for run in vgg] == [("vgg16_transfer", "kind")]
+    assert {run.config.arch for run in plan["seed004_sutd"]} == {
+        "sutd_cnn1",
+        "sutd_cnn2",
+        "sutd_cnn3",
+        "resnet50",
+    }
+    assert {run.config.arch for run in plan["best_model"]} == {"dsconv"}
+    # every row that cannot run says why, and no reduced run shrinks the official test split:
+    # the largest test class (PNEUMONIA, 390 images) must fit under the per-class cap
+    for experiment in by_name.values():
+        reduced = plan_sweep(
+            experiment, SweepConfig(experiments=experiment.path, data=Path("/d"), reduced=True, dry_run=True)
+        )
+        for run in reduced:
+            assert run.config.max_per_class is None or run.config.max_per_class >= 390
+    assert REDUCTION["max_per_class"] >= 390
+
+
+# --------------------------------------------------------------------------- file and flag errors
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_bad_experiment_files_name_the_run_and_key(tmp_path: Path) -> None:
+    bad_key = _write(tmp_path / "a.toml", '[[run]]\nname = "one"\narch = "lhu"\nlearning_rat = 0.1\n')
+    with pytest.raises(SweepError, match=r"run 'one'.*learning_rat"):
+        plan_sweep(load_experiment(bad_key), SweepConfig(experiments=bad_key, data=tmp_path))
+    bad_value = _write(tmp_path / "b.toml", '[[run]]\nname = "two"\noptimizer = "lion"\n')
+    with pytest.raises(SweepError, match=r"run 'two'.*--optimizer 'lion'"):
+        plan_sweep(load_experiment(bad_value), SweepConfig(experiments=bad_value, data=tmp_path))
+    twice = _write(tmp_path / "c.toml", '[[run]]\nname = "x"\n[[run]]\nname = "x"\n')
+    with pytest.raises(SweepError, match="used twice"):
+        load_experiment(twice)
+    owned = _write(tmp_path / "d.toml", '[[run]]\nname = "x"\nout = "elsewhere"\n')
+    with pytest.raises(SweepError, match="set by the sweep"):
+        load_experiment(owned)
+    with pytest.raises(SweepError, match="not found"):
+        load_experiment(tmp_path / "missing.toml")
+
+
+def test_cli_dry_run_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = REPO / "experiments" / "seed000_lhu_leak.toml"
+    out = tmp_path / "sweep"
+    assert main([str(path), "--dry-run", "--reduced", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "random-split" in text and "patient-split" in text and "max_per_class none -> 400" in text
+    assert not out.exists()
+    assert main([str(path), "--dry-run", "--only", "nope"]) == 2
+    assert "--only nope" in capsys.readouterr().err
+    assert main([str(path), "--out", str(out), "--data", str(tmp_path / "absent")]) == 1
+    assert "folder not found" in capsys.readouterr().err
+    assert main([str(path), "--dry-run", "--set", "epochs"]) == 1
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_pneumo_train_dispatches_sweep(tmp_path: Path) -> None:
+    path = REPO / "experiments" / "seed001_go19_augmentation.toml"
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_runtime.pneumo_cli", "train", "sweep", str(path), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "augmented" in result.stdout and "not-augmented" in result.stdout
+
+
+# --------------------------------------------------------------------------- a real tiny sweep
+
+
+TINY = """
+[sweep]
+name = "tiny"
+study = "test"
+
+[defaults]
+arch = "lhu"
+data = "{data}"
+image_size = 32
+epochs = 1
+batch_size = 8
+bootstrap = 50
+tensorboard = false
+cache_dir = "{cache}"
+
+[[run]]
+name = "first"
+optimizer = "adagrad"
+claim = "a claim"
+
+[[run]]
+name = "second"
+optimizer = "adam"
+
+[[run]]
+name = "broken"
+data = "{empty}"
+note = "an empty data folder: fails at run time, the sweep goes on"
+"""
+
+
+def _sweep_command(experiment: Path, out: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "edge_runtime.pneumo_cli",
+        "train",
+        "sweep",
+        str(experiment),
+        "--out",
+        str(out),
+    ]
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_tiny_sweep_killed_then_resumed_skips_finished_runs(tmp_path: Path) -> None:
+    data = tmp_path / "synth"
+    generate(data, SynthConfig(per_class=16, size=64, seed=3))
+    (tmp_path / "empty").mkdir()
+    experiment = _write(
+        tmp_path / "tiny.toml",
+        TINY.format(data=data, cache=tmp_path / "cache", empty=tmp_path / "empty"),
+    )
+    out = tmp_path / "sweep"
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    first = out / "runs" / "first"
+    second = out / "runs" / "second"
+
+    def start_and_wait_for(folder: Path) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            _sweep_command(experiment, out),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
+        deadline = time.monotonic() + 240
+        while not folder.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert folder.exists(), f"{folder.name} never started"
+        return process
+
+    # 1. SIGTERM (``kill PID``) while the second run trains: the sweep stops its child and exits 130
+    process = start_and_wait_for(second)
+    children = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 130
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, "the training child outlived the sweep"
+    assert (first / "metrics.json").is_file() and not (second / "metrics.json").exists()
+    first_mtime = (first / "metrics.json").stat().st_mtime_ns
+    state = json.loads((out / "state.json").read_text())
+    assert state["first"]["attempts"] == 1 and state["second"]["status"] == "interrupted"
+    assert "| second |" in (out / "results.md").read_text()
+    assert not (out / ".sweep.lock").exists()
+
+    # 2. SIGKILL of the whole process group during the restarted second run: no cleanup at all
+    process = start_and_wait_for(out / "runs" / "second.incomplete-1")
+    deadline = time.monotonic() + 60
+    while not second.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (out / ".sweep.lock").exists(), "a killed sweep leaves its lock behind"
+    assert json.loads((out / "state.json").read_text())["second"]["status"] == "running"
+
+    # 2. the same command again: first is skipped, second restarts in a fresh folder, broken fails
+    result = subprocess.run(
+        _sweep_command(experiment, out), capture_output=True, text=True, timeout=300, env=env, check=False
+    )
+    assert result.returncode == 1, result.stderr  # one run failed; the stale lock did not block
+    assert "broken" in result.stderr
+    assert (first / "metrics.json").stat().st_mtime_ns == first_mtime, "the finished run was retrained"
+    assert not (out / "runs" / "first.incomplete-1").exists()
+    assert (out / "runs" / "second.incomplete-1").is_dir(), "interrupted attempts must be kept, moved aside"
+    assert (out / "runs" / "second.incomplete-2").is_dir()
+    assert (second / "metrics.json").is_file() and (second / "model.h5").is_file()
+    state = json.loads((out / "state.json").read_text())
+    assert state["first"]["attempts"] == 1
+    assert state["second"]["attempts"] == 3 and state["second"]["status"] == "done"
+    assert state["broken"]["status"] == "failed"
+
+    # 3. one row per run in results.csv / .md, and a PNG plot
+    with open(out / "results.csv", newline="") as handle:
+        rows = {row["run"]: row for row in csv.DictReader(handle)}
+    assert list(rows) == ["first", "second", "broken"]
+    for name in ("first", "second"):
+        row = rows[name]
+        metrics = json.loads((out / "runs" / name / "metrics.json").read_text())["test"]
+        assert row["status"] == "done" and row["mode"] == "full SYNTHETIC"
+        assert float(row["accuracy"]) == pytest.approx(metrics["accuracy"])
+        assert float(row["roc_auc_low"]) <= float(row["roc_auc"]) <= float(row["roc_auc_high"])
+        assert int(row["params"]) > 0 and int(row["flops"]) > 0 and float(row["fit_seconds"]) > 0
+        assert row["test_split"] == "official test"
+    assert rows["broken"]["status"] == "failed" and "empty" in rows["broken"]["detail"]
+    markdown = (out / "results.md").read_text()
+    assert "SYNTHETIC" in markdown and "| first |" in markdown and "| broken |" in markdown
+    assert "a claim" in markdown
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "configs" / "second.toml").is_file() and (out / "logs" / "second.attempt-3.log").is_file()
+
+    # 4. an edited setting is noticed: the finished run would be redone (its folder moved aside)
+    _write(experiment, experiment.read_text().replace('optimizer = "adagrad"', 'optimizer = "sgd"'))
+    dry = subprocess.run(
+        [*_sweep_command(experiment, out), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    first_state = lines[lines.index(next(line for line in lines if line.startswith("first"))) + 1]
+    second_state = lines[lines.index(next(line for line in lines if line.startswith("second"))) + 1]
+    assert "settings changed" in first_state and second_state.strip() == "-> complete"
+    refreshed = subprocess.run(
+        [*_sweep_command(experiment, out), "--results-only"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refreshed.returncode == 0, refreshed.stderr
+    with open(out / "results.csv", newline="") as handle:
+        rows = {row["run"]: row for row in csv.DictReader(handle)}
+    assert rows["first"]["status"] == "stale" and "optimizer" in rows["first"]["detail"]
+    assert rows["first"]["settings"].startswith("adagrad"), "a stale row shows what actually ran"
+    assert rows["second"]["status"] == "done"
+    assert (first / "metrics.json").stat().st_mtime_ns == first_mtime
+
+    # 5. reports/seeds.md tables are generated from the copied results; the prose around them is kept
+    from train.report_seeds import main as report_main
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "seeds.md").write_text(
+        "intro\n<!-- sweep-table: sweep,absent -->\nold\n<!-- end sweep-table -->\nend\n"
+    )
+    assert report_main(["--sweeps", str(tmp_path), "--reports", str(reports)]) == 0
+    assert (reports / "sweeps" / "sweep" / "results.png").is_file()
+    seeds = (reports / "seeds.md").read_text()
+    assert (
+        seeds.startswith("intro\n")
+        and seeds.endswith("<!-- end sweep-table -->\nend\n")
+        and "old" not in seeds
+    )
+    assert "| second | full SYNTHETIC |" in seeds and "*absent: no results yet*" in seeds
+    assert "| first | full SYNTHETIC | adagrad" in seeds and "PENDING (failed)" in seeds
+
+
+def test_reduced_rows_say_reduced(tmp_path: Path) -> None:
+    path = REPO / "experiments" / "seed001_go19_augmentation.toml"
+    experiment = load_experiment(path)
+    config = SweepConfig(experiments=path, out=tmp_path / "sweep", data=tmp_path, reduced=True, dry_run=True)
+    plan = plan_sweep(experiment, config)
+    from train.sweep_results import result_row
+
+    rows = [result_row(run, {}, experiment.name) for run in plan]
+    assert all(row["mode"] == "reduced" and row["status"] == "pending" for row in rows)
+    assert all("height 200 -> 100" in row["reductions"] for row in rows)
+    assert isinstance(plan[0].config, TrainConfig)
+
+
+def test_one_sweep_per_folder_and_stale_locks_are_taken_over(tmp_path: Path) -> None:
+    from train.sweep import LOCK_FILE, sweep_lock
+
+    with sweep_lock(tmp_path):
+        assert (tmp_path / LOCK_FILE).read_text() == str(os.getpid())
+        with pytest.raises(SweepError, match=f"another sweep \\(pid {os.getpid()}\\)"), sweep_lock(tmp_path):
+            pass
+    assert not (tmp_path / LOCK_FILE).exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK_FILE).write_text(str(dead.pid))  # a sweep that was SIGKILLed
+    with sweep_lock(tmp_path):
+        assert (tmp_path / LOCK_FILE).read_text() == str(os.getpid())

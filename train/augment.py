@@ -1,0 +1,60 @@
+"""Training-time augmentation with Keras preprocessing layers, applied in the input pipeline.
+
+The layers run on float32 pixel batches (0..255) *before* the model, never
+inside it: the saved ``.h5`` and everything exported from it contain no
+random layers. Presets:
+
+* ``none``;
+* ``flip``: horizontal flips (seed 004's CNN3);
+* ``seed004``: horizontal flips and rotations up to 15 degrees (seed 004's CNN1/CNN2);
+* ``seed001``: rotations up to 90 degrees, 20% zoom, 10% width and height
+  shifts, horizontal and vertical flips (seed 001's augmented model);
+* ``light`` (ours): rotations up to 7 degrees, 10% zoom, 5% shifts and
+  +-10% contrast, no flips: a chest X-ray is not left-right symmetric (the
+  heart), and positioning in a clinic varies by a few degrees and centimetres.
+
+Empty borders are filled black (``constant``), like the collimated edge of a
+radiograph, rather than mirrored anatomy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from train.config import AUGMENTATIONS
+from train.errors import TrainError
+
+_FILL = {"fill_mode": "constant", "fill_value": 0.0}
+
+
+def build_augmenter(name: str, seed: int = 0) -> Any | None:
+    """A ``keras.Sequential`` of random layers for preset ``name``, or None for ``none``."""
+    if name not in AUGMENTATIONS:
+        raise TrainError(f"--augment {name!r}: expected one of {', '.join(AUGMENTATIONS)}")
+    if name == "none":
+        return None
+    import keras
+
+    layers: list[Any]
+    if name == "flip":
+        layers = [keras.layers.RandomFlip("horizontal", seed=seed)]
+    elif name == "seed004":
+        layers = [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(15 / 360, seed=seed + 1, **_FILL),
+        ]
+    elif name == "seed001":
+        layers = [
+            keras.layers.RandomRotation(90 / 360, seed=seed, **_FILL),
+            keras.layers.RandomZoom(0.2, seed=seed + 1, **_FILL),
+            keras.layers.RandomTranslation(0.1, 0.1, seed=seed + 2, **_FILL),
+            keras.layers.RandomFlip("horizontal_and_vertical", seed=seed + 3),
+        ]
+    else:  # light
+        layers = [
+            keras.layers.RandomRotation(7 / 360, seed=seed, **_FILL),
+            keras.layers.RandomZoom(0.1, seed=seed + 1, **_FILL),
+            keras.layers.RandomTranslation(0.05, 0.05, seed=seed + 2, **_FILL),
+            keras.layers.RandomContrast(0.1, seed=seed + 3),
+        ]
+    return keras.Sequential(layers, name=f"augment_{name}")

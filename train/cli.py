@@ -1,0 +1,309 @@
+"""``pneumo train`` and ``pneumo evaluate``.
+
+Flags -> :class:`train.config.TrainConfig` (over an optional ``--config``
+TOML file) -> :func:`train.fit.train_run`. Exit codes: 0 success, 1 a failure
+or a bad value (the message names the flag or file and what to do), 2 a
+malformed command line. Logs and Keras' progress go to stderr; stdout carries
+the summary table, or JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from train.config import (
+    AUGMENTATIONS,
+    COLORS,
+    HEADS,
+    INTERPOLATIONS,
+    LABEL_MODES,
+    LOSSES,
+    MIXED_PRECISION,
+    OPTIMIZERS,
+    RESIZES,
+    SOURCES,
+    SPLIT_MODES,
+    STRATEGIES,
+    load_toml,
+    merge,
+)
+
+TRAIN_EXAMPLES = """examples:
+  pneumo train --arch lhu --data ../shared/data/chest_xray --out runs/lhu-seed
+  pneumo train --arch lhu --data DATA --out runs/lhu-leak --split random
+  pneumo train --arch lhu --data DATA --out runs/lhu-toolkit --image-size 224 --color grayscale \\
+      --class-weights --augment light
+  pneumo train --arch dsconv --data demo/synthetic --out runs/demo --epochs 5
+  pneumo train --config my_run.toml --epochs 3      # flags override the TOML file
+
+architectures (defaults follow each seed study): {archs}
+Results are decision support, not a diagnosis. Models trained on SYNTHETIC phantoms say so everywhere.
+"""
+
+EVALUATE_EXAMPLES = """examples:
+  pneumo evaluate runs/lhu-seed --data ../shared/data/chest_xray            # official test split
+  pneumo evaluate runs/lhu-seed/model.h5 --data DATA --split val --json
+  pneumo evaluate bundles/lhu-seed --data DATA                               # the bundle's ONNX model
+"""
+
+log = logging.getLogger("pneumo")
+
+
+def _setup_logging(quiet: bool) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr
+    )
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from edge_runtime.errors import EdgeError
+    from train.errors import TrainError
+    from train.metrics import MetricsError
+
+    return (TrainError, EdgeError, MetricsError)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train_parser(prog: str) -> argparse.ArgumentParser:
+    from train.models import ARCHITECTURES
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Train a Keras CNN on a chest X-ray folder into a run folder (model.h5 + model card).",
+        epilog=TRAIN_EXAMPLES.format(archs=", ".join(ARCHITECTURES)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    bool_flag = argparse.BooleanOptionalAction
+    run = parser.add_argument_group("run")
+    run.add_argument("--config", type=Path, metavar="TOML", help="settings file; flags override it")
+    run.add_argument("--arch", help=f"architecture: {', '.join(ARCHITECTURES)} (default dsconv)")
+    run.add_argument(
+        "--data", type=Path, metavar="ROOT", help="ROOT/{train,val,test}/{CLASS}/ or ROOT/{CLASS}/"
+    )
+    run.add_argument(
+        "-o", "--out", "--output", dest="out", type=Path, metavar="DIR", help="run folder to create"
+    )
+    run.add_argument("--overwrite", action="store_true", help="write into an existing run folder")
+    run.add_argument("--seed", type=int, help="seed of splits, init, shuffling and augmentation (default 0)")
+    run.add_argument("--deterministic", action=bool_flag, help="deterministic TensorFlow ops (default on)")
+    run.add_argument("--strategy", choices=STRATEGIES, help="'mirrored': all local GPUs (tf.distribute)")
+    run.add_argument(
+        "--mixed-precision", choices=MIXED_PRECISION, help="auto: float16 compute when a GPU is present"
+    )
+    run.add_argument(
+        "--cache-dir", type=Path, help="decode cache (default $PNEUMO_CACHE or ~/.cache/pneumo-edge)"
+    )
+    run.add_argument("--workers", type=int, help="decoding threads (default 2)")
+    run.add_argument("--bootstrap", type=int, help="bootstrap resamples for the 95%% CIs (default 1000)")
+    run.add_argument("--tensorboard", action=bool_flag, help="TensorBoard logs in RUN/logs (default on)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    run.add_argument("--json", action="store_true", help="print metrics.json on stdout instead of the table")
+
+    model = parser.add_argument_group("model and input")
+    model.add_argument("--head", choices=HEADS, help="auto: sigmoid for 2 classes, softmax for more")
+    model.add_argument("--weights", type=Path, help="local ImageNet *_notop.h5 (vgg16_transfer, resnet50)")
+    model.add_argument(
+        "--freeze-base", action=bool_flag, help="freeze a transfer base (default: when --weights)"
+    )
+    model.add_argument("--dropout", type=float, help="dropout rate of the architecture's dropout layer")
+    model.add_argument("--width-multiplier", type=float, help="dsconv channel multiplier (default 1.0)")
+    model.add_argument("--image-size", type=int, metavar="N", help="square input N x N (default: the arch's)")
+    model.add_argument("--height", type=int, help="input height")
+    model.add_argument("--width", type=int, help="input width")
+    model.add_argument("--color", choices=COLORS, help="input colour mode (default: the arch's)")
+    model.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize interpolation (default area)")
+    model.add_argument(
+        "--resize", choices=RESIZES, help="stretch (squash, default), letterbox or center_crop"
+    )
+
+    data = parser.add_argument_group("data and split")
+    data.add_argument("--label-mode", choices=LABEL_MODES, help="binary, or kind: NORMAL / BACTERIA / VIRUS")
+    data.add_argument(
+        "--split",
+        dest="split_mode",
+        choices=SPLIT_MODES,
+        help="patient: validation carved from train by patient (default); random: seed 000's leaky 70/20/10",
+    )
+    data.add_argument(
+        "--val-fraction", type=float, help="share of the train pool for validation (default 0.1)"
+    )
+    data.add_argument(
+        "--sources", choices=SOURCES, help="original: train only on checksum-verified originals"
+    )
+    data.add_argument("--undersample", action=bool_flag, help="undersample the majority class (seed 002)")
+    data.add_argument("--max-per-class", type=int, help="cap images per class per split (quick runs)")
+    data.add_argument(
+        "--exclude-test-patients", action="store_true", help="drop train images of test patients"
+    )
+
+    recipe = parser.add_argument_group("recipe (defaults: the arch's seed study)")
+    recipe.add_argument("--optimizer", choices=OPTIMIZERS)
+    recipe.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float)
+    recipe.add_argument("--batch-size", type=int)
+    recipe.add_argument("--epochs", type=int)
+    recipe.add_argument(
+        "--early-stopping", type=int, metavar="PATIENCE", help="0 = off; restores the best weights"
+    )
+    recipe.add_argument(
+        "--class-weights", action=bool_flag, help="weights N / (n_classes * N_class) (seed 004)"
+    )
+    recipe.add_argument(
+        "--augment", choices=AUGMENTATIONS, help="augmentation preset applied in the pipeline"
+    )
+    recipe.add_argument("--loss", choices=LOSSES, help="crossentropy (default) or focal")
+    recipe.add_argument("--focal-gamma", type=float)
+    recipe.add_argument("--label-smoothing", type=float)
+    recipe.add_argument(
+        "--threshold-rule",
+        help="on validation: sensitivity:0.95 (default, highest threshold keeping sensitivity >= 0.95), "
+        "youden, or fixed:0.5",
+    )
+    return parser
+
+
+def train_main(argv: list[str], prog: str = "pneumo train") -> int:
+    if argv and argv[0] == "sweep":
+        from train import sweep
+
+        return sweep.main(argv[1:], prog + " sweep")
+    parser = train_parser(prog)
+    args = vars(parser.parse_args(argv))
+    json_out = bool(args.pop("json", False))
+    quiet = bool(args.pop("quiet", False))
+    config_path = args.pop("config", None)
+    if "image_size" in args:
+        size = args.pop("image_size")
+        args.setdefault("height", size)
+        args.setdefault("width", size)
+    if quiet:
+        args["progress"] = False
+    _setup_logging(quiet)
+    try:
+        toml_values = load_toml(config_path) if config_path else {}
+        config = merge(toml_values, args, source=str(config_path or "flags"))
+        if config.data is None or config.out is None:
+            parser.error("--data and --out are required (or set data and out in the --config file)")
+        from train.fit import train_run
+        from train.report import summary_table
+
+        # Keras writes its progress bars to stdout; stdout is for the result only.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = train_run(config)
+    except _errors() as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    if json_out:
+        print(json.dumps(result.metrics, indent=2))
+    else:
+        print(summary_table(result.card, result.metrics, result.out))
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate_parser(prog: str) -> argparse.ArgumentParser:
+    from train.evaluate import EVAL_SPLITS
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Evaluate a saved model (run folder, .h5/.keras, bundle folder or .onnx) on a labelled folder "
+            "with the same metrics code as training: accuracy, sensitivity, specificity, precision, F1, ROC AUC "
+            "with 95%% bootstrap CIs, at the model's own threshold."
+        ),
+        epilog=EVALUATE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "model", type=Path, help="run folder, model.h5, model.keras, bundle folder or model.onnx"
+    )
+    parser.add_argument("--data", type=Path, required=True, help="labelled folder (split or flat layout)")
+    parser.add_argument(
+        "--split", default="test", choices=EVAL_SPLITS, help="which split folder (default test)"
+    )
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("-o", "--output", type=Path, default=None, help="also write the JSON report here")
+    parser.add_argument("--json", action="store_true", help="JSON on stdout instead of the table")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def evaluation_table(report: dict[str, Any]) -> str:
+    from edge_runtime.contract import SYNTHETIC_WARNING
+    from train.metrics import format_with_ci
+
+    m = report["metrics"]
+    lines = []
+    if report["synthetic_model"] or report["synthetic_data"]:
+        lines.append(f"*** SYNTHETIC model or data: {SYNTHETIC_WARNING} ***")
+    skipped = f", {len(report['skipped'])} unreadable skipped" if report["skipped"] else ""
+    lines += [
+        f"model      {report['model']}  ({report['model_version']}, {report['runner']})",
+        f"data       {report['data']}  split {report['split']}: {report['images']} images "
+        f"({m['n_abnormal']} abnormal, {m['n_normal']} normal"
+        f"{skipped})",
+        f"threshold  {m['threshold']:.4f}  ({m['threshold_rule']})",
+        "",
+    ]
+    for key, name in (
+        ("accuracy", "accuracy"),
+        ("sensitivity", "sensitivity"),
+        ("specificity", "specificity"),
+        ("precision", "precision"),
+        ("f1", "F1"),
+        ("roc_auc", "ROC AUC"),
+    ):
+        lines.append(f"  {name:<14}{format_with_ci(m, key)}")
+    c = m["confusion"]
+    lines.append(f"  confusion     TP {c['tp']}  FN {c['fn']}  TN {c['tn']}  FP {c['fp']}")
+    if len(m["per_class"]) > 2:
+        for label, row in m["per_class"].items():
+            recall = "n/a" if row["recall"] is None else f"{row['recall']:.3f}"
+            lines.append(f"  {label:<14}recall {recall}  support {row['support']}")
+    lines += ["", "Decision support, not a diagnosis. 95% bootstrap intervals in brackets."]
+    return "\n".join(lines)
+
+
+def evaluate_main(argv: list[str], prog: str = "pneumo evaluate") -> int:
+    args = evaluate_parser(prog).parse_args(argv)
+    _setup_logging(args.quiet)
+    if args.bootstrap < 0 or args.workers < 1:
+        print(f"{prog}: error: --bootstrap must be >= 0 and --workers >= 1", file=sys.stderr)
+        return 1
+    try:
+        from edge_runtime.fileio import atomic_write_json
+        from train.evaluate import evaluate_model
+
+        with contextlib.redirect_stdout(sys.stderr):
+            report = evaluate_model(
+                args.model,
+                args.data,
+                split=args.split,
+                bootstrap=args.bootstrap,
+                seed=args.seed,
+                cache_dir=args.cache_dir,
+                progress=not args.quiet,
+                workers=args.workers,
+            )
+        if args.output:
+            atomic_write_json(args.output, report)
+    except _errors() as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2) if args.json else evaluation_table(report))
+    return 0

@@ -1,0 +1,253 @@
+"""``TrainConfig``: every setting of one training run, typed, bounded, saved as ``config.json``.
+
+Precedence: dataclass defaults < the architecture's recipe (``train.models``)
+< an optional TOML file (``--config``) < command-line flags. Fields left at
+``None`` mean "the architecture's default"; :meth:`TrainConfig.resolved` fills
+them in, and that resolved copy is what trains and what is saved beside the
+model, so a run folder says exactly what produced it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from train.errors import TrainError
+
+CONFIG_FILE = "config.json"
+
+OPTIMIZERS = ("adagrad", "adam", "adamw", "adamax", "rmsprop", "sgd", "adadelta")
+AUGMENTATIONS = ("none", "flip", "light", "seed001", "seed004")
+LOSSES = ("crossentropy", "focal")
+HEADS = ("auto", "sigmoid", "softmax")
+COLORS = ("grayscale", "rgb")
+INTERPOLATIONS = ("area", "linear", "cubic", "nearest", "lanczos")
+RESIZES = ("stretch", "letterbox", "center_crop")
+LABEL_MODES = ("binary", "kind")
+SPLIT_MODES = ("patient", "random")
+SOURCES = ("all", "original")
+STRATEGIES = ("default", "mirrored")
+MIXED_PRECISION = ("auto", "on", "off")
+
+_PATH_FIELDS = ("data", "out", "weights", "cache_dir")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: learning_rate -> --learning-rate."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``None`` = take the architecture's default (see :meth:`resolved`)."""
+
+    arch: str = "dsconv"
+    data: Path | None = None
+    out: Path | None = None
+    overwrite: bool = False
+    # --- model
+    head: str = "auto"
+    weights: Path | None = None  # local ImageNet *_notop.h5 for vgg16_transfer / resnet50
+    freeze_base: bool | None = None
+    dropout: float | None = None
+    width_multiplier: float = 1.0  # dsconv channel multiplier
+    # --- preprocessing contract
+    height: int | None = None
+    width: int | None = None
+    color: str | None = None
+    interpolation: str = "area"
+    resize: str = "stretch"
+    # --- data and splits
+    label_mode: str = "binary"
+    split_mode: str = "patient"
+    val_fraction: float = 0.1
+    sources: str = "all"
+    undersample: bool | None = None
+    max_per_class: int | None = None
+    exclude_test_patients: bool = False
+    # --- recipe
+    optimizer: str | None = None
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
+    early_stopping: int | None = None  # patience in epochs, 0 = off
+    class_weights: bool | None = None
+    augment: str | None = None
+    loss: str = "crossentropy"
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    threshold_rule: str = "sensitivity:0.95"
+    # --- run
+    seed: int = 0
+    deterministic: bool = True
+    strategy: str = "default"
+    mixed_precision: str = "auto"
+    cache_dir: Path | None = None
+    workers: int = 2
+    bootstrap: int = 1000
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in _PATH_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(str(value)).expanduser())
+        self._validate()
+
+    # ------------------------------------------------------------------ validation
+
+    def _validate(self) -> None:
+        _choice("head", self.head, HEADS)
+        _choice("interpolation", self.interpolation, INTERPOLATIONS)
+        _choice("resize", self.resize, RESIZES)
+        _choice("label_mode", self.label_mode, LABEL_MODES)
+        _choice("split_mode", self.split_mode, SPLIT_MODES)
+        _choice("sources", self.sources, SOURCES)
+        _choice("loss", self.loss, LOSSES)
+        _choice("strategy", self.strategy, STRATEGIES)
+        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        if self.color is not None:
+            _choice("color", self.color, COLORS)
+        if self.optimizer is not None:
+            _choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.augment is not None:
+            _choice("augment", self.augment, AUGMENTATIONS)
+        _bounded("val_fraction", self.val_fraction, 0.01, 0.5)
+        _bounded("width_multiplier", self.width_multiplier, 0.25, 4.0)
+        _bounded("focal_gamma", self.focal_gamma, 0.0, 10.0)
+        _bounded("label_smoothing", self.label_smoothing, 0.0, 0.5)
+        _bounded("seed", self.seed, 0, 2**31 - 1)
+        _bounded("workers", self.workers, 1, 64)
+        _bounded("bootstrap", self.bootstrap, 0, 100_000)
+        for name, low, high in (
+            ("height", 16, 2048),
+            ("width", 16, 2048),
+            ("dropout", 0.0, 0.95),
+            ("max_per_class", 1, 10_000_000),
+            ("learning_rate", 1e-7, 10.0),
+            ("batch_size", 1, 4096),
+            ("epochs", 1, 10_000),
+            ("early_stopping", 0, 1000),
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                _bounded(name, value, low, high)
+        from train.metrics import MetricsError, parse_threshold_rule
+
+        try:
+            parse_threshold_rule(self.threshold_rule)
+        except MetricsError as exc:
+            raise TrainError(f"--threshold-rule: {exc}") from None
+
+    # ------------------------------------------------------------------ resolution
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` recipe field set from the architecture's defaults."""
+        from train.models import get_arch
+
+        spec = get_arch(self.arch)
+        return replace(
+            self,
+            height=self.height or spec.height,
+            width=self.width or spec.width,
+            color=self.color or spec.color,
+            optimizer=self.optimizer or spec.optimizer,
+            learning_rate=self.learning_rate or spec.learning_rate,
+            batch_size=self.batch_size or spec.batch_size,
+            epochs=self.epochs or spec.epochs,
+            early_stopping=spec.early_stopping if self.early_stopping is None else self.early_stopping,
+            class_weights=spec.class_weights if self.class_weights is None else self.class_weights,
+            augment=self.augment or spec.augment,
+            undersample=spec.undersample if self.undersample is None else self.undersample,
+        )
+
+    # ------------------------------------------------------------------ serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in _PATH_FIELDS:
+            if data[name] is not None:
+                data[name] = str(data[name])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from plain values (TOML or JSON); keys may be snake_case or kebab-case."""
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            name = str(key).replace("-", "_")
+            if name == "image_size":
+                values.setdefault("height", value)
+                values.setdefault("width", value)
+                continue
+            if name not in known:
+                raise TrainError(
+                    f"{source}: unknown setting {key!r}; see 'pneumo train --help' for the valid ones"
+                )
+            values[name] = value
+        _check_types(values, source)
+        return cls(**values)
+
+
+def _check_types(values: dict[str, Any], source: str) -> None:
+    """Reject wrong value types from a TOML file with the setting's name (flags are typed by argparse)."""
+    hints = {f.name: str(f.type) for f in fields(TrainConfig)}
+    for name, value in values.items():
+        hint = hints[name]
+        if value is None:
+            continue
+        if hint.startswith("bool") and not isinstance(value, bool):
+            raise TrainError(f"{source}: {name} must be true or false, got {value!r}")
+        if hint.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TrainError(f"{source}: {name} must be an integer, got {value!r}")
+        if hint.startswith("float") and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise TrainError(f"{source}: {name} must be a number, got {value!r}")
+        if hint.startswith("str") and not isinstance(value, str):
+            raise TrainError(f"{source}: {name} must be a string, got {value!r}")
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise TrainError(f"{flag(name)} {value!r}: expected one of {', '.join(allowed)}")
+
+
+def _bounded(name: str, value: float, low: float, high: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
+        raise TrainError(f"{flag(name)} {value!r}: must be within {low:g}..{high:g}")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """The settings of a TOML config file (top level, or a ``[train]`` table)."""
+    source = Path(path).expanduser()
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10 (JetPack 6)
+        try:
+            import tomli as tomllib
+        except ImportError as exc:
+            raise TrainError(
+                f"--config {source}: reading TOML on Python 3.10 needs 'pip install tomli'"
+            ) from exc
+    try:
+        with open(source, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise TrainError(f"--config {source}: file not found") from None
+    except (OSError, ValueError) as exc:
+        raise TrainError(f"--config {source}: not a readable TOML file ({exc})") from None
+    table = data.get("train", data)
+    if not isinstance(table, dict):
+        raise TrainError(f"--config {source}: [train] must be a table of settings")
+    return dict(table)
+
+
+def merge(toml_values: dict[str, Any], flag_values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Flags override the TOML file, which overrides the defaults."""
+    merged = {str(k).replace("-", "_"): v for k, v in toml_values.items()}
+    merged.update({k: v for k, v in flag_values.items() if v is not None})
+    return TrainConfig.from_dict(merged, source=source)

@@ -1,0 +1,189 @@
+"""Evaluate a saved model on any labelled folder, through the same metrics code as training.
+
+MODEL may be:
+
+* a run folder (``model.h5`` + ``contract.json`` + ``model_info.json``);
+* a ``.h5`` or ``.keras`` file, with ``contract.json`` and ``model_info.json`` beside it;
+* a deployment bundle folder (``manifest.json``; its FP32 ONNX model, verified);
+* an ``.onnx`` file with ``contract.json`` and ``model_info.json`` beside it.
+
+ONNX models run through the edge runtime's ONNX Runtime backend (CPU), so
+this path needs no TensorFlow; Keras models are loaded in safe mode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.contract import ModelInfo, PreprocessContract
+from edge_runtime.errors import EdgeError
+from train.errors import DataError, TrainError
+from train.metrics import evaluate_outputs
+
+KERAS_SUFFIXES = (".h5", ".keras")
+EVAL_SPLITS = ("test", "val", "train", "all")
+_BATCH = 64
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to score uint8 NHWC batches, with the contract and info that go with it."""
+
+    path: Path
+    kind: str  # "keras" or "onnx"
+    runner: str  # e.g. "keras (tensorflow)" or "ort-cpu fp32"
+    contract: PreprocessContract
+    info: ModelInfo
+    predict: Callable[[np.ndarray], np.ndarray]
+    close: Callable[[], None]
+
+
+def _sidecars(folder: Path) -> tuple[PreprocessContract, ModelInfo]:
+    try:
+        return PreprocessContract.load(folder), ModelInfo.load(folder)
+    except EdgeError as exc:
+        raise TrainError(f"{exc}; a model needs contract.json and model_info.json beside it") from exc
+
+
+def _keras_model(path: Path) -> LoadedModel:
+    import keras
+
+    contract, info = _sidecars(path.parent)
+    try:
+        model = keras.models.load_model(str(path), safe_mode=True, compile=False)
+    except (OSError, ValueError, TypeError) as exc:
+        raise TrainError(f"{path}: cannot load the Keras model in safe mode ({exc})") from exc
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(keras.ops.convert_to_numpy(model(batch.astype(np.float32), training=False)))
+
+    return LoadedModel(
+        path, "keras", f"keras ({keras.backend.backend()})", contract, info, predict, lambda: None
+    )
+
+
+def _onnx_model(onnx_path: Path, contract: PreprocessContract, info: ModelInfo, source: Path) -> LoadedModel:
+    from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(onnx_path, name="ort-cpu", precision="fp32")
+    try:
+        backend.open()
+    except EdgeError as exc:
+        raise TrainError(f"{onnx_path}: cannot open with ONNX Runtime ({exc})") from exc
+    except Exception as exc:
+        raise TrainError(f"{onnx_path}: not a loadable ONNX model ({exc})") from exc
+    return LoadedModel(source, "onnx", backend.describe(), contract, info, backend.infer, backend.close)
+
+
+def open_model(path: str | Path) -> LoadedModel:
+    """Load MODEL (run folder, .h5/.keras, bundle folder or .onnx) for evaluation."""
+    source = Path(path).expanduser()
+    if not source.exists():
+        raise TrainError(
+            f"{source}: model not found (expected a run folder, bundle folder, .h5, .keras or .onnx)"
+        )
+    if source.is_dir():
+        if (source / "manifest.json").is_file():
+            from edge_runtime.bundle import Bundle
+
+            try:
+                bundle = Bundle.open(source)
+                onnx_path = bundle.onnx_path("fp32")
+            except EdgeError as exc:
+                raise TrainError(f"{source}: bundle failed verification ({exc})") from exc
+            return _onnx_model(onnx_path, bundle.contract, bundle.info, source)
+        for name in ("model.h5", "model.keras"):
+            if (source / name).is_file():
+                return _keras_model(source / name)
+        if (source / "model.onnx").is_file():
+            contract, info = _sidecars(source)
+            return _onnx_model(source / "model.onnx", contract, info, source)
+        raise TrainError(f"{source}: no model.h5, model.keras or model.onnx in this folder")
+    if source.suffix in KERAS_SUFFIXES:
+        return _keras_model(source)
+    if source.suffix == ".onnx":
+        contract, info = _sidecars(source.parent)
+        return _onnx_model(source, contract, info, source)
+    raise TrainError(f"{source}: unsupported model file; expected .h5, .keras, .onnx or a folder")
+
+
+def predict_batches(model: LoadedModel, x: np.ndarray, batch: int = _BATCH) -> np.ndarray:
+    chunks = [np.asarray(model.predict(x[i : i + batch]), dtype=np.float32) for i in range(0, len(x), batch)]
+    if not chunks:
+        return np.zeros((0, model.info.n_outputs), np.float32)
+    return np.concatenate(chunks).reshape(len(x), -1)
+
+
+def _label_mode(info: ModelInfo) -> str:
+    return "kind" if {"BACTERIA", "VIRUS"} & {label.upper() for label in info.labels} else "binary"
+
+
+def select_samples(data: Path, info: ModelInfo, split: str) -> list[Any]:
+    """The labelled images of ``split`` under ``data`` (a flat folder counts as one split)."""
+    from train.data import discover
+
+    if split not in EVAL_SPLITS:
+        raise TrainError(f"--split {split!r}: expected one of {', '.join(EVAL_SPLITS)}")
+    samples = discover(data, _label_mode(info))  # type: ignore[arg-type]
+    flat = all(s.split == "" for s in samples)
+    if split != "all" and not flat:
+        samples = [s for s in samples if s.split == split]
+        if not samples:
+            raise DataError(f"{data / split}: no images in split '{split}'; use --split all or another split")
+    unknown = sorted({s.label for s in samples} - set(info.labels))
+    if unknown:
+        raise DataError(
+            f"{data}: class folder(s) {unknown} are not labels of this model {list(info.labels)}; "
+            "evaluate on a folder with the model's classes"
+        )
+    return samples
+
+
+def evaluate_model(
+    model_path: str | Path,
+    data: str | Path,
+    split: str = "test",
+    bootstrap: int = 1000,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    workers: int = 2,
+) -> dict[str, Any]:
+    """Metrics of MODEL on the labelled images of ``data`` (JSON-ready)."""
+    from train.cache import load_arrays
+
+    data_path = Path(data).expanduser()
+    model = open_model(model_path)
+    try:
+        samples = select_samples(data_path, model.info, split)
+        arrays = load_arrays(samples, model.info.labels, model.contract, cache_dir, progress, workers)
+        if len(arrays) == 0:
+            raise DataError(f"{data_path}: none of the {len(samples)} images could be decoded")
+        started = time.perf_counter()
+        outputs = predict_batches(model, arrays.x)
+        seconds = time.perf_counter() - started
+    finally:
+        model.close()
+    metrics = evaluate_outputs(arrays.y, outputs, model.info, bootstrap=bootstrap, seed=seed)
+    from train.synth import is_synthetic
+
+    return {
+        "model": str(model.path),
+        "model_version": model.info.model_version,
+        "runner": model.runner,
+        "data": str(data_path),
+        "split": split,
+        "synthetic_model": model.info.synthetic,
+        "synthetic_data": is_synthetic(data_path),
+        "images": len(arrays),
+        "skipped": [{"path": p, "reason": r} for p, r in arrays.skipped],
+        "seconds": round(seconds, 3),
+        "note": "Decision support, not a diagnosis.",
+        "metrics": metrics,
+    }

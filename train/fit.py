@@ -1,0 +1,448 @@
+"""One training run: data -> model -> fit -> threshold on validation -> test once -> run folder.
+
+:func:`train_run` is what ``pneumo train`` calls. The order matters for
+honesty: the decision threshold is chosen on the **validation** split only, and
+the test split is predicted exactly once, after training and after the
+threshold is fixed. The run folder it writes::
+
+    runs/NAME/
+      model.h5            what ``pneumo export`` consumes (loads in Keras safe mode, compile=False)
+      model.keras         the same model in the native Keras format
+      contract.json       preprocessing contract (edge_runtime.contract)
+      model_info.json     labels, threshold + rule, model version, SYNTHETIC flag
+      config.json         the resolved TrainConfig
+      split.json          every file of train / val / test, with patient ids
+      history.csv         per-epoch loss, metrics and seconds
+      logs/               TensorBoard
+      plots/              loss and accuracy curves, confusion matrix, ROC
+      metrics.json        test (at the chosen threshold and at 0.5) and validation metrics with 95% CIs
+      model_card.json     what this model is, how it was made and measured, and what it is for
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.contract import ModelInfo, PreprocessContract
+from edge_runtime.fileio import atomic_write_json
+from train.config import CONFIG_FILE, TrainConfig
+from train.errors import DataError, TrainError
+from train.metrics import choose_threshold, evaluate_outputs
+from train.models import ArchSpec, Head, build_model, get_arch, resolve_head
+from train.models.complexity import model_complexity
+
+log = logging.getLogger(__name__)
+
+MODEL_H5 = "model.h5"
+MODEL_KERAS = "model.keras"
+SPLIT_FILE = "split.json"
+METRICS_FILE = "metrics.json"
+CARD_FILE = "model_card.json"
+HISTORY_FILE = "history.csv"
+PREDICT_BATCH = 64
+# A model reloaded from its own .h5 must give the same outputs; anything above this is a saving bug.
+RELOAD_TOLERANCE = 1e-5
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced (everything is also on disk in ``out``)."""
+
+    out: Path
+    config: TrainConfig
+    info: ModelInfo
+    metrics: dict[str, Any]
+    card: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- small pieces
+
+
+def prepare_run_folder(out: Path, overwrite: bool) -> None:
+    """Refuse to write into an existing, non-empty run folder unless ``overwrite``; never delete anything."""
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--out {out}: exists and is not a folder; choose another run folder name")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise TrainError(
+            f"--out {out}: run folder already exists and is not empty; choose a new name or pass --overwrite "
+            "(files of the same name are replaced, nothing else is deleted)"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainError(f"--out {out}: cannot create the run folder ({exc})") from exc
+
+
+def make_optimizer(name: str, learning_rate: float) -> Any:
+    import keras
+
+    classes = {
+        "adagrad": keras.optimizers.Adagrad,
+        "adam": keras.optimizers.Adam,
+        "adamw": keras.optimizers.AdamW,
+        "adamax": keras.optimizers.Adamax,
+        "rmsprop": keras.optimizers.RMSprop,
+        "sgd": keras.optimizers.SGD,
+        "adadelta": keras.optimizers.Adadelta,
+    }
+    if name not in classes:
+        raise TrainError(f"--optimizer {name!r}: expected one of {', '.join(classes)}")
+    return classes[name](learning_rate=learning_rate)
+
+
+def make_loss(head: Head, loss: str, focal_gamma: float, label_smoothing: float) -> Any:
+    import keras
+
+    if head.kind == "sigmoid":
+        if loss == "focal":
+            return keras.losses.BinaryFocalCrossentropy(gamma=focal_gamma, label_smoothing=label_smoothing)
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+    if loss == "focal":
+        return keras.losses.CategoricalFocalCrossentropy(gamma=focal_gamma, label_smoothing=label_smoothing)
+    return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+
+
+def training_metrics(head: Head) -> list[Any]:
+    import keras
+
+    if head.kind == "sigmoid":
+        return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
+    return [keras.metrics.CategoricalAccuracy(name="accuracy")]
+
+
+def predict_arrays(model: Any, x: np.ndarray, batch: int = PREDICT_BATCH) -> np.ndarray:
+    """Model outputs (N, units) for uint8 images, fed as float32 pixels in small batches."""
+    import keras
+
+    chunks = [
+        np.asarray(keras.ops.convert_to_numpy(model(x[i : i + batch].astype(np.float32), training=False)))
+        for i in range(0, len(x), batch)
+    ]
+    units = int(model.output_shape[-1])
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, units), np.float32)
+
+
+def _epoch_timer() -> Any:
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        """Adds ``epoch_seconds`` to each epoch's logs (so history.csv records the time per epoch)."""
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            if logs is not None:
+                logs["epoch_seconds"] = time.perf_counter() - self.started
+
+    return EpochTimer()
+
+
+def _callbacks(config: TrainConfig, out: Path) -> list[Any]:
+    import keras
+
+    callbacks: list[Any] = [_epoch_timer(), keras.callbacks.CSVLogger(str(out / HISTORY_FILE))]
+    if config.tensorboard:
+        if _has_module("tensorflow") and _has_module("tensorboard"):
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "logs"), histogram_freq=0))
+        else:
+            log.warning(
+                "TensorBoard logs skipped: tensorflow and tensorboard are needed (pip install tensorboard)"
+            )
+    if config.early_stopping:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=int(config.early_stopping), restore_best_weights=True, verbose=1
+            )
+        )
+    return callbacks
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def negative_label(labels: tuple[str, ...]) -> str:
+    """The 'normal' class: NORMAL when present (any case), else the first label."""
+    for label in labels:
+        if label.upper() == "NORMAL":
+            return label
+    return labels[0]
+
+
+def model_version(config: TrainConfig) -> str:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    assert config.out is not None
+    return f"{config.arch}-{config.out.name}-{stamp}"
+
+
+def save_model(model: Any, out: Path) -> dict[str, Any]:
+    """Write model.h5 and model.keras atomically; reload the .h5 in safe mode and compare outputs."""
+    import keras
+
+    for name in (MODEL_H5, MODEL_KERAS):
+        # Keras picks the format from the suffix, so the temporary name keeps it.
+        tmp = out / f".tmp-{os.getpid()}-{name}"
+        model.save(str(tmp))
+        os.replace(tmp, out / name)
+    reloaded = keras.models.load_model(str(out / MODEL_H5), safe_mode=True, compile=False)
+    return {"h5_safe_mode_load": True, "model": reloaded}
+
+
+def reload_check(model: Any, reloaded: Any, x: np.ndarray) -> dict[str, Any]:
+    """Max |output difference| between the trained model and its reloaded .h5 on up to 16 images."""
+    sample = x[:16]
+    if len(sample) == 0:
+        return {"images": 0, "max_abs_diff": None}
+    diff = float(np.max(np.abs(predict_arrays(model, sample) - predict_arrays(reloaded, sample))))
+    if not diff <= RELOAD_TOLERANCE:
+        raise TrainError(
+            f"model.h5 reloaded in safe mode differs from the trained model by {diff:.2e} "
+            f"(> {RELOAD_TOLERANCE:.0e}); the saved file is not trustworthy"
+        )
+    return {"images": len(sample), "max_abs_diff": diff, "tolerance": RELOAD_TOLERANCE, "safe_mode": True}
+
+
+def float32_copy(
+    spec: ArchSpec, contract: PreprocessContract, head: Head, opts: dict[str, Any], model: Any
+) -> Any:
+    """The same weights in a float32 model: what is saved after mixed-precision training."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        clean = spec.builder(contract, head, **opts)
+        clean.set_weights(model.get_weights())
+        return clean
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _load_split_arrays(splits: Any, contract: PreprocessContract, config: TrainConfig) -> dict[str, Any]:
+    from train.cache import load_arrays
+
+    arrays = {}
+    for name in ("train", "val", "test"):
+        arrays[name] = load_arrays(
+            splits.split(name),
+            splits.labels,
+            contract,
+            cache_dir=config.cache_dir,
+            progress=config.progress,
+            workers=config.workers,
+        )
+        if len(arrays[name]) == 0:
+            raise DataError(
+                f"{config.data}: no readable image in the {name} split "
+                f"({len(arrays[name].skipped)} skipped; run 'pneumo data check {config.data}')"
+            )
+        for path, reason in arrays[name].skipped:
+            log.warning("skipped %s: %s", path, reason)
+    present = set(np.unique(arrays["train"].y).tolist())
+    if len(present) < 2:
+        raise DataError(
+            f"{config.data}: the train split holds only one class after skipping unreadable files"
+        )
+    return arrays
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def train_run(config: TrainConfig) -> RunResult:
+    """Train ``config.arch`` on ``config.data`` and write the run folder ``config.out``."""
+    from train.data import DataConfig, make_splits
+    from train.synth import is_synthetic
+
+    cfg = config.resolved()
+    spec = get_arch(cfg.arch)
+    if cfg.data is None:
+        raise TrainError("--data is required: a chest X-ray folder (or 'pneumo data synth DIR' output)")
+    if cfg.out is None:
+        raise TrainError("--out is required: the run folder to create, e.g. runs/lhu-seed")
+    out = cfg.out
+    prepare_run_folder(out, cfg.overwrite)
+    started = time.perf_counter()
+
+    data_config = DataConfig(
+        root=cfg.data,
+        label_mode=cfg.label_mode,  # type: ignore[arg-type]
+        split_mode=cfg.split_mode,  # type: ignore[arg-type]
+        val_fraction=cfg.val_fraction,
+        sources=cfg.sources,  # type: ignore[arg-type]
+        undersample=bool(cfg.undersample),
+        max_per_class=cfg.max_per_class,
+        exclude_test_patients=cfg.exclude_test_patients,
+        seed=cfg.seed,
+    )
+    splits = make_splits(data_config)
+    synthetic = is_synthetic(cfg.data)
+    contract = spec.contract(cfg.height, cfg.width, cfg.color, cfg.interpolation, cfg.resize)
+    head = resolve_head(cfg.head if cfg.head != "auto" else spec.head, len(splits.labels))
+    log.info("data: %s", "; ".join(splits.notes))
+    arrays = _load_split_arrays(splits, contract, cfg)
+    decode_seconds = time.perf_counter() - started
+
+    from train.augment import build_augmenter
+    from train.compute import compute_session
+    from train.pipeline import class_weights, evaluation_data, training_data
+
+    opts: dict[str, Any] = {"weights": cfg.weights, "freeze_base": cfg.freeze_base}
+    if cfg.dropout is not None:
+        opts["dropout"] = cfg.dropout
+    if cfg.arch == "dsconv":
+        opts["width"] = cfg.width_multiplier
+    assert cfg.batch_size is not None and cfg.epochs is not None and cfg.learning_rate is not None
+    assert cfg.optimizer is not None and cfg.augment is not None
+
+    with compute_session(cfg.seed, cfg.deterministic, cfg.mixed_precision, cfg.strategy) as session:
+        with session.scope:
+            model = build_model(cfg.arch, contract, len(splits.labels), head.kind, **opts)
+            model.compile(
+                optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate),
+                loss=make_loss(head, cfg.loss, cfg.focal_gamma, cfg.label_smoothing),
+                metrics=training_metrics(head),
+            )
+        weights = class_weights(arrays["train"].y, len(splits.labels)) if cfg.class_weights else None
+        augmenter = build_augmenter(cfg.augment, cfg.seed)
+        train_data = training_data(
+            arrays["train"].x, arrays["train"].y, head, cfg.batch_size, augmenter, weights, seed=cfg.seed
+        )
+        val_data = evaluation_data(arrays["val"].x, arrays["val"].y, head, cfg.batch_size)
+        complexity = model_complexity(model)
+        log.info(
+            "model %s: %s parameters, %.3f GFLOPs per image, input %s; training on %s",
+            cfg.arch,
+            f"{complexity.params:,}",
+            complexity.flops / 1e9,
+            contract.input_shape,
+            ", ".join(session.devices),
+        )
+        fit_started = time.perf_counter()
+        history = model.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=cfg.epochs,
+            shuffle=False,  # the pipeline already shuffles, seeded
+            callbacks=_callbacks(cfg, out),
+            verbose=(1 if _interactive() else 2) if cfg.progress else 0,
+        )
+        fit_seconds = time.perf_counter() - fit_started
+        if session.mixed_precision:
+            model = float32_copy(spec, contract, head, opts, model)
+
+    # Threshold on validation only; then the test split, once.
+    n_labels = len(splits.labels)
+    negative = negative_label(splits.labels)
+    val_out = predict_arrays(model, arrays["val"].x)
+    provisional = ModelInfo(
+        model_version="provisional",
+        arch=cfg.arch,
+        labels=splits.labels,
+        negative_label=negative,
+        head=head.kind,
+        synthetic=synthetic,
+    )
+    from edge_runtime.predictor import abnormal_probability
+
+    val_abnormal = arrays["val"].y != splits.labels.index(negative)
+    choice = choose_threshold(val_abnormal, abnormal_probability(val_out, provisional), cfg.threshold_rule)
+    info = ModelInfo(
+        model_version=model_version(cfg),
+        arch=cfg.arch,
+        labels=splits.labels,
+        negative_label=negative,
+        threshold=float(choice.threshold),
+        head=head.kind,
+        synthetic=synthetic,
+        threshold_rule=f"{choice.rule}: {choice.description}",
+        extra={"params": complexity.params, "flops": complexity.flops, "run_folder": out.name},
+    )
+    validation = evaluate_outputs(arrays["val"].y, val_out, info, bootstrap=cfg.bootstrap, seed=cfg.seed)
+    test_out = predict_arrays(model, arrays["test"].x)
+    test = evaluate_outputs(arrays["test"].y, test_out, info, bootstrap=cfg.bootstrap, seed=cfg.seed)
+    test_half = evaluate_outputs(
+        arrays["test"].y, test_out, info, bootstrap=cfg.bootstrap, seed=cfg.seed, threshold=0.5
+    )
+
+    saved = save_model(model, out)
+    reload = reload_check(model, saved["model"], arrays["test"].x)
+
+    epoch_seconds = [float(s) for s in history.history.get("epoch_seconds", [])]
+    timing = {
+        "decode_and_split_seconds": round(decode_seconds, 2),
+        "fit_seconds": round(fit_seconds, 2),
+        "epochs_run": len(epoch_seconds),
+        "epoch_seconds": [round(s, 2) for s in epoch_seconds],
+        "mean_epoch_seconds": round(float(np.mean(epoch_seconds)), 2) if epoch_seconds else None,
+        # the first epoch includes graph tracing; later ones are the steady state
+        "steady_epoch_seconds": round(float(np.median(epoch_seconds[1:])), 2)
+        if len(epoch_seconds) > 1
+        else None,
+        "train_images": len(arrays["train"]),
+        "devices": session.devices,
+    }
+    metrics = {
+        "model_version": info.model_version,
+        "synthetic": synthetic,
+        "threshold": {
+            "value": info.threshold,
+            "rule": choice.rule,
+            "how": choice.description,
+            "chosen_on": "validation",
+        },
+        "test": test,
+        "test_at_0.5": test_half,
+        "validation": validation,
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        "timing": timing,
+        "reload_check": reload,
+    }
+    if n_labels != len(set(arrays["test"].y.tolist())):
+        metrics["note"] = (
+            "the test split does not hold every class; per-class figures of absent classes are empty"
+        )
+
+    from train.report import build_model_card, write_plots
+
+    contract.save(out)
+    info.save(out)
+    atomic_write_json(out / CONFIG_FILE, cfg.to_dict())
+    splits.save(out / SPLIT_FILE)
+    atomic_write_json(out / METRICS_FILE, metrics)
+    plots = write_plots(out, metrics, splits.labels)
+    card = build_model_card(
+        config=cfg,
+        spec=spec,
+        contract=contract,
+        info=info,
+        complexity=complexity.to_dict(),
+        splits=splits,
+        arrays=arrays,
+        metrics=metrics,
+        session=session.to_dict(),
+        class_weights=weights,
+        plots=plots,
+    )
+    atomic_write_json(out / CARD_FILE, card)
+    if not math.isfinite(float(history.history.get("loss", [0.0])[-1])):
+        log.warning("the training loss ended as %s: lower --learning-rate", history.history["loss"][-1])
+    return RunResult(out=out, config=cfg, info=info, metrics=metrics, card=card)
+
+
+def _interactive() -> bool:
+    import sys
+
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())

@@ -1,0 +1,142 @@
+"""Refresh the generated tables of ``reports/seeds.md`` from sweep results.
+
+``python -m train.report_seeds [--sweeps runs/sweeps] [--reports reports]``
+
+1. copies ``results.{csv,md,json,png}`` of every sweep folder under ``--sweeps``
+   into ``REPORTS/sweeps/FOLDER/`` (small files, committed);
+2. rewrites every block of ``REPORTS/seeds.md`` written as::
+
+       <!-- sweep-table: seed000_lhu_leak-reduced -->
+       ...generated...
+       <!-- end sweep-table -->
+
+   with the rows of those sweeps (comma-separated folder names), read from the
+   copied ``results.json``. Everything outside the blocks (the prose) is kept.
+
+Runs still pending get a row saying so and the command that finishes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.fileio import atomic_write_text, read_json
+from train.sweep_results import RESULT_FILES
+
+BLOCK = re.compile(
+    r"(<!-- sweep-table: (?P<names>[^>]*?) -->\n)(?P<body>.*?)(<!-- end sweep-table -->)", re.S
+)
+
+
+def collect(sweeps: Path, reports: Path) -> list[str]:
+    """Copy each sweep folder's result files into ``reports/sweeps/NAME/``; the folder names copied."""
+    copied = []
+    for folder in sorted(p for p in sweeps.iterdir() if (p / "results.json").is_file()):
+        target = reports / "sweeps" / folder.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in RESULT_FILES:
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, target / name)
+        copied.append(folder.name)
+    return copied
+
+
+def _metric(row: dict[str, Any], name: str) -> str:
+    value = row.get(name)
+    if value is None:
+        return ""
+    low, high = row.get(f"{name}_low"), row.get(f"{name}_high")
+    if low is None or high is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def sweep_table(folder_names: list[str], reports: Path) -> str:
+    header = (
+        "| run | mode | settings | test split (images) | accuracy | sensitivity | specificity | ROC AUC "
+        "| accuracy at 0.5 | params | study's claim |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for name in folder_names:
+        path = reports / "sweeps" / name / "results.json"
+        if not path.is_file():
+            lines.append(f"| *{name}: no results yet* |" + " |" * (header.count("|") - 2))
+            continue
+        results = read_json(path)
+        experiment = Path(results["experiments"]).name
+        for row in results["rows"]:
+            if row["status"] == "done":
+                test = f"{row.get('test_split', '')} ({row.get('test_images', '')})"
+                accuracy = _metric(row, "accuracy")
+                if row.get("class_accuracy") is not None:
+                    accuracy += f"; {row.get('n_classes', 3)}-class {row['class_accuracy']:.3f}"
+                cells = [
+                    row["run"],
+                    row["mode"],
+                    row["settings"],
+                    test,
+                    accuracy,
+                    _metric(row, "sensitivity"),
+                    _metric(row, "specificity"),
+                    _metric(row, "roc_auc"),
+                    "" if row.get("accuracy_at_0.5") is None else f"{row['accuracy_at_0.5']:.3f}",
+                    f"{row['params']:,}" if row.get("params") else "",
+                    row["claim"],
+                ]
+            else:
+                if row["status"] == "not run":
+                    why = f"not run: {row['detail']}"
+                else:
+                    flags = "--reduced " if row["mode"].startswith("reduced") else ""
+                    why = (
+                        f"PENDING ({row['status']}): finish with `pneumo train sweep experiments/{experiment} "
+                        f"--data DATA {flags}--out runs/sweeps/{name}`"
+                    )
+                cells = [row["run"], row["mode"], row["settings"], why, "", "", "", "", "", "", row["claim"]]
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def refresh(markdown: str, reports: Path) -> str:
+    def replace(match: re.Match[str]) -> str:
+        names = [n.strip() for n in match.group("names").split(",") if n.strip()]
+        return match.group(1) + sweep_table(names, reports) + match.group(4)
+
+    return BLOCK.sub(replace, markdown)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.report_seeds",
+        description="Copy sweep results into reports/sweeps/ and refresh the tables of reports/seeds.md.",
+    )
+    parser.add_argument(
+        "--sweeps", type=Path, default=Path("runs/sweeps"), help="sweep folders (default runs/sweeps)"
+    )
+    parser.add_argument(
+        "--reports", type=Path, default=Path("reports"), help="reports folder (default reports)"
+    )
+    args = parser.parse_args(argv)
+    if args.sweeps.is_dir():
+        copied = collect(args.sweeps, args.reports)
+        sys.stderr.write(f"copied results of {len(copied)} sweeps: {', '.join(copied)}\n")
+    seeds = args.reports / "seeds.md"
+    if not seeds.is_file():
+        sys.stderr.write(f"{seeds}: not found\n")
+        return 1
+    atomic_write_text(seeds, refresh(seeds.read_text(encoding="utf-8"), args.reports))
+    sys.stderr.write(f"refreshed the sweep tables of {seeds}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

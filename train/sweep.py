@@ -1,0 +1,773 @@
+"""``pneumo train sweep``: many training runs from one experiment file, resumable, in one results table.
+
+An experiment file (``experiments/*.toml``) names a list of runs, each a set of
+:class:`~train.config.TrainConfig` settings (the names of ``pneumo train``'s
+flags, snake_case or kebab-case)::
+
+    [sweep]
+    name = "seed000_lhu_optimizers"
+    study = "seed 000"                 # default study id of every run
+    description = "..."
+
+    [defaults]                         # settings shared by every run
+    arch = "lhu"
+
+    [reduced]                          # with --reduced, on top of REDUCTION below
+    epochs = 4
+
+    [[run]]
+    name = "adagrad"                   # unique; letters, digits, - _ .
+    optimizer = "adagrad"
+    claim = "accuracy 98.04% (random split)"   # the study's own figure, shown beside ours
+    note = "..."                       # shown in the table
+    skip = "..."                       # the reason a row of the study cannot run yet; listed, not run
+    reduced = { epochs = 6 }           # this run's own reduction, on top of [reduced]
+
+Precedence, lowest first: the architecture's recipe < ``[defaults]`` < the run
+< (``--reduced``: :data:`REDUCTION` < ``[reduced]`` < the run's ``reduced``)
+< ``--set KEY=VALUE`` < ``--data``. Every run's resolved config is validated
+before anything trains (``--dry-run`` stops there).
+
+Each run trains in its own ``pneumo train --config`` subprocess, so one crash,
+out-of-memory kill or Keras state leak cannot take the sweep down. The sweep
+folder::
+
+    OUT/
+      experiments.toml      the experiment file as last run
+      configs/NAME.toml     the exact settings of each run (``pneumo train --config`` reproduces it)
+      logs/NAME.attempt-K.log
+      runs/NAME/            a run folder (complete when metrics.json and model_card.json exist)
+      runs/NAME.incomplete-K/   an interrupted or failed attempt, moved aside, never deleted
+      runs/NAME.superseded-K/   a complete run whose settings no longer match the file, moved aside
+      state.json            attempts, status and wall time per run
+      results.csv results.md results.json results.png
+
+Resuming is running the same command again: complete runs with unchanged
+settings are skipped, anything else starts again in a fresh folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.fileio import atomic_write_json, atomic_write_text, read_json
+from train.config import TrainConfig, flag
+from train.errors import TrainError
+from train.sweep_results import (
+    is_complete,
+    settings_changed,
+    settings_summary,
+    summary_table,
+    utc_now,
+    write_results,
+)
+
+log = logging.getLogger("pneumo.sweep")
+
+# Applied by --reduced before the file's own [reduced] table. 400 images per class keeps the whole
+# official test split (234 NORMAL, 390 PNEUMONIA) and nearly all of the patient-wise validation split,
+# and caps train at 800 images (three classes: 1,200); 4 epochs keep a model of seed size to minutes
+# on a 2-core CPU.
+REDUCTION: dict[str, Any] = {"max_per_class": 400, "epochs": 4}
+
+RUN_KEYS = ("name", "study", "claim", "note", "skip", "reduced")
+SWEEP_OWNED = ("out", "overwrite")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+STATE_FILE = "state.json"
+LOCK_FILE = ".sweep.lock"
+
+
+class SweepError(TrainError):
+    """An experiment file, run name or sweep folder that cannot be used; the message says which and why."""
+
+
+class SweepInterrupted(TrainError):
+    """Ctrl-C or SIGTERM while a run was training."""
+
+
+# --------------------------------------------------------------------------- the experiment file
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One ``[[run]]`` of an experiment file."""
+
+    name: str
+    study: str
+    settings: dict[str, Any]
+    reduced: dict[str, Any]
+    claim: str = ""
+    note: str = ""
+    skip: str = ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    path: Path
+    name: str
+    study: str
+    description: str
+    defaults: dict[str, Any]
+    reduced: dict[str, Any]
+    runs: tuple[RunSpec, ...]
+
+    def names(self) -> list[str]:
+        return [run.name for run in self.runs]
+
+
+def _tomllib() -> Any:
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    try:  # pragma: no cover - Python 3.10 (JetPack 6)
+        import tomli
+
+        return tomli
+    except ImportError as exc:  # pragma: no cover
+        raise SweepError("reading TOML on Python 3.10 needs 'pip install tomli'") from exc
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    tomllib = _tomllib()
+    try:
+        with open(path, "rb") as handle:
+            return dict(tomllib.load(handle))
+    except FileNotFoundError:
+        raise SweepError(f"{path}: experiment file not found") from None
+    except (OSError, ValueError) as exc:
+        raise SweepError(f"{path}: not a readable TOML file ({exc})") from None
+
+
+def normalise_settings(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """snake_case keys; ``image_size`` expanded into ``height`` and ``width``; ``split`` -> ``split_mode``."""
+    if not isinstance(values, dict):
+        raise SweepError(f"{source}: expected a table of settings, got {type(values).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in SWEEP_OWNED:
+            raise SweepError(
+                f"{source}: {key!r} is set by the sweep (each run gets OUT/runs/NAME); remove it"
+            )
+        if name == "image_size":
+            out["height"] = value
+            out["width"] = value
+        elif name == "split":
+            out["split_mode"] = value
+        else:
+            out[name] = value
+    return out
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Parse and check an experiment file (names, keys); settings are validated by :func:`plan_sweep`."""
+    source = Path(path).expanduser()
+    data = read_toml(source)
+    unknown = sorted(set(data) - {"sweep", "defaults", "reduced", "run"})
+    if unknown:
+        raise SweepError(
+            f"{source}: unknown top-level keys {unknown}; expected [sweep], [defaults], [reduced], [[run]]"
+        )
+    head = data.get("sweep", {})
+    if not isinstance(head, dict):
+        raise SweepError(f"{source}: [sweep] must be a table")
+    name = str(head.get("name", source.stem))
+    study = str(head.get("study", ""))
+    defaults = normalise_settings(data.get("defaults", {}), f"{source} [defaults]")
+    reduced = normalise_settings(data.get("reduced", {}), f"{source} [reduced]")
+    rows = data.get("run", [])
+    if not isinstance(rows, list) or not rows:
+        raise SweepError(f"{source}: no [[run]] entries; add at least one")
+    runs: list[RunSpec] = []
+    seen: set[str] = set()
+    for index, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise SweepError(f"{source}: run #{index} must be a table")
+        run_name = row.get("name")
+        where = f"{source} run #{index}"
+        if not isinstance(run_name, str) or not NAME_PATTERN.match(run_name):
+            raise SweepError(
+                f"{where}: 'name' {run_name!r} must be 1-80 letters, digits, '-', '_' or '.', starting with a "
+                "letter or digit (it names the run folder)"
+            )
+        if run_name in seen:
+            raise SweepError(f"{where}: run name {run_name!r} is used twice; names must be unique")
+        seen.add(run_name)
+        where = f"{source} run {run_name!r}"
+        settings = normalise_settings({k: v for k, v in row.items() if k not in RUN_KEYS}, where)
+        runs.append(
+            RunSpec(
+                name=run_name,
+                study=str(row.get("study", study)),
+                settings=settings,
+                reduced=normalise_settings(row.get("reduced", {}), f"{where} reduced"),
+                claim=str(row.get("claim", "")),
+                note=str(row.get("note", "")),
+                skip=str(row.get("skip", "")),
+            )
+        )
+    return Experiment(
+        path=source,
+        name=name,
+        study=study,
+        description=str(head.get("description", "")),
+        defaults=defaults,
+        reduced=reduced,
+        runs=tuple(runs),
+    )
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One ``pneumo train sweep`` invocation."""
+
+    experiments: Path
+    out: Path | None = None
+    data: Path | None = None
+    reduced: bool = False
+    only: tuple[str, ...] = ()
+    overrides: dict[str, Any] = field(default_factory=dict)
+    dry_run: bool = False
+    python: str = sys.executable
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A run of the sweep with its resolved config (``config.out`` is its run folder)."""
+
+    spec: RunSpec
+    config: TrainConfig
+    reduced: bool
+    reductions: tuple[str, ...]  # "epochs 20 -> 4", what --reduced changed
+    selected: bool  # chosen by --only (or no --only)
+
+
+def default_out(experiment: Experiment, reduced: bool) -> Path:
+    return Path("runs") / "sweeps" / (experiment.name + ("-reduced" if reduced else ""))
+
+
+def run_settings(
+    experiment: Experiment, spec: RunSpec, reduced: bool, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    values.update(experiment.defaults)
+    values.update(spec.settings)
+    if reduced:
+        values.update(REDUCTION)
+        values.update(experiment.reduced)
+        values.update(spec.reduced)
+    values.update(overrides)
+    return values
+
+
+def _describe_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _reductions(full: TrainConfig, reduced: TrainConfig) -> tuple[str, ...]:
+    changes = []
+    for name, before in full.to_dict().items():
+        after = reduced.to_dict()[name]
+        if before != after:
+            changes.append(f"{name} {_describe_value(before)} -> {_describe_value(after)}")
+    return tuple(changes)
+
+
+def _resolve(values: dict[str, Any], source: str) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(values, source=source).resolved()
+    except TrainError as exc:
+        message = str(exc)
+        raise SweepError(message if message.startswith(source) else f"{source}: {message}") from None
+
+
+def plan_sweep(experiment: Experiment, config: SweepConfig) -> list[PlannedRun]:
+    """Resolve and validate every run's :class:`TrainConfig`; nothing is written."""
+    names = experiment.names()
+    unknown = [name for name in config.only if name not in names]
+    if unknown:
+        raise SweepError(
+            f"--only {','.join(unknown)}: no such run in {experiment.path}; runs: {', '.join(names)}"
+        )
+    out = (config.out or default_out(experiment, config.reduced)).expanduser().resolve()
+    overrides = normalise_settings(dict(config.overrides), "--set")
+    plan = []
+    for spec in experiment.runs:
+        source = f"{experiment.path} run {spec.name!r}"
+        fixed: dict[str, Any] = {"out": str(out / "runs" / spec.name)}
+        values = run_settings(experiment, spec, config.reduced, overrides)
+        if config.data is not None:
+            fixed["data"] = str(config.data.expanduser().resolve())
+        elif values.get("data") is not None:
+            fixed["data"] = str(Path(str(values["data"])).expanduser().resolve())
+        elif not config.dry_run:
+            raise SweepError(f"{source}: no data folder; pass --data ROOT (or set data in [defaults])")
+        resolved = _resolve({**values, **fixed}, source)
+        reductions: tuple[str, ...] = ()
+        if config.reduced:
+            full = _resolve({**run_settings(experiment, spec, False, overrides), **fixed}, source)
+            reductions = _reductions(full, resolved)
+        selected = not config.only or spec.name in config.only
+        plan.append(PlannedRun(spec, resolved, config.reduced, reductions, selected))
+    if not config.dry_run:
+        data_roots = {str(run.config.data) for run in plan if run.selected and not run.spec.skip}
+        for root in sorted(data_roots):
+            if not Path(root).is_dir():
+                raise SweepError(
+                    f"--data {root}: folder not found; pass the chest X-ray folder (ROOT/train, ROOT/test)"
+                )
+    return plan
+
+
+# --------------------------------------------------------------------------- run folders and state
+
+
+def sweep_root(run: PlannedRun) -> Path:
+    assert run.config.out is not None
+    return run.config.out.parent.parent
+
+
+def move_aside(folder: Path, why: str) -> Path:
+    """Rename ``folder`` to ``folder.WHY-K`` (first free K); nothing is deleted."""
+    k = 1
+    while (target := folder.with_name(f"{folder.name}.{why}-{k}")).exists():
+        k += 1
+    folder.rename(target)
+    return target
+
+
+def load_state(root: Path) -> dict[str, Any]:
+    try:
+        state = read_json(root / STATE_FILE)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise SweepError(
+            f"{root / STATE_FILE}: unreadable sweep state ({exc}); move it aside to start afresh"
+        ) from None
+    return state if isinstance(state, dict) else {}
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal of a config value (str, Path, bool, int, float)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SweepError(f"setting value {value!r} cannot be written to TOML")
+        text = repr(value)
+        return text if any(c in text for c in ".eE") else text + ".0"
+    # JSON string escapes (\n, \", \\, \uXXXX) are valid TOML basic-string escapes.
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def config_toml(config: TrainConfig, header: str) -> str:
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines.append("[train]")
+    for key, value in sorted(config.to_dict().items()):
+        if value is not None:
+            lines.append(f"{key} = {toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class RunOutcome:
+    name: str
+    status: str  # done, skipped-complete, failed, not-run (skip reason), pending, interrupted
+    detail: str = ""
+    wall_seconds: float | None = None
+
+
+def _last_error(log_path: Path) -> str:
+    try:
+        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if "error" in line.lower() or "Traceback" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else ""
+
+
+def train_command(config: SweepConfig, config_file: Path) -> list[str]:
+    return [config.python, "-m", "edge_runtime.pneumo_cli", "train", "--config", str(config_file), "--json"]
+
+
+def launch(command: list[str], log_path: Path) -> int:
+    """Run one training subprocess, its stdout and stderr into ``log_path``; the exit code.
+
+    On Ctrl-C / SIGTERM the child is asked to stop (SIGTERM), then killed after 30 s.
+    """
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with open(log_path, "ab") as handle:
+        handle.write(f"$ {' '.join(command)}\n".encode())
+        handle.flush()
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        try:
+            return process.wait()
+        except BaseException:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            raise
+
+
+def execute(run: PlannedRun, config: SweepConfig, state: dict[str, Any]) -> RunOutcome:
+    """Bring one planned run to a complete run folder (or record why not)."""
+    name = run.spec.name
+    folder = run.config.out
+    assert folder is not None
+    entry = state.setdefault(name, {"attempts": 0})
+    if run.spec.skip:
+        return RunOutcome(name, "not-run", run.spec.skip)
+    if folder.is_dir() and is_complete(folder):
+        changed = settings_changed(run)
+        if not changed:
+            return RunOutcome(name, "skipped-complete", "complete run folder with the same settings")
+        moved = move_aside(folder, "superseded")
+        log.warning(
+            "%s: settings changed (%s); previous run moved to %s", name, ", ".join(changed), moved.name
+        )
+    elif folder.exists():
+        moved = move_aside(folder, "incomplete")
+        log.warning("%s: incomplete attempt moved to %s; starting again", name, moved.name)
+    if not run.selected:
+        return RunOutcome(name, "pending", "not selected by --only")
+    root = sweep_root(run)
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    (root / "runs").mkdir(parents=True, exist_ok=True)
+    config_file = root / "configs" / f"{name}.toml"
+    header = (
+        f"run {name!r} of sweep {root.name} ({run.spec.study}); "
+        + ("REDUCED: " + "; ".join(run.reductions) if run.reduced else "full settings")
+        + f"\nreproduce: pneumo train --config {config_file}"
+    )
+    atomic_write_text(config_file, config_toml(run.config, header))
+    entry["attempts"] = int(entry.get("attempts", 0)) + 1
+    log_path = root / "logs" / f"{name}.attempt-{entry['attempts']}.log"
+    entry.update(status="running", log=str(log_path.relative_to(root)), started=utc_now())
+    atomic_write_json(root / STATE_FILE, state)
+    started = time.perf_counter()
+    try:
+        code = launch(train_command(config, config_file), log_path)
+    except (KeyboardInterrupt, SweepInterrupted):
+        entry.update(status="interrupted", wall_seconds=round(time.perf_counter() - started, 1))
+        atomic_write_json(root / STATE_FILE, state)
+        raise
+    wall = round(time.perf_counter() - started, 1)
+    if code == 0 and is_complete(folder):
+        entry.update(status="done", wall_seconds=wall, error="")
+        atomic_write_json(root / STATE_FILE, state)
+        return RunOutcome(name, "done", "", wall)
+    detail = f"exit {code}: {_last_error(log_path)} (log: {log_path})"
+    entry.update(status="failed", wall_seconds=wall, error=detail)
+    atomic_write_json(root / STATE_FILE, state)
+    return RunOutcome(name, "failed", detail, wall)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``kill PID``, a scheduler's stop) ends the sweep like Ctrl-C: child stopped, results written."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SweepInterrupted(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def sweep_lock(root: Path) -> Iterator[None]:
+    """One sweep at a time per folder: two would train the same run twice and race on state.json."""
+    lock = root / LOCK_FILE
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _pid_alive(pid):
+                raise SweepError(
+                    f"{root}: another sweep (pid {pid}) is running in this folder; wait for it or stop it"
+                ) from None
+            # a sweep that was killed left its lock behind
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        break
+    else:
+        raise SweepError(f"{lock}: cannot take the sweep lock; remove it if no sweep is running")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def run_sweep(experiment: Experiment, plan: list[PlannedRun], config: SweepConfig) -> list[RunOutcome]:
+    """Run every selected, not yet complete run in order; write the results after each one."""
+    root = sweep_root(plan[0])
+    root.mkdir(parents=True, exist_ok=True)
+    with sweep_lock(root):
+        return _run_locked(experiment, plan, config, root)
+
+
+def _run_locked(
+    experiment: Experiment, plan: list[PlannedRun], config: SweepConfig, root: Path
+) -> list[RunOutcome]:
+    from tqdm import tqdm
+
+    shutil.copyfile(experiment.path, root / "experiments.toml.tmp")
+    os.replace(root / "experiments.toml.tmp", root / "experiments.toml")
+    state = load_state(root)
+    outcomes: dict[str, RunOutcome] = {}
+    todo = [run for run in plan if run.selected and not run.spec.skip]
+    bar = tqdm(total=len(todo), desc=f"sweep {experiment.name}", unit="run", file=sys.stderr)
+    try:
+        for run in plan:
+            if run.selected and not run.spec.skip:
+                bar.set_postfix_str(run.spec.name)
+            outcome = execute(run, config, state)
+            outcomes[run.spec.name] = outcome
+            if run.selected and not run.spec.skip:
+                bar.update(1)
+                if outcome.status in ("done", "failed"):
+                    log.info(
+                        "%-28s %s in %.0f s %s",
+                        run.spec.name,
+                        outcome.status,
+                        outcome.wall_seconds or 0,
+                        outcome.detail,
+                    )
+                write_results(experiment, plan, root, state)
+    except (KeyboardInterrupt, SweepInterrupted):
+        write_results(experiment, plan, root, state)
+        raise
+    finally:
+        bar.close()
+    write_results(experiment, plan, root, state)
+    return [outcomes[run.spec.name] for run in plan]
+
+
+# --------------------------------------------------------------------------- results
+
+
+# --------------------------------------------------------------------------- CLI
+
+EXAMPLES = """examples:
+  pneumo train sweep experiments/seed000_lhu_optimizers.toml --data ../shared/data/chest_xray
+  pneumo train sweep experiments/seed002_roskilde_adjustments.toml --data DATA --reduced
+  pneumo train sweep experiments/seed004_sutd.toml --data DATA --only cnn2-r2,resnet50
+  pneumo train sweep experiments/best_model.toml --dry-run          # validate every run, train nothing
+  pneumo train sweep experiments/x.toml --data DATA --set bootstrap=200 --set cache_dir=/tmp/c
+
+Interrupted? Run the same command again: complete runs are skipped, the rest start afresh
+(incomplete attempts are moved aside to runs/NAME.incomplete-K, never deleted).
+--reduced applies {reduction} and the file's [reduced] table, and marks every row 'reduced'.
+"""
+
+
+def sweep_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run the training configurations of an experiment file, resumably, into one results table "
+        "(results.csv, results.md, results.png).",
+        epilog=EXAMPLES.format(reduction=", ".join(f"{flag(k)} {v}" for k, v in REDUCTION.items())),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "experiments", type=Path, help="experiment file (TOML), e.g. experiments/seed000_lhu_leak.toml"
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        "--output",
+        dest="out",
+        type=Path,
+        help="sweep folder (default runs/sweeps/NAME[-reduced])",
+    )
+    parser.add_argument("--data", type=Path, help="chest X-ray folder for every run (overrides the file)")
+    parser.add_argument(
+        "--reduced", action="store_true", help="CPU budget: fewer images and epochs; rows say 'reduced'"
+    )
+    parser.add_argument(
+        "--only", default="", metavar="NAME,...", help="run only these runs (others stay as they are)"
+    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of every run (TOML value, e.g. --set epochs=2)")  # fmt: skip
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
+    parser.add_argument(
+        "--results-only",
+        action="store_true",
+        help="rewrite results.csv/.md/.json/.png from the run folders (pass the same --data); train nothing",
+    )
+    parser.add_argument("--json", action="store_true", help="print the results rows as JSON on stdout")
+    parser.add_argument("--quiet", action="store_true", help="warnings only on stderr")
+    return parser
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; VALUE is read as a TOML value when it parses, else as a string."""
+    tomllib = _tomllib()
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise SweepError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=2")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except ValueError:
+            value = text.strip()
+        values[key.strip()] = value
+    return values
+
+
+def plan_table(plan: list[PlannedRun]) -> str:
+    width = max(len(run.spec.name) for run in plan)
+    lines = []
+    for run in plan:
+        folder = run.config.out
+        assert folder is not None
+        if run.spec.skip:
+            state = "not run: " + run.spec.skip
+        elif folder.is_dir() and is_complete(folder):
+            state = "complete" if not settings_changed(run) else "complete, settings changed: will rerun"
+        elif folder.exists():
+            state = "incomplete: will move aside and rerun"
+        else:
+            state = "to run" if run.selected else "not selected"
+        lines.append(f"{run.spec.name.ljust(width)}  {run.config.arch:<15} {settings_summary(run.config)}")
+        lines.append(f"{''.ljust(width)}  -> {state}")
+        if run.reductions:
+            lines.append(f"{''.ljust(width)}     reduced: {'; '.join(run.reductions)}")
+    return "\n".join(lines)
+
+
+def _echo(text: str, err: bool = False) -> None:
+    """The command's own output: results on stdout, messages on stderr."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def main(argv: list[str], prog: str = "pneumo train sweep") -> int:
+    parser = sweep_parser(prog)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
+    )
+    only = tuple(name.strip() for name in args.only.split(",") if name.strip())
+    try:
+        config = SweepConfig(
+            experiments=args.experiments,
+            out=args.out,
+            data=args.data,
+            reduced=args.reduced,
+            only=only,
+            overrides=parse_overrides(args.overrides),
+            dry_run=args.dry_run or args.results_only,
+        )
+        experiment = load_experiment(config.experiments)
+        plan = plan_sweep(experiment, config)
+    except TrainError as exc:
+        _echo(f"{prog}: error: {exc}", err=True)
+        return 2 if str(exc).startswith("--only") else 1
+    root = sweep_root(plan[0])
+    if args.dry_run:
+        _echo(
+            f"sweep {experiment.name}: {len(plan)} runs -> {root}" + (" (REDUCED)" if config.reduced else "")
+        )
+        _echo(plan_table(plan))
+        _echo(f"\nall {len(plan)} run configs are valid; drop --dry-run to train")
+        return 0
+    if args.results_only:
+        try:
+            with sweep_lock(root):
+                write_results(experiment, plan, root, load_state(root))
+        except (TrainError, OSError) as exc:
+            _echo(f"{prog}: error: {exc}", err=True)
+            return 1
+        _echo(summary_table(read_json(root / "results.json")["rows"]))
+        _echo(f"\nresults: {root}/results.md, results.csv, results.png")
+        return 0
+    try:
+        with _sigterm_interrupts():
+            outcomes = run_sweep(experiment, plan, config)
+    except (KeyboardInterrupt, SweepInterrupted):
+        _echo(
+            f"{prog}: interrupted; results so far in {root}/results.md. Run the same command again to resume.",
+            err=True,
+        )
+        return 130
+    except (TrainError, OSError) as exc:
+        _echo(f"{prog}: error: {exc}", err=True)
+        return 1
+    rows = read_json(root / "results.json")["rows"]
+    if args.json:
+        _echo(json.dumps(rows, indent=2))
+    else:
+        _echo(summary_table(rows))
+        _echo(f"\nresults: {root}/results.md, results.csv, results.png")
+    failed = [o.name for o in outcomes if o.status == "failed"]
+    if failed:
+        _echo(
+            f"{prog}: {len(failed)} run(s) failed: {', '.join(failed)}; see {root}/logs/. "
+            "Fix the cause and run the same command again (finished runs are kept).",
+            err=True,
+        )
+        return 1
+    _echo(f"next: pneumo export bundle {root}/runs/NAME -o bundles/NAME   # package a run for the edge")
+    return 0
