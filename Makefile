@@ -26,12 +26,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	@touch $@
 
-# Without DATA the demo makes SYNTHETIC phantoms, and says so in every output.
+# Without DATA the demo makes SYNTHETIC phantoms, and every output says so.
+# Steps: (data) -> train -> export bundle -> golden self-test -> predict -> benchmark.
 demo: install
-	@set -e; data='$(DATA)'; \
-	if [ -z "$$data" ]; then data='$(DEMO)/synthetic'; $(BIN)/pneumo data synth "$$data" --per-class 160; fi; \
-	$(BIN)/pneumo train --arch $(ARCH) --data "$$data" --out $(DEMO)/run $(if $(EPOCHS),--epochs $(EPOCHS),) --overwrite; \
-	echo "demo: trained model and model card in $(DEMO)/run"
+	@set -e; data='$(DATA)'; calib=512; \
+	if [ -z "$$data" ]; then data='$(DEMO)/synthetic'; calib=160; \
+	  $(BIN)/pneumo data synth "$$data" --per-class 200; fi; \
+	$(BIN)/pneumo train --arch $(ARCH) --data "$$data" -o $(DEMO)/run --overwrite $(if $(EPOCHS),--epochs $(EPOCHS),); \
+	$(BIN)/pneumo export bundle $(DEMO)/run -o $(DEMO)/bundle --overwrite --calib-size $$calib; \
+	$(BIN)/pneumo edge build $(DEMO)/bundle --backend ort-cpu; \
+	$(BIN)/pneumo edge predict $(DEMO)/bundle "$$data/test" -o $(DEMO)/predictions.csv --csv; \
+	$(BIN)/pneumo bench $(DEMO)/bundle --keras $(DEMO)/run --batch 1,8 --duration 2 -o $(DEMO)/bench --overwrite; \
+	echo "demo: run $(DEMO)/run, bundle $(DEMO)/bundle, predictions $(DEMO)/predictions.csv, benchmark $(DEMO)/bench"
 
 test: install
 	$(BIN)/python -m pytest -m "not trt" -q
