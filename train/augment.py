@@ -11,7 +11,15 @@ random layers. Presets:
   shifts, horizontal and vertical flips (seed 001's augmented model);
 * ``light`` (ours): rotations up to 7 degrees, 10% zoom, 5% shifts and
   +-10% contrast, no flips: a chest X-ray is not left-right symmetric (the
-  heart), and positioning in a clinic varies by a few degrees and centimetres.
+  heart), and positioning in a clinic varies by a few degrees and centimetres;
+* ``xray`` (ours): ``light`` plus random Gaussian blur (sigma 0.1..1.5 px),
+  +-20% contrast and +-10% brightness. In the Kermany set, sharpness differs
+  with the label *and* between train and test: at 224x224 the mean absolute
+  horizontal gradient of train NORMAL images is 4.1-4.2 grey levels, of test
+  NORMAL images 3.6, of PNEUMONIA images 2.7-2.8 in both, so a model that
+  learns "sharp means normal" calls smooth test normals pneumonia. Random blur
+  makes sharpness a weaker cue; for ``lhu`` it moved the official-test ROC AUC
+  from 0.907 to 0.914, within the 95% intervals (README, "Training").
 
 Empty borders are filled black (``constant``), like the collimated edge of a
 radiograph, rather than mirrored anatomy.
@@ -49,6 +57,17 @@ def build_augmenter(name: str, seed: int = 0) -> Any | None:
             keras.layers.RandomZoom(0.2, seed=seed + 1, **_FILL),
             keras.layers.RandomTranslation(0.1, 0.1, seed=seed + 2, **_FILL),
             keras.layers.RandomFlip("horizontal_and_vertical", seed=seed + 3),
+        ]
+    elif name == "xray":
+        layers = [
+            keras.layers.RandomRotation(7 / 360, seed=seed, **_FILL),
+            keras.layers.RandomZoom(0.1, seed=seed + 1, **_FILL),
+            keras.layers.RandomTranslation(0.05, 0.05, seed=seed + 2, **_FILL),
+            keras.layers.RandomContrast(0.2, seed=seed + 3),
+            keras.layers.RandomBrightness(0.1, value_range=(0.0, 255.0), seed=seed + 4),
+            keras.layers.RandomGaussianBlur(
+                factor=1.0, kernel_size=5, sigma=(0.1, 1.5), value_range=(0.0, 255.0), seed=seed + 5
+            ),
         ]
     else:  # light
         layers = [

@@ -6,14 +6,16 @@
    into ``REPORTS/sweeps/FOLDER/`` (small files, committed);
 2. rewrites every block of ``REPORTS/seeds.md`` written as::
 
-       <!-- sweep-table: seed000_lhu_leak-reduced -->
+       <!-- sweep-table: seed000_lhu_leak-reduced[,OTHER...] [runs=NAME,NAME] -->
        ...generated...
        <!-- end sweep-table -->
 
-   with the rows of those sweeps (comma-separated folder names), read from the
-   copied ``results.json``. Everything outside the blocks (the prose) is kept.
+   with the rows of those sweeps (comma-separated folder names; only the named
+   runs with ``runs=``), read from the copied ``results.json``. Everything
+   outside the blocks (the prose) is kept.
 
-Runs still pending get a row saying so and the command that finishes them.
+Runs still pending get a row saying so and the sweep command that finishes them
+(as the sweep recorded it).
 """
 
 from __future__ import annotations
@@ -28,9 +30,7 @@ from typing import Any
 from edge_runtime.fileio import atomic_write_text, read_json
 from train.sweep_results import RESULT_FILES
 
-BLOCK = re.compile(
-    r"(<!-- sweep-table: (?P<names>[^>]*?) -->\n)(?P<body>.*?)(<!-- end sweep-table -->)", re.S
-)
+BLOCK = re.compile(r"(<!-- sweep-table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- end sweep-table -->)", re.S)
 
 
 def collect(sweeps: Path, reports: Path) -> list[str]:
@@ -60,7 +60,8 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def sweep_table(folder_names: list[str], reports: Path) -> str:
+def sweep_table(folder_names: list[str], reports: Path, runs: set[str] | None = None) -> str:
+    """The rows of those sweeps (only ``runs`` when given), with CIs, the study's claim, or why not run."""
     header = (
         "| run | mode | settings | test split (images) | accuracy | sensitivity | specificity | ROC AUC "
         "| accuracy at 0.5 | params | study's claim |"
@@ -73,16 +74,22 @@ def sweep_table(folder_names: list[str], reports: Path) -> str:
             continue
         results = read_json(path)
         experiment = Path(results["experiments"]).name
+        resume = results.get("command") or (
+            f"pneumo train sweep experiments/{experiment} --data DATA --out runs/sweeps/{name}"
+        )
         for row in results["rows"]:
+            if runs is not None and row["run"] not in runs:
+                continue
             if row["status"] == "done":
                 test = f"{row.get('test_split', '')} ({row.get('test_images', '')})"
                 accuracy = _metric(row, "accuracy")
                 if row.get("class_accuracy") is not None:
                     accuracy += f"; {row.get('n_classes', 3)}-class {row['class_accuracy']:.3f}"
+                ran = f"; ran {row['epochs_run']} ep" if row.get("epochs_run") else ""
                 cells = [
                     row["run"],
                     row["mode"],
-                    row["settings"],
+                    row["settings"] + ran,
                     test,
                     accuracy,
                     _metric(row, "sensitivity"),
@@ -96,11 +103,7 @@ def sweep_table(folder_names: list[str], reports: Path) -> str:
                 if row["status"] == "not run":
                     why = f"not run: {row['detail']}"
                 else:
-                    flags = "--reduced " if row["mode"].startswith("reduced") else ""
-                    why = (
-                        f"PENDING ({row['status']}): finish with `pneumo train sweep experiments/{experiment} "
-                        f"--data DATA {flags}--out runs/sweeps/{name}`"
-                    )
+                    why = f"PENDING ({row['status']}): finish with `{resume}`"
                 cells = [row["run"], row["mode"], row["settings"], why, "", "", "", "", "", "", row["claim"]]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -108,8 +111,14 @@ def sweep_table(folder_names: list[str], reports: Path) -> str:
 
 def refresh(markdown: str, reports: Path) -> str:
     def replace(match: re.Match[str]) -> str:
-        names = [n.strip() for n in match.group("names").split(",") if n.strip()]
-        return match.group(1) + sweep_table(names, reports) + match.group(4)
+        names: list[str] = []
+        runs: set[str] | None = None
+        for token in match.group("spec").split():
+            if token.startswith("runs="):
+                runs = {n for n in token[5:].split(",") if n}
+            else:
+                names += [n for n in token.split(",") if n]
+        return match.group(1) + sweep_table(names, reports, runs) + match.group(4)
 
     return BLOCK.sub(replace, markdown)
 

@@ -55,6 +55,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -89,6 +90,8 @@ RUN_KEYS = ("name", "study", "claim", "note", "skip", "reduced")
 SWEEP_OWNED = ("out", "overwrite")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 STATE_FILE = "state.json"
+# state.json entry of the sweep itself (run names start with a letter or digit, so it cannot clash)
+SWEEP_KEY = "_sweep"
 LOCK_FILE = ".sweep.lock"
 
 
@@ -248,6 +251,7 @@ class SweepConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     dry_run: bool = False
     python: str = sys.executable
+    command: str = ""  # the command line, recorded in state.json and results.json to tell how to resume
 
 
 @dataclass(frozen=True)
@@ -452,10 +456,13 @@ def execute(run: PlannedRun, config: SweepConfig, state: dict[str, Any]) -> RunO
     entry = state.setdefault(name, {"attempts": 0})
     if run.spec.skip:
         return RunOutcome(name, "not-run", run.spec.skip)
-    if folder.is_dir() and is_complete(folder):
-        changed = settings_changed(run)
-        if not changed:
-            return RunOutcome(name, "skipped-complete", "complete run folder with the same settings")
+    complete = folder.is_dir() and is_complete(folder)
+    changed = settings_changed(run) if complete else []
+    if complete and not changed:
+        return RunOutcome(name, "skipped-complete", "complete run folder with the same settings")
+    if not run.selected:
+        return RunOutcome(name, "pending", "not selected by --only; left as it is")
+    if complete:
         moved = move_aside(folder, "superseded")
         log.warning(
             "%s: settings changed (%s); previous run moved to %s", name, ", ".join(changed), moved.name
@@ -463,8 +470,6 @@ def execute(run: PlannedRun, config: SweepConfig, state: dict[str, Any]) -> RunO
     elif folder.exists():
         moved = move_aside(folder, "incomplete")
         log.warning("%s: incomplete attempt moved to %s; starting again", name, moved.name)
-    if not run.selected:
-        return RunOutcome(name, "pending", "not selected by --only")
     root = sweep_root(run)
     (root / "configs").mkdir(parents=True, exist_ok=True)
     (root / "logs").mkdir(parents=True, exist_ok=True)
@@ -572,9 +577,17 @@ def _run_locked(
     shutil.copyfile(experiment.path, root / "experiments.toml.tmp")
     os.replace(root / "experiments.toml.tmp", root / "experiments.toml")
     state = load_state(root)
+    if config.command:
+        state[SWEEP_KEY] = {"command": config.command, "updated": utc_now()}
     outcomes: dict[str, RunOutcome] = {}
     todo = [run for run in plan if run.selected and not run.spec.skip]
-    bar = tqdm(total=len(todo), desc=f"sweep {experiment.name}", unit="run", file=sys.stderr)
+    bar = tqdm(
+        total=len(todo),
+        desc=f"sweep {experiment.name}",
+        unit="run",
+        file=sys.stderr,
+        disable=not log.isEnabledFor(logging.INFO),  # --quiet
+    )
     try:
         for run in plan:
             if run.selected and not run.spec.skip:
@@ -719,6 +732,7 @@ def main(argv: list[str], prog: str = "pneumo train sweep") -> int:
             only=only,
             overrides=parse_overrides(args.overrides),
             dry_run=args.dry_run or args.results_only,
+            command=" ".join([prog, *(shlex.quote(a) for a in argv)]),
         )
         experiment = load_experiment(config.experiments)
         plan = plan_sweep(experiment, config)

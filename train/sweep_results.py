@@ -352,7 +352,13 @@ def write_results(
     atomic_write_text(root / "results.csv", results_csv(rows))
     atomic_write_text(root / "results.md", results_markdown(experiment, rows))
     atomic_write_json(
-        root / "results.json", {"sweep": experiment.name, "experiments": str(experiment.path), "rows": rows}
+        root / "results.json",
+        {
+            "sweep": experiment.name,
+            "experiments": str(experiment.path),
+            "command": (state.get("_sweep") or {}).get("command", ""),
+            "rows": rows,
+        },
     )
     plot_results(experiment, rows, root / "results.png")
     return rows

@@ -120,6 +120,21 @@ def test_training_batches_are_float_pixels_with_targets_and_weights() -> None:
 
 
 @pytest.mark.tf
+@pytest.mark.parametrize("preset", ["flip", "light", "xray", "seed001", "seed004"])
+def test_augmentation_presets_keep_shape_and_pixel_range(preset: str) -> None:
+    from train.augment import build_augmenter
+
+    x = np.random.default_rng(1).integers(0, 256, (4, 24, 24, 1)).astype(np.float32)
+    augmenter = build_augmenter(preset, seed=0)
+    y = np.asarray(augmenter(x, training=True))
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert y.min() >= 0.0 and y.max() <= 255.0
+    assert not np.array_equal(y, x)  # it does something
+    np.testing.assert_array_equal(np.asarray(augmenter(x, training=False)), x)  # and nothing at inference
+    assert build_augmenter("none") is None
+
+
+@pytest.mark.tf
 @pytest.mark.slow
 def test_training_is_deterministic_with_a_seed(tmp_path: Path, synth_small: Path) -> None:
     from train.fit import train_run

@@ -327,18 +327,23 @@ def test_tiny_sweep_killed_then_resumed_skips_finished_runs(tmp_path: Path) -> N
     reports = tmp_path / "reports"
     reports.mkdir()
     (reports / "seeds.md").write_text(
-        "intro\n<!-- sweep-table: sweep,absent -->\nold\n<!-- end sweep-table -->\nend\n"
+        "intro\n<!-- sweep-table: sweep,absent -->\nold\n<!-- end sweep-table -->\nmiddle\n"
+        "<!-- sweep-table: sweep runs=broken -->\n<!-- end sweep-table -->\nend\n"
     )
     assert report_main(["--sweeps", str(tmp_path), "--reports", str(reports)]) == 0
     assert (reports / "sweeps" / "sweep" / "results.png").is_file()
     seeds = (reports / "seeds.md").read_text()
+    full, filtered = seeds.split("middle\n")
     assert (
-        seeds.startswith("intro\n")
-        and seeds.endswith("<!-- end sweep-table -->\nend\n")
+        full.startswith("intro\n")
+        and filtered.endswith("<!-- end sweep-table -->\nend\n")
         and "old" not in seeds
     )
-    assert "| second | full SYNTHETIC |" in seeds and "*absent: no results yet*" in seeds
-    assert "| first | full SYNTHETIC | adagrad" in seeds and "PENDING (failed)" in seeds
+    assert "| second | full SYNTHETIC |" in full and "*absent: no results yet*" in full
+    assert "| first | full SYNTHETIC | adagrad" in full
+    # a pending row says how to finish it: the sweep's own command line, as recorded in state.json
+    assert f"PENDING (failed): finish with `pneumo train sweep {experiment} --out {out}`" in filtered
+    assert "| second |" not in filtered and "| first |" not in filtered
 
 
 def test_reduced_rows_say_reduced(tmp_path: Path) -> None:
@@ -367,3 +372,30 @@ def test_one_sweep_per_folder_and_stale_locks_are_taken_over(tmp_path: Path) -> 
     (tmp_path / LOCK_FILE).write_text(str(dead.pid))  # a sweep that was SIGKILLed
     with sweep_lock(tmp_path):
         assert (tmp_path / LOCK_FILE).read_text() == str(os.getpid())
+
+
+def test_only_leaves_other_runs_as_they_are_and_a_failed_run_is_moved_aside_on_retry(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    experiment = _write(
+        tmp_path / "two.toml",
+        f'[defaults]\narch = "lhu"\ndata = "{empty}"\n[[run]]\nname = "other"\n[[run]]\nname = "broken"\n',
+    )
+    out = tmp_path / "sweep"
+    partial = out / "runs" / "other" / "partial.txt"
+    partial.parent.mkdir(parents=True)
+    partial.write_text("an interrupted attempt")
+    # the broken run fails in its own process (empty data folder) before any TensorFlow import
+    assert main([str(experiment), "--out", str(out), "--only", "broken"]) == 1
+    assert partial.read_text() == "an interrupted attempt", "--only must not touch other runs"
+    assert not (out / "runs" / "other.incomplete-1").exists()
+    assert (out / "runs" / "broken").is_dir() and (out / "logs" / "broken.attempt-1.log").is_file()
+    assert main([str(experiment), "--out", str(out), "--only", "broken"]) == 1
+    assert (out / "runs" / "broken.incomplete-1").is_dir(), "the failed attempt is kept, moved aside"
+    state = json.loads((out / "state.json").read_text())
+    assert state["broken"] == {**state["broken"], "attempts": 2, "status": "failed"}
+    assert "other" not in state or state["other"]["attempts"] == 0
+    with open(out / "results.csv", newline="") as handle:
+        rows = {row["run"]: row for row in csv.DictReader(handle)}
+    assert rows["other"]["status"] == "pending" and rows["broken"]["status"] == "failed"
+    assert "the folder is empty" in rows["broken"]["detail"]
