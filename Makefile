@@ -15,13 +15,16 @@ DEMO   ?= demo
 ARCH   ?= dsconv
 EPOCHS ?=
 EXTRAS ?= train,dev,bench,dicom
+# On a Jetson: make test-trt VENV=.venv-jetson VENV_FLAGS=--system-site-packages EXTRAS=dev,dicom
+# (TensorRT, pycuda and GStreamer OpenCV come from JetPack, not the package index).
+VENV_FLAGS ?=
 
 .PHONY: install demo test test-fast test-trt lint bench clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	@touch $@

@@ -77,13 +77,15 @@ def sniff_header(data: bytes) -> ImageHeader:
     return ImageHeader("unknown", None, None)
 
 
-def _jpeg_size(data: bytes) -> tuple[int | None, int | None]:
-    """Walk JPEG markers to the first SOF segment and return (width, height)."""
+JPEG_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_sof_offset(data: bytes) -> int | None:
+    """Offset of the first JPEG start-of-frame marker (0xFF, SOFn), walking segment lengths."""
     pos = 2
-    sof_markers = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
-            return None, None
+            return None
         marker = data[pos + 1]
         if marker == 0xFF:
             pos += 1
@@ -91,12 +93,20 @@ def _jpeg_size(data: bytes) -> tuple[int | None, int | None]:
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             pos += 2
             continue
+        if marker in JPEG_SOF_MARKERS:
+            return pos
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if marker in sof_markers and pos + 9 <= len(data):
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return width, height
         pos += 2 + length
-    return None, None
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int | None, int | None]:
+    """(width, height) declared by the first JPEG SOF segment."""
+    pos = jpeg_sof_offset(data)
+    if pos is None or pos + 9 > len(data):
+        return None, None
+    height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+    return width, height
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -36,7 +36,14 @@ from tqdm import tqdm
 from edge_runtime.contract import PreprocessContract
 from edge_runtime.errors import ImageDecodeError
 from edge_runtime.fileio import sha256_bytes
-from edge_runtime.preprocess import MAX_PIXELS, apply_contract, is_image_name, load_image, sniff_header
+from edge_runtime.preprocess import (
+    MAX_PIXELS,
+    apply_contract,
+    is_image_name,
+    jpeg_sof_offset,
+    load_image,
+    sniff_header,
+)
 from train.data import (
     OFFICIAL_SPLITS,
     UNKNOWN_SOURCE,
@@ -75,7 +82,6 @@ _EXTENSION_FORMAT = {
     ".tif": "tiff", ".tiff": "tiff", ".dcm": "dicom", ".dicom": "dicom",
 }  # fmt: skip
 _PNG_COLOR = {0: "gray", 2: "rgb", 3: "palette", 4: "gray+alpha", 6: "rgba"}
-_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
 @dataclass
@@ -301,21 +307,10 @@ def _read_header(data: bytes, check: FileCheck) -> None:
 
 def _jpeg_sof(data: bytes) -> tuple[int | None, int | None]:
     """(sample precision, component count) of the first JPEG SOF segment."""
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None, None
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if marker in _SOF_MARKERS and pos + 10 <= len(data):
-            return data[pos + 4], data[pos + 9]
-        pos += 2 + length
+    pos = jpeg_sof_offset(data)
+    if pos is None or pos + 10 > len(data):
+        return None, None
+    return data[pos + 4], data[pos + 9]
     return None, None
 
 
