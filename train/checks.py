@@ -311,7 +311,6 @@ def _jpeg_sof(data: bytes) -> tuple[int | None, int | None]:
     if pos is None or pos + 10 > len(data):
         return None, None
     return data[pos + 4], data[pos + 9]
-    return None, None
 
 
 def _mark_duplicates(files: list[FileCheck]) -> list[dict[str, Any]]:
