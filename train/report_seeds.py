@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.fileio import atomic_write_text, read_json
-from train.sweep_results import RESULT_FILES
+from train.sweep_results import RESULT_FILES, with_ci
 
 BLOCK = re.compile(r"(<!-- sweep-table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- end sweep-table -->)", re.S)
 
@@ -44,16 +44,6 @@ def collect(sweeps: Path, reports: Path) -> list[str]:
                 shutil.copyfile(folder / name, target / name)
         copied.append(folder.name)
     return copied
-
-
-def _metric(row: dict[str, Any], name: str) -> str:
-    value = row.get(name)
-    if value is None:
-        return ""
-    low, high = row.get(f"{name}_low"), row.get(f"{name}_high")
-    if low is None or high is None:
-        return f"{value:.3f}"
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def _cell(text: Any) -> str:
@@ -82,7 +72,7 @@ def sweep_table(folder_names: list[str], reports: Path, runs: set[str] | None = 
                 continue
             if row["status"] == "done":
                 test = f"{row.get('test_split', '')} ({row.get('test_images', '')})"
-                accuracy = _metric(row, "accuracy")
+                accuracy = with_ci(row, "accuracy")
                 if row.get("class_accuracy") is not None:
                     accuracy += f"; {row.get('n_classes', 3)}-class {row['class_accuracy']:.3f}"
                 ran = f"; ran {row['epochs_run']} ep" if row.get("epochs_run") else ""
@@ -92,9 +82,9 @@ def sweep_table(folder_names: list[str], reports: Path, runs: set[str] | None = 
                     row["settings"] + ran,
                     test,
                     accuracy,
-                    _metric(row, "sensitivity"),
-                    _metric(row, "specificity"),
-                    _metric(row, "roc_auc"),
+                    with_ci(row, "sensitivity"),
+                    with_ci(row, "specificity"),
+                    with_ci(row, "roc_auc"),
                     "" if row.get("accuracy_at_0.5") is None else f"{row['accuracy_at_0.5']:.3f}",
                     f"{row['params']:,}" if row.get("params") else "",
                     row["claim"],

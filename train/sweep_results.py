@@ -211,7 +211,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _with_ci(row: dict[str, Any], name: str) -> str:
+def with_ci(row: dict[str, Any], name: str) -> str:
+    """'0.912 [0.890, 0.933]' from a results row's value and its 95% interval columns."""
     value = row.get(name)
     if value is None:
         return ""
@@ -262,13 +263,13 @@ def results_markdown(experiment: Experiment, rows: list[dict[str, Any]]) -> str:
     lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
         test = f"{row.get('test_split', '')} ({row['test_images']})" if row.get("test_images") else ""
-        accuracy = _with_ci(row, "accuracy")
+        accuracy = with_ci(row, "accuracy")
         if row.get("class_accuracy") is not None:
             accuracy += f"; {row['n_classes']}-class accuracy {row['class_accuracy']:.3f}"
         cells = [
             row["run"], row["study"], row["mode"], row["arch"], row["settings"], test, accuracy,
-            _with_ci(row, "sensitivity"), _with_ci(row, "specificity"), _with_ci(row, "f1"),
-            _with_ci(row, "roc_auc"), _fmt(row.get("accuracy_at_0.5")), _count(row.get("params")),
+            with_ci(row, "sensitivity"), with_ci(row, "specificity"), with_ci(row, "f1"),
+            with_ci(row, "roc_auc"), _fmt(row.get("accuracy_at_0.5")), _count(row.get("params")),
             _count(row.get("flops")),
             _fmt(row.get("fit_seconds"), 0), row["claim"], row["status"],
         ]  # fmt: skip
