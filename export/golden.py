@@ -12,7 +12,11 @@
 
 FP16 and INT8 tolerances are set from what ONNX Runtime's own FP16 and Q/DQ
 graphs do on these images (``ort_reference``), with headroom for TensorRT's
-different kernels, and never below a floor.
+different kernels, never below a floor and never above a ceiling. The ceiling
+keeps the self-test meaningful: a tolerance of 0.5 would pass an engine that
+outputs noise. A variant whose *own* ONNX Runtime outputs already exceed the
+ceiling is refused at export (:func:`golden_tolerances` raises), since no
+engine built from it could pass an honest self-test.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ GOLDEN_SCHEMA = 1
 # Floors for TensorRT vs ONNX Runtime: FP16 kernels differ in accumulation order, INT8 in fusion and rounding.
 FP16_FLOOR, FP16_HEADROOM = 1e-2, 4.0
 INT8_FLOOR, INT8_HEADROOM = 5e-2, 2.0
+# Largest tolerance that still tells a good engine from a broken one on P(abnormal) in 0..1.
+FP16_CEILING, INT8_CEILING = 5e-2, 0.15
 AGREEMENT_RULE = (
     "decisions at decision_threshold must agree with fp32_outputs on every image whose fp32 P(abnormal) "
     "is more than tolerance[precision] away from decision_threshold"
@@ -45,12 +51,30 @@ AGREEMENT_RULE = (
 
 
 def golden_tolerances(config: GoldenConfig, measured: dict[str, ParityResult]) -> dict[str, float]:
-    """Per-precision max abs difference allowed against ``fp32_outputs``."""
+    """Per-precision max abs difference allowed against ``fp32_outputs``.
+
+    ExportError when ONNX Runtime's own FP16 or Q/DQ outputs differ from FP32
+    by more than that precision's ceiling.
+    """
     tolerance = {"fp32": config.fp32_tolerance}
-    if "fp16" in measured:
-        tolerance["fp16"] = max(FP16_FLOOR, FP16_HEADROOM * measured["fp16"].max_abs_diff)
-    if "int8" in measured:
-        tolerance["int8"] = max(INT8_FLOOR, INT8_HEADROOM * measured["int8"].max_abs_diff)
+    rules = {"fp16": (FP16_FLOOR, FP16_HEADROOM, FP16_CEILING), "int8": (INT8_FLOOR, INT8_HEADROOM, INT8_CEILING)}
+    for precision, (floor, headroom, ceiling) in rules.items():
+        if precision not in measured:
+            continue
+        diff = measured[precision].max_abs_diff
+        if diff > ceiling:
+            raise ExportError(
+                f"the {precision.upper()} model's own ONNX Runtime outputs differ from FP32 by up to {diff:.3g} "
+                f"on the golden set, more than the {ceiling:g} a golden self-test can accept; this variant "
+                "would mislead the Jetson's self-test. "
+                + (
+                    "Calibrate on more images (--calib-size) or another --calib-method, or leave INT8 out "
+                    "(--precisions fp32,fp16)."
+                    if precision == "int8"
+                    else "Leave FP16 out (--precisions fp32,int8) and report the model's FP16 overflow."
+                )
+            )
+        tolerance[precision] = min(ceiling, max(floor, headroom * diff))
     return {k: float(f"{v:.3g}") for k, v in tolerance.items()}
 
 

@@ -20,9 +20,17 @@ from export.accuracy import require_int8_sensitivity
 from export.bundle import make_bundle
 from export.cli import main
 from export.config import BundleConfig, GoldenConfig
-from export.errors import AccuracyDropError, RunFolderError
-from export.golden import golden_check, load_golden
-from export.parity import onnx_outputs
+from export.errors import AccuracyDropError, ExportError, RunFolderError
+from export.golden import (
+    FP16_CEILING,
+    FP16_FLOOR,
+    INT8_CEILING,
+    INT8_FLOOR,
+    golden_check,
+    golden_tolerances,
+    load_golden,
+)
+from export.parity import ParityResult, onnx_outputs
 from tests.export.conftest import TinyRun
 
 
@@ -149,3 +157,29 @@ def test_int8_gate_fails_on_a_sensitivity_drop(tmp_path: Path) -> None:
     with pytest.raises(AccuracyDropError, match=r"model_int8_qdq\.onnx: INT8 sensitivity 0\.920 is 3\.0 points below"):
         require_int8_sensitivity(results, 2.0, tmp_path / "model_int8_qdq.onnx")
     assert require_int8_sensitivity(results, 3.5, tmp_path / "model_int8_qdq.onnx") == pytest.approx(3.0)
+
+
+def _parity(diff: float) -> ParityResult:
+    return ParityResult(
+        reference="fp32", candidate="x", images="golden set", n_images=32, max_abs_diff=diff,
+        mean_abs_diff=diff / 4, decision_agreement=1.0, decisions_differ=0, threshold=0.5,
+        tolerance=None, passed=True,
+    )
+
+
+def test_golden_tolerance_is_headroom_over_ort_between_floor_and_ceiling() -> None:
+    config = GoldenConfig()
+    tiny = golden_tolerances(config, {"fp16": _parity(1e-4), "int8": _parity(1e-3)})
+    assert tiny == {"fp32": config.fp32_tolerance, "fp16": FP16_FLOOR, "int8": INT8_FLOOR}
+    middle = golden_tolerances(config, {"int8": _parity(0.04)})
+    assert middle["int8"] == pytest.approx(0.08)
+    near = golden_tolerances(config, {"int8": _parity(0.1)})
+    assert near["int8"] == INT8_CEILING  # 2 x 0.1 would be 0.2: capped
+
+
+def test_a_variant_beyond_the_ceiling_is_refused_with_what_to_do() -> None:
+    # The synthetic demo's INT8 once differed by 0.45 and got a meaningless tolerance of 0.9.
+    with pytest.raises(ExportError, match=r"INT8.*0\.45.*--calib-size.*--precisions fp32,fp16"):
+        golden_tolerances(GoldenConfig(), {"int8": _parity(0.45)})
+    with pytest.raises(ExportError, match="FP16"):
+        golden_tolerances(GoldenConfig(), {"fp16": _parity(FP16_CEILING * 2)})
