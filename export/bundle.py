@@ -48,7 +48,7 @@ from export.errors import ExportError, OutputExistsError, ParityError, RunFolder
 from export.golden import GOLDEN_DIR, golden_check, golden_tolerances, write_golden
 from export.onnx_from_keras import export_onnx
 from export.parity import ParityResult, compare_outputs, onnx_outputs
-from export.precision import fp16_from_onnx, int8_qdq_from_onnx, qdq_summary
+from export.precision import fp16_from_onnx, qdq_summary
 from export.report import REPORT_FILE, new_report, write_report
 from export.run_folder import (
     MODEL_CARD_FILE,
@@ -58,6 +58,7 @@ from export.run_folder import (
     label_indices,
     load_images,
 )
+from export.sensitivity import int8_qdq_within_target
 
 
 @dataclass
@@ -272,12 +273,19 @@ def _build(run: RunFolder, root: Path, config: BundleConfig, steps: _Steps) -> d
 
     if "int8" in config.precisions:
         with steps.step("int8") as record:
-            settings = int8_qdq_from_onnx(paths["fp32"], paths["int8"], calibration.images, config.quant)
+            settings = int8_qdq_within_target(paths["fp32"], paths["int8"], calibration.images, config.quant)
             record.files.append(paths["int8"])
             result = _compare(fp32_parity, onnx_outputs(paths["int8"], parity_batch, precision="int8"), "int8", info)
             summary = qdq_summary(paths["int8"])
             report["int8"] = {"file": paths["int8"].name, "quantization": settings, "qdq": summary, "parity": result.to_dict()}
             record.detail = f"{summary['quantize_linear']} Q / {summary['dequantize_linear']} DQ nodes, {result.describe()}"
+            mixed = settings["mixed_precision"]
+            if mixed:
+                record.detail += (
+                    f"; {len(mixed['float_layers'])} layer(s) kept in float took the calibration-set diff from "
+                    f"{mixed['initial_max_diff']:.3g} to {mixed['final_max_diff']:.3g}"
+                    + ("" if mixed["target_met"] else f" (target {mixed['target_max_diff']:g} NOT met)")
+                )
 
     with steps.step("accuracy") as record:
         results, outputs = evaluate_precisions(

@@ -125,6 +125,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "--quantize-first-layer", action="store_true", help="INT8 for the first conv too (default: kept in float)"
     )
     bundle.add_argument("--keep-head", action="store_true", help="keep the final classifier layer in float")
+    bundle.add_argument(
+        "--int8-target", type=_target, default=QuantConfig.target_max_diff, metavar="DIFF|off",
+        help="mixed precision: if INT8 outputs differ from FP32 by more than DIFF on the calibration images, "
+        "keep the most sensitive layers in float until within it (default %(default)s; off: never)",
+    )
+    bundle.add_argument(
+        "--int8-max-float-layers", type=int, default=QuantConfig.max_float_layers, metavar="N",
+        help="at most N layers kept in float by that search (default %(default)s)",
+    )
     bundle.add_argument("--tar", action="store_true", help="also write BUNDLE.tar.gz beside the folder")
     bundle.add_argument("--overwrite", action="store_true", help="replace an existing bundle at -o")
     bundle.add_argument("--json", action="store_true", help="print the export report as JSON on stdout")
@@ -244,6 +253,16 @@ def _cmd_calib(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- bundle
 
 
+def _target(text: str) -> float | None:
+    """``--int8-target``: a positive float, or 'off'."""
+    if text.strip().lower() in ("off", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number like 0.05 or 'off', got {text!r}") from None
+
+
 def _cmd_bundle(args: argparse.Namespace) -> int:
     from export.bundle import StepResult, make_bundle, summary_rows
 
@@ -256,6 +275,8 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
             max_sensitivity_drop=args.max_int8_drop,
             keep_first_layer=not args.quantize_first_layer,
             keep_head=args.keep_head,
+            target_max_diff=args.int8_target,
+            max_float_layers=args.int8_max_float_layers,
         ),
         golden=GoldenConfig(size=args.golden, seed=args.seed),
         data_root=args.data,

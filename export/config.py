@@ -93,6 +93,14 @@ class QuantConfig:
     keep_head: bool = False
     # The build fails when INT8 sensitivity on the test split is this many points below FP32.
     max_sensitivity_drop: float = 2.0
+    # Layers kept in float by name (set by the mixed-precision search, export/sensitivity.py).
+    float_nodes: tuple[str, ...] = ()
+    # Mixed precision: when the fully quantized graph's outputs differ from FP32 by more than this on the
+    # calibration images, keep the most sensitive layers in float (None: never). 0.05 keeps the golden
+    # self-test tolerance (2x this) well inside its 0.15 ceiling.
+    target_max_diff: float | None = 0.05
+    max_float_layers: int = 6
+    sensitivity_images: int = 64
 
     def __post_init__(self) -> None:
         _check(
@@ -101,6 +109,12 @@ class QuantConfig:
         )
         _check(1 <= self.batch_size <= 256, f"calibration batch {self.batch_size} must be within 1..256")
         _check(bool(self.op_types), "at least one op type must be quantized")
+        _check(
+            self.target_max_diff is None or 0 < self.target_max_diff <= 1,
+            f"--int8-target {self.target_max_diff} must be in (0, 1] (or 'off')",
+        )
+        _check(0 <= self.max_float_layers <= 64, f"--int8-max-float-layers {self.max_float_layers} must be 0..64")
+        _check(8 <= self.sensitivity_images <= 4096, f"sensitivity images {self.sensitivity_images} must be 8..4096")
         _check(
             0 <= self.max_sensitivity_drop <= 100,
             f"--max-int8-drop {self.max_sensitivity_drop} must be within 0..100 points",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,6 @@ def int8_qdq_from_onnx(source: Path, output: Path, calibration: np.ndarray, conf
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from export.onnx_from_keras import save_onnx
 
@@ -129,13 +129,9 @@ def int8_qdq_from_onnx(source: Path, output: Path, calibration: np.ndarray, conf
     graph_input = model.graph.input[0]
     _check_calibration(calibration, graph_input, source)
     options = quantization_options(config)
-    with tempfile.TemporaryDirectory(prefix="pneumo-int8-") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quantized = Path(tmp) / "quantized.onnx"
-        # Shape inference + constant folding first, as ONNX Runtime's quantization guide asks:
-        # tensors of unknown shape are not quantized.
-        quant_pre_process(str(source), str(prepared))
-        excluded = _excluded_nodes(onnx.load(str(prepared)), config)
+    with prepared_model(source) as prepared:
+        quantized = prepared.with_name("quantized.onnx")
+        excluded = excluded_nodes(onnx.load(str(prepared)), config)
         # quantize_static prints calibration progress on stdout; stdout is reserved for --json.
         with contextlib.redirect_stdout(sys.stderr):
             try:
@@ -173,10 +169,25 @@ def int8_qdq_from_onnx(source: Path, output: Path, calibration: np.ndarray, conf
     }
 
 
-def _excluded_nodes(model: Any, config: QuantConfig) -> list[str]:
-    """Names of the first conv and/or the classifier head, when the config keeps them in float."""
+@contextlib.contextmanager
+def prepared_model(source: Path) -> Iterator[Path]:
+    """``source`` after ONNX Runtime's quantization pre-processing, in a temporary folder.
+
+    Shape inference + constant folding first, as ONNX Runtime's quantization
+    guide asks: tensors of unknown shape are not quantized.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="pneumo-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared))
+        yield prepared
+
+
+def excluded_nodes(model: Any, config: QuantConfig) -> list[str]:
+    """Names of the layers kept in float: the first conv and/or the head when asked, and ``float_nodes``."""
     quantizable = [n for n in model.graph.node if n.op_type in config.op_types]
-    excluded = []
+    excluded = list(config.float_nodes)
     if config.keep_first_layer and quantizable:
         excluded.append(quantizable[0].name)
     if config.keep_head and quantizable and quantizable[-1].op_type in ("MatMul", "Gemm"):

@@ -1,0 +1,162 @@
+"""Mixed-precision INT8: keep in float the few layers whose quantization moves the output most.
+
+A Q/DQ graph says per layer what runs in int8: a Conv without a Q/DQ pair on
+its input runs in FP16/FP32 on TensorRT (and in float on ONNX Runtime), so
+leaving out the most sensitive layers is how NVIDIA's Model Optimizer and
+TensorRT's own debugging guide recover INT8 accuracy without retraining.
+
+The search runs only when the fully quantized graph misses
+``QuantConfig.target_max_diff`` on the calibration images (the training
+split: the test split never decides anything here):
+
+1. sensitivity: quantize one layer alone, calibrated on a probe slice of the
+   calibration set, and record the max abs difference of the raw outputs
+   from FP32 on that slice;
+2. greedy: keep the most sensitive layers in float, one more each round
+   (full calibration set), until the graph is within the target or
+   ``max_float_layers`` is reached; the best graph found is kept and the
+   report says whether the target was met.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.config import QuantConfig
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """How far the outputs move when only ``name`` is quantized."""
+
+    name: str
+    op_type: str
+    max_abs_diff: float
+
+
+@dataclass(frozen=True)
+class MixedPrecision:
+    """The outcome of the search: which layers stay in float and how close the graph came to the target."""
+
+    target_max_diff: float
+    initial_max_diff: float
+    final_max_diff: float
+    float_layers: tuple[str, ...]
+    target_met: bool
+    sensitivity: tuple[LayerSensitivity, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["float_layers"] = list(self.float_layers)
+        data["sensitivity"] = [asdict(s) for s in self.sensitivity]
+        return data
+
+
+def output_diff(fp32_outputs: np.ndarray, model: Path, images: np.ndarray) -> float:
+    """Max abs difference of ``model``'s raw outputs from ``fp32_outputs`` on ``images``."""
+    from export.parity import onnx_outputs
+
+    return float(np.abs(onnx_outputs(model, images, precision="int8") - fp32_outputs).max())
+
+
+def quantizable_layers(source: Path, config: QuantConfig) -> list[tuple[str, str]]:
+    """(node name, op type) of every layer ``config`` would quantize, in graph order, after pre-processing."""
+    import onnx
+
+    from export.precision import excluded_nodes, prepared_model
+
+    with prepared_model(source) as prepared:
+        model = onnx.load(str(prepared))
+    excluded = set(excluded_nodes(model, config))
+    return [(n.name, n.op_type) for n in model.graph.node if n.op_type in config.op_types and n.name not in excluded]
+
+
+def layer_sensitivity(
+    source: Path, workdir: Path, calibration: np.ndarray, config: QuantConfig
+) -> list[LayerSensitivity]:
+    """Each quantizable layer quantized alone, most sensitive first."""
+    from export.parity import onnx_outputs
+    from export.precision import int8_qdq_from_onnx
+
+    layers = quantizable_layers(source, config)
+    probe = calibration[: config.sensitivity_images]
+    reference = onnx_outputs(source, probe)
+    names = [name for name, _ in layers]
+    results = []
+    for name, op_type in layers:
+        alone = replace(config, float_nodes=tuple(n for n in names if n != name))
+        candidate = workdir / "single-layer.onnx"
+        int8_qdq_from_onnx(source, candidate, probe, alone)
+        results.append(LayerSensitivity(name, op_type, output_diff(reference, candidate, probe)))
+    return sorted(results, key=lambda s: s.max_abs_diff, reverse=True)
+
+
+def search_float_layers(
+    source: Path, calibration: np.ndarray, config: QuantConfig, initial_max_diff: float
+) -> tuple[QuantConfig, MixedPrecision]:
+    """The config keeping the fewest most-sensitive layers in float that meets ``config.target_max_diff``.
+
+    When no count up to ``max_float_layers`` meets it, the closest one found.
+    """
+    import tempfile
+
+    from export.parity import onnx_outputs
+    from export.precision import int8_qdq_from_onnx
+
+    assert config.target_max_diff is not None
+    reference = onnx_outputs(source, calibration)
+    with tempfile.TemporaryDirectory(prefix="pneumo-mixed-") as tmp:
+        workdir = Path(tmp)
+        ranked = layer_sensitivity(source, workdir, calibration, config)
+        best_config, best_diff = config, initial_max_diff
+        for count in range(1, min(config.max_float_layers, len(ranked)) + 1):
+            trial = replace(config, float_nodes=tuple(s.name for s in ranked[:count]))
+            candidate = workdir / "candidate.onnx"
+            int8_qdq_from_onnx(source, candidate, calibration, trial)
+            diff = output_diff(reference, candidate, calibration)
+            if diff < best_diff:
+                best_config, best_diff = trial, diff
+            if diff <= config.target_max_diff:
+                break
+    outcome = MixedPrecision(
+        target_max_diff=config.target_max_diff,
+        initial_max_diff=initial_max_diff,
+        final_max_diff=best_diff,
+        float_layers=best_config.float_nodes,
+        target_met=best_diff <= config.target_max_diff,
+        sensitivity=tuple(ranked),
+    )
+    return best_config, outcome
+
+
+def int8_qdq_within_target(
+    source: Path, output: Path, calibration: np.ndarray, config: QuantConfig
+) -> dict[str, Any]:
+    """:func:`export.precision.int8_qdq_from_onnx`, then the mixed-precision search when the target is missed.
+
+    Returns the quantization settings, with a ``mixed_precision`` record
+    (None when the fully quantized graph was within the target or the search is off).
+    """
+    from export.parity import onnx_outputs
+    from export.precision import int8_qdq_from_onnx
+
+    settings = int8_qdq_from_onnx(source, output, calibration, config)
+    settings["target_max_diff"] = config.target_max_diff
+    settings["mixed_precision"] = None
+    if config.target_max_diff is None:
+        return settings
+    diff = output_diff(onnx_outputs(source, calibration), output, calibration)
+    settings["calibration_max_diff"] = diff
+    if diff <= config.target_max_diff or config.max_float_layers == 0:
+        return settings
+    chosen, outcome = search_float_layers(source, calibration, config, diff)
+    if outcome.float_layers:
+        settings = int8_qdq_from_onnx(source, output, calibration, chosen)
+        settings["target_max_diff"] = config.target_max_diff
+        settings["calibration_max_diff"] = outcome.final_max_diff
+    settings["mixed_precision"] = outcome.to_dict()
+    return settings

@@ -1,0 +1,75 @@
+"""Mixed-precision INT8: per-layer sensitivity on the calibration images and the float-layer search,
+on the tiny run's real ONNX model with ONNX Runtime's real quantizer."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.calibration import build_calibration_set
+from export.config import CalibrationConfig, QuantConfig
+from export.errors import ExportError
+from export.parity import onnx_outputs
+from export.precision import qdq_summary
+from export.run_folder import RunFolder
+from export.sensitivity import int8_qdq_within_target, layer_sensitivity, quantizable_layers
+from tests.export.conftest import TinyRun
+
+pytestmark = pytest.mark.tf
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_run: TinyRun) -> np.ndarray:
+    run = RunFolder.resolve(tiny_run.folder)
+    return build_calibration_set(run.split_images("train"), run.contract, run.info, CalibrationConfig(size=128)).images
+
+
+def test_every_quantizable_layer_is_ranked_most_sensitive_first(
+    tiny_onnx: Path, calibration: np.ndarray, tmp_path: Path
+) -> None:
+    config = replace(QuantConfig(), sensitivity_images=16)
+    layers = quantizable_layers(tiny_onnx, config)
+    ranked = layer_sensitivity(tiny_onnx, tmp_path, calibration, config)
+    assert sorted(s.name for s in ranked) == sorted(name for name, _ in layers)
+    diffs = [s.max_abs_diff for s in ranked]
+    assert diffs == sorted(diffs, reverse=True) and all(d >= 0 for d in diffs)
+    assert diffs[0] > 0, "quantizing the most sensitive layer alone must move the outputs"
+
+
+def test_a_missed_target_keeps_the_most_sensitive_layers_in_float(
+    tiny_onnx: Path, calibration: np.ndarray, tmp_path: Path
+) -> None:
+    out = tmp_path / "int8.onnx"
+    full = QuantConfig()
+    # A target no INT8 graph meets: the search keeps up to 2 layers in float and says the target was missed.
+    tight = replace(full, target_max_diff=1e-7, max_float_layers=2, sensitivity_images=16)
+    settings = int8_qdq_within_target(tiny_onnx, out, calibration, tight)
+    mixed = settings["mixed_precision"]
+    assert mixed is not None and not mixed["target_met"]
+    assert 1 <= len(mixed["float_layers"]) <= 2
+    assert mixed["final_max_diff"] <= mixed["initial_max_diff"]
+    assert set(mixed["float_layers"]) <= set(settings["nodes_kept_in_float"])
+    # The written graph is the chosen one: its measured diff is what the report says.
+    reference = onnx_outputs(tiny_onnx, calibration)
+    written = float(np.abs(onnx_outputs(out, calibration, precision="int8") - reference).max())
+    assert written == pytest.approx(mixed["final_max_diff"], abs=1e-6)
+    fully = tmp_path / "full.onnx"
+    int8_qdq_within_target(tiny_onnx, fully, calibration, replace(full, target_max_diff=None))
+    assert qdq_summary(out)["quantize_linear"] < qdq_summary(fully)["quantize_linear"]
+
+
+def test_no_search_within_target_or_when_off(tiny_onnx: Path, calibration: np.ndarray, tmp_path: Path) -> None:
+    loose = int8_qdq_within_target(tiny_onnx, tmp_path / "a.onnx", calibration, replace(QuantConfig(), target_max_diff=1.0))
+    assert loose["mixed_precision"] is None and 0 < loose["calibration_max_diff"] <= 1.0
+    off = int8_qdq_within_target(tiny_onnx, tmp_path / "b.onnx", calibration, replace(QuantConfig(), target_max_diff=None))
+    assert off["mixed_precision"] is None and "calibration_max_diff" not in off
+
+
+def test_target_is_validated() -> None:
+    with pytest.raises(ExportError, match="--int8-target"):
+        QuantConfig(target_max_diff=0.0)
+    with pytest.raises(ExportError, match="--int8-max-float-layers"):
+        QuantConfig(max_float_layers=-1)
