@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from train.config import (
+    ACTIVATIONS,
     AUGMENTATIONS,
     COLORS,
     HEADS,
@@ -42,6 +43,13 @@ TRAIN_EXAMPLES = """examples:
       --class-weights --augment light
   pneumo train --arch dsconv --data demo/synthetic --out runs/demo --epochs 5
   pneumo train --config my_run.toml --epochs 3      # flags override the TOML file
+  pneumo train --arch roskilde --data DATA --out runs/ros-r7 --last-conv-filters 256 --pool-dropout 0.25
+  pneumo train --arch sutd_cnn2 --data DATA --out runs/cnn2-relu --activation relu
+
+many runs from one experiment file, resumable, into one results table:
+  pneumo train sweep EXPERIMENTS.toml --data DATA [--reduced] [--only NAME,...]
+  pneumo train sweep experiments/seed004_sutd.toml --data ../shared/data/chest_xray --reduced
+  (see 'pneumo train sweep --help')
 
 architectures (defaults follow each seed study): {archs}
 Results are decision support, not a diagnosis. Models trained on SYNTHETIC phantoms say so everywhere.
@@ -118,6 +126,23 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     )
     model.add_argument("--dropout", type=float, help="dropout rate of the architecture's dropout layer")
     model.add_argument("--width-multiplier", type=float, help="dsconv channel multiplier (default 1.0)")
+    model.add_argument(
+        "--activation",
+        choices=ACTIVATIONS,
+        help="hidden activations of sutd_cnn1/2/3 (default: sigmoid for cnn1 and cnn2, relu for cnn3)",
+    )
+    model.add_argument(
+        "--last-conv-filters",
+        type=int,
+        metavar="N",
+        help="filters of roskilde's last convolution (default 128; seed 002's rows 4-7 use 256)",
+    )
+    model.add_argument(
+        "--pool-dropout",
+        type=float,
+        metavar="RATE",
+        help="roskilde: Dropout RATE after every pooling layer (default 0 = none; seed 002's row 7: 0.25)",
+    )
     model.add_argument("--image-size", type=int, metavar="N", help="square input N x N (default: the arch's)")
     model.add_argument("--height", type=int, help="input height")
     model.add_argument("--width", type=int, help="input width")

@@ -9,6 +9,7 @@ model, so a run folder says exactly what produced it.
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from dataclasses import asdict, dataclass, fields, replace
@@ -31,6 +32,19 @@ SPLIT_MODES = ("patient", "random")
 SOURCES = ("all", "original")
 STRATEGIES = ("default", "mirrored")
 MIXED_PRECISION = ("auto", "on", "off")
+ACTIVATIONS = ("relu", "sigmoid")
+
+# Model settings -> the keyword of the builders (train/models) that take them. Which architectures
+# accept a setting is read from the builders' signatures, so a builder gaining an argument is all it takes.
+MODEL_OPTIONS: dict[str, str] = {
+    "weights": "weights",
+    "freeze_base": "freeze_base",
+    "dropout": "dropout",
+    "width_multiplier": "width",
+    "activation": "activation",
+    "last_conv_filters": "last_filters",
+    "pool_dropout": "pool_dropout",
+}
 
 _PATH_FIELDS = ("data", "out", "weights", "cache_dir")
 
@@ -54,6 +68,9 @@ class TrainConfig:
     freeze_base: bool | None = None
     dropout: float | None = None
     width_multiplier: float = 1.0  # dsconv channel multiplier
+    activation: str | None = None  # sutd_cnn1/2/3 hidden activation (their default: sigmoid/sigmoid/relu)
+    last_conv_filters: int | None = None  # roskilde's last convolution (default 128; study rows 4-7: 256)
+    pool_dropout: float | None = None  # roskilde: Dropout after every pooling layer (default 0 = none)
     # --- preprocessing contract
     height: int | None = None
     width: int | None = None
@@ -116,6 +133,8 @@ class TrainConfig:
             _choice("optimizer", self.optimizer, OPTIMIZERS)
         if self.augment is not None:
             _choice("augment", self.augment, AUGMENTATIONS)
+        if self.activation is not None:
+            _choice("activation", self.activation, ACTIVATIONS)
         _bounded("val_fraction", self.val_fraction, 0.01, 0.5)
         _bounded("width_multiplier", self.width_multiplier, 0.25, 4.0)
         _bounded("focal_gamma", self.focal_gamma, 0.0, 10.0)
@@ -127,6 +146,8 @@ class TrainConfig:
             ("height", 16, 2048),
             ("width", 16, 2048),
             ("dropout", 0.0, 0.95),
+            ("pool_dropout", 0.0, 0.95),
+            ("last_conv_filters", 1, 4096),
             ("max_per_class", 1, 10_000_000),
             ("learning_rate", 1e-7, 10.0),
             ("batch_size", 1, 4096),
@@ -150,6 +171,7 @@ class TrainConfig:
         from train.models import get_arch
 
         spec = get_arch(self.arch)
+        self.model_options()  # an option --arch does not take fails here, before any data is read
         return replace(
             self,
             height=self.height or spec.height,
@@ -164,6 +186,47 @@ class TrainConfig:
             augment=self.augment or spec.augment,
             undersample=spec.undersample if self.undersample is None else self.undersample,
         )
+
+    def model_options(self) -> dict[str, Any]:
+        """The builder keywords this config sets, for :func:`train.models.build_model`.
+
+        A model setting given for an architecture whose builder does not take it
+        is a TrainError naming the flag and the architectures that do, never
+        silently dropped. ``width_multiplier`` counts as given when it is not 1.
+        """
+        from train.models import ARCHITECTURES, get_arch
+
+        builder = get_arch(self.arch).builder
+        options: dict[str, Any] = {}
+        for name, keyword in MODEL_OPTIONS.items():
+            value = getattr(self, name)
+            if value is None or (name == "width_multiplier" and value == 1.0):
+                continue
+            if keyword not in builder_keywords(builder):
+                takers = [
+                    arch for arch, spec in ARCHITECTURES.items() if keyword in builder_keywords(spec.builder)
+                ]
+                raise TrainError(
+                    f"{flag(name)} does not apply to --arch {self.arch}; it is an option of "
+                    f"{', '.join(takers)}: remove it or choose one of those architectures"
+                )
+            options[keyword] = value
+        return options
+
+    def model_settings(self) -> dict[str, Any]:
+        """Every model setting --arch takes (weights aside) with the value it builds with.
+
+        That is this config's value, else the builder's default: what the model card records.
+        """
+        from train.models import get_arch
+
+        keywords = builder_keywords(get_arch(self.arch).builder)
+        given = self.model_options()
+        return {
+            name: given.get(keyword, keywords[keyword])
+            for name, keyword in MODEL_OPTIONS.items()
+            if keyword in keywords and name != "weights"
+        }
 
     # ------------------------------------------------------------------ serialisation
 
@@ -192,6 +255,16 @@ class TrainConfig:
             values[name] = value
         _check_types(values, source)
         return cls(**values)
+
+
+def builder_keywords(builder: Any) -> dict[str, Any]:
+    """A model builder's named keyword arguments and their defaults (its ``**_`` catch-all excluded)."""
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(builder).parameters.items()
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+        and parameter.default is not parameter.empty
+    }
 
 
 def _check_types(values: dict[str, Any], source: str) -> None:

@@ -299,11 +299,7 @@ def train_run(config: TrainConfig) -> RunResult:
     from train.compute import compute_session
     from train.pipeline import class_weights, evaluation_data, training_data
 
-    opts: dict[str, Any] = {"weights": cfg.weights, "freeze_base": cfg.freeze_base}
-    if cfg.dropout is not None:
-        opts["dropout"] = cfg.dropout
-    if cfg.arch == "dsconv":
-        opts["width"] = cfg.width_multiplier
+    opts = cfg.model_options()
     assert cfg.batch_size is not None and cfg.epochs is not None and cfg.learning_rate is not None
     assert cfg.optimizer is not None and cfg.augment is not None
 

@@ -198,6 +198,8 @@ def build_model_card(
             "name": config.arch,
             "from": spec.source,
             "summary": spec.summary,
+            # the model settings it was built with (the builder's default where none was given)
+            "options": config.model_settings(),
             "head": info.head,
             "labels": list(info.labels),
             "negative_label": info.negative_label,

@@ -93,6 +93,12 @@ def settings_summary(config: TrainConfig) -> str:
         parts.append(f"dropout {c.dropout:g}")
     if c.width_multiplier != 1.0:
         parts.append(f"width x{c.width_multiplier:g}")
+    if c.activation is not None:
+        parts.append(c.activation)
+    if c.last_conv_filters is not None:
+        parts.append(f"last conv {c.last_conv_filters}")
+    if c.pool_dropout is not None:
+        parts.append(f"pool dropout {c.pool_dropout:g}")
     if c.loss == "focal":
         parts.append(f"focal gamma {c.focal_gamma:g}")
     if c.label_smoothing:

@@ -33,6 +33,34 @@ def test_train_help_teaches_with_examples(capsys: pytest.CaptureFixture[str]) ->
     text = capsys.readouterr().out
     assert "pneumo train --arch lhu --data" in text and "--threshold-rule" in text
     assert all(name in text for name in ARCHITECTURES)
+    assert "pneumo train sweep EXPERIMENTS.toml" in text
+    assert "pneumo train sweep experiments/seed004_sutd.toml --data" in text
+    for flag in ("--activation {relu,sigmoid}", "--last-conv-filters N", "--pool-dropout RATE"):
+        assert flag in text
+
+
+def test_model_option_flags_reach_the_config() -> None:
+    from train.cli import train_parser
+
+    args = vars(
+        train_parser("pneumo train").parse_args(
+            ["--arch", "roskilde", "--last-conv-filters", "256", "--pool-dropout", "0.25"]
+        )
+    )
+    assert args == {"arch": "roskilde", "last_conv_filters": 256, "pool_dropout": 0.25}
+    args = vars(train_parser("pneumo train").parse_args(["--activation", "relu"]))
+    assert args == {"activation": "relu"}
+
+
+def test_model_option_for_the_wrong_arch_fails_before_any_data_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    argv = ["--arch", "lhu", "--data", str(tmp_path / "absent"), "--out", str(out)]
+    assert train_main([*argv, "--last-conv-filters", "256"]) == 1
+    err = capsys.readouterr().err
+    assert "--last-conv-filters does not apply to --arch lhu; it is an option of roskilde" in err
+    assert "data folder not found" not in err and not out.exists()
 
 
 def test_unknown_arch_is_an_error_listing_the_valid_ones(

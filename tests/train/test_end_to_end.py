@@ -164,3 +164,5 @@ def test_dsconv_learns_the_synthetic_signal(synth_data: Path, tmp_path: Path) ->
     )  # fmt: skip
     result = train_run(config)
     assert result.metrics["test"]["roc_auc"] > 0.8, result.metrics["test"]
+    # the model card records the model options it was built with, the builder's defaults included
+    assert result.card["architecture"]["options"] == {"dropout": 0.2, "width_multiplier": 0.5}

@@ -43,6 +43,9 @@ def test_resolved_fills_the_arch_recipe_and_keeps_overrides() -> None:
         ({"threshold_rule": "sensitivity:2"}, "--threshold-rule"),
         ({"val_fraction": 0.9}, "--val-fraction"),
         ({"label_smoothing": float("nan")}, "--label-smoothing"),
+        ({"activation": "tanh"}, "--activation"),
+        ({"last_conv_filters": 0}, "--last-conv-filters"),
+        ({"pool_dropout": 1.0}, "--pool-dropout"),
     ],
 )
 def test_bad_values_name_their_flag(changes: dict, flag: str) -> None:
@@ -57,6 +60,57 @@ def test_flags_override_the_toml_file(tmp_path: Path) -> None:
     assert (cfg.arch, cfg.epochs, cfg.height, cfg.width, cfg.class_weights) == ("lhu", 2, 128, 128, True)
     assert cfg.data == Path("/d")
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # config.json round trip
+
+
+def test_model_options_go_to_the_builders_that_take_them() -> None:
+    ros = TrainConfig(arch="roskilde", dropout=0.0, last_conv_filters=256, pool_dropout=0.25)
+    assert ros.model_options() == {"dropout": 0.0, "last_filters": 256, "pool_dropout": 0.25}
+    assert ros.model_settings() == {"dropout": 0.0, "last_conv_filters": 256, "pool_dropout": 0.25}
+    # unset: nothing passed, and the card records the builder's own defaults
+    assert TrainConfig(arch="roskilde").model_options() == {}
+    assert TrainConfig(arch="roskilde").model_settings() == {
+        "dropout": 0.5,
+        "last_conv_filters": 128,
+        "pool_dropout": 0.0,
+    }
+    assert TrainConfig(arch="sutd_cnn1", activation="relu").model_options() == {"activation": "relu"}
+    assert TrainConfig(arch="sutd_cnn3").model_settings() == {"activation": "relu"}
+    assert TrainConfig(arch="dsconv", width_multiplier=0.5).model_options() == {"width": 0.5}
+    assert TrainConfig(arch="dsconv").model_options() == {}  # 1.0 is the builder's own default
+
+
+@pytest.mark.parametrize(
+    ("changes", "flag", "takers"),
+    [
+        ({"arch": "sutd_cnn1", "last_conv_filters": 256}, "--last-conv-filters", "roskilde"),
+        ({"arch": "dsconv", "pool_dropout": 0.25}, "--pool-dropout", "roskilde"),
+        ({"arch": "roskilde", "activation": "relu"}, "--activation", "sutd_cnn1, sutd_cnn2, sutd_cnn3"),
+        ({"arch": "lhu", "dropout": 0.3}, "--dropout", "roskilde, go19, sutd_cnn2"),
+        ({"arch": "roskilde", "width_multiplier": 2.0}, "--width-multiplier", "dsconv"),
+        ({"arch": "lhu", "freeze_base": True}, "--freeze-base", "vgg16_transfer, resnet50"),
+    ],
+)
+def test_a_model_option_the_arch_does_not_take_is_an_error(changes: dict, flag: str, takers: str) -> None:
+    config = TrainConfig(**changes)
+    with pytest.raises(TrainError) as err:
+        config.resolved()  # what `pneumo train` and every sweep plan call before reading any data
+    message = str(err.value)
+    assert message.startswith(f"{flag} does not apply to --arch {changes['arch']}")
+    assert takers in message
+
+
+def test_new_model_options_round_trip_through_toml_and_config_json(tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text('arch = "roskilde"\nlast-conv-filters = 256\npool_dropout = 0.25\nimage_size = 64\n')
+    cfg = merge(load_toml(toml), {"data": "/d", "out": "/o"})
+    assert (cfg.last_conv_filters, cfg.pool_dropout, cfg.activation) == (256, 0.25, None)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["last_conv_filters"] == 256
+    toml.write_text('arch = "sutd_cnn2"\nactivation = "relu"\n')
+    assert merge(load_toml(toml), {}).resolved().model_options() == {"activation": "relu"}
+    toml.write_text('arch = "roskilde"\nlast_conv_filters = 256.5\n')
+    with pytest.raises(TrainError, match="last_conv_filters must be an integer"):
+        merge(load_toml(toml), {}, source=str(toml))
 
 
 def test_toml_errors_name_the_file_and_setting(tmp_path: Path) -> None:

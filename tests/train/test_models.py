@@ -69,6 +69,65 @@ def test_lhu_is_seed_000_exactly() -> None:
 def test_roskilde_matches_the_papers_parameter_count() -> None:
     model = build_model("roskilde", get_arch("roskilde").contract(), 2)
     assert model.count_params() == 2_600_577  # printed in seed 002's model summary at 128x128x1
+    assert _layer_types(model).count("Dropout") == 1  # only the one after Flatten by default
+
+
+def test_roskilde_adjustment_rows_last_conv_filters_and_pool_dropout() -> None:
+    """Seed 002's rows 4-7: the last convolution at 256 filters; row 7: Dropout 0.25 after every pool."""
+    spec = get_arch("roskilde")
+    wide = build_model("roskilde", spec.contract(64, 64), 2, last_filters=256)
+    convs = [layer for layer in wide.layers if type(layer).__name__ == "Conv2D"]
+    assert [c.filters for c in convs] == [32, 64, 128, 256]
+    # 64x64: conv4 sees 4x4 -> 2x2 after its pool, so Flatten gives 2 * 2 * 256 = 1,024 features:
+    # 320 + 18,496 + 73,856 + (9 * 128 + 1) * 256 + (1,024 + 1) * 512 + 513
+    assert wide.count_params() == 913_153
+    assert build_model("roskilde", spec.contract(), 2, last_filters=256).count_params() == 5_107_457
+
+    row7 = build_model("roskilde", spec.contract(), 2, last_filters=256, pool_dropout=0.25)
+    assert row7.count_params() == 5_107_457  # dropout adds no weights
+    names = [layer.name for layer in row7.layers]
+    for i in range(1, 5):
+        after = row7.layers[names.index(f"pool{i}") + 1]
+        assert type(after).__name__ == "Dropout" and after.rate == pytest.approx(0.25)
+    assert row7.get_layer("dropout").rate == pytest.approx(0.5)
+    unchanged = build_model("roskilde", spec.contract(), 2, pool_dropout=0.0)
+    assert [layer.name for layer in unchanged.layers] == [
+        layer.name for layer in build_model("roskilde", spec.contract(), 2).layers
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arch", "default", "other"),
+    [("sutd_cnn1", "sigmoid", "relu"), ("sutd_cnn2", "sigmoid", "relu"), ("sutd_cnn3", "relu", "sigmoid")],
+)
+def test_sutd_activation_swaps_every_hidden_activation(arch: str, default: str, other: str) -> None:
+    contract = get_arch(arch).contract(48, 48)
+
+    def activations(model) -> list[str]:  # type: ignore[no-untyped-def]
+        # the hidden layers' activations; the last layer is the classifier head
+        return [
+            layer.activation.__name__
+            for layer in model.layers[:-1]
+            if hasattr(layer, "activation") and layer.activation.__name__ != "linear"
+        ]
+
+    base = build_model(arch, contract, 2)
+    swapped = build_model(arch, contract, 2, activation=other)
+    explicit = build_model(arch, contract, 2, activation=default)
+    n_hidden = {"sutd_cnn1": 3, "sutd_cnn2": 4, "sutd_cnn3": 5}[arch]
+    assert activations(base) == [default] * n_hidden
+    assert activations(swapped) == [other] * n_hidden
+    assert [layer.name for layer in explicit.layers] == [layer.name for layer in base.layers]
+    assert swapped.count_params() == base.count_params()
+    assert swapped.layers[-1].activation.__name__ == base.layers[-1].activation.__name__ == "sigmoid"
+    # and it trains: one step moves the weights without NaNs
+    x = np.random.default_rng(0).integers(0, 256, (4, *contract.input_shape)).astype(np.float32)
+    y = np.array([[0.0], [1.0], [0.0], [1.0]], np.float32)
+    swapped.compile(optimizer="adam", loss="binary_crossentropy")
+    before = [w.copy() for w in swapped.get_weights()]
+    loss = swapped.train_on_batch(x, y)
+    assert np.isfinite(loss)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, swapped.get_weights(), strict=True))
 
 
 def test_dsconv_is_small_and_cheaper_than_the_seed_models() -> None:
@@ -133,6 +192,7 @@ def test_transfer_weights_must_be_a_local_file(tmp_path: Path) -> None:
         ("lhu", PreprocessContract(height=48, width=48, color="rgb")),
         ("dsconv", PreprocessContract(height=48, width=48)),
         ("sutd_cnn3", PreprocessContract(height=48, width=48, scale=2 / 255, offset=-1.0)),
+        ("roskilde", PreprocessContract(height=64, width=64)),  # with seed 002's row-7 options, below
         ("vgg16_transfer", PreprocessContract(height=32, width=32, color="rgb")),  # nested keras.applications
     ],
 )
@@ -141,7 +201,8 @@ def test_h5_round_trip_in_safe_mode_gives_identical_outputs(
 ) -> None:
     import keras
 
-    model = build_model(arch, contract, 2)
+    options = {"last_filters": 256, "pool_dropout": 0.25} if arch == "roskilde" else {}
+    model = build_model(arch, contract, 2, **options)
     x = np.random.default_rng(0).integers(0, 256, (4, *contract.input_shape)).astype(np.float32)
     expected = np.asarray(model(x, training=False))
     path = tmp_path / "model.h5"

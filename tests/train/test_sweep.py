@@ -83,6 +83,15 @@ def test_studies_are_covered_as_the_issue_asks() -> None:
     assert len(roskilde) == 8 and all(run.config.undersample for run in roskilde)
     assert {run.config.height for run in roskilde} == {64, 128}
     assert {run.config.optimizer for run in roskilde} == {"rmsprop", "adam"}
+    # the study's rows 4-7 raise the last convolution to 256 filters; row 7 adds Dropout 0.25 after every pool
+    assert {run.spec.name: run.config.last_conv_filters for run in roskilde} == {
+        "r0-original": None, "r1-20-epochs": None, "r2-64px": None, "r3-adam": None,
+        "r4-no-dropout": 256, "r5-dropout-back": 256, "r6-128px": 256, "r7-pool-dropout": 256,
+    }  # fmt: skip
+    assert [run.spec.name for run in roskilde if run.config.pool_dropout] == ["r7-pool-dropout"]
+    sutd = {run.spec.name: run.config.activation for run in plan["seed004_sutd"] if run.config.activation}
+    assert sutd == {"cnn1-r1-relu": "relu", "cnn2-r1-relu": "relu", "cnn3-r5-sigmoid": "sigmoid"}
+    assert not [run.spec.name for run in roskilde + plan["seed004_sutd"] if run.spec.skip]
     vgg = plan["seed003_vgg16_three_class"]
     assert [(run.config.arch, run.config.label_mode) for run in vgg] == [("vgg16_transfer", "kind")]
     assert {run.config.arch for run in plan["seed004_sutd"]} == {
@@ -118,6 +127,9 @@ def test_bad_experiment_files_name_the_run_and_key(tmp_path: Path) -> None:
     bad_value = _write(tmp_path / "b.toml", '[[run]]\nname = "two"\noptimizer = "lion"\n')
     with pytest.raises(SweepError, match=r"run 'two'.*--optimizer 'lion'"):
         plan_sweep(load_experiment(bad_value), SweepConfig(experiments=bad_value, data=tmp_path))
+    wrong_arch = _write(tmp_path / "e.toml", '[[run]]\nname = "three"\narch = "lhu"\nactivation = "relu"\n')
+    with pytest.raises(SweepError, match=r"run 'three'.*--activation does not apply to --arch lhu"):
+        plan_sweep(load_experiment(wrong_arch), SweepConfig(experiments=wrong_arch, data=tmp_path))
     twice = _write(tmp_path / "c.toml", '[[run]]\nname = "x"\n[[run]]\nname = "x"\n')
     with pytest.raises(SweepError, match="used twice"):
         load_experiment(twice)
@@ -344,6 +356,31 @@ def test_tiny_sweep_killed_then_resumed_skips_finished_runs(tmp_path: Path) -> N
     # a pending row says how to finish it: the sweep's own command line, as recorded in state.json
     assert f"PENDING (failed): finish with `pneumo train sweep {experiment} --out {out}`" in filtered
     assert "| second |" not in filtered and "| first |" not in filtered
+
+
+def test_a_new_model_option_reruns_only_the_runs_that_set_it(tmp_path: Path) -> None:
+    """A run folder saved before a model option existed stays complete; setting the option makes it stale."""
+    from edge_runtime.fileio import atomic_write_json
+    from train.sweep_results import settings_changed, settings_summary
+
+    path = _write(
+        tmp_path / "x.toml",
+        '[defaults]\narch = "roskilde"\n[[run]]\nname = "plain"\n[[run]]\nname = "wide"\n'
+        "last_conv_filters = 256\npool_dropout = 0.25\n",
+    )
+    plain, wide = plan_sweep(load_experiment(path), SweepConfig(experiments=path, data=tmp_path))
+    for run in (plain, wide):
+        assert run.config.out is not None
+        saved = {
+            k: v
+            for k, v in run.config.to_dict().items()
+            if k not in ("activation", "last_conv_filters", "pool_dropout")  # an older config.json
+        }
+        atomic_write_json(run.config.out / "config.json", saved)
+    assert settings_changed(plain) == []
+    assert settings_changed(wide) == ["last_conv_filters", "pool_dropout"]
+    assert "last conv 256, pool dropout 0.25" in settings_summary(wide.config)
+    assert "last conv" not in settings_summary(plain.config)
 
 
 def test_reduced_rows_say_reduced(tmp_path: Path) -> None:
