@@ -101,7 +101,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="verify a bundle, build/reuse engines for this device, golden self-test",
                        epilog=EPILOGS["build"], formatter_class=fmt)
     b.add_argument("bundle", type=Path, help="bundle folder copied onto this device")
-    b.add_argument("--precision", default="all", help="fp32 | fp16 | int8 | all | a comma list (default all)")
+    b.add_argument("--precision", default="all", help="fp32 | fp16 | int8 | a comma list, or all: every precision the bundle has (default all)")
     b.add_argument("--batch", default="1,8,32", help="batch sizes of the optimization profile (default 1,8,32)")
     b.add_argument("--workspace", type=int, default=1024, metavar="MiB",
                    help="TensorRT workspace limit in MiB (default 1024; a 4 GB Nano needs <= 1024)")
@@ -360,6 +360,7 @@ def _build(args: argparse.Namespace, prog: str) -> int:
 
     config = EdgeBuildConfig(
         precisions=parse_precisions(args.precision),
+        only_in_bundle=args.precision.strip() == "all",
         batch_sizes=args.batch,
         workspace_mib=args.workspace,
         dla_core=args.dla,

@@ -75,6 +75,8 @@ class EdgeBuildConfig:
     int8_source: str = "auto"
     rebuild: bool = False
     verbose: bool = False
+    # '--precision all': build what the bundle has (export may leave INT8 out and say why), not fail on the rest.
+    only_in_bundle: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_sizes", parse_batch_sizes(self.batch_sizes))
@@ -326,8 +328,14 @@ def run_edge_build(bundle_root: str | Path, config: EdgeBuildConfig,
                 f"{shlex.quote(str(bundle.root))} --precision all --backend ort-cpu"
             ) from exc
         key = device_key(gpu.name, gpu.compute_capability, trt_version)
+    precisions = config.precisions
+    if config.only_in_bundle:
+        present = set(bundle.precisions)
+        for missing in (p for p in precisions if p not in present):
+            say(f"{missing}: not in this bundle (its export_report.json says why); skipped")
+        precisions = tuple(p for p in precisions if p in present)
     results = []
-    for precision in config.precisions:
+    for precision in precisions:
         results.append(_one_precision(bundle, golden, precision, config, key, gpu, trt_version, say))
     return EdgeBuildReport(str(bundle.root), bundle.info.model_version, bundle.info.synthetic, config.backend, key,
                            results)

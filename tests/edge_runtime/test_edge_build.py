@@ -166,3 +166,17 @@ def test_edge_build_command_reproduces_non_default_flags(bundle_root: Path) -> N
     assert edge_build_command(bundle_root, config) == (
         f"pneumo edge build {bundle_root} --precision int8 --batch 2,4 --dla 1 --int8-source qdq"
     )
+
+
+def test_all_means_every_precision_the_bundle_has(bundle_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Export may leave INT8 out (its golden self-test would be meaningless); the technician's default still works.
+    (bundle_root / "model_int8_qdq.onnx").unlink()
+    write_manifest(bundle_root)
+    code = main(["build", str(bundle_root), "--backend", "ort-cpu"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "int8: not in this bundle" in err
+    assert [line.split()[0] for line in out.splitlines() if line.startswith(("fp32", "fp16", "int8"))] == ["fp32", "fp16"]
+    # Asked for by name, a missing precision is still an error that says what to do.
+    assert main(["build", str(bundle_root), "--precision", "int8", "--backend", "ort-cpu"]) == 1
+    assert "no int8 model" in capsys.readouterr().err

@@ -152,8 +152,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             summary="depthwise-separable CNN for the Jetson: stem conv, 10 separable blocks, global pooling",
             builder=build_dsconv,
             height=224, width=224, color="grayscale",
-            optimizer="adam", learning_rate=1e-3, batch_size=32, epochs=20,
-            class_weights=True, augment="light",
+            # The recipe of runs/best-dsconv-xray (README, "The best model so far").
+            optimizer="adam", learning_rate=1e-3, batch_size=32, epochs=30, early_stopping=8,
+            class_weights=True, augment="xray",
         ),
     )
 }
