@@ -89,6 +89,12 @@ def _check_rescaling(model: Any, contract: PreprocessContract, h5_path: Path) ->
     import keras
 
     rescaling = [layer for layer in model.layers if isinstance(layer, keras.layers.Rescaling)]
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if not rescaling and nested:
+        # an ensemble ('pneumo train ensemble'): every member scales its own input
+        for member in nested:
+            _check_rescaling(member, contract, h5_path)
+        return
     if not rescaling:
         raise ModelLoadError(
             f"{h5_path}: no Rescaling layer; the contract puts the scaling x*{contract.scale:.6g}+{contract.offset:g} "

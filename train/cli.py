@@ -51,6 +51,9 @@ many runs from one experiment file, resumable, into one results table:
   pneumo train sweep experiments/seed004_sutd.toml --data ../shared/data/chest_xray --reduced
   (see 'pneumo train sweep --help')
 
+average runs that share a split into one graph (a run folder export takes as is):
+  pneumo train ensemble runs/a runs/b runs/c --out runs/ens   (see 'pneumo train ensemble --help')
+
 architectures (defaults follow each seed study): {archs}
 Results are decision support, not a diagnosis. Models trained on SYNTHETIC phantoms say so everywhere.
 """
@@ -190,6 +193,16 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     recipe.add_argument("--focal-gamma", type=float)
     recipe.add_argument("--label-smoothing", type=float)
     recipe.add_argument(
+        "--teacher",
+        type=Path,
+        metavar="RUN",
+        help="distil: train on the soft outputs of this run or 'pneumo train ensemble' folder "
+        "(same contract and split)",
+    )
+    recipe.add_argument(
+        "--distill-weight", type=float, metavar="W", help="target = (1-W)*label + W*teacher (default 0.5)"
+    )
+    recipe.add_argument(
         "--threshold-rule",
         help="on validation: sensitivity:0.95 (default, highest threshold keeping sensitivity >= 0.95), "
         "youden, or fixed:0.5",
@@ -202,6 +215,10 @@ def train_main(argv: list[str], prog: str = "pneumo train") -> int:
         from train import sweep
 
         return sweep.main(argv[1:], prog + " sweep")
+    if argv and argv[0] == "ensemble":
+        from train import ensemble
+
+        return ensemble.main(argv[1:], prog + " ensemble")
     parser = train_parser(prog)
     args = vars(parser.parse_args(argv))
     json_out = bool(args.pop("json", False))

@@ -46,7 +46,7 @@ MODEL_OPTIONS: dict[str, str] = {
     "pool_dropout": "pool_dropout",
 }
 
-_PATH_FIELDS = ("data", "out", "weights", "cache_dir")
+_PATH_FIELDS = ("data", "out", "weights", "cache_dir", "teacher")
 
 
 def flag(name: str) -> str:
@@ -96,6 +96,10 @@ class TrainConfig:
     loss: str = "crossentropy"
     focal_gamma: float = 2.0
     label_smoothing: float = 0.0
+    # Distillation: train on (1 - w) * label + w * the teacher's probability (a run or ensemble folder
+    # with the same contract and split; its outputs on the unaugmented training images).
+    teacher: Path | None = None
+    distill_weight: float = 0.5
     threshold_rule: str = "sensitivity:0.95"
     # --- run
     seed: int = 0
@@ -139,6 +143,7 @@ class TrainConfig:
         _bounded("width_multiplier", self.width_multiplier, 0.25, 4.0)
         _bounded("focal_gamma", self.focal_gamma, 0.0, 10.0)
         _bounded("label_smoothing", self.label_smoothing, 0.0, 0.5)
+        _bounded("distill_weight", self.distill_weight, 0.0, 1.0)
         _bounded("seed", self.seed, 0, 2**31 - 1)
         _bounded("workers", self.workers, 1, 64)
         _bounded("bootstrap", self.bootstrap, 0, 100_000)

@@ -173,6 +173,32 @@ def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def teacher_targets(
+    cfg: TrainConfig, splits: Any, contract: PreprocessContract, train: Any, head: Head
+) -> np.ndarray:
+    """Distillation targets from ``cfg.teacher``, which must share the contract and the split.
+
+    A teacher that trained on this run's validation (or test) images would leak
+    them into the student, so anything but the very same split is refused.
+    """
+    from train.ensemble import Member, member_outputs, require_same_split, split_key
+    from train.pipeline import distillation_targets, targets
+
+    assert cfg.teacher is not None
+    teacher = Member.open(cfg.teacher)
+    if teacher.contract.to_dict() != contract.to_dict():
+        raise TrainError(
+            f"--teacher {cfg.teacher}: its contract ({teacher.contract.describe()}) differs from this run's "
+            f"({contract.describe()}); train the student with the teacher's --image-size and --color"
+        )
+    if teacher.info.head != head.kind or teacher.info.labels != splits.labels:
+        raise TrainError(f"--teacher {cfg.teacher}: labels/head {teacher.info.labels}/{teacher.info.head} differ")
+    require_same_split(split_key(splits), cfg.teacher, "this run's")
+    soft = member_outputs(cfg.teacher, train.x)
+    log.info("distilling from %s (weight %.2f)", teacher.info.model_version, cfg.distill_weight)
+    return distillation_targets(targets(train.y, head), soft, cfg.distill_weight)
+
+
 def negative_label(labels: tuple[str, ...]) -> str:
     """The 'normal' class: NORMAL when present (any case), else the first label."""
     for label in labels:
@@ -313,8 +339,16 @@ def train_run(config: TrainConfig) -> RunResult:
             )
         weights = class_weights(arrays["train"].y, len(splits.labels)) if cfg.class_weights else None
         augmenter = build_augmenter(cfg.augment, cfg.seed)
+        soft = teacher_targets(cfg, splits, contract, arrays["train"], head) if cfg.teacher else None
         train_data = training_data(
-            arrays["train"].x, arrays["train"].y, head, cfg.batch_size, augmenter, weights, seed=cfg.seed
+            arrays["train"].x,
+            arrays["train"].y,
+            head,
+            cfg.batch_size,
+            augmenter,
+            weights,
+            seed=cfg.seed,
+            soft_targets=soft,
         )
         val_data = evaluation_data(arrays["val"].x, arrays["val"].y, head, cfg.batch_size)
         complexity = model_complexity(model)

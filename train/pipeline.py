@@ -33,6 +33,13 @@ def targets(y: np.ndarray, head: Head) -> np.ndarray:
     return np.eye(head.n_classes, dtype=np.float32)[y]
 
 
+def distillation_targets(hard: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
+    """(1 - weight) * hard targets + weight * the teacher's outputs, same shape."""
+    hard = np.asarray(hard, dtype=np.float32)
+    teacher = np.asarray(teacher, dtype=np.float32).reshape(hard.shape)
+    return ((1.0 - weight) * hard + weight * teacher).astype(np.float32)
+
+
 def sample_weights(y: np.ndarray, weights: dict[int, float] | None) -> np.ndarray:
     if not weights:
         return np.ones(len(y), dtype=np.float32)
@@ -55,9 +62,15 @@ def training_data(
     weights: dict[int, float] | None = None,
     seed: int = 0,
     shuffle: bool = True,
+    soft_targets: np.ndarray | None = None,
 ) -> Any:
-    """Shuffled, augmented, weighted batches for ``model.fit``."""
-    t, w = targets(y, head), sample_weights(y, weights)
+    """Shuffled, augmented, weighted batches for ``model.fit``.
+
+    ``soft_targets`` (distillation) replace the one-hot/0-1 targets; class
+    weights still follow the hard labels ``y``.
+    """
+    t = targets(y, head) if soft_targets is None else np.asarray(soft_targets, dtype=np.float32)
+    w = sample_weights(y, weights)
     if using_tensorflow():
         return _tf_dataset(x, t, w, batch_size, augmenter, seed, shuffle)
     return array_batches(x, t, w, batch_size, augmenter, seed, shuffle)

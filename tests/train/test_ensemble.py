@@ -1,0 +1,211 @@
+"""`pneumo train ensemble` (runs averaged in one graph) and distillation (`--teacher`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train.config import TrainConfig
+from train.errors import TrainError
+from train.pipeline import distillation_targets
+
+
+@pytest.fixture(scope="module")
+def synth_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from train.synth import SynthConfig, generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "data", SynthConfig(per_class=24, size=64)).root
+
+
+def _run(root: Path, data: Path, name: str, **changes: object) -> Path:
+    from train.fit import train_run
+
+    settings: dict = dict(
+        arch="dsconv", data=data, out=root / name, height=32, width=32, epochs=1, width_multiplier=0.25,
+        augment="none", cache_dir=root / "cache", progress=False, bootstrap=10, tensorboard=False,
+        threshold_rule="youden",
+    )  # fmt: skip
+    settings.update(changes)
+    return train_run(TrainConfig(**settings)).out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, synth_small: Path) -> dict[str, Path]:
+    """Two members on the same split (different losses), one on another split, one at another size."""
+    root = tmp_path_factory.mktemp("runs")
+    return {
+        "a": _run(root, synth_small, "a"),
+        "b": _run(root, synth_small, "b", loss="focal", learning_rate=3e-3),
+        "other_split": _run(root, synth_small, "other-split", seed=5),
+        "other_size": _run(root, synth_small, "other-size", height=48, width=48),
+    }
+
+
+def test_distillation_targets_mix_label_and_teacher() -> None:
+    hard = np.array([[0.0], [1.0], [1.0]], np.float32)
+    teacher = np.array([0.2, 0.9, 0.4], np.float32)
+    np.testing.assert_allclose(distillation_targets(hard, teacher, 0.5), [[0.1], [0.95], [0.7]], rtol=1e-6)
+    np.testing.assert_array_equal(distillation_targets(hard, teacher, 0.0), hard)
+    with pytest.raises(TrainError, match="--distill-weight"):
+        TrainConfig(distill_weight=1.5)
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_ensemble_is_the_mean_of_its_members_in_one_graph(runs: dict[str, Path], tmp_path: Path) -> None:
+    import keras
+
+    from edge_runtime.contract import ModelInfo
+    from train.ensemble import EnsembleConfig, make_ensemble
+
+    out = tmp_path / "ens"
+    result = make_ensemble(
+        EnsembleConfig(members=(runs["a"], runs["b"]), out=out, bootstrap=10, progress=False)
+    )
+    for name in (
+        "model.h5",
+        "contract.json",
+        "model_info.json",
+        "split.json",
+        "metrics.json",
+        "model_card.json",
+    ):
+        assert (out / name).is_file(), name
+    x = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1)).astype(np.float32)
+
+    def outputs(folder: Path) -> np.ndarray:
+        model = keras.models.load_model(str(folder / "model.h5"), safe_mode=True, compile=False)
+        return np.asarray(model(x, training=False))
+
+    np.testing.assert_allclose(outputs(out), (outputs(runs["a"]) + outputs(runs["b"])) / 2, atol=1e-6)
+    info = ModelInfo.load(out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert info.arch == "ensemble" and info.synthetic is True
+    assert metrics["threshold"]["chosen_on"] == "validation" and metrics["threshold"]["rule"] == "youden"
+    assert metrics["threshold"]["value"] == pytest.approx(info.threshold)
+    assert len(metrics["members"]) == 2 and 0.0 <= metrics["test"]["roc_auc"] <= 1.0
+    one_member = json.loads((runs["a"] / "model_card.json").read_text())["architecture"]["params"]
+    assert result["card"]["architecture"]["params"] == 2 * one_member
+    # `pneumo evaluate` opens the folder like any run
+    from train.evaluate import open_model
+
+    loaded = open_model(out)
+    assert loaded.info.model_version == info.model_version
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("other", "message"), [("other_split", "split differs"), ("other_size", "contract differs")]
+)
+def test_ensemble_refuses_members_that_do_not_share_split_or_contract(
+    runs: dict[str, Path], tmp_path: Path, other: str, message: str
+) -> None:
+    from train.ensemble import EnsembleConfig, make_ensemble
+
+    out = tmp_path / "ens"
+    with pytest.raises(TrainError, match=message) as caught:
+        make_ensemble(EnsembleConfig(members=(runs["a"], runs[other]), out=out, progress=False))
+    assert str(runs[other]) in str(caught.value)
+    assert not out.exists()  # nothing written before the members are checked
+
+
+def test_ensemble_needs_two_distinct_members(tmp_path: Path) -> None:
+    from train.ensemble import EnsembleConfig
+
+    with pytest.raises(TrainError, match="at least two"):
+        EnsembleConfig(members=(tmp_path,), out=tmp_path / "o")
+    with pytest.raises(TrainError, match="twice"):
+        EnsembleConfig(members=(tmp_path, tmp_path), out=tmp_path / "o")
+    with pytest.raises(TrainError, match="--tta"):
+        EnsembleConfig(members=(tmp_path,), out=tmp_path / "o", tta="flips")
+    assert EnsembleConfig(members=(tmp_path,), out=tmp_path / "o", tta="crops").tta == "crops"
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_test_time_crops_average_views_of_the_same_image(runs: dict[str, Path], tmp_path: Path) -> None:
+    import keras
+
+    from train.ensemble import TTA_CROPS, EnsembleConfig, make_ensemble
+
+    out = tmp_path / "tta"
+    make_ensemble(EnsembleConfig(members=(runs["a"],), out=out, tta="crops", bootstrap=10, progress=False))
+    tta = keras.models.load_model(str(out / "model.h5"), safe_mode=True, compile=False)
+    single = keras.models.load_model(str(runs["a"] / "model.h5"), safe_mode=True, compile=False)
+    card, member = (json.loads((folder / "model_card.json").read_text()) for folder in (out, runs["a"]))
+    assert card["architecture"]["macs"] == len(TTA_CROPS) * member["architecture"]["macs"]  # runs per view
+    assert card["architecture"]["params"] == member["architecture"]["params"]  # with the same weights
+    resizes = [layer for layer in tta.layers if isinstance(layer, keras.layers.Resizing)]
+    assert len(resizes) == len(TTA_CROPS) - 1  # the whole image is the first view, uncropped
+    flat = np.full((2, 32, 32, 1), 117.0, np.float32)  # every crop of a flat image is the same image
+    np.testing.assert_allclose(np.asarray(tta(flat)), np.asarray(single(flat, training=False)), atol=1e-6)
+    x = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 1)).astype(np.float32)
+    views = keras.Model(tta.input, [layer.output for layer in resizes])(x)
+    expected = [np.asarray(single(x, training=False))]
+    for (top, bottom, left, right), got in zip(TTA_CROPS[1:], views, strict=True):
+        crop = x[:, round(top * 32) : 32 - round(bottom * 32), round(left * 32) : 32 - round(right * 32)]
+        view = np.asarray(keras.layers.Resizing(32, 32, interpolation="bilinear")(crop))
+        np.testing.assert_allclose(np.asarray(got), view, atol=1e-4)  # each view is the crop it claims
+        assert not np.allclose(view, x)
+        expected.append(np.asarray(single(view, training=False)))
+    np.testing.assert_allclose(np.asarray(tta(x, training=False)), np.mean(expected, axis=0), atol=1e-5)
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_student_distils_from_a_teacher_with_the_same_split(
+    runs: dict[str, Path], synth_small: Path, tmp_path: Path
+) -> None:
+    student = _run(tmp_path, synth_small, "student", teacher=runs["a"], distill_weight=0.7)
+    config = json.loads((student / "config.json").read_text())
+    assert config["teacher"] == str(runs["a"]) and config["distill_weight"] == 0.7
+    with pytest.raises(TrainError, match="split differs"):
+        _run(tmp_path, synth_small, "leaky", teacher=runs["other_split"])
+    with pytest.raises(TrainError, match="contract"):
+        _run(tmp_path, synth_small, "wrong-size", teacher=runs["a"], height=48, width=48)
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_ensemble_cli_prints_a_table_and_names_bad_members(runs: dict[str, Path], tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "edge_runtime.pneumo_cli", "train", "ensemble"]
+    ok = subprocess.run(
+        [*cli, str(runs["a"]), str(runs["b"]), "--out", str(tmp_path / "e"), "--bootstrap", "10", "-q"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "ensemble" in ok.stdout and "SYNTHETIC" in ok.stdout and "not a diagnosis" in ok.stdout
+    bad = subprocess.run(
+        [*cli, str(runs["a"]), str(tmp_path / "nowhere"), "--out", str(tmp_path / "f"), "-q"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert bad.returncode == 1 and "nowhere" in bad.stderr and "run folder" in bad.stderr
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+@pytest.mark.parametrize("tta", ["none", "crops"])
+def test_an_ensemble_exports_to_onnx_with_parity(runs: dict[str, Path], tmp_path: Path, tta: str) -> None:
+    """The one-graph ensemble (and its test-time crops) goes through the same tf2onnx path as a run."""
+    from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from edge_runtime.contract import ModelInfo, PreprocessContract
+    from export.config import OnnxConfig
+    from export.onnx_from_keras import keras_outputs, load_keras_model, onnx_from_keras, save_onnx
+    from train.ensemble import EnsembleConfig, make_ensemble
+
+    out = tmp_path / "ens"
+    members = (runs["a"], runs["b"]) if tta == "none" else (runs["a"],)
+    make_ensemble(EnsembleConfig(members=members, out=out, tta=tta, bootstrap=10, progress=False))
+    contract, info = PreprocessContract.load(out), ModelInfo.load(out)
+    model = load_keras_model(out / "model.h5", contract, info)
+    path = save_onnx(onnx_from_keras(model, contract, info, OnnxConfig()), tmp_path / "ens.onnx")
+    x = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 1)).astype(np.uint8)
+    with OnnxRuntimeBackend(path, name="ort-cpu", precision="fp32") as backend:
+        got = backend.infer(x)
+    np.testing.assert_allclose(got, keras_outputs(model, x), atol=1e-5)

@@ -1,0 +1,453 @@
+"""Average trained runs into one model: one graph, one contract, one threshold chosen on validation.
+
+``pneumo train ensemble RUN RUN ... --out DIR`` writes a run folder like
+``pneumo train`` does (model.h5, contract.json, model_info.json, split.json,
+metrics.json, model_card.json), so ``pneumo export bundle`` and ``pneumo
+evaluate`` take it unchanged, and it can be the ``--teacher`` of a distilled
+run. The members must share the preprocessing contract, the labels and the
+exact train/val/test split: a member that trained on another member's
+validation images would make the ensemble's threshold and validation score a
+leak. The test split is scored once, after the threshold is fixed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.contract import ModelInfo, PreprocessContract
+from edge_runtime.errors import EdgeError
+from edge_runtime.fileio import atomic_write_json, read_json
+from train.errors import TrainError
+
+log = logging.getLogger("pneumo")
+
+ENSEMBLE_FILE = "ensemble.json"
+TTA_MODES = ("none", "crops")
+# Test-time views for --tta crops, as fractions of the side cropped (top, bottom, left, right) before
+# resizing back: the whole image, a 6% zoom and two 8%-crop views (a ~4% shift with a slight zoom), inside
+# what the xray augmentation (zoom 10%, shift 5%) trains on.
+TTA_CROPS: tuple[tuple[float, float, float, float], ...] = (
+    (0.0, 0.0, 0.0, 0.0),
+    (0.06, 0.06, 0.06, 0.06),
+    (0.08, 0.0, 0.08, 0.0),
+    (0.0, 0.08, 0.0, 0.08),
+)
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Which runs to average and where the ensemble's run folder goes."""
+
+    members: tuple[Path, ...]
+    out: Path
+    tta: str = "none"
+    threshold_rule: str | None = None  # None: the first member's rule
+    overwrite: bool = False
+    bootstrap: int = 1000
+    seed: int = 0
+    cache_dir: Path | None = None
+    progress: bool = True
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.tta not in TTA_MODES:
+            raise TrainError(f"--tta {self.tta!r}: expected one of {', '.join(TTA_MODES)}")
+        if len(self.members) < (1 if self.tta != "none" else 2):
+            raise TrainError(
+                f"an ensemble needs at least two run folders (or one with --tta crops), got {len(self.members)}"
+            )
+        names = [Path(m).resolve() for m in self.members]
+        if len(set(names)) != len(names):
+            raise TrainError("the same run folder is given twice; each member must be a different run")
+
+
+@dataclass
+class Member:
+    """One run folder to average: its records and its (trained) configuration."""
+
+    folder: Path
+    contract: PreprocessContract
+    info: ModelInfo
+    config: dict[str, Any]
+
+    @classmethod
+    def open(cls, folder: Path) -> Member:
+        from train.config import CONFIG_FILE
+
+        for name in ("model.h5", "split.json", "contract.json", "model_info.json"):
+            if not (folder / name).is_file():
+                raise TrainError(
+                    f"{folder / name}: missing; an ensemble member must be a run folder written by 'pneumo train'"
+                )
+        try:
+            contract = PreprocessContract.load(folder)
+            info = ModelInfo.load(folder)
+        except EdgeError as exc:
+            raise TrainError(f"{folder}: {exc}") from exc
+        # An ensemble's folder has no config.json (it can still be a member or a teacher).
+        config = read_json(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else {}
+        return cls(folder=folder, contract=contract, info=info, config=dict(config))
+
+
+def split_key(splits: Any) -> dict[str, list[tuple[str, str]]]:
+    return {name: [(str(s.path), s.label) for s in splits.split(name)] for name in ("train", "val", "test")}
+
+
+def check_compatible(members: list[Member]) -> Any:
+    """The shared Splits of ``members``; TrainError naming the first member that differs."""
+    from train.data import Splits
+
+    first = members[0]
+    splits = Splits.load(first.folder / "split.json")
+    key = split_key(splits)
+    for member in members[1:]:
+        if member.contract.to_dict() != first.contract.to_dict():
+            raise TrainError(
+                f"{member.folder}: preprocessing contract differs from {first.folder} "
+                f"({member.contract.describe()} vs {first.contract.describe()}); ensemble members "
+                "take the same input, so train them with the same --image-size, --color and --resize"
+            )
+        if member.info.labels != first.info.labels or member.info.head != first.info.head:
+            raise TrainError(
+                f"{member.folder}: labels/head {member.info.labels}/{member.info.head} differ from "
+                f"{first.folder} ({first.info.labels}/{first.info.head})"
+            )
+        require_same_split(key, member.folder, f"{first.folder}'s")
+    return splits
+
+
+def require_same_split(key: dict[str, list[tuple[str, str]]], folder: Path, whose: str) -> None:
+    """TrainError unless ``folder``'s split.json lists exactly the images of ``key``, split by split."""
+    from train.data import Splits
+
+    other = split_key(Splits.load(folder / "split.json"))
+    for name in ("train", "val", "test"):
+        if other[name] != key[name]:
+            raise TrainError(
+                f"{folder}: its {name} split differs from {whose}; runs combined this way must share the "
+                "split (same --data, --seed, --val-fraction and --sources), or validation would hold "
+                "images one of them trained on"
+            )
+
+
+def build_ensemble(member_models: list[Any], contract: PreprocessContract, tta: str = "none") -> Any:
+    """One Keras model: every member on every view of one input, all outputs averaged."""
+    import keras
+
+    for k, model in enumerate(member_models):
+        model.name = f"member_{k}"  # nested models need distinct names in one graph
+    image = keras.Input(shape=contract.input_shape, name="image")
+    views = (
+        [image]
+        if tta == "none"
+        else [_crop_view(image, crop, k, contract) for k, crop in enumerate(TTA_CROPS)]
+    )
+    # Members are frozen: training=False fixes BatchNorm/Dropout to inference even if a caller forgets it
+    # (a nested model called with training=None would otherwise run in training mode).
+    outputs = [m(view, training=False) for m in member_models for view in views]
+    mean = keras.layers.Average(name="ensemble_mean")(outputs)
+    return keras.Model(image, mean, name="ensemble")
+
+
+def _crop_view(
+    image: Any, crop: tuple[float, float, float, float], k: int, contract: PreprocessContract
+) -> Any:
+    """``image`` cropped by the fractions ``crop`` and resized back (bilinear) to the contract's size."""
+    import keras
+
+    if not any(crop):
+        return image
+    top, bottom, left, right = crop
+    h, w = contract.height, contract.width
+    pixels = ((round(top * h), round(bottom * h)), (round(left * w), round(right * w)))
+    cropped = keras.layers.Cropping2D(pixels, name=f"tta_crop_{k}")(image)
+    return keras.layers.Resizing(h, w, interpolation="bilinear", name=f"tta_resize_{k}")(cropped)
+
+
+def _load_member_model(member: Member) -> Any:
+    import keras
+
+    path = member.folder / "model.h5"
+    try:
+        return keras.models.load_model(str(path), safe_mode=True, compile=False)
+    except (OSError, ValueError, TypeError) as exc:
+        raise TrainError(f"{path}: cannot load the Keras model in safe mode ({exc})") from exc
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise TrainError(f"{out}: exists and is not empty; choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
+    """Average the member runs, choose the threshold on validation, score test once; write a run folder."""
+    from edge_runtime.predictor import abnormal_probability
+    from train.cache import load_arrays
+    from train.fit import (
+        CARD_FILE,
+        METRICS_FILE,
+        SPLIT_FILE,
+        negative_label,
+        predict_arrays,
+        reload_check,
+        save_model,
+    )
+    from train.metrics import choose_threshold, evaluate_outputs
+    from train.models.complexity import model_complexity
+    from train.synth import is_synthetic
+
+    members = [Member.open(Path(folder)) for folder in config.members]
+    splits = check_compatible(members)
+    _prepare_out(config.out, config.overwrite)
+    contract, first = members[0].contract, members[0].info
+    model = build_ensemble([_load_member_model(m) for m in members], contract, config.tta)
+    complexity = model_complexity(model)
+    if config.tta != "none":  # layer counting sees each member once; it runs once per view
+        complexity = replace(complexity, macs=complexity.macs * len(TTA_CROPS))
+    arrays = {
+        name: load_arrays(
+            splits.split(name), splits.labels, contract, config.cache_dir, config.progress, config.workers
+        )
+        for name in ("val", "test")
+    }
+    rule = config.threshold_rule or _member_rule(members[0])
+    val_out = predict_arrays(model, arrays["val"].x)
+    negative = negative_label(splits.labels)
+    val_abnormal = arrays["val"].y != splits.labels.index(negative)
+    probe = ModelInfo(
+        model_version="provisional",
+        arch="ensemble",
+        labels=splits.labels,
+        negative_label=negative,
+        head=first.head,
+    )
+    choice = choose_threshold(val_abnormal, abnormal_probability(val_out, probe), rule)
+    synthetic = any(m.info.synthetic for m in members) or is_synthetic(splits.config.root)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    info = ModelInfo(
+        model_version=f"ensemble-{config.out.name}-{stamp}",
+        arch="ensemble",
+        labels=splits.labels,
+        negative_label=negative,
+        threshold=float(choice.threshold),
+        head=first.head,
+        synthetic=synthetic,
+        threshold_rule=f"{choice.rule}: {choice.description}",
+        extra={
+            "params": complexity.params,
+            "flops": complexity.flops,
+            "run_folder": config.out.name,
+            "members": [m.info.model_version for m in members],
+            "tta": config.tta,
+        },
+    )
+    validation = evaluate_outputs(
+        arrays["val"].y, val_out, info, bootstrap=config.bootstrap, seed=config.seed
+    )
+    test_out = predict_arrays(model, arrays["test"].x)
+    test = evaluate_outputs(arrays["test"].y, test_out, info, bootstrap=config.bootstrap, seed=config.seed)
+    saved = save_model(model, config.out)
+    reload = reload_check(model, saved["model"], arrays["test"].x)
+    metrics = {
+        "model_version": info.model_version,
+        "synthetic": synthetic,
+        "threshold": {
+            "value": info.threshold,
+            "rule": choice.rule,
+            "how": choice.description,
+            "chosen_on": "validation",
+        },
+        "test": test,
+        "validation": validation,
+        "members": [_member_row(m) for m in members],
+        "reload_check": reload,
+    }
+    contract.save(config.out)
+    info.save(config.out)
+    splits.save(config.out / SPLIT_FILE)
+    atomic_write_json(config.out / METRICS_FILE, metrics)
+    atomic_write_json(config.out / ENSEMBLE_FILE, _config_record(config))
+    card = {
+        "model_version": info.model_version,
+        "created": stamp,
+        "architecture": {
+            "name": "ensemble",
+            "summary": f"mean of {len(members)} runs' outputs in one graph"
+            + (f", each on {len(TTA_CROPS)} test-time crops" if config.tta != "none" else ""),
+            "tta": config.tta,
+            "members": metrics["members"],
+            "head": first.head,
+            "labels": list(splits.labels),
+            "negative_label": negative,
+            **complexity.to_dict(),
+        },
+        "preprocessing": contract.to_dict(),
+        "threshold": metrics["threshold"],
+        "metrics": {"validation": validation, "test": test},
+        "intended_use": info.intended_use,
+        "decision_support_not_diagnosis": True,
+        "synthetic": synthetic,
+    }
+    atomic_write_json(config.out / CARD_FILE, card)
+    return {"out": str(config.out), "info": info, "metrics": metrics, "card": card}
+
+
+def _member_rule(member: Member) -> str:
+    rule = member.config.get("threshold_rule")
+    return str(rule) if rule else "sensitivity:0.95"
+
+
+def _member_row(member: Member) -> dict[str, Any]:
+    metrics_path = member.folder / "metrics.json"
+    scores = read_json(metrics_path) if metrics_path.is_file() else {}
+    val, test = scores.get("validation", {}), scores.get("test", {})
+    return {
+        "folder": str(member.folder),
+        "model_version": member.info.model_version,
+        "val_roc_auc": val.get("roc_auc"),
+        "test_roc_auc": test.get("roc_auc"),
+        "test_accuracy": test.get("accuracy"),
+    }
+
+
+def _config_record(config: EnsembleConfig) -> dict[str, Any]:
+    record = asdict(config)
+    record["members"] = [str(m) for m in config.members]
+    record["out"] = str(config.out)
+    record["cache_dir"] = str(config.cache_dir) if config.cache_dir else None
+    return record
+
+
+def member_outputs(folder: Path, x: np.ndarray) -> np.ndarray:
+    """A run folder's model outputs on uint8 images (used for distillation targets)."""
+    from train.fit import predict_arrays
+
+    return predict_arrays(_load_member_model(Member.open(folder)), x)
+
+
+# --------------------------------------------------------------------------- command line
+
+EXAMPLES = """examples:
+  pneumo train ensemble runs/dsconv-seed0 runs/dsconv-seed1 runs/dsconv-seed2 --out runs/dsconv-ens3
+  pneumo train ensemble runs/dsconv --tta crops --out runs/dsconv-tta   # one run, 4 views averaged
+  pneumo export bundle runs/dsconv-ens3 -o bundles/dsconv-ens3     # one graph, exported like any run
+
+Members must share the contract, labels and split (same --data, --seed, --val-fraction,
+--image-size). The threshold is chosen on validation (the first member's rule unless
+--threshold-rule); the test split is scored once. Results are decision support, not a diagnosis.
+"""
+
+
+def ensemble_parser(prog: str) -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Average trained runs into one model (one graph) and evaluate it like a run.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "members", nargs="+", type=Path, metavar="RUN", help="run folders to average (2 or more)"
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        "--output",
+        dest="out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="run folder to create for the ensemble",
+    )
+    parser.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default="none",
+        help=f"test-time augmentation in the graph: 'crops' averages {len(TTA_CROPS)} views "
+        "(whole, 6%% zoom, two 8%% shifts); one RUN is then enough",
+    )
+    parser.add_argument(
+        "--threshold-rule", help="sensitivity:T, youden or fixed:P (default: the first member's)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="write into an existing folder")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    parser.add_argument("--json", action="store_true", help="print metrics as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress or log lines")
+    return parser
+
+
+def main(argv: list[str], prog: str = "pneumo train ensemble") -> int:
+    import contextlib
+    import json
+    import os
+    import sys
+
+    args = ensemble_parser(prog).parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
+    )
+    from train.metrics import MetricsError
+
+    try:
+        config = EnsembleConfig(
+            members=tuple(args.members),
+            out=args.out,
+            tta=args.tta,
+            threshold_rule=args.threshold_rule,
+            overwrite=args.overwrite,
+            bootstrap=args.bootstrap,
+            progress=not args.quiet,
+        )
+        with contextlib.redirect_stdout(sys.stderr):
+            result = make_ensemble(config)
+    except (TrainError, EdgeError, MetricsError) as exc:
+        sys.stderr.write(f"{prog}: error: {exc}\n")
+        return 1
+    if args.json:
+        sys.stdout.write(json.dumps(result["metrics"], indent=2, default=str) + "\n")
+    else:
+        sys.stdout.write(summary(result) + "\n")
+    return 0
+
+
+def summary(result: dict[str, Any]) -> str:
+    """A short table: each member's stored scores, then the ensemble's."""
+    metrics, card = result["metrics"], result["card"]
+    synthetic = " (SYNTHETIC phantoms: not a medical result)" if metrics["synthetic"] else ""
+    lines = [
+        f"ensemble {metrics['model_version']} -> {result['out']}{synthetic}",
+        f"{'model':<40} {'val AUC':>8} {'test AUC':>9} {'test acc':>9}",
+    ]
+    for row in metrics["members"]:
+        lines.append(
+            f"{Path(row['folder']).name:<40} {_fmt(row['val_roc_auc']):>8} "
+            f"{_fmt(row['test_roc_auc']):>9} {_fmt(row['test_accuracy']):>9}"
+        )
+    val, test = metrics["validation"], metrics["test"]
+    lines.append(
+        f"{'ensemble':<40} {_fmt(val.get('roc_auc')):>8} {_fmt(test.get('roc_auc')):>9} "
+        f"{_fmt(test.get('accuracy')):>9}"
+    )
+    threshold = metrics["threshold"]
+    lines.append(
+        f"threshold {threshold['value']:.4f} ({threshold['rule']}, chosen on validation); test "
+        f"sensitivity {_fmt(test.get('sensitivity'))}, specificity {_fmt(test.get('specificity'))}"
+    )
+    lines.append(
+        f"{card['architecture']['params']:,} parameters, "
+        f"{card['architecture']['gflops']:.3f} GFLOPs per image. Decision support, not a diagnosis."
+    )
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.3f}"
