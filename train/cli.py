@@ -191,7 +191,7 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     )
     recipe.add_argument("--loss", choices=LOSSES, help="crossentropy (default) or focal")
     recipe.add_argument("--focal-gamma", type=float)
-    recipe.add_argument("--label-smoothing", type=float)
+    recipe.add_argument("--label-smoothing", type=float, help="0..0.5 (default: dsconv 0.1, others 0)")
     recipe.add_argument(
         "--teacher",
         type=Path,
@@ -204,8 +204,8 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     )
     recipe.add_argument(
         "--threshold-rule",
-        help="on validation: sensitivity:0.95 (default, highest threshold keeping sensitivity >= 0.95), "
-        "youden, or fixed:0.5",
+        help="on validation: sensitivity:0.95 (highest threshold keeping sensitivity >= 0.95; the seed "
+        "architectures' default), youden (max sensitivity + specificity - 1; dsconv's default), or fixed:0.5",
     )
     return parser
 

@@ -95,12 +95,12 @@ class TrainConfig:
     augment: str | None = None
     loss: str = "crossentropy"
     focal_gamma: float = 2.0
-    label_smoothing: float = 0.0
+    label_smoothing: float | None = None
     # Distillation: train on (1 - w) * label + w * the teacher's probability (a run or ensemble folder
     # with the same contract and split; its outputs on the unaugmented training images).
     teacher: Path | None = None
     distill_weight: float = 0.5
-    threshold_rule: str = "sensitivity:0.95"
+    threshold_rule: str | None = None  # on validation; None: the architecture's (sensitivity:0.95 or youden)
     # --- run
     seed: int = 0
     deterministic: bool = True
@@ -142,7 +142,6 @@ class TrainConfig:
         _bounded("val_fraction", self.val_fraction, 0.01, 0.5)
         _bounded("width_multiplier", self.width_multiplier, 0.25, 4.0)
         _bounded("focal_gamma", self.focal_gamma, 0.0, 10.0)
-        _bounded("label_smoothing", self.label_smoothing, 0.0, 0.5)
         _bounded("distill_weight", self.distill_weight, 0.0, 1.0)
         _bounded("seed", self.seed, 0, 2**31 - 1)
         _bounded("workers", self.workers, 1, 64)
@@ -154,6 +153,7 @@ class TrainConfig:
             ("pool_dropout", 0.0, 0.95),
             ("last_conv_filters", 1, 4096),
             ("max_per_class", 1, 10_000_000),
+            ("label_smoothing", 0.0, 0.5),
             ("learning_rate", 1e-7, 10.0),
             ("batch_size", 1, 4096),
             ("epochs", 1, 10_000),
@@ -165,7 +165,8 @@ class TrainConfig:
         from train.metrics import MetricsError, parse_threshold_rule
 
         try:
-            parse_threshold_rule(self.threshold_rule)
+            if self.threshold_rule is not None:
+                parse_threshold_rule(self.threshold_rule)
         except MetricsError as exc:
             raise TrainError(f"--threshold-rule: {exc}") from None
 
@@ -190,6 +191,8 @@ class TrainConfig:
             class_weights=spec.class_weights if self.class_weights is None else self.class_weights,
             augment=self.augment or spec.augment,
             undersample=spec.undersample if self.undersample is None else self.undersample,
+            label_smoothing=spec.label_smoothing if self.label_smoothing is None else self.label_smoothing,
+            threshold_rule=self.threshold_rule or spec.threshold_rule,
         )
 
     def model_options(self) -> dict[str, Any]:

@@ -198,6 +198,7 @@ def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
         predict_arrays,
         reload_check,
         save_model,
+        threshold_record,
     )
     from train.metrics import choose_threshold, evaluate_outputs
     from train.models.complexity import model_complexity
@@ -258,12 +259,7 @@ def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
     metrics = {
         "model_version": info.model_version,
         "synthetic": synthetic,
-        "threshold": {
-            "value": info.threshold,
-            "rule": choice.rule,
-            "how": choice.description,
-            "chosen_on": "validation",
-        },
+        "threshold": threshold_record(choice),
         "test": test,
         "validation": validation,
         "members": [_member_row(m) for m in members],

@@ -199,6 +199,16 @@ def teacher_targets(
     return distillation_targets(targets(train.y, head), soft, cfg.distill_weight)
 
 
+def threshold_record(choice: Any) -> dict[str, Any]:
+    """How the decision threshold was chosen, as metrics.json records it (always on validation)."""
+    return {
+        "value": float(choice.threshold),
+        "rule": choice.rule,
+        "how": choice.description,
+        "chosen_on": "validation",
+    }
+
+
 def negative_label(labels: tuple[str, ...]) -> str:
     """The 'normal' class: NORMAL when present (any case), else the first label."""
     for label in labels:
@@ -328,6 +338,7 @@ def train_run(config: TrainConfig) -> RunResult:
     opts = cfg.model_options()
     assert cfg.batch_size is not None and cfg.epochs is not None and cfg.learning_rate is not None
     assert cfg.optimizer is not None and cfg.augment is not None
+    assert cfg.label_smoothing is not None and cfg.threshold_rule is not None
 
     with compute_session(cfg.seed, cfg.deterministic, cfg.mixed_precision, cfg.strategy) as session:
         with session.scope:
@@ -427,12 +438,7 @@ def train_run(config: TrainConfig) -> RunResult:
     metrics = {
         "model_version": info.model_version,
         "synthetic": synthetic,
-        "threshold": {
-            "value": info.threshold,
-            "rule": choice.rule,
-            "how": choice.description,
-            "chosen_on": "validation",
-        },
+        "threshold": threshold_record(choice),
         "test": test,
         "test_at_0.5": test_half,
         "validation": validation,
