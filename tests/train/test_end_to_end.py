@@ -161,8 +161,9 @@ def test_dsconv_learns_the_synthetic_signal(synth_data: Path, tmp_path: Path) ->
         arch="dsconv", data=synth_data, out=tmp_path / "dsconv", height=96, width=96, epochs=8,
         learning_rate=3e-3, batch_size=16, width_multiplier=0.5, cache_dir=tmp_path / "cache",
         progress=False, bootstrap=100, tensorboard=False,
-        # pinned, not the recipe's: the recipe's blur augmentation needs more than 8 epochs at 96 px
-        augment="light", early_stopping=0,
+        # pinned, not the recipe's: the recipe's blur augmentation and label smoothing need more than
+        # 8 epochs at 96 px (with smoothing 0.1 this run reaches AUC 0.78)
+        augment="light", early_stopping=0, label_smoothing=0.0,
     )  # fmt: skip
     result = train_run(config)
     assert result.metrics["test"]["roc_auc"] > 0.8, result.metrics["test"]
