@@ -331,13 +331,14 @@ def member_outputs(folder: Path, x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- command line
 
 EXAMPLES = """examples:
-  pneumo train ensemble runs/dsconv-seed0 runs/dsconv-seed1 runs/dsconv-seed2 --out runs/dsconv-ens3
+  pneumo train ensemble runs/dsconv runs/dsconv-focal runs/dsconv-smooth --out runs/dsconv-ens3
   pneumo train ensemble runs/dsconv --tta crops --out runs/dsconv-tta   # one run, 4 views averaged
   pneumo export bundle runs/dsconv-ens3 -o bundles/dsconv-ens3     # one graph, exported like any run
 
 Members must share the contract, labels and split (same --data, --seed, --val-fraction,
---image-size). The threshold is chosen on validation (the first member's rule unless
---threshold-rule); the test split is scored once. Results are decision support, not a diagnosis.
+--image-size): vary them by loss, augmentation or width, not by --seed, which also moves the
+split. The threshold is chosen on validation (the first member's rule unless --threshold-rule);
+the test split is scored once. Results are decision support, not a diagnosis.
 """
 
 
@@ -368,7 +369,7 @@ def ensemble_parser(prog: str) -> Any:
         choices=TTA_MODES,
         default="none",
         help=f"test-time augmentation in the graph: 'crops' averages {len(TTA_CROPS)} views "
-        "(whole, 6%% zoom, two 8%% shifts); one RUN is then enough",
+        "(whole, a 6%% zoom, two 8%% corner crops); one RUN is then enough",
     )
     parser.add_argument(
         "--threshold-rule", help="sensitivity:T, youden or fixed:P (default: the first member's)"
