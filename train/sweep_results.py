@@ -15,6 +15,7 @@ import datetime as _dt
 import io
 import math
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +65,9 @@ def settings_changed(run: PlannedRun) -> list[str]:
         return ["config.json missing or unreadable"]
     planned = comparable(run.config.to_dict())
     saved = comparable(saved if isinstance(saved, dict) else {})
-    return sorted(k for k in set(planned) | set(saved) if planned.get(k) != saved.get(k))
+    # A field added to TrainConfig after the run was saved is absent there: it ran with the default.
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return sorted(k for k in set(planned) | set(saved) if planned.get(k) != saved.get(k, defaults.get(k)))
 
 
 def _ci(metrics: dict[str, Any], name: str) -> tuple[float | None, float | None]:
@@ -175,6 +178,8 @@ def result_row(run: PlannedRun, state: dict[str, Any], sweep_name: str) -> dict[
     overlap = ((card.get("data", {}).get("split") or {}).get("patient_overlap") or {}).get("train-test", {})
     row["train_test_shared_patients"] = overlap.get("patients")
     row["threshold"] = test.get("threshold")
+    # what a choice between runs may look at: the test columns are reported, never chosen on
+    row["val_roc_auc"] = (metrics.get("validation") or {}).get("roc_auc")
     for name in METRIC_COLUMNS:
         low, high = _ci(test, name)
         row[name], row[f"{name}_low"], row[f"{name}_high"] = test.get(name), low, high
@@ -199,7 +204,7 @@ def result_row(run: PlannedRun, state: dict[str, Any], sweep_name: str) -> dict[
 
 CSV_COLUMNS = (
     "sweep", "run", "study", "status", "mode", "arch", "settings", "test_split", "test_images",
-    "train_images", "train_test_shared_patients", "threshold",
+    "train_images", "train_test_shared_patients", "threshold", "val_roc_auc",
     *(f"{m}{s}" for m in METRIC_COLUMNS for s in ("", "_low", "_high")),
     "accuracy_at_0.5",
     "sensitivity_at_0.5",
@@ -256,14 +261,16 @@ def results_markdown(experiment: Experiment, rows: list[dict[str, Any]]) -> str:
     lines += [
         "",
         f"Experiment file `{experiment.path.name}`, written {utc_now()}. Metrics on each run's test split at the "
-        "threshold chosen on its validation split, with 95% bootstrap intervals. Positive = pneumonia "
+        "threshold chosen on its validation split, with 95% bootstrap intervals; choose between runs by "
+        "the validation column, never by the test columns. Positive = pneumonia "
         "(any label other than NORMAL). Decision support, not a diagnosis.",
     ]
     if reduced:
         lines += ["", "Reduced rows ran with fewer images and epochs than the study (see *Reductions*), "
                   "so they measure the recipe on a CPU budget, not its ceiling."]  # fmt: skip
     header = (
-        "| run | study | mode | arch | settings | test split (images) | accuracy | sensitivity | specificity "
+        "| run | study | mode | arch | settings | validation ROC AUC | test split (images) | accuracy "
+        "| sensitivity | specificity "
         "| F1 | ROC AUC | accuracy at 0.5 | params | FLOPs | train s | study's claim | status |"
     )
     lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
@@ -273,7 +280,8 @@ def results_markdown(experiment: Experiment, rows: list[dict[str, Any]]) -> str:
         if row.get("class_accuracy") is not None:
             accuracy += f"; {row['n_classes']}-class accuracy {row['class_accuracy']:.3f}"
         cells = [
-            row["run"], row["study"], row["mode"], row["arch"], row["settings"], test, accuracy,
+            row["run"], row["study"], row["mode"], row["arch"], row["settings"],
+            _fmt(row.get("val_roc_auc"), 4), test, accuracy,
             with_ci(row, "sensitivity"), with_ci(row, "specificity"), with_ci(row, "f1"),
             with_ci(row, "roc_auc"), _fmt(row.get("accuracy_at_0.5")), _count(row.get("params")),
             _count(row.get("flops")),

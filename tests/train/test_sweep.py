@@ -291,7 +291,9 @@ def test_tiny_sweep_killed_then_resumed_skips_finished_runs(tmp_path: Path) -> N
     assert list(rows) == ["first", "second", "broken"]
     for name in ("first", "second"):
         row = rows[name]
-        metrics = json.loads((out / "runs" / name / "metrics.json").read_text())["test"]
+        saved = json.loads((out / "runs" / name / "metrics.json").read_text())
+        metrics = saved["test"]
+        assert float(row["val_roc_auc"]) == pytest.approx(saved["validation"]["roc_auc"])  # what to choose by
         assert row["status"] == "done" and row["mode"] == "full SYNTHETIC"
         assert float(row["accuracy"]) == pytest.approx(metrics["accuracy"])
         assert float(row["roc_auc_low"]) <= float(row["roc_auc"]) <= float(row["roc_auc_high"])
@@ -300,7 +302,7 @@ def test_tiny_sweep_killed_then_resumed_skips_finished_runs(tmp_path: Path) -> N
     assert rows["broken"]["status"] == "failed" and "empty" in rows["broken"]["detail"]
     markdown = (out / "results.md").read_text()
     assert "SYNTHETIC" in markdown and "| first |" in markdown and "| broken |" in markdown
-    assert "a claim" in markdown
+    assert "a claim" in markdown and "| validation ROC AUC |" in markdown
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "configs" / "second.toml").is_file() and (out / "logs" / "second.attempt-3.log").is_file()
 
@@ -374,7 +376,8 @@ def test_a_new_model_option_reruns_only_the_runs_that_set_it(tmp_path: Path) -> 
         saved = {
             k: v
             for k, v in run.config.to_dict().items()
-            if k not in ("activation", "last_conv_filters", "pool_dropout")  # an older config.json
+            # an older config.json: before these fields existed (distill_weight's default is 0.5, not None)
+            if k not in ("activation", "last_conv_filters", "pool_dropout", "teacher", "distill_weight")
         }
         atomic_write_json(run.config.out / "config.json", saved)
     assert settings_changed(plain) == []
