@@ -107,30 +107,42 @@ def check_compatible(members: list[Member]) -> Any:
     splits = Splits.load(first.folder / "split.json")
     key = split_key(splits)
     for member in members[1:]:
-        if member.contract.to_dict() != first.contract.to_dict():
-            raise TrainError(
-                f"{member.folder}: preprocessing contract differs from {first.folder} "
-                f"({member.contract.describe()} vs {first.contract.describe()}); ensemble members "
-                "take the same input, so train them with the same --image-size, --color and --resize"
-            )
-        if member.info.labels != first.info.labels or member.info.head != first.info.head:
-            raise TrainError(
-                f"{member.folder}: labels/head {member.info.labels}/{member.info.head} differ from "
-                f"{first.folder} ({first.info.labels}/{first.info.head})"
-            )
-        require_same_split(key, member.folder, f"{first.folder}'s")
+        require_compatible(
+            member, first.contract, first.info.labels, first.info.head, key, f"{first.folder}'s"
+        )
     return splits
 
 
-def require_same_split(key: dict[str, list[tuple[str, str]]], folder: Path, whose: str) -> None:
-    """TrainError unless ``folder``'s split.json lists exactly the images of ``key``, split by split."""
+def require_compatible(
+    run: Member,
+    contract: PreprocessContract,
+    labels: tuple[str, ...],
+    head: str,
+    key: dict[str, list[tuple[str, str]]],
+    whose: str,
+) -> None:
+    """TrainError unless ``run`` takes the same input, has the same outputs and lists exactly the split ``key``.
+
+    Runs combined (ensemble members, a teacher and its student) must match, or one of them
+    would have trained on the others' validation images.
+    """
     from train.data import Splits
 
-    other = split_key(Splits.load(folder / "split.json"))
+    if run.contract.to_dict() != contract.to_dict():
+        raise TrainError(
+            f"{run.folder}: preprocessing contract differs from {whose} ({run.contract.describe()} vs "
+            f"{contract.describe()}); runs combined this way take the same input, so train them with the "
+            "same --image-size, --color and --resize"
+        )
+    if run.info.labels != labels or run.info.head != head:
+        raise TrainError(
+            f"{run.folder}: labels/head {run.info.labels}/{run.info.head} differ from {whose} ({labels}/{head})"
+        )
+    other = split_key(Splits.load(run.folder / "split.json"))
     for name in ("train", "val", "test"):
         if other[name] != key[name]:
             raise TrainError(
-                f"{folder}: its {name} split differs from {whose}; runs combined this way must share the "
+                f"{run.folder}: its {name} split differs from {whose}; runs combined this way must share the "
                 "split (same --data, --seed, --val-fraction and --sources), or validation would hold "
                 "images one of them trained on"
             )
@@ -170,45 +182,31 @@ def _crop_view(
     return keras.layers.Resizing(h, w, interpolation="bilinear", name=f"tta_resize_{k}")(cropped)
 
 
-def _load_member_model(member: Member) -> Any:
-    import keras
-
-    path = member.folder / "model.h5"
-    try:
-        return keras.models.load_model(str(path), safe_mode=True, compile=False)
-    except (OSError, ValueError, TypeError) as exc:
-        raise TrainError(f"{path}: cannot load the Keras model in safe mode ({exc})") from exc
-
-
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise TrainError(f"{out}: exists and is not empty; choose another --out or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
     """Average the member runs, choose the threshold on validation, score test once; write a run folder."""
-    from edge_runtime.predictor import abnormal_probability
     from train.cache import load_arrays
+    from train.evaluate import load_keras
     from train.fit import (
         CARD_FILE,
         METRICS_FILE,
         SPLIT_FILE,
         negative_label,
         predict_arrays,
+        prepare_run_folder,
         reload_check,
         save_model,
         threshold_record,
+        validation_threshold,
     )
-    from train.metrics import choose_threshold, evaluate_outputs
+    from train.metrics import evaluate_outputs
     from train.models.complexity import model_complexity
     from train.synth import is_synthetic
 
     members = [Member.open(Path(folder)) for folder in config.members]
     splits = check_compatible(members)
-    _prepare_out(config.out, config.overwrite)
+    prepare_run_folder(config.out, config.overwrite)
     contract, first = members[0].contract, members[0].info
-    model = build_ensemble([_load_member_model(m) for m in members], contract, config.tta)
+    model = build_ensemble([load_keras(m.folder / "model.h5") for m in members], contract, config.tta)
     complexity = model_complexity(model)
     if config.tta != "none":  # layer counting sees each member once; it runs once per view
         complexity = replace(complexity, macs=complexity.macs * len(TTA_CROPS))
@@ -221,15 +219,7 @@ def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
     rule = config.threshold_rule or _member_rule(members[0])
     val_out = predict_arrays(model, arrays["val"].x)
     negative = negative_label(splits.labels)
-    val_abnormal = arrays["val"].y != splits.labels.index(negative)
-    probe = ModelInfo(
-        model_version="provisional",
-        arch="ensemble",
-        labels=splits.labels,
-        negative_label=negative,
-        head=first.head,
-    )
-    choice = choose_threshold(val_abnormal, abnormal_probability(val_out, probe), rule)
+    choice = validation_threshold(arrays["val"].y, val_out, splits.labels, first.head, rule)
     synthetic = any(m.info.synthetic for m in members) or is_synthetic(splits.config.root)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     info = ModelInfo(
@@ -296,8 +286,10 @@ def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
 
 
 def _member_rule(member: Member) -> str:
+    from train.metrics import DEFAULT_THRESHOLD_RULE
+
     rule = member.config.get("threshold_rule")
-    return str(rule) if rule else "sensitivity:0.95"
+    return str(rule) if rule else DEFAULT_THRESHOLD_RULE
 
 
 def _member_row(member: Member) -> dict[str, Any]:
@@ -321,11 +313,12 @@ def _config_record(config: EnsembleConfig) -> dict[str, Any]:
     return record
 
 
-def member_outputs(folder: Path, x: np.ndarray) -> np.ndarray:
-    """A run folder's model outputs on uint8 images (used for distillation targets)."""
+def member_outputs(member: Member, x: np.ndarray) -> np.ndarray:
+    """An opened run's model outputs on uint8 images (used for distillation targets)."""
+    from train.evaluate import load_keras
     from train.fit import predict_arrays
 
-    return predict_arrays(_load_member_model(Member.open(folder)), x)
+    return predict_arrays(load_keras(member.folder / "model.h5"), x)
 
 
 # --------------------------------------------------------------------------- command line

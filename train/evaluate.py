@@ -51,14 +51,21 @@ def _sidecars(folder: Path) -> tuple[PreprocessContract, ModelInfo]:
         raise TrainError(f"{exc}; a model needs contract.json and model_info.json beside it") from exc
 
 
+def load_keras(path: Path) -> Any:
+    """A saved Keras model, loaded in safe mode (no code from the file) and uncompiled."""
+    import keras
+
+    try:
+        return keras.models.load_model(str(path), safe_mode=True, compile=False)
+    except (OSError, ValueError, TypeError) as exc:
+        raise TrainError(f"{path}: cannot load the Keras model in safe mode ({exc})") from exc
+
+
 def _keras_model(path: Path) -> LoadedModel:
     import keras
 
     contract, info = _sidecars(path.parent)
-    try:
-        model = keras.models.load_model(str(path), safe_mode=True, compile=False)
-    except (OSError, ValueError, TypeError) as exc:
-        raise TrainError(f"{path}: cannot load the Keras model in safe mode ({exc})") from exc
+    model = load_keras(path)
 
     def predict(batch: np.ndarray) -> np.ndarray:
         return np.asarray(keras.ops.convert_to_numpy(model(batch.astype(np.float32), training=False)))

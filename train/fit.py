@@ -28,7 +28,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -181,22 +181,34 @@ def teacher_targets(
     A teacher that trained on this run's validation (or test) images would leak
     them into the student, so anything but the very same split is refused.
     """
-    from train.ensemble import Member, member_outputs, require_same_split, split_key
+    from train.ensemble import Member, member_outputs, require_compatible, split_key
     from train.pipeline import distillation_targets, targets
 
     assert cfg.teacher is not None
     teacher = Member.open(cfg.teacher)
-    if teacher.contract.to_dict() != contract.to_dict():
-        raise TrainError(
-            f"--teacher {cfg.teacher}: its contract ({teacher.contract.describe()}) differs from this run's "
-            f"({contract.describe()}); train the student with the teacher's --image-size and --color"
-        )
-    if teacher.info.head != head.kind or teacher.info.labels != splits.labels:
-        raise TrainError(f"--teacher {cfg.teacher}: labels/head {teacher.info.labels}/{teacher.info.head} differ")
-    require_same_split(split_key(splits), cfg.teacher, "this run's")
-    soft = member_outputs(cfg.teacher, train.x)
+    require_compatible(teacher, contract, splits.labels, head.kind, split_key(splits), "this run's")
+    soft = member_outputs(teacher, train.x)
     log.info("distilling from %s (weight %.2f)", teacher.info.model_version, cfg.distill_weight)
     return distillation_targets(targets(train.y, head), soft, cfg.distill_weight)
+
+
+def validation_threshold(
+    y_val: np.ndarray,
+    val_out: np.ndarray,
+    labels: tuple[str, ...],
+    head: Literal["sigmoid", "softmax"],
+    rule: str,
+) -> Any:
+    """The decision threshold on P(abnormal), chosen by ``rule`` on validation outputs only."""
+    from edge_runtime.predictor import abnormal_probability
+
+    negative = negative_label(labels)
+    # abnormal_probability reads only the labels, the negative label and the head
+    reader = ModelInfo(
+        model_version="provisional", arch="-", labels=labels, negative_label=negative, head=head
+    )
+    abnormal = np.asarray(y_val) != labels.index(negative)
+    return choose_threshold(abnormal, abnormal_probability(val_out, reader), rule)
 
 
 def threshold_record(choice: Any) -> dict[str, Any]:
@@ -388,18 +400,7 @@ def train_run(config: TrainConfig) -> RunResult:
     n_labels = len(splits.labels)
     negative = negative_label(splits.labels)
     val_out = predict_arrays(model, arrays["val"].x)
-    provisional = ModelInfo(
-        model_version="provisional",
-        arch=cfg.arch,
-        labels=splits.labels,
-        negative_label=negative,
-        head=head.kind,
-        synthetic=synthetic,
-    )
-    from edge_runtime.predictor import abnormal_probability
-
-    val_abnormal = arrays["val"].y != splits.labels.index(negative)
-    choice = choose_threshold(val_abnormal, abnormal_probability(val_out, provisional), cfg.threshold_rule)
+    choice = validation_threshold(arrays["val"].y, val_out, splits.labels, head.kind, cfg.threshold_rule)
     info = ModelInfo(
         model_version=model_version(cfg),
         arch=cfg.arch,
