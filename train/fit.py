@@ -361,7 +361,8 @@ def train_run(config: TrainConfig) -> RunResult:
                 metrics=training_metrics(head),
             )
         weights = class_weights(arrays["train"].y, len(splits.labels)) if cfg.class_weights else None
-        augmenter = build_augmenter(cfg.augment, cfg.seed)
+        negative_index = splits.labels.index(negative_label(splits.labels))
+        augmenter = build_augmenter(cfg.augment, cfg.seed, negative_index)
         soft = teacher_targets(cfg, splits, contract, arrays["train"], head) if cfg.teacher else None
         train_data = training_data(
             arrays["train"].x,

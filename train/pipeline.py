@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from train.models.blocks import Head
+
+if TYPE_CHECKING:
+    from train.augment import Augmenter
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -58,7 +61,7 @@ def training_data(
     y: np.ndarray,
     head: Head,
     batch_size: int,
-    augmenter: Any | None = None,
+    augmenter: Augmenter | None = None,
     weights: dict[int, float] | None = None,
     seed: int = 0,
     shuffle: bool = True,
@@ -71,9 +74,10 @@ def training_data(
     """
     t = targets(y, head) if soft_targets is None else np.asarray(soft_targets, dtype=np.float32)
     w = sample_weights(y, weights)
+    classes = np.asarray(y, dtype=np.int32).reshape(-1)
     if using_tensorflow():
-        return _tf_dataset(x, t, w, batch_size, augmenter, seed, shuffle)
-    return array_batches(x, t, w, batch_size, augmenter, seed, shuffle)
+        return _tf_dataset(x, t, w, batch_size, augmenter, seed, shuffle, classes)
+    return array_batches(x, t, w, batch_size, augmenter, seed, shuffle, classes)
 
 
 def evaluation_data(x: np.ndarray, y: np.ndarray, head: Head, batch_size: int) -> Any:
@@ -89,9 +93,10 @@ def _tf_dataset(
     t: np.ndarray,
     w: np.ndarray | None,
     batch_size: int,
-    augmenter: Any | None,
+    augmenter: Augmenter | None,
     seed: int,
     shuffle: bool,
+    classes: np.ndarray | None = None,
 ) -> Any:
     import tensorflow as tf
 
@@ -99,6 +104,7 @@ def _tf_dataset(
     images = tf.constant(x)
     labels = tf.constant(t)
     weights = tf.constant(w) if w is not None else None
+    class_index = tf.constant(classes if classes is not None else np.zeros(len(x), np.int32))
     ds = tf.data.Dataset.range(len(x))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
@@ -107,7 +113,7 @@ def _tf_dataset(
     def load(idx: Any) -> Any:
         batch = tf.cast(tf.gather(images, idx), tf.float32)
         if augmenter is not None:
-            batch = augmenter(batch, training=True)
+            batch = augmenter(batch, tf.gather(class_index, idx))
         if weights is None:
             return batch, tf.gather(labels, idx)
         return batch, tf.gather(labels, idx), tf.gather(weights, idx)
@@ -120,9 +126,10 @@ def array_batches(
     t: np.ndarray,
     w: np.ndarray | None,
     batch_size: int,
-    augmenter: Any | None,
+    augmenter: Augmenter | None,
     seed: int,
     shuffle: bool,
+    classes: np.ndarray | None = None,
 ) -> Any:
     """A ``keras.utils.PyDataset`` over in-memory arrays, for the PyTorch and JAX backends."""
     import keras
@@ -143,7 +150,8 @@ def array_batches(
             idx = self.order[index * batch_size : (index + 1) * batch_size]
             batch = x[idx].astype(np.float32)
             if augmenter is not None:
-                batch = keras.ops.convert_to_numpy(augmenter(batch, training=True))
+                cls = classes[idx] if classes is not None else np.zeros(len(idx), np.int32)
+                batch = keras.ops.convert_to_numpy(augmenter(batch, cls))
             return (batch, t[idx]) if w is None else (batch, t[idx], w[idx])
 
         def on_epoch_end(self) -> None:

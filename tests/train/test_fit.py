@@ -184,18 +184,40 @@ def test_training_batches_are_float_pixels_with_targets_and_weights() -> None:
 
 
 @pytest.mark.tf
-@pytest.mark.parametrize("preset", ["flip", "light", "xray", "seed001", "seed004"])
+@pytest.mark.parametrize("preset", ["flip", "light", "xray", "xray-balanced", "seed001", "seed004"])
 def test_augmentation_presets_keep_shape_and_pixel_range(preset: str) -> None:
     from train.augment import build_augmenter
 
     x = np.random.default_rng(1).integers(0, 256, (4, 24, 24, 1)).astype(np.float32)
     augmenter = build_augmenter(preset, seed=0)
-    y = np.asarray(augmenter(x, training=True))
+    assert augmenter is not None
+    y = np.asarray(augmenter(x, np.array([0, 1, 0, 1])))
     assert y.shape == x.shape and y.dtype == np.float32
     assert y.min() >= 0.0 and y.max() <= 255.0
     assert not np.array_equal(y, x)  # it does something
-    np.testing.assert_array_equal(np.asarray(augmenter(x, training=False)), x)  # and nothing at inference
+    np.testing.assert_array_equal(np.asarray(augmenter.common(x, training=False)), x)  # nothing at inference
     assert build_augmenter("none") is None
+
+
+def _mean_gradient(images: np.ndarray) -> np.ndarray:
+    return np.abs(np.diff(images, axis=2)).mean(axis=(1, 2, 3))
+
+
+@pytest.mark.tf
+def test_xray_balanced_blurs_only_the_normal_class() -> None:
+    from train.augment import build_augmenter
+
+    # Identical sharp images; class 1 is normal here, so only rows 1 and 3 may lose detail.
+    rng = np.random.default_rng(2)
+    x = np.repeat(rng.integers(0, 256, (1, 32, 32, 1)).astype(np.float32), 4, axis=0)
+    augmenter = build_augmenter("xray-balanced", seed=0, negative_index=1)
+    assert augmenter is not None and augmenter.negative_only is not None
+    # Without the common layers the effect is exact: rows of the other class are untouched.
+    only_extra = augmenter.__class__("t", lambda b, training: b, augmenter.negative_only, 1)
+    out = np.asarray(only_extra(x, np.array([0, 1, 0, 1])))
+    np.testing.assert_array_equal(out[[0, 2]], x[[0, 2]])
+    sharp, blurred = _mean_gradient(x[:1])[0], _mean_gradient(out[[1, 3]])
+    assert np.all(blurred < 0.8 * sharp)
 
 
 @pytest.mark.tf
