@@ -12,7 +12,8 @@ random layers. Presets:
 * ``light`` (ours): rotations up to 7 degrees, 10% zoom, 5% shifts and
   +-10% contrast, no flips: a chest X-ray is not left-right symmetric (the
   heart), and positioning in a clinic varies by a few degrees and centimetres;
-* ``xray`` (ours): ``light`` plus random Gaussian blur (sigma 0.1..1.5 px),
+* ``xray`` (ours): ``light`` plus random Gaussian blur (about half the images
+  of a batch; sigma 0.1..1.5 px, one sigma per batch, as Keras draws it),
   +-20% contrast and +-10% brightness. In the Kermany set, sharpness differs
   with the label *and* between train and test: at 224x224 the mean absolute
   horizontal gradient of train NORMAL images is 4.1-4.2 grey levels, of test
@@ -67,6 +68,40 @@ class Augmenter:
             return batch
         is_negative = keras.ops.reshape(keras.ops.equal(classes, self.negative_index), (-1, 1, 1, 1))
         return keras.ops.where(is_negative, self.negative_only(batch, training=True), batch)
+
+
+@dataclass(frozen=True)
+class Mixup:
+    """Blend each image of a batch with another of the same batch (Zhang et al. 2018, "mixup").
+
+    One lambda ~ Beta(alpha, alpha) per batch, folded to max(lambda, 1 - lambda) so each row keeps
+    its own image dominant; targets and loss weights are blended with the same lambda, so class
+    weights still balance the classes.
+    """
+
+    alpha: float
+    seed: int = 0
+
+    def make(self) -> Any:
+        """A callable ``(images, targets, weights | None) -> same``; holds its own random state."""
+        import keras
+
+        generator = keras.random.SeedGenerator(self.seed + 101)
+        alpha = self.alpha
+
+        def blend(images: Any, targets: Any, weights: Any | None) -> tuple[Any, Any, Any | None]:
+            ops = keras.ops
+            lam = keras.random.beta((), alpha, alpha, seed=generator)
+            lam = ops.maximum(lam, 1.0 - lam)
+            partner = keras.random.shuffle(ops.arange(ops.shape(images)[0]), seed=generator)
+
+            def mix(a: Any) -> Any:
+                a = ops.cast(a, "float32")
+                return lam * a + (1.0 - lam) * ops.take(a, partner, axis=0)
+
+            return mix(images), mix(targets), None if weights is None else mix(weights)
+
+        return blend
 
 
 def build_augmenter(name: str, seed: int = 0, negative_index: int = 0) -> Augmenter | None:

@@ -193,6 +193,13 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     recipe.add_argument("--focal-gamma", type=float)
     recipe.add_argument("--label-smoothing", type=float, help="0..0.5 (default: dsconv 0.1, others 0)")
     recipe.add_argument(
+        "--mixup",
+        type=float,
+        metavar="ALPHA",
+        help="blend training image pairs, targets and weights with lambda ~ Beta(ALPHA, ALPHA); 0.2 is usual "
+        "(default 0: off)",
+    )
+    recipe.add_argument(
         "--teacher",
         type=Path,
         metavar="RUN",

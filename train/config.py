@@ -96,6 +96,9 @@ class TrainConfig:
     loss: str = "crossentropy"
     focal_gamma: float = 2.0
     label_smoothing: float | None = None
+    # Mixup (Zhang et al. 2018): blend image pairs within a batch, and their targets and weights, with
+    # lambda ~ Beta(alpha, alpha) per batch; 0 = off.
+    mixup: float = 0.0
     # Distillation: train on (1 - w) * label + w * the teacher's probability (a run or ensemble folder
     # with the same contract and split; its outputs on the unaugmented training images).
     teacher: Path | None = None
@@ -143,6 +146,7 @@ class TrainConfig:
         _bounded("width_multiplier", self.width_multiplier, 0.25, 4.0)
         _bounded("focal_gamma", self.focal_gamma, 0.0, 10.0)
         _bounded("distill_weight", self.distill_weight, 0.0, 1.0)
+        _bounded("mixup", self.mixup, 0.0, 2.0)
         _bounded("seed", self.seed, 0, 2**31 - 1)
         _bounded("workers", self.workers, 1, 64)
         _bounded("bootstrap", self.bootstrap, 0, 100_000)

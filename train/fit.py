@@ -343,7 +343,7 @@ def train_run(config: TrainConfig) -> RunResult:
     arrays = _load_split_arrays(splits, contract, cfg)
     decode_seconds = time.perf_counter() - started
 
-    from train.augment import build_augmenter
+    from train.augment import Mixup, build_augmenter
     from train.compute import compute_session
     from train.pipeline import class_weights, evaluation_data, training_data
 
@@ -373,6 +373,7 @@ def train_run(config: TrainConfig) -> RunResult:
             weights,
             seed=cfg.seed,
             soft_targets=soft,
+            mixup=Mixup(cfg.mixup, cfg.seed) if cfg.mixup > 0 else None,
         )
         val_data = evaluation_data(arrays["val"].x, arrays["val"].y, head, cfg.batch_size)
         complexity = model_complexity(model)

@@ -18,7 +18,7 @@ import numpy as np
 from train.models.blocks import Head
 
 if TYPE_CHECKING:
-    from train.augment import Augmenter
+    from train.augment import Augmenter, Mixup
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -66,18 +66,20 @@ def training_data(
     seed: int = 0,
     shuffle: bool = True,
     soft_targets: np.ndarray | None = None,
+    mixup: Mixup | None = None,
 ) -> Any:
     """Shuffled, augmented, weighted batches for ``model.fit``.
 
     ``soft_targets`` (distillation) replace the one-hot/0-1 targets; class
-    weights still follow the hard labels ``y``.
+    weights still follow the hard labels ``y``. ``mixup`` blends pairs after
+    augmentation.
     """
     t = targets(y, head) if soft_targets is None else np.asarray(soft_targets, dtype=np.float32)
     w = sample_weights(y, weights)
     classes = np.asarray(y, dtype=np.int32).reshape(-1)
     if using_tensorflow():
-        return _tf_dataset(x, t, w, batch_size, augmenter, seed, shuffle, classes)
-    return array_batches(x, t, w, batch_size, augmenter, seed, shuffle, classes)
+        return _tf_dataset(x, t, w, batch_size, augmenter, seed, shuffle, classes, mixup)
+    return array_batches(x, t, w, batch_size, augmenter, seed, shuffle, classes, mixup)
 
 
 def evaluation_data(x: np.ndarray, y: np.ndarray, head: Head, batch_size: int) -> Any:
@@ -97,6 +99,7 @@ def _tf_dataset(
     seed: int,
     shuffle: bool,
     classes: np.ndarray | None = None,
+    mixup: Mixup | None = None,
 ) -> Any:
     import tensorflow as tf
 
@@ -109,14 +112,17 @@ def _tf_dataset(
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
+    blend = mixup.make() if mixup is not None else None
 
     def load(idx: Any) -> Any:
         batch = tf.cast(tf.gather(images, idx), tf.float32)
         if augmenter is not None:
             batch = augmenter(batch, tf.gather(class_index, idx))
-        if weights is None:
-            return batch, tf.gather(labels, idx)
-        return batch, tf.gather(labels, idx), tf.gather(weights, idx)
+        target = tf.gather(labels, idx)
+        weight = tf.gather(weights, idx) if weights is not None else None
+        if blend is not None:
+            batch, target, weight = blend(batch, target, weight)
+        return (batch, target) if weight is None else (batch, target, weight)
 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
@@ -130,6 +136,7 @@ def array_batches(
     seed: int,
     shuffle: bool,
     classes: np.ndarray | None = None,
+    mixup: Mixup | None = None,
 ) -> Any:
     """A ``keras.utils.PyDataset`` over in-memory arrays, for the PyTorch and JAX backends."""
     import keras
@@ -139,6 +146,7 @@ def array_batches(
             super().__init__(workers=1, use_multiprocessing=False)
             self.rng = np.random.default_rng(seed)
             self.order = self._new_order()
+            self.blend = mixup.make() if mixup is not None else None
 
         def _new_order(self) -> np.ndarray:
             return self.rng.permutation(len(x)) if shuffle else np.arange(len(x))
@@ -152,7 +160,12 @@ def array_batches(
             if augmenter is not None:
                 cls = classes[idx] if classes is not None else np.zeros(len(idx), np.int32)
                 batch = keras.ops.convert_to_numpy(augmenter(batch, cls))
-            return (batch, t[idx]) if w is None else (batch, t[idx], w[idx])
+            target, weight = t[idx], (w[idx] if w is not None else None)
+            if self.blend is not None:
+                mixed = self.blend(batch, target, weight)
+                batch, target = (keras.ops.convert_to_numpy(a) for a in mixed[:2])
+                weight = None if mixed[2] is None else keras.ops.convert_to_numpy(mixed[2])
+            return (batch, target) if weight is None else (batch, target, weight)
 
         def on_epoch_end(self) -> None:
             self.order = self._new_order()

@@ -233,6 +233,7 @@ def build_model_card(
             "early_stopping_patience": config.early_stopping,
             "loss": config.loss if config.loss == "crossentropy" else f"focal (gamma {config.focal_gamma})",
             "label_smoothing": config.label_smoothing,
+            "mixup_alpha": config.mixup or None,
             "class_weights": (
                 {info.labels[i]: round(w, 4) for i, w in class_weights.items()} if class_weights else None
             ),

@@ -106,6 +106,8 @@ def settings_summary(config: TrainConfig) -> str:
         parts.append(f"focal gamma {c.focal_gamma:g}")
     if c.label_smoothing:
         parts.append(f"smoothing {c.label_smoothing:g}")
+    if c.mixup:
+        parts.append(f"mixup {c.mixup:g}")
     if c.split_mode == "random":
         parts.append("random 70/20/10 split")
     if c.label_mode != "binary":

@@ -199,6 +199,61 @@ def test_augmentation_presets_keep_shape_and_pixel_range(preset: str) -> None:
     assert build_augmenter("none") is None
 
 
+@pytest.mark.tf
+def test_mixup_blends_images_targets_and_weights_with_one_lambda() -> None:
+    from train.augment import Mixup
+    from train.models.blocks import Head
+    from train.pipeline import training_data
+
+    # Image i holds a = 20 i in one pixel and b = 3 i^2 in another: one (partner, lambda) fits both.
+    n = 8
+    a, b = np.arange(n) * 20.0, np.arange(n) ** 2 * 3.0
+    x = np.zeros((n, 4, 4, 1), np.uint8)
+    x[:, 0, 0, 0], x[:, 0, 1, 0] = a, b
+    y = np.array([0, 1] * (n // 2))
+    weights = {0: 3.0, 1: 1.0}
+    (batch,) = list(training_data(x, y, Head("sigmoid", 2), n, None, weights, shuffle=False, mixup=Mixup(0.4)))
+    images, targets, w = (np.asarray(t, dtype=np.float64) for t in batch)
+    assert images.shape == (n, 4, 4, 1)
+    p0, p1 = images[:, 0, 0, 0], images[:, 0, 1, 0]
+    lams, partners = set(), []
+    for i in range(n):
+        if np.isclose(p0[i], a[i]) and np.isclose(p1[i], b[i]):  # paired with itself
+            partners.append(i)
+            continue
+        fits = [
+            (j, (p0[i] - a[j]) / (a[i] - a[j]))
+            for j in range(n)
+            if j != i and np.isclose(p1[i], b[j] + (p0[i] - a[j]) / (a[i] - a[j]) * (b[i] - b[j]), atol=1e-3)
+        ]
+        assert len(fits) == 1, (i, fits)
+        partners.append(fits[0][0])
+        lams.add(round(fits[0][1], 4))
+    assert len(lams) == 1  # one lambda per batch
+    lam = lams.pop()
+    assert 0.5 <= lam <= 1.0  # the row's own image dominant
+    assert sorted(partners) == list(range(n))  # a permutation of the batch
+    hard_w = np.array([weights[int(c)] for c in y])
+    np.testing.assert_allclose(targets.reshape(-1), lam * y + (1 - lam) * y[partners], atol=1e-3)
+    np.testing.assert_allclose(w, lam * hard_w + (1 - lam) * hard_w[partners], atol=1e-3)
+    # The PyDataset path (PyTorch / JAX backends) blends the same way.
+    from train.pipeline import array_batches
+    from train.pipeline import targets as make_targets
+
+    other = array_batches(x, make_targets(y, Head("sigmoid", 2)), hard_w.astype(np.float32), n, None, 0, False, y, Mixup(0.4))
+    px, pt, pw = (np.asarray(t, dtype=np.float64) for t in other[0])
+    assert px.shape == x.shape and not np.array_equal(px, x.astype(np.float64))
+    assert np.all((pt >= 0) & (pt <= 1)) and np.all((hard_w.min() <= pw) & (pw <= hard_w.max()))
+    assert targets.min() >= 0.0 and targets.max() <= 1.0
+
+
+def test_mixup_alpha_is_checked() -> None:
+    from train.config import TrainConfig
+
+    with pytest.raises(TrainError, match="mixup"):
+        TrainConfig(mixup=-0.1)
+
+
 def _mean_gradient(images: np.ndarray) -> np.ndarray:
     return np.abs(np.diff(images, axis=2)).mean(axis=(1, 2, 3))
 
