@@ -76,7 +76,7 @@ def training_data(
     """
     t = targets(y, head) if soft_targets is None else np.asarray(soft_targets, dtype=np.float32)
     w = sample_weights(y, weights)
-    classes = np.asarray(y, dtype=np.int32).reshape(-1)
+    classes = _class_indices(y)
     if using_tensorflow():
         return _tf_dataset(x, t, w, batch_size, augmenter, seed, shuffle, classes, mixup)
     return array_batches(x, t, w, batch_size, augmenter, seed, shuffle, classes, mixup)
@@ -86,8 +86,13 @@ def evaluation_data(x: np.ndarray, y: np.ndarray, head: Head, batch_size: int) -
     """Ordered, unaugmented, unweighted batches (validation during fit)."""
     t = targets(y, head)
     if using_tensorflow():
-        return _tf_dataset(x, t, None, batch_size, None, 0, False)
-    return array_batches(x, t, None, batch_size, None, 0, False)
+        return _tf_dataset(x, t, None, batch_size, None, 0, False, _class_indices(y))
+    return array_batches(x, t, None, batch_size, None, 0, False, _class_indices(y))
+
+
+def _class_indices(y: np.ndarray) -> np.ndarray:
+    """Hard class indices, which class-conditional augmentation reads (targets may be soft)."""
+    return np.asarray(y, dtype=np.int32).reshape(-1)
 
 
 def _tf_dataset(
@@ -98,7 +103,7 @@ def _tf_dataset(
     augmenter: Augmenter | None,
     seed: int,
     shuffle: bool,
-    classes: np.ndarray | None = None,
+    classes: np.ndarray,
     mixup: Mixup | None = None,
 ) -> Any:
     import tensorflow as tf
@@ -107,7 +112,7 @@ def _tf_dataset(
     images = tf.constant(x)
     labels = tf.constant(t)
     weights = tf.constant(w) if w is not None else None
-    class_index = tf.constant(classes if classes is not None else np.zeros(len(x), np.int32))
+    class_index = tf.constant(classes)
     ds = tf.data.Dataset.range(len(x))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
@@ -135,7 +140,7 @@ def array_batches(
     augmenter: Augmenter | None,
     seed: int,
     shuffle: bool,
-    classes: np.ndarray | None = None,
+    classes: np.ndarray,
     mixup: Mixup | None = None,
 ) -> Any:
     """A ``keras.utils.PyDataset`` over in-memory arrays, for the PyTorch and JAX backends."""
@@ -158,8 +163,7 @@ def array_batches(
             idx = self.order[index * batch_size : (index + 1) * batch_size]
             batch = x[idx].astype(np.float32)
             if augmenter is not None:
-                cls = classes[idx] if classes is not None else np.zeros(len(idx), np.int32)
-                batch = keras.ops.convert_to_numpy(augmenter(batch, cls))
+                batch = keras.ops.convert_to_numpy(augmenter(batch, classes[idx]))
             target, weight = t[idx], (w[idx] if w is not None else None)
             if self.blend is not None:
                 mixed = self.blend(batch, target, weight)

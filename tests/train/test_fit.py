@@ -240,7 +240,8 @@ def test_mixup_blends_images_targets_and_weights_with_one_lambda() -> None:
     from train.pipeline import array_batches
     from train.pipeline import targets as make_targets
 
-    other = array_batches(x, make_targets(y, Head("sigmoid", 2)), hard_w.astype(np.float32), n, None, 0, False, y, Mixup(0.4))
+    hard_t = make_targets(y, Head("sigmoid", 2))
+    other = array_batches(x, hard_t, hard_w.astype(np.float32), n, None, 0, False, y, Mixup(0.4))
     px, pt, pw = (np.asarray(t, dtype=np.float64) for t in other[0])
     assert px.shape == x.shape and not np.array_equal(px, x.astype(np.float64))
     assert np.all((pt >= 0) & (pt <= 1)) and np.all((hard_w.min() <= pw) & (pw <= hard_w.max()))
