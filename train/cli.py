@@ -270,7 +270,7 @@ def evaluate_parser(prog: str) -> argparse.ArgumentParser:
         description=(
             "Evaluate a saved model (run folder, .h5/.keras, bundle folder or .onnx) on a labelled folder "
             "with the same metrics code as training: accuracy, sensitivity, specificity, precision, F1, ROC AUC "
-            "with 95%% bootstrap CIs, at the model's own threshold."
+            "with 95% bootstrap CIs, at the model's own threshold."
         ),
         epilog=EVALUATE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
