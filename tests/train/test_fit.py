@@ -261,7 +261,7 @@ def _mean_gradient(images: np.ndarray) -> np.ndarray:
 
 @pytest.mark.tf
 def test_xray_balanced_blurs_only_the_normal_class() -> None:
-    from train.augment import build_augmenter
+    from train.augment import Augmenter, build_augmenter
 
     # Identical sharp images; class 1 is normal here, so only rows 1 and 3 may lose detail.
     rng = np.random.default_rng(2)
@@ -269,7 +269,7 @@ def test_xray_balanced_blurs_only_the_normal_class() -> None:
     augmenter = build_augmenter("xray-balanced", seed=0, negative_index=1)
     assert augmenter is not None and augmenter.negative_only is not None
     # Without the common layers the effect is exact: rows of the other class are untouched.
-    only_extra = augmenter.__class__("t", lambda b, training: b, augmenter.negative_only, 1)
+    only_extra = Augmenter("extra-only", lambda b, training: b, augmenter.negative_only, 1)
     out = np.asarray(only_extra(x, np.array([0, 1, 0, 1])))
     np.testing.assert_array_equal(out[[0, 2]], x[[0, 2]])
     sharp, blurred = _mean_gradient(x[:1])[0], _mean_gradient(out[[1, 3]])
