@@ -184,7 +184,7 @@ def test_training_batches_are_float_pixels_with_targets_and_weights() -> None:
 
 
 @pytest.mark.tf
-@pytest.mark.parametrize("preset", ["flip", "light", "xray", "xray-balanced", "seed001", "seed004"])
+@pytest.mark.parametrize("preset", ["flip", "light", "xray", "xray-balanced", "xray-aspect", "seed001", "seed004"])
 def test_augmentation_presets_keep_shape_and_pixel_range(preset: str) -> None:
     from train.augment import build_augmenter
 
@@ -274,6 +274,27 @@ def test_xray_balanced_blurs_only_the_normal_class() -> None:
     np.testing.assert_array_equal(out[[0, 2]], x[[0, 2]])
     sharp, blurred = _mean_gradient(x[:1])[0], _mean_gradient(out[[1, 3]])
     assert np.all(blurred < 0.8 * sharp)
+
+
+def _extent(mask: np.ndarray, axis: int) -> int:
+    return int(mask.any(axis=axis).sum())
+
+
+@pytest.mark.tf
+def test_xray_aspect_rescales_width_more_than_height() -> None:
+    from train.augment import build_augmenter
+
+    # A bright 20x20 square: its width should vary across the batch far more than its height.
+    x = np.zeros((64, 48, 48, 1), np.float32)
+    x[:, 14:34, 14:34] = 255.0
+    augmenter = build_augmenter("xray-aspect", seed=3)
+    assert augmenter is not None
+    out = np.asarray(augmenter(x, np.zeros(64, np.int64)))[..., 0] > 127
+    widths = np.array([_extent(m, 0) for m in out], np.float64)
+    heights = np.array([_extent(m, 1) for m in out], np.float64)
+    assert widths.min() > 0 and heights.min() > 0
+    assert np.std(np.log(widths)) > 1.8 * np.std(np.log(heights))
+    assert widths.min() <= 17 and widths.max() >= 23  # spans about x0.8..x1.2 of 20 px
 
 
 @pytest.mark.tf
