@@ -62,6 +62,7 @@ EVALUATE_EXAMPLES = """examples:
   pneumo evaluate runs/lhu-seed --data ../shared/data/chest_xray            # official test split
   pneumo evaluate runs/lhu-seed/model.h5 --data DATA --split val --json
   pneumo evaluate bundles/lhu-seed --data DATA                               # the bundle's ONNX model
+  pneumo evaluate runs/lhu-seed --data DATA --split run-val --shape-probe    # does it read chest shape?
 """
 
 log = logging.getLogger("pneumo")
@@ -280,7 +281,18 @@ def evaluate_parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--data", type=Path, required=True, help="labelled folder (split or flat layout)")
     parser.add_argument(
-        "--split", default="test", choices=EVAL_SPLITS, help="which split folder (default test)"
+        "--split",
+        default="test",
+        choices=EVAL_SPLITS,
+        help="which split folder (default test); run-val: the patient-wise validation images recorded in "
+        "the run folder's split.json, where its threshold was chosen (use it for diagnostics, never test)",
+    )
+    parser.add_argument(
+        "--shape-probe",
+        action="store_true",
+        help="also re-score every image with its width or height alone rescaled by 0.85 and 1.15: "
+        "normals drifting towards abnormal when only the width shrinks mean the model reads chest shape "
+        "(train/shape_probe.py)",
     )
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -324,6 +336,10 @@ def evaluation_table(report: dict[str, Any]) -> str:
         for label, row in m["per_class"].items():
             recall = "n/a" if row["recall"] is None else f"{row['recall']:.3f}"
             lines.append(f"  {label:<14}recall {recall}  support {row['support']}")
+    if "shape_probe" in report:
+        from train.shape_probe import probe_table
+
+        lines += ["", probe_table(report["shape_probe"])]
     lines += ["", "Decision support, not a diagnosis. 95% bootstrap intervals in brackets."]
     return "\n".join(lines)
 
@@ -348,6 +364,7 @@ def evaluate_main(argv: list[str], prog: str = "pneumo evaluate") -> int:
                 cache_dir=args.cache_dir,
                 progress=not args.quiet,
                 workers=args.workers,
+                probe_shape=args.shape_probe,
             )
         if args.output:
             atomic_write_json(args.output, report)

@@ -27,7 +27,8 @@ from train.errors import DataError, TrainError
 from train.metrics import evaluate_outputs
 
 KERAS_SUFFIXES = (".h5", ".keras")
-EVAL_SPLITS = ("test", "val", "train", "all")
+EVAL_SPLITS = ("test", "val", "train", "all", "run-val")
+RUN_SPLIT_FILE = "split.json"
 _BATCH = 64
 
 
@@ -131,12 +132,36 @@ def _label_mode(info: ModelInfo) -> str:
     return "kind" if {"BACTERIA", "VIRUS"} & {label.upper() for label in info.labels} else "binary"
 
 
+def run_validation_samples(model_path: Path) -> list[Any]:
+    """The validation images recorded in the run folder's split.json (where the threshold was chosen)."""
+    from train.data import Splits
+
+    folder = model_path if model_path.is_dir() else model_path.parent
+    split_file = folder / RUN_SPLIT_FILE
+    if not split_file.is_file():
+        raise TrainError(
+            f"{split_file}: not found; --split run-val needs a run folder (or its model.h5) written by "
+            "pneumo train, which records its validation split there"
+        )
+    samples = Splits.load(split_file).val
+    if not samples:
+        raise DataError(f"{split_file}: the run has no validation images")
+    missing = [s.path for s in samples if not s.path.is_file()]
+    if missing:
+        raise DataError(
+            f"{split_file}: {len(missing)} validation images are gone (first: {missing[0]}); "
+            "is the data folder where it was at training time?"
+        )
+    return samples
+
+
 def select_samples(data: Path, info: ModelInfo, split: str) -> list[Any]:
     """The labelled images of ``split`` under ``data`` (a flat folder counts as one split)."""
     from train.data import discover
 
-    if split not in EVAL_SPLITS:
-        raise TrainError(f"--split {split!r}: expected one of {', '.join(EVAL_SPLITS)}")
+    if split not in EVAL_SPLITS or split == "run-val":
+        choices = ", ".join(s for s in EVAL_SPLITS if s != "run-val")
+        raise TrainError(f"--split {split!r}: expected one of {choices}")
     samples = discover(data, _label_mode(info))  # type: ignore[arg-type]
     flat = all(s.split == "" for s in samples)
     if split != "all" and not flat:
@@ -161,20 +186,33 @@ def evaluate_model(
     cache_dir: Path | None = None,
     progress: bool = True,
     workers: int = 2,
+    probe_shape: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of MODEL on the labelled images of ``data`` (JSON-ready)."""
+    """Metrics of MODEL on the labelled images of ``data`` (JSON-ready).
+
+    ``split="run-val"`` scores the run's own validation split (from its split.json; ``data`` is then
+    only reported); ``probe_shape`` adds the one-axis rescale probe of train/shape_probe.py.
+    """
     from train.cache import load_arrays
 
     data_path = Path(data).expanduser()
     model = open_model(model_path)
     try:
-        samples = select_samples(data_path, model.info, split)
+        if split == "run-val":
+            samples = run_validation_samples(Path(model_path).expanduser())
+        else:
+            samples = select_samples(data_path, model.info, split)
         arrays = load_arrays(samples, model.info.labels, model.contract, cache_dir, progress, workers)
         if len(arrays) == 0:
             raise DataError(f"{data_path}: none of the {len(samples)} images could be decoded")
         started = time.perf_counter()
         outputs = predict_batches(model, arrays.x)
         seconds = time.perf_counter() - started
+        probe = None
+        if probe_shape:
+            from train.shape_probe import shape_probe
+
+            probe = shape_probe(lambda batch: predict_batches(model, batch), arrays.x, arrays.y, model.info)
     finally:
         model.close()
     metrics = evaluate_outputs(arrays.y, outputs, model.info, bootstrap=bootstrap, seed=seed)
@@ -193,4 +231,5 @@ def evaluate_model(
         "seconds": round(seconds, 3),
         "note": "Decision support, not a diagnosis.",
         "metrics": metrics,
+        **({"shape_probe": probe} if probe is not None else {}),
     }
