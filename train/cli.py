@@ -26,6 +26,7 @@ from train.config import (
     INTERPOLATIONS,
     LABEL_MODES,
     LOSSES,
+    LR_SCHEDULES,
     MIXED_PRECISION,
     OPTIMIZERS,
     RESIZES,
@@ -189,6 +190,11 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     )
     recipe.add_argument(
         "--augment", choices=AUGMENTATIONS, help="augmentation preset applied in the pipeline"
+    )
+    recipe.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        help="constant (default) or cosine: decay to 1%% of --learning-rate over all planned epochs",
     )
     recipe.add_argument("--loss", choices=LOSSES, help="crossentropy (default) or focal")
     recipe.add_argument("--focal-gamma", type=float)

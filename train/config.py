@@ -23,6 +23,7 @@ CONFIG_FILE = "config.json"
 OPTIMIZERS = ("adagrad", "adam", "adamw", "adamax", "rmsprop", "sgd", "adadelta")
 AUGMENTATIONS = ("none", "flip", "light", "xray", "xray-balanced", "xray-aspect", "seed001", "seed004")
 LOSSES = ("crossentropy", "focal")
+LR_SCHEDULES = ("constant", "cosine")
 HEADS = ("auto", "sigmoid", "softmax")
 COLORS = ("grayscale", "rgb")
 INTERPOLATIONS = ("area", "linear", "cubic", "nearest", "lanczos")
@@ -88,6 +89,9 @@ class TrainConfig:
     # --- recipe
     optimizer: str | None = None
     learning_rate: float | None = None
+    # "cosine": decay from learning_rate to 1% of it over all planned steps (Loshchilov & Hutter 2017,
+    # without restarts), so the last epochs take small steps and the final weights are settled.
+    lr_schedule: str = "constant"
     batch_size: int | None = None
     epochs: int | None = None
     early_stopping: int | None = None  # patience in epochs, 0 = off
@@ -132,6 +136,7 @@ class TrainConfig:
         _choice("split_mode", self.split_mode, SPLIT_MODES)
         _choice("sources", self.sources, SOURCES)
         _choice("loss", self.loss, LOSSES)
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         if self.color is not None:

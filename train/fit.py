@@ -82,7 +82,12 @@ def prepare_run_folder(out: Path, overwrite: bool) -> None:
         raise TrainError(f"--out {out}: cannot create the run folder ({exc})") from exc
 
 
-def make_optimizer(name: str, learning_rate: float) -> Any:
+# Cosine decay ends at this fraction of the initial learning rate.
+COSINE_FINAL_FRACTION = 0.01
+
+
+def make_optimizer(name: str, learning_rate: float, schedule: str = "constant", total_steps: int = 0) -> Any:
+    """The optimizer ``name``; with ``schedule="cosine"`` its rate decays over ``total_steps`` steps."""
     import keras
 
     classes = {
@@ -96,7 +101,16 @@ def make_optimizer(name: str, learning_rate: float) -> Any:
     }
     if name not in classes:
         raise TrainError(f"--optimizer {name!r}: expected one of {', '.join(classes)}")
-    return classes[name](learning_rate=learning_rate)
+    if schedule == "constant":
+        return classes[name](learning_rate=learning_rate)
+    if schedule != "cosine":
+        raise TrainError(f"--lr-schedule {schedule!r}: expected constant or cosine")
+    if total_steps < 1:
+        raise TrainError(f"--lr-schedule cosine needs the number of training steps, got {total_steps}")
+    rate = keras.optimizers.schedules.CosineDecay(
+        learning_rate, decay_steps=total_steps, alpha=COSINE_FINAL_FRACTION
+    )
+    return classes[name](learning_rate=rate)
 
 
 def make_loss(head: Head, loss: str, focal_gamma: float, label_smoothing: float) -> Any:
@@ -356,7 +370,12 @@ def train_run(config: TrainConfig) -> RunResult:
         with session.scope:
             model = build_model(cfg.arch, contract, len(splits.labels), head.kind, **opts)
             model.compile(
-                optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate),
+                optimizer=make_optimizer(
+                    cfg.optimizer,
+                    cfg.learning_rate,
+                    cfg.lr_schedule,
+                    cfg.epochs * math.ceil(len(arrays["train"].y) / cfg.batch_size),
+                ),
                 loss=make_loss(head, cfg.loss, cfg.focal_gamma, cfg.label_smoothing),
                 metrics=training_metrics(head),
             )

@@ -227,6 +227,7 @@ def build_model_card(
         "training": {
             "optimizer": config.optimizer,
             "learning_rate": config.learning_rate,
+            "lr_schedule": config.lr_schedule,
             "batch_size": config.batch_size,
             "epochs_requested": config.epochs,
             "epochs_run": timing["epochs_run"],

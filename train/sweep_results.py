@@ -108,6 +108,8 @@ def settings_summary(config: TrainConfig) -> str:
         parts.append(f"smoothing {c.label_smoothing:g}")
     if c.mixup:
         parts.append(f"mixup {c.mixup:g}")
+    if c.lr_schedule != "constant":
+        parts.append(f"{c.lr_schedule} lr")
     if c.split_mode == "random":
         parts.append("random 70/20/10 split")
     if c.label_mode != "binary":

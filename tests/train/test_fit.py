@@ -56,6 +56,7 @@ def test_dsconv_recipe_is_the_validation_winner_and_flags_still_override() -> No
         ({"activation": "tanh"}, "--activation"),
         ({"last_conv_filters": 0}, "--last-conv-filters"),
         ({"pool_dropout": 1.0}, "--pool-dropout"),
+        ({"lr_schedule": "step"}, "--lr-schedule"),
     ],
 )
 def test_bad_values_name_their_flag(changes: dict, flag: str) -> None:
@@ -248,6 +249,22 @@ def test_mixup_blends_images_targets_and_weights_with_one_lambda() -> None:
     assert targets.min() >= 0.0 and targets.max() <= 1.0
 
 
+@pytest.mark.tf
+def test_cosine_schedule_decays_to_one_percent_over_the_planned_steps() -> None:
+    from train.fit import make_optimizer
+
+    constant = make_optimizer("adam", 1e-3)
+    opt = make_optimizer("adam", 1e-3, "cosine", total_steps=100)
+    assert float(constant.learning_rate) == pytest.approx(1e-3)
+    assert float(opt.learning_rate) == pytest.approx(1e-3)
+    opt.iterations.assign(50)
+    assert float(opt.learning_rate) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5), rel=1e-4)
+    opt.iterations.assign(100)
+    assert float(opt.learning_rate) == pytest.approx(1e-5, rel=1e-4)
+    with pytest.raises(TrainError, match="training steps"):
+        make_optimizer("adam", 1e-3, "cosine", total_steps=0)
+
+
 def test_mixup_alpha_is_checked() -> None:
     from train.config import TrainConfig
 
@@ -329,6 +346,7 @@ def test_three_class_softmax_run_with_focal_loss_and_mirrored_strategy(tmp_path:
     cfg = TrainConfig(
         arch="lhu", data=synth_small, out=tmp_path / "kind", height=32, width=32, epochs=1,
         label_mode="kind", loss="focal", label_smoothing=0.1, strategy="mirrored", threshold_rule="youden",
+        lr_schedule="cosine",
         cache_dir=tmp_path / "cache", progress=False, bootstrap=10, tensorboard=False,
     )  # fmt: skip
     result = train_run(cfg)
@@ -337,3 +355,4 @@ def test_three_class_softmax_run_with_focal_loss_and_mirrored_strategy(tmp_path:
     assert set(result.metrics["test"]["per_class"]) == {"BACTERIA", "NORMAL", "VIRUS"}
     assert result.card["training"]["compute"]["strategy"] == "mirrored"
     assert result.card["training"]["loss"].startswith("focal")
+    assert result.card["training"]["lr_schedule"] == "cosine"
