@@ -43,6 +43,10 @@ random layers. Presets:
   the width to 0.85x raised the mean P(pneumonia) from 0.10 to 0.24, while
   squeezing the height to 0.85x lowered it to 0.06. Random anisotropic
   scaling of about that size makes chest shape a weak cue.
+* ``xray-shape`` (ours): ``xray``, then width and height rescaled
+  independently (each x0.8..x1.2). With ``xray-aspect`` the probe found the
+  model invariant to width but moving with height (black bands above and
+  below, which width-only training never showed it); this covers both axes.
 
 Empty borders are filled black (``constant``), like the collimated edge of a
 radiograph, rather than mirrored anatomy.
@@ -171,6 +175,8 @@ def _common_layers(name: str, seed: int) -> Any:
         ]
     elif name == "xray-aspect":
         layers = [*_common_layers("xray", seed).layers, _aspect_layer(seed + 7)]
+    elif name == "xray-shape":
+        layers = [*_common_layers("xray", seed).layers, _shape_layer(seed + 8)]
     else:  # light
         layers = [
             keras.layers.RandomRotation(7 / 360, seed=seed, **_FILL),
@@ -191,3 +197,13 @@ def _aspect_layer(seed: int) -> Any:
     return keras.layers.RandomZoom(
         height_factor=(0.0, 0.0), width_factor=ASPECT_WIDTH_RANGE, seed=seed, **_FILL
     )
+
+
+# xray-shape: each axis on its own, so neither the width nor the height of the chest is a class cue.
+SHAPE_RANGE = (-0.2, 0.2)
+
+
+def _shape_layer(seed: int) -> Any:
+    import keras
+
+    return keras.layers.RandomZoom(height_factor=SHAPE_RANGE, width_factor=SHAPE_RANGE, seed=seed, **_FILL)

@@ -185,7 +185,7 @@ def test_training_batches_are_float_pixels_with_targets_and_weights() -> None:
 
 
 @pytest.mark.tf
-@pytest.mark.parametrize("preset", ["flip", "light", "xray", "xray-balanced", "xray-aspect", "seed001", "seed004"])
+@pytest.mark.parametrize("preset", ["flip", "light", "xray", "xray-balanced", "xray-aspect", "xray-shape", "seed001", "seed004"])
 def test_augmentation_presets_keep_shape_and_pixel_range(preset: str) -> None:
     from train.augment import build_augmenter
 
@@ -312,6 +312,14 @@ def test_xray_aspect_rescales_width_more_than_height() -> None:
     assert widths.min() > 0 and heights.min() > 0
     assert np.std(np.log(widths)) > 1.8 * np.std(np.log(heights))
     assert widths.min() <= 17 and widths.max() >= 23  # spans about x0.8..x1.2 of 20 px
+    # xray-shape rescales both axes, each on its own.
+    both = build_augmenter("xray-shape", seed=3)
+    assert both is not None
+    out = np.asarray(both(x, np.zeros(64, np.int64)))[..., 0] > 127
+    widths = np.array([_extent(m, 0) for m in out], np.float64)
+    heights = np.array([_extent(m, 1) for m in out], np.float64)
+    assert heights.min() <= 17 and heights.max() >= 23 and widths.min() <= 17 and widths.max() >= 23
+    assert abs(np.corrcoef(np.log(widths), np.log(heights))[0, 1]) < 0.6  # not one isotropic zoom
 
 
 @pytest.mark.tf
