@@ -144,26 +144,37 @@ def build_augmenter(name: str, seed: int = 0, negative_index: int = 0) -> Augmen
     return Augmenter(name, _common_layers(name, seed))
 
 
+# xray-aspect: +-25% width at fixed height spans the 1.21 vs 1.50 aspect-ratio gap between classes.
+ASPECT_WIDTH_RANGE = (-0.25, 0.25)
+# xray-shape: each axis on its own, so neither the width nor the height of the chest is a class cue.
+SHAPE_RANGE = (-0.2, 0.2)
+
+
 def _common_layers(name: str, seed: int) -> Any:
     import keras
 
-    layers: list[Any]
+    return keras.Sequential(_preset_layers(name, seed), name=f"augment_{name}")
+
+
+def _preset_layers(name: str, seed: int) -> list[Any]:
+    import keras
+
     if name == "flip":
-        layers = [keras.layers.RandomFlip("horizontal", seed=seed)]
-    elif name == "seed004":
-        layers = [
+        return [keras.layers.RandomFlip("horizontal", seed=seed)]
+    if name == "seed004":
+        return [
             keras.layers.RandomFlip("horizontal", seed=seed),
             keras.layers.RandomRotation(15 / 360, seed=seed + 1, **_FILL),
         ]
-    elif name == "seed001":
-        layers = [
+    if name == "seed001":
+        return [
             keras.layers.RandomRotation(90 / 360, seed=seed, **_FILL),
             keras.layers.RandomZoom(0.2, seed=seed + 1, **_FILL),
             keras.layers.RandomTranslation(0.1, 0.1, seed=seed + 2, **_FILL),
             keras.layers.RandomFlip("horizontal_and_vertical", seed=seed + 3),
         ]
-    elif name == "xray":
-        layers = [
+    if name == "xray":
+        return [
             keras.layers.RandomRotation(7 / 360, seed=seed, **_FILL),
             keras.layers.RandomZoom(0.1, seed=seed + 1, **_FILL),
             keras.layers.RandomTranslation(0.05, 0.05, seed=seed + 2, **_FILL),
@@ -173,37 +184,20 @@ def _common_layers(name: str, seed: int) -> Any:
                 factor=1.0, kernel_size=5, sigma=(0.1, 1.5), value_range=(0.0, 255.0), seed=seed + 5
             ),
         ]
-    elif name == "xray-aspect":
-        layers = [*_common_layers("xray", seed).layers, _aspect_layer(seed + 7)]
-    elif name == "xray-shape":
-        layers = [*_common_layers("xray", seed).layers, _shape_layer(seed + 8)]
-    else:  # light
-        layers = [
-            keras.layers.RandomRotation(7 / 360, seed=seed, **_FILL),
-            keras.layers.RandomZoom(0.1, seed=seed + 1, **_FILL),
-            keras.layers.RandomTranslation(0.05, 0.05, seed=seed + 2, **_FILL),
-            keras.layers.RandomContrast(0.1, seed=seed + 3),
-        ]
-    return keras.Sequential(layers, name=f"augment_{name}")
-
-
-# xray-aspect: +-25% width at fixed height spans the 1.21 vs 1.50 aspect-ratio gap between classes.
-ASPECT_WIDTH_RANGE = (-0.25, 0.25)
-
-
-def _aspect_layer(seed: int) -> Any:
-    import keras
-
-    return keras.layers.RandomZoom(
-        height_factor=(0.0, 0.0), width_factor=ASPECT_WIDTH_RANGE, seed=seed, **_FILL
-    )
-
-
-# xray-shape: each axis on its own, so neither the width nor the height of the chest is a class cue.
-SHAPE_RANGE = (-0.2, 0.2)
-
-
-def _shape_layer(seed: int) -> Any:
-    import keras
-
-    return keras.layers.RandomZoom(height_factor=SHAPE_RANGE, width_factor=SHAPE_RANGE, seed=seed, **_FILL)
+    if name == "xray-aspect":
+        width_only = keras.layers.RandomZoom(
+            height_factor=(0.0, 0.0), width_factor=ASPECT_WIDTH_RANGE, seed=seed + 7, **_FILL
+        )
+        return [*_preset_layers("xray", seed), width_only]
+    if name == "xray-shape":
+        both_axes = keras.layers.RandomZoom(
+            height_factor=SHAPE_RANGE, width_factor=SHAPE_RANGE, seed=seed + 8, **_FILL
+        )
+        return [*_preset_layers("xray", seed), both_axes]
+    # light
+    return [
+        keras.layers.RandomRotation(7 / 360, seed=seed, **_FILL),
+        keras.layers.RandomZoom(0.1, seed=seed + 1, **_FILL),
+        keras.layers.RandomTranslation(0.05, 0.05, seed=seed + 2, **_FILL),
+        keras.layers.RandomContrast(0.1, seed=seed + 3),
+    ]

@@ -270,7 +270,7 @@ def train_main(argv: list[str], prog: str = "pneumo train") -> int:
 
 
 def evaluate_parser(prog: str) -> argparse.ArgumentParser:
-    from train.evaluate import EVAL_SPLITS
+    from train.evaluate import EVAL_SPLITS, RUN_VAL
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -289,7 +289,7 @@ def evaluate_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--split",
         default="test",
-        choices=EVAL_SPLITS,
+        choices=(*EVAL_SPLITS, RUN_VAL),
         help="which split folder (default test); run-val: the patient-wise validation images recorded in "
         "the run folder's split.json, where its threshold was chosen (use it for diagnostics, never test)",
     )

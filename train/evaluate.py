@@ -27,7 +27,9 @@ from train.errors import DataError, TrainError
 from train.metrics import evaluate_outputs
 
 KERAS_SUFFIXES = (".h5", ".keras")
-EVAL_SPLITS = ("test", "val", "train", "all", "run-val")
+EVAL_SPLITS = ("test", "val", "train", "all")
+# Not a folder: the validation images listed in a run folder's split.json.
+RUN_VAL = "run-val"
 RUN_SPLIT_FILE = "split.json"
 _BATCH = 64
 
@@ -159,9 +161,8 @@ def select_samples(data: Path, info: ModelInfo, split: str) -> list[Any]:
     """The labelled images of ``split`` under ``data`` (a flat folder counts as one split)."""
     from train.data import discover
 
-    if split not in EVAL_SPLITS or split == "run-val":
-        choices = ", ".join(s for s in EVAL_SPLITS if s != "run-val")
-        raise TrainError(f"--split {split!r}: expected one of {choices}")
+    if split not in EVAL_SPLITS:
+        raise TrainError(f"--split {split!r}: expected one of {', '.join(EVAL_SPLITS)}")
     samples = discover(data, _label_mode(info))  # type: ignore[arg-type]
     flat = all(s.split == "" for s in samples)
     if split != "all" and not flat:
@@ -198,7 +199,7 @@ def evaluate_model(
     data_path = Path(data).expanduser()
     model = open_model(model_path)
     try:
-        if split == "run-val":
+        if split == RUN_VAL:
             samples = run_validation_samples(Path(model_path).expanduser())
         else:
             samples = select_samples(data_path, model.info, split)
@@ -212,7 +213,9 @@ def evaluate_model(
         if probe_shape:
             from train.shape_probe import shape_probe
 
-            probe = shape_probe(lambda batch: predict_batches(model, batch), arrays.x, arrays.y, model.info)
+            probe = shape_probe(
+                lambda batch: predict_batches(model, batch), arrays.x, arrays.y, model.info, outputs
+            )
     finally:
         model.close()
     metrics = evaluate_outputs(arrays.y, outputs, model.info, bootstrap=bootstrap, seed=seed)

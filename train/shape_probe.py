@@ -93,15 +93,22 @@ def shape_probe(
     x: np.ndarray,
     y: np.ndarray,
     info: ModelInfo,
+    outputs: np.ndarray | None = None,
     probes: tuple[Probe, ...] = PROBES,
 ) -> dict[str, Any]:
-    """Score ``x`` (uint8 NHWC, labels ``y`` as class indices) under each probe; JSON-ready."""
+    """Score ``x`` (uint8 NHWC, labels ``y`` as class indices) under each probe; JSON-ready.
+
+    ``outputs``: the model's outputs on ``x`` as it is, if the caller has them already; the
+    unchanged probe then reuses them instead of predicting again.
+    """
     negative = info.labels.index(info.negative_label)
     abnormal = np.asarray(y).reshape(-1) != negative
     rows = []
     base: np.ndarray | None = None
     for probe in probes:
-        prob = abnormal_probability(np.asarray(predict(rescale(x, probe.width, probe.height))), info)
+        unchanged = probe.width == 1.0 and probe.height == 1.0
+        raw = outputs if unchanged and outputs is not None else predict(rescale(x, probe.width, probe.height))
+        prob = abnormal_probability(np.asarray(raw), info)
         if base is None:
             base = prob
         normals, abnormals = prob[~abnormal], prob[abnormal]

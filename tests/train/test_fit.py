@@ -293,8 +293,12 @@ def test_xray_balanced_blurs_only_the_normal_class() -> None:
     assert np.all(blurred < 0.8 * sharp)
 
 
-def _extent(mask: np.ndarray, axis: int) -> int:
-    return int(mask.any(axis=axis).sum())
+def _box_extents(augmenter: object, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Widths and heights of the bright box in each augmented image."""
+    out = np.asarray(augmenter(x, np.zeros(len(x), np.int64)))[..., 0] > 127  # type: ignore[operator]
+    widths = np.array([m.any(axis=0).sum() for m in out], np.float64)
+    heights = np.array([m.any(axis=1).sum() for m in out], np.float64)
+    return widths, heights
 
 
 @pytest.mark.tf
@@ -306,18 +310,14 @@ def test_xray_aspect_rescales_width_more_than_height() -> None:
     x[:, 14:34, 14:34] = 255.0
     augmenter = build_augmenter("xray-aspect", seed=3)
     assert augmenter is not None
-    out = np.asarray(augmenter(x, np.zeros(64, np.int64)))[..., 0] > 127
-    widths = np.array([_extent(m, 0) for m in out], np.float64)
-    heights = np.array([_extent(m, 1) for m in out], np.float64)
+    widths, heights = _box_extents(augmenter, x)
     assert widths.min() > 0 and heights.min() > 0
     assert np.std(np.log(widths)) > 1.8 * np.std(np.log(heights))
     assert widths.min() <= 17 and widths.max() >= 23  # spans about x0.8..x1.2 of 20 px
     # xray-shape rescales both axes, each on its own.
     both = build_augmenter("xray-shape", seed=3)
     assert both is not None
-    out = np.asarray(both(x, np.zeros(64, np.int64)))[..., 0] > 127
-    widths = np.array([_extent(m, 0) for m in out], np.float64)
-    heights = np.array([_extent(m, 1) for m in out], np.float64)
+    widths, heights = _box_extents(both, x)
     assert heights.min() <= 17 and heights.max() >= 23 and widths.min() <= 17 and widths.max() >= 23
     assert abs(np.corrcoef(np.log(widths), np.log(heights))[0, 1]) < 0.6  # not one isotropic zoom
 
