@@ -33,6 +33,7 @@ from train.config import (
     SOURCES,
     SPLIT_MODES,
     STRATEGIES,
+    THRESHOLD_SOURCES,
     load_toml,
     merge,
 )
@@ -109,6 +110,12 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     )
     run.add_argument("--overwrite", action="store_true", help="write into an existing run folder")
     run.add_argument("--seed", type=int, help="seed of splits, init, shuffling and augmentation (default 0)")
+    run.add_argument(
+        "--split-seed",
+        type=int,
+        help="seed of the patient-wise validation split alone (default: --seed); fix it to repeat a recipe "
+        "with other --seed values on the same validation images",
+    )
     run.add_argument("--deterministic", action=bool_flag, help="deterministic TensorFlow ops (default on)")
     run.add_argument("--strategy", choices=STRATEGIES, help="'mirrored': all local GPUs (tf.distribute)")
     run.add_argument(
@@ -220,6 +227,13 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
         "--threshold-rule",
         help="on validation: sensitivity:0.95 (highest threshold keeping sensitivity >= 0.95; the seed "
         "architectures' default), youden (max sensitivity + specificity - 1; dsconv's default), or fixed:0.5",
+    )
+    recipe.add_argument(
+        "--threshold-on",
+        choices=THRESHOLD_SOURCES,
+        help="where the rule looks: 'validation' (default) or 'shape-pooled' (the validation images as "
+        "they are plus width- or height-only rescaled x0.85/x1.15, pooled: a threshold that holds "
+        "under other acquisition geometry)",
     )
     return parser
 

@@ -24,6 +24,8 @@ OPTIMIZERS = ("adagrad", "adam", "adamw", "adamax", "rmsprop", "sgd", "adadelta"
 AUGMENTATIONS = ("none", "flip", "light", "xray", "xray-balanced", "xray-aspect", "xray-shape", "seed001", "seed004")
 LOSSES = ("crossentropy", "focal")
 LR_SCHEDULES = ("constant", "cosine")
+# Where the threshold rule looks: the validation outputs, or those pooled with the shape probe's variants.
+THRESHOLD_SOURCES = ("validation", "shape-pooled")
 HEADS = ("auto", "sigmoid", "softmax")
 COLORS = ("grayscale", "rgb")
 INTERPOLATIONS = ("area", "linear", "cubic", "nearest", "lanczos")
@@ -108,8 +110,12 @@ class TrainConfig:
     teacher: Path | None = None
     distill_weight: float = 0.5
     threshold_rule: str | None = None  # on validation; None: the architecture's (sensitivity:0.95 or youden)
+    threshold_on: str = "validation"
     # --- run
     seed: int = 0
+    # The patient-wise validation split's own seed; None: follow ``seed``. Fixing it lets repeats of a
+    # recipe with other seeds be judged (and ensembled) on the same validation images.
+    split_seed: int | None = None
     deterministic: bool = True
     strategy: str = "default"
     mixed_precision: str = "auto"
@@ -137,6 +143,7 @@ class TrainConfig:
         _choice("sources", self.sources, SOURCES)
         _choice("loss", self.loss, LOSSES)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("threshold_on", self.threshold_on, THRESHOLD_SOURCES)
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         if self.color is not None:
@@ -153,6 +160,8 @@ class TrainConfig:
         _bounded("distill_weight", self.distill_weight, 0.0, 1.0)
         _bounded("mixup", self.mixup, 0.0, 2.0)
         _bounded("seed", self.seed, 0, 2**31 - 1)
+        if self.split_seed is not None:
+            _bounded("split_seed", self.split_seed, 0, 2**31 - 1)
         _bounded("workers", self.workers, 1, 64)
         _bounded("bootstrap", self.bootstrap, 0, 100_000)
         for name, low, high in (

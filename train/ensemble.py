@@ -23,6 +23,7 @@ import numpy as np
 from edge_runtime.contract import ModelInfo, PreprocessContract
 from edge_runtime.errors import EdgeError
 from edge_runtime.fileio import atomic_write_json, read_json
+from train.config import THRESHOLD_SOURCES
 from train.errors import TrainError
 
 log = logging.getLogger("pneumo")
@@ -48,6 +49,7 @@ class EnsembleConfig:
     out: Path
     tta: str = "none"
     threshold_rule: str | None = None  # None: the first member's rule
+    threshold_on: str | None = None  # validation | shape-pooled; None: the first member's
     overwrite: bool = False
     bootstrap: int = 1000
     seed: int = 0
@@ -58,6 +60,10 @@ class EnsembleConfig:
     def __post_init__(self) -> None:
         if self.tta not in TTA_MODES:
             raise TrainError(f"--tta {self.tta!r}: expected one of {', '.join(TTA_MODES)}")
+        if self.threshold_on is not None and self.threshold_on not in THRESHOLD_SOURCES:
+            raise TrainError(
+                f"--threshold-on {self.threshold_on!r}: expected one of {', '.join(THRESHOLD_SOURCES)}"
+            )
         if len(self.members) < (1 if self.tta != "none" else 2):
             raise TrainError(
                 f"an ensemble needs at least two run folders (or one with --tta crops), got {len(self.members)}"
@@ -190,13 +196,13 @@ def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
         CARD_FILE,
         METRICS_FILE,
         SPLIT_FILE,
+        choose_validation_threshold,
         negative_label,
         predict_arrays,
         prepare_run_folder,
         reload_check,
         save_model,
         threshold_record,
-        validation_threshold,
     )
     from train.metrics import evaluate_outputs
     from train.models.complexity import model_complexity
@@ -219,7 +225,11 @@ def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
     rule = config.threshold_rule or _member_rule(members[0])
     val_out = predict_arrays(model, arrays["val"].x)
     negative = negative_label(splits.labels)
-    choice = validation_threshold(arrays["val"].y, val_out, splits.labels, first.head, rule)
+    threshold_on = config.threshold_on or str(members[0].config.get("threshold_on") or "validation")
+    choice = choose_validation_threshold(
+        lambda x: predict_arrays(model, x), arrays["val"], val_out, splits.labels, first.head, rule,
+        threshold_on,
+    )  # fmt: skip
     synthetic = any(m.info.synthetic for m in members) or is_synthetic(splits.config.root)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     info = ModelInfo(
@@ -367,6 +377,11 @@ def ensemble_parser(prog: str) -> Any:
     parser.add_argument(
         "--threshold-rule", help="sensitivity:T, youden or fixed:P (default: the first member's)"
     )
+    parser.add_argument(
+        "--threshold-on",
+        choices=THRESHOLD_SOURCES,
+        help="validation, or shape-pooled: validation plus its width/height rescales (default: the first member's)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="write into an existing folder")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     parser.add_argument("--json", action="store_true", help="print metrics as JSON")
@@ -393,6 +408,7 @@ def main(argv: list[str], prog: str = "pneumo train ensemble") -> int:
             out=args.out,
             tta=args.tta,
             threshold_rule=args.threshold_rule,
+            threshold_on=args.threshold_on,
             overwrite=args.overwrite,
             bootstrap=args.bootstrap,
             progress=not args.quiet,

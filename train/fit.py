@@ -26,7 +26,8 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -225,6 +226,30 @@ def validation_threshold(
     return choose_threshold(abnormal, abnormal_probability(val_out, reader), rule)
 
 
+def choose_validation_threshold(
+    predict: Callable[[np.ndarray], np.ndarray],
+    val: Any,
+    val_out: np.ndarray,
+    labels: tuple[str, ...],
+    head: Literal["sigmoid", "softmax"],
+    rule: str,
+    threshold_on: str,
+) -> Any:
+    """``rule`` applied to the validation outputs, or (``shape-pooled``) to them pooled with the
+    outputs of the same images under the shape probe's width/height rescales."""
+    if threshold_on != "shape-pooled":
+        return validation_threshold(val.y, val_out, labels, head, rule)
+    from train.shape_probe import PROBES, shape_pooled
+
+    y, out = shape_pooled(predict, val.x, val.y, val_out)
+    choice = validation_threshold(y, out, labels, head, rule)
+    return replace(
+        choice,
+        description=f"{choice.description}; on validation pooled with the shape probe's "
+        f"{len(PROBES) - 1} rescales ({len(y)} outputs)",
+    )
+
+
 def threshold_record(choice: Any) -> dict[str, Any]:
     """How the decision threshold was chosen, as metrics.json records it (always on validation)."""
     return {
@@ -347,7 +372,7 @@ def train_run(config: TrainConfig) -> RunResult:
         undersample=bool(cfg.undersample),
         max_per_class=cfg.max_per_class,
         exclude_test_patients=cfg.exclude_test_patients,
-        seed=cfg.seed,
+        seed=cfg.seed if cfg.split_seed is None else cfg.split_seed,
     )
     splits = make_splits(data_config)
     synthetic = is_synthetic(cfg.data)
@@ -421,7 +446,10 @@ def train_run(config: TrainConfig) -> RunResult:
     n_labels = len(splits.labels)
     negative = negative_label(splits.labels)
     val_out = predict_arrays(model, arrays["val"].x)
-    choice = validation_threshold(arrays["val"].y, val_out, splits.labels, head.kind, cfg.threshold_rule)
+    choice = choose_validation_threshold(
+        lambda x: predict_arrays(model, x), arrays["val"], val_out, splits.labels, head.kind,
+        cfg.threshold_rule, cfg.threshold_on,
+    )  # fmt: skip
     info = ModelInfo(
         model_version=model_version(cfg),
         arch=cfg.arch,

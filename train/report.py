@@ -241,6 +241,7 @@ def build_model_card(
             "augmentation": config.augment,
             "undersample": config.undersample,
             "seed": config.seed,
+            "split_seed": config.seed if config.split_seed is None else config.split_seed,
             "compute": session,
             "seconds_per_epoch": timing["mean_epoch_seconds"],
             "steady_seconds_per_epoch": timing["steady_epoch_seconds"],

@@ -88,6 +88,38 @@ def rescale(images: np.ndarray, width: float, height: float) -> np.ndarray:
     return out
 
 
+def probe_outputs(
+    predict: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    outputs: np.ndarray | None = None,
+    probes: tuple[Probe, ...] = PROBES,
+) -> list[np.ndarray]:
+    """The model's raw outputs on ``x`` under each probe, in ``probes`` order.
+
+    ``outputs``: the outputs on ``x`` as it is, if the caller has them already; the unchanged
+    probe then reuses them instead of predicting again.
+    """
+    results = []
+    for probe in probes:
+        unchanged = probe.width == 1.0 and probe.height == 1.0
+        raw = outputs if unchanged and outputs is not None else predict(rescale(x, probe.width, probe.height))
+        results.append(np.asarray(raw))
+    return results
+
+
+def shape_pooled(
+    predict: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    outputs: np.ndarray | None = None,
+    probes: tuple[Probe, ...] = PROBES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, outputs) of ``x`` as it is and under every probe, stacked: validation as a clinic
+    with other acquisition geometry would see it. ``--threshold-on shape-pooled`` chooses there."""
+    raws = probe_outputs(predict, x, outputs, probes)
+    return np.concatenate([np.asarray(y).reshape(-1)] * len(raws)), np.concatenate(raws)
+
+
 def shape_probe(
     predict: Callable[[np.ndarray], np.ndarray],
     x: np.ndarray,
@@ -98,19 +130,16 @@ def shape_probe(
 ) -> dict[str, Any]:
     """Score ``x`` (uint8 NHWC, labels ``y`` as class indices) under each probe; JSON-ready.
 
-    ``outputs``: the model's outputs on ``x`` as it is, if the caller has them already; the
-    unchanged probe then reuses them instead of predicting again.
+    ``outputs``: as in :func:`probe_outputs`. Besides one row per probe, ``pooled`` scores all
+    probes' outputs together (the selection criterion "shape-pooled validation ROC AUC").
     """
     negative = info.labels.index(info.negative_label)
     abnormal = np.asarray(y).reshape(-1) != negative
+    both = 0 < abnormal.sum() < len(abnormal)
+    probs = [abnormal_probability(raw, info) for raw in probe_outputs(predict, x, outputs, probes)]
+    base = probs[0]
     rows = []
-    base: np.ndarray | None = None
-    for probe in probes:
-        unchanged = probe.width == 1.0 and probe.height == 1.0
-        raw = outputs if unchanged and outputs is not None else predict(rescale(x, probe.width, probe.height))
-        prob = abnormal_probability(np.asarray(raw), info)
-        if base is None:
-            base = prob
+    for probe, prob in zip(probes, probs, strict=True):
         normals, abnormals = prob[~abnormal], prob[abnormal]
         rows.append(
             {
@@ -119,17 +148,24 @@ def shape_probe(
                 "height": probe.height,
                 "mean_p_normal_images": _mean(normals),
                 "mean_p_abnormal_images": _mean(abnormals),
-                "roc_auc": roc_auc(abnormal, prob) if 0 < abnormal.sum() < len(abnormal) else None,
+                "roc_auc": roc_auc(abnormal, prob) if both else None,
                 "normals_called_abnormal": int((normals >= info.threshold).sum()),
                 "abnormals_called_normal": int((abnormals < info.threshold).sum()),
                 "decisions_changed": int(((prob >= info.threshold) != (base >= info.threshold)).sum()),
             }
         )
+    pooled_truth, pooled_prob = np.tile(abnormal, len(probs)), np.concatenate(probs)
     return {
         "threshold": info.threshold,
         "n_normal": int((~abnormal).sum()),
         "n_abnormal": int(abnormal.sum()),
         "probes": rows,
+        "pooled": {
+            "n_outputs": len(pooled_prob),
+            "roc_auc": roc_auc(pooled_truth, pooled_prob) if both else None,
+            "normals_called_abnormal": int((pooled_prob[~pooled_truth] >= info.threshold).sum()),
+            "abnormals_called_normal": int((pooled_prob[pooled_truth] < info.threshold).sum()),
+        },
     }
 
 
@@ -150,6 +186,12 @@ def probe_table(report: dict[str, Any]) -> str:
             f"  {row['probe']:<14}{_fmt(row['mean_p_normal_images']):>15}"
             f"{_fmt(row['mean_p_abnormal_images']):>17}{_fmt(row['roc_auc'], 4):>9}"
             f"{row['normals_called_abnormal']:>15}{row['decisions_changed']:>9}"
+        )
+    pooled = report.get("pooled")
+    if pooled:
+        lines.append(
+            f"  {'all pooled':<14}{'':>15}{'':>17}{_fmt(pooled['roc_auc'], 4):>9}"
+            f"{pooled['normals_called_abnormal']:>15}{'':>9}   ({pooled['n_outputs']} outputs)"
         )
     lines.append(
         "  A model that reads anatomy moves little under these; normals rising when only the width "

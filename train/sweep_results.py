@@ -122,6 +122,12 @@ def settings_summary(config: TrainConfig) -> str:
         parts.append(c.resize)
     if c.threshold_rule != "sensitivity:0.95":
         parts.append(f"threshold {c.threshold_rule}")
+    if c.threshold_on != "validation":
+        parts.append(f"threshold on {c.threshold_on}")
+    if c.seed != 0:
+        parts.append(f"seed {c.seed}")
+    if c.split_seed is not None and c.split_seed != c.seed:
+        parts.append(f"split seed {c.split_seed}")
     return ", ".join(parts)
 
 
