@@ -149,8 +149,8 @@ def require_compatible(
         if other[name] != key[name]:
             raise TrainError(
                 f"{run.folder}: its {name} split differs from {whose}; runs combined this way must share the "
-                "split (same --data, --seed, --val-fraction and --sources), or validation would hold "
-                "images one of them trained on"
+                "split (same --data, --split-seed or --seed, --val-fraction and --sources), or validation "
+                "would hold images one of them trained on"
             )
 
 
@@ -338,9 +338,10 @@ EXAMPLES = """examples:
   pneumo train ensemble runs/dsconv --tta crops --out runs/dsconv-tta   # one run, 4 views averaged
   pneumo export bundle runs/dsconv-ens3 -o bundles/dsconv-ens3     # one graph, exported like any run
 
-Members must share the contract, labels and split (same --data, --seed, --val-fraction,
---image-size): vary them by loss, augmentation or width, not by --seed, which also moves the
-split. The threshold is chosen on validation (the first member's rule unless --threshold-rule);
+Members must share the contract, labels and split (same --data, --val-fraction, --image-size
+and --split-seed, or --seed when no --split-seed was given): vary them by loss, augmentation,
+width, or by --seed with a fixed --split-seed. The threshold is chosen on validation (the first
+member's rule and --threshold-on unless given);
 the test split is scored once. Results are decision support, not a diagnosis.
 """
 

@@ -209,3 +209,61 @@ def test_an_ensemble_exports_to_onnx_with_parity(runs: dict[str, Path], tmp_path
     with OnnxRuntimeBackend(path, name="ort-cpu", precision="fp32") as backend:
         got = backend.infer(x)
     np.testing.assert_allclose(got, keras_outputs(model, x), atol=1e-5)
+
+
+def _pooled_youden(folder: Path, cache: Path) -> float:
+    """Youden's threshold on the run's validation images as they are and width- or height-only
+    rescaled x0.85 / x1.15, computed here from the saved model (not through shape_pooled)."""
+    import keras
+
+    from edge_runtime.contract import ModelInfo, PreprocessContract
+    from edge_runtime.predictor import abnormal_probability
+    from train.cache import load_arrays
+    from train.data import Splits
+    from train.metrics import choose_threshold
+    from train.shape_probe import rescale
+
+    splits = Splits.load(folder / "split.json")
+    info = ModelInfo.load(folder)
+    val = load_arrays(splits.val, splits.labels, PreprocessContract.load(folder), cache, progress=False)
+    model = keras.models.load_model(str(folder / "model.h5"), safe_mode=True, compile=False)
+    scales = [(1.0, 1.0), (0.85, 1.0), (1.0, 0.85), (1.15, 1.0), (1.0, 1.15)]
+    prob = np.concatenate(
+        [abnormal_probability(np.asarray(model(rescale(val.x, w, h).astype(np.float32), training=False)), info)
+         for w, h in scales]
+    )  # fmt: skip
+    abnormal = np.tile(val.y != splits.labels.index(info.negative_label), len(scales))
+    return choose_threshold(abnormal, prob, "youden").threshold
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_split_seed_keeps_the_validation_split_and_shape_pooled_sets_the_threshold(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    from train.ensemble import EnsembleConfig, make_ensemble
+
+    # Another seed, the same split: its split.json is run a's, so the two can be ensembled.
+    other_seed = _run(tmp_path, _data_of(runs["a"]), "c", seed=5, split_seed=0, threshold_on="shape-pooled")
+    assert json.loads((other_seed / "split.json").read_text()) == json.loads((runs["a"] / "split.json").read_text())
+    assert json.loads((runs["other_split"] / "split.json").read_text()) != json.loads(
+        (runs["a"] / "split.json").read_text()
+    )  # without --split-seed, seed 5 draws another split
+    card = json.loads((other_seed / "model_card.json").read_text())
+    assert card["training"]["seed"] == 5 and card["training"]["split_seed"] == 0
+    metrics = json.loads((other_seed / "metrics.json").read_text())
+    assert "pooled with the shape probe's 4 rescales" in metrics["threshold"]["how"]
+    assert metrics["threshold"]["value"] == pytest.approx(_pooled_youden(other_seed, tmp_path / "cache"), abs=1e-6)
+
+    out = tmp_path / "ens"
+    make_ensemble(EnsembleConfig(members=(runs["a"], other_seed), out=out, bootstrap=10, progress=False,
+                                 threshold_on="shape-pooled"))  # fmt: skip
+    ens = json.loads((out / "metrics.json").read_text())["threshold"]
+    assert "pooled" in ens["how"]
+    assert ens["value"] == pytest.approx(_pooled_youden(out, tmp_path / "cache"), abs=1e-6)
+    with pytest.raises(TrainError, match="--threshold-on"):
+        EnsembleConfig(members=(runs["a"], other_seed), out=tmp_path / "x", threshold_on="test")
+
+
+def _data_of(run: Path) -> Path:
+    return Path(json.loads((run / "config.json").read_text())["data"])

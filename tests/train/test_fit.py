@@ -57,6 +57,8 @@ def test_dsconv_recipe_is_the_validation_winner_and_flags_still_override() -> No
         ({"last_conv_filters": 0}, "--last-conv-filters"),
         ({"pool_dropout": 1.0}, "--pool-dropout"),
         ({"lr_schedule": "step"}, "--lr-schedule"),
+        ({"threshold_on": "test"}, "--threshold-on"),
+        ({"split_seed": -1}, "--split-seed"),
     ],
 )
 def test_bad_values_name_their_flag(changes: dict, flag: str) -> None:

@@ -13,7 +13,8 @@ from edge_runtime.contract import ModelInfo
 from tests.conftest import write_image
 from train.cli import evaluate_main
 from train.errors import TrainError
-from train.shape_probe import PROBES, Probe, rescale, shape_probe
+from train.metrics import roc_auc
+from train.shape_probe import PROBES, Probe, rescale, shape_pooled, shape_probe
 
 
 def _box(n: int, width: int, height: int, size: int = 40) -> np.ndarray:
@@ -66,6 +67,15 @@ def test_shape_probe_exposes_a_model_that_reads_width() -> None:
     squeezed = shape_probe(_width_reader, x, y, info, probes=(Probe("unchanged", 1, 1), Probe("w", 0.4, 1)))
     assert squeezed["probes"][1]["normals_called_abnormal"] == 3
     assert squeezed["probes"][1]["decisions_changed"] == 3
+    # Pooled: every probe's outputs scored together, as the shape-pooled selection criterion reads them.
+    probs = [_width_reader(rescale(x, p.width, p.height)).reshape(-1) for p in PROBES]
+    pooled = report["pooled"]
+    assert pooled["n_outputs"] == len(PROBES) * len(y)
+    assert pooled["roc_auc"] == pytest.approx(roc_auc(np.tile(y == 1, len(PROBES)), np.concatenate(probs)))
+    assert pooled["normals_called_abnormal"] == sum(r["normals_called_abnormal"] for r in report["probes"])
+    labels, outputs = shape_pooled(_width_reader, x, y)
+    np.testing.assert_array_equal(labels, np.tile(y, len(PROBES)))
+    np.testing.assert_allclose(outputs.reshape(-1), np.concatenate(probs))
     json.dumps(report)  # JSON-ready
 
 
@@ -108,9 +118,11 @@ def test_evaluate_scores_the_runs_own_validation_split_with_the_probe(
     probe = report["shape_probe"]
     assert probe["probes"][0]["roc_auc"] == report["metrics"]["roc_auc"]
     assert probe["n_normal"] + probe["n_abnormal"] == len(val)
+    assert probe["pooled"]["n_outputs"] == len(PROBES) * len(val) and 0.0 <= probe["pooled"]["roc_auc"] <= 1.0
     assert evaluate_main([*argv, "--cache-dir", str(tmp_path / "c")]) == 0
     table = capsys.readouterr().out
     assert "shape probe:" in table and "width x0.85" in table and "not a diagnosis" in table
+    assert "all pooled" in table
 
 
 def test_run_val_needs_a_run_folder(tiny_bundle: Path, tmp_path: Path) -> None:
