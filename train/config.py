@@ -110,7 +110,7 @@ class TrainConfig:
     teacher: Path | None = None
     distill_weight: float = 0.5
     threshold_rule: str | None = None  # on validation; None: the architecture's (sensitivity:0.95 or youden)
-    threshold_on: str = "validation"
+    threshold_on: str | None = None  # validation | shape-pooled; None: the architecture's
     # --- run
     seed: int = 0
     # The patient-wise validation split's own seed; None: follow ``seed``. Fixing it lets repeats of a
@@ -143,7 +143,8 @@ class TrainConfig:
         _choice("sources", self.sources, SOURCES)
         _choice("loss", self.loss, LOSSES)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _choice("threshold_on", self.threshold_on, THRESHOLD_SOURCES)
+        if self.threshold_on is not None:
+            _choice("threshold_on", self.threshold_on, THRESHOLD_SOURCES)
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         if self.color is not None:
@@ -211,6 +212,7 @@ class TrainConfig:
             undersample=spec.undersample if self.undersample is None else self.undersample,
             label_smoothing=spec.label_smoothing if self.label_smoothing is None else self.label_smoothing,
             threshold_rule=self.threshold_rule or spec.threshold_rule,
+            threshold_on=self.threshold_on or spec.threshold_on,
         )
 
     def model_options(self) -> dict[str, Any]:

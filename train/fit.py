@@ -233,7 +233,7 @@ def choose_validation_threshold(
     labels: tuple[str, ...],
     head: Literal["sigmoid", "softmax"],
     rule: str,
-    threshold_on: str,
+    threshold_on: str | None,
 ) -> Any:
     """``rule`` applied to the validation outputs, or (``shape-pooled``) to them pooled with the
     outputs of the same images under the shape probe's width/height rescales."""

@@ -17,6 +17,7 @@ import math
 import os
 from dataclasses import fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime.fileio import atomic_write_json, atomic_write_text, read_json
@@ -32,6 +33,9 @@ METRIC_COLUMNS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "
 RESULT_FILES = ("results.csv", "results.md", "results.json", "results.png")
 # Settings that do not change what a run computes; a completed run is not redone when only these differ.
 NOT_COMPARED = ("out", "overwrite", "progress", "workers", "cache_dir", "tensorboard")
+# Fields that default to "the architecture's" and were added after runs had been saved: what those
+# runs did before the field existed.
+BEFORE_FIELD_EXISTED = MappingProxyType({"threshold_on": "validation"})
 
 
 def utc_now() -> str:
@@ -65,8 +69,9 @@ def settings_changed(run: PlannedRun) -> list[str]:
         return ["config.json missing or unreadable"]
     planned = comparable(run.config.to_dict())
     saved = comparable(saved if isinstance(saved, dict) else {})
-    # A field added to TrainConfig after the run was saved is absent there: it ran with the default.
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    # A field added to TrainConfig after the run was saved is absent there: it ran with the default,
+    # or, for a field whose default is "the architecture's", with what the code did before it existed.
+    defaults = {f.name: f.default for f in fields(TrainConfig)} | dict(BEFORE_FIELD_EXISTED)
     return sorted(k for k in set(planned) | set(saved) if planned.get(k) != saved.get(k, defaults.get(k)))
 
 
@@ -122,7 +127,7 @@ def settings_summary(config: TrainConfig) -> str:
         parts.append(c.resize)
     if c.threshold_rule != "sensitivity:0.95":
         parts.append(f"threshold {c.threshold_rule}")
-    if c.threshold_on != "validation":
+    if c.threshold_on not in (None, "validation"):
         parts.append(f"threshold on {c.threshold_on}")
     if c.seed != 0:
         parts.append(f"seed {c.seed}")

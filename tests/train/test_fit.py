@@ -33,8 +33,11 @@ def test_resolved_fills_the_arch_recipe_and_keeps_overrides() -> None:
 
 def test_dsconv_recipe_is_the_validation_winner_and_flags_still_override() -> None:
     cfg = TrainConfig(arch="dsconv").resolved()
-    assert (cfg.height, cfg.width, cfg.color, cfg.augment) == (160, 160, "grayscale", "xray")
-    assert (cfg.label_smoothing, cfg.threshold_rule, cfg.early_stopping) == (0.1, "youden", 8)
+    assert (cfg.height, cfg.width, cfg.color, cfg.augment) == (160, 160, "grayscale", "xray-shape")
+    assert (cfg.label_smoothing, cfg.threshold_rule, cfg.early_stopping) == (0.1, "youden", 0)
+    assert cfg.threshold_on == "shape-pooled" and cfg.epochs == 30
+    assert TrainConfig(arch="dsconv", threshold_on="validation").resolved().threshold_on == "validation"
+    assert TrainConfig(arch="lhu").resolved().threshold_on == "validation"
     plain = TrainConfig(arch="dsconv", label_smoothing=0.0, threshold_rule="sensitivity:0.95").resolved()
     assert (plain.label_smoothing, plain.threshold_rule) == (0.0, "sensitivity:0.95")  # 0.0 is not "unset"
     seed = TrainConfig(arch="lhu").resolved()

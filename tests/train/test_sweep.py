@@ -376,8 +376,10 @@ def test_a_new_model_option_reruns_only_the_runs_that_set_it(tmp_path: Path) -> 
         saved = {
             k: v
             for k, v in run.config.to_dict().items()
-            # an older config.json: before these fields existed (distill_weight's default is 0.5, not None)
-            if k not in ("activation", "last_conv_filters", "pool_dropout", "teacher", "distill_weight")
+            # an older config.json: before these fields existed (distill_weight's default is 0.5, not None;
+            # threshold_on's is the architecture's, and runs before it chose on validation alone)
+            if k not in ("activation", "last_conv_filters", "pool_dropout", "teacher", "distill_weight",
+                         "threshold_on", "split_seed")
         }
         atomic_write_json(run.config.out / "config.json", saved)
     assert settings_changed(plain) == []
