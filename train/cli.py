@@ -231,9 +231,9 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     recipe.add_argument(
         "--threshold-on",
         choices=THRESHOLD_SOURCES,
-        help="where the rule looks: 'validation' (default) or 'shape-pooled' (the validation images as "
-        "they are plus width- or height-only rescaled x0.85/x1.15, pooled: a threshold that holds "
-        "under other acquisition geometry)",
+        help="where the rule looks: 'validation' (the seed architectures' default) or 'shape-pooled' "
+        "(dsconv's default: the validation images as they are plus width- or height-only rescaled "
+        "x0.85/x1.15, pooled: a threshold that holds under other acquisition geometry)",
     )
     return parser
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from train.errors import DataError, TrainError
 from train.metrics import choose_threshold, evaluate_outputs
 from train.models import ArchSpec, Head, build_model, get_arch, resolve_head
 from train.models.complexity import model_complexity
+
+if TYPE_CHECKING:
+    from train.cache import ArraySet
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +231,7 @@ def validation_threshold(
 
 def choose_validation_threshold(
     predict: Callable[[np.ndarray], np.ndarray],
-    val: Any,
+    val: ArraySet,
     val_out: np.ndarray,
     labels: tuple[str, ...],
     head: Literal["sigmoid", "softmax"],
