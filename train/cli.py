@@ -56,6 +56,9 @@ many runs from one experiment file, resumable, into one results table:
 average runs that share a split into one graph (a run folder export takes as is):
   pneumo train ensemble runs/a runs/b runs/c --out runs/ens   (see 'pneumo train ensemble --help')
 
+choose between finished runs on their shared validation split (never the test split):
+  pneumo train select runs/a runs/b runs/ens --data DATA      (see 'pneumo train select --help')
+
 architectures (defaults follow each seed study): {archs}
 Results are decision support, not a diagnosis. Models trained on SYNTHETIC phantoms say so everywhere.
 """
@@ -247,6 +250,10 @@ def train_main(argv: list[str], prog: str = "pneumo train") -> int:
         from train import ensemble
 
         return ensemble.main(argv[1:], prog + " ensemble")
+    if argv and argv[0] == "select":
+        from train import select
+
+        return select.main(argv[1:], prog + " select")
     parser = train_parser(prog)
     args = vars(parser.parse_args(argv))
     json_out = bool(args.pop("json", False))

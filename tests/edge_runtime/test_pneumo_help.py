@@ -14,6 +14,7 @@ PAGES = [
     ["train"],
     ["train", "sweep"],
     ["train", "ensemble"],
+    ["train", "select"],
     ["evaluate"],
     ["export"],
     ["export", "onnx"],
