@@ -16,7 +16,6 @@ The rule of issue 6, as code, so that a choice can be re-run and audited:
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,8 +25,6 @@ from train.errors import TrainError
 
 CRITERIA = ("shape-pooled", "val-auc")
 DEFAULT_TIE = 0.001
-
-log = logging.getLogger("pneumo")
 
 
 @dataclass(frozen=True)
