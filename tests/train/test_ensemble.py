@@ -239,12 +239,12 @@ def _pooled_youden(folder: Path, cache: Path) -> float:
 @pytest.mark.tf
 @pytest.mark.slow
 def test_split_seed_keeps_the_validation_split_and_shape_pooled_sets_the_threshold(
-    runs: dict[str, Path], tmp_path: Path
+    runs: dict[str, Path], synth_small: Path, tmp_path: Path
 ) -> None:
     from train.ensemble import EnsembleConfig, make_ensemble
 
     # Another seed, the same split: its split.json is run a's, so the two can be ensembled.
-    other_seed = _run(tmp_path, _data_of(runs["a"]), "c", seed=5, split_seed=0, threshold_on="shape-pooled")
+    other_seed = _run(tmp_path, synth_small, "c", seed=5, split_seed=0, threshold_on="shape-pooled")
     assert json.loads((other_seed / "split.json").read_text()) == json.loads((runs["a"] / "split.json").read_text())
     assert json.loads((runs["other_split"] / "split.json").read_text()) != json.loads(
         (runs["a"] / "split.json").read_text()
@@ -263,7 +263,3 @@ def test_split_seed_keeps_the_validation_split_and_shape_pooled_sets_the_thresho
     assert ens["value"] == pytest.approx(_pooled_youden(out, tmp_path / "cache"), abs=1e-6)
     with pytest.raises(TrainError, match="--threshold-on"):
         EnsembleConfig(members=(runs["a"], other_seed), out=tmp_path / "x", threshold_on="test")
-
-
-def _data_of(run: Path) -> Path:
-    return Path(json.loads((run / "config.json").read_text())["data"])
