@@ -86,13 +86,13 @@ def choose(candidates: list[Candidate], criterion: str, tie: float = DEFAULT_TIE
 def require_shared_validation(runs: tuple[Path, ...]) -> None:
     """TrainError unless every run's split.json lists the same validation images."""
     from train.data import Splits
+    from train.ensemble import split_key
 
     def val_of(run: Path) -> list[tuple[str, str]]:
         path = run / "split.json"
         if not path.is_file():
             raise TrainError(f"{path}: not found; select takes run folders written by 'pneumo train'")
-        splits = Splits.load(path)
-        return sorted((str(s.path), s.label) for s in splits.val)
+        return sorted(split_key(Splits.load(path))["val"])
 
     first = val_of(runs[0])
     for run in runs[1:]:
