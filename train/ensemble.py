@@ -386,6 +386,13 @@ def ensemble_parser(prog: str) -> Any:
     parser.add_argument("--overwrite", action="store_true", help="write into an existing folder")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     parser.add_argument("--json", action="store_true", help="print metrics as JSON")
+    parser.add_argument(
+        "--blind",
+        action="store_true",
+        help="print validation figures only: the test split is still scored once into metrics.json, "
+        "but neither the members' nor the ensemble's test figures are shown, so a choice declared in "
+        "advance (pneumo train select) is made before anyone reads them",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or log lines")
     return parser
 
@@ -419,36 +426,46 @@ def main(argv: list[str], prog: str = "pneumo train ensemble") -> int:
     except (TrainError, EdgeError, MetricsError) as exc:
         sys.stderr.write(f"{prog}: error: {exc}\n")
         return 1
+    metrics = blinded(result["metrics"]) if args.blind else result["metrics"]
     if args.json:
-        sys.stdout.write(json.dumps(result["metrics"], indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(metrics, indent=2, default=str) + "\n")
     else:
-        sys.stdout.write(summary(result) + "\n")
+        sys.stdout.write(summary({**result, "metrics": metrics}) + "\n")
     return 0
 
 
+def blinded(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` without any test figure (the ensemble's or a member's), for ``--blind``."""
+    members = [{k: v for k, v in row.items() if not k.startswith("test_")} for row in metrics["members"]]
+    return {
+        **{k: v for k, v in metrics.items() if k != "test"},
+        "members": members,
+        "test": None,
+        "blind": "test figures hidden; they are in metrics.json",
+    }
+
+
 def summary(result: dict[str, Any]) -> str:
-    """A short table: each member's stored scores, then the ensemble's."""
+    """A short table: each member's stored scores, then the ensemble's (validation only if blinded)."""
     metrics, card = result["metrics"], result["card"]
     synthetic = " (SYNTHETIC phantoms: not a medical result)" if metrics["synthetic"] else ""
-    lines = [
-        f"ensemble {metrics['model_version']} -> {result['out']}{synthetic}",
-        f"{'model':<40} {'val AUC':>8} {'test AUC':>9} {'test acc':>9}",
-    ]
-    for row in metrics["members"]:
-        lines.append(
-            f"{Path(row['folder']).name:<40} {_fmt(row['val_roc_auc']):>8} "
-            f"{_fmt(row['test_roc_auc']):>9} {_fmt(row['test_accuracy']):>9}"
-        )
-    val, test = metrics["validation"], metrics["test"]
-    lines.append(
-        f"{'ensemble':<40} {_fmt(val.get('roc_auc')):>8} {_fmt(test.get('roc_auc')):>9} "
-        f"{_fmt(test.get('accuracy')):>9}"
-    )
+    blind = metrics.get("test") is None
+    header = f"{'model':<40} {'val AUC':>8}" + ("" if blind else f" {'test AUC':>9} {'test acc':>9}")
+    lines = [f"ensemble {metrics['model_version']} -> {result['out']}{synthetic}", header]
+    val, test = metrics["validation"], metrics.get("test") or {}
+    rows = [(Path(row["folder"]).name, row) for row in metrics["members"]]
+    rows.append(("ensemble", {"val_roc_auc": val.get("roc_auc"), "test_roc_auc": test.get("roc_auc"),
+                              "test_accuracy": test.get("accuracy")}))
+    for name, row in rows:
+        tail = "" if blind else f" {_fmt(row.get('test_roc_auc')):>9} {_fmt(row.get('test_accuracy')):>9}"
+        lines.append(f"{name:<40} {_fmt(row.get('val_roc_auc')):>8}{tail}")
     threshold = metrics["threshold"]
-    lines.append(
-        f"threshold {threshold['value']:.4f} ({threshold['rule']}, chosen on validation); test "
-        f"sensitivity {_fmt(test.get('sensitivity'))}, specificity {_fmt(test.get('specificity'))}"
+    scored = (
+        f"test figures hidden (--blind); they are in {result['out']}/metrics.json"
+        if blind
+        else f"test sensitivity {_fmt(test.get('sensitivity'))}, specificity {_fmt(test.get('specificity'))}"
     )
+    lines.append(f"threshold {threshold['value']:.4f} ({threshold['rule']}, chosen on validation); {scored}")
     lines.append(
         f"{card['architecture']['params']:,} parameters, "
         f"{card['architecture']['gflops']:.3f} GFLOPs per image. Decision support, not a diagnosis."

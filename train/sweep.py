@@ -70,6 +70,7 @@ from edge_runtime.fileio import atomic_write_json, atomic_write_text, read_json
 from train.config import TrainConfig, flag
 from train.errors import TrainError
 from train.sweep_results import (
+    blinded_row,
     is_complete,
     settings_changed,
     settings_summary,
@@ -667,6 +668,12 @@ def sweep_parser(prog: str) -> argparse.ArgumentParser:
         help="rewrite results.csv/.md/.json/.png from the run folders (pass the same --data); train nothing",
     )
     parser.add_argument("--json", action="store_true", help="print the results rows as JSON on stdout")
+    parser.add_argument(
+        "--blind",
+        action="store_true",
+        help="print validation ROC AUC only, no test figure (results.md/csv/json still hold them): "
+        "for a choice declared in advance, made before anyone reads the test rows",
+    )
     parser.add_argument("--quiet", action="store_true", help="warnings only on stderr")
     return parser
 
@@ -754,7 +761,7 @@ def main(argv: list[str], prog: str = "pneumo train sweep") -> int:
         except (TrainError, OSError) as exc:
             _echo(f"{prog}: error: {exc}", err=True)
             return 1
-        _echo(summary_table(read_json(root / "results.json")["rows"]))
+        _echo(summary_table(read_json(root / "results.json")["rows"], blind=args.blind))
         _echo(f"\nresults: {root}/results.md, results.csv, results.png")
         return 0
     try:
@@ -771,9 +778,9 @@ def main(argv: list[str], prog: str = "pneumo train sweep") -> int:
         return 1
     rows = read_json(root / "results.json")["rows"]
     if args.json:
-        _echo(json.dumps(rows, indent=2))
+        _echo(json.dumps([blinded_row(row) for row in rows] if args.blind else rows, indent=2))
     else:
-        _echo(summary_table(rows))
+        _echo(summary_table(rows, blind=args.blind))
         _echo(f"\nresults: {root}/results.md, results.csv, results.png")
     failed = [o.name for o in outcomes if o.status == "failed"]
     if failed:

@@ -394,8 +394,24 @@ def write_results(
     return rows
 
 
-def summary_table(rows: list[dict[str, Any]]) -> str:
+def blinded_row(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` without its test figures (every metric column, its interval and its value at 0.5)."""
+    hidden = {name for metric in METRIC_COLUMNS for name in (metric, f"{metric}_low", f"{metric}_high", f"{metric}_at_0.5")}
+    return {key: value for key, value in row.items() if key not in hidden}
+
+
+def summary_table(rows: list[dict[str, Any]], blind: bool = False) -> str:
+    """The console table; ``blind``: validation ROC AUC only, no test figure (``--blind``)."""
     width = max(len(row["run"]) for row in rows)
+    if blind:
+        lines = [f"{'run'.ljust(width)}  {'status':<10} {'val AUC':>8} {'fit s':>7}"]
+        lines += [
+            f"{row['run'].ljust(width)}  {row['status'][:10]:<10} {_fmt(row.get('val_roc_auc'), 4):>8} "
+            f"{_fmt(row.get('fit_seconds'), 0):>7}"
+            for row in rows
+        ]
+        lines.append("test figures hidden (--blind): choose first, then read results.md")
+        return "\n".join(lines)
     lines = [
         f"{'run'.ljust(width)}  {'status':<10} {'accuracy':>8} {'sens':>6} {'spec':>6} {'AUC':>6} {'fit s':>7}  test split"
     ]

@@ -181,6 +181,26 @@ def test_ensemble_cli_prints_a_table_and_names_bad_members(runs: dict[str, Path]
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert "ensemble" in ok.stdout and "SYNTHETIC" in ok.stdout and "not a diagnosis" in ok.stdout
+    assert "test AUC" in ok.stdout and "test sensitivity" in ok.stdout
+    blind = subprocess.run(
+        [*cli, str(runs["a"]), str(runs["b"]), "--out", str(tmp_path / "g"), "--bootstrap", "10", "-q",
+         "--blind", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert blind.returncode == 0, blind.stderr
+    printed = json.loads(blind.stdout)
+    saved = json.loads((tmp_path / "g" / "metrics.json").read_text())
+    assert printed["test"] is None and saved["test"]["n_images"] > 0, "scored once, on disk only"
+    assert printed["validation"] == saved["validation"] and printed["threshold"] == saved["threshold"]
+    assert all(not key.startswith("test_") for row in printed["members"] for key in row)
+    table = subprocess.run(
+        [*cli, str(runs["a"]), str(runs["b"]), "--out", str(tmp_path / "h"), "--bootstrap", "10", "-q",
+         "--blind"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    assert "test AUC" not in table.stdout and "test sensitivity" not in table.stdout
+    assert "hidden (--blind)" in table.stdout and "val AUC" in table.stdout
     bad = subprocess.run(
         [*cli, str(runs["a"]), str(tmp_path / "nowhere"), "--out", str(tmp_path / "f"), "-q"],
         capture_output=True, text=True, timeout=600,

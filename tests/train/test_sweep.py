@@ -335,6 +335,26 @@ def test_tiny_sweep_killed_then_resumed_skips_finished_runs(tmp_path: Path) -> N
     assert rows["second"]["status"] == "done"
     assert (first / "metrics.json").stat().st_mtime_ns == first_mtime
 
+    # 4b. --blind shows validation only: the test rows stay in the files, off the screen
+    blind = subprocess.run(
+        [*_sweep_command(experiment, out), "--results-only", "--blind"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert blind.returncode == 0, blind.stderr
+    shown = next(line for line in blind.stdout.splitlines() if line.startswith("second "))
+    assert f"{float(rows['second']['val_roc_auc']):.4f}" in shown
+    assert f"{float(rows['second']['accuracy']):.3f}" not in shown.split()
+    assert "accuracy" not in blind.stdout and "test figures hidden" in blind.stdout
+    from train.sweep_results import blinded_row
+
+    full = json.loads((out / "results.json").read_text())["rows"][1]
+    hidden = blinded_row(full)
+    assert hidden["val_roc_auc"] == full["val_roc_auc"] and hidden["params"] == full["params"]
+    assert not {"accuracy", "specificity_low", "roc_auc_high", "accuracy_at_0.5"} & set(hidden)
+
     # 5. reports/seeds.md tables are generated from the copied results; the prose around them is kept
     from train.report_seeds import main as report_main
 
