@@ -130,11 +130,30 @@ def make_loss(head: Head, loss: str, focal_gamma: float, label_smoothing: float)
 
 
 def training_metrics(head: Head) -> list[Any]:
+    """Training-set accuracy (and AUC) for history.csv, scored against the *rounded* target.
+
+    Distillation and mixup train on soft targets (0.3, 0.85, ...); Keras's binary metrics compare
+    those to 0/1 and report 0.0, which reads like a broken run. Rounding at 0.5 scores each image
+    against the label its target leans to; hard labels are unchanged by it.
+    """
     import keras
 
     if head.kind == "sigmoid":
-        return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
+        return [_on_rounded_targets(keras.metrics.BinaryAccuracy)(name="accuracy"),
+                _on_rounded_targets(keras.metrics.AUC)(name="auc")]  # fmt: skip
     return [keras.metrics.CategoricalAccuracy(name="accuracy")]
+
+
+def _on_rounded_targets(metric: Any) -> Any:
+    import keras
+
+    class OnRoundedTargets(metric):  # type: ignore[misc, valid-type]
+        def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+            hard = keras.ops.cast(keras.ops.greater_equal(y_true, 0.5), y_pred.dtype)
+            return super().update_state(hard, y_pred, sample_weight)
+
+    OnRoundedTargets.__name__ = metric.__name__
+    return OnRoundedTargets
 
 
 def predict_arrays(model: Any, x: np.ndarray, batch: int = PREDICT_BATCH) -> np.ndarray:

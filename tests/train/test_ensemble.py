@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -165,6 +166,10 @@ def test_student_distils_from_a_teacher_with_the_same_split(
     student = _run(tmp_path, synth_small, "student", teacher=runs["a"], distill_weight=0.7)
     config = json.loads((student / "config.json").read_text())
     assert config["teacher"] == str(runs["a"]) and config["distill_weight"] == 0.7
+    with open(student / "history.csv", newline="") as handle:
+        last = list(csv.DictReader(handle))[-1]
+    # soft targets are scored against the label they lean to (Keras alone reported exactly 0.0)
+    assert 0.0 < float(last["accuracy"]) <= 1.0 and 0.0 < float(last["auc"]) <= 1.0
     with pytest.raises(TrainError, match="split differs"):
         _run(tmp_path, synth_small, "leaky", teacher=runs["other_split"])
     with pytest.raises(TrainError, match="contract"):

@@ -369,3 +369,26 @@ def test_three_class_softmax_run_with_focal_loss_and_mirrored_strategy(tmp_path:
     assert result.card["training"]["compute"]["strategy"] == "mirrored"
     assert result.card["training"]["loss"].startswith("focal")
     assert result.card["training"]["lr_schedule"] == "cosine"
+
+
+@pytest.mark.tf
+def test_training_metrics_score_soft_targets_against_the_label_they_lean_to() -> None:
+    import keras
+
+    from train.fit import training_metrics
+    from train.pipeline import Head
+
+    accuracy, auc = training_metrics(Head("sigmoid", 2))
+    soft = np.array([[0.2], [0.8], [0.7], [0.3]], np.float32)  # distillation / mixup targets
+    pred = np.array([[0.1], [0.9], [0.4], [0.6]], np.float32)
+    accuracy.update_state(soft, pred)
+    auc.update_state(soft, pred)
+    assert float(accuracy.result()) == pytest.approx(0.5)  # rounded targets 0,1,1,0 vs calls 0,1,0,1
+    assert float(auc.result()) == pytest.approx(0.75, abs=0.01)
+    plain = keras.metrics.BinaryAccuracy()
+    plain.update_state(soft, pred)
+    assert float(plain.result()) == 0.0, "what history.csv showed before: soft targets never 'equal'"
+    hard = np.array([[0.0], [1.0], [1.0], [0.0]], np.float32)
+    accuracy.reset_state()
+    accuracy.update_state(hard, pred)
+    assert float(accuracy.result()) == pytest.approx(0.5)  # hard labels: unchanged
