@@ -72,6 +72,10 @@ def settings_changed(run: PlannedRun) -> list[str]:
     # A field added to TrainConfig after the run was saved is absent there: it ran with the default,
     # or, for a field whose default is "the architecture's", with what the code did before it existed.
     defaults = {f.name: f.default for f in fields(TrainConfig)} | dict(BEFORE_FIELD_EXISTED)
+    if planned.get("data") is None:
+        # --dry-run / --results-only without --data: no folder was named, so none has changed
+        planned.pop("data", None)
+        saved.pop("data", None)
     return sorted(k for k in set(planned) | set(saved) if planned.get(k) != saved.get(k, defaults.get(k)))
 
 

@@ -408,6 +408,24 @@ def test_a_new_model_option_reruns_only_the_runs_that_set_it(tmp_path: Path) -> 
     assert "last conv" not in settings_summary(plain.config)
 
 
+def test_results_without_data_do_not_call_every_row_stale(tmp_path: Path) -> None:
+    """--results-only / --dry-run without --data name no folder, so the data folder has not changed."""
+    from edge_runtime.fileio import atomic_write_json
+    from train.sweep_results import settings_changed
+
+    path = _write(tmp_path / "x.toml", '[defaults]\narch = "lhu"\n[[run]]\nname = "one"\n')
+    out = tmp_path / "sweep"
+    (finished,) = plan_sweep(load_experiment(path), SweepConfig(experiments=path, out=out, data=tmp_path))
+    assert finished.config.out is not None
+    atomic_write_json(finished.config.out / "config.json", finished.config.to_dict())
+    (no_data,) = plan_sweep(load_experiment(path), SweepConfig(experiments=path, out=out, dry_run=True))
+    assert no_data.config.data is None and settings_changed(no_data) == []
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (moved,) = plan_sweep(load_experiment(path), SweepConfig(experiments=path, out=out, data=elsewhere))
+    assert settings_changed(moved) == ["data"], "a named folder that differs still makes the row stale"
+
+
 def test_reduced_rows_say_reduced(tmp_path: Path) -> None:
     path = REPO / "experiments" / "seed001_go19_augmentation.toml"
     experiment = load_experiment(path)
