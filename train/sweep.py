@@ -665,7 +665,8 @@ def sweep_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--results-only",
         action="store_true",
-        help="rewrite results.csv/.md/.json/.png from the run folders (pass the same --data); train nothing",
+        help="rewrite results.csv/.md/.json/.png from the run folders; train nothing (a --data other "
+        "than the runs' marks them stale, no --data marks none)",
     )
     parser.add_argument("--json", action="store_true", help="print the results rows as JSON on stdout")
     parser.add_argument(
