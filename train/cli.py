@@ -228,8 +228,8 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     )
     recipe.add_argument(
         "--threshold-rule",
-        help="on validation: sensitivity:0.95 (highest threshold keeping sensitivity >= 0.95; the seed "
-        "architectures' default), youden (max sensitivity + specificity - 1; dsconv's default), or fixed:0.5",
+        help="on validation: sensitivity:0.95 (highest threshold keeping sensitivity >= 0.95; the "
+        "default of every architecture), youden (max sensitivity + specificity - 1), or fixed:0.5",
     )
     recipe.add_argument(
         "--threshold-on",

@@ -109,7 +109,7 @@ class TrainConfig:
     # with the same contract and split; its outputs on the unaugmented training images).
     teacher: Path | None = None
     distill_weight: float = 0.5
-    threshold_rule: str | None = None  # on validation; None: the architecture's (sensitivity:0.95 or youden)
+    threshold_rule: str | None = None  # on validation; None: the architecture's (sensitivity:0.95 for all)
     threshold_on: str | None = None  # validation | shape-pooled; None: the architecture's
     # --- run
     seed: int = 0

@@ -34,12 +34,12 @@ def test_resolved_fills_the_arch_recipe_and_keeps_overrides() -> None:
 def test_dsconv_recipe_is_the_validation_winner_and_flags_still_override() -> None:
     cfg = TrainConfig(arch="dsconv").resolved()
     assert (cfg.height, cfg.width, cfg.color, cfg.augment) == (160, 160, "grayscale", "xray-shape")
-    assert (cfg.label_smoothing, cfg.threshold_rule, cfg.early_stopping) == (0.1, "youden", 0)
+    assert (cfg.label_smoothing, cfg.threshold_rule, cfg.early_stopping) == (0.1, "sensitivity:0.95", 0)
     assert cfg.threshold_on == "shape-pooled" and cfg.epochs == 30
     assert TrainConfig(arch="dsconv", threshold_on="validation").resolved().threshold_on == "validation"
     assert TrainConfig(arch="lhu").resolved().threshold_on == "validation"
-    plain = TrainConfig(arch="dsconv", label_smoothing=0.0, threshold_rule="sensitivity:0.95").resolved()
-    assert (plain.label_smoothing, plain.threshold_rule) == (0.0, "sensitivity:0.95")  # 0.0 is not "unset"
+    plain = TrainConfig(arch="dsconv", label_smoothing=0.0, threshold_rule="youden").resolved()
+    assert (plain.label_smoothing, plain.threshold_rule) == (0.0, "youden")  # 0.0 is not "unset"
     seed = TrainConfig(arch="lhu").resolved()
     assert (seed.label_smoothing, seed.threshold_rule) == (0.0, "sensitivity:0.95")
 
