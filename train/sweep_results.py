@@ -76,7 +76,15 @@ def settings_changed(run: PlannedRun) -> list[str]:
         # --dry-run / --results-only without --data: no folder was named, so none has changed
         planned.pop("data", None)
         saved.pop("data", None)
+    else:
+        # `pneumo train --data ../shared/...` records the folder as typed; the sweep plans it absolute
+        planned["data"], saved["data"] = _folder(planned["data"]), _folder(saved.get("data"))
     return sorted(k for k in set(planned) | set(saved) if planned.get(k) != saved.get(k, defaults.get(k)))
+
+
+def _folder(path: Any) -> str | None:
+    """``path`` made absolute against the working folder, as the sweep that compares it sees it."""
+    return None if path is None else str(Path(str(path)).resolve())
 
 
 def _ci(metrics: dict[str, Any], name: str) -> tuple[float | None, float | None]:

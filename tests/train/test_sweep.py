@@ -426,6 +426,28 @@ def test_results_without_data_do_not_call_every_row_stale(tmp_path: Path) -> Non
     assert settings_changed(moved) == ["data"], "a named folder that differs still makes the row stale"
 
 
+def test_a_run_trained_with_a_relative_data_path_is_the_same_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pneumo train --data ../shared/...` records the path as typed; the sweep plans it absolute."""
+    from edge_runtime.fileio import atomic_write_json
+    from train.sweep_results import settings_changed
+
+    data = tmp_path / "shared" / "data"
+    data.mkdir(parents=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    path = _write(tmp_path / "x.toml", '[defaults]\narch = "lhu"\n[[run]]\nname = "one"\n')
+    (run,) = plan_sweep(load_experiment(path), SweepConfig(experiments=path, out=tmp_path / "sweep", data=data))
+    assert run.config.out is not None
+    typed = run.config.to_dict() | {"data": "../shared/data"}
+    atomic_write_json(run.config.out / "config.json", typed)
+    assert settings_changed(run) == []
+    atomic_write_json(run.config.out / "config.json", typed | {"data": "../shared"})
+    assert settings_changed(run) == ["data"]
+
+
 def test_reduced_rows_say_reduced(tmp_path: Path) -> None:
     path = REPO / "experiments" / "seed001_go19_augmentation.toml"
     experiment = load_experiment(path)
