@@ -67,7 +67,7 @@ class TrainConfig:
     overwrite: bool = False
     # --- model
     head: str = "auto"
-    weights: Path | None = None  # local ImageNet *_notop.h5 for vgg16_transfer / resnet50
+    weights: Path | None = None  # local ImageNet file: *_notop.h5 (vgg16_transfer, resnet50), .pth (lite0)
     freeze_base: bool | None = None
     dropout: float | None = None
     width_multiplier: float = 1.0  # dsconv channel multiplier
@@ -213,6 +213,7 @@ class TrainConfig:
             label_smoothing=spec.label_smoothing if self.label_smoothing is None else self.label_smoothing,
             threshold_rule=self.threshold_rule or spec.threshold_rule,
             threshold_on=self.threshold_on or spec.threshold_on,
+            weights=self.weights or (spec.default_weights() if spec.default_weights else None),
         )
 
     def model_options(self) -> dict[str, Any]:

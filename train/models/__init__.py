@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from edge_runtime.contract import PreprocessContract
 from train.errors import TrainError
 from train.models.blocks import Head
 from train.models.dsconv import build_dsconv
+from train.models.efficientnet_lite import build_lite0, packaged_weights
 from train.models.go19 import build_go19
 from train.models.lhu import build_lhu
 from train.models.roskilde import build_roskilde
@@ -53,6 +55,8 @@ class ArchSpec:
     scale: float = 1.0 / 255.0
     offset: float = 0.0
     transfer: bool = False
+    # where the pretrained weights come from when --weights is not given (None: random initialisation)
+    default_weights: Callable[[], Path | None] | None = None
 
     def contract(
         self,
@@ -163,6 +167,20 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             optimizer="adam", learning_rate=1e-3, batch_size=32, epochs=30, early_stopping=0,
             class_weights=True, augment="xray-shape", label_smoothing=0.1,
             threshold_rule="sensitivity:0.95", threshold_on="shape-pooled",
+        ),
+        ArchSpec(
+            name="lite0",
+            source="ours",
+            summary="EfficientNet-Lite0 blocks 0-11, ImageNet-pretrained (a registry package), 1x1 conv 384, global pooling",
+            builder=build_lite0,
+            height=160, width=160, color="grayscale",
+            # dsconv's recipe, with a fine-tuning learning rate (pretrained filters, 10x smaller steps)
+            # and fewer epochs (5x the FLOPs of dsconv on a CPU), declared in experiments/best_model.toml.
+            optimizer="adam", learning_rate=1e-4, batch_size=32, epochs=12, early_stopping=0,
+            class_weights=True, augment="xray-shape", label_smoothing=0.1,
+            threshold_rule="sensitivity:0.95", threshold_on="shape-pooled",
+            scale=1.0 / 128.0, offset=-127.0 / 128.0,  # the checkpoint's (x - 127) / 128
+            transfer=True, default_weights=packaged_weights,
         ),
     )
 }
