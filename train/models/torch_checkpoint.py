@@ -98,13 +98,14 @@ def _arrays(
 
 
 def _read_legacy(stream: IO[bytes], path: Path) -> collections.OrderedDict[str, np.ndarray]:
-    if pickle.load(stream) != LEGACY_MAGIC:  # noqa: S301 - ints only; the state itself goes through the guard
+    # every pickle in the file goes through the guard, the plain-valued header ones too
+    if _StateDictUnpickler(stream, path).load() != LEGACY_MAGIC:
         raise TrainError(f"{path}: not a PyTorch checkpoint (no torch.save magic number)")
-    pickle.load(stream)  # noqa: S301 - protocol version
-    pickle.load(stream)  # noqa: S301 - sys info (a dict of plain values)
+    _StateDictUnpickler(stream, path).load()  # protocol version
+    _StateDictUnpickler(stream, path).load()  # sys info
     unpickler = _StateDictUnpickler(stream, path)
     state = unpickler.load()
-    keys = pickle.load(stream)  # noqa: S301 - list of storage keys
+    keys = _StateDictUnpickler(stream, path).load()
     storages: dict[str, np.ndarray] = {}
     for key in keys:
         (count,) = struct.unpack("<q", stream.read(8))
