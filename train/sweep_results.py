@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from edge_runtime.fileio import atomic_write_json, atomic_write_text, read_json
+from edge_runtime.fileio import atomic_write_json, atomic_write_text, read_json, sha256_file
 from train.config import TrainConfig
 from train.errors import TrainError
 
@@ -79,7 +79,19 @@ def settings_changed(run: PlannedRun) -> list[str]:
     else:
         # `pneumo train --data ../shared/...` records the folder as typed; the sweep plans it absolute
         planned["data"], saved["data"] = _folder(planned["data"]), _folder(saved.get("data"))
+    if _same_file(planned.get("weights"), saved.get("weights")):
+        # a weights package installed in another checkout's .venv: another path, the same file
+        saved["weights"] = planned["weights"]
     return sorted(k for k in set(planned) | set(saved) if planned.get(k) != saved.get(k, defaults.get(k)))
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    if a is None or b is None or a == b:
+        return False
+    try:
+        return sha256_file(a) == sha256_file(b)
+    except OSError:
+        return False
 
 
 def _folder(path: Any) -> str | None:

@@ -448,6 +448,24 @@ def test_a_run_trained_with_a_relative_data_path_is_the_same_run(
     assert settings_changed(run) == ["data"]
 
 
+def test_the_same_weights_file_in_another_checkout_is_the_same_run(tmp_path: Path) -> None:
+    """lite0's weights come from a package: another checkout's .venv has them at another path."""
+    from edge_runtime.fileio import atomic_write_json
+    from train.sweep_results import settings_changed
+
+    here, there, other = (tmp_path / name for name in ("here.pth", "there.pth", "other.pth"))
+    here.write_bytes(b"weights")
+    there.write_bytes(b"weights")
+    other.write_bytes(b"other weights")
+    path = _write(tmp_path / "x.toml", f'[defaults]\narch = "lite0"\nweights = "{here}"\n[[run]]\nname = "one"\n')
+    (run,) = plan_sweep(load_experiment(path), SweepConfig(experiments=path, out=tmp_path / "sweep", data=tmp_path))
+    assert run.config.out is not None
+    atomic_write_json(run.config.out / "config.json", run.config.to_dict() | {"weights": str(there)})
+    assert settings_changed(run) == []
+    atomic_write_json(run.config.out / "config.json", run.config.to_dict() | {"weights": str(other)})
+    assert settings_changed(run) == ["weights"]
+
+
 def test_reduced_rows_say_reduced(tmp_path: Path) -> None:
     path = REPO / "experiments" / "seed001_go19_augmentation.toml"
     experiment = load_experiment(path)

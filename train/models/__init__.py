@@ -175,7 +175,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             builder=build_lite0,
             height=160, width=160, color="grayscale",
             # dsconv's recipe, with a fine-tuning learning rate (pretrained filters, 10x smaller steps)
-            # and fewer epochs (5x the FLOPs of dsconv on a CPU), declared in experiments/best_model.toml.
+            # and fewer epochs (4.2x the FLOPs of dsconv on a CPU), declared in experiments/best_model.toml.
             optimizer="adam", learning_rate=1e-4, batch_size=32, epochs=12, early_stopping=0,
             class_weights=True, augment="xray-shape", label_smoothing=0.1,
             threshold_rule="sensitivity:0.95", threshold_on="shape-pooled",
