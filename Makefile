@@ -12,8 +12,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DATA   ?=
 DEMO   ?= demo
-# The deployed default is the model issue 6's selection rule chose in session 9 (README, "The best
-# small model so far"): `lite0` (EfficientNet-Lite0 blocks, ImageNet weights), seed 0 on validation
+# The deployed default is the model issue 6's selection rule chose in session 9 (reports/best_model.md,
+# "Session 9"): `lite0` (EfficientNet-Lite0 blocks, ImageNet weights), seed 0 on validation
 # split 0, its threshold the recipe's rule (sensitivity:0.95 on shape-pooled validation).
 # Several SEEDS train one run each and bundle their average (session 8's default was
 # ARCH=dsconv SEEDS="0 2 3").

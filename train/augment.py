@@ -30,7 +30,7 @@ random layers. Presets:
   copies alike); the extra blur brings normals to about 5.5. Blurring both
   classes alike (``xray``) keeps the gap; blurring only normals makes
   sharpness nearly useless as a shortcut while the lung findings stay.
-  Measured (``dsconv`` at 160 px, README "The best small model so far"):
+  Measured (``dsconv`` at 160 px, reports/best_model.md):
   validation ROC AUC fell from 0.9982 to 0.9871, so sharpness is also a real
   cue within the training distribution; not a default.
 * ``xray-aspect`` (ours): ``xray``, then a random horizontal-only rescale of

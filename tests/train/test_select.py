@@ -18,7 +18,7 @@ def _c(run: str, flops: int, val: float, pooled: float) -> Candidate:
     return Candidate(run=run, model_version=run, params=flops * 4, flops=flops, val_auc=val, shape_pooled_auc=pooled)
 
 
-# Session 6's six candidates, their scores as measured (README, "Shape-pooled selection").
+# Session 6's six candidates, their scores as measured (reports/best_model.md, "Shape-pooled selection").
 SESSION6 = [
     _c("smooth-seed2", 64, 0.9974036, 0.9878855),
     _c("smooth-seed3", 64, 0.9975945, 0.9858893),

@@ -160,7 +160,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             builder=build_dsconv,
             height=160, width=160, color="grayscale",
             # The recipe of dsconv-160-shape-30-seed3, chosen by the shape-pooled validation ROC AUC
-            # declared in experiments/best_model.toml (README, "The best small model so far").
+            # declared in experiments/best_model.toml (reports/best_model.md).
             # No early stopping: validation keeps the shape cue this augmentation removes, so its
             # loss is a poor stopping signal. The operating point (session 8's declaration): the
             # highest threshold that keeps shape-pooled validation sensitivity at 0.95.
