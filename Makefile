@@ -4,7 +4,7 @@
 #   make demo DATA=../shared/data/chest_xray   the same on the real data set
 #   make test      the whole CPU test suite (what CI runs)
 #   make test-trt  the real TensorRT tests (on a Jetson or any machine with TensorRT)
-#   make lint      ruff + mypy
+#   make lint      ruff check, ruff format --check, mypy
 #   make bench     benchmarks this machine supports, written under benchmarks/results/
 
 PYTHON ?= python3
@@ -68,6 +68,7 @@ test-trt: install
 
 lint: install
 	$(BIN)/ruff check train export edge_runtime benchmarks tests
+	$(BIN)/ruff format --check train export edge_runtime benchmarks tests
 	$(BIN)/mypy train export edge_runtime benchmarks
 
 bench: install

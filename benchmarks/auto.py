@@ -73,7 +73,9 @@ def find_run_for(base: Path, bundle: Bundle) -> Path | None:
     if named is not None:
         return named
     for parent in RUN_PARENTS:
-        for info_path in sorted((base / parent).glob("*/model_info.json")) if (base / parent).is_dir() else []:
+        for info_path in (
+            sorted((base / parent).glob("*/model_info.json")) if (base / parent).is_dir() else []
+        ):
             run = info_path.parent
             try:
                 info = ModelInfo.load(info_path)
@@ -99,7 +101,9 @@ def plan_auto(base: Path = Path("."), bundle_path: Path | None = None) -> AutoPl
         raise BenchInputError(NO_BUNDLE_HELP + detail)
     notes = [f"--auto: bundle {bundle.root}" + ("" if bundle_path else " (newest valid manifest)")]
     run = find_run_for(base, bundle)
-    notes.append(f"--auto: Keras reference {run}" if run else "--auto: no run folder with model.h5 for this bundle")
+    notes.append(
+        f"--auto: Keras reference {run}" if run else "--auto: no run folder with model.h5 for this bundle"
+    )
     real = real_data_root(base)
     data = None
     run_has_split = run is not None and (run / SPLIT_FILE).is_file()

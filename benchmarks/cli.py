@@ -61,35 +61,70 @@ def _bench_parser(prog: str) -> argparse.ArgumentParser:
         epilog=BENCH_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("bundle", nargs="?", type=Path, help="deployment bundle folder (from 'pneumo export bundle')")
     parser.add_argument(
-        "--backends", type=_csv(str), default=ALL_BACKENDS, help=f"comma list (default: {','.join(ALL_BACKENDS)})"
+        "bundle", nargs="?", type=Path, help="deployment bundle folder (from 'pneumo export bundle')"
     )
     parser.add_argument(
-        "--precisions", type=_csv(str), default=ALL_PRECISIONS, help=f"comma list (default: {','.join(ALL_PRECISIONS)})"
+        "--backends",
+        type=_csv(str),
+        default=ALL_BACKENDS,
+        help=f"comma list (default: {','.join(ALL_BACKENDS)})",
     )
     parser.add_argument(
-        "--batch", type=_csv(int), default=DEFAULT_BATCHES, help=f"batch sizes (default: {','.join(map(str, DEFAULT_BATCHES))})"
+        "--precisions",
+        type=_csv(str),
+        default=ALL_PRECISIONS,
+        help=f"comma list (default: {','.join(ALL_PRECISIONS)})",
+    )
+    parser.add_argument(
+        "--batch",
+        type=_csv(int),
+        default=DEFAULT_BATCHES,
+        help=f"batch sizes (default: {','.join(map(str, DEFAULT_BATCHES))})",
     )
     timing = parser.add_mutually_exclusive_group()
     timing.add_argument("--iterations", type=int, help="timed calls per combination")
-    timing.add_argument("--duration", type=float, default=3.0, help="seconds timed per combination (default: 3)")
+    timing.add_argument(
+        "--duration", type=float, default=3.0, help="seconds timed per combination (default: 3)"
+    )
     parser.add_argument("--warmup", type=float, default=1.0, help="untimed warm-up seconds (default: 1)")
-    parser.add_argument("--data", type=Path, help="labelled test folder TESTDIR/<LABEL>/ (default: the run's split.json test entries)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="labelled test folder TESTDIR/<LABEL>/ (default: the run's split.json test entries)",
+    )
     parser.add_argument("--keras", type=Path, help="training run folder or .h5: the Keras reference row")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)"
+    )
     parser.add_argument("--test-limit", type=int, help="score at most N test images (seeded, stratified)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (default: 1000)")
-    parser.add_argument("--cold-start-repeats", type=int, default=3, help="fresh processes per cold start (0: skip)")
-    parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end (decode + preprocess) loop")
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (default: 1000)"
+    )
+    parser.add_argument(
+        "--cold-start-repeats", type=int, default=3, help="fresh processes per cold start (0: skip)"
+    )
+    parser.add_argument(
+        "--no-e2e", action="store_true", help="skip the end-to-end (decode + preprocess) loop"
+    )
     parser.add_argument("--no-trtexec", action="store_true", help="skip the trtexec --loadEngine rows")
-    parser.add_argument("--watch-images", type=Path, help="also benchmark the watch daemon on images from DIR")
-    parser.add_argument("--watch-count", type=int, default=1000, help="images for the watch benchmark (default: 1000)")
-    parser.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT, help="results root (default: %(default)s)")
+    parser.add_argument(
+        "--watch-images", type=Path, help="also benchmark the watch daemon on images from DIR"
+    )
+    parser.add_argument(
+        "--watch-count", type=int, default=1000, help="images for the watch benchmark (default: 1000)"
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, default=DEFAULT_OUTPUT, help="results root (default: %(default)s)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace today's results for this device")
     parser.add_argument("--json", action="store_true", help="print bench.json on stdout")
-    parser.add_argument("--auto", action="store_true", help="find bundle, Keras run and test images here (make bench)")
-    parser.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"), help="show two results side by side")
+    parser.add_argument(
+        "--auto", action="store_true", help="find bundle, Keras run and test images here (make bench)"
+    )
+    parser.add_argument(
+        "--compare", nargs=2, type=Path, metavar=("A.json", "B.json"), help="show two results side by side"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     return parser
 
@@ -102,13 +137,19 @@ def _watch_parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("bundle", type=Path)
-    parser.add_argument("--images", type=Path, required=True, help="folder of real images (read only, recursive)")
+    parser.add_argument(
+        "--images", type=Path, required=True, help="folder of real images (read only, recursive)"
+    )
     parser.add_argument("--count", type=int, default=1000, help="images to drop (default: 1000)")
     parser.add_argument("--backend", default="auto", help="the daemon's --backend (default: auto)")
     parser.add_argument("--precision", default="fp32", help="the daemon's --precision (default: fp32)")
     parser.add_argument("--daemon-batch", type=int, help="the daemon's --batch")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all results (default: 600)")
-    parser.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT, help="results root (default: %(default)s)")
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for all results (default: 600)"
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, default=DEFAULT_OUTPUT, help="results root (default: %(default)s)"
+    )
     parser.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     parser.add_argument("--quiet", action="store_true")
     return parser
@@ -186,7 +227,9 @@ def _bench(args: argparse.Namespace, argv: list[str], prog: str) -> int:
         return 2
     document = run_benchmark(config, log=log)
     if watch_images is not None:
-        document["watch"] = _watch_section(config.bundle, watch_images, args.watch_count, document, log, args.quiet)
+        document["watch"] = _watch_section(
+            config.bundle, watch_images, args.watch_count, document, log, args.quiet
+        )
     written = write_report(document, args.output, overwrite=args.overwrite)
     if args.json:
         print(json.dumps(document, indent=2, default=str))
@@ -211,7 +254,9 @@ def _watch_section(
 
     log(f"watch daemon: {count} images from {images}")
     try:
-        return run_watch_bench(WatchBenchConfig(bundle=bundle, images=images, count=count), progress=not quiet)
+        return run_watch_bench(
+            WatchBenchConfig(bundle=bundle, images=images, count=count), progress=not quiet
+        )
     except BenchError as exc:
         document["skipped"].append({"backend": "watch", "precision": None, "batch": None, "reason": str(exc)})
         return None
@@ -272,7 +317,14 @@ def watch_main(argv: list[str], prog: str = "pneumo bench watch") -> int:
     folder = result_folder(args.output, document, marker="watch.json")
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "watch.json", document)
-    body = [f"# pneumo bench watch on {facts.slug}", "", f"- Command: `{document['command']}`", "", *watch_markdown(watch), ""]
+    body = [
+        f"# pneumo bench watch on {facts.slug}",
+        "",
+        f"- Command: `{document['command']}`",
+        "",
+        *watch_markdown(watch),
+        "",
+    ]
     atomic_write_text(folder / "watch.md", "\n".join(body))
     if args.json:
         print(json.dumps(document, indent=2, default=str))

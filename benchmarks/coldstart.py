@@ -78,7 +78,12 @@ def measure_cold_start(spec: ColdStartSpec, repeats: int = 3, timeout_s: float =
     for _ in range(repeats):
         run = _one_child(spec, timeout_s)
         if "error" in run:
-            return {"backend": spec.backend, "precision": spec.precision, "kind": spec.kind, "error": run["error"]}
+            return {
+                "backend": spec.backend,
+                "precision": spec.precision,
+                "kind": spec.kind,
+                "error": run["error"],
+            }
         runs.append(run)
     peaks = [r["peak_rss_mb"] for r in runs]
     gpu = [r["gpu_memory_mb"] for r in runs if r.get("gpu_memory_mb") is not None]
@@ -157,7 +162,11 @@ def _child_edge(args: argparse.Namespace) -> dict[str, Any]:
     backend.infer(batch)
     done = time.perf_counter()
     backend.close()
-    return {"import_s": imported - _MODULE_START, "load_s": loaded - imported, "first_inference_s": done - loaded}
+    return {
+        "import_s": imported - _MODULE_START,
+        "load_s": loaded - imported,
+        "first_inference_s": done - loaded,
+    }
 
 
 def _child_keras(args: argparse.Namespace) -> dict[str, Any]:
@@ -179,7 +188,11 @@ def _child_keras(args: argparse.Namespace) -> dict[str, Any]:
         batch = np.zeros((1, *contract.input_shape), dtype=np.float32)
     model(batch, training=False).numpy()
     done = time.perf_counter()
-    return {"import_s": imported - _MODULE_START, "load_s": loaded - imported, "first_inference_s": done - loaded}
+    return {
+        "import_s": imported - _MODULE_START,
+        "load_s": loaded - imported,
+        "first_inference_s": done - loaded,
+    }
 
 
 def _peak_rss_mb() -> tuple[float, str]:
@@ -229,7 +242,11 @@ def _gpu_memory_mb(backend: str) -> tuple[float | None, str]:
 def _stack_versions(kind: str) -> dict[str, str | None]:
     import importlib.metadata
 
-    names = ("tensorflow", "tensorflow-cpu", "keras") if kind == "keras" else ("onnxruntime", "onnxruntime-gpu", "tensorrt")
+    names = (
+        ("tensorflow", "tensorflow-cpu", "keras")
+        if kind == "keras"
+        else ("onnxruntime", "onnxruntime-gpu", "tensorrt")
+    )
     versions: dict[str, str | None] = {}
     for name in names:
         try:

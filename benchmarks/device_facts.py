@@ -284,14 +284,18 @@ def clock_warnings(facts: DeviceFacts) -> list[str]:
             f"for stable numbers use {hint} (this benchmark never changes it)"
         )
     elif clocks.get("cpu_locked") is None:
-        facts.notes.append("CPU frequency scaling is not visible here (virtual machine?): clock locking unknown")
+        facts.notes.append(
+            "CPU frequency scaling is not visible here (virtual machine?): clock locking unknown"
+        )
     if clocks.get("gpu_locked") is False:
         warnings.append(
             "GPU clocks are not locked (devfreq min != max): run 'sudo jetson_clocks' for stable numbers "
             "(this benchmark never changes it)"
         )
     if facts.gpu and not facts.jetson:
-        facts.notes.append("desktop/server GPU clock locking is not read (nvidia-smi -lgc state is not queried)")
+        facts.notes.append(
+            "desktop/server GPU clock locking is not read (nvidia-smi -lgc state is not queried)"
+        )
     return warnings
 
 

@@ -82,7 +82,9 @@ def files_from_split_json(split_json: Path, info: ModelInfo) -> list[LabelledFil
         root = Path(str(data["root"])) if data.get("root") else split_json.parent
         samples = [Sample.from_dict(item, root) for item in data["test"]]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise BenchInputError(f"{split_json}: no readable test list ({exc}); pass the test folder with --data") from exc
+        raise BenchInputError(
+            f"{split_json}: no readable test list ({exc}); pass the test folder with --data"
+        ) from exc
     index = {label.upper(): i for i, label in enumerate(info.labels)}
     files = []
     for sample in samples:

@@ -48,7 +48,11 @@ def plot_throughput(document: dict[str, Any], path: Path) -> Path | None:
             xs, heights = [], []
             for j, precision in enumerate(precisions):
                 row = next(
-                    (r for r in rows if r["backend"] == backend and r["precision"] == precision and r["batch"] == batch),
+                    (
+                        r
+                        for r in rows
+                        if r["backend"] == backend and r["precision"] == precision and r["batch"] == batch
+                    ),
                     None,
                 )
                 if row is not None:
@@ -80,10 +84,15 @@ def plot_latency(document: dict[str, Any], path: Path) -> Path | None:
     for ax, batch in zip(axes[0], batches):
         for row in sorted(
             (r for r in rows if r["batch"] == batch),
-            key=lambda r: (_BACKEND_ORDER.index(r["backend"]) if r["backend"] in _BACKEND_ORDER else 99, r["precision"]),
+            key=lambda r: (
+                _BACKEND_ORDER.index(r["backend"]) if r["backend"] in _BACKEND_ORDER else 99,
+                r["precision"],
+            ),
         ):
             sketch = row["latency_quantiles_ms"]
-            percent = [100.0 * i / (len(sketch) - 1) for i in range(len(sketch))] if len(sketch) > 1 else [50.0]
+            percent = (
+                [100.0 * i / (len(sketch) - 1) for i in range(len(sketch))] if len(sketch) > 1 else [50.0]
+            )
             ax.plot(sketch, percent, label=f"{row['backend']} {row['precision']}", linewidth=1.3)
         ax.set_xscale("log")
         ax.set_xlabel("latency per call (ms, log)")
@@ -100,5 +109,8 @@ def plot_latency(document: dict[str, Any], path: Path) -> Path | None:
 
 def write_plots(document: dict[str, Any], folder: Path) -> list[Path]:
     """Both plots into ``folder``; returns the files written (none when no row ran)."""
-    written = [plot_throughput(document, folder / THROUGHPUT_PNG), plot_latency(document, folder / LATENCY_PNG)]
+    written = [
+        plot_throughput(document, folder / THROUGHPUT_PNG),
+        plot_latency(document, folder / LATENCY_PNG),
+    ]
     return [p for p in written if p is not None]

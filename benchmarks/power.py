@@ -57,7 +57,11 @@ class PowerMonitor:
         try:
             with jtop(interval=self.interval_s) as board:
                 while not self._stop.is_set() and board.ok():
-                    sample = (time.perf_counter(), total_power_w(board.power), max_temperature_c(board.temperature))
+                    sample = (
+                        time.perf_counter(),
+                        total_power_w(board.power),
+                        max_temperature_c(board.temperature),
+                    )
                     with self._lock:
                         self._samples.append(sample)
         except Exception as exc:  # noqa: BLE001 - jtop service errors must not stop the benchmark

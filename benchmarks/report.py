@@ -68,7 +68,9 @@ def write_report(document: dict[str, Any], out_root: Path, overwrite: bool = Fal
         plots = write_plots(document, folder)
     except ImportError as exc:
         plots = []
-        document.setdefault("warnings", []).append(f"no plots: matplotlib is missing ({exc}); pip install 'pneumo-edge[bench]'")
+        document.setdefault("warnings", []).append(
+            f"no plots: matplotlib is missing ({exc}); pip install 'pneumo-edge[bench]'"
+        )
     written = {"json": folder / BENCH_JSON, "markdown": folder / BENCH_MD}
     atomic_write_text(written["markdown"], render_markdown(document, plots=[p.name for p in plots]))
     atomic_write_json(written["json"], document)
@@ -90,7 +92,9 @@ def load_bench(path: str | Path) -> dict[str, Any]:
         raise BenchInputError(f"{path}: not JSON ({exc})") from exc
     if not isinstance(document, dict) or document.get("schema") != BENCH_SCHEMA:
         found = document.get("schema") if isinstance(document, dict) else None
-        raise BenchInputError(f"{path}: schema {found!r} is not {BENCH_SCHEMA}; is this a 'pneumo bench' bench.json?")
+        raise BenchInputError(
+            f"{path}: schema {found!r} is not {BENCH_SCHEMA}; is this a 'pneumo bench' bench.json?"
+        )
     return document
 
 
@@ -133,7 +137,9 @@ def _with_ci(metrics: dict[str, Any], name: str) -> str:
 def _sorted_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     order = {"keras": 0, "ort-cpu": 1, "ort-cuda": 2, "ort-trt": 3, "trt": 4}
     precision = {"fp32": 0, "fp16": 1, "int8": 2}
-    return sorted(rows, key=lambda r: (r["batch"], order.get(r["backend"], 9), precision.get(r["precision"], 9)))
+    return sorted(
+        rows, key=lambda r: (r["batch"], order.get(r["backend"], 9), precision.get(r["precision"], 9))
+    )
 
 
 def performance_table(document: dict[str, Any]) -> list[str]:
@@ -167,9 +173,25 @@ def performance_table(document: dict[str, Any]) -> list[str]:
             ]
         )
     header = [
-        "backend", "precision", "batch", "images/s", "vs Keras", "mean ms", "median ms", "p90 ms", "p95 ms",
-        "p99 ms", "CV", "GPU compute ms", "e2e images/s", "preprocess ms/img", "model", "engine",
-        "build s", "power W", "images/J",
+        "backend",
+        "precision",
+        "batch",
+        "images/s",
+        "vs Keras",
+        "mean ms",
+        "median ms",
+        "p90 ms",
+        "p95 ms",
+        "p99 ms",
+        "CV",
+        "GPU compute ms",
+        "e2e images/s",
+        "preprocess ms/img",
+        "model",
+        "engine",
+        "build s",
+        "power W",
+        "images/J",
     ]
     return _table(header, rows)
 
@@ -193,8 +215,16 @@ def accuracy_table(document: dict[str, Any]) -> list[str]:
             ]
         )
     header = [
-        "backend", "precision", "images", "accuracy [95% CI]", "sensitivity", "specificity", "ROC AUC",
-        "max |Δp|", "decisions changed", "vs",
+        "backend",
+        "precision",
+        "images",
+        "accuracy [95% CI]",
+        "sensitivity",
+        "specificity",
+        "ROC AUC",
+        "max |Δp|",
+        "decisions changed",
+        "vs",
     ]
     return _table(header, rows)
 
@@ -217,7 +247,16 @@ def cold_start_table(document: dict[str, Any]) -> list[str]:
                 _fmt(c.get("gpu_memory_mb"), 0),
             ]
         )
-    header = ["runtime", "precision", "cold start s", "import s", "load s", "first inference s", "peak RSS MB", "GPU MB"]
+    header = [
+        "runtime",
+        "precision",
+        "cold start s",
+        "import s",
+        "load s",
+        "first inference s",
+        "peak RSS MB",
+        "GPU MB",
+    ]
     return _table(header, rows)
 
 
@@ -237,7 +276,16 @@ def trtexec_table(document: dict[str, Any]) -> list[str]:
                 _fmt((t.get("gpu_compute_ms") or {}).get("mean"), 3),
             ]
         )
-    header = ["precision", "batch", "trtexec images/s", "ours images/s", "ours/trtexec", "median ms", "p99 ms", "GPU compute ms"]
+    header = [
+        "precision",
+        "batch",
+        "trtexec images/s",
+        "ours images/s",
+        "ours/trtexec",
+        "median ms",
+        "p99 ms",
+        "GPU compute ms",
+    ]
     return _table(header, rows)
 
 
@@ -264,7 +312,11 @@ def grouped_skips(skipped: list[dict[str, Any]]) -> list[str]:
             lines.append(f"{backend}{scope}: {reasons.pop()}")
             continue
         for i in items:
-            where = " ".join(str(x) for x in (backend, i.get("precision"), f"batch {i['batch']}" if i.get("batch") else None) if x)
+            where = " ".join(
+                str(x)
+                for x in (backend, i.get("precision"), f"batch {i['batch']}" if i.get("batch") else None)
+                if x
+            )
             lines.append(f"{where}: {i['reason']}")
     return lines
 
@@ -309,7 +361,12 @@ def render_markdown(document: dict[str, Any], plots: list[str] | None = None) ->
             "",
         ]
     else:
-        lines += ["## Accuracy on the test split", "", "**Not measured** (no labelled test images): no row is a complete result.", ""]
+        lines += [
+            "## Accuracy on the test split",
+            "",
+            "**Not measured** (no labelled test images): no row is a complete result.",
+            "",
+        ]
     if document.get("cold_start"):
         lines += ["## Cold start and peak memory (fresh process each)", "", *cold_start_table(document), ""]
     if document.get("trtexec"):
@@ -332,7 +389,9 @@ def render_markdown(document: dict[str, Any], plots: list[str] | None = None) ->
 
 def summary_lines(document: dict[str, Any]) -> list[str]:
     """A short plain-text summary for the terminal."""
-    lines = [f"{'backend':<9} {'prec':<5} {'batch':>5} {'images/s':>10} {'vs keras':>9} {'p50 ms':>9} {'p99 ms':>9} {'CV':>5}"]
+    lines = [
+        f"{'backend':<9} {'prec':<5} {'batch':>5} {'images/s':>10} {'vs keras':>9} {'p50 ms':>9} {'p99 ms':>9} {'CV':>5}"
+    ]
     for r in _sorted_rows(document.get("rows", [])):
         lat = r["latency_ms"]
         speed = f"{r['speedup_vs_keras']:.2f}x" if r.get("speedup_vs_keras") else "-"
@@ -352,7 +411,10 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
             f"({watch.get('done', 0)} of {watch.get('dropped', 0)} images done, {watch.get('missing', 0)} missing)"
         )
     for t in document.get("targets", []):
-        lines.append(f"target: {t['target']}: {t['status']}" + (f" (ratio {t['ratio']:.2f})" if t.get("ratio") is not None else ""))
+        lines.append(
+            f"target: {t['target']}: {t['status']}"
+            + (f" (ratio {t['ratio']:.2f})" if t.get("ratio") is not None else "")
+        )
     lines += [f"skipped {line}" for line in grouped_skips(document.get("skipped", []))]
     lines += [f"warning: {w}" for w in document.get("warnings", [])]
     return lines
@@ -437,9 +499,11 @@ def _run_label(document: dict[str, Any]) -> dict[str, Any]:
 def render_compare(comparison: dict[str, Any]) -> str:
     a, b = comparison["a"], comparison["b"]
     lines = [
-        f"A: {a['device']} {a['created']} model {a['model_version']}" + (" SYNTHETIC" if a.get("synthetic") else ""),
+        f"A: {a['device']} {a['created']} model {a['model_version']}"
+        + (" SYNTHETIC" if a.get("synthetic") else ""),
         f"   {a['device_summary']}",
-        f"B: {b['device']} {b['created']} model {b['model_version']}" + (" SYNTHETIC" if b.get("synthetic") else ""),
+        f"B: {b['device']} {b['created']} model {b['model_version']}"
+        + (" SYNTHETIC" if b.get("synthetic") else ""),
         f"   {b['device_summary']}",
         "",
     ]
@@ -447,14 +511,32 @@ def render_compare(comparison: dict[str, Any]) -> str:
         lines += ["note: the two runs used different models; compare speed, not accuracy", ""]
     rows = [
         [
-            r["backend"], r["precision"], str(r["batch"]), _fmt(r["a_throughput_ips"], 1), _fmt(r["b_throughput_ips"], 1),
-            _fmt(r["b_over_a"], 2, "x"), _fmt(r["a_median_ms"], 3), _fmt(r["b_median_ms"], 3),
-            _fmt(r["a_accuracy"], 3), _fmt(r["b_accuracy"], 3),
+            r["backend"],
+            r["precision"],
+            str(r["batch"]),
+            _fmt(r["a_throughput_ips"], 1),
+            _fmt(r["b_throughput_ips"], 1),
+            _fmt(r["b_over_a"], 2, "x"),
+            _fmt(r["a_median_ms"], 3),
+            _fmt(r["b_median_ms"], 3),
+            _fmt(r["a_accuracy"], 3),
+            _fmt(r["b_accuracy"], 3),
         ]
         for r in comparison["rows"]
     ]
     lines += _table(
-        ["backend", "precision", "batch", "A images/s", "B images/s", "B/A", "A median ms", "B median ms", "A accuracy", "B accuracy"],
+        [
+            "backend",
+            "precision",
+            "batch",
+            "A images/s",
+            "B images/s",
+            "B/A",
+            "A median ms",
+            "B median ms",
+            "A accuracy",
+            "B accuracy",
+        ],
         rows,
     )
     if comparison["cold_start"]:
@@ -462,8 +544,14 @@ def render_compare(comparison: dict[str, Any]) -> str:
         lines += _table(
             ["runtime", "precision", "A cold start s", "B cold start s", "A peak RSS MB", "B peak RSS MB"],
             (
-                [c["backend"], c["precision"], _fmt(c["a_cold_start_s"]), _fmt(c["b_cold_start_s"]),
-                 _fmt(c["a_peak_rss_mb"], 0), _fmt(c["b_peak_rss_mb"], 0)]
+                [
+                    c["backend"],
+                    c["precision"],
+                    _fmt(c["a_cold_start_s"]),
+                    _fmt(c["b_cold_start_s"]),
+                    _fmt(c["a_peak_rss_mb"], 0),
+                    _fmt(c["b_peak_rss_mb"], 0),
+                ]
                 for c in comparison["cold_start"]
             ),
         )
@@ -472,7 +560,11 @@ def render_compare(comparison: dict[str, Any]) -> str:
         lines += _table(
             ["target", "A", "B"],
             (
-                [t["target"], f"{t['a_status']} {_fmt(t['a_ratio'], 2)}", f"{t['b_status'] or '-'} {_fmt(t['b_ratio'], 2)}"]
+                [
+                    t["target"],
+                    f"{t['a_status']} {_fmt(t['a_ratio'], 2)}",
+                    f"{t['b_status'] or '-'} {_fmt(t['b_ratio'], 2)}",
+                ]
                 for t in comparison["targets"]
             ),
         )

@@ -66,7 +66,9 @@ ALL_BACKENDS = ("trt", "ort-trt", "ort-cuda", "ort-cpu", "keras")
 ALL_PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_BATCHES = (1, 8, 32)
 _ORT_PROVIDERS = {"ort-trt": "TensorrtExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}
-_GPU_NOTE = "GPU compute time is measured with CUDA events by the trt backend only; this row is host wall time"
+_GPU_NOTE = (
+    "GPU compute time is measured with CUDA events by the trt backend only; this row is host wall time"
+)
 
 Log = Callable[[str], None]
 
@@ -110,7 +112,9 @@ class BenchConfig:
         object.__setattr__(self, "bundle", Path(self.bundle))
         unknown = sorted(set(self.backends) - set(ALL_BACKENDS))
         if unknown or not self.backends:
-            raise BenchConfigError(f"--backends {','.join(unknown) or '(empty)'}: expected some of {','.join(ALL_BACKENDS)}")
+            raise BenchConfigError(
+                f"--backends {','.join(unknown) or '(empty)'}: expected some of {','.join(ALL_BACKENDS)}"
+            )
         unknown = sorted(set(self.precisions) - set(ALL_PRECISIONS))
         if unknown or not self.precisions:
             raise BenchConfigError(
@@ -254,7 +258,9 @@ def _timing_row(
         "backend": runner.name,
         "precision": precision,
         "batch": batch,
-        "device": getattr(runner, "device", "gpu" if runner.name in ("trt", "ort-trt", "ort-cuda") else "cpu"),
+        "device": getattr(
+            runner, "device", "gpu" if runner.name in ("trt", "ort-trt", "ort-cuda") else "cpu"
+        ),
         "iterations": stats.count,
         "wall_s": round(timing.wall_s, 4),
         "throughput_ips": round(throughput(timing.images, timing.wall_s), 3),
@@ -290,25 +296,43 @@ def _artifact_facts(runner: Backend, bundle: Bundle, precision: str) -> dict[str
     """Model/engine file, size and engine build time (from the engine sidecar)."""
     if isinstance(runner, KerasReference):
         h5 = runner.source.h5
-        return {"model_file": str(h5), "model_bytes": h5.stat().st_size, "engine_file": None, "engine_bytes": None, "engine_build_s": None}
+        return {
+            "model_file": str(h5),
+            "model_bytes": h5.stat().st_size,
+            "engine_file": None,
+            "engine_bytes": None,
+            "engine_build_s": None,
+        }
     model_path = getattr(runner, "model_path", None)
     facts: dict[str, Any] = {"engine_file": None, "engine_bytes": None, "engine_build_s": None}
     engine = getattr(runner, "engine_path", None)
     sidecar = getattr(runner, "sidecar", None)
     if engine is not None:
-        facts["engine_file"] = str(Path(engine).relative_to(bundle.root)) if Path(engine).is_relative_to(bundle.root) else str(engine)
+        facts["engine_file"] = (
+            str(Path(engine).relative_to(bundle.root))
+            if Path(engine).is_relative_to(bundle.root)
+            else str(engine)
+        )
         facts["engine_bytes"] = Path(engine).stat().st_size
         facts["engine_build_s"] = getattr(sidecar, "build_seconds", None)
         onnx_file = getattr(sidecar, "onnx_file", None)
         model_path = bundle.root / onnx_file if onnx_file else None
-    if model_path is None and precision in ONNX_FOR_PRECISION and (bundle.root / ONNX_FOR_PRECISION[precision]).is_file():
+    if (
+        model_path is None
+        and precision in ONNX_FOR_PRECISION
+        and (bundle.root / ONNX_FOR_PRECISION[precision]).is_file()
+    ):
         model_path = bundle.root / ONNX_FOR_PRECISION[precision]
     facts["model_file"] = Path(model_path).name if model_path else None
-    facts["model_bytes"] = Path(model_path).stat().st_size if model_path and Path(model_path).is_file() else None
+    facts["model_bytes"] = (
+        Path(model_path).stat().st_size if model_path and Path(model_path).is_file() else None
+    )
     return facts
 
 
-def _accuracy(runner: Backend, labelled: LabelledImages, bundle: Bundle, config: BenchConfig) -> tuple[dict[str, Any], np.ndarray]:
+def _accuracy(
+    runner: Backend, labelled: LabelledImages, bundle: Bundle, config: BenchConfig
+) -> tuple[dict[str, Any], np.ndarray]:
     from train.metrics import evaluate_outputs
 
     dtype = getattr(runner, "input_dtype", np.uint8)
@@ -318,10 +342,23 @@ def _accuracy(runner: Backend, labelled: LabelledImages, bundle: Bundle, config:
         for i in range(0, len(labelled), chunk)
     ]
     out = np.concatenate(outputs, axis=0)
-    metrics = evaluate_outputs(labelled.labels, out, bundle.info, bootstrap=config.bootstrap, seed=config.seed)
+    metrics = evaluate_outputs(
+        labelled.labels, out, bundle.info, bootstrap=config.bootstrap, seed=config.seed
+    )
     keep = (
-        "n_images", "n_abnormal", "n_normal", "threshold", "threshold_rule", "accuracy", "sensitivity",
-        "specificity", "f1", "roc_auc", "confusion", "ci95", "bootstrap_resamples",
+        "n_images",
+        "n_abnormal",
+        "n_normal",
+        "threshold",
+        "threshold_rule",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "f1",
+        "roc_auc",
+        "confusion",
+        "ci95",
+        "bootstrap_resamples",
     )
     result = {key: metrics[key] for key in keep if key in metrics}
     # "precision" names the numeric precision (fp32, ...) in every bench row; the metric is kept as ppv.
@@ -331,7 +368,9 @@ def _accuracy(runner: Backend, labelled: LabelledImages, bundle: Bundle, config:
     return result, out
 
 
-def _agreement(outputs: dict[tuple[str, str], np.ndarray], bundle: Bundle) -> dict[tuple[str, str], dict[str, Any]]:
+def _agreement(
+    outputs: dict[tuple[str, str], np.ndarray], bundle: Bundle
+) -> dict[tuple[str, str], dict[str, Any]]:
     """Each row's P(abnormal) against the Keras reference (or its own FP32): max |diff| and decisions flipped."""
     from edge_runtime.predictor import abnormal_probability
 
@@ -352,7 +391,12 @@ def _agreement(outputs: dict[tuple[str, str], np.ndarray], bundle: Bundle) -> di
 
 
 def _prepare_inputs(
-    config: BenchConfig, bundle: Bundle, keras_source: KerasSource | None, scratch: Path, warnings: list[str], log: Log
+    config: BenchConfig,
+    bundle: Bundle,
+    keras_source: KerasSource | None,
+    scratch: Path,
+    warnings: list[str],
+    log: Log,
 ) -> _Inputs:
     labelled: LabelledImages | None = None
     if config.accuracy:
@@ -370,7 +414,9 @@ def _prepare_inputs(
             log(f"test images: {len(files)} from {source}")
             labelled = load_labelled_images(files, bundle.contract, source, progress=config.progress)
             if labelled.skipped_files:
-                warnings.append(f"{labelled.skipped_files} test image(s) could not be decoded and were left out")
+                warnings.append(
+                    f"{labelled.skipped_files} test image(s) could not be decoded and were left out"
+                )
         else:
             warnings.append(
                 "no labelled test images (pass --data TESTDIR, or --keras with a run folder holding split.json): "
@@ -387,7 +433,9 @@ def _prepare_inputs(
             rng = np.random.default_rng(config.seed)
             pool = rng.integers(0, 256, (8, *bundle.contract.input_shape), dtype=np.uint8)
             pool_source = "random uint8 images (no test images given)"
-        files_list = write_generated_jpegs(scratch / "generated", 16, seed=config.seed) if config.end_to_end else []
+        files_list = (
+            write_generated_jpegs(scratch / "generated", 16, seed=config.seed) if config.end_to_end else []
+        )
         files_source = "16 generated 1024x1024 JPEGs (no test images given)"
     return _Inputs(
         pool=np.ascontiguousarray(pool, dtype=np.uint8),
@@ -409,7 +457,12 @@ def _resolve_keras(config: BenchConfig, bundle: Bundle) -> tuple[KerasSource | N
 
 
 def _precheck(
-    backend: str, precision: str, bundle: Bundle, facts: DeviceFacts, keras_source: KerasSource | None, keras_reason: str
+    backend: str,
+    precision: str,
+    bundle: Bundle,
+    facts: DeviceFacts,
+    keras_source: KerasSource | None,
+    keras_reason: str,
 ) -> str:
     """Why (backend, precision) cannot run here, found without loading anything; '' when it may."""
     if backend == "keras":
@@ -448,7 +501,9 @@ def _backend_wide(backend: str, exc: Exception) -> bool:
     return backend == "trt" and isinstance(exc, BackendUnavailableError) and "engine" not in str(exc)
 
 
-def _open_runner(backend: str, precision: str, bundle: Bundle, keras_source: KerasSource | None, threads: int) -> Backend:
+def _open_runner(
+    backend: str, precision: str, bundle: Bundle, keras_source: KerasSource | None, threads: int
+) -> Backend:
     from edge_runtime.backends.select import create_backend
 
     if backend == "keras":
@@ -470,7 +525,9 @@ def run_benchmark(config: BenchConfig, log: Log = _silent) -> dict[str, Any]:
 
     started = _dt.datetime.now(_dt.timezone.utc)
     bundle = Bundle.open(config.bundle)
-    log(f"bundle {bundle.root} (model {bundle.info.model_version}, precisions {', '.join(bundle.precisions)})")
+    log(
+        f"bundle {bundle.root} (model {bundle.info.model_version}, precisions {', '.join(bundle.precisions)})"
+    )
     facts = collect_device_facts()
     log(f"device {facts.slug}")
     warnings: list[str] = list(facts.warnings)
@@ -496,18 +553,27 @@ def run_benchmark(config: BenchConfig, log: Log = _silent) -> dict[str, Any]:
                     backend, precision, bundle, facts, keras_source, keras_reason
                 )
                 if reason:
-                    skipped.append({"backend": backend, "precision": precision, "batch": None, "reason": reason})
+                    skipped.append(
+                        {"backend": backend, "precision": precision, "batch": None, "reason": reason}
+                    )
                     continue
                 try:
                     runner = _open_runner(backend, precision, bundle, keras_source, config.threads)
                 except (EdgeError, BenchInputError, ImportError) as exc:
-                    skipped.append({"backend": backend, "precision": precision, "batch": None, "reason": str(exc)})
+                    skipped.append(
+                        {"backend": backend, "precision": precision, "batch": None, "reason": str(exc)}
+                    )
                     if _backend_wide(backend, exc):
                         dead_backends[backend] = str(exc)
                     continue
                 except Exception as exc:  # noqa: BLE001 - a runtime failing to load is a skip with its reason
                     skipped.append(
-                        {"backend": backend, "precision": precision, "batch": None, "reason": f"{type(exc).__name__}: {exc}"}
+                        {
+                            "backend": backend,
+                            "precision": precision,
+                            "batch": None,
+                            "reason": f"{type(exc).__name__}: {exc}",
+                        }
                     )
                     continue
                 try:
@@ -537,7 +603,9 @@ def run_benchmark(config: BenchConfig, log: Log = _silent) -> dict[str, Any]:
                         row.update(artifact)
                         # What actually ran (an engine's sidecar says what was built), never just what was asked.
                         row["precision_executed"] = runner.precision
-                        row["power"] = power.window(timing.start, timing.end, timing.images) if power.available else None
+                        row["power"] = (
+                            power.window(timing.start, timing.end, timing.images) if power.available else None
+                        )
                         row["power_note"] = "" if power.available else power.reason
                         rows.append(row)
                         if backend == "trt" and artifact.get("engine_file"):
@@ -545,7 +613,14 @@ def run_benchmark(config: BenchConfig, log: Log = _silent) -> dict[str, Any]:
                     if inputs.labelled is not None:
                         metrics, out = _accuracy(runner, inputs.labelled, bundle, config)
                         outputs[(backend, precision)] = out
-                        accuracy.append({"backend": backend, "precision": precision, "test_images": inputs.labelled.source, **metrics})
+                        accuracy.append(
+                            {
+                                "backend": backend,
+                                "precision": precision,
+                                "test_images": inputs.labelled.source,
+                                **metrics,
+                            }
+                        )
                     elif precision == "int8":
                         warnings.append(f"{backend} int8 has no accuracy on test images: it is not a result")
                     engine_input = _engine_input(runner)
@@ -586,7 +661,9 @@ def run_benchmark(config: BenchConfig, log: Log = _silent) -> dict[str, Any]:
 
 def _unstable_summary(rows: list[dict[str, Any]]) -> list[str]:
     unstable = [
-        f"{r['backend']} {r['precision']} b{r['batch']} {r['latency_ms']['cv']:.0%}" for r in rows if r["latency_ms"]["cv"] > UNSTABLE_CV
+        f"{r['backend']} {r['precision']} b{r['batch']} {r['latency_ms']['cv']:.0%}"
+        for r in rows
+        if r["latency_ms"]["cv"] > UNSTABLE_CV
     ]
     if not unstable:
         return []
@@ -603,7 +680,11 @@ def _engine_input(runner: Backend) -> dict[str, Any] | None:
     if not profile:
         return None
     name, shapes = next(iter(profile.items()))
-    return {"name": name, "item_shape": list(shapes["opt"][1:]), "engine": str(getattr(runner, "engine_path", ""))}
+    return {
+        "name": name,
+        "item_shape": list(shapes["opt"][1:]),
+        "engine": str(getattr(runner, "engine_path", "")),
+    }
 
 
 def _cold_starts(
@@ -634,18 +715,34 @@ def _cold_starts(
 
 
 def _trtexec_rows(
-    config: BenchConfig, bundle: Bundle, engines: dict[tuple[str, int], dict[str, Any]], skipped: list[dict[str, Any]], log: Log
+    config: BenchConfig,
+    bundle: Bundle,
+    engines: dict[tuple[str, int], dict[str, Any]],
+    skipped: list[dict[str, Any]],
+    log: Log,
 ) -> list[dict[str, Any]]:
     if not config.trtexec or "trt" not in config.backends:
         return []
     tool = find_trtexec()
     if tool is None:
         skipped.append(
-            {"backend": "trtexec", "precision": None, "batch": None, "reason": "trtexec not found (PATH, /usr/src/tensorrt/bin)"}
+            {
+                "backend": "trtexec",
+                "precision": None,
+                "batch": None,
+                "reason": "trtexec not found (PATH, /usr/src/tensorrt/bin)",
+            }
         )
         return []
     if not engines:
-        skipped.append({"backend": "trtexec", "precision": None, "batch": None, "reason": "no TensorRT engine ran in this run"})
+        skipped.append(
+            {
+                "backend": "trtexec",
+                "precision": None,
+                "batch": None,
+                "reason": "no TensorRT engine ran in this run",
+            }
+        )
         return []
     rows = []
     for (precision, batch), info in sorted(engines.items()):
@@ -673,7 +770,9 @@ def _trtexec_rows(
                 "batch": batch,
                 **summary,
                 "python_runtime_throughput_ips": ours,
-                "python_vs_trtexec": round(ours / summary["throughput_ips"], 4) if summary["throughput_ips"] else None,
+                "python_vs_trtexec": round(ours / summary["throughput_ips"], 4)
+                if summary["throughput_ips"]
+                else None,
             }
         )
     return rows

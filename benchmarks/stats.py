@@ -40,7 +40,10 @@ class LatencyStats:
         return self.cv > UNSTABLE_CV
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: (round(value, 6) if isinstance(value, float) else value) for key, value in asdict(self).items()}
+        return {
+            key: (round(value, 6) if isinstance(value, float) else value)
+            for key, value in asdict(self).items()
+        }
 
 
 def summarize(samples_ms: np.ndarray | list[float]) -> LatencyStats:

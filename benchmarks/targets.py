@@ -32,36 +32,78 @@ TARGETS = (
     Target(
         "cpu_ort_fp32_vs_keras_b1",
         "ONNX Runtime FP32 >= 5x Keras throughput at batch 1 (CPU)",
-        "throughput", ("ort-cpu", "fp32"), ("keras", "fp32"), 1, 5.0, ">=", "cpu",
+        "throughput",
+        ("ort-cpu", "fp32"),
+        ("keras", "fp32"),
+        1,
+        5.0,
+        ">=",
+        "cpu",
     ),
     Target(
         "cpu_ort_int8_vs_keras_b1",
         "ONNX Runtime INT8 >= 3x Keras throughput at batch 1 (CPU)",
-        "throughput", ("ort-cpu", "int8"), ("keras", "fp32"), 1, 3.0, ">=", "cpu",
+        "throughput",
+        ("ort-cpu", "int8"),
+        ("keras", "fp32"),
+        1,
+        3.0,
+        ">=",
+        "cpu",
     ),
     Target(
         "cold_start_vs_tensorflow",
         "edge runtime cold start <= 1/5 of TensorFlow/Keras",
-        "cold_start", ("edge", ""), ("keras", "fp32"), None, 0.2, "<=", "any",
+        "cold_start",
+        ("edge", ""),
+        ("keras", "fp32"),
+        None,
+        0.2,
+        "<=",
+        "any",
     ),
     Target(
         "peak_memory_vs_tensorflow",
         "edge runtime peak host memory <= 1/4 of TensorFlow/Keras",
-        "memory", ("edge", ""), ("keras", "fp32"), None, 0.25, "<=", "any",
+        "memory",
+        ("edge", ""),
+        ("keras", "fp32"),
+        None,
+        0.25,
+        "<=",
+        "any",
     ),
     Target(
         "gpu_trt_fp16_vs_keras_b32",
         "TensorRT FP16 >= 5x Keras GPU throughput at batch 32",
-        "throughput", ("trt", "fp16"), ("keras", "fp32"), 32, 5.0, ">=", "gpu",
+        "throughput",
+        ("trt", "fp16"),
+        ("keras", "fp32"),
+        32,
+        5.0,
+        ">=",
+        "gpu",
     ),
     Target(
         "trt_python_vs_trtexec",
         "our Python runtime within 15% of trtexec throughput on the same engine (FP16)",
-        "trtexec", ("trt", "fp16"), ("trtexec", "fp16"), None, 0.85, ">=", "gpu",
+        "trtexec",
+        ("trt", "fp16"),
+        ("trtexec", "fp16"),
+        None,
+        0.85,
+        ">=",
+        "gpu",
     ),
 )
 # Which edge cold-start row stands for "the edge runtime": what `pneumo edge` would pick.
-_EDGE_PREFERENCE = (("trt", "fp16"), ("trt", "fp32"), ("ort-cpu", "fp32"), ("ort-cuda", "fp32"), ("ort-trt", "fp16"))
+_EDGE_PREFERENCE = (
+    ("trt", "fp16"),
+    ("trt", "fp32"),
+    ("ort-cpu", "fp32"),
+    ("ort-cuda", "fp32"),
+    ("ort-trt", "fp16"),
+)
 
 
 def evaluate_targets(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -133,7 +175,9 @@ def _cold_ratio(target: Target, document: dict[str, Any]) -> tuple[float | None,
     if keras is None or edge is None:
         return None, "needs a cold start of both the edge runtime and Keras in this run"
     key, unit, label = (
-        ("cold_start_s", "s", "cold start") if target.kind == "cold_start" else ("peak_rss_mb", "MB", "peak RSS")
+        ("cold_start_s", "s", "cold start")
+        if target.kind == "cold_start"
+        else ("peak_rss_mb", "MB", "peak RSS")
     )
     if not keras[key]:
         return None, f"Keras {label} is zero"
@@ -143,7 +187,9 @@ def _cold_ratio(target: Target, document: dict[str, Any]) -> tuple[float | None,
 
 
 def _trtexec_ratio(document: dict[str, Any]) -> tuple[float | None, str]:
-    rows = [r for r in document.get("trtexec", []) if r.get("precision") == "fp16" and r.get("python_vs_trtexec")]
+    rows = [
+        r for r in document.get("trtexec", []) if r.get("precision") == "fp16" and r.get("python_vs_trtexec")
+    ]
     if not rows:
         return None, "no trtexec row for an FP16 engine in this run"
     worst = min(rows, key=lambda r: r["python_vs_trtexec"])
@@ -177,7 +223,9 @@ def measurement_notes(document: dict[str, Any]) -> list[str]:
     if not any(r["backend"] in ("trt", "ort-trt") for r in document.get("rows", [])):
         notes.append("No TensorRT row ran on this machine: TensorRT figures are not measured by this run.")
     if document.get("bundle", {}).get("synthetic"):
-        notes.append("SYNTHETIC: the model was trained on phantom images; accuracy figures are not about X-rays.")
+        notes.append(
+            "SYNTHETIC: the model was trained on phantom images; accuracy figures are not about X-rays."
+        )
     return notes
 
 

@@ -94,9 +94,20 @@ def source_images(folder: Path) -> list[Path]:
 
 def daemon_command(config: WatchBenchConfig, inbox: Path, outbox: Path) -> list[str]:
     argv = [
-        sys.executable, "-m", "edge_runtime.pneumo_cli", "edge", "watch", str(config.bundle),
-        "--inbox", str(inbox), "--outbox", str(outbox),
-        "--backend", config.backend, "--precision", config.precision,
+        sys.executable,
+        "-m",
+        "edge_runtime.pneumo_cli",
+        "edge",
+        "watch",
+        str(config.bundle),
+        "--inbox",
+        str(inbox),
+        "--outbox",
+        str(outbox),
+        "--backend",
+        config.backend,
+        "--precision",
+        config.precision,
     ]
     if config.daemon_batch is not None:
         argv += ["--batch", str(config.daemon_batch)]
@@ -138,11 +149,15 @@ def _wait_ready(proc: subprocess.Popen[bytes], outbox: Path, timeout_s: float) -
     started = time.perf_counter()
     while time.perf_counter() - started < timeout_s:
         if proc.poll() is not None:
-            raise BenchInputError(f"the watch daemon exited with status {proc.returncode} before it was ready")
+            raise BenchInputError(
+                f"the watch daemon exited with status {proc.returncode} before it was ready"
+            )
         if any((outbox / name).exists() for name in _READY_FILES):
             return time.perf_counter() - started
         time.sleep(0.05)
-    raise BenchInputError(f"the watch daemon was not ready after {timeout_s:.0f} s (no heartbeat in {outbox})")
+    raise BenchInputError(
+        f"the watch daemon was not ready after {timeout_s:.0f} s (no heartbeat in {outbox})"
+    )
 
 
 def _drop(source: Path, staging: Path, inbox: Path, name: str) -> float:
@@ -152,7 +167,9 @@ def _drop(source: Path, staging: Path, inbox: Path, name: str) -> float:
     return time.time()
 
 
-def _wait_for(tail: _ResultTail, names: list[str], timeout_s: float, poll_s: float, proc: subprocess.Popen[bytes]) -> None:
+def _wait_for(
+    tail: _ResultTail, names: list[str], timeout_s: float, poll_s: float, proc: subprocess.Popen[bytes]
+) -> None:
     deadline = time.perf_counter() + timeout_s
     wanted = set(names)
     while time.perf_counter() < deadline:
@@ -204,7 +221,9 @@ def analyse(
         return result
     last_seen = max(m[2] for m in matched)
     result["wall_s"] = round(last_seen - first_drop, 4)
-    result["throughput_ips"] = round(throughput(len(matched), last_seen - first_drop), 3) if last_seen > first_drop else None
+    result["throughput_ips"] = (
+        round(throughput(len(matched), last_seen - first_drop), 3) if last_seen > first_drop else None
+    )
     result["inbox_to_result_ms"] = summarize([(m[2] - m[1]) * 1000.0 for m in matched]).to_dict()
     to_inference, inference, written = [], [], []
     extra: dict[str, list[float]] = {}
@@ -262,13 +281,19 @@ def run_watch_bench(config: WatchBenchConfig, progress: bool = True) -> dict[str
                 _wait_for(tail, warm, config.startup_timeout_s, config.poll_s, proc)
                 if not set(warm).issubset(tail.seen):
                     tail_text = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
-                    state = f"exited with status {proc.returncode}" if proc.poll() is not None else "is still silent"
+                    state = (
+                        f"exited with status {proc.returncode}"
+                        if proc.poll() is not None
+                        else "is still silent"
+                    )
                     raise BenchInputError(
                         f"the watch daemon {state} without a result for the warm-up image; daemon log: {tail_text or '(empty)'}"
                     )
                 drops: dict[str, float] = {}
                 first_drop = time.time()
-                for i in tqdm(range(config.count), desc="drop", unit="img", disable=not progress, leave=False):
+                for i in tqdm(
+                    range(config.count), desc="drop", unit="img", disable=not progress, leave=False
+                ):
                     source = files[i % len(files)]
                     name = f"wb{i:06d}_{source.name}"
                     drops[name] = _drop(source, staging, inbox, name)

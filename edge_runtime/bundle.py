@@ -90,7 +90,9 @@ def verify_manifest(root: str | Path) -> dict[str, Any]:
     if not root.is_dir():
         raise BundleError(f"{root}: not a bundle folder (expected a folder made by 'pneumo export bundle')")
     if not manifest_path.is_file():
-        raise BundleError(f"{manifest_path}: manifest missing; re-copy the bundle or re-run 'pneumo export bundle'")
+        raise BundleError(
+            f"{manifest_path}: manifest missing; re-copy the bundle or re-run 'pneumo export bundle'"
+        )
     try:
         manifest = read_json(manifest_path)
     except (OSError, ValueError) as exc:
@@ -130,12 +132,18 @@ class Bundle:
     @classmethod
     def open(cls, root: str | Path, verify: bool = True) -> Bundle:
         root = Path(root)
-        manifest = verify_manifest(root) if verify else (read_json(root / MANIFEST_FILE) if (root / MANIFEST_FILE).is_file() else {})
+        manifest = (
+            verify_manifest(root)
+            if verify
+            else (read_json(root / MANIFEST_FILE) if (root / MANIFEST_FILE).is_file() else {})
+        )
         return cls(root, manifest, PreprocessContract.load(root), ModelInfo.load(root))
 
     def onnx_path(self, precision: str) -> Path:
         if precision not in ONNX_FOR_PRECISION:
-            raise BundleError(f"unknown precision {precision!r}: expected one of {sorted(ONNX_FOR_PRECISION)}")
+            raise BundleError(
+                f"unknown precision {precision!r}: expected one of {sorted(ONNX_FOR_PRECISION)}"
+            )
         path = self.root / ONNX_FOR_PRECISION[precision]
         if not path.is_file():
             raise BundleError(

@@ -191,8 +191,14 @@ def overlay(frame: np.ndarray, prediction: Prediction, fps: float, synthetic: bo
     shown = frame.copy() if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
     colour = (0, 0, 255) if prediction.decision == "abnormal" else (0, 200, 0)
     lines = [
-        (f"{prediction.label}  p={prediction.probability:.3f} (threshold {prediction.threshold:.3f})", colour),
-        (f"{fps:.1f} FPS  {prediction.backend} {prediction.precision}  model {prediction.model_version}", (255, 255, 255)),
+        (
+            f"{prediction.label}  p={prediction.probability:.3f} (threshold {prediction.threshold:.3f})",
+            colour,
+        ),
+        (
+            f"{fps:.1f} FPS  {prediction.backend} {prediction.precision}  model {prediction.model_version}",
+            (255, 255, 255),
+        ),
         ("Decision support only, not a diagnosis", (255, 255, 255)),
     ]
     if synthetic:
@@ -277,7 +283,9 @@ def run_camera(
             t1 = time.perf_counter()
             if not ok or frame is None:
                 if frames == 0:
-                    raise CameraError(f"{source_name}: opened, but delivered no frame (check the camera and pipeline)")
+                    raise CameraError(
+                        f"{source_name}: opened, but delivered no frame (check the camera and pipeline)"
+                    )
                 stop_reason = "end of stream"
                 break
             model_input = apply_contract(frame, contract)
@@ -288,7 +296,11 @@ def run_camera(
             capture_ms, preprocess_ms, infer_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
             times.add(capture=capture_ms, preprocess=preprocess_ms, infer=infer_ms)
             recent = [*recent[-29:], t3]
-            fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+            fps = (
+                (len(recent) - 1) / (recent[-1] - recent[0])
+                if len(recent) > 1 and recent[-1] > recent[0]
+                else 0.0
+            )
             record = prediction.to_dict()
             record.update(
                 frame=frames - 1,
@@ -310,7 +322,9 @@ def run_camera(
             if on_frame is not None:
                 on_frame(record)
             if window is not None:
-                shown = shown if shown is not None else overlay(frame, prediction, fps, predictor.info.synthetic)
+                shown = (
+                    shown if shown is not None else overlay(frame, prediction, fps, predictor.info.synthetic)
+                )
                 if not window.show(shown):
                     stop_reason = "window closed (q/Esc)"
                     break

@@ -68,8 +68,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     fmt = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("predict", help="classify image files, folders and globs", epilog=EPILOGS["predict"],
-                       formatter_class=fmt)
+    p = sub.add_parser(
+        "predict",
+        help="classify image files, folders and globs",
+        epilog=EPILOGS["predict"],
+        formatter_class=fmt,
+    )
     p.add_argument("bundle", type=Path, help="bundle folder made by 'pneumo export bundle'")
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
     _backend_flags(p)
@@ -77,53 +81,102 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="JSON on stdout (or -o) instead of a table")
     out.add_argument("--csv", action="store_true", help="CSV on stdout (or -o) instead of a table")
-    p.add_argument("-o", "--output", type=Path, help="write the results to this file (atomically) instead of stdout")
+    p.add_argument(
+        "-o", "--output", type=Path, help="write the results to this file (atomically) instead of stdout"
+    )
 
-    c = sub.add_parser("camera", help="live inference on a camera or video stream", epilog=EPILOGS["camera"],
-                       formatter_class=fmt)
+    c = sub.add_parser(
+        "camera",
+        help="live inference on a camera or video stream",
+        epilog=EPILOGS["camera"],
+        formatter_class=fmt,
+    )
     c.add_argument("bundle", type=Path, help="bundle folder made by 'pneumo export bundle'")
-    c.add_argument("--source", required=True, help="0 | /dev/video0 | v4l2:///dev/video0 | csi://0 | FILE.mp4 | rtsp://...")
+    c.add_argument(
+        "--source",
+        required=True,
+        help="0 | /dev/video0 | v4l2:///dev/video0 | csi://0 | FILE.mp4 | rtsp://...",
+    )
     c.add_argument("--width", type=int, default=1280)
     c.add_argument("--height", type=int, default=720)
     c.add_argument("--fps", type=int, default=30)
     c.add_argument("--flip", type=int, default=0, help="CSI flip-method 0..7 (2 = rotate 180)")
     c.add_argument("--headless", action="store_true", help="no window: write per-frame JSONL (needs --jsonl)")
     c.add_argument("--jsonl", type=Path, help="append one JSON line per frame to this file")
-    c.add_argument("--snapshot-every", type=float, default=0.0, metavar="S", help="save a PNG every S seconds")
+    c.add_argument(
+        "--snapshot-every", type=float, default=0.0, metavar="S", help="save a PNG every S seconds"
+    )
     c.add_argument("--snapshot-dir", type=Path, help="where snapshots go (default: JSONL folder/snapshots)")
     c.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: run until stopped)")
-    c.add_argument("--realtime", action="store_true", help="play a video file at its own frame rate, like a camera")
+    c.add_argument(
+        "--realtime", action="store_true", help="play a video file at its own frame rate, like a camera"
+    )
     c.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     _backend_flags(c)
 
-    sub.add_parser("watch", help="folder-watch daemon for a clinic inbox (see 'watch --help')", add_help=False)
+    sub.add_parser(
+        "watch", help="folder-watch daemon for a clinic inbox (see 'watch --help')", add_help=False
+    )
 
-    b = sub.add_parser("build", help="verify a bundle, build/reuse engines for this device, golden self-test",
-                       epilog=EPILOGS["build"], formatter_class=fmt)
+    b = sub.add_parser(
+        "build",
+        help="verify a bundle, build/reuse engines for this device, golden self-test",
+        epilog=EPILOGS["build"],
+        formatter_class=fmt,
+    )
     b.add_argument("bundle", type=Path, help="bundle folder copied onto this device")
-    b.add_argument("--precision", default="all", help="fp32 | fp16 | int8 | a comma list, or all: every precision the bundle has (default all)")
-    b.add_argument("--batch", default="1,8,32", help="batch sizes of the optimization profile (default 1,8,32)")
-    b.add_argument("--workspace", type=int, default=1024, metavar="MiB",
-                   help="TensorRT workspace limit in MiB (default 1024; a 4 GB Nano needs <= 1024)")
-    b.add_argument("--dla", type=int, default=None, metavar="N", help="build for DLA core N with GPU fallback")
-    b.add_argument("--backend", default="trt", choices=("trt", "ort-trt", "ort-cuda", "ort-cpu"),
-                   help="trt builds engines; ort-* only self-tests the ONNX models (no TensorRT needed)")
-    b.add_argument("--int8-source", default="auto", choices=("auto", "calibrator", "qdq"),
-                   help="TensorRT 10: calibrate (auto when calibration/calib.npy exists) or use the Q/DQ model")
+    b.add_argument(
+        "--precision",
+        default="all",
+        help="fp32 | fp16 | int8 | a comma list, or all: every precision the bundle has (default all)",
+    )
+    b.add_argument(
+        "--batch", default="1,8,32", help="batch sizes of the optimization profile (default 1,8,32)"
+    )
+    b.add_argument(
+        "--workspace",
+        type=int,
+        default=1024,
+        metavar="MiB",
+        help="TensorRT workspace limit in MiB (default 1024; a 4 GB Nano needs <= 1024)",
+    )
+    b.add_argument(
+        "--dla", type=int, default=None, metavar="N", help="build for DLA core N with GPU fallback"
+    )
+    b.add_argument(
+        "--backend",
+        default="trt",
+        choices=("trt", "ort-trt", "ort-cuda", "ort-cpu"),
+        help="trt builds engines; ort-* only self-tests the ONNX models (no TensorRT needed)",
+    )
+    b.add_argument(
+        "--int8-source",
+        default="auto",
+        choices=("auto", "calibrator", "qdq"),
+        help="TensorRT 10: calibrate (auto when calibration/calib.npy exists) or use the Q/DQ model",
+    )
     b.add_argument("--rebuild", action="store_true", help="rebuild even when a matching engine exists")
     b.add_argument("--verbose", action="store_true", help="TensorRT builder log at VERBOSE")
     b.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
-    d = sub.add_parser("doctor", help="what this device has and lacks for each precision", epilog=EPILOGS["doctor"],
-                       formatter_class=fmt)
+    d = sub.add_parser(
+        "doctor",
+        help="what this device has and lacks for each precision",
+        epilog=EPILOGS["doctor"],
+        formatter_class=fmt,
+    )
     d.add_argument("--json", action="store_true", help="facts as JSON on stdout")
     d.add_argument("--disk", type=Path, default=Path("."), help="folder whose free disk space to report")
     return parser
 
 
 def _backend_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
-                        help="auto picks the fastest that loads here: trt > ort-trt > ort-cuda > ort-cpu")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKEND_CHOICES,
+        help="auto picks the fastest that loads here: trt > ort-trt > ort-cuda > ort-cpu",
+    )
     parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
 
@@ -192,7 +245,10 @@ def _predict(args: argparse.Namespace, prog: str) -> int:
     if args.output is not None:
         target = args.output.resolve()
         if any(target == f.resolve() for f in inputs.files):
-            print(f"{prog}: -o {args.output} is one of the inputs; refusing to overwrite an input", file=sys.stderr)
+            print(
+                f"{prog}: -o {args.output} is one of the inputs; refusing to overwrite an input",
+                file=sys.stderr,
+            )
             return 2
     failures: list[tuple[str, str]] = list(inputs.failures)
     choice = select_backend(bundle, args.backend, args.precision, args.threads)
@@ -255,8 +311,14 @@ def _model_sha256(bundle: Any, backend: Any) -> str:
     return str(bundle.file_sha256(Path(model_path).name)) if model_path is not None else ""
 
 
-def _format_predictions(args: argparse.Namespace, info: Any, backend_name: str, precision: str,
-                        results: list[Any], failures: list[tuple[str, str]]) -> str:
+def _format_predictions(
+    args: argparse.Namespace,
+    info: Any,
+    backend_name: str,
+    precision: str,
+    results: list[Any],
+    failures: list[tuple[str, str]],
+) -> str:
     if args.json:
         document = {
             "model_version": info.model_version,
@@ -271,30 +333,68 @@ def _format_predictions(args: argparse.Namespace, info: Any, backend_name: str, 
             "failures": [{"source": name, "error": reason} for name, reason in failures],
         }
         return json.dumps(document, indent=2) + "\n"
-    columns = ["file", "probability", "label", "decision", "threshold", "latency_ms", "model_version",
-               "backend", "precision", "input_sha256", "synthetic", "error"]
+    columns = [
+        "file",
+        "probability",
+        "label",
+        "decision",
+        "threshold",
+        "latency_ms",
+        "model_version",
+        "backend",
+        "precision",
+        "input_sha256",
+        "synthetic",
+        "error",
+    ]
     if args.csv:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for r in results:
-            writer.writerow({"file": r.source, "probability": f"{r.probability:.6f}", "label": r.label,
-                             "decision": r.decision, "threshold": r.threshold, "latency_ms": r.latency_ms,
-                             "model_version": r.model_version, "backend": r.backend, "precision": r.precision,
-                             "input_sha256": r.input_sha256, "synthetic": r.synthetic, "error": ""})
+            writer.writerow(
+                {
+                    "file": r.source,
+                    "probability": f"{r.probability:.6f}",
+                    "label": r.label,
+                    "decision": r.decision,
+                    "threshold": r.threshold,
+                    "latency_ms": r.latency_ms,
+                    "model_version": r.model_version,
+                    "backend": r.backend,
+                    "precision": r.precision,
+                    "input_sha256": r.input_sha256,
+                    "synthetic": r.synthetic,
+                    "error": "",
+                }
+            )
         for name, reason in failures:
-            writer.writerow({"file": name, "model_version": info.model_version, "backend": backend_name,
-                             "precision": precision, "synthetic": info.synthetic, "error": reason})
+            writer.writerow(
+                {
+                    "file": name,
+                    "model_version": info.model_version,
+                    "backend": backend_name,
+                    "precision": precision,
+                    "synthetic": info.synthetic,
+                    "error": reason,
+                }
+            )
         return buffer.getvalue()
     rows = [[r.source, f"{r.probability:.4f}", r.label, r.decision, f"{r.latency_ms:.2f}"] for r in results]
     rows += [[name, "-", "-", "FAILED", "-"] for name, _ in failures]
-    return "\n".join(_header_lines(info, backend_name, precision)) + "\n\n" + _table(
-        ["file", "probability", "label", f"decision@{info.threshold:.3f}", "latency_ms"], rows
+    return (
+        "\n".join(_header_lines(info, backend_name, precision))
+        + "\n\n"
+        + _table(["file", "probability", "label", f"decision@{info.threshold:.3f}", "latency_ms"], rows)
     )
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)] if rows else [len(h) for h in headers]
+    widths = (
+        [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+        if rows
+        else [len(h) for h in headers]
+    )
     lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in rows]
@@ -312,9 +412,17 @@ def _camera(args: argparse.Namespace, prog: str) -> int:
     from edge_runtime.sources import parse_camera_source
 
     config = CameraConfig(
-        source=args.source, width=args.width, height=args.height, fps=args.fps, flip=args.flip,
-        headless=args.headless, jsonl=args.jsonl, snapshot_every_s=args.snapshot_every,
-        snapshot_dir=args.snapshot_dir, max_frames=args.max_frames, realtime=args.realtime,
+        source=args.source,
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+        flip=args.flip,
+        headless=args.headless,
+        jsonl=args.jsonl,
+        snapshot_every_s=args.snapshot_every,
+        snapshot_dir=args.snapshot_dir,
+        max_frames=args.max_frames,
+        realtime=args.realtime,
     )
     source = parse_camera_source(args.source)
     window = None if args.headless else Window(config.window_title)
@@ -329,7 +437,10 @@ def _camera(args: argparse.Namespace, prog: str) -> int:
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         capture = open_capture(source, config)
-        print(f"{prog}: {source.describe()} -> {choice.name} ({args.precision}); Ctrl-C to stop", file=sys.stderr)
+        print(
+            f"{prog}: {source.describe()} -> {choice.name} ({args.precision}); Ctrl-C to stop",
+            file=sys.stderr,
+        )
         for line in _header_lines(bundle.info, choice.name, args.precision):
             print(f"{prog}: {line}", file=sys.stderr)
         with choice.backend as backend:
@@ -340,15 +451,21 @@ def _camera(args: argparse.Namespace, prog: str) -> int:
             signal.signal(sig, handler)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
-    rows = [[stage, f"{v['mean_ms']:.2f}", f"{v['p50_ms']:.2f}", f"{v['p95_ms']:.2f}"] for stage, v in summary.stages.items()]
+    rows = [
+        [stage, f"{v['mean_ms']:.2f}", f"{v['p50_ms']:.2f}", f"{v['p95_ms']:.2f}"]
+        for stage, v in summary.stages.items()
+    ]
     print(
         f"{prog}: {summary.frames} frames in {summary.seconds:.1f} s = {summary.fps:.1f} FPS sustained "
         f"({summary.stop_reason})\n" + _table(["stage", "mean_ms", "p50_ms", "p95_ms"], rows).rstrip(),
         file=sys.stderr,
     )
     if summary.jsonl:
-        print(f"{prog}: per-frame results in {summary.jsonl}" + (f", {len(summary.snapshots)} snapshots" if summary.snapshots else ""),
-              file=sys.stderr)
+        print(
+            f"{prog}: per-frame results in {summary.jsonl}"
+            + (f", {len(summary.snapshots)} snapshots" if summary.snapshots else ""),
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -369,25 +486,35 @@ def _build(args: argparse.Namespace, prog: str) -> int:
         rebuild=args.rebuild,
         verbose=args.verbose,
     )
-    report = run_edge_build(args.bundle, config, progress=lambda message: print(f"{prog}: {message}", file=sys.stderr))
+    report = run_edge_build(
+        args.bundle, config, progress=lambda message: print(f"{prog}: {message}", file=sys.stderr)
+    )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     rows = []
     for r in report.results:
-        rows.append([
-            r.precision, r.backend, r.engine_action,
-            "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
-            "-" if r.tolerance is None else f"{r.tolerance:.0e}",
-            "-" if r.decision_agreement is None else f"{100 * r.decision_agreement:.1f}%",
-            "-" if r.accuracy is None else f"{100 * r.accuracy:.1f}%",
-            r.status.upper(),
-        ])
+        rows.append(
+            [
+                r.precision,
+                r.backend,
+                r.engine_action,
+                "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}",
+                "-" if r.tolerance is None else f"{r.tolerance:.0e}",
+                "-" if r.decision_agreement is None else f"{100 * r.decision_agreement:.1f}%",
+                "-" if r.accuracy is None else f"{100 * r.accuracy:.1f}%",
+                r.status.upper(),
+            ]
+        )
     banner = f"*** {SYNTHETIC_WARNING} ***\n" if report.synthetic else ""
     out = sys.stderr if args.json else sys.stdout
     print(
         f"{banner}golden self-test of {report.bundle} (model {report.model_version}"
-        + (f", device {report.device_key}" if report.device_key else "") + ")\n"
-        + _table(["precision", "backend", "engine", "max|diff|", "tolerance", "agreement", "accuracy", "result"], rows),
+        + (f", device {report.device_key}" if report.device_key else "")
+        + ")\n"
+        + _table(
+            ["precision", "backend", "engine", "max|diff|", "tolerance", "agreement", "accuracy", "result"],
+            rows,
+        ),
         file=out,
         end="",
     )
@@ -397,8 +524,10 @@ def _build(args: argparse.Namespace, prog: str) -> int:
     if report.passed:
         best = report.results[-1].precision
         backend = "trt" if args.backend == "trt" else args.backend
-        print(f"next: pneumo edge predict {shlex.quote(str(args.bundle))} IMAGES... --backend {backend} --precision {best}",
-              file=sys.stderr)
+        print(
+            f"next: pneumo edge predict {shlex.quote(str(args.bundle))} IMAGES... --backend {backend} --precision {best}",
+            file=sys.stderr,
+        )
         return 0
     return 1
 
@@ -414,8 +543,14 @@ def _doctor(args: argparse.Namespace, prog: str) -> int:
     if args.json:
         document = facts.to_dict()
         document["precisions"] = [
-            {"precision": r.precision, "tensorrt_ready": r.tensorrt_ready, "missing": list(r.missing),
-             "onnxruntime_fallback": r.onnxruntime_fallback, "notes": list(r.notes), "fixes": list(r.fixes)}
+            {
+                "precision": r.precision,
+                "tensorrt_ready": r.tensorrt_ready,
+                "missing": list(r.missing),
+                "onnxruntime_fallback": r.onnxruntime_fallback,
+                "notes": list(r.notes),
+                "fixes": list(r.fixes),
+            }
             for r in readiness
         ]
         print(json.dumps(document, indent=2))
@@ -428,27 +563,49 @@ def _doctor(args: argparse.Namespace, prog: str) -> int:
 
     backends = facts.opencv_backends
     rows = [
-        ["GPU", show(facts.gpu_name and f"{facts.gpu_name} (compute {facts.compute_capability}, "
-                     f"{facts.gpu_memory_mib} MiB, via {facts.gpu_source})", facts.gpu_error or "none found")],
+        [
+            "GPU",
+            show(
+                facts.gpu_name
+                and f"{facts.gpu_name} (compute {facts.compute_capability}, "
+                f"{facts.gpu_memory_mib} MiB, via {facts.gpu_source})",
+                facts.gpu_error or "none found",
+            ),
+        ],
         ["TensorRT", show(facts.tensorrt_version, facts.tensorrt_error or "not installed")],
         ["pycuda", show(facts.pycuda_version, facts.pycuda_error or "not installed")],
-        ["CUDA", f"driver {show(facts.cuda_driver_version, '?')}, toolkit {show(facts.cuda_toolkit_version, '?')}"],
+        [
+            "CUDA",
+            f"driver {show(facts.cuda_driver_version, '?')}, toolkit {show(facts.cuda_toolkit_version, '?')}",
+        ],
         ["DLA cores", show(facts.dla_cores, "unknown (needs TensorRT and a GPU)")],
-        ["ONNX Runtime", f"{show(facts.onnxruntime_version, 'not installed')}; loads: "
-                         f"{', '.join(facts.onnxruntime_providers) or 'nothing'}"],
+        [
+            "ONNX Runtime",
+            f"{show(facts.onnxruntime_version, 'not installed')}; loads: "
+            f"{', '.join(facts.onnxruntime_providers) or 'nothing'}",
+        ],
     ]
     rows += [["  not loading", f"{name}: {why}"] for name, why in facts.onnxruntime_failed.items()]
     rows += [
         ["Jetson", show(facts.jetson_model, "not a Jetson (no /proc/device-tree/model)")],
-        ["L4T / JetPack", f"{show(facts.l4t_release, 'no /etc/nv_tegra_release')}"
-                          + (f" ({facts.jetpack})" if facts.jetpack else "")],
+        [
+            "L4T / JetPack",
+            f"{show(facts.l4t_release, 'no /etc/nv_tegra_release')}"
+            + (f" ({facts.jetpack})" if facts.jetpack else ""),
+        ],
         ["power mode", show(facts.power_mode, "nvpmodel not present")],
         ["disk free", f"{show(facts.disk_free_mib, '?')} MiB at {facts.disk_path}"],
-        ["memory", f"{show(facts.memory_available_mib, '?')} MiB available of {show(facts.memory_total_mib, '?')} MiB"],
+        [
+            "memory",
+            f"{show(facts.memory_available_mib, '?')} MiB available of {show(facts.memory_total_mib, '?')} MiB",
+        ],
         ["cameras", show(facts.cameras and ", ".join(facts.cameras), "none (/dev/video*)")],
-        ["OpenCV", f"{show(facts.opencv_version, 'not installed')}; capture: "
-                   + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in backends.items())
-                   + f"; GUI {'yes' if facts.opencv_gui else 'NO (headless build: use --headless)'}"],
+        [
+            "OpenCV",
+            f"{show(facts.opencv_version, 'not installed')}; capture: "
+            + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in backends.items())
+            + f"; GUI {'yes' if facts.opencv_gui else 'NO (headless build: use --headless)'}",
+        ],
         ["engine key", show(facts.device_key, "needs TensorRT + pycuda + GPU")],
     ]
     print(_table(["item", "this device"], rows), end="")
@@ -464,8 +621,12 @@ def _doctor(args: argparse.Namespace, prog: str) -> int:
         for note in r.notes:
             print(f"note ({r.precision}): {note}")
     if backends and not backends.get("gstreamer"):
-        print("note: this OpenCV has no GStreamer, so CSI cameras (csi://N) will not open; USB cameras work via V4L2. "
-              "On a Jetson use JetPack's OpenCV through a --system-site-packages venv (deploy/JETSON.md).")
-    print(f"next: pneumo edge build BUNDLE --precision {'all' if readiness[0].tensorrt_ready else 'all --backend ort-cpu'}",
-          file=sys.stderr)
+        print(
+            "note: this OpenCV has no GStreamer, so CSI cameras (csi://N) will not open; USB cameras work via V4L2. "
+            "On a Jetson use JetPack's OpenCV through a --system-site-packages venv (deploy/JETSON.md)."
+        )
+    print(
+        f"next: pneumo edge build BUNDLE --precision {'all' if readiness[0].tensorrt_ready else 'all --backend ort-cpu'}",
+        file=sys.stderr,
+    )
     return 0

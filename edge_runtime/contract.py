@@ -82,7 +82,9 @@ class PreprocessContract:
         if self.resize not in _RESIZE_MODES:
             raise ContractError(f"contract resize {self.resize!r}: expected one of {_RESIZE_MODES}")
         if not (math.isfinite(self.scale) and self.scale > 0 and math.isfinite(self.offset)):
-            raise ContractError(f"contract scale {self.scale} / offset {self.offset} must be finite, scale > 0")
+            raise ContractError(
+                f"contract scale {self.scale} / offset {self.offset} must be finite, scale > 0"
+            )
         if self.dtype != "uint8" or self.layout != "NHWC":
             raise ContractError("contract dtype/layout must be uint8/NHWC (what every backend receives)")
         if self.schema != CONTRACT_SCHEMA:

@@ -119,7 +119,9 @@ def jetpack_for_l4t(l4t: str | None) -> str | None:
     if not l4t:
         return None
     match = re.match(r"R(\d+)", l4t)
-    major = {36: "6", 35: "5", 34: "5 (developer preview)", 32: "4"}.get(int(match.group(1))) if match else None
+    major = (
+        {36: "6", 35: "5", 34: "5 (developer preview)", 32: "4"}.get(int(match.group(1))) if match else None
+    )
     return f"JetPack {major}.x" if major else None
 
 
@@ -151,7 +153,11 @@ def opencv_capture_backends(build_info: str | None = None) -> dict[str, bool]:
         build_info = cv2.getBuildInformation()
     section = build_info.split("Video I/O:", 1)[-1] if "Video I/O:" in build_info else build_info
     found = {}
-    for name, pattern in (("gstreamer", r"GStreamer:\s*(\S+)"), ("v4l2", r"v4l/v4l2:\s*(\S+)"), ("ffmpeg", r"FFMPEG:\s*(\S+)")):
+    for name, pattern in (
+        ("gstreamer", r"GStreamer:\s*(\S+)"),
+        ("v4l2", r"v4l/v4l2:\s*(\S+)"),
+        ("ffmpeg", r"FFMPEG:\s*(\S+)"),
+    ):
         match = re.search(pattern, section)
         found[name] = bool(match and match.group(1).upper() not in ("NO", "NONE"))
     return found
@@ -334,7 +340,9 @@ def collect_device_facts(disk_path: str | Path = ".", check_providers: bool = Tr
     except ImportError:
         pass
     try:
-        facts.jetson_model = Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00\n ") or None
+        facts.jetson_model = (
+            Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00\n ") or None
+        )
     except OSError:
         facts.jetson_model = None
     facts.l4t_release = read_l4t_release()
@@ -373,8 +381,10 @@ def precision_readiness(facts: DeviceFacts) -> list[PrecisionReadiness]:
     if facts.gpu_source != "pycuda" and facts.pycuda_version is not None:
         common.append(("a CUDA GPU", f"pycuda sees none ({facts.gpu_error or 'no device'})"))
     ort_fallback = (
-        "ort-trt" if "TensorrtExecutionProvider" in facts.onnxruntime_providers
-        else "ort-cuda" if "CUDAExecutionProvider" in facts.onnxruntime_providers
+        "ort-trt"
+        if "TensorrtExecutionProvider" in facts.onnxruntime_providers
+        else "ort-cuda"
+        if "CUDAExecutionProvider" in facts.onnxruntime_providers
         else "ort-cpu"
     )
     major = int(facts.tensorrt_version.split(".")[0]) if facts.tensorrt_version else None
@@ -392,7 +402,9 @@ def precision_readiness(facts: DeviceFacts) -> list[PrecisionReadiness]:
                 f"bundle's typed {'FP16' if precision == 'fp16' else 'Q/DQ'} ONNX as a strongly typed network"
             )
         if precision == "int8" and (major is None or major < 11):
-            notes.append("INT8 calibrates on the bundle's calibration set (calibration/calib.npy), never on random data")
+            notes.append(
+                "INT8 calibrates on the bundle's calibration set (calibration/calib.npy), never on random data"
+            )
         result.append(
             PrecisionReadiness(
                 precision,

@@ -101,7 +101,14 @@ class EdgeBuildConfig:
 
 def edge_build_command(bundle_root: str | Path, config: EdgeBuildConfig, precision: str | None = None) -> str:
     """The command line that reproduces this build (goes into sidecars and error messages)."""
-    args = ["pneumo", "edge", "build", str(bundle_root), "--precision", precision or ",".join(config.precisions)]
+    args = [
+        "pneumo",
+        "edge",
+        "build",
+        str(bundle_root),
+        "--precision",
+        precision or ",".join(config.precisions),
+    ]
     args += ["--batch", ",".join(str(b) for b in config.batch_sizes)]
     if config.workspace_mib != 1024:
         args += ["--workspace", str(config.workspace_mib)]
@@ -140,7 +147,11 @@ class GoldenSet:
             threshold = float(meta.get("decision_threshold", bundle.info.threshold))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BundleError(f"{folder}: malformed golden set ({type(exc).__name__}: {exc})") from exc
-        if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != bundle.contract.input_shape:
+        if (
+            images.dtype != np.uint8
+            or images.ndim != 4
+            or tuple(images.shape[1:]) != bundle.contract.input_shape
+        ):
             raise BundleError(
                 f"{images_path}: golden images are {images.dtype} {images.shape}, the contract says uint8 "
                 f"(N, {', '.join(map(str, bundle.contract.input_shape))})"
@@ -148,8 +159,14 @@ class GoldenSet:
         if len(outputs) != len(images):
             raise BundleError(f"{meta_path}: {len(outputs)} fp32_outputs for {len(images)} golden images")
         files = list(meta.get("files") or [f"golden[{i}]" for i in range(len(images))])
-        return cls(images, files, list(meta.get("true_labels") or []), outputs.reshape(len(images), -1),
-                   tolerance, threshold)
+        return cls(
+            images,
+            files,
+            list(meta.get("true_labels") or []),
+            outputs.reshape(len(images), -1),
+            tolerance,
+            threshold,
+        )
 
 
 @dataclass
@@ -169,7 +186,9 @@ class GoldenComparison:
         return self.max_abs_diff <= self.tolerance and not self.flipped_outside_tolerance
 
 
-def compare_golden(outputs: np.ndarray, golden: GoldenSet, info: ModelInfo, precision: str) -> GoldenComparison:
+def compare_golden(
+    outputs: np.ndarray, golden: GoldenSet, info: ModelInfo, precision: str
+) -> GoldenComparison:
     """Max abs difference and decision agreement of ``outputs`` against the golden FP32 outputs."""
     outputs = np.asarray(outputs, dtype=np.float32).reshape(golden.fp32_outputs.shape)
     tolerance = golden.tolerance.get(precision)
@@ -245,16 +264,29 @@ class EdgeBuildReport:
         return data
 
 
-def reuse_problem(files: EngineFiles, sidecar: EngineSidecar | None, wanted: EngineBuildConfig, *,
-                  gpu_name: str, compute_capability: str, tensorrt_version: str, bundle: Bundle,
-                  build_path: str) -> str | None:
+def reuse_problem(
+    files: EngineFiles,
+    sidecar: EngineSidecar | None,
+    wanted: EngineBuildConfig,
+    *,
+    gpu_name: str,
+    compute_capability: str,
+    tensorrt_version: str,
+    bundle: Bundle,
+    build_path: str,
+) -> str | None:
     """Why the existing engine cannot be reused for ``wanted``, or None when it can."""
     if sidecar is None or not files.engine.is_file():
         return "no engine built yet"
     onnx_path = bundle.root / sidecar.onnx_file
     onnx_sha = bundle.file_sha256(sidecar.onnx_file) if onnx_path.is_file() else "missing"
-    problems = engine_mismatches(sidecar, gpu_name=gpu_name, compute_capability=compute_capability,
-                                 tensorrt_version=tensorrt_version, onnx_sha256=onnx_sha)
+    problems = engine_mismatches(
+        sidecar,
+        gpu_name=gpu_name,
+        compute_capability=compute_capability,
+        tensorrt_version=tensorrt_version,
+        onnx_sha256=onnx_sha,
+    )
     profile = wanted.profile
     want_profile = [profile.min, profile.opt, profile.max]
     have = next(iter(sidecar.profile.values()), {})
@@ -269,13 +301,23 @@ def reuse_problem(files: EngineFiles, sidecar: EngineSidecar | None, wanted: Eng
         problems.append(f"DLA core {sidecar.dla_core} != {wanted.dla_core}")
     if sidecar.build_path != build_path:
         problems.append(f"build path {sidecar.build_path} != {build_path}")
-    if files.engine.stat().st_size != sidecar.engine_bytes or sha256_file(files.engine) != sidecar.engine_sha256:
+    if (
+        files.engine.stat().st_size != sidecar.engine_bytes
+        or sha256_file(files.engine) != sidecar.engine_sha256
+    ):
         problems.append("engine file does not match its sidecar sha256")
     return "; ".join(problems) or None
 
 
-def _build_or_reuse(bundle: Bundle, precision: str, config: EdgeBuildConfig, key: str, gpu: Any,
-                    trt_version: str, say: Callable[[str], None]) -> tuple[EngineFiles, EngineSidecar, str]:
+def _build_or_reuse(
+    bundle: Bundle,
+    precision: str,
+    config: EdgeBuildConfig,
+    key: str,
+    gpu: Any,
+    trt_version: str,
+    say: Callable[[str], None],
+) -> tuple[EngineFiles, EngineSidecar, str]:
     files = engine_files(bundle.engines_dir, key, precision, config.dla_core)
     calibration = None
     if precision == "int8" and (bundle.root / CALIBRATION_NPY).is_file():
@@ -292,20 +334,39 @@ def _build_or_reuse(bundle: Bundle, precision: str, config: EdgeBuildConfig, key
             sidecar = EngineSidecar.load(files.sidecar)
         except EdgeError:
             sidecar = None
-    problem = "--rebuild asked" if config.rebuild else reuse_problem(
-        files, sidecar, wanted, gpu_name=gpu.name, compute_capability=gpu.compute_capability,
-        tensorrt_version=trt_version, bundle=bundle, build_path=plan.build_path)
+    problem = (
+        "--rebuild asked"
+        if config.rebuild
+        else reuse_problem(
+            files,
+            sidecar,
+            wanted,
+            gpu_name=gpu.name,
+            compute_capability=gpu.compute_capability,
+            tensorrt_version=trt_version,
+            bundle=bundle,
+            build_path=plan.build_path,
+        )
+    )
     if problem is None and sidecar is not None:
         say(f"{precision}: reusing {files.engine} (sidecar matches this device)")
         return files, sidecar, "reused"
-    say(f"{precision}: building {files.engine} ({problem}; {plan.build_path}; this takes minutes on a Jetson)")
-    sidecar = build_engine(sources, files.engine, wanted, calibration,
-                           rebuild_command=edge_build_command(bundle.root, config, precision))
+    say(
+        f"{precision}: building {files.engine} ({problem}; {plan.build_path}; this takes minutes on a Jetson)"
+    )
+    sidecar = build_engine(
+        sources,
+        files.engine,
+        wanted,
+        calibration,
+        rebuild_command=edge_build_command(bundle.root, config, precision),
+    )
     return files, sidecar, "built"
 
 
-def run_edge_build(bundle_root: str | Path, config: EdgeBuildConfig,
-                   progress: Callable[[str], None] | None = None) -> EdgeBuildReport:
+def run_edge_build(
+    bundle_root: str | Path, config: EdgeBuildConfig, progress: Callable[[str], None] | None = None
+) -> EdgeBuildReport:
     """Verify, build or reuse, self-test. Raises BundleError / BackendUnavailableError up front;
     per-precision build or test failures become failed rows so every precision gets its line."""
     say = progress or (lambda _message: None)
@@ -337,12 +398,21 @@ def run_edge_build(bundle_root: str | Path, config: EdgeBuildConfig,
     results = []
     for precision in precisions:
         results.append(_one_precision(bundle, golden, precision, config, key, gpu, trt_version, say))
-    return EdgeBuildReport(str(bundle.root), bundle.info.model_version, bundle.info.synthetic, config.backend, key,
-                           results)
+    return EdgeBuildReport(
+        str(bundle.root), bundle.info.model_version, bundle.info.synthetic, config.backend, key, results
+    )
 
 
-def _one_precision(bundle: Bundle, golden: GoldenSet, precision: str, config: EdgeBuildConfig, key: str | None,
-                   gpu: Any, trt_version: str, say: Callable[[str], None]) -> PrecisionResult:
+def _one_precision(
+    bundle: Bundle,
+    golden: GoldenSet,
+    precision: str,
+    config: EdgeBuildConfig,
+    key: str | None,
+    gpu: Any,
+    trt_version: str,
+    say: Callable[[str], None],
+) -> PrecisionResult:
     result = PrecisionResult(precision, config.backend, "error")
     try:
         backend: Backend
@@ -353,8 +423,11 @@ def _one_precision(bundle: Bundle, golden: GoldenSet, precision: str, config: Ed
             files, sidecar, action = _build_or_reuse(bundle, precision, config, key, gpu, trt_version, say)
             result.engine, result.engine_action = str(files.engine), action
             result.build_seconds = sidecar.build_seconds if action == "built" else None
-            backend = TensorRTBackend(files.engine, expected_onnx_sha256=bundle.file_sha256(sidecar.onnx_file),
-                                      rebuild_command=edge_build_command(bundle.root, config, precision))
+            backend = TensorRTBackend(
+                files.engine,
+                expected_onnx_sha256=bundle.file_sha256(sidecar.onnx_file),
+                rebuild_command=edge_build_command(bundle.root, config, precision),
+            )
         else:
             from edge_runtime.backends.select import create_backend
 

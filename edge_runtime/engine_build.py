@@ -121,13 +121,17 @@ class EngineBuildConfig:
             raise EngineBuildError(f"precision {self.precision!r}: expected one of {PRECISIONS}")
         object.__setattr__(self, "batch_sizes", parse_batch_sizes(self.batch_sizes))
         if self.workspace_mib < MIN_WORKSPACE_MIB:
-            raise EngineBuildError(f"--workspace {self.workspace_mib} MiB is below the {MIN_WORKSPACE_MIB} MiB minimum")
+            raise EngineBuildError(
+                f"--workspace {self.workspace_mib} MiB is below the {MIN_WORKSPACE_MIB} MiB minimum"
+            )
         if self.dla_core is not None and self.dla_core < 0:
             raise EngineBuildError(f"--dla {self.dla_core}: a DLA core number is 0 or more")
         if self.int8_source not in INT8_SOURCES:
             raise EngineBuildError(f"int8 source {self.int8_source!r}: expected one of {INT8_SOURCES}")
         if not 1 <= self.calibration_batch_size <= MAX_BATCH:
-            raise EngineBuildError(f"calibration batch size {self.calibration_batch_size} is outside 1..{MAX_BATCH}")
+            raise EngineBuildError(
+                f"calibration batch size {self.calibration_batch_size} is outside 1..{MAX_BATCH}"
+            )
 
     @property
     def profile(self) -> BatchProfile:
@@ -240,7 +244,9 @@ def tensorrt_major(version: str) -> int:
         raise EngineBuildError(f"cannot read TensorRT version {version!r}") from exc
 
 
-def plan_build(trt_version: str, precision: str, int8_source: str = "auto", calibration_available: bool = False) -> BuildPlan:
+def plan_build(
+    trt_version: str, precision: str, int8_source: str = "auto", calibration_available: bool = False
+) -> BuildPlan:
     """THE place that chooses the TensorRT 10 or 11 path (see the module docstring's table).
 
     ``calibration_available``: a calibration set or a valid calibration cache is
@@ -286,12 +292,19 @@ def trtexec_equivalent(
     trtexec cannot calibrate, only read a cache (without one it uses random
     scales), so the INT8 calibrator path maps to ``--int8 --calib=CACHE``.
     """
+
     def dims(kind: str) -> str:
-        return ",".join(f"{name}:{'x'.join(str(d) for d in shapes[kind])}" for name, shapes in profile.items())
+        return ",".join(
+            f"{name}:{'x'.join(str(d) for d in shapes[kind])}" for name, shapes in profile.items()
+        )
 
     args = [
-        "trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}",
-        f"--minShapes={dims('min')}", f"--optShapes={dims('opt')}", f"--maxShapes={dims('max')}",
+        "trtexec",
+        f"--onnx={onnx_path}",
+        f"--saveEngine={engine_path}",
+        f"--minShapes={dims('min')}",
+        f"--optShapes={dims('opt')}",
+        f"--maxShapes={dims('max')}",
         f"--memPoolSize=workspace:{config.workspace_mib}M",
     ]
     if config.timing_cache is not None:
@@ -339,14 +352,18 @@ def _primary_context(device_index: int = 0) -> Iterator[None]:
         context.detach()
 
 
-def _parse_onnx(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed: bool) -> tuple[Any, Any]:
+def _parse_onnx(
+    trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed: bool
+) -> tuple[Any, Any]:
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     # parse_from_file (not parse(bytes)) so models with external weight files load too.
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EngineBuildError(f"{onnx_path}: TensorRT could not parse the ONNX model: " + " | ".join(errors or ["no detail"]))
+        raise EngineBuildError(
+            f"{onnx_path}: TensorRT could not parse the ONNX model: " + " | ".join(errors or ["no detail"])
+        )
     return network, parser
 
 
@@ -369,7 +386,9 @@ def _profile_shapes(network: Any, batch: BatchProfile, onnx_path: Path) -> dict[
     return shapes
 
 
-def _configure_dla(trt: Any, builder: Any, builder_config: Any, dla_core: int, precision: str, max_batch: int) -> None:
+def _configure_dla(
+    trt: Any, builder: Any, builder_config: Any, dla_core: int, precision: str, max_batch: int
+) -> None:
     cores = int(builder.num_DLA_cores)
     if cores == 0:
         raise EngineBuildError(
@@ -382,7 +401,9 @@ def _configure_dla(trt: Any, builder: Any, builder_config: Any, dla_core: int, p
         raise EngineBuildError("--dla: DLA runs FP16 or INT8 only; use --precision fp16 or int8 with --dla")
     dla_max = int(getattr(builder, "max_DLA_batch_size", 0) or 0)
     if dla_max and max_batch > dla_max:
-        raise EngineBuildError(f"--dla: the largest batch asked ({max_batch}) is over the DLA's limit of {dla_max}")
+        raise EngineBuildError(
+            f"--dla: the largest batch asked ({max_batch}) is over the DLA's limit of {dla_max}"
+        )
     builder_config.default_device_type = trt.DeviceType.DLA
     builder_config.DLA_core = dla_core
     # Layers the DLA cannot run go to the GPU instead of failing the build.
@@ -495,7 +516,9 @@ def _prepare_calibrator(
             "(pneumo edge build does), or build INT8 from the Q/DQ model (--int8-source qdq)"
         )
     info = CalibrationCacheInfo.load(sidecar_path(cache_path)) if problem is None else None
-    calibration_sha256 = calibration.sha256 if calibration is not None else (info.calibration_sha256 if info else "")
+    calibration_sha256 = (
+        calibration.sha256 if calibration is not None else (info.calibration_sha256 if info else "")
+    )
     state = _CalibrationState(cache_path, calibration_sha256)
     cached: bytes | None = None
     if problem is None:
@@ -540,18 +563,28 @@ def int8_calibration_available(
         return True
     if sources.fp32 is None or not sources.fp32.is_file():
         return False
-    return calibration_cache_problem(
-        cache_path, tensorrt_version=trt_version, calibration_sha256=None, onnx_sha256=sha256_file(sources.fp32)
-    ) is None
+    return (
+        calibration_cache_problem(
+            cache_path,
+            tensorrt_version=trt_version,
+            calibration_sha256=None,
+            onnx_sha256=sha256_file(sources.fp32),
+        )
+        is None
+    )
 
 
 def _check_platform(builder: Any, plan: BuildPlan) -> None:
     # TensorRT 10 silently falls back to FP32 kernels where a precision is not fast:
     # refuse instead, so "fp16" always means FP16 ran.
     if "FP16" in plan.builder_flags and getattr(builder, "platform_has_fast_fp16", True) is False:
-        raise EngineBuildError("this GPU has no fast FP16 (TensorRT reports none); build --precision fp32 instead")
+        raise EngineBuildError(
+            "this GPU has no fast FP16 (TensorRT reports none); build --precision fp32 instead"
+        )
     if "INT8" in plan.builder_flags and getattr(builder, "platform_has_fast_int8", True) is False:
-        raise EngineBuildError("this GPU has no fast INT8 (TensorRT reports none); build --precision fp16 instead")
+        raise EngineBuildError(
+            "this GPU has no fast INT8 (TensorRT reports none); build --precision fp16 instead"
+        )
 
 
 def build_engine(
@@ -575,7 +608,9 @@ def build_engine(
     trt_version = str(trt.__version__)
     gpu = cuda_device()
     cache_path = config.calibration_cache or engine_path.with_name("calib_int8.cache")
-    available = config.precision == "int8" and int8_calibration_available(sources, cache_path, trt_version, calibration)
+    available = config.precision == "int8" and int8_calibration_available(
+        sources, cache_path, trt_version, calibration
+    )
     plan = plan_build(trt_version, config.precision, config.int8_source, available)
     onnx_path = sources.path_for(plan.onnx_role)
     onnx_sha256 = sha256_file(onnx_path)
@@ -607,8 +642,16 @@ def build_engine(
     if plan.calibrator:
         input_name = next(iter(profile))
         calibrator, calibration_state = _prepare_calibrator(
-            trt, builder, builder_config, input_name, profile[input_name]["min"][1:], config,
-            calibration, cache_path, trt_version, onnx_sha256,
+            trt,
+            builder,
+            builder_config,
+            input_name,
+            profile[input_name]["min"][1:],
+            config,
+            calibration,
+            cache_path,
+            trt_version,
+            onnx_sha256,
         )
         notes.extend(calibration_state.notes)
 
@@ -628,7 +671,9 @@ def build_engine(
     data = bytes(memoryview(serialized))
     atomic_write_bytes(engine_path, data)
     if timing_cache is not None and config.timing_cache is not None:
-        atomic_write_bytes(config.timing_cache, bytes(memoryview(builder_config.get_timing_cache().serialize())))
+        atomic_write_bytes(
+            config.timing_cache, bytes(memoryview(builder_config.get_timing_cache().serialize()))
+        )
 
     calibration_record: dict[str, Any] | None = None
     if calibration_state is not None:

@@ -52,12 +52,16 @@ class EngineFiles:
     calibration_cache: Path
 
 
-def engine_files(engines_root: str | Path, key: str, precision: str, dla_core: int | None = None) -> EngineFiles:
+def engine_files(
+    engines_root: str | Path, key: str, precision: str, dla_core: int | None = None
+) -> EngineFiles:
     """Paths for ``precision`` on the device ``key`` (see :func:`edge_runtime.device.device_key`)."""
     folder = Path(engines_root) / key
     suffix = f"_dla{dla_core}" if dla_core is not None else ""
     engine = folder / f"model_{precision}{suffix}.engine"
-    return EngineFiles(engine, sidecar_path(engine), folder / TIMING_CACHE_NAME, folder / CALIBRATION_CACHE_NAME)
+    return EngineFiles(
+        engine, sidecar_path(engine), folder / TIMING_CACHE_NAME, folder / CALIBRATION_CACHE_NAME
+    )
 
 
 @dataclass
@@ -121,7 +125,9 @@ class EngineSidecar:
         try:
             data = read_json(path)
         except (OSError, ValueError) as exc:
-            raise EngineMismatchError(f"{path}: unreadable engine sidecar ({exc}); rebuild the engine") from exc
+            raise EngineMismatchError(
+                f"{path}: unreadable engine sidecar ({exc}); rebuild the engine"
+            ) from exc
         if not isinstance(data, dict) or data.get("schema") != SIDECAR_SCHEMA:
             raise EngineMismatchError(
                 f"{path}: sidecar schema {data.get('schema') if isinstance(data, dict) else None!r} is not "
@@ -131,7 +137,9 @@ class EngineSidecar:
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:
-            raise EngineMismatchError(f"{path}: incomplete engine sidecar ({exc}); rebuild the engine") from exc
+            raise EngineMismatchError(
+                f"{path}: incomplete engine sidecar ({exc}); rebuild the engine"
+            ) from exc
 
 
 def engine_mismatches(
@@ -171,7 +179,11 @@ def check_engine_matches(
 ) -> None:
     """Raise :class:`EngineMismatchError` unless the engine was built for exactly this device and model."""
     engine_path = Path(engine_path)
-    command = rebuild_command or sidecar.rebuild_command or "pneumo edge build BUNDLE --precision " + sidecar.precision
+    command = (
+        rebuild_command
+        or sidecar.rebuild_command
+        or "pneumo edge build BUNDLE --precision " + sidecar.precision
+    )
     problems = engine_mismatches(
         sidecar,
         gpu_name=gpu_name,
@@ -181,7 +193,10 @@ def check_engine_matches(
     )
     if not engine_path.is_file():
         problems.append("engine file is missing")
-    elif engine_path.stat().st_size != sidecar.engine_bytes or sha256_file(engine_path) != sidecar.engine_sha256:
+    elif (
+        engine_path.stat().st_size != sidecar.engine_bytes
+        or sha256_file(engine_path) != sidecar.engine_sha256
+    ):
         problems.append("engine file does not match the sha256 its sidecar recorded (replaced or corrupt)")
     if problems:
         raise EngineMismatchError(

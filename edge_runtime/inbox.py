@@ -171,7 +171,10 @@ class InboxWatcher:
             self.mode, self.watch_error = "inotify", ""
         except Exception as exc:  # noqa: BLE001 - any watchdog failure (no inotify, watch limit, import) means: poll
             self._observer = None
-            self.mode, self.watch_error = "polling", f"inotify unavailable ({exc}); polling every {self.poll_interval:g} s"
+            self.mode, self.watch_error = (
+                "polling",
+                f"inotify unavailable ({exc}); polling every {self.poll_interval:g} s",
+            )
         try:
             st = os.stat(self.inbox)
             self._inbox_id = (st.st_dev, st.st_ino)
@@ -252,7 +255,9 @@ class InboxWatcher:
                         continue
                     yield (st.st_mtime_ns, entry.name, st)
         except OSError as exc:
-            raise InboxUnavailableError(f"{self.inbox}: inbox cannot be listed ({exc.strerror or exc})") from exc
+            raise InboxUnavailableError(
+                f"{self.inbox}: inbox cannot be listed ({exc.strerror or exc})"
+            ) from exc
 
     def scan(self, now: float) -> int:
         """Add the oldest unseen entries that fit in the window; return how many were added."""
@@ -301,7 +306,12 @@ class InboxWatcher:
                 if fresh is None:
                     continue
                 if fresh.signature != known.signature:
-                    known.size, known.mtime_ns, known.ino, known.dev = fresh.size, fresh.mtime_ns, fresh.ino, fresh.dev
+                    known.size, known.mtime_ns, known.ino, known.dev = (
+                        fresh.size,
+                        fresh.mtime_ns,
+                        fresh.ino,
+                        fresh.dev,
+                    )
                     known.stable_since = now
                 known.hinted = known.hinted or hinted
             elif len(self.pending) < self.max_pending:
@@ -316,7 +326,11 @@ class InboxWatcher:
         if now >= self._next_scan or self._hints.overflowed.is_set():
             return True
         # a flood: refill as the window drains, but not more often than 4 times a second
-        return self._more_waiting and len(self.pending) <= self.max_pending // 2 and now - self._last_scan >= 0.25
+        return (
+            self._more_waiting
+            and len(self.pending) <= self.max_pending // 2
+            and now - self._last_scan >= 0.25
+        )
 
     def _refresh(self, now: float) -> None:
         """Re-stat candidates whose quiet period is up; drop the ones that vanished."""
@@ -377,7 +391,12 @@ class InboxWatcher:
             if fresh is None:
                 del self.pending[name]
             else:
-                cand.size, cand.mtime_ns, cand.ino, cand.dev = fresh.size, fresh.mtime_ns, fresh.ino, fresh.dev
+                cand.size, cand.mtime_ns, cand.ino, cand.dev = (
+                    fresh.size,
+                    fresh.mtime_ns,
+                    fresh.ino,
+                    fresh.dev,
+                )
 
     def forget_all(self) -> None:
         """Drop the window (after an outbox or inbox error); the next scan rebuilds it."""
@@ -409,7 +428,9 @@ class InputRead:
     kind: str = ""
 
 
-def _rejected(cand: Candidate, source: str, kind: str, reason: str, sha: str = "", size: int = 0) -> InputRead:
+def _rejected(
+    cand: Candidate, source: str, kind: str, reason: str, sha: str = "", size: int = 0
+) -> InputRead:
     return InputRead(cand, source, "rejected", sha256=sha, size=size, reason=reason, kind=kind)
 
 
@@ -461,7 +482,10 @@ def read_input(inbox: Path, cand: Candidate, contract: PreprocessContract) -> In
             return InputRead(cand, source, "changed")
         if before.st_size > MAX_FILE_BYTES:
             return _rejected(
-                cand, source, "file", f"file is {before.st_size:,} bytes, over the {MAX_FILE_BYTES:,} byte limit",
+                cand,
+                source,
+                "file",
+                f"file is {before.st_size:,} bytes, over the {MAX_FILE_BYTES:,} byte limit",
                 size=before.st_size,
             )
         chunks = []
@@ -477,7 +501,10 @@ def read_input(inbox: Path, cand: Candidate, contract: PreprocessContract) -> In
         os.close(fd)
     data = b"".join(chunks)
     signature = (after.st_size, after.st_mtime_ns, after.st_ino, after.st_dev)
-    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or signature != cand.signature:
+    if (before.st_size, before.st_mtime_ns) != (
+        after.st_size,
+        after.st_mtime_ns,
+    ) or signature != cand.signature:
         return InputRead(cand, source, "changed")
     sha = hashlib.sha256(data).hexdigest()
     try:

@@ -136,15 +136,23 @@ class Outbox:
         """Temp files of writes and copies interrupted by a crash (only names this package makes)."""
         folders = (self.root, self.done, self.failed)
         removed = sum(remove_stale_temp_files(folder) for folder in folders)
-        ours = [(folder, _COPY_PREFIX, ".tmp") for folder in folders] + [(folder, _PROBE_PREFIX, "") for folder in folders]
-        ours.append((self.state_dir, f".{self.journal.path.name}.", ".tmp"))  # fileio.atomic_write_json's temp names
+        ours = [(folder, _COPY_PREFIX, ".tmp") for folder in folders] + [
+            (folder, _PROBE_PREFIX, "") for folder in folders
+        ]
+        ours.append(
+            (self.state_dir, f".{self.journal.path.name}.", ".tmp")
+        )  # fileio.atomic_write_json's temp names
         for folder, prefix, suffix in ours:
             try:
                 entries = list(os.scandir(folder))
             except OSError:
                 continue
             for entry in entries:
-                if entry.name.startswith(prefix) and entry.name.endswith(suffix) and entry.is_file(follow_symlinks=False):
+                if (
+                    entry.name.startswith(prefix)
+                    and entry.name.endswith(suffix)
+                    and entry.is_file(follow_symlinks=False)
+                ):
                     try:
                         os.unlink(entry.path)
                         removed += 1
@@ -209,12 +217,17 @@ class Outbox:
         for folder in touched:
             fsync_dir(folder)
         failpoint.hit("after-move")
-        pending = [(Path(e.result_path), e.record) for e in claim.entries if _lstat(Path(e.result_path)) is None]
+        pending = [
+            (Path(e.result_path), e.record) for e in claim.entries if _lstat(Path(e.result_path)) is None
+        ]
         for path, _ in pending:
             path.parent.mkdir(parents=True, exist_ok=True)
         write_json_files(pending)
         failpoint.hit("after-result-json")
-        for log, offset, step in ((self.jsonl, claim.jsonl_offset, "jsonl"), (self.csv, claim.csv_offset, "csv")):
+        for log, offset, step in (
+            (self.jsonl, claim.jsonl_offset, "jsonl"),
+            (self.csv, claim.csv_offset, "csv"),
+        ):
             present = log.repair_tail(offset)
             data = log.encode([e.record for e in claim.entries if e.id not in present])
             if data and failpoint.wants(f"torn-{step}"):
@@ -244,7 +257,10 @@ class Outbox:
         source, target = Path(entry.source), Path(entry.target)
         at_target = _lstat(target)
         at_source = _lstat(source)
-        source_is_entry = at_source is not None and (at_source.st_ino, at_source.st_dev) == (entry.ino, entry.dev)
+        source_is_entry = at_source is not None and (at_source.st_ino, at_source.st_dev) == (
+            entry.ino,
+            entry.dev,
+        )
         if at_target is not None and self._is_ours(entry, at_target, target):
             if source_is_entry and at_target.st_dev != entry.dev:
                 # crash between a verified copy and the unlink of the inbox original
@@ -275,9 +291,14 @@ class Outbox:
             if entry.kind != "file":
                 quarantine = self.inbox / QUARANTINE_DIR
                 quarantine.mkdir(exist_ok=True)
-                parked = quarantine / self.unique_name(quarantine, entry.name, entry.status, set(), entry.id[:8])
+                parked = quarantine / self.unique_name(
+                    quarantine, entry.name, entry.status, set(), entry.id[:8]
+                )
                 os.rename(source, parked)
-                warn("not a regular file: parked inside the inbox, not copied", {"name": entry.name, "at": str(parked)})
+                warn(
+                    "not a regular file: parked inside the inbox, not copied",
+                    {"name": entry.name, "at": str(parked)},
+                )
                 return {quarantine, source.parent}
             self._copy_verified(source, target, entry, warn)
         return {target.parent, source.parent}
@@ -311,6 +332,11 @@ class Outbox:
         if digest.hexdigest() != entry.sha256:
             warn(
                 "input changed after it was read; the moved file differs from what was inferred",
-                {"name": entry.name, "id": entry.id, "read_sha256": entry.sha256, "moved_sha256": digest.hexdigest()},
+                {
+                    "name": entry.name,
+                    "id": entry.id,
+                    "read_sha256": entry.sha256,
+                    "moved_sha256": digest.hexdigest(),
+                },
             )
         os.unlink(source)

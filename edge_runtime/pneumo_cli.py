@@ -25,7 +25,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("benchmarks.cli", "main", "latency, throughput and accuracy per backend and precision"),
 }
 
-EXTRA_FOR = {"train.cli": "train", "train.data_cli": "train", "export.cli": "train", "benchmarks.cli": "bench"}
+EXTRA_FOR = {
+    "train.cli": "train",
+    "train.data_cli": "train",
+    "export.cli": "train",
+    "benchmarks.cli": "bench",
+}
 
 USAGE = """usage: pneumo <command> [options]
 

@@ -99,7 +99,9 @@ class Predictor:
         for i, source in enumerate(sources):
             class_probs: dict[str, float] = {}
             if self.info.head == "softmax":
-                class_probs = {lab: round(float(v), 6) for lab, v in zip(self.info.labels, outputs[i].reshape(-1))}
+                class_probs = {
+                    lab: round(float(v), 6) for lab, v in zip(self.info.labels, outputs[i].reshape(-1))
+                }
             results.append(
                 Prediction(
                     source=source,

@@ -59,7 +59,9 @@ def expand_inputs(arguments: list[str] | tuple[str, ...]) -> ExpandedInputs:
         if path.is_dir():
             images = _folder_images(path)
             if not images:
-                result.failures.append((argument, "folder contains no image files (.png, .jpg, .jpeg, .dcm, ...)"))
+                result.failures.append(
+                    (argument, "folder contains no image files (.png, .jpg, .jpeg, .dcm, ...)")
+                )
             for image in images:
                 add(image)
         elif path.exists():

@@ -89,7 +89,9 @@ class JsonLogFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "ts": _dt.datetime.fromtimestamp(record.created, _dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": _dt.datetime.fromtimestamp(record.created, _dt.timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
             "level": record.levelname.lower(),
             "event": getattr(record, "event", "log"),
             "msg": record.getMessage(),
@@ -245,7 +247,9 @@ class WatchDaemon:
             name, text = describe_os_error(OSError(exc.errno, exc.strerror), str(path))
             if name != self._heartbeat_error:  # once per kind of problem, not every beat
                 self._heartbeat_error = name
-                self._emit(logging.WARNING, "heartbeat_failed", f"cannot write the heartbeat: {text}", errno=name)
+                self._emit(
+                    logging.WARNING, "heartbeat_failed", f"cannot write the heartbeat: {text}", errno=name
+                )
 
     def _sleep(self, seconds: float) -> None:
         """Wait without spinning, keeping the heartbeat alive; returns early on a stop signal."""
@@ -275,13 +279,19 @@ class WatchDaemon:
         config = self.config
         try:
             bundle = Bundle.open(config.bundle)
-            backend = create_backend(bundle, backend=config.backend, precision=config.precision, threads=config.threads)
+            backend = create_backend(
+                bundle, backend=config.backend, precision=config.precision, threads=config.threads
+            )
             backend.open()
         except EdgeError as exc:
             self._trouble("startup_failed", f"cannot load the model: {exc}", bundle=str(config.bundle))
             return None
         except Exception as exc:  # noqa: BLE001 - a runtime's own exception types (onnxruntime, TensorRT) vary
-            self._trouble("startup_failed", f"cannot load the model: {type(exc).__name__}: {exc}", bundle=str(config.bundle))
+            self._trouble(
+                "startup_failed",
+                f"cannot load the model: {type(exc).__name__}: {exc}",
+                bundle=str(config.bundle),
+            )
             return None
         # the ONNX file the backend runs or its engine was built from
         model_sha = bundle.file_sha256(ONNX_FOR_PRECISION.get(backend.precision, ONNX_FOR_PRECISION["fp32"]))
@@ -428,7 +438,10 @@ class WatchDaemon:
                 self.inbox.wake.wait(self.inbox.next_wakeup())
                 self.inbox.wake.clear()
                 continue
-            if self.process_batch(batch) == "backend_failed" and self._backend_failures >= MAX_BACKEND_FAILURES:
+            if (
+                self.process_batch(batch) == "backend_failed"
+                and self._backend_failures >= MAX_BACKEND_FAILURES
+            ):
                 self.state = "failed"
                 self._trouble(
                     "backend_failed",
@@ -480,7 +493,10 @@ class WatchDaemon:
                 self._backend_failures += 1
                 self._requeue([r.candidate.name for r in reads])
                 delay = self.backend_backoff.next()
-                self._trouble("inference_failed", f"inference failed: {type(exc).__name__}: {exc}; retrying in {delay:g} s")
+                self._trouble(
+                    "inference_failed",
+                    f"inference failed: {type(exc).__name__}: {exc}; retrying in {delay:g} s",
+                )
                 self._sleep(delay)
                 return "backend_failed"
             self._backend_failures = 0
@@ -636,25 +652,58 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=None,
     )
-    parser.add_argument("bundle", nargs="?", type=Path, metavar="BUNDLE", help="deployment bundle folder (or 'bundle' in --config)")
+    parser.add_argument(
+        "bundle",
+        nargs="?",
+        type=Path,
+        metavar="BUNDLE",
+        help="deployment bundle folder (or 'bundle' in --config)",
+    )
     parser.add_argument("--inbox", type=Path, metavar="DIR", help="folder images are dropped into")
-    parser.add_argument("--outbox", type=Path, metavar="DIR", help="folder for done/, failed/, results.jsonl, results.csv")
-    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML or JSON settings file; flags override it")
+    parser.add_argument(
+        "--outbox", type=Path, metavar="DIR", help="folder for done/, failed/, results.jsonl, results.csv"
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML or JSON settings file; flags override it"
+    )
     parser.add_argument("--backend", metavar="NAME", help="auto (default) or a backend name, e.g. ort-cpu")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="model precision (default fp32)")
+    parser.add_argument(
+        "--precision", choices=("fp32", "fp16", "int8"), help="model precision (default fp32)"
+    )
     parser.add_argument("--batch", type=int, metavar="N", help="most images per inference call (default 16)")
-    parser.add_argument("--quiet-seconds", type=float, metavar="S", help="size/mtime must hold still this long (default 2.0)")
-    parser.add_argument("--poll-interval", type=float, metavar="S", help="seconds between checks without events (default 1.0)")
-    parser.add_argument("--rescan-seconds", type=float, metavar="S", help="full inbox rescan interval with inotify (default 5)")
-    parser.add_argument("--max-pending", type=int, metavar="N", help="most inputs tracked at once (default 1024)")
-    parser.add_argument("--heartbeat", type=Path, metavar="FILE", help="heartbeat JSON file (default OUTBOX/heartbeat.json)")
+    parser.add_argument(
+        "--quiet-seconds", type=float, metavar="S", help="size/mtime must hold still this long (default 2.0)"
+    )
+    parser.add_argument(
+        "--poll-interval", type=float, metavar="S", help="seconds between checks without events (default 1.0)"
+    )
+    parser.add_argument(
+        "--rescan-seconds",
+        type=float,
+        metavar="S",
+        help="full inbox rescan interval with inotify (default 5)",
+    )
+    parser.add_argument(
+        "--max-pending", type=int, metavar="N", help="most inputs tracked at once (default 1024)"
+    )
+    parser.add_argument(
+        "--heartbeat", type=Path, metavar="FILE", help="heartbeat JSON file (default OUTBOX/heartbeat.json)"
+    )
     parser.add_argument("--heartbeat-seconds", type=float, metavar="S", help="heartbeat interval (default 5)")
     parser.add_argument(
-        "--no-watchdog", dest="watchdog", action="store_const", const=False, help="poll instead of using inotify"
+        "--no-watchdog",
+        dest="watchdog",
+        action="store_const",
+        const=False,
+        help="poll instead of using inotify",
     )
-    parser.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads (default: its own choice)")
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads (default: its own choice)"
+    )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved settings as JSON and exit"
+    )
     return parser
 
 
@@ -663,8 +712,21 @@ def config_from_args(args: argparse.Namespace) -> WatchConfig:
     flags = {
         name: getattr(args, name)
         for name in (
-            "bundle", "inbox", "outbox", "backend", "precision", "batch", "quiet_seconds", "poll_interval",
-            "rescan_seconds", "max_pending", "heartbeat", "heartbeat_seconds", "watchdog", "threads", "log_level",
+            "bundle",
+            "inbox",
+            "outbox",
+            "backend",
+            "precision",
+            "batch",
+            "quiet_seconds",
+            "poll_interval",
+            "rescan_seconds",
+            "max_pending",
+            "heartbeat",
+            "heartbeat_seconds",
+            "watchdog",
+            "threads",
+            "log_level",
         )
     }
     return resolve_config(file_values, flags)

@@ -203,7 +203,9 @@ def resolve_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> 
     """Defaults < config file < flags. ``flag_values`` holds only flags actually given."""
     merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
     missing = [
-        f.name for f in fields(WatchConfig) if f.default is MISSING and f.default_factory is MISSING and f.name not in merged
+        f.name
+        for f in fields(WatchConfig)
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in merged
     ]
     if missing:
         raise WatchConfigError(
@@ -213,4 +215,3 @@ def resolve_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> 
         return WatchConfig(**merged)
     except TypeError as exc:
         raise WatchConfigError(str(exc)) from exc
-

@@ -128,7 +128,9 @@ class _Steps:
             name=name,
             ok=ok,
             seconds=seconds,
-            files=[p.relative_to(self.root).as_posix() if p.is_relative_to(self.root) else str(p) for p in files],
+            files=[
+                p.relative_to(self.root).as_posix() if p.is_relative_to(self.root) else str(p) for p in files
+            ],
             bytes=sum(p.stat().st_size for p in files),
             detail=detail,
         )
@@ -174,7 +176,9 @@ def check_output(output: Path, run: RunFolder, overwrite: bool) -> None:
         raise OutputExistsError(f"{output}: exists and is not a folder; choose another -o")
     if output.is_dir() and any(output.iterdir()):
         if not overwrite:
-            raise OutputExistsError(f"{output}: folder is not empty; pass --overwrite to replace the bundle there")
+            raise OutputExistsError(
+                f"{output}: folder is not empty; pass --overwrite to replace the bundle there"
+            )
         if not (output / MANIFEST_FILE).is_file():
             raise OutputExistsError(
                 f"{output}: not empty and not a bundle (no {MANIFEST_FILE}); refusing to delete it even with "
@@ -228,15 +232,23 @@ def _build(run: RunFolder, root: Path, config: BundleConfig, steps: _Steps) -> d
     with steps.step("inputs") as record:
         test_all = run.split_images("test", config.data_root)
         if not test_all:
-            raise RunFolderError(f"{run.split_path}: the test list is empty; export measures every precision on it")
+            raise RunFolderError(
+                f"{run.split_path}: the test list is empty; export measures every precision on it"
+            )
         train = run.split_images("train", config.data_root) if "int8" in config.precisions else []
         evaluated = (
-            balanced_sample(test_all, info.labels, config.eval_limit, seed=0) if config.eval_limit else test_all
+            balanced_sample(test_all, info.labels, config.eval_limit, seed=0)
+            if config.eval_limit
+            else test_all
         )
         test_batch = load_images(evaluated, contract)
         y_true = label_indices(evaluated, info.labels)
-        parity_idx = _subset(evaluated, balanced_sample(evaluated, info.labels, config.onnx.parity_images, seed=0))
-        golden_idx = _subset(evaluated, balanced_sample(evaluated, info.labels, config.golden.size, config.golden.seed))
+        parity_idx = _subset(
+            evaluated, balanced_sample(evaluated, info.labels, config.onnx.parity_images, seed=0)
+        )
+        golden_idx = _subset(
+            evaluated, balanced_sample(evaluated, info.labels, config.golden.size, config.golden.seed)
+        )
         record.detail = (
             f"{len(evaluated)} test images preprocessed to {contract.height}x{contract.width} {contract.color}, "
             f"{len(train)} training images listed"
@@ -246,7 +258,9 @@ def _build(run: RunFolder, root: Path, config: BundleConfig, steps: _Steps) -> d
 
     with steps.step("onnx") as record:
         record.files.append(paths["fp32"])
-        exported = export_onnx(run.h5_path, contract, info, paths["fp32"], parity_batch, parity_source, config.onnx)
+        exported = export_onnx(
+            run.h5_path, contract, info, paths["fp32"], parity_batch, parity_source, config.onnx
+        )
         report["onnx"] = exported.to_dict()
         record.detail = f"opset {exported.opset}, {exported.parity.describe()}"
     fp32_parity = onnx_outputs(paths["fp32"], parity_batch)
@@ -257,13 +271,21 @@ def _build(run: RunFolder, root: Path, config: BundleConfig, steps: _Steps) -> d
             record.files.extend(save_calibration(calibration, root / CALIBRATION_DIR))
             report["calibration"] = {k: v for k, v in calibration.meta.items() if k != "files"}
             counts = ", ".join(f"{k} {v}" for k, v in calibration.meta["class_counts"].items())
-            record.detail = f"{calibration.n} training images ({counts}), sha256 {calibration.file_list_sha256[:12]}"
+            record.detail = (
+                f"{calibration.n} training images ({counts}), sha256 {calibration.file_list_sha256[:12]}"
+            )
 
     if "fp16" in config.precisions:
         with steps.step("fp16") as record:
             record.files.append(fp16_from_onnx(paths["fp32"], paths["fp16"]))
-            result = _compare(fp32_parity, onnx_outputs(paths["fp16"], parity_batch, precision="fp16"), "fp16", info)
-            report["fp16"] = {"file": paths["fp16"].name, "parity": result.to_dict(), "bound": config.fp16.max_abs_diff}
+            result = _compare(
+                fp32_parity, onnx_outputs(paths["fp16"], parity_batch, precision="fp16"), "fp16", info
+            )
+            report["fp16"] = {
+                "file": paths["fp16"].name,
+                "parity": result.to_dict(),
+                "bound": config.fp16.max_abs_diff,
+            }
             record.detail = result.describe()
             if result.max_abs_diff > config.fp16.max_abs_diff:
                 raise ParityError(
@@ -275,9 +297,16 @@ def _build(run: RunFolder, root: Path, config: BundleConfig, steps: _Steps) -> d
         with steps.step("int8") as record:
             settings = int8_qdq_within_target(paths["fp32"], paths["int8"], calibration.images, config.quant)
             record.files.append(paths["int8"])
-            result = _compare(fp32_parity, onnx_outputs(paths["int8"], parity_batch, precision="int8"), "int8", info)
+            result = _compare(
+                fp32_parity, onnx_outputs(paths["int8"], parity_batch, precision="int8"), "int8", info
+            )
             summary = qdq_summary(paths["int8"])
-            report["int8"] = {"file": paths["int8"].name, "quantization": settings, "qdq": summary, "parity": result.to_dict()}
+            report["int8"] = {
+                "file": paths["int8"].name,
+                "quantization": settings,
+                "qdq": summary,
+                "parity": result.to_dict(),
+            }
             record.detail = f"{summary['quantize_linear']} Q / {summary['dequantize_linear']} DQ nodes, {result.describe()}"
             mixed = settings["mixed_precision"]
             if mixed:
@@ -303,7 +332,8 @@ def _build(run: RunFolder, root: Path, config: BundleConfig, steps: _Steps) -> d
         accuracy["max_int8_sensitivity_drop_points"] = config.quant.max_sensitivity_drop
         report["accuracy"] = accuracy
         record.detail = "  ".join(
-            f"{p} acc {results[p]['accuracy']:.3f} sens {results[p]['sensitivity']:.3f}" for p in config.precisions
+            f"{p} acc {results[p]['accuracy']:.3f} sens {results[p]['sensitivity']:.3f}"
+            for p in config.precisions
         )
         if "int8" in config.precisions:
             accuracy["int8_gate_passed"] = False
@@ -329,10 +359,21 @@ def _build(run: RunFolder, root: Path, config: BundleConfig, steps: _Steps) -> d
         }
         record.files.extend(
             write_golden(
-                root / GOLDEN_DIR, test_batch[golden_idx], chosen, info, contract, fp32_golden, tolerance, ort_reference
+                root / GOLDEN_DIR,
+                test_batch[golden_idx],
+                chosen,
+                info,
+                contract,
+                fp32_golden,
+                tolerance,
+                ort_reference,
             )
         )
-        meta = {"fp32_outputs": fp32_golden.tolist(), "tolerance": tolerance, "decision_threshold": info.threshold}
+        meta = {
+            "fp32_outputs": fp32_golden.tolist(),
+            "tolerance": tolerance,
+            "decision_threshold": info.threshold,
+        }
         self_check = {p: golden_check(outputs[p][golden_idx], meta, p, info) for p in config.precisions}
         report["golden"] = {
             "n": len(chosen),
@@ -340,7 +381,9 @@ def _build(run: RunFolder, root: Path, config: BundleConfig, steps: _Steps) -> d
             "tolerance": tolerance,
             "onnxruntime_self_check": self_check,
         }
-        record.detail = f"{len(chosen)} test images, tolerances " + ", ".join(f"{k} {v:g}" for k, v in tolerance.items())
+        record.detail = f"{len(chosen)} test images, tolerances " + ", ".join(
+            f"{k} {v:g}" for k, v in tolerance.items()
+        )
 
     with steps.step("records") as record:
         record.files.append(contract.save(root))
@@ -378,7 +421,11 @@ def _subset(pool: list[LabelledImage], chosen: list[LabelledImage]) -> np.ndarra
 
 
 def _compare(
-    reference: np.ndarray, candidate: np.ndarray, precision: str, info: Any, images: str = "test split, class-balanced"
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    precision: str,
+    info: Any,
+    images: str = "test split, class-balanced",
 ) -> ParityResult:
     return compare_outputs(
         reference,

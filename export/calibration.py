@@ -138,11 +138,17 @@ def load_calibration(path: Path, contract: PreprocessContract | None = None) -> 
     except (OSError, ValueError) as exc:
         raise CalibrationError(f"{folder}: unreadable calibration set ({exc}); rebuild it") from exc
     if meta.get("images_sha256") != sha256_bytes(data):
-        raise CalibrationError(f"{images_path}: sha256 does not match {meta_path}; the set was modified, rebuild it")
+        raise CalibrationError(
+            f"{images_path}: sha256 does not match {meta_path}; the set was modified, rebuild it"
+        )
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) != meta.get("n"):
-        raise CalibrationError(f"{images_path}: expected {meta.get('n')} uint8 NHWC images, got {images.dtype} {images.shape}")
+        raise CalibrationError(
+            f"{images_path}: expected {meta.get('n')} uint8 NHWC images, got {images.dtype} {images.shape}"
+        )
     if meta.get("split") != "train":
-        raise CalibrationError(f"{meta_path}: drawn from split {meta.get('split')!r}; calibration must use 'train'")
+        raise CalibrationError(
+            f"{meta_path}: drawn from split {meta.get('split')!r}; calibration must use 'train'"
+        )
     if contract is not None and meta.get("contract") != contract.to_dict():
         raise CalibrationError(
             f"{meta_path}: made with another preprocessing contract than this model's; rebuild it for this model"

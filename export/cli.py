@@ -69,11 +69,17 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "example:\n  pneumo export onnx runs/demo -o model.onnx --opset 17",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    onnx.add_argument("source", type=Path, metavar="RUN_OR_H5", help="run folder, or a .h5 with contract.json beside it")
+    onnx.add_argument(
+        "source", type=Path, metavar="RUN_OR_H5", help="run folder, or a .h5 with contract.json beside it"
+    )
     onnx.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
     _onnx_flags(onnx)
-    onnx.add_argument("--data", type=Path, help="data root (where split.json's images now are, or ROOT/test/CLASS/)")
-    onnx.add_argument("--report", type=Path, help="export report path (default: export_report.json beside -o)")
+    onnx.add_argument(
+        "--data", type=Path, help="data root (where split.json's images now are, or ROOT/test/CLASS/)"
+    )
+    onnx.add_argument(
+        "--report", type=Path, help="export report path (default: export_report.json beside -o)"
+    )
     onnx.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     onnx.set_defaults(handler=_cmd_onnx)
 
@@ -107,10 +113,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     _onnx_flags(bundle)
     _calib_flags(bundle)
-    bundle.add_argument("--golden", type=int, default=GoldenConfig.size, help="golden test images (default 32)")
+    bundle.add_argument(
+        "--golden", type=int, default=GoldenConfig.size, help="golden test images (default 32)"
+    )
     bundle.add_argument("--data", type=Path, help="data root, when the data set moved since training")
     bundle.add_argument("--eval-limit", type=int, help="test images for the accuracy table (default: all)")
-    bundle.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (default 1000)")
+    bundle.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (default 1000)"
+    )
     bundle.add_argument(
         "--max-int8-drop",
         type=float,
@@ -118,20 +128,30 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="fail when INT8 sensitivity is this many points below FP32 (default 2)",
     )
     bundle.add_argument(
-        "--calib-method", choices=("entropy", "minmax", "percentile"), default=QuantConfig.calibrate_method,
+        "--calib-method",
+        choices=("entropy", "minmax", "percentile"),
+        default=QuantConfig.calibrate_method,
         help="INT8 activation range method (default percentile)",
     )
     bundle.add_argument(
-        "--quantize-first-layer", action="store_true", help="INT8 for the first conv too (default: kept in float)"
+        "--quantize-first-layer",
+        action="store_true",
+        help="INT8 for the first conv too (default: kept in float)",
     )
     bundle.add_argument("--keep-head", action="store_true", help="keep the final classifier layer in float")
     bundle.add_argument(
-        "--int8-target", type=_target, default=QuantConfig.target_max_diff, metavar="DIFF|off",
+        "--int8-target",
+        type=_target,
+        default=QuantConfig.target_max_diff,
+        metavar="DIFF|off",
         help="mixed precision: if INT8 outputs differ from FP32 by more than DIFF on the calibration images, "
         "keep the most sensitive layers in float until within it (default %(default)s; off: never)",
     )
     bundle.add_argument(
-        "--int8-max-float-layers", type=int, default=QuantConfig.max_float_layers, metavar="N",
+        "--int8-max-float-layers",
+        type=int,
+        default=QuantConfig.max_float_layers,
+        metavar="N",
         help="at most N layers kept in float by that search (default %(default)s)",
     )
     bundle.add_argument("--tar", action="store_true", help="also write BUNDLE.tar.gz beside the folder")
@@ -148,14 +168,18 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "-o model.engine",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    engine.add_argument("onnx", type=Path, metavar="MODEL_ONNX", help="model.onnx (FP16 / Q/DQ siblings are used)")
+    engine.add_argument(
+        "onnx", type=Path, metavar="MODEL_ONNX", help="model.onnx (FP16 / Q/DQ siblings are used)"
+    )
     engine.add_argument("-o", "--output", type=Path, required=True, help="engine file to write")
     engine.add_argument("--precision", choices=(*PRECISIONS, "best"), default="fp16")
     source = engine.add_mutually_exclusive_group()
     source.add_argument("--calib", type=Path, help="calibration folder (calib.npy) for INT8")
     source.add_argument("--calib-cache", type=Path, help="TensorRT calibration cache to reuse for INT8")
     engine.add_argument("--int8-source", choices=("auto", "calibrator", "qdq"), default="auto")
-    engine.add_argument("--batch", default="1,8,32", help="batch sizes of the optimization profile (default 1,8,32)")
+    engine.add_argument(
+        "--batch", default="1,8,32", help="batch sizes of the optimization profile (default 1,8,32)"
+    )
     engine.add_argument("--workspace", type=int, default=1024, help="builder workspace in MiB (default 1024)")
     engine.add_argument("--dla", type=int, help="DLA core, with GPU fallback (AGX Orin, Orin NX)")
     engine.add_argument("--timing-cache", type=Path, help="timing cache file, read and updated")
@@ -167,16 +191,25 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 def _onnx_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, default=OnnxConfig.opset, help="ONNX opset (default 17)")
-    parser.add_argument("--parity-images", type=int, default=OnnxConfig.parity_images, help="test images for parity")
-    parser.add_argument("--no-simplify", action="store_true", help="skip onnxslim even where it changes nothing")
+    parser.add_argument(
+        "--parity-images", type=int, default=OnnxConfig.parity_images, help="test images for parity"
+    )
+    parser.add_argument(
+        "--no-simplify", action="store_true", help="skip onnxslim even where it changes nothing"
+    )
 
 
 def _calib_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--calib-size", type=int, default=DEFAULT_CALIBRATION_IMAGES, help="calibration images (default 512, min 100)"
+        "--calib-size",
+        type=int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        help="calibration images (default 512, min 100)",
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--force", action="store_true", help="allow fewer than 100 calibration images (tests only)")
+    parser.add_argument(
+        "--force", action="store_true", help="allow fewer than 100 calibration images (tests only)"
+    )
 
 
 def _onnx_config(args: argparse.Namespace) -> OnnxConfig:
@@ -204,7 +237,9 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     images, source = parity_images_for(run, config.parity_images, args.data)
     _log(f"parity images: {len(images)} from {source}")
-    exported = export_onnx(run.h5_path, run.contract, run.info, output, load_images(images, run.contract), source, config)
+    exported = export_onnx(
+        run.h5_path, run.contract, run.info, output, load_images(images, run.contract), source, config
+    )
     report = new_report(
         run.info,
         source={"h5": str(run.h5_path), "h5_sha256": sha256_file(run.h5_path)},
@@ -237,11 +272,15 @@ def _cmd_calib(args: argparse.Namespace) -> int:
     run = RunFolder.resolve(args.source)
     output: Path = args.output
     if (output / META_FILE).exists() and not args.overwrite:
-        raise OutputExistsError(f"{output / META_FILE}: exists; pass --overwrite to replace the calibration set")
+        raise OutputExistsError(
+            f"{output / META_FILE}: exists; pass --overwrite to replace the calibration set"
+        )
     calibration = build_calibration_set(run.split_images("train", args.data), run.contract, run.info, config)
     images_path, meta_path = save_calibration(calibration, output)
     counts = ", ".join(f"{k} {v}" for k, v in calibration.meta["class_counts"].items())
-    _log(f"calib: ok, {calibration.n} training images ({counts}) -> {images_path} ({_mb(images_path)}), {meta_path}")
+    _log(
+        f"calib: ok, {calibration.n} training images ({counts}) -> {images_path} ({_mb(images_path)}), {meta_path}"
+    )
     if calibration.n < config.size:
         _log(f"calib: the training split had only {calibration.n} of the {config.size} images asked for")
     _log(f"calib: file list sha256 {calibration.file_list_sha256}")
@@ -349,7 +388,9 @@ def _cmd_engine(args: argparse.Namespace) -> int:
     if precision == "best":
         has_int8 = sources.int8_qdq is not None or args.calib is not None or args.calib_cache is not None
         precision = "int8" if has_int8 else "fp16"
-        _log(f"engine: --precision best -> {precision} ({'INT8 data given' if has_int8 else 'no INT8 calibration'})")
+        _log(
+            f"engine: --precision best -> {precision} ({'INT8 data given' if has_int8 else 'no INT8 calibration'})"
+        )
     config = EngineBuildConfig(
         precision=precision,
         batch_sizes=args.batch,
@@ -368,7 +409,9 @@ def _cmd_engine(args: argparse.Namespace) -> int:
         # TensorRT's calibration cache records is the same as calib.json's images_sha256.
         checked = load_calibration(args.calib)
         calibration = CalibrationData(checked.images, str(checked.meta["images_sha256"]), str(args.calib))
-    rebuild = " ".join(["pneumo export engine", str(args.onnx), "--precision", precision, "-o", str(args.output)])
+    rebuild = " ".join(
+        ["pneumo export engine", str(args.onnx), "--precision", precision, "-o", str(args.output)]
+    )
     sidecar = build_engine(sources, args.output, config, calibration=calibration, rebuild_command=rebuild)
     _log(
         f"engine: ok, {args.output} ({_mb(args.output)}), {sidecar.precision} via {sidecar.build_path}, "

@@ -42,9 +42,14 @@ class OnnxConfig:
 
     def __post_init__(self) -> None:
         _check(13 <= self.opset <= 21, f"--opset {self.opset}: tf2onnx 1.17 and TensorRT 10 support 13..21")
-        _check(self.input_name.isidentifier() and self.output_name.isidentifier(), "tensor names must be identifiers")
+        _check(
+            self.input_name.isidentifier() and self.output_name.isidentifier(),
+            "tensor names must be identifiers",
+        )
         _check(0 < self.tolerance <= 1e-2, f"FP32 parity tolerance {self.tolerance} must be in (0, 1e-2]")
-        _check(4 <= self.parity_images <= 4096, f"--parity-images {self.parity_images} must be within 4..4096")
+        _check(
+            4 <= self.parity_images <= 4096, f"--parity-images {self.parity_images} must be within 4..4096"
+        )
 
 
 @dataclass(frozen=True)
@@ -113,8 +118,13 @@ class QuantConfig:
             self.target_max_diff is None or 0 < self.target_max_diff <= 1,
             f"--int8-target {self.target_max_diff} must be in (0, 1] (or 'off')",
         )
-        _check(0 <= self.max_float_layers <= 64, f"--int8-max-float-layers {self.max_float_layers} must be 0..64")
-        _check(8 <= self.sensitivity_images <= 4096, f"sensitivity images {self.sensitivity_images} must be 8..4096")
+        _check(
+            0 <= self.max_float_layers <= 64, f"--int8-max-float-layers {self.max_float_layers} must be 0..64"
+        )
+        _check(
+            8 <= self.sensitivity_images <= 4096,
+            f"sensitivity images {self.sensitivity_images} must be 8..4096",
+        )
         _check(
             0 <= self.max_sensitivity_drop <= 100,
             f"--max-int8-drop {self.max_sensitivity_drop} must be within 0..100 points",
@@ -131,7 +141,10 @@ class GoldenConfig:
 
     def __post_init__(self) -> None:
         _check(2 <= self.size <= 512, f"--golden {self.size} must be within 2..512 images")
-        _check(0 < self.fp32_tolerance <= 1e-2, f"golden FP32 tolerance {self.fp32_tolerance} must be in (0, 1e-2]")
+        _check(
+            0 < self.fp32_tolerance <= 1e-2,
+            f"golden FP32 tolerance {self.fp32_tolerance} must be in (0, 1e-2]",
+        )
 
 
 @dataclass(frozen=True)
@@ -153,8 +166,13 @@ class BundleConfig:
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.precisions) - set(PRECISIONS))
-        _check(not unknown, f"--precisions {','.join(unknown)}: expected a comma list of {','.join(PRECISIONS)}")
-        _check("fp32" in self.precisions, "--precisions must include fp32: model.onnx is the reference of the bundle")
+        _check(
+            not unknown, f"--precisions {','.join(unknown)}: expected a comma list of {','.join(PRECISIONS)}"
+        )
+        _check(
+            "fp32" in self.precisions,
+            "--precisions must include fp32: model.onnx is the reference of the bundle",
+        )
         _check(
             self.eval_limit is None or self.eval_limit >= 20,
             f"--eval-limit {self.eval_limit} must be at least 20 test images",

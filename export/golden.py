@@ -57,7 +57,10 @@ def golden_tolerances(config: GoldenConfig, measured: dict[str, ParityResult]) -
     by more than that precision's ceiling.
     """
     tolerance = {"fp32": config.fp32_tolerance}
-    rules = {"fp16": (FP16_FLOOR, FP16_HEADROOM, FP16_CEILING), "int8": (INT8_FLOOR, INT8_HEADROOM, INT8_CEILING)}
+    rules = {
+        "fp16": (FP16_FLOOR, FP16_HEADROOM, FP16_CEILING),
+        "int8": (INT8_FLOOR, INT8_HEADROOM, INT8_CEILING),
+    }
     for precision, (floor, headroom, ceiling) in rules.items():
         if precision not in measured:
             continue
@@ -132,7 +135,9 @@ def load_golden(folder: Path) -> tuple[np.ndarray, dict[str, Any]]:
     return np.load(io.BytesIO(data), allow_pickle=False), meta
 
 
-def golden_check(outputs: np.ndarray, meta: dict[str, Any], precision: str, info: ModelInfo) -> dict[str, Any]:
+def golden_check(
+    outputs: np.ndarray, meta: dict[str, Any], precision: str, info: ModelInfo
+) -> dict[str, Any]:
     """Apply golden.json's rule to ``outputs`` of one precision (the rule the Jetson self-test applies)."""
     reference = np.asarray(meta["fp32_outputs"], dtype=np.float64)
     outputs = np.asarray(outputs, dtype=np.float64).reshape(reference.shape)

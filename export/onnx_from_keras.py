@@ -202,7 +202,11 @@ def graph_summary(path: Path) -> dict[str, Any]:
     def describe(value: Any) -> dict[str, Any]:
         tensor = value.type.tensor_type
         dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
-        return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": dims}
+        return {
+            "name": value.name,
+            "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+            "shape": dims,
+        }
 
     ops: dict[str, int] = {}
     for node in model.graph.node:
@@ -237,7 +241,9 @@ def export_onnx(
     note = "simplification disabled (--no-simplify)"
     simplified = False
     if config.simplify:
-        proto, simplified, note = simplify_if_identical(proto, output, parity_batch[: min(8, len(parity_batch))])
+        proto, simplified, note = simplify_if_identical(
+            proto, output, parity_batch[: min(8, len(parity_batch))]
+        )
     save_onnx(proto, output)
     reference = keras_outputs(model, parity_batch)
     result = compare_outputs(

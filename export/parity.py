@@ -97,7 +97,9 @@ def require_parity(result: ParityResult, path: Path) -> None:
         )
 
 
-def onnx_outputs(model_path: Path, batch: np.ndarray, batch_size: int = 32, precision: str = "fp32") -> np.ndarray:
+def onnx_outputs(
+    model_path: Path, batch: np.ndarray, batch_size: int = 32, precision: str = "fp32"
+) -> np.ndarray:
     """Run an ONNX file on ONNX Runtime CPU through the edge runtime's own backend."""
     with OnnxRuntimeBackend(model_path, name="ort-cpu", precision=precision) as backend:
         chunks = [backend.infer(batch[i : i + batch_size]) for i in range(0, len(batch), batch_size)]

@@ -114,7 +114,9 @@ def quantization_options(config: QuantConfig) -> dict[str, Any]:
     }
 
 
-def int8_qdq_from_onnx(source: Path, output: Path, calibration: np.ndarray, config: QuantConfig) -> dict[str, Any]:
+def int8_qdq_from_onnx(
+    source: Path, output: Path, calibration: np.ndarray, config: QuantConfig
+) -> dict[str, Any]:
     """Write an INT8 Q/DQ graph of ``source`` calibrated on ``calibration`` (uint8 NHWC, training split).
 
     Returns the quantization settings used. Refuses to run without real
@@ -231,13 +233,16 @@ def qdq_summary(path: Path) -> dict[str, Any]:
         "dequantize_linear": len(dq_nodes),
         "zero_point_dtypes": sorted({z.dtype.name for z in zero_points}),
         "zero_points_all_zero": bool(zero_points) and all(not np.any(z) for z in zero_points),
-        "input_dtype": onnx.helper.tensor_dtype_to_np_dtype(model.graph.input[0].type.tensor_type.elem_type).name,
+        "input_dtype": onnx.helper.tensor_dtype_to_np_dtype(
+            model.graph.input[0].type.tensor_type.elem_type
+        ).name,
         "input_consumers": consumers,
         "quantized_ops": sorted(
             {
                 n.op_type
                 for n in model.graph.node
-                if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and dequantized.intersection(n.input)
+                if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+                and dequantized.intersection(n.input)
             }
         ),
     }

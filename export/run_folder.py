@@ -54,7 +54,9 @@ class RunFolder:
         """Accept a run folder or a ``.h5`` file with contract.json and model_info.json beside it."""
         source = Path(run_or_h5)
         if not source.exists():
-            raise RunFolderError(f"{source}: not found; pass the run folder 'pneumo train --out' wrote, or its model.h5")
+            raise RunFolderError(
+                f"{source}: not found; pass the run folder 'pneumo train --out' wrote, or its model.h5"
+            )
         if source.is_dir():
             folder, h5_path = source, source / MODEL_FILE
         elif source.suffix.lower() in (".h5", ".hdf5"):
@@ -99,7 +101,9 @@ class RunFolder:
         return read_split(self.split_path, split, self.info.labels, data_root)
 
 
-def read_split(path: Path, split: str, labels: tuple[str, ...], data_root: Path | None = None) -> list[LabelledImage]:
+def read_split(
+    path: Path, split: str, labels: tuple[str, ...], data_root: Path | None = None
+) -> list[LabelledImage]:
     """The entries of ``split`` in a split.json, with paths resolved and every file checked to exist."""
     if split not in SPLITS:
         raise ExportError(f"unknown split {split!r}: expected one of {SPLITS}")
@@ -114,11 +118,17 @@ def read_split(path: Path, split: str, labels: tuple[str, ...], data_root: Path 
     for entry in data[split]:
         image = _entry(entry, split, split_root, data_root, path)
         if image.label not in labels:
-            raise RunFolderError(f"{path}: {image.path} has label {image.label!r}, not one of the model's {labels}")
+            raise RunFolderError(
+                f"{path}: {image.path} has label {image.label!r}, not one of the model's {labels}"
+            )
         images.append(image)
     missing = [image.path for image in images if not image.path.is_file()]
     if missing:
-        hint = "pass --data ROOT where the data set now lives" if data_root is None else f"check --data {data_root}"
+        hint = (
+            "pass --data ROOT where the data set now lives"
+            if data_root is None
+            else f"check --data {data_root}"
+        )
         raise RunFolderError(
             f"{missing[0]}: listed in {path} ({split}) but not found ({len(missing)} of {len(images)} missing); {hint}"
         )
@@ -166,7 +176,9 @@ def folder_images(root: Path, labels: tuple[str, ...], split: str) -> list[Label
     return images
 
 
-def balanced_sample(images: list[LabelledImage], labels: tuple[str, ...], n: int, seed: int) -> list[LabelledImage]:
+def balanced_sample(
+    images: list[LabelledImage], labels: tuple[str, ...], n: int, seed: int
+) -> list[LabelledImage]:
     """Up to ``n`` images, as equal per class as the classes allow; deterministic for a seed.
 
     Images are sorted by path before shuffling, so the sample does not depend on
@@ -198,7 +210,9 @@ def load_images(images: list[LabelledImage], contract: PreprocessContract) -> np
         try:
             batch[i] = preprocess_file(image.path, contract)
         except ImageDecodeError as exc:
-            raise ExportError(f"{exc}; remove it from the data set or re-run 'pneumo train' to rebuild split.json") from exc
+            raise ExportError(
+                f"{exc}; remove it from the data set or re-run 'pneumo train' to rebuild split.json"
+            ) from exc
     return batch
 
 
@@ -206,7 +220,9 @@ def label_indices(images: list[LabelledImage], labels: tuple[str, ...]) -> np.nd
     return np.array([labels.index(image.label) for image in images], dtype=np.int64)
 
 
-def parity_images_for(run: RunFolder, n: int, data_root: Path | None, seed: int = 0) -> tuple[list[LabelledImage], str]:
+def parity_images_for(
+    run: RunFolder, n: int, data_root: Path | None, seed: int = 0
+) -> tuple[list[LabelledImage], str]:
     """Real images for a parity check: the run's test split (else val), or a ``--data`` folder's test images."""
     if run.has_split:
         for split in ("test", "val"):

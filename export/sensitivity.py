@@ -72,7 +72,11 @@ def quantizable_layers(source: Path, config: QuantConfig) -> list[tuple[str, str
     with prepared_model(source) as prepared:
         model = onnx.load(str(prepared))
     excluded = set(excluded_nodes(model, config))
-    return [(n.name, n.op_type) for n in model.graph.node if n.op_type in config.op_types and n.name not in excluded]
+    return [
+        (n.name, n.op_type)
+        for n in model.graph.node
+        if n.op_type in config.op_types and n.name not in excluded
+    ]
 
 
 def layer_sensitivity(

@@ -30,12 +30,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         # would be taken for the marker.
         marks = {mark.name for mark in item.iter_markers()}
         if "tf" in marks and not has_module("tensorflow"):
-            item.add_marker(pytest.mark.skip(reason="TensorFlow not installed (pip install 'pneumo-edge[train]')"))
+            item.add_marker(
+                pytest.mark.skip(reason="TensorFlow not installed (pip install 'pneumo-edge[train]')")
+            )
         if "trt" in marks and not has_module("tensorrt"):
             if require_trt:
-                item.add_marker(pytest.mark.xfail(reason="make test-trt: TensorRT is not installed", run=False))
+                item.add_marker(
+                    pytest.mark.xfail(reason="make test-trt: TensorRT is not installed", run=False)
+                )
             else:
-                item.add_marker(pytest.mark.skip(reason="TensorRT not installed (runs under make test-trt on a Jetson)"))
+                item.add_marker(
+                    pytest.mark.skip(reason="TensorRT not installed (runs under make test-trt on a Jetson)")
+                )
         if "data" in marks and not (REAL_DATA / "test").is_dir():
             item.add_marker(pytest.mark.skip(reason=f"real data set not found at {REAL_DATA}"))
 

@@ -103,7 +103,9 @@ def load_arrays(
     try:
         store.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataError(f"{store}: cannot create the decode cache ({exc}); set ${CACHE_ENV} to a writable folder") from exc
+        raise DataError(
+            f"{store}: cannot create the decode cache ({exc}); set ${CACHE_ENV} to a writable folder"
+        ) from exc
 
     skipped: list[tuple[str, str]] = []
     digests: list[str | None] = []
@@ -147,7 +149,9 @@ def load_arrays(
         x[positions] = data[np.array([r for _, r in pairs], dtype=np.int64)]
     y = np.array([index_of[s.label] for s in kept], dtype=np.int64)
     if skipped:
-        log.warning("%d of %d files skipped (could not be decoded); nothing was deleted", len(skipped), len(samples))
+        log.warning(
+            "%d of %d files skipped (could not be decoded); nothing was deleted", len(skipped), len(samples)
+        )
     return ArraySet(
         x=x,
         y=y,
@@ -184,7 +188,13 @@ def _decode_into_store(
 ) -> int:
     """Decode ``todo`` (digest -> a path with that content) into new shards; return files decoded."""
     items = sorted(todo.items(), key=lambda item: str(item[1]))
-    bar = tqdm(total=len(items), desc=f"decoding into {store.name}", unit="img", disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        total=len(items),
+        desc=f"decoding into {store.name}",
+        unit="img",
+        disable=not progress,
+        file=sys.stderr,
+    )
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, bar:
         for start in range(0, len(items), SHARD_ROWS):
@@ -229,7 +239,12 @@ def _locked(store: Path) -> Iterator[None]:
 
 def _read_index(store: Path, contract: PreprocessContract) -> dict[str, Any]:
     """The store's index, with entries whose shard file is gone dropped (they get decoded again)."""
-    empty: dict[str, Any] = {"schema": CACHE_SCHEMA, "contract": contract.to_dict(), "entries": {}, "failed": {}}
+    empty: dict[str, Any] = {
+        "schema": CACHE_SCHEMA,
+        "contract": contract.to_dict(),
+        "entries": {},
+        "failed": {},
+    }
     path = store / INDEX_FILE
     if not path.is_file():
         if not (store / "contract.json").exists():

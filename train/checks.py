@@ -157,7 +157,9 @@ def check_folder(root: str | Path, workers: int = 2, progress: bool = True) -> C
     """Inspect every file under ``root``; raises DataError only when ``root`` is not a folder."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataError(f"{root}: not a folder; pass a data folder (ROOT/{{train,val,test}}/{{CLASS}}/ or ROOT/{{CLASS}}/)")
+        raise DataError(
+            f"{root}: not a folder; pass a data folder (ROOT/{{train,val,test}}/{{CLASS}}/ or ROOT/{{CLASS}}/)"
+        )
     root = root.resolve()
     layout_error = ""
     layout: Layout | None = None
@@ -298,7 +300,9 @@ def _read_header(data: bytes, check: FileCheck) -> None:
         check.bit_depth = 8 if bits >= 8 else bits
         check.color = {8: "palette", 24: "rgb", 32: "rgba"}.get(bits, f"bmp-{bits}bit")
     elif header.format == "tiff":
-        raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        raw = cv2.imdecode(
+            np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
+        )
         if raw is not None:
             check.bit_depth = 16 if raw.dtype == np.uint16 else 8
             channels = 1 if raw.ndim == 2 else raw.shape[2]
@@ -370,7 +374,9 @@ def _counts(files: list[FileCheck]) -> tuple[dict[str, dict[str, dict[str, int]]
             overlap[f"{first}-{second}"] = {
                 "patients": len(shared),
                 f"{second}_images": sum(
-                    1 for f in files if f.readable and (f.split or "flat") == second and f.patient_id in shared
+                    1
+                    for f in files
+                    if f.readable and (f.split or "flat") == second and f.patient_id in shared
                 ),
             }
     return counts, overlap
@@ -387,7 +393,9 @@ def geometry_table(files: Sequence[FileCheck]) -> list[dict[str, Any]]:
         if check.readable and check.width and check.height:
             groups[(check.split or "flat", check.source)].append(check)
     rows = []
-    for (split, source), members in sorted(groups.items(), key=lambda item: (_split_order(item[0][0]), item[0][1])):
+    for (split, source), members in sorted(
+        groups.items(), key=lambda item: (_split_order(item[0][0]), item[0][1])
+    ):
         widths = [m.width or 0 for m in members]
         heights = [m.height or 0 for m in members]
         aspects = [(m.width or 0) / (m.height or 1) for m in members]
@@ -442,7 +450,8 @@ def format_report(report: CheckReport, max_examples: int = 5) -> str:
             lines.append(f"{split:<6} {label:<12} {count['images']:>7} {count['patients']:>9}")
     if report.patient_overlap:
         shared = [
-            f"{pair}: {v['patients']} patients" + "".join(f" ({n} {k.replace('_', ' ')})" for k, n in v.items() if k != "patients")
+            f"{pair}: {v['patients']} patients"
+            + "".join(f" ({n} {k.replace('_', ' ')})" for k, n in v.items() if k != "patients")
             for pair, v in report.patient_overlap.items()
         ]
         lines.append("patient ids shared between splits: " + "; ".join(shared))

@@ -21,7 +21,17 @@ from train.errors import TrainError
 CONFIG_FILE = "config.json"
 
 OPTIMIZERS = ("adagrad", "adam", "adamw", "adamax", "rmsprop", "sgd", "adadelta")
-AUGMENTATIONS = ("none", "flip", "light", "xray", "xray-balanced", "xray-aspect", "xray-shape", "seed001", "seed004")
+AUGMENTATIONS = (
+    "none",
+    "flip",
+    "light",
+    "xray",
+    "xray-balanced",
+    "xray-aspect",
+    "xray-shape",
+    "seed001",
+    "seed004",
+)
 LOSSES = ("crossentropy", "focal")
 LR_SCHEDULES = ("constant", "cosine")
 # Where the threshold rule looks: the validation outputs, or those pooled with the shape probe's variants.

@@ -326,7 +326,9 @@ def describe_layout(root: str | Path) -> Layout:
         ignored = tuple(d.name for d in subdirs if d.name not in OFFICIAL_SPLITS)
         classes = sorted({c.name for d in split_dirs for c in _visible_dirs(d)})
         if not classes:
-            raise DataError(f"{root}: split folders {[d.name for d in split_dirs]} hold no class folders; {hint}")
+            raise DataError(
+                f"{root}: split folders {[d.name for d in split_dirs]} hold no class folders; {hint}"
+            )
         splits = tuple(s for s in OFFICIAL_SPLITS if (root / s).is_dir())
         for split in splits:
             for label in classes:
@@ -534,7 +536,9 @@ def _originals_only(samples: list[Sample], notes: list[str], what: str) -> list[
     return kept
 
 
-def _carve_by_patient(samples: Sequence[Sample], fraction: float, seed: str) -> tuple[list[Sample], list[Sample]]:
+def _carve_by_patient(
+    samples: Sequence[Sample], fraction: float, seed: str
+) -> tuple[list[Sample], list[Sample]]:
     """Split off about ``fraction`` of each class's images, whole patients at a time.
 
     Patients are stratified by their most frequent label and taken in a seeded
@@ -596,4 +600,3 @@ def _cap(samples: list[Sample], cap: int, seed: str) -> list[Sample]:
         items = by_label[label]
         kept += rng.sample(items, cap) if len(items) > cap else items
     return kept
-

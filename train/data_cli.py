@@ -52,7 +52,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     check.add_argument("root", type=Path, help="data folder: ROOT/{train,val,test}/{CLASS}/ or ROOT/{CLASS}/")
     check.add_argument("-o", "--output", type=Path, help="write the full JSON report (every file) here")
-    check.add_argument("--json", action="store_true", help="print the JSON report (without the per-file list) on stdout")
+    check.add_argument(
+        "--json", action="store_true", help="print the JSON report (without the per-file list) on stdout"
+    )
     check.add_argument("--workers", type=_positive_int, default=2, help="decoding threads (default 2)")
     check.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     check.set_defaults(func=_check)
@@ -70,7 +72,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     split.add_argument("--split-mode", choices=("patient", "random"), default="patient")
     split.add_argument("--val-fraction", type=float, default=0.1)
     split.add_argument("--sources", choices=("all", "original"), default="all")
-    split.add_argument("--undersample", action="store_true", help="undersample the majority class(es) in train")
+    split.add_argument(
+        "--undersample", action="store_true", help="undersample the majority class(es) in train"
+    )
     split.add_argument(
         "--exclude-test-patients", action="store_true", help="drop train images of patients that are in test"
     )
@@ -94,7 +98,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     synth.add_argument("out", type=Path, help="new or empty output folder")
-    synth.add_argument("--per-class", type=_positive_int, default=160, help="images per class, all splits (default 160)")
+    synth.add_argument(
+        "--per-class", type=_positive_int, default=160, help="images per class, all splits (default 160)"
+    )
     synth.add_argument("--size", type=_positive_int, default=256, help="image height in pixels (default 256)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--layout", choices=("split", "flat"), default="split")
@@ -175,7 +181,11 @@ def _split(args: argparse.Namespace) -> int:
 
 def _format_split(summary: dict[str, Any]) -> str:
     labels = summary["labels"]
-    head = f"{'split':<6} " + " ".join(f"{label:>10}" for label in labels) + f" {'images':>7} {'patients':>9}  sources"
+    head = (
+        f"{'split':<6} "
+        + " ".join(f"{label:>10}" for label in labels)
+        + f" {'images':>7} {'patients':>9}  sources"
+    )
     lines = [f"{summary['split_mode']} split of {summary['root']} ({summary['label_mode']} labels)", "", head]
     for name, part in summary["splits"].items():
         per_class = " ".join(f"{part['per_class'][label]:>10}" for label in labels)

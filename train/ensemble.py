@@ -454,8 +454,16 @@ def summary(result: dict[str, Any]) -> str:
     lines = [f"ensemble {metrics['model_version']} -> {result['out']}{synthetic}", header]
     val, test = metrics["validation"], metrics.get("test") or {}
     rows = [(Path(row["folder"]).name, row) for row in metrics["members"]]
-    rows.append(("ensemble", {"val_roc_auc": val.get("roc_auc"), "test_roc_auc": test.get("roc_auc"),
-                              "test_accuracy": test.get("accuracy")}))
+    rows.append(
+        (
+            "ensemble",
+            {
+                "val_roc_auc": val.get("roc_auc"),
+                "test_roc_auc": test.get("roc_auc"),
+                "test_accuracy": test.get("accuracy"),
+            },
+        )
+    )
     for name, row in rows:
         tail = "" if blind else f" {_fmt(row.get('test_roc_auc')):>9} {_fmt(row.get('test_accuracy')):>9}"
         lines.append(f"{name:<40} {_fmt(row.get('val_roc_auc')):>8}{tail}")

@@ -77,7 +77,8 @@ def choose(candidates: list[Candidate], criterion: str, tie: float = DEFAULT_TIE
         "winner": winner.run,
         "tied_with_best": [c.run for c in ties],
         "candidates": [
-            {**asdict(c), "score": c.score(criterion), "tied": c in ties, "chosen": c is winner} for c in ranked
+            {**asdict(c), "score": c.score(criterion), "tied": c in ties, "chosen": c is winner}
+            for c in ranked
         ],
         "note": "chosen on validation only; the test split was not read",
     }

@@ -420,7 +420,11 @@ def write_results(
 
 def blinded_row(row: dict[str, Any]) -> dict[str, Any]:
     """``row`` without its test figures (every metric column, its interval and its value at 0.5)."""
-    hidden = {name for metric in METRIC_COLUMNS for name in (metric, f"{metric}_low", f"{metric}_high", f"{metric}_at_0.5")}
+    hidden = {
+        name
+        for metric in METRIC_COLUMNS
+        for name in (metric, f"{metric}_low", f"{metric}_high", f"{metric}_at_0.5")
+    }
     return {key: value for key, value in row.items() if key not in hidden}
 
 

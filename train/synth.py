@@ -151,7 +151,9 @@ def _reuse(root: Path, config: SynthConfig) -> SynthResult:
     try:
         marker = json.loads((root / MARKER_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{root / MARKER_FILE}: unreadable marker ({exc}); choose another output folder") from exc
+        raise DataError(
+            f"{root / MARKER_FILE}: unreadable marker ({exc}); choose another output folder"
+        ) from exc
     if marker.get("params") != asdict(config):
         raise DataError(
             f"{root}: already holds SYNTHETIC phantoms made with {marker.get('params')}, not {asdict(config)}; "
@@ -163,7 +165,9 @@ def _reuse(root: Path, config: SynthConfig) -> SynthResult:
             f"{root}: marker lists {marker.get('files')} phantoms but {len(paths)} are there; "
             "the folder was changed. Choose another output folder"
         )
-    return SynthResult(root, config, marker["counts"], marker["patients"], len(paths), reused=True, paths=paths)
+    return SynthResult(
+        root, config, marker["counts"], marker["patients"], len(paths), reused=True, paths=paths
+    )
 
 
 def _plan(config: SynthConfig, class_index: int) -> Iterator[tuple[str, int, int]]:
@@ -218,8 +222,16 @@ def render(rng: np.random.Generator, anatomy: Anatomy, size: int) -> np.ndarray:
     img = np.full((h, w), 12.0, np.float32)
 
     body = np.zeros((h, w), np.float32)
-    cv2.ellipse(body, (round(cx), round(0.62 * h + shift_y)), (round(anatomy.body_w * w), round(0.62 * h)),
-                tilt / 2, 0, 360, anatomy.tissue, -1)
+    cv2.ellipse(
+        body,
+        (round(cx), round(0.62 * h + shift_y)),
+        (round(anatomy.body_w * w), round(0.62 * h)),
+        tilt / 2,
+        0,
+        360,
+        anatomy.tissue,
+        -1,
+    )
     img += cv2.GaussianBlur(body, (0, 0), 0.02 * h)
 
     lungs = np.zeros((h, w), np.float32)
@@ -238,8 +250,16 @@ def render(rng: np.random.Generator, anatomy: Anatomy, size: int) -> np.ndarray:
     img += cv2.GaussianBlur(rims, (0, 0), 0.006 * h) * 28.0
 
     heart = np.zeros((h, w), np.float32)
-    cv2.ellipse(heart, (round(cx - 0.02 * w), round(0.62 * h + shift_y)),
-                (round(anatomy.heart_w * w), round(0.16 * h)), -15 + tilt, 0, 360, 30.0, -1)
+    cv2.ellipse(
+        heart,
+        (round(cx - 0.02 * w), round(0.62 * h + shift_y)),
+        (round(anatomy.heart_w * w), round(0.16 * h)),
+        -15 + tilt,
+        0,
+        360,
+        30.0,
+        -1,
+    )
     img += cv2.GaussianBlur(heart, (0, 0), 0.015 * h)
 
     ribs = np.zeros((h, w), np.float32)
@@ -264,7 +284,11 @@ def render(rng: np.random.Generator, anatomy: Anatomy, size: int) -> np.ndarray:
 
     film = np.asarray(cv2.GaussianBlur(img, (0, 0), 0.8), dtype=np.float32)
     film += rng.normal(0, float(rng.uniform(3, 7)), film.shape).astype(np.float32)
-    gain, bias, gamma = float(rng.uniform(0.8, 1.2)), float(rng.uniform(-15, 15)), float(rng.uniform(0.85, 1.15))
+    gain, bias, gamma = (
+        float(rng.uniform(0.8, 1.2)),
+        float(rng.uniform(-15, 15)),
+        float(rng.uniform(0.85, 1.15)),
+    )
     exposed = np.clip(film * gain + bias, 0, 255) / 255.0
     return np.clip(np.rint(255.0 * np.power(exposed, gamma)), 0, 255).astype(np.uint8)
 
@@ -348,5 +372,7 @@ def _readme(result: SynthResult) -> str:
     ]
     for split, per_class in result.counts.items():
         for label, n in per_class.items():
-            lines.append(f"  {split or '(flat)'}/{label}: {n} images, {result.patients[split][label]} patients")
+            lines.append(
+                f"  {split or '(flat)'}/{label}: {n} images, {result.patients[split][label]} patients"
+            )
     return "\n".join(lines) + "\n"

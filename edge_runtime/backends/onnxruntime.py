@@ -35,7 +35,9 @@ class OnnxRuntimeBackend(Backend):
         provider_options: dict[str, Any] | None = None,
     ) -> None:
         if name not in PROVIDERS:
-            raise BackendUnavailableError(f"unknown ONNX Runtime backend {name!r}: expected one of {sorted(PROVIDERS)}")
+            raise BackendUnavailableError(
+                f"unknown ONNX Runtime backend {name!r}: expected one of {sorted(PROVIDERS)}"
+            )
         self.model_path = Path(model_path)
         self.name = name
         self.precision = precision

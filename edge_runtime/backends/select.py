@@ -40,7 +40,9 @@ class BackendChoice:
     def describe(self) -> str:
         text = f"backend {self.name} ({self.precision})"
         if self.skipped:
-            text += "; skipped " + "; ".join(f"{name} ({_short(name, why)})" for name, why in self.skipped.items())
+            text += "; skipped " + "; ".join(
+                f"{name} ({_short(name, why)})" for name, why in self.skipped.items()
+            )
         return text
 
 
@@ -64,7 +66,11 @@ def _tensorrt_backend(bundle: Bundle, precision: str) -> Backend:
     files = engine_files(bundle.engines_dir, key, precision)
     command = rebuild_command(bundle, precision)
     if not files.engine.is_file():
-        built = sorted(p.name for p in (bundle.engines_dir / key).glob("*.engine")) if (bundle.engines_dir / key).is_dir() else []
+        built = (
+            sorted(p.name for p in (bundle.engines_dir / key).glob("*.engine"))
+            if (bundle.engines_dir / key).is_dir()
+            else []
+        )
         raise BackendUnavailableError(
             f"trt: no {precision} engine for this device ({key}) in {bundle.engines_dir}"
             + (f" (built here: {', '.join(built)})" if built else "")
@@ -98,7 +104,9 @@ def _onnxruntime_backend(bundle: Bundle, name: str, precision: str, threads: int
             options["trt_fp16_enable"] = True
         elif precision == "int8":
             options["trt_int8_enable"] = True  # explicit Q/DQ scales from model_int8_qdq.onnx
-    backend = OnnxRuntimeBackend(model, name=name, precision=precision, threads=threads, provider_options=options)
+    backend = OnnxRuntimeBackend(
+        model, name=name, precision=precision, threads=threads, provider_options=options
+    )
     return backend
 
 
@@ -108,7 +116,9 @@ def _make(bundle: Bundle, name: str, precision: str, threads: int) -> Backend:
     return _onnxruntime_backend(bundle, name, precision, threads)
 
 
-def select_backend(bundle: Bundle, backend: str = "auto", precision: str = "fp32", threads: int = 0) -> BackendChoice:
+def select_backend(
+    bundle: Bundle, backend: str = "auto", precision: str = "fp32", threads: int = 0
+) -> BackendChoice:
     """Pick a backend that really loads here; return it unopened with the reasons for skipped ones."""
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
@@ -130,11 +140,14 @@ def select_backend(bundle: Bundle, backend: str = "auto", precision: str = "fp32
         log.info("backend auto -> %s", choice.describe())
         return choice
     raise BackendUnavailableError(
-        f"no backend can run the {precision} model here: " + "; ".join(f"{n}: {why}" for n, why in skipped.items())
+        f"no backend can run the {precision} model here: "
+        + "; ".join(f"{n}: {why}" for n, why in skipped.items())
     )
 
 
-def create_backend(bundle: Bundle, backend: str = "auto", precision: str = "fp32", threads: int = 0) -> Backend:
+def create_backend(
+    bundle: Bundle, backend: str = "auto", precision: str = "fp32", threads: int = 0
+) -> Backend:
     """Return an unopened backend for ``bundle``; use it as a context manager.
 
     With ``backend="auto"`` the fastest one that loads here (see :func:`select_backend`).

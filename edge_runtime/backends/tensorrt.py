@@ -141,12 +141,16 @@ class TensorRTBackend(Backend):
             raise EngineMismatchError(
                 f"{self.engine_path}: input {self._input_name!r} is not uint8; bundle models take uint8 NHWC pixels"
             )
-        low, _opt, high = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(self._input_name, 0))
+        low, _opt, high = (
+            tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(self._input_name, 0)
+        )
         self._item_shape = tuple(high[1:])
         self._min_batch, self._max_batch = low[0], high[0]
         self._context = engine.create_execution_context()
         if self._context is None:
-            raise BackendUnavailableError(f"{self.engine_path}: could not create an execution context (GPU memory?)")
+            raise BackendUnavailableError(
+                f"{self.engine_path}: could not create an execution context (GPU memory?)"
+            )
         out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._output_name)))
         self._context.set_input_shape(self._input_name, (self._max_batch, *self._item_shape))
         out_item = tuple(int(d) for d in self._context.get_tensor_shape(self._output_name))[1:]
@@ -166,7 +170,9 @@ class TensorRTBackend(Backend):
         batch = np.asarray(batch)
         n = int(batch.shape[0])
         if batch.dtype != np.uint8 or tuple(batch.shape[1:]) != self._item_shape:
-            raise ValueError(f"expected uint8 (N, {', '.join(map(str, self._item_shape))}), got {batch.dtype} {batch.shape}")
+            raise ValueError(
+                f"expected uint8 (N, {', '.join(map(str, self._item_shape))}), got {batch.dtype} {batch.shape}"
+            )
         if n > self._max_batch:
             raise ValueError(f"batch of {n} is over this engine's profile maximum of {self._max_batch}")
         if n == 0:

@@ -12,7 +12,9 @@ from benchmarks.auto import find_bundles, plan_auto
 from benchmarks.errors import BenchInputError
 
 
-def test_newest_valid_bundle_and_its_run(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_newest_valid_bundle_and_its_run(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("PNEUMO_DATA", raising=False)
     base = tmp_path / "checkout"
     old = shutil.copytree(tiny_bundle, base / "bundles" / "old")

@@ -10,7 +10,19 @@ import pytest
 from benchmarks.cli import main
 from tests.benchmarks.test_run import labelled_folder
 
-QUICK = ["--iterations", "3", "--warmup", "0", "--batch", "1", "--cold-start-repeats", "0", "--bootstrap", "10", "--quiet"]
+QUICK = [
+    "--iterations",
+    "3",
+    "--warmup",
+    "0",
+    "--batch",
+    "1",
+    "--cold-start-repeats",
+    "0",
+    "--bootstrap",
+    "10",
+    "--quiet",
+]
 
 
 def test_bench_writes_results_and_prints_json(
@@ -18,7 +30,9 @@ def test_bench_writes_results_and_prints_json(
 ) -> None:
     data = labelled_folder(tmp_path / "test", per_class=2)
     out = tmp_path / "results"
-    code = main([str(tiny_bundle), "--data", str(data), "--backends", "ort-cpu,trt", "-o", str(out), "--json", *QUICK])
+    code = main(
+        [str(tiny_bundle), "--data", str(data), "--backends", "ort-cpu,trt", "-o", str(out), "--json", *QUICK]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     document = json.loads(captured.out)

@@ -74,12 +74,27 @@ def test_clock_state_unlocked_and_locked(tmp_path: Path) -> None:
 def test_jetson_stamp_from_runtime_facts() -> None:
     from benchmarks.device_facts import DeviceFacts, device_slug, jetson_facts
 
-    runtime = {"jetson_model": "NVIDIA Jetson Orin Nano Developer Kit", "l4t_release": "R36.3.0", "jetpack": "JetPack 6.x", "power_mode": "15W (mode 0)"}
+    runtime = {
+        "jetson_model": "NVIDIA Jetson Orin Nano Developer Kit",
+        "l4t_release": "R36.3.0",
+        "jetpack": "JetPack 6.x",
+        "power_mode": "15W (mode 0)",
+    }
     jetson = jetson_facts(runtime)
     assert jetson is not None and jetson["l4t"] == "R36.3.0" and jetson["power_mode"] == "15W (mode 0)"
     facts = DeviceFacts(
-        slug="", kind="jetson", cpu_model="ARMv8", cpu_cores_logical=6, cpu_cores_usable=6, cpu_cores_physical=6,
-        cpu_flags=["asimd"], memory_total_mb=7620, machine="aarch64", os="Linux", python="3.10", jetson=jetson,
+        slug="",
+        kind="jetson",
+        cpu_model="ARMv8",
+        cpu_cores_logical=6,
+        cpu_cores_usable=6,
+        cpu_cores_physical=6,
+        cpu_flags=["asimd"],
+        memory_total_mb=7620,
+        machine="aarch64",
+        os="Linux",
+        python="3.10",
+        jetson=jetson,
     )
     assert device_slug(facts) == "nvidia-jetson-orin-nano-developer-kit"
     assert jetson_facts({"jetson_model": None, "l4t_release": None}) is None

@@ -12,7 +12,10 @@ from benchmarks.run import BenchConfig, run_benchmark
 from edge_runtime.bundle import write_manifest
 from tests.benchmarks.test_run import labelled_folder
 
-pytestmark = [pytest.mark.tf, pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
+pytestmark = [
+    pytest.mark.tf,
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+]
 
 
 def save_keras_twin(run: Path, bundle: Path, side: int = 32) -> Path:
@@ -55,7 +58,9 @@ def test_keras_reference_row(tiny_bundle: Path, tmp_path: Path) -> None:
     assert [r["batch"] for r in keras_rows] == [1, 2]
     assert keras_rows[0]["device"] == "cpu" and keras_rows[0]["model_file"].endswith("model.h5")
     ort = next(r for r in document["rows"] if r["backend"] == "ort-cpu" and r["batch"] == 1)
-    assert ort["speedup_vs_keras"] == pytest.approx(ort["throughput_ips"] / keras_rows[0]["throughput_ips"], rel=1e-2)
+    assert ort["speedup_vs_keras"] == pytest.approx(
+        ort["throughput_ips"] / keras_rows[0]["throughput_ips"], rel=1e-2
+    )
     assert keras_rows[0]["speedup_vs_keras"] == 1.0
 
     accuracy = {a["backend"]: a for a in document["accuracy"]}
@@ -77,8 +82,16 @@ def test_keras_reference_row(tiny_bundle: Path, tmp_path: Path) -> None:
 def test_keras_model_of_another_shape_is_skipped_with_the_reason(tiny_bundle: Path, tmp_path: Path) -> None:
     run = save_keras_twin(tmp_path / "runs" / "other", tiny_bundle, side=48)
     config = BenchConfig(
-        bundle=tiny_bundle, backends=("keras",), precisions=("fp32",), batches=(1,), iterations=2,
-        warmup_s=0.0, keras=run, accuracy=False, cold_start_repeats=0, progress=False,
+        bundle=tiny_bundle,
+        backends=("keras",),
+        precisions=("fp32",),
+        batches=(1,),
+        iterations=2,
+        warmup_s=0.0,
+        keras=run,
+        accuracy=False,
+        cold_start_repeats=0,
+        progress=False,
     )
     document = run_benchmark(config)
     assert document["rows"] == []

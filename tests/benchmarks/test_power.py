@@ -8,7 +8,10 @@ from benchmarks.power import PowerMonitor, max_temperature_c, total_power_w
 
 
 def test_total_power_from_jtop4_dict() -> None:
-    power = {"rail": {"VDD_IN": {"power": 5100}}, "tot": {"volt": 5000, "curr": 1400, "power": 7021, "avg": 6900}}
+    power = {
+        "rail": {"VDD_IN": {"power": 5100}},
+        "tot": {"volt": 5000, "curr": 1400, "power": 7021, "avg": 6900},
+    }
     assert total_power_w(power) == pytest.approx(7.021)
 
 
@@ -18,7 +21,11 @@ def test_total_power_from_jtop3_tuple() -> None:
 
 
 def test_hottest_online_sensor() -> None:
-    temps = {"CPU": {"online": True, "temp": 48.5}, "GPU": {"online": True, "temp": 51.0}, "tj": {"online": False, "temp": -256}}
+    temps = {
+        "CPU": {"online": True, "temp": 48.5},
+        "GPU": {"online": True, "temp": 51.0},
+        "tj": {"online": False, "temp": -256},
+    }
     assert max_temperature_c(temps) == 51.0
     assert max_temperature_c({"CPU": 40.0, "PMIC": 50.0}) == 50.0
     assert max_temperature_c({}) is None

@@ -61,7 +61,10 @@ def test_bench_document_on_the_tiny_bundle(tiny_bundle: Path, tmp_path: Path) ->
     assert document["bundle"]["model_version"] == "tiny-test-1" and document["bundle"]["synthetic"] is True
     assert document["device"]["cpu_model"] and document["device"]["onnxruntime"]
     rows = document["rows"]
-    assert [(r["backend"], r["precision"], r["batch"]) for r in rows] == [("ort-cpu", "fp32", 1), ("ort-cpu", "fp32", 2)]
+    assert [(r["backend"], r["precision"], r["batch"]) for r in rows] == [
+        ("ort-cpu", "fp32", 1),
+        ("ort-cpu", "fp32", 2),
+    ]
     for row in rows:
         lat = row["latency_ms"]
         assert lat["count"] == 5
@@ -75,7 +78,11 @@ def test_bench_document_on_the_tiny_bundle(tiny_bundle: Path, tmp_path: Path) ->
 
     accuracy = document["accuracy"]
     assert len(accuracy) == 1 and accuracy[0]["n_images"] == 8
-    assert accuracy[0]["accuracy"] == 1.0 and accuracy[0]["sensitivity"] == 1.0 and accuracy[0]["specificity"] == 1.0
+    assert (
+        accuracy[0]["accuracy"] == 1.0
+        and accuracy[0]["sensitivity"] == 1.0
+        and accuracy[0]["specificity"] == 1.0
+    )
 
     cold = document["cold_start"]
     assert len(cold) == 1 and "error" not in cold[0], cold
@@ -95,7 +102,14 @@ def test_bench_document_on_the_tiny_bundle(tiny_bundle: Path, tmp_path: Path) ->
 def test_every_precision_runs_and_has_its_accuracy(all_precision_bundle: Path, tmp_path: Path) -> None:
     data = labelled_folder(tmp_path / "test", per_class=2)
     document = run_benchmark(
-        quick_config(all_precision_bundle, data, backends=("ort-cpu",), batches=(1,), cold_start_repeats=0, end_to_end=False)
+        quick_config(
+            all_precision_bundle,
+            data,
+            backends=("ort-cpu",),
+            batches=(1,),
+            cold_start_repeats=0,
+            end_to_end=False,
+        )
     )
     assert {r["precision"] for r in document["rows"]} == {"fp32", "fp16", "int8"}
     assert {a["precision"] for a in document["accuracy"]} == {"fp32", "fp16", "int8"}
@@ -124,7 +138,14 @@ def test_report_files_and_compare(tiny_bundle: Path, tmp_path: Path) -> None:
     assert second["json"].parent.name == f"{document['date']}-2"  # never over an earlier run
     markdown = first["markdown"].read_text()
     assert first["markdown"].name == BENCH_MD and first["json"].name == BENCH_JSON
-    for text in ("| ort-cpu | fp32 | 1 |", "## Accuracy on the test split", "## Skipped here", "- trt (", "SYNTHETIC", "pneumo bench test"):
+    for text in (
+        "| ort-cpu | fp32 | 1 |",
+        "## Accuracy on the test split",
+        "## Skipped here",
+        "- trt (",
+        "SYNTHETIC",
+        "pneumo bench test",
+    ):
         assert text in markdown
     for name in ("throughput", "latency"):
         png = first[name]

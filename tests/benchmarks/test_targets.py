@@ -8,7 +8,13 @@ from benchmarks.targets import evaluate_targets, measurement_notes
 
 
 def row(backend: str, precision: str, batch: int, ips: float, device: str = "cpu") -> dict[str, Any]:
-    return {"backend": backend, "precision": precision, "batch": batch, "throughput_ips": ips, "device": device}
+    return {
+        "backend": backend,
+        "precision": precision,
+        "batch": batch,
+        "throughput_ips": ips,
+        "device": device,
+    }
 
 
 def cold(backend: str, precision: str, seconds: float, rss: float) -> dict[str, Any]:
@@ -45,7 +51,10 @@ def test_statuses() -> None:
 
 def test_gpu_target_needs_a_gpu_reference() -> None:
     doc = document()
-    doc["rows"] += [row("keras", "fp32", 32, 100.0, device="cpu"), row("trt", "fp16", 32, 3000.0, device="gpu")]
+    doc["rows"] += [
+        row("keras", "fp32", 32, 100.0, device="cpu"),
+        row("trt", "fp16", 32, 3000.0, device="gpu"),
+    ]
     target = next(t for t in evaluate_targets(doc) if t["key"] == "gpu_trt_fp16_vs_keras_b32")
     assert target["status"] == "not measured" and "CPU" in target["detail"]
 
@@ -53,8 +62,20 @@ def test_gpu_target_needs_a_gpu_reference() -> None:
 def test_trtexec_target_uses_the_worst_batch() -> None:
     doc = document()
     doc["trtexec"] = [
-        {"precision": "fp16", "batch": 1, "throughput_ips": 1000.0, "python_runtime_throughput_ips": 800.0, "python_vs_trtexec": 0.8},
-        {"precision": "fp16", "batch": 32, "throughput_ips": 5000.0, "python_runtime_throughput_ips": 4900.0, "python_vs_trtexec": 0.98},
+        {
+            "precision": "fp16",
+            "batch": 1,
+            "throughput_ips": 1000.0,
+            "python_runtime_throughput_ips": 800.0,
+            "python_vs_trtexec": 0.8,
+        },
+        {
+            "precision": "fp16",
+            "batch": 32,
+            "throughput_ips": 5000.0,
+            "python_runtime_throughput_ips": 4900.0,
+            "python_vs_trtexec": 0.98,
+        },
     ]
     target = next(t for t in evaluate_targets(doc) if t["key"] == "trt_python_vs_trtexec")
     assert target["status"] == "missed" and target["ratio"] == 0.8

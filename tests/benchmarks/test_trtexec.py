@@ -25,7 +25,13 @@ def test_parse_summary() -> None:
     summary = parse_performance_summary(SUMMARY)
     assert summary["throughput_qps"] == pytest.approx(233.689)
     assert summary["latency_ms"] == {
-        "min": 4.51123, "max": 5.53139, "mean": 4.54566, "median": 4.52756, "p90": 4.6, "p95": 4.7, "p99": 5.51622,
+        "min": 4.51123,
+        "max": 5.53139,
+        "mean": 4.54566,
+        "median": 4.52756,
+        "p90": 4.6,
+        "p95": 4.7,
+        "p99": 5.51622,
     }
     assert summary["gpu_compute_ms"]["mean"] == pytest.approx(4.26986)
     assert summary["h2d_ms"]["p99"] == pytest.approx(0.272461)

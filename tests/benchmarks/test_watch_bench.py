@@ -16,8 +16,14 @@ def test_analyse_splits_time_by_stage() -> None:
     t0 = 1_700_000_000.0
     drops = {"a.jpeg": t0, "b.jpeg": t0 + 0.010, "c.jpeg": t0 + 0.020}
     seen = {
-        "a.jpeg": (t0 + 0.100, {"status": "done", "timestamp": "2023-11-14T22:13:20.060+00:00", "latency_ms": 2.0}),
-        "b.jpeg": (t0 + 0.200, {"status": "done", "timestamp": "2023-11-14T22:13:20.150+00:00", "latency_ms": 4.0}),
+        "a.jpeg": (
+            t0 + 0.100,
+            {"status": "done", "timestamp": "2023-11-14T22:13:20.060+00:00", "latency_ms": 2.0},
+        ),
+        "b.jpeg": (
+            t0 + 0.200,
+            {"status": "done", "timestamp": "2023-11-14T22:13:20.150+00:00", "latency_ms": 4.0},
+        ),
     }
     result = analyse(drops, seen, first_drop=t0)
     assert (result["dropped"], result["results"], result["done"], result["missing"]) == (3, 2, 2, 1)
@@ -33,15 +39,20 @@ def test_analyse_splits_time_by_stage() -> None:
 
 def test_missing_image_folder(tiny_bundle: Path, tmp_path: Path) -> None:
     with pytest.raises(BenchInputError, match="--images"):
-        run_watch_bench(WatchBenchConfig(bundle=tiny_bundle, images=tmp_path / "none", count=2), progress=False)
+        run_watch_bench(
+            WatchBenchConfig(bundle=tiny_bundle, images=tmp_path / "none", count=2), progress=False
+        )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("edge_runtime.watch") is None, reason="watch daemon not in this checkout")
+@pytest.mark.skipif(
+    importlib.util.find_spec("edge_runtime.watch") is None, reason="watch daemon not in this checkout"
+)
 def test_real_daemon_on_a_few_images(tiny_bundle: Path, tmp_path: Path) -> None:
     images = labelled_folder(tmp_path / "images", per_class=3)
     before = sorted(p.name for p in images.rglob("*"))
     result = run_watch_bench(
-        WatchBenchConfig(bundle=tiny_bundle, images=images, count=8, backend="ort-cpu", timeout_s=60), progress=False
+        WatchBenchConfig(bundle=tiny_bundle, images=images, count=8, backend="ort-cpu", timeout_s=60),
+        progress=False,
     )
     assert (result["dropped"], result["done"], result["missing"]) == (8, 8, 0), result.get("daemon_log_tail")
     assert result["throughput_ips"] > 0
@@ -52,7 +63,9 @@ def test_real_daemon_on_a_few_images(tiny_bundle: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in images.rglob("*")) == before  # the source folder is only read
 
 
-@pytest.mark.skipif(importlib.util.find_spec("edge_runtime.watch") is None, reason="watch daemon not in this checkout")
+@pytest.mark.skipif(
+    importlib.util.find_spec("edge_runtime.watch") is None, reason="watch daemon not in this checkout"
+)
 def test_watch_section_in_the_main_report(tiny_bundle: Path, tmp_path: Path) -> None:
     import json
 
@@ -60,10 +73,29 @@ def test_watch_section_in_the_main_report(tiny_bundle: Path, tmp_path: Path) -> 
 
     images = labelled_folder(tmp_path / "images", per_class=2)
     out = tmp_path / "results"
-    code = main([
-        str(tiny_bundle), "--backends", "ort-cpu", "--batch", "1", "--iterations", "2", "--warmup", "0",
-        "--cold-start-repeats", "0", "--no-e2e", "--watch-images", str(images), "--watch-count", "4", "-o", str(out), "--quiet",
-    ])
+    code = main(
+        [
+            str(tiny_bundle),
+            "--backends",
+            "ort-cpu",
+            "--batch",
+            "1",
+            "--iterations",
+            "2",
+            "--warmup",
+            "0",
+            "--cold-start-repeats",
+            "0",
+            "--no-e2e",
+            "--watch-images",
+            str(images),
+            "--watch-count",
+            "4",
+            "-o",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     document = json.loads(next(out.rglob("bench.json")).read_text())
     assert document["watch"]["done"] == 4

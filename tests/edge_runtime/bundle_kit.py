@@ -30,7 +30,10 @@ def _tiny_graph(path: Path, dtype: str) -> Path:
     def const(name: str, value: float) -> onnx.TensorProto:
         return onnx.numpy_helper.from_array(np.array(value, dtype=np_type), name)
 
-    nodes = [helper.make_node("Cast", ["image"], ["xf"], to=compute), helper.make_node("Mul", ["xf", "scale"], ["xs"])]
+    nodes = [
+        helper.make_node("Cast", ["image"], ["xf"], to=compute),
+        helper.make_node("Mul", ["xf", "scale"], ["xs"]),
+    ]
     reduce_input = "xs"
     inits = [const("scale", 1 / 255), const("half", 0.5), const("gain", 8.0)]
     if dtype == "int8":
@@ -84,8 +87,9 @@ def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {"image": batch})[0], dtype=np.float32)
 
 
-def complete_bundle(root: Path, golden_n: int = 24, calib_n: int = 24,
-                    tolerance: dict[str, float] | None = None) -> Path:
+def complete_bundle(
+    root: Path, golden_n: int = 24, calib_n: int = 24, tolerance: dict[str, float] | None = None
+) -> Path:
     """Add the FP16 / Q/DQ variants, calibration and golden sets to a tiny bundle, then re-hash it."""
     _tiny_graph(root / "model_fp16.onnx", "fp16")
     _tiny_graph(root / "model_int8_qdq.onnx", "int8")

@@ -26,7 +26,9 @@ from edge_runtime.sources import CameraSource, parse_camera_source
 from tests.conftest import REPO
 
 HEADLESS_BUILD = "  GUI:                           NONE\n"
-GSTREAMER_BUILD = "Video I/O:\n    FFMPEG:   YES\n    GStreamer:   YES (1.20.3)\n    v4l/v4l2:  YES (linux/videodev2.h)\n"
+GSTREAMER_BUILD = (
+    "Video I/O:\n    FFMPEG:   YES\n    GStreamer:   YES (1.20.3)\n    v4l/v4l2:  YES (linux/videodev2.h)\n"
+)
 
 
 def make_video(path: Path, frames: int, fps: float = 10.0, fourcc: str = "mp4v") -> Path:
@@ -41,7 +43,9 @@ def make_video(path: Path, frames: int, fps: float = 10.0, fourcc: str = "mp4v")
 
 def test_csi_pipeline_is_built_from_the_flags() -> None:
     pipeline = csi_pipeline(1, 1920, 1080, 30, flip=2)
-    assert pipeline.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM), width=(int)1920, height=(int)1080")
+    assert pipeline.startswith(
+        "nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM), width=(int)1920, height=(int)1080"
+    )
     assert "framerate=(fraction)30/1" in pipeline and "nvvidconv flip-method=2" in pipeline
     assert pipeline.endswith("appsink drop=true max-buffers=1 sync=false")
 
@@ -51,7 +55,9 @@ def test_csi_on_an_opencv_without_gstreamer_explains_why() -> None:
     source = CameraSource("csi", "csi://0", 0)
     if backends["gstreamer"]:
         pytest.skip("this OpenCV has GStreamer")
-    with pytest.raises(CameraError, match=r"GStreamer: NO .*package index.*--system-site-packages.*/dev/video0"):
+    with pytest.raises(
+        CameraError, match=r"GStreamer: NO .*package index.*--system-site-packages.*/dev/video0"
+    ):
         open_capture(source, CameraConfig(source="csi://0"))
     assert opencv_capture_backends(GSTREAMER_BUILD) == {"gstreamer": True, "v4l2": True, "ffmpeg": True}
 
@@ -66,7 +72,10 @@ def test_camera_config_is_validated(tmp_path: Path) -> None:
         CameraConfig(source="0", headless=True)
     with pytest.raises(CameraError, match="flip-method"):
         CameraConfig(source="0", flip=9)
-    assert CameraConfig(source="0", jsonl=tmp_path / "r.jsonl", snapshot_every_s=2).snapshots == tmp_path / "snapshots"
+    assert (
+        CameraConfig(source="0", jsonl=tmp_path / "r.jsonl", snapshot_every_s=2).snapshots
+        == tmp_path / "snapshots"
+    )
 
 
 def test_headless_run_on_a_video_file(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -78,8 +87,14 @@ def test_headless_run_on_a_video_file(tiny_bundle: Path, tmp_path: Path) -> None
     config = CameraConfig(source=str(video), headless=True, jsonl=jsonl, snapshot_every_s=1e-6)
     source = parse_camera_source(str(video))
     with OnnxRuntimeBackend(bundle.onnx_path("fp32")) as backend:
-        summary = run_camera(open_capture(source, config), Predictor(backend, bundle.info, "sha"), bundle.contract,
-                             config, threading.Event(), source.describe())
+        summary = run_camera(
+            open_capture(source, config),
+            Predictor(backend, bundle.info, "sha"),
+            bundle.contract,
+            config,
+            threading.Event(),
+            source.describe(),
+        )
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert lines[0] == {"earlier": "run"}, "an existing JSONL is appended to, never truncated"
     frames = lines[1:]
@@ -87,7 +102,11 @@ def test_headless_run_on_a_video_file(tiny_bundle: Path, tmp_path: Path) -> None
     assert [f["frame"] for f in frames] == list(range(20))
     assert [f["decision"] for f in frames[:10]] == ["normal"] * 5 + ["abnormal"] * 5
     first = frames[0]
-    assert first["model_version"] == "tiny-test-1" and first["threshold"] == 0.5 and first["backend"] == "ort-cpu"
+    assert (
+        first["model_version"] == "tiny-test-1"
+        and first["threshold"] == 0.5
+        and first["backend"] == "ort-cpu"
+    )
     assert first["warning"].startswith("SYNTHETIC") and first["source"] == f"video file {video}"
     assert {"capture_ms", "preprocess_ms", "infer_ms", "fps", "probability", "label"} <= set(first)
     assert set(summary.stages) == {"capture", "preprocess", "infer"} and summary.fps > 0
@@ -95,11 +114,25 @@ def test_headless_run_on_a_video_file(tiny_bundle: Path, tmp_path: Path) -> None
     assert cv2.imread(summary.snapshots[0]).shape == (48, 64, 3)
 
 
-def test_max_frames_and_cli_summary(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_max_frames_and_cli_summary(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     video = make_video(tmp_path / "clip.avi", 30, fourcc="MJPG")
     jsonl = tmp_path / "frames.jsonl"
-    code = main(["camera", str(tiny_bundle), "--source", str(video), "--headless", "--jsonl", str(jsonl),
-                 "--max-frames", "7", "--json"])
+    code = main(
+        [
+            "camera",
+            str(tiny_bundle),
+            "--source",
+            str(video),
+            "--headless",
+            "--jsonl",
+            str(jsonl),
+            "--max-frames",
+            "7",
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     summary = json.loads(out)
@@ -108,8 +141,9 @@ def test_max_frames_and_cli_summary(tiny_bundle: Path, tmp_path: Path, capsys: p
     assert "FPS sustained" in err and "preprocess" in err and "Decision support" in err
 
 
-def test_window_mode_on_headless_opencv_fails_clearly(tiny_bundle: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_window_mode_on_headless_opencv_fails_clearly(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     video = make_video(tmp_path / "clip.mp4", 3)
     if "GUI:                           NONE" not in cv2.getBuildInformation():
         pytest.skip("this OpenCV has a GUI")
@@ -118,7 +152,10 @@ def test_window_mode_on_headless_opencv_fails_clearly(tiny_bundle: Path, tmp_pat
 
 
 def test_missing_device_fails_clearly(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["camera", str(tiny_bundle), "--source", "/dev/video97", "--headless", "--jsonl", "/dev/null"]) == 1
+    assert (
+        main(["camera", str(tiny_bundle), "--source", "/dev/video97", "--headless", "--jsonl", "/dev/null"])
+        == 1
+    )
     assert "could not open USB/V4L2 camera /dev/video97" in capsys.readouterr().err
 
 
@@ -127,9 +164,25 @@ def test_signal_stops_a_real_process_cleanly(tiny_bundle: Path, tmp_path: Path, 
     video = make_video(tmp_path / "long.mp4", 200, fps=20.0)  # 10 s when played in real time
     jsonl = tmp_path / "frames.jsonl"
     process = subprocess.Popen(
-        [sys.executable, "-m", "edge_runtime.pneumo_cli", "edge", "camera", str(tiny_bundle), "--source", str(video),
-         "--headless", "--jsonl", str(jsonl), "--realtime", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime.pneumo_cli",
+            "edge",
+            "camera",
+            str(tiny_bundle),
+            "--source",
+            str(video),
+            "--headless",
+            "--jsonl",
+            str(jsonl),
+            "--realtime",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
@@ -147,4 +200,6 @@ def test_signal_stops_a_real_process_cleanly(tiny_bundle: Path, tmp_path: Path, 
     assert summary["stop_reason"] == "stopped by signal" and 3 <= summary["frames"] < 200
     assert f"{signal.Signals(signum).name} received" in err
     lines = jsonl.read_text().splitlines()
-    assert len(lines) == summary["frames"] and all(json.loads(line)["frame"] == i for i, line in enumerate(lines))
+    assert len(lines) == summary["frames"] and all(
+        json.loads(line)["frame"] == i for i, line in enumerate(lines)
+    )

@@ -25,7 +25,9 @@ from tests.edge_runtime import trt_double
 
 def test_l4t_release_and_jetpack(tmp_path: Path) -> None:
     release = tmp_path / "nv_tegra_release"
-    release.write_text("# R36 (release), REVISION: 3.0, GCID: 36923193, BOARD: generic, EABI: aarch64, DATE: Fri Jul 19\n")
+    release.write_text(
+        "# R36 (release), REVISION: 3.0, GCID: 36923193, BOARD: generic, EABI: aarch64, DATE: Fri Jul 19\n"
+    )
     assert read_l4t_release(release) == "R36.3.0"
     assert jetpack_for_l4t("R36.3.0") == "JetPack 6.x" and jetpack_for_l4t("R35.4.1") == "JetPack 5.x"
     assert read_l4t_release(tmp_path / "absent") is None and jetpack_for_l4t(None) is None
@@ -47,7 +49,10 @@ def test_opencv_build_information_here() -> None:
 
 def test_device_key_is_a_safe_folder_name() -> None:
     assert device_key("Orin", "8.7", "10.3.0") == "orin-sm87-trt10.3.0"
-    assert device_key("NVIDIA GeForce RTX 4090", "8.9", "10.7.0.23") == "nvidia-geforce-rtx-4090-sm89-trt10.7.0.23"
+    assert (
+        device_key("NVIDIA GeForce RTX 4090", "8.9", "10.7.0.23")
+        == "nvidia-geforce-rtx-4090-sm89-trt10.7.0.23"
+    )
 
 
 def test_onnxruntime_providers_are_checked_by_loading() -> None:
@@ -83,8 +88,19 @@ def test_facts_with_tensorrt_and_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_doctor_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
-    for item in ("GPU", "TensorRT", "ONNX Runtime", "DLA cores", "L4T / JetPack", "power mode", "disk free",
-                 "memory", "cameras", "OpenCV", "precision"):
+    for item in (
+        "GPU",
+        "TensorRT",
+        "ONNX Runtime",
+        "DLA cores",
+        "L4T / JetPack",
+        "power mode",
+        "disk free",
+        "memory",
+        "cameras",
+        "OpenCV",
+        "precision",
+    ):
         assert item in out
     assert main(["doctor", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)

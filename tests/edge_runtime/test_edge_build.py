@@ -36,21 +36,30 @@ def test_parse_precisions() -> None:
         parse_precisions("fp8")
 
 
-def test_onnxruntime_self_test_passes_every_variant_anywhere(bundle_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_onnxruntime_self_test_passes_every_variant_anywhere(
+    bundle_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["build", str(bundle_root), "--precision", "all", "--backend", "ort-cpu"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "manifest verified" in err and "SYNTHETIC" in out
     rows = [line.split() for line in out.splitlines() if line.startswith(("fp32", "fp16", "int8"))]
-    assert [(r[0], r[1], r[-1]) for r in rows] == [("fp32", "ort-cpu", "PASS"), ("fp16", "ort-cpu", "PASS"),
-                                                   ("int8", "ort-cpu", "PASS")]
+    assert [(r[0], r[1], r[-1]) for r in rows] == [
+        ("fp32", "ort-cpu", "PASS"),
+        ("fp16", "ort-cpu", "PASS"),
+        ("int8", "ort-cpu", "PASS"),
+    ]
     assert "next: pneumo edge predict" in err
 
 
 def test_report_figures_are_measured(bundle_root: Path) -> None:
-    report = run_edge_build(bundle_root, EdgeBuildConfig(precisions=("fp32", "fp16", "int8"), backend="ort-cpu"))
+    report = run_edge_build(
+        bundle_root, EdgeBuildConfig(precisions=("fp32", "fp16", "int8"), backend="ort-cpu")
+    )
     fp32, fp16, int8 = report.results
-    assert fp32.max_abs_diff == 0.0 and fp32.decision_agreement == 1.0 and fp32.accuracy == 1.0 and fp32.n == 24
+    assert (
+        fp32.max_abs_diff == 0.0 and fp32.decision_agreement == 1.0 and fp32.accuracy == 1.0 and fp32.n == 24
+    )
     assert fp16.max_abs_diff is not None and 0 < fp16.max_abs_diff <= 5e-3
     assert int8.max_abs_diff is not None and 0 < int8.max_abs_diff <= 5e-2
     assert report.to_dict()["passed"] is True
@@ -67,19 +76,27 @@ def test_golden_comparison_fails_on_real_disagreement(bundle_root: Path) -> None
     # A flip on an image whose reference sits within the tolerance of the threshold is allowed.
     near = golden.fp32_outputs.copy()
     near[far] = 0.5
-    borderline = compare_golden(near, GoldenSet(golden.images, golden.files, golden.true_labels, near,
-                                                golden.tolerance, 0.5), bundle.info, "int8")
+    borderline = compare_golden(
+        near,
+        GoldenSet(golden.images, golden.files, golden.true_labels, near, golden.tolerance, 0.5),
+        bundle.info,
+        "int8",
+    )
     assert borderline.passed
 
 
-def test_failed_self_test_exits_nonzero_with_the_reason(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_self_test_exits_nonzero_with_the_reason(
+    tiny_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     complete_bundle(tiny_bundle, tolerance={"fp32": 1e-5, "fp16": 1e-9, "int8": 5e-2})
     code = main(["build", str(tiny_bundle), "--precision", "fp16", "--backend", "ort-cpu"])
     out, err = capsys.readouterr()
     assert code == 1 and "FAIL" in out and "fp16 FAIL: max |diff|" in err
 
 
-def test_tampered_bundle_is_refused_naming_the_file(bundle_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tampered_bundle_is_refused_naming_the_file(
+    bundle_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = bundle_root / "golden" / "images.npy"
     data = bytearray(target.read_bytes())
     data[-1] ^= 0x01
@@ -93,38 +110,63 @@ def test_bundle_without_golden_set_cannot_be_self_tested(tiny_bundle: Path) -> N
         run_edge_build(tiny_bundle, EdgeBuildConfig(backend="ort-cpu"))
 
 
-def test_without_tensorrt_it_says_so_and_how_to_verify_anyway(bundle_root: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_tensorrt_it_says_so_and_how_to_verify_anyway(
+    bundle_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(BackendUnavailableError, match="only be built on the device"):
         run_edge_build(bundle_root, EdgeBuildConfig())
     assert main(["build", str(bundle_root), "--precision", "fp16"]) == 1
     err = capsys.readouterr().err
-    assert "TensorRT is not installed" in err and f"pneumo edge build {bundle_root} --precision all --backend ort-cpu" in err
+    assert (
+        "TensorRT is not installed" in err
+        and f"pneumo edge build {bundle_root} --precision all --backend ort-cpu" in err
+    )
 
 
-def test_trt_builds_then_reuses_engines_per_device(bundle_root: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_trt_builds_then_reuses_engines_per_device(
+    bundle_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     double = trt_double.install(monkeypatch)
-    assert main(["build", str(bundle_root), "--precision", "all", "--batch", "1,4,16", "--workspace", "256"]) == 0
+    assert (
+        main(["build", str(bundle_root), "--precision", "all", "--batch", "1,4,16", "--workspace", "256"])
+        == 0
+    )
     out, err = capsys.readouterr()
     assert "device orin-sm87-trt10.3.0" in out
-    assert [line.split()[2] for line in out.splitlines() if line.startswith(("fp32", "fp16", "int8"))] == ["built"] * 3
+    assert [line.split()[2] for line in out.splitlines() if line.startswith(("fp32", "fp16", "int8"))] == [
+        "built"
+    ] * 3
     folder = bundle_root / "engines" / "orin-sm87-trt10.3.0"
     assert sorted(p.name for p in folder.iterdir()) == [
-        "calib_int8.cache", "calib_int8.cache.json", "model_fp16.engine", "model_fp16.engine.json",
-        "model_fp32.engine", "model_fp32.engine.json", "model_int8.engine", "model_int8.engine.json", "timing.cache",
+        "calib_int8.cache",
+        "calib_int8.cache.json",
+        "model_fp16.engine",
+        "model_fp16.engine.json",
+        "model_fp32.engine",
+        "model_fp32.engine.json",
+        "model_int8.engine",
+        "model_int8.engine.json",
+        "timing.cache",
     ]
     sidecar = json.loads((folder / "model_int8.engine.json").read_text())
     assert sidecar["build_path"] == "trt10-builder-flags+entropy-calibrator"
-    assert sidecar["rebuild_command"] == f"pneumo edge build {bundle_root} --precision int8 --batch 1,4,16 --workspace 256"
+    assert (
+        sidecar["rebuild_command"]
+        == f"pneumo edge build {bundle_root} --precision int8 --batch 1,4,16 --workspace 256"
+    )
     assert sidecar["profile"]["image"]["opt"] == [4, 32, 32, 1]
     assert len(double.builds) == 3
     Bundle.open(bundle_root)  # engines live outside the manifest: the bundle still verifies
 
-    assert main(["build", str(bundle_root), "--precision", "all", "--batch", "1,4,16", "--workspace", "256"]) == 0
+    assert (
+        main(["build", str(bundle_root), "--precision", "all", "--batch", "1,4,16", "--workspace", "256"])
+        == 0
+    )
     out, err = capsys.readouterr()
-    assert [line.split()[2] for line in out.splitlines() if line.startswith(("fp32", "fp16", "int8"))] == ["reused"] * 3
+    assert [line.split()[2] for line in out.splitlines() if line.startswith(("fp32", "fp16", "int8"))] == [
+        "reused"
+    ] * 3
     assert len(double.builds) == 3, "nothing rebuilt"
 
     assert main(["build", str(bundle_root), "--precision", "fp16", "--batch", "1,8"]) == 0
@@ -140,7 +182,9 @@ def test_a_new_tensorrt_gets_its_own_engines(bundle_root: Path, monkeypatch: pyt
     report = run_edge_build(bundle_root, EdgeBuildConfig(precisions=("fp16", "int8")))
     assert report.passed and report.device_key == "orin-sm87-trt11.0.0"
     assert [r.engine_action for r in report.results] == ["built", "built"]
-    sidecar = json.loads((bundle_root / "engines" / "orin-sm87-trt11.0.0" / "model_int8.engine.json").read_text())
+    sidecar = json.loads(
+        (bundle_root / "engines" / "orin-sm87-trt11.0.0" / "model_int8.engine.json").read_text()
+    )
     assert sidecar["onnx_file"] == "model_int8_qdq.onnx" and sidecar["build_path"] == "trt11-strongly-typed"
 
 
@@ -168,7 +212,9 @@ def test_edge_build_command_reproduces_non_default_flags(bundle_root: Path) -> N
     )
 
 
-def test_all_means_every_precision_the_bundle_has(bundle_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_all_means_every_precision_the_bundle_has(
+    bundle_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Export may leave INT8 out (its golden self-test would be meaningless); the technician's default still works.
     (bundle_root / "model_int8_qdq.onnx").unlink()
     write_manifest(bundle_root)
@@ -176,7 +222,10 @@ def test_all_means_every_precision_the_bundle_has(bundle_root: Path, capsys: pyt
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "int8: not in this bundle" in err
-    assert [line.split()[0] for line in out.splitlines() if line.startswith(("fp32", "fp16", "int8"))] == ["fp32", "fp16"]
+    assert [line.split()[0] for line in out.splitlines() if line.startswith(("fp32", "fp16", "int8"))] == [
+        "fp32",
+        "fp16",
+    ]
     # Asked for by name, a missing precision is still an error that says what to do.
     assert main(["build", str(bundle_root), "--precision", "int8", "--backend", "ort-cpu"]) == 1
     assert "no int8 model" in capsys.readouterr().err

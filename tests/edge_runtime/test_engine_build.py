@@ -32,8 +32,10 @@ def bundle(tiny_bundle: Path) -> Bundle:
 
 
 def _config(tmp_path: Path, **overrides: object) -> EngineBuildConfig:
-    values: dict[str, object] = {"timing_cache": tmp_path / "eng" / "timing.cache",
-                                 "calibration_cache": tmp_path / "eng" / "calib_int8.cache"}
+    values: dict[str, object] = {
+        "timing_cache": tmp_path / "eng" / "timing.cache",
+        "calibration_cache": tmp_path / "eng" / "calib_int8.cache",
+    }
     values.update(overrides)
     return EngineBuildConfig(**values)  # type: ignore[arg-type]
 
@@ -49,7 +51,12 @@ def test_plan_picks_the_path_from_the_version() -> None:
     assert plan_build("10.3.0", "int8", "qdq", calibration_available=True).onnx_role == "int8_qdq"
     for precision, role in (("fp32", "fp32"), ("fp16", "fp16"), ("int8", "int8_qdq")):
         plan = plan_build("11.1.0", precision, calibration_available=True)
-        assert (plan.onnx_role, plan.strongly_typed, plan.builder_flags, plan.calibrator) == (role, True, (), False)
+        assert (plan.onnx_role, plan.strongly_typed, plan.builder_flags, plan.calibrator) == (
+            role,
+            True,
+            (),
+            False,
+        )
         assert plan.build_path == "trt11-strongly-typed"
     with pytest.raises(EngineBuildError, match="removed implicit INT8 calibration"):
         plan_build("11.0.0", "int8", "calibrator")
@@ -71,19 +78,23 @@ def test_batch_sizes_and_profile() -> None:
         EngineBuildConfig(workspace_mib=1)
 
 
-def test_without_tensorrt_the_error_says_how_to_get_it(bundle: Bundle, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_tensorrt_the_error_says_how_to_get_it(
+    bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # an import of it raises ImportError
     with pytest.raises(BackendUnavailableError, match="JetPack.*system-site-packages"):
         build_engine(OnnxSources.from_bundle(bundle), tmp_path / "m.engine", EngineBuildConfig())
 
 
-def test_fp16_on_trt10_sets_flags_profile_workspace_and_sidecar(bundle: Bundle, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fp16_on_trt10_sets_flags_profile_workspace_and_sidecar(
+    bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     double = trt_double.install(monkeypatch, version="10.3.0")
     engine = tmp_path / "eng" / "model_fp16.engine"
     config = _config(tmp_path, precision="fp16", batch_sizes=(1, 8, 32), workspace_mib=512)
-    sidecar = build_engine(OnnxSources.from_bundle(bundle), engine, config, rebuild_command="pneumo edge build B")
+    sidecar = build_engine(
+        OnnxSources.from_bundle(bundle), engine, config, rebuild_command="pneumo edge build B"
+    )
     record = double.builds[-1]
     assert record.error is None
     assert record.flags == {"FP16"}, "FP16 set, TF32 cleared so fp32 layers stay full precision"
@@ -97,24 +108,32 @@ def test_fp16_on_trt10_sets_flags_profile_workspace_and_sidecar(bundle: Bundle, 
     assert on_disk["device_key"] == "orin-sm87-trt10.3.0"
     assert on_disk["precision"] == "fp16" and on_disk["builder_flags"] == ["FP16"]
     assert on_disk["build_path"] == "trt10-builder-flags"
-    assert on_disk["profile"] == {"image": {"min": [1, 32, 32, 1], "opt": [8, 32, 32, 1], "max": [32, 32, 32, 1]}}
+    assert on_disk["profile"] == {
+        "image": {"min": [1, 32, 32, 1], "opt": [8, 32, 32, 1], "max": [32, 32, 32, 1]}
+    }
     assert on_disk["onnx_file"] == "model.onnx"
     assert on_disk["onnx_sha256"] == sha256_file(bundle.root / "model.onnx")
     assert on_disk["engine_sha256"] == sha256_file(engine)
     assert on_disk["build_time"].endswith("+00:00") and on_disk["build_seconds"] >= 0
     assert on_disk["rebuild_command"] == "pneumo edge build B"
-    assert "--fp16" in on_disk["trtexec_equivalent"] and "--memPoolSize=workspace:512M" in on_disk["trtexec_equivalent"]
+    assert (
+        "--fp16" in on_disk["trtexec_equivalent"]
+        and "--memPoolSize=workspace:512M" in on_disk["trtexec_equivalent"]
+    )
     assert "--minShapes=image:1x32x32x1" in on_disk["trtexec_equivalent"]
     assert sidecar.max_batch == 32
 
 
-def test_timing_cache_is_written_and_reused_across_builds(bundle: Bundle, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_timing_cache_is_written_and_reused_across_builds(
+    bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     double = trt_double.install(monkeypatch)
     config = _config(tmp_path)
     first = build_engine(OnnxSources.from_bundle(bundle), tmp_path / "eng" / "a.engine", config)
     assert config.timing_cache is not None and config.timing_cache.is_file() and not first.timing_cache_reused
-    second = build_engine(OnnxSources.from_bundle(bundle), tmp_path / "eng" / "b.engine", _config(tmp_path, precision="fp16"))
+    second = build_engine(
+        OnnxSources.from_bundle(bundle), tmp_path / "eng" / "b.engine", _config(tmp_path, precision="fp16")
+    )
     assert second.timing_cache_reused and double.builds[-1].timing_cache_entries_before == 1
     # A cache from another GPU is refused by TensorRT (ignore_mismatch=False) and replaced, with a note.
     trt_double.install(monkeypatch, gpu_name="Xavier", compute_capability=(7, 2))
@@ -122,8 +141,9 @@ def test_timing_cache_is_written_and_reused_across_builds(bundle: Bundle, tmp_pa
     assert not third.timing_cache_reused and any("another device" in n for n in third.notes)
 
 
-def test_trt11_builds_typed_graphs_strongly_typed(bundle: Bundle, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trt11_builds_typed_graphs_strongly_typed(
+    bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     double = trt_double.install(monkeypatch, version="11.1.0")
     sources = OnnxSources.from_bundle(bundle)
     fp16 = build_engine(sources, tmp_path / "eng" / "fp16.engine", _config(tmp_path, precision="fp16"))
@@ -131,34 +151,53 @@ def test_trt11_builds_typed_graphs_strongly_typed(bundle: Bundle, tmp_path: Path
     assert fp16.onnx_file == "model_fp16.onnx" and fp16.build_path == "trt11-strongly-typed"
     assert fp16.builder_flags == [] and fp16.onnx_sha256 == sha256_file(bundle.root / "model_fp16.onnx")
     calibration = CalibrationData.from_npy(bundle.root / "calibration" / "calib.npy")
-    int8 = build_engine(sources, tmp_path / "eng" / "int8.engine", _config(tmp_path, precision="int8"), calibration)
+    int8 = build_engine(
+        sources, tmp_path / "eng" / "int8.engine", _config(tmp_path, precision="int8"), calibration
+    )
     assert int8.onnx_file == "model_int8_qdq.onnx" and not double.builds[-1].calibrator_used
     assert int8.calibration == {"source": "qdq-onnx", "onnx_file": "model_int8_qdq.onnx"}
     with pytest.raises(EngineBuildError, match="removed implicit INT8 calibration"):
-        build_engine(sources, tmp_path / "eng" / "x.engine", _config(tmp_path, precision="int8", int8_source="calibrator"),
-                     calibration)
+        build_engine(
+            sources,
+            tmp_path / "eng" / "x.engine",
+            _config(tmp_path, precision="int8", int8_source="calibrator"),
+            calibration,
+        )
 
 
-def test_trt11_fp16_without_the_typed_model_names_the_missing_file(tiny_bundle: Path, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trt11_fp16_without_the_typed_model_names_the_missing_file(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     trt_double.install(monkeypatch, version="11.0.0")
     with pytest.raises(EngineBuildError, match="model_fp16.onnx.*pneumo export bundle"):
-        build_engine(OnnxSources.beside(tiny_bundle / "model.onnx"), tmp_path / "e.engine", _config(tmp_path, precision="fp16"))
+        build_engine(
+            OnnxSources.beside(tiny_bundle / "model.onnx"),
+            tmp_path / "e.engine",
+            _config(tmp_path, precision="fp16"),
+        )
 
 
-def test_int8_refuses_without_calibration_data(bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_int8_refuses_without_calibration_data(
+    bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     double = trt_double.install(monkeypatch)
     with pytest.raises(EngineBuildError, match="INT8 needs real calibration data"):
-        build_engine(OnnxSources.from_bundle(bundle), tmp_path / "eng" / "i.engine",
-                     _config(tmp_path, precision="int8", int8_source="calibrator"))
+        build_engine(
+            OnnxSources.from_bundle(bundle),
+            tmp_path / "eng" / "i.engine",
+            _config(tmp_path, precision="int8", int8_source="calibrator"),
+        )
     assert double.builds == [], "nothing was built"
     # With no calibration set, auto builds the Q/DQ model (explicit scales) instead of guessing.
-    sidecar = build_engine(OnnxSources.from_bundle(bundle), tmp_path / "eng" / "i.engine", _config(tmp_path, precision="int8"))
+    sidecar = build_engine(
+        OnnxSources.from_bundle(bundle), tmp_path / "eng" / "i.engine", _config(tmp_path, precision="int8")
+    )
     assert sidecar.onnx_file == "model_int8_qdq.onnx" and double.builds[-1].strongly_typed
 
 
-def test_int8_calibrates_then_reuses_a_matching_cache_only(bundle: Bundle, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_int8_calibrates_then_reuses_a_matching_cache_only(
+    bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     double = trt_double.install(monkeypatch)
     sources = OnnxSources.from_bundle(bundle)
     calibration = CalibrationData.from_npy(bundle.root / "calibration" / "calib.npy")
@@ -189,8 +228,9 @@ def test_int8_calibrates_then_reuses_a_matching_cache_only(bundle: Bundle, tmp_p
     assert any("not used because it was calibrated on set" in n for n in third.notes)
 
 
-def test_calibration_cache_from_another_tensorrt_is_never_used(bundle: Bundle, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_calibration_cache_from_another_tensorrt_is_never_used(
+    bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     trt_double.install(monkeypatch, version="10.3.0")
     sources = OnnxSources.from_bundle(bundle)
     calibration = CalibrationData.from_npy(bundle.root / "calibration" / "calib.npy")
@@ -198,8 +238,11 @@ def test_calibration_cache_from_another_tensorrt_is_never_used(bundle: Bundle, t
     build_engine(sources, tmp_path / "eng" / "int8.engine", config, calibration)
     double = trt_double.install(monkeypatch, version="10.4.0")
     with pytest.raises(EngineBuildError, match="written by TensorRT 10.3.0, this is 10.4.0"):
-        build_engine(sources, tmp_path / "eng" / "int8.engine", _config(tmp_path, precision="int8",
-                                                                        int8_source="calibrator"))
+        build_engine(
+            sources,
+            tmp_path / "eng" / "int8.engine",
+            _config(tmp_path, precision="int8", int8_source="calibrator"),
+        )
     # auto, with only a stale cache and no images: the Q/DQ model, never the stale scales.
     auto = build_engine(sources, tmp_path / "eng" / "int8.engine", config, None)
     assert auto.onnx_file == "model_int8_qdq.onnx" and not double.builds[-1].calibrator_used
@@ -210,28 +253,40 @@ def test_calibration_cache_from_another_tensorrt_is_never_used(bundle: Bundle, t
     assert config.calibration_cache is not None
     config.calibration_cache.write_bytes(b"TRT-1040-EntropyCalibration2\nedited\n")
     with pytest.raises(EngineBuildError, match="does not match the sha256"):
-        build_engine(sources, tmp_path / "eng" / "int8.engine", _config(tmp_path, precision="int8",
-                                                                        int8_source="calibrator"))
+        build_engine(
+            sources,
+            tmp_path / "eng" / "int8.engine",
+            _config(tmp_path, precision="int8", int8_source="calibrator"),
+        )
 
 
-def test_calibration_set_smaller_than_a_batch_is_refused(bundle: Bundle, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_calibration_set_smaller_than_a_batch_is_refused(
+    bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     trt_double.install(monkeypatch)
     tiny_set = CalibrationData.from_array(images(3), "three images")
     with pytest.raises(EngineBuildError, match="fewer than one calibration batch"):
-        build_engine(OnnxSources.from_bundle(bundle), tmp_path / "eng" / "i.engine",
-                     _config(tmp_path, precision="int8", calibration_batch_size=8), tiny_set)
+        build_engine(
+            OnnxSources.from_bundle(bundle),
+            tmp_path / "eng" / "i.engine",
+            _config(tmp_path, precision="int8", calibration_batch_size=8),
+            tiny_set,
+        )
     with pytest.raises(EngineBuildError, match="uint8"):
         CalibrationData.from_array(np.zeros((4, 32, 32, 1), np.float32))
 
 
-def test_dla_absent_present_and_invalid(bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dla_absent_present_and_invalid(
+    bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sources = OnnxSources.from_bundle(bundle)
     trt_double.install(monkeypatch, dla_cores=0)
     with pytest.raises(EngineBuildError, match="no DLA.*AGX Orin and Orin NX have 2.*without --dla"):
         build_engine(sources, tmp_path / "eng" / "d.engine", _config(tmp_path, precision="fp16", dla_core=0))
     double = trt_double.install(monkeypatch, dla_cores=2)
-    sidecar = build_engine(sources, tmp_path / "eng" / "d.engine", _config(tmp_path, precision="fp16", dla_core=1))
+    sidecar = build_engine(
+        sources, tmp_path / "eng" / "d.engine", _config(tmp_path, precision="fp16", dla_core=1)
+    )
     record = double.builds[-1]
     assert (record.device_type, record.dla_core) == ("DLA", 1) and "GPU_FALLBACK" in record.flags
     assert sidecar.dla_core == 1 and sidecar.gpu_fallback and "--useDLACore=1" in sidecar.trtexec_equivalent
@@ -241,16 +296,20 @@ def test_dla_absent_present_and_invalid(bundle: Bundle, tmp_path: Path, monkeypa
         build_engine(sources, tmp_path / "eng" / "d.engine", _config(tmp_path, precision="fp32", dla_core=0))
 
 
-def test_no_fast_fp16_is_an_error_not_a_silent_fp32_engine(bundle: Bundle, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_fast_fp16_is_an_error_not_a_silent_fp32_engine(
+    bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     double = trt_double.install(monkeypatch, fast_fp16=False)
     with pytest.raises(EngineBuildError, match="no fast FP16"):
-        build_engine(OnnxSources.from_bundle(bundle), tmp_path / "e.engine", _config(tmp_path, precision="fp16"))
+        build_engine(
+            OnnxSources.from_bundle(bundle), tmp_path / "e.engine", _config(tmp_path, precision="fp16")
+        )
     assert double.builds == []
 
 
-def test_a_failed_build_raises_with_the_workspace_hint(bundle: Bundle, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_build_raises_with_the_workspace_hint(
+    bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     double = trt_double.install(monkeypatch)
     monkeypatch.setattr(double.trt.Builder, "build_serialized_network", lambda self, network, config: None)
     engine = tmp_path / "eng" / "f.engine"

@@ -30,7 +30,12 @@ print(json.dumps(loaded))
 def _loaded_after(body: str, names: tuple[str, ...]) -> list[str]:
     script = CHECK.format(body=body, names=set(names))
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
         env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert done.returncode == 0, done.stderr
@@ -52,8 +57,14 @@ for name in names:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["edge", "--help"], ["edge", "predict", "--help"], ["edge", "camera", "--help"],
-     ["edge", "build", "--help"], ["edge", "doctor", "--json"]],
+    [
+        ["--help"],
+        ["edge", "--help"],
+        ["edge", "predict", "--help"],
+        ["edge", "camera", "--help"],
+        ["edge", "build", "--help"],
+        ["edge", "doctor", "--json"],
+    ],
 )
 def test_pneumo_commands_do_not_import_tensorflow(argv: list[str]) -> None:
     body = f"""

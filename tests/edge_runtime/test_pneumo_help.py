@@ -32,7 +32,9 @@ PAGES = [
 
 
 @pytest.mark.parametrize("page", PAGES, ids=" ".join)
-def test_help_page_renders_without_leftover_escapes(page: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_page_renders_without_leftover_escapes(
+    page: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     try:
         code = pneumo_cli.main([*page, "--help"])
     except SystemExit as exc:  # argparse exits after printing help

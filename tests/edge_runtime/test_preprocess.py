@@ -82,8 +82,10 @@ def test_rgba_and_palette(tmp_path: Path, gray_image: np.ndarray) -> None:
     bgra[:, :, 3] = 7
     decoded = load_image(write_image(tmp_path / "rgba.png", bgra))
     assert decoded.shape == (*gray_image.shape, 3)
-    assert np.array_equal(apply_contract(decoded, PreprocessContract())[:, :, 0],
-                          apply_contract(gray_image, PreprocessContract())[:, :, 0])
+    assert np.array_equal(
+        apply_contract(decoded, PreprocessContract())[:, :, 0],
+        apply_contract(gray_image, PreprocessContract())[:, :, 0],
+    )
 
 
 def test_palette_png(tmp_path: Path) -> None:
@@ -95,7 +97,9 @@ def test_palette_png(tmp_path: Path) -> None:
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def test_decompression_bomb_refused_before_decoding() -> None:
@@ -140,7 +144,7 @@ def test_dicom_monochrome2(tmp_path: Path, gray_image: np.ndarray) -> None:
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = pydicom.Dataset()
     ds.file_meta = meta
-    pixels = (gray_image.astype(np.uint16) * 16)
+    pixels = gray_image.astype(np.uint16) * 16
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0

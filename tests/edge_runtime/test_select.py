@@ -25,7 +25,9 @@ def _providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-def test_auto_on_a_cpu_machine_picks_ort_cpu_and_says_why(tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_on_a_cpu_machine_picks_ort_cpu_and_says_why(
+    tiny_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     if "CUDAExecutionProvider" in _providers():
         pytest.skip("this ONNX Runtime has a CUDA provider; the CPU-only expectation does not apply")
     bundle = Bundle.open(tiny_bundle)
@@ -52,7 +54,10 @@ def test_create_backend_keeps_its_signature_and_returns_unopened(tiny_bundle: Pa
 def test_named_backend_that_cannot_load_is_an_error(tiny_bundle: Path) -> None:
     bundle = Bundle.open(tiny_bundle)
     if "CUDAExecutionProvider" not in _providers():
-        with pytest.raises(BackendUnavailableError, match="ort-cuda.*onnxruntime-gpu"), create_backend(bundle, "ort-cuda"):
+        with (
+            pytest.raises(BackendUnavailableError, match="ort-cuda.*onnxruntime-gpu"),
+            create_backend(bundle, "ort-cuda"),
+        ):
             pass
     with pytest.raises(BackendUnavailableError, match="unknown backend 'tpu'"):
         create_backend(bundle, "tpu")
@@ -60,13 +65,20 @@ def test_named_backend_that_cannot_load_is_an_error(tiny_bundle: Path) -> None:
         create_backend(bundle, "ort-cpu", "fp16")
 
 
-def test_trt_without_an_engine_names_the_build_command(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trt_without_an_engine_names_the_build_command(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     trt_double.install(monkeypatch)
-    with pytest.raises(BackendUnavailableError, match=r"no fp16 engine for this device \(orin-sm87-trt10.3.0\).*pneumo edge build"):
+    with pytest.raises(
+        BackendUnavailableError,
+        match=r"no fp16 engine for this device \(orin-sm87-trt10.3.0\).*pneumo edge build",
+    ):
         create_backend(Bundle.open(tiny_bundle), "trt", "fp16")
 
 
-def test_auto_prefers_a_built_engine_for_this_device(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_prefers_a_built_engine_for_this_device(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     complete_bundle(tiny_bundle)
     trt_double.install(monkeypatch)
     report = run_edge_build(tiny_bundle, EdgeBuildConfig(precisions=("fp16",)))
@@ -75,8 +87,13 @@ def test_auto_prefers_a_built_engine_for_this_device(tiny_bundle: Path, monkeypa
     assert choice.name == "trt" and isinstance(choice.backend, TensorRTBackend) and choice.skipped == {}
     batch = images(3, seed=8)
     with choice.backend as backend:
-        np.testing.assert_allclose(backend.infer(batch), run_onnx(tiny_bundle / "model.onnx", batch), atol=1e-6)
+        np.testing.assert_allclose(
+            backend.infer(batch), run_onnx(tiny_bundle / "model.onnx", batch), atol=1e-6
+        )
     # The same bundle on another Jetson model: the engine is refused and auto moves on, saying why.
     trt_double.install(monkeypatch, gpu_name="Xavier", compute_capability=(7, 2))
     other = select_backend(Bundle.open(tiny_bundle), "auto", "fp16")
-    assert other.name != "trt" and "no fp16 engine for this device (xavier-sm72-trt10.3.0)" in other.skipped["trt"]
+    assert (
+        other.name != "trt"
+        and "no fp16 engine for this device (xavier-sm72-trt10.3.0)" in other.skipped["trt"]
+    )

@@ -25,13 +25,19 @@ def _tree(root: Path) -> None:
 def test_folders_are_searched_recursively_for_images_only(tmp_path: Path) -> None:
     _tree(tmp_path)
     found = expand_inputs([str(tmp_path)])
-    assert [p.relative_to(tmp_path).as_posix() for p in found.files] == ["a.png", "sub/b.JPEG", "sub/deeper/c.png"]
+    assert [p.relative_to(tmp_path).as_posix() for p in found.files] == [
+        "a.png",
+        "sub/b.JPEG",
+        "sub/deeper/c.png",
+    ]
     assert found.failures == []
 
 
 def test_order_is_kept_and_duplicates_dropped(tmp_path: Path) -> None:
     _tree(tmp_path)
-    found = expand_inputs([str(tmp_path / "sub" / "deeper" / "c.png"), str(tmp_path), str(tmp_path / "a.png")])
+    found = expand_inputs(
+        [str(tmp_path / "sub" / "deeper" / "c.png"), str(tmp_path), str(tmp_path / "a.png")]
+    )
     assert [p.name for p in found.files] == ["c.png", "a.png", "b.JPEG"]
 
 
@@ -46,7 +52,8 @@ def test_arguments_that_match_nothing_are_reported(tmp_path: Path) -> None:
     found = expand_inputs([str(tmp_path / "missing.png"), str(tmp_path / "*.dcm"), str(tmp_path / "empty")])
     assert found.files == []
     assert [reason for _, reason in found.failures] == [
-        "no such file or folder", "pattern matched no files",
+        "no such file or folder",
+        "pattern matched no files",
         "folder contains no image files (.png, .jpg, .jpeg, .dcm, ...)",
     ]
 
@@ -61,7 +68,11 @@ def test_camera_uris(tmp_path: Path) -> None:
     assert parse_camera_source("rtsp://10.0.0.2:554/stream").kind == "network"
     assert parse_camera_source(str(clip)) == CameraSource("file", str(clip))
     assert parse_camera_source(f"file://{clip}") == CameraSource("file", str(clip))
-    for bad, message in (("csi://front", "sensor id"), ("v4l2://camera", "v4l2:///dev/videoN"),
-                         ("", "empty"), (str(tmp_path / "nope.mp4"), "no such video file")):
+    for bad, message in (
+        ("csi://front", "sensor id"),
+        ("v4l2://camera", "v4l2:///dev/videoN"),
+        ("", "empty"),
+        (str(tmp_path / "nope.mp4"), "no such video file"),
+    ):
         with pytest.raises(CameraError, match=message):
             parse_camera_source(bad)

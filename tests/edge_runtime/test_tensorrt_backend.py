@@ -27,15 +27,24 @@ REBUILD = "pneumo edge build /data/bundle --precision fp32 --batch 1,8,32"
 
 
 @pytest.fixture
-def built(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Bundle, Path, trt_double.TrtDouble]:
+def built(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Bundle, Path, trt_double.TrtDouble]:
     bundle = Bundle.open(complete_bundle(tiny_bundle))
     double = trt_double.install(monkeypatch)
     engine = tmp_path / "engines" / "model_fp32.engine"
-    build_engine(OnnxSources.from_bundle(bundle), engine, EngineBuildConfig(batch_sizes=(1, 8, 32)), rebuild_command=REBUILD)
+    build_engine(
+        OnnxSources.from_bundle(bundle),
+        engine,
+        EngineBuildConfig(batch_sizes=(1, 8, 32)),
+        rebuild_command=REBUILD,
+    )
     return bundle, engine, double
 
 
-def test_execution_matches_onnxruntime_and_frees_everything(built: tuple[Bundle, Path, trt_double.TrtDouble]) -> None:
+def test_execution_matches_onnxruntime_and_frees_everything(
+    built: tuple[Bundle, Path, trt_double.TrtDouble],
+) -> None:
     bundle, engine, double = built
     batch = images(5, seed=4)
     expected = run_onnx(bundle.root / "model.onnx", batch)
@@ -53,7 +62,9 @@ def test_execution_matches_onnxruntime_and_frees_everything(built: tuple[Bundle,
     assert double.live_allocations == before and double.context_depth == 0
 
 
-def test_predictor_splits_batches_over_the_profile_max(built: tuple[Bundle, Path, trt_double.TrtDouble]) -> None:
+def test_predictor_splits_batches_over_the_profile_max(
+    built: tuple[Bundle, Path, trt_double.TrtDouble],
+) -> None:
     bundle, engine, double = built
     batch = images(40, seed=5)
     with TensorRTBackend(engine) as backend:
@@ -68,7 +79,9 @@ def test_predictor_splits_batches_over_the_profile_max(built: tuple[Bundle, Path
     assert {r.backend for r in results} == {"trt"}
 
 
-def test_batch_below_profile_minimum_is_padded(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_batch_below_profile_minimum_is_padded(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bundle = Bundle.open(complete_bundle(tiny_bundle))
     double = trt_double.install(monkeypatch)
     engine = tmp_path / "m.engine"
@@ -84,23 +97,32 @@ def test_batch_below_profile_minimum_is_padded(tiny_bundle: Path, tmp_path: Path
 @pytest.mark.parametrize(
     ("install", "problem"),
     [
-        ({"gpu_name": "Xavier", "compute_capability": (7, 2)}, r"GPU: built on 'Orin', this device has 'Xavier'; compute capability"),
+        (
+            {"gpu_name": "Xavier", "compute_capability": (7, 2)},
+            r"GPU: built on 'Orin', this device has 'Xavier'; compute capability",
+        ),
         ({"compute_capability": (8, 6)}, r"compute capability: built for 8.7, this GPU is 8.6"),
         ({"version": "10.4.0"}, r"TensorRT: built with 10.3.0, installed is 10.4.0"),
     ],
 )
 def test_engine_for_another_device_is_refused_with_the_rebuild_command(
-    built: tuple[Bundle, Path, trt_double.TrtDouble], monkeypatch: pytest.MonkeyPatch,
-    install: dict[str, object], problem: str,
+    built: tuple[Bundle, Path, trt_double.TrtDouble],
+    monkeypatch: pytest.MonkeyPatch,
+    install: dict[str, object],
+    problem: str,
 ) -> None:
     _bundle, engine, _double = built
     trt_double.install(monkeypatch, **install)  # type: ignore[arg-type]
     with pytest.raises(EngineMismatchError, match=problem) as excinfo:
         TensorRTBackend(engine).open()
-    assert "not portable" in str(excinfo.value) and str(excinfo.value).endswith(f"Rebuild it on this device with: {REBUILD}")
+    assert "not portable" in str(excinfo.value) and str(excinfo.value).endswith(
+        f"Rebuild it on this device with: {REBUILD}"
+    )
 
 
-def test_engine_for_another_model_or_a_replaced_engine_is_refused(built: tuple[Bundle, Path, trt_double.TrtDouble]) -> None:
+def test_engine_for_another_model_or_a_replaced_engine_is_refused(
+    built: tuple[Bundle, Path, trt_double.TrtDouble],
+) -> None:
     bundle, engine, double = built
     with pytest.raises(EngineMismatchError, match=r"model: built from ONNX sha256 .*rebuild_here"):
         TensorRTBackend(engine, expected_onnx_sha256="0" * 64, rebuild_command="rebuild_here").open()
@@ -125,7 +147,9 @@ def test_missing_or_foreign_sidecar_is_refused(built: tuple[Bundle, Path, trt_do
 @pytest.mark.gpu
 def test_pycuda_buffer_layer_on_a_real_gpu() -> None:
     """Page-locked host buffers, device buffers, async copies on one stream and event timing, for real."""
-    cuda = pytest.importorskip("pycuda.driver", reason="pycuda not installed (pip install 'pneumo-edge[gpu]')")
+    cuda = pytest.importorskip(
+        "pycuda.driver", reason="pycuda not installed (pip install 'pneumo-edge[gpu]')"
+    )
     try:
         cuda.init()
         device = cuda.Device(0)

@@ -29,7 +29,9 @@ pytestmark = pytest.mark.trt
 
 def test_builds_every_precision_and_passes_the_golden_self_test(tiny_bundle: Path) -> None:
     complete_bundle(tiny_bundle)
-    report = run_edge_build(tiny_bundle, EdgeBuildConfig(precisions=("fp32", "fp16", "int8"), batch_sizes=(1, 8)))
+    report = run_edge_build(
+        tiny_bundle, EdgeBuildConfig(precisions=("fp32", "fp16", "int8"), batch_sizes=(1, 8))
+    )
     assert report.passed, [(r.precision, r.status, r.message) for r in report.results]
     gpu = cuda_device()
     for result in report.results:

@@ -44,7 +44,9 @@ def boxes(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def palette_png(index_value: int, size: int = 40) -> bytes:
@@ -64,7 +66,12 @@ def palette_png(index_value: int, size: int = 40) -> bytes:
 def bomb_png() -> bytes:
     """A few hundred bytes declaring 50000 x 50000 pixels."""
     header = struct.pack(">IIBBBBB", 50000, 50000, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def dicom_bytes(tmp_path: Path, bright: bool) -> bytes:
@@ -97,9 +104,14 @@ def encode(image: np.ndarray, ext: str) -> bytes:
 
 
 @pytest.mark.parametrize("mode", ["inotify", "polling"])
-def test_existing_renamed_and_slowly_written_files(tiny_bundle: Path, boxes: tuple[Path, Path], mode: str) -> None:
+def test_existing_renamed_and_slowly_written_files(
+    tiny_bundle: Path, boxes: tuple[Path, Path], mode: str
+) -> None:
     inbox, outbox = boxes
-    inputs = {"already there bright.png": png_bytes(BRIGHT, seed=1), "already there dark.png": png_bytes(DARK, seed=2)}
+    inputs = {
+        "already there bright.png": png_bytes(BRIGHT, seed=1),
+        "already there dark.png": png_bytes(DARK, seed=2),
+    }
     for name, data in inputs.items():
         (inbox / name).write_bytes(data)
     extra = ("--no-watchdog",) if mode == "polling" else ()
@@ -170,7 +182,9 @@ def test_unusual_but_valid_inputs(tiny_bundle: Path, boxes: tuple[Path, Path], t
     assert {n: r["label"] for n, r in records.items()} == expected
 
 
-def test_bad_inputs_fail_alone_with_reasons(tiny_bundle: Path, boxes: tuple[Path, Path], tmp_path: Path) -> None:
+def test_bad_inputs_fail_alone_with_reasons(
+    tiny_bundle: Path, boxes: tuple[Path, Path], tmp_path: Path
+) -> None:
     inbox, outbox = boxes
     jpeg = encode(np.tile(np.arange(64, dtype=np.uint8), (64, 1)), ".jpg")
     outside = tmp_path / "outside secret.png"
@@ -200,7 +214,9 @@ def test_bad_inputs_fail_alone_with_reasons(tiny_bundle: Path, boxes: tuple[Path
         daemon.wait_until(lambda: result_count(outbox) >= len(reasons), 60, "a result for every bad input")
         # still running, and still working
         drop(inbox, "good after bad.png", png_bytes(BRIGHT, seed=8))
-        daemon.wait_until(lambda: result_count(outbox) >= len(reasons) + 1, 60, "the good file after the bad ones")
+        daemon.wait_until(
+            lambda: result_count(outbox) >= len(reasons) + 1, 60, "the good file after the bad ones"
+        )
         assert daemon.running()
         time.sleep(1.0)  # several rescans: nothing may be reported twice
         assert daemon.signal(signal.SIGTERM) == 0
@@ -244,7 +260,9 @@ def test_vanished_file_is_recorded_and_a_clashing_name_is_made_unique(
         assert daemon.signal(signal.SIGTERM) == 0
     records = jsonl_records(outbox)
     assert [r["original_name"] for r in records] == ["same name.png", "same name.png", "marker.png"]
-    assert records[0]["moved_to"] == "done/same name.png" and records[1]["moved_to"] == "done/same name (2).png"
+    assert (
+        records[0]["moved_to"] == "done/same name.png" and records[1]["moved_to"] == "done/same name (2).png"
+    )
     assert (outbox / "done" / "same name.png").read_bytes() == first, "an earlier result was overwritten"
     assert (outbox / "done" / "same name (2).png").read_bytes() == second
     assert records[1]["label"] == "NORMAL" and records[1]["result_file"] == "done/same name (2).png.json"
@@ -268,7 +286,9 @@ def test_temp_and_hidden_names_are_left_alone(tiny_bundle: Path, boxes: tuple[Pa
     assert sorted(os.listdir(inbox)) == sorted([*ignored, "subfolder"])
 
 
-def test_heartbeat_counters_and_graceful_stop(tiny_bundle: Path, boxes: tuple[Path, Path], tmp_path: Path) -> None:
+def test_heartbeat_counters_and_graceful_stop(
+    tiny_bundle: Path, boxes: tuple[Path, Path], tmp_path: Path
+) -> None:
     inbox, outbox = boxes
     heartbeat = tmp_path / "run" / "heartbeat.json"
     for i in range(5):
@@ -351,7 +371,9 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     resolved = json.loads(result.stdout)
     assert resolved["batch"] == 32 and resolved["quiet_seconds"] == 5.0 and resolved["ignore"] == ["*.x"]
-    assert resolved["inbox"] == str(tmp_path / "in") and resolved["heartbeat"] == str(tmp_path / "out" / "heartbeat.json")
+    assert resolved["inbox"] == str(tmp_path / "in") and resolved["heartbeat"] == str(
+        tmp_path / "out" / "heartbeat.json"
+    )
 
 
 @pytest.mark.parametrize(
@@ -373,7 +395,9 @@ def test_unknown_config_key_and_bad_bundle(tmp_path: Path) -> None:
     result = _cli("--config", str(config))
     assert result.returncode == 2 and "unknown settings ['quiet']" in result.stderr
     (tmp_path / "in").mkdir()
-    result = _cli(str(tmp_path / "no bundle"), "--inbox", str(tmp_path / "in"), "--outbox", str(tmp_path / "out"))
+    result = _cli(
+        str(tmp_path / "no bundle"), "--inbox", str(tmp_path / "in"), "--outbox", str(tmp_path / "out")
+    )
     assert result.returncode == 1
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     failure = next(e for e in events if e["event"] == "startup_failed")
@@ -407,7 +431,9 @@ def test_failing_backend_keeps_inputs_and_exits_for_a_restart(tmp_path: Path) ->
     assert result_count(outbox) == 0 and os.listdir(outbox / "failed") == []
 
 
-def test_dicom_without_pydicom_fails_with_that_reason(tiny_bundle: Path, boxes: tuple[Path, Path], tmp_path: Path) -> None:
+def test_dicom_without_pydicom_fails_with_that_reason(
+    tiny_bundle: Path, boxes: tuple[Path, Path], tmp_path: Path
+) -> None:
     """A runtime install without the dicom extra: simulated by a module whose import fails, as pydicom's would."""
     inbox, outbox = boxes
     data = dicom_bytes(tmp_path, bright=True)
@@ -421,5 +447,7 @@ def test_dicom_without_pydicom_fails_with_that_reason(tiny_bundle: Path, boxes: 
         drop(inbox, "plain.png", png_bytes(BRIGHT, seed=70))
         daemon.wait_until(lambda: result_count(outbox) >= 2, 60, "both results")
         assert daemon.signal(signal.SIGTERM) == 0
-    records = assert_exactly_once(outbox, {"scan.dcm": data, "plain.png": png_bytes(BRIGHT, seed=70)}, failed={"scan.dcm"})
+    records = assert_exactly_once(
+        outbox, {"scan.dcm": data, "plain.png": png_bytes(BRIGHT, seed=70)}, failed={"scan.dcm"}
+    )
     assert "pydicom is not installed" in records["scan.dcm"]["reason"]

@@ -32,12 +32,16 @@ def _fill(inbox: Path, count: int) -> dict[str, bytes]:
 
 
 def _finish(daemon: Daemon, outbox: Path, inbox: Path, total: int) -> None:
-    daemon.wait_until(lambda: result_count(outbox) >= total and not os.listdir(inbox), 180, f"{total} results")
+    daemon.wait_until(
+        lambda: result_count(outbox) >= total and not os.listdir(inbox), 180, f"{total} results"
+    )
     assert daemon.signal(signal.SIGTERM) == 0
 
 
 @pytest.mark.parametrize("kill_points", [(1, 90), (40, 41), (150, 250)])
-def test_sigkill_twice_mid_flow_then_restart(tiny_bundle: Path, tmp_path: Path, kill_points: tuple[int, int]) -> None:
+def test_sigkill_twice_mid_flow_then_restart(
+    tiny_bundle: Path, tmp_path: Path, kill_points: tuple[int, int]
+) -> None:
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     inbox.mkdir()
     inputs = _fill(inbox, 300)
@@ -53,18 +57,34 @@ def test_sigkill_twice_mid_flow_then_restart(tiny_bundle: Path, tmp_path: Path, 
     assert_exactly_once(outbox, inputs, failed={"bad 1.jpg", "bad 2.png"})
 
 
-STEPS = ["after-claim", "after-move", "after-result-json", "torn-jsonl", "after-jsonl", "torn-csv", "after-csv"]
+STEPS = [
+    "after-claim",
+    "after-move",
+    "after-result-json",
+    "torn-jsonl",
+    "after-jsonl",
+    "torn-csv",
+    "after-csv",
+]
 
 
 @pytest.mark.parametrize("step", STEPS)
-def test_crash_between_durable_steps_is_finished_on_restart(tiny_bundle: Path, tmp_path: Path, step: str) -> None:
+def test_crash_between_durable_steps_is_finished_on_restart(
+    tiny_bundle: Path, tmp_path: Path, step: str
+) -> None:
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     inbox.mkdir()
     inputs = _fill(inbox, 22)
     args = ("--batch", "4")
     fast = {"quiet-seconds": 0.0}
     crashing = Daemon(
-        tiny_bundle, inbox, outbox, *args, config=fast, env={"PNEUMO_WATCH_FAILPOINT": f"{step}:3"}, log_name="crash"
+        tiny_bundle,
+        inbox,
+        outbox,
+        *args,
+        config=fast,
+        env={"PNEUMO_WATCH_FAILPOINT": f"{step}:3"},
+        log_name="crash",
     ).start()
     assert crashing.proc is not None and crashing.proc.wait(timeout=120) == -signal.SIGKILL, crashing.tail()
     assert (outbox / ".pneumo" / "journal.json").exists(), "the crash left no claim to finish"

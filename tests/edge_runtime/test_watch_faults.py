@@ -83,7 +83,9 @@ def _outage(
         inputs[name] = png_bytes(200, seed=500 + i)
         drop(inbox, name, inputs[name])
     daemon.wait_until(
-        lambda: any(e.get("errno") == errno_name for e in daemon.events()), 60, f"a log line naming {errno_name}"
+        lambda: any(e.get("errno") == errno_name for e in daemon.events()),
+        60,
+        f"a log line naming {errno_name}",
     )
     process = psutil.Process(daemon.pid)
     cpu0, wall0 = sum(process.cpu_times()[:2]), time.monotonic()
@@ -107,7 +109,9 @@ def _outage(
     assert_exactly_once(outbox, inputs)
 
 
-def _start_with_one_result(bundle: Path, inbox: Path, outbox: Path, inputs: dict[str, bytes], **kw: object) -> Daemon:
+def _start_with_one_result(
+    bundle: Path, inbox: Path, outbox: Path, inputs: dict[str, bytes], **kw: object
+) -> Daemon:
     daemon = Daemon(bundle, inbox, outbox, **kw).start()  # type: ignore[arg-type]
     daemon.wait_started()
     inputs["before.png"] = png_bytes(30, seed=1)
@@ -202,7 +206,9 @@ def test_vanished_inbox_recovers_when_recreated(tiny_bundle: Path, boxes: tuple[
     with _start_with_one_result(tiny_bundle, inbox, outbox, inputs, config=config) as daemon:
         os.rename(inbox, inbox.with_name("inbox.unmounted"))
         daemon.wait_until(
-            lambda: any(e["event"] == "inbox_unavailable" for e in daemon.events()), 60, "the inbox_unavailable line"
+            lambda: any(e["event"] == "inbox_unavailable" for e in daemon.events()),
+            60,
+            "the inbox_unavailable line",
         )
         process = psutil.Process(daemon.pid)
         cpu0 = sum(process.cpu_times()[:2])
@@ -233,7 +239,9 @@ def other_filesystem_inbox(tmp_path: Path) -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_outbox_on_another_filesystem(tiny_bundle: Path, tmp_path: Path, other_filesystem_inbox: Path) -> None:
+def test_outbox_on_another_filesystem(
+    tiny_bundle: Path, tmp_path: Path, other_filesystem_inbox: Path
+) -> None:
     inbox, outbox = other_filesystem_inbox, tmp_path / "outbox"
     inputs = {f"remote {i}.png": png_bytes(200 if i % 2 else 30, seed=i) for i in range(6)}
     for name, data in inputs.items():

@@ -67,7 +67,10 @@ def test_flood_of_files_bounded_memory_exactly_once(tiny_bundle: Path, tmp_path:
             os.rename(staging / name, inbox / name)
         dropped = time.monotonic()
         daemon.wait_until(
-            lambda: result_count(outbox) >= FLOOD_FILES, TIME_LIMIT_S, f"{FLOOD_FILES} results", allow_exit=False
+            lambda: result_count(outbox) >= FLOOD_FILES,
+            TIME_LIMIT_S,
+            f"{FLOOD_FILES} results",
+            allow_exit=False,
         )
         elapsed = time.monotonic() - started
         assert daemon.signal(signal.SIGTERM) == 0

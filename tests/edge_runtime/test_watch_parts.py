@@ -29,16 +29,25 @@ CONTRACT = PreprocessContract(height=32, width=32)
 
 
 def _record(i: int) -> dict:
-    return {"id": f"{i:032x}", "original_name": f"n{i}\nwith newline.png", "status": "done", "probability": 0.5}
+    return {
+        "id": f"{i:032x}",
+        "original_name": f"n{i}\nwith newline.png",
+        "status": "done",
+        "probability": 0.5,
+    }
 
 
 # -- settings ---------------------------------------------------------------
 def test_config_bounds_and_precedence(tmp_path: Path) -> None:
     config = tmp_path / "w.json"
-    config.write_text(json.dumps({"bundle": "b", "inbox": "in", "outbox": "out", "batch": 4, "poll-interval": 0.5}))
+    config.write_text(
+        json.dumps({"bundle": "b", "inbox": "in", "outbox": "out", "batch": 4, "poll-interval": 0.5})
+    )
     resolved = resolve_config(load_config_file(config), {"batch": 8, "quiet_seconds": None})
     assert resolved.batch == 8 and resolved.poll_interval == 0.5 and resolved.quiet_seconds == 2.0
-    assert resolved.inbox == tmp_path / "in" and resolved.heartbeat_path == tmp_path / "out" / "heartbeat.json"
+    assert (
+        resolved.inbox == tmp_path / "in" and resolved.heartbeat_path == tmp_path / "out" / "heartbeat.json"
+    )
     with pytest.raises(WatchConfigError, match="batch"):
         WatchConfig(Path("b"), Path("i"), Path("o"), batch=0)
     with pytest.raises(WatchConfigError, match="max_pending"):
@@ -82,7 +91,10 @@ def test_repair_keeps_good_lines_after_garbage(tmp_path: Path) -> None:
     offset = log.size()
     log.write_bytes(b"\x00\x00\x00\x00\n" + log.encode([_record(2)]))  # zeros where a lost block was
     assert log.repair_tail(offset) == {f"{2:032x}"}
-    assert [json.loads(line)["id"] for line in log.path.read_text().splitlines()] == [f"{1:032x}", f"{2:032x}"]
+    assert [json.loads(line)["id"] for line in log.path.read_text().splitlines()] == [
+        f"{1:032x}",
+        f"{2:032x}",
+    ]
     assert log.repair_tail(0) == {f"{1:032x}", f"{2:032x}"}  # a rotated (shorter) file is read whole
 
 
@@ -98,7 +110,10 @@ def test_unique_names_never_collide_with_inputs_or_jsons(tmp_path: Path) -> None
     target, result = outbox.plan("c.png", "file", "done", reserved, "t")
     assert target.endswith("done/c.png") and result.endswith("done/c.png.json")
     assert outbox.plan("c.png", "file", "done", reserved, "t")[0].endswith("done/c (2).png")
-    assert outbox.plan("gone.png", "missing", "failed", reserved, "t") == ("", str(outbox.failed / "gone.png.error.json"))
+    assert outbox.plan("gone.png", "missing", "failed", reserved, "t") == (
+        "",
+        str(outbox.failed / "gone.png.error.json"),
+    )
 
 
 def test_corrupt_journal_is_set_aside_and_named(tmp_path: Path) -> None:
@@ -212,7 +227,9 @@ def test_daemon_records_a_vanished_file_once(tiny_bundle: Path, tmp_path: Path) 
     assert sorted(c.name for c in batch) == ["kept.png", "vanishing.png"]
     os.unlink(inbox / "vanishing.png")  # deleted after discovery, before reading
     assert daemon.process_batch(batch) == "done"
-    records = {r["original_name"]: r for r in map(json.loads, (outbox / "results.jsonl").read_text().splitlines())}
+    records = {
+        r["original_name"]: r for r in map(json.loads, (outbox / "results.jsonl").read_text().splitlines())
+    }
     assert records["kept.png"]["label"] == "PNEUMONIA" and records["kept.png"]["moved_to"] == "done/kept.png"
     gone = records["vanishing.png"]
     assert gone["status"] == "failed" and gone["moved_to"] is None and "vanished" in gone["reason"]

@@ -140,7 +140,11 @@ class _Severity(enum.IntEnum):
 class _Logger:
     Severity = _Severity
     INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = (
-        _Severity.INTERNAL_ERROR, _Severity.ERROR, _Severity.WARNING, _Severity.INFO, _Severity.VERBOSE,
+        _Severity.INTERNAL_ERROR,
+        _Severity.ERROR,
+        _Severity.WARNING,
+        _Severity.INFO,
+        _Severity.VERBOSE,
     )
 
     def __init__(self, min_severity: _Severity = _Severity.WARNING) -> None:
@@ -177,10 +181,22 @@ class DataType(enum.IntEnum):
     UINT8 = 5
 
 
-_NP = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8,
-       DataType.INT32: np.int32, DataType.BOOL: np.bool_, DataType.UINT8: np.uint8}
-_FROM_ONNX = {1: DataType.FLOAT, 10: DataType.HALF, 3: DataType.INT8, 6: DataType.INT32, 9: DataType.BOOL,
-              2: DataType.UINT8}
+_NP = {
+    DataType.FLOAT: np.float32,
+    DataType.HALF: np.float16,
+    DataType.INT8: np.int8,
+    DataType.INT32: np.int32,
+    DataType.BOOL: np.bool_,
+    DataType.UINT8: np.uint8,
+}
+_FROM_ONNX = {
+    1: DataType.FLOAT,
+    10: DataType.HALF,
+    3: DataType.INT8,
+    6: DataType.INT32,
+    9: DataType.BOOL,
+    2: DataType.UINT8,
+}
 
 
 @dataclass
@@ -240,7 +256,9 @@ class _OnnxParser:
             return False
 
         def tensor(value: Any) -> _Tensor:
-            dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim)
+            dims = tuple(
+                d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim
+            )
             return _Tensor(value.name, dims, _FROM_ONNX[value.type.tensor_type.elem_type])
 
         inits = {i.name for i in model.graph.initializer}
@@ -248,7 +266,9 @@ class _OnnxParser:
         self.network.outputs = [tensor(v) for v in model.graph.output]
         self.network.onnx_bytes = model.SerializeToString()
         self.network.onnx_path = path
-        self.network.has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+        self.network.has_qdq = any(
+            n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node
+        )
         return True
 
     def parse(self, data: bytes) -> bool:
@@ -277,7 +297,9 @@ class _TimingCache:
 def _build_tensorrt(double: TrtDouble, fast_fp16: bool, fast_int8: bool) -> None:
     trt = double.trt
     major = int(double.version.split(".")[0])
-    flag_names = ["GPU_FALLBACK", "TF32", "REFIT", "DEBUG"] + (["FP16", "INT8", "BF16", "FP8"] if major < 11 else [])
+    flag_names = ["GPU_FALLBACK", "TF32", "REFIT", "DEBUG"] + (
+        ["FP16", "INT8", "BF16", "FP8"] if major < 11 else []
+    )
     builder_flag = enum.IntEnum("BuilderFlag", flag_names)  # type: ignore[misc]
     device_name = f"{double.gpu_name}/{double.compute_capability}/{double.version}"
 
@@ -388,10 +410,17 @@ def _build_tensorrt(double: TrtDouble, fast_fp16: bool, fast_int8: bool) -> None
 
     trt.__version__ = double.version  # type: ignore[attr-defined]
     for name, value in {
-        "Logger": _Logger, "Builder": Builder, "Runtime": Runtime, "OnnxParser": _OnnxParser,
-        "NetworkDefinitionCreationFlag": NetworkDefinitionCreationFlag, "BuilderFlag": builder_flag,
-        "MemoryPoolType": MemoryPoolType, "DeviceType": DeviceType, "TensorIOMode": TensorIOMode,
-        "DataType": DataType, "nptype": lambda dtype: _NP[DataType(dtype)],
+        "Logger": _Logger,
+        "Builder": Builder,
+        "Runtime": Runtime,
+        "OnnxParser": _OnnxParser,
+        "NetworkDefinitionCreationFlag": NetworkDefinitionCreationFlag,
+        "BuilderFlag": builder_flag,
+        "MemoryPoolType": MemoryPoolType,
+        "DeviceType": DeviceType,
+        "TensorIOMode": TensorIOMode,
+        "DataType": DataType,
+        "nptype": lambda dtype: _NP[DataType(dtype)],
     }.items():
         setattr(trt, name, value)
 
@@ -450,14 +479,18 @@ def _build(double: TrtDouble, network: _Network, config: Any) -> bytes | None:
                     break
                 data = double.memory.get(int(pointers[0]))
                 if data is None or len(data) < nbytes:
-                    return _fail(double, record, "get_batch returned a pointer that is not a big enough allocation")
+                    return _fail(
+                        double, record, "get_batch returned a pointer that is not a big enough allocation"
+                    )
                 checksum += int(np.frombuffer(bytes(data[:nbytes]), np.uint8).sum())
                 record.calibration_batches += 1
                 record.calibration_images += shape[0]
             if record.calibration_batches == 0:
                 return _fail(double, record, "calibrator delivered no batches")
-            cache_text = (f"TRT-{double.version.replace('.', '')}-EntropyCalibration2\n"
-                          f"batches: {record.calibration_batches} checksum: {checksum}\n")
+            cache_text = (
+                f"TRT-{double.version.replace('.', '')}-EntropyCalibration2\n"
+                f"batches: {record.calibration_batches} checksum: {checksum}\n"
+            )
             calibrator.write_calibration_cache(cache_text.encode())
             calibration = {"batches": record.calibration_batches, "checksum": checksum}
     if config.timing_cache is not None:
@@ -470,7 +503,9 @@ def _build(double: TrtDouble, network: _Network, config: Any) -> bytes | None:
         "onnx": base64.b64encode(network.onnx_bytes).decode(),
         "inputs": [[t.name, list(t.shape), int(t.dtype)] for t in network.inputs],
         "outputs": [[t.name, list(t.shape), int(t.dtype)] for t in network.outputs],
-        "profile": {k: [list(s) for s in v] for k, v in record.profiles[0].items()} if record.profiles else {},
+        "profile": {k: [list(s) for s in v] for k, v in record.profiles[0].items()}
+        if record.profiles
+        else {},
         "flags": sorted(record.flags),
         "calibration": calibration,
     }
@@ -481,9 +516,14 @@ class _Engine:
     def __init__(self, double: TrtDouble, blob: dict[str, Any]) -> None:
         self.double = double
         self.blob = blob
-        self.tensors = {name: (TensorIOMode.INPUT, tuple(shape), DataType(dtype)) for name, shape, dtype in blob["inputs"]}
+        self.tensors = {
+            name: (TensorIOMode.INPUT, tuple(shape), DataType(dtype)) for name, shape, dtype in blob["inputs"]
+        }
         self.tensors.update(
-            {name: (TensorIOMode.OUTPUT, tuple(shape), DataType(dtype)) for name, shape, dtype in blob["outputs"]}
+            {
+                name: (TensorIOMode.OUTPUT, tuple(shape), DataType(dtype))
+                for name, shape, dtype in blob["outputs"]
+            }
         )
         self.names = list(self.tensors)
         self._session: Any = None
@@ -514,7 +554,9 @@ class _Engine:
         if self._session is None:
             import onnxruntime as ort
 
-            self._session = ort.InferenceSession(base64.b64decode(self.blob["onnx"]), providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(
+                base64.b64decode(self.blob["onnx"]), providers=["CPUExecutionProvider"]
+            )
         return self._session
 
 
@@ -552,7 +594,9 @@ class _ExecutionContext:
         if double.context_depth <= 0:
             raise AssertionError("no CUDA context is current (push the context before enqueueing)")
         if set(self.addresses) != set(self.engine.names):
-            raise AssertionError(f"tensor addresses missing for {set(self.engine.names) - set(self.addresses)}")
+            raise AssertionError(
+                f"tensor addresses missing for {set(self.engine.names) - set(self.addresses)}"
+            )
         feeds = {}
         for name, (mode, _shape, dtype) in self.engine.tensors.items():
             if mode == TensorIOMode.INPUT:
@@ -695,9 +739,16 @@ def _build_pycuda(double: TrtDouble) -> None:
         dest[...] = np.frombuffer(raw, dest.dtype).reshape(dest.shape)
 
     for name, value in {
-        "Error": Error, "Device": Device, "Stream": Stream, "Event": Event, "init": lambda: None,
-        "mem_alloc": DeviceAllocation, "pagelocked_empty": pagelocked_empty, "memcpy_htod": memcpy_htod,
-        "memcpy_htod_async": memcpy_htod_async, "memcpy_dtoh_async": memcpy_dtoh_async,
+        "Error": Error,
+        "Device": Device,
+        "Stream": Stream,
+        "Event": Event,
+        "init": lambda: None,
+        "mem_alloc": DeviceAllocation,
+        "pagelocked_empty": pagelocked_empty,
+        "memcpy_htod": memcpy_htod,
+        "memcpy_htod_async": memcpy_htod_async,
+        "memcpy_dtoh_async": memcpy_dtoh_async,
         "get_driver_version": lambda: 12060,
     }.items():
         setattr(cuda, name, value)

@@ -82,8 +82,19 @@ class Daemon:
         self.config_path = self.work / f"{log_name}-config.json"
         self.config_path.write_text(json.dumps(settings))
         self.args = [
-            sys.executable, "-m", "edge_runtime.pneumo_cli", "edge", "watch", str(bundle),
-            "--inbox", str(inbox), "--outbox", str(outbox), "--config", str(self.config_path), *extra,
+            sys.executable,
+            "-m",
+            "edge_runtime.pneumo_cli",
+            "edge",
+            "watch",
+            str(bundle),
+            "--inbox",
+            str(inbox),
+            "--outbox",
+            str(outbox),
+            "--config",
+            str(self.config_path),
+            *extra,
         ]
         inherited = {k: v for k, v in os.environ.items() if k != "PNEUMO_WATCH_FAILPOINT"}
         self.env = {**inherited, "PYTHONPATH": str(REPO), **(env or {})}
@@ -119,18 +130,26 @@ class Daemon:
                 continue
         return out
 
-    def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str, allow_exit: bool = False) -> None:
+    def wait_until(
+        self, predicate: Callable[[], bool], timeout: float, what: str, allow_exit: bool = False
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():
                 return
             if not allow_exit and not self.running():
-                raise AssertionError(f"daemon exited ({self.proc and self.proc.returncode}) before {what}:\n{self.tail()}")
+                raise AssertionError(
+                    f"daemon exited ({self.proc and self.proc.returncode}) before {what}:\n{self.tail()}"
+                )
             time.sleep(0.05)
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}:\n{self.tail()}")
 
     def wait_event(self, event: str, timeout: float = 60, count: int = 1) -> None:
-        self.wait_until(lambda: sum(e.get("event") == event for e in self.events()) >= count, timeout, f"log event {event}")
+        self.wait_until(
+            lambda: sum(e.get("event") == event for e in self.events()) >= count,
+            timeout,
+            f"log event {event}",
+        )
 
     def wait_started(self, timeout: float = 90) -> Daemon:
         self.wait_event("started", timeout)
@@ -191,7 +210,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def assert_exactly_once(outbox: Path, inputs: dict[str, bytes], failed: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+def assert_exactly_once(
+    outbox: Path, inputs: dict[str, bytes], failed: Iterable[str] = ()
+) -> dict[str, dict[str, Any]]:
     """Every input has exactly one result line (JSONL and CSV), one moved file and one JSON; nothing else.
 
     ``inputs`` maps original name -> the bytes that were dropped. Returns the
@@ -230,6 +251,8 @@ def assert_exactly_once(outbox: Path, inputs: dict[str, bytes], failed: Iterable
         else:
             expected_failed |= {Path(moved).name, Path(record["result_file"]).name}
     assert done_files == expected_done, f"stray files in done/: {sorted(done_files ^ expected_done)[:10]}"
-    assert failed_files == expected_failed, f"stray files in failed/: {sorted(failed_files ^ expected_failed)[:10]}"
+    assert failed_files == expected_failed, (
+        f"stray files in failed/: {sorted(failed_files ^ expected_failed)[:10]}"
+    )
     assert not (outbox / ".pneumo" / "journal.json").exists(), "a claimed batch was left unfinished"
     return {r["original_name"]: r for r in records}

@@ -59,7 +59,13 @@ def write_data(root: Path, seed: int = 0) -> dict[str, list[dict[str, str]]]:
                 write_image(root / rel, synthetic_xray(label, rng))
                 path = str(root / rel) if split == "test" else rel.as_posix()
                 entries[split].append(
-                    {"path": path, "label": label, "patient_id": f"p{split}{i}", "source": "synthetic", "split": split}
+                    {
+                        "path": path,
+                        "label": label,
+                        "patient_id": f"p{split}{i}",
+                        "source": "synthetic",
+                        "split": split,
+                    }
                 )
     return entries
 
@@ -103,7 +109,9 @@ def write_run(
     model.save(folder / "model.h5")
     contract.save(folder)
     info.save(folder)
-    (folder / "model_card.json").write_text(json.dumps({"arch": info.arch, "synthetic": info.synthetic}) + "\n")
+    (folder / "model_card.json").write_text(
+        json.dumps({"arch": info.arch, "synthetic": info.synthetic}) + "\n"
+    )
     split = {"schema": 1, "labels": list(LABELS), "root": str(data), "config": {}, "notes": [], **entries}
     (folder / "split.json").write_text(json.dumps(split, indent=1) + "\n")
     return folder
@@ -131,5 +139,7 @@ def tiny_onnx(tiny_run: TinyRun, tmp_path_factory: pytest.TempPathFactory) -> Pa
     run = RunFolder.resolve(tiny_run.folder)
     images, source = parity_images_for(run, 16, None)
     output = tmp_path_factory.mktemp("tiny-onnx") / "model.onnx"
-    export_onnx(run.h5_path, run.contract, run.info, output, load_images(images, run.contract), source, OnnxConfig())
+    export_onnx(
+        run.h5_path, run.contract, run.info, output, load_images(images, run.contract), source, OnnxConfig()
+    )
     return output

@@ -42,8 +42,20 @@ def made(tiny_run: TinyRun, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = main(
             [
-                "bundle", str(tiny_run.folder), "-o", str(out), "--calib-size", "128", "--golden", "12",
-                "--bootstrap", "50", "--max-int8-drop", "10", "--tar", "--json",
+                "bundle",
+                str(tiny_run.folder),
+                "-o",
+                str(out),
+                "--calib-size",
+                "128",
+                "--golden",
+                "12",
+                "--bootstrap",
+                "50",
+                "--max-int8-drop",
+                "10",
+                "--tar",
+                "--json",
             ],
             prog="pneumo export",
         )
@@ -56,9 +68,17 @@ def test_bundle_is_complete_and_verifies(made: tuple[Path, dict, str]) -> None:
     root, report, log = made
     manifest = verify_manifest(root)
     for name in (
-        "model.onnx", "model_fp16.onnx", "model_int8_qdq.onnx", "contract.json", "model_info.json",
-        "model_card.json", "export_report.json", "calibration/calib.npy", "calibration/calib.json",
-        "golden/images.npy", "golden/golden.json",
+        "model.onnx",
+        "model_fp16.onnx",
+        "model_int8_qdq.onnx",
+        "contract.json",
+        "model_info.json",
+        "model_card.json",
+        "export_report.json",
+        "calibration/calib.npy",
+        "calibration/calib.json",
+        "golden/images.npy",
+        "golden/golden.json",
     ):
         assert name in manifest["files"], name
     assert manifest["synthetic"] is True and manifest["warning"].startswith("SYNTHETIC")
@@ -77,7 +97,17 @@ def test_bundle_is_complete_and_verifies(made: tuple[Path, dict, str]) -> None:
     assert report["synthetic"] is True and report["versions"]["tf2onnx"] == "1.17.0"
     assert all(check["passed"] for check in report["golden"]["onnxruntime_self_check"].values())
 
-    for step in ("inputs", "onnx", "calibration", "fp16", "int8", "accuracy", "golden", "records", "manifest"):
+    for step in (
+        "inputs",
+        "onnx",
+        "calibration",
+        "fp16",
+        "int8",
+        "accuracy",
+        "golden",
+        "records",
+        "manifest",
+    ):
         assert f"  {step}" in log and "FAILED" not in log
     assert "pneumo edge build" in log and "pneumo edge predict" in log and "SYNTHETIC" in log
 
@@ -96,7 +126,11 @@ def test_golden_set_matches_its_own_onnx(made: tuple[Path, dict, str]) -> None:
     assert meta["true_labels"].count("NORMAL") == 6
     assert meta["decision_threshold"] == info.threshold
     assert set(meta["tolerance"]) == {"fp32", "fp16", "int8"} and meta["tolerance"]["fp32"] == 1e-4
-    for precision, name in (("fp32", "model.onnx"), ("fp16", "model_fp16.onnx"), ("int8", "model_int8_qdq.onnx")):
+    for precision, name in (
+        ("fp32", "model.onnx"),
+        ("fp16", "model_fp16.onnx"),
+        ("int8", "model_int8_qdq.onnx"),
+    ):
         check = golden_check(onnx_outputs(root / name, images), meta, precision, info)
         assert check["passed"], check
 
@@ -112,7 +146,9 @@ def test_tampering_is_detected_naming_the_file(made: tuple[Path, dict, str], tmp
 
 
 @pytest.mark.tf
-def test_output_folder_safety(made: tuple[Path, dict, str], tiny_run: TinyRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_folder_safety(
+    made: tuple[Path, dict, str], tiny_run: TinyRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = made[0]
     before = (root / "manifest.json").read_bytes()
     code = main(["bundle", str(tiny_run.folder), "-o", str(root)], prog="pneumo export")
@@ -126,7 +162,9 @@ def test_output_folder_safety(made: tuple[Path, dict, str], tiny_run: TinyRun, t
     assert code == 1 and "not a bundle" in capsys.readouterr().err
     assert (other / "mine.txt").read_text() == "keep me"
 
-    code = main(["bundle", str(tiny_run.folder), "-o", str(tiny_run.folder), "--overwrite"], prog="pneumo export")
+    code = main(
+        ["bundle", str(tiny_run.folder), "-o", str(tiny_run.folder), "--overwrite"], prog="pneumo export"
+    )
     assert code == 1 and "run folder" in capsys.readouterr().err
 
 
@@ -138,7 +176,9 @@ def test_overwrite_replaces_a_bundle_and_missing_split_is_named(
     shutil.copytree(made[0], copy)
     (copy / "engines").mkdir()
     result = make_bundle(
-        tiny_run.folder, copy, BundleConfig(precisions=("fp32",), golden=GoldenConfig(size=8), bootstrap=0, overwrite=True)
+        tiny_run.folder,
+        copy,
+        BundleConfig(precisions=("fp32",), golden=GoldenConfig(size=8), bootstrap=0, overwrite=True),
     )
     assert verify_manifest(copy)["precisions"] == ["fp32"] and result.archive is None
     assert not (copy / "model_int8_qdq.onnx").exists() and not (copy / "engines").exists()
@@ -154,16 +194,26 @@ def test_overwrite_replaces_a_bundle_and_missing_split_is_named(
 
 def test_int8_gate_fails_on_a_sensitivity_drop(tmp_path: Path) -> None:
     results = {"fp32": {"sensitivity": 0.95, "n_images": 600}, "int8": {"sensitivity": 0.92, "n_images": 600}}
-    with pytest.raises(AccuracyDropError, match=r"model_int8_qdq\.onnx: INT8 sensitivity 0\.920 is 3\.0 points below"):
+    with pytest.raises(
+        AccuracyDropError, match=r"model_int8_qdq\.onnx: INT8 sensitivity 0\.920 is 3\.0 points below"
+    ):
         require_int8_sensitivity(results, 2.0, tmp_path / "model_int8_qdq.onnx")
     assert require_int8_sensitivity(results, 3.5, tmp_path / "model_int8_qdq.onnx") == pytest.approx(3.0)
 
 
 def _parity(diff: float) -> ParityResult:
     return ParityResult(
-        reference="fp32", candidate="x", images="golden set", n_images=32, max_abs_diff=diff,
-        mean_abs_diff=diff / 4, decision_agreement=1.0, decisions_differ=0, threshold=0.5,
-        tolerance=None, passed=True,
+        reference="fp32",
+        candidate="x",
+        images="golden set",
+        n_images=32,
+        max_abs_diff=diff,
+        mean_abs_diff=diff / 4,
+        decision_agreement=1.0,
+        decisions_differ=0,
+        threshold=0.5,
+        tolerance=None,
+        passed=True,
     )
 
 

@@ -60,7 +60,9 @@ def test_class_balanced_from_train_only(split_file: Path, tmp_path: Path) -> Non
     assert not test_refs & set(calib.meta["files"]), "a test image leaked into the calibration set"
     assert calib.meta["file_list_sha256"] == file_list_sha256(calib.meta["files"])
     again = build_calibration_set(list(reversed(train)), CONTRACT, INFO, CalibrationConfig(size=100))
-    assert again.meta["file_list_sha256"] == calib.meta["file_list_sha256"], "order of split.json must not matter"
+    assert again.meta["file_list_sha256"] == calib.meta["file_list_sha256"], (
+        "order of split.json must not matter"
+    )
     other = build_calibration_set(train, CONTRACT, INFO, CalibrationConfig(size=100, seed=1))
     assert other.meta["file_list_sha256"] != calib.meta["file_list_sha256"]
 

@@ -23,8 +23,12 @@ def test_help_teaches_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
-def test_engine_without_tensorrt_says_build_on_target(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = pneumo(["export", "engine", str(tiny_bundle / "model.onnx"), "--precision", "fp16", "-o", "x.engine"])
+def test_engine_without_tensorrt_says_build_on_target(
+    tiny_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = pneumo(
+        ["export", "engine", str(tiny_bundle / "model.onnx"), "--precision", "fp16", "-o", "x.engine"]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "TensorRT is not installed" in err and "pneumo edge build bundle/" in err
@@ -41,7 +45,9 @@ def test_missing_run_and_small_calibration_exit_1(tmp_path: Path, capsys: pytest
 
 
 @pytest.mark.tf
-def test_onnx_from_a_bare_h5_needs_data(tiny_run: TinyRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_onnx_from_a_bare_h5_needs_data(
+    tiny_run: TinyRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("model.h5", "contract.json", "model_info.json"):

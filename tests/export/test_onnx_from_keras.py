@@ -27,7 +27,9 @@ def test_export_parity_uint8_input_dynamic_batch(tiny_run: TinyRun, tmp_path: Pa
     run = RunFolder.resolve(tiny_run.folder)
     images, source = parity_images_for(run, 16, None)
     batch = load_images(images, run.contract)
-    exported = export_onnx(run.h5_path, run.contract, run.info, tmp_path / "m.onnx", batch, source, OnnxConfig())
+    exported = export_onnx(
+        run.h5_path, run.contract, run.info, tmp_path / "m.onnx", batch, source, OnnxConfig()
+    )
 
     assert exported.parity.passed and exported.parity.max_abs_diff < 1e-4
     assert exported.parity.n_images == 16 and exported.parity.decision_agreement == 1.0
@@ -80,7 +82,13 @@ def test_parity_failure_names_the_file(tiny_run: TinyRun, tiny_onnx: Path) -> No
     batch = _probe(run)
     reference = onnx_outputs(tiny_onnx, batch)
     result = compare_outputs(
-        reference, reference + 1e-3, run.info, reference_name="a", candidate_name="b", images="t", tolerance=1e-4
+        reference,
+        reference + 1e-3,
+        run.info,
+        reference_name="a",
+        candidate_name="b",
+        images="t",
+        tolerance=1e-4,
     )
     assert not result.passed and result.max_abs_diff == pytest.approx(1e-3, rel=1e-3)
     with pytest.raises(ParityError, match=r"model\.onnx: b differs from a by 1\.0"):

@@ -30,17 +30,24 @@ def probe(tiny_run: TinyRun) -> np.ndarray:
 @pytest.fixture(scope="module")
 def calibration(tiny_run: TinyRun) -> np.ndarray:
     run = RunFolder.resolve(tiny_run.folder)
-    return build_calibration_set(run.split_images("train"), run.contract, run.info, CalibrationConfig(size=128)).images
+    return build_calibration_set(
+        run.split_images("train"), run.contract, run.info, CalibrationConfig(size=128)
+    ).images
 
 
-def test_fp16_runs_on_ort_cpu_with_uint8_in_float32_out(tiny_onnx: Path, probe: np.ndarray, tmp_path: Path) -> None:
+def test_fp16_runs_on_ort_cpu_with_uint8_in_float32_out(
+    tiny_onnx: Path, probe: np.ndarray, tmp_path: Path
+) -> None:
     import onnx
 
     path = fp16_from_onnx(tiny_onnx, tmp_path / "model_fp16.onnx")
     graph = graph_summary(path)
     assert graph["input"]["dtype"] == "uint8" and graph["output"]["dtype"] == "float32"
     model = onnx.load(str(path))
-    float_inits = {i.data_type for i in model.graph.initializer} & {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    float_inits = {i.data_type for i in model.graph.initializer} & {
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.FLOAT16,
+    }
     assert float_inits == {onnx.TensorProto.FLOAT16}, "weights must be stored as float16"
     fp32, fp16 = onnx_outputs(tiny_onnx, probe), onnx_outputs(path, probe, precision="fp16")
     assert fp16.dtype == np.float32 and fp16.shape == fp32.shape
@@ -67,9 +74,11 @@ def test_int8_qdq_is_symmetric_int8_and_runs(
     model = onnx.load(str(path))
     initializers = {i.name: i for i in model.graph.initializer}
     dq_inputs = [n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"]
-    assert not [name for name in dq_inputs if name in initializers and initializers[name].data_type == onnx.TensorProto.INT32], (
-        "no int32 bias DequantizeLinear: TensorRT rejects them"
-    )
+    assert not [
+        name
+        for name in dq_inputs
+        if name in initializers and initializers[name].data_type == onnx.TensorProto.INT32
+    ], "no int32 bias DequantizeLinear: TensorRT rejects them"
     fp32, int8 = onnx_outputs(tiny_onnx, probe), onnx_outputs(path, probe, precision="int8")
     assert int8.shape == fp32.shape and np.all(np.isfinite(int8))
     assert 0 < float(np.abs(fp32 - int8).max()) < 0.1
@@ -80,7 +89,9 @@ def test_int8_refuses_without_real_calibration(tiny_onnx: Path, tmp_path: Path) 
     with pytest.raises(CalibrationError, match="INT8 needs real calibration images"):
         int8_qdq_from_onnx(tiny_onnx, tmp_path / "q.onnx", np.zeros((0, 32, 32, 1), np.uint8), QuantConfig())
     with pytest.raises(CalibrationError, match="the model takes uint8"):
-        int8_qdq_from_onnx(tiny_onnx, tmp_path / "q.onnx", np.zeros((4, 32, 32, 1), np.float32), QuantConfig())
+        int8_qdq_from_onnx(
+            tiny_onnx, tmp_path / "q.onnx", np.zeros((4, 32, 32, 1), np.float32), QuantConfig()
+        )
     assert not (tmp_path / "q.onnx").exists()
 
 

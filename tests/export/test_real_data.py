@@ -67,20 +67,28 @@ def _real_run(data: Path, folder: Path) -> Path:
     val_prob = np.asarray(model(load_images(val, contract).astype(np.float32))).reshape(-1)
     choice = choose_threshold(label_indices(val, LABELS), val_prob, "youden")
     info = ModelInfo(
-        model_version="ci-real-brief-64", arch="small-cnn", threshold=choice.threshold, threshold_rule=choice.rule
+        model_version="ci-real-brief-64",
+        arch="small-cnn",
+        threshold=choice.threshold,
+        threshold_rule=choice.rule,
     )
     folder.mkdir(parents=True)
     model.save(folder / "model.h5")
     contract.save(folder)
     info.save(folder)
-    (folder / "model_card.json").write_text(json.dumps({"arch": info.arch, "note": "CI export test model"}) + "\n")
+    (folder / "model_card.json").write_text(
+        json.dumps({"arch": info.arch, "note": "CI export test model"}) + "\n"
+    )
     split = {
         "labels": list(LABELS),
         "root": str(data),
         "config": {"note": "export CI test"},
         "train": [{"path": im.ref, "label": im.label, "split": "train"} for im in train],
         "val": [{"path": im.ref, "label": im.label, "split": "val"} for im in val],
-        "test": [{"path": str(im.path), "label": im.label, "split": "test"} for im in folder_images(data, LABELS, "test")],
+        "test": [
+            {"path": str(im.path), "label": im.label, "split": "test"}
+            for im in folder_images(data, LABELS, "test")
+        ],
     }
     (folder / "split.json").write_text(json.dumps(split) + "\n")
     return folder
@@ -110,7 +118,9 @@ def test_real_model_through_the_whole_chain(real_data: Path, tmp_path: Path) -> 
     lines.append(f"onnx vs keras: max|diff| {report['onnx']['parity']['max_abs_diff']:.2e}")
     for p in ("fp16", "int8"):
         vs = accuracy[f"{p}_vs_fp32"]["outputs"]
-        lines.append(f"{p} vs fp32: max|diff| {vs['max_abs_diff']:.4f}, decision agreement {vs['decision_agreement']:.4f}")
+        lines.append(
+            f"{p} vs fp32: max|diff| {vs['max_abs_diff']:.4f}, decision agreement {vs['decision_agreement']:.4f}"
+        )
     print("\n" + "\n".join(lines))
 
     assert fp32["roc_auc"] > 0.8, "the briefly trained model should still separate the classes"

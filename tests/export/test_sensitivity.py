@@ -24,7 +24,9 @@ pytestmark = pytest.mark.tf
 @pytest.fixture(scope="module")
 def calibration(tiny_run: TinyRun) -> np.ndarray:
     run = RunFolder.resolve(tiny_run.folder)
-    return build_calibration_set(run.split_images("train"), run.contract, run.info, CalibrationConfig(size=128)).images
+    return build_calibration_set(
+        run.split_images("train"), run.contract, run.info, CalibrationConfig(size=128)
+    ).images
 
 
 def test_every_quantizable_layer_is_ranked_most_sensitive_first(
@@ -61,10 +63,16 @@ def test_a_missed_target_keeps_the_most_sensitive_layers_in_float(
     assert qdq_summary(out)["quantize_linear"] < qdq_summary(fully)["quantize_linear"]
 
 
-def test_no_search_within_target_or_when_off(tiny_onnx: Path, calibration: np.ndarray, tmp_path: Path) -> None:
-    loose = int8_qdq_within_target(tiny_onnx, tmp_path / "a.onnx", calibration, replace(QuantConfig(), target_max_diff=1.0))
+def test_no_search_within_target_or_when_off(
+    tiny_onnx: Path, calibration: np.ndarray, tmp_path: Path
+) -> None:
+    loose = int8_qdq_within_target(
+        tiny_onnx, tmp_path / "a.onnx", calibration, replace(QuantConfig(), target_max_diff=1.0)
+    )
     assert loose["mixed_precision"] is None and 0 < loose["calibration_max_diff"] <= 1.0
-    off = int8_qdq_within_target(tiny_onnx, tmp_path / "b.onnx", calibration, replace(QuantConfig(), target_max_diff=None))
+    off = int8_qdq_within_target(
+        tiny_onnx, tmp_path / "b.onnx", calibration, replace(QuantConfig(), target_max_diff=None)
+    )
     assert off["mixed_precision"] is None and "calibration_max_diff" not in off
 
 

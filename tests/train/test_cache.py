@@ -121,7 +121,9 @@ def test_unknown_label_and_empty_input(tmp_path: Path, gray_image: np.ndarray) -
     samples = _samples(tmp_path / "data", gray_image, n=2)
     contract = PreprocessContract(height=32, width=32)
     with pytest.raises(DataError, match="COVID"):
-        load_arrays([Sample(samples[0].path, "COVID", "train", "p")], LABELS, contract, cache_dir=tmp_path / "c")
+        load_arrays(
+            [Sample(samples[0].path, "COVID", "train", "p")], LABELS, contract, cache_dir=tmp_path / "c"
+        )
     empty = load_arrays([], LABELS, contract, cache_dir=tmp_path / "c", progress=False)
     assert empty.x.shape == (0, 32, 32, 1) and empty.y.shape == (0,)
 

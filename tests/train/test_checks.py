@@ -26,7 +26,9 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def _palette_png(size: int = 80) -> bytes:
@@ -51,7 +53,9 @@ def messy(tmp_path: Path, gray_image: np.ndarray) -> Path:
         write_image(normal / f"IM-000{i}-0001.jpeg", np.roll(gray_image, i * 7 + 1, axis=1))
         write_image(pneu / f"person{i}_bacteria_{i}.jpeg", np.roll(gray_image, i * 5, axis=0))
     for label in ("NORMAL", "PNEUMONIA"):
-        write_image(root / "test" / label / f"IM-09{len(label)}-0001.jpeg", np.roll(255 - gray_image, len(label)))
+        write_image(
+            root / "test" / label / f"IM-09{len(label)}-0001.jpeg", np.roll(255 - gray_image, len(label))
+        )
     (normal / "IM-0100-0001.jpeg").write_bytes(b"")
     (normal / "IM-0101-0001.jpg").write_text("this is a text file, not a picture\n" * 5)
     jpeg = cv2.imencode(".jpg", gray_image)[1].tobytes()
@@ -63,7 +67,9 @@ def messy(tmp_path: Path, gray_image: np.ndarray) -> Path:
     (pneu / "person54_virus_64.png").write_bytes(_palette_png())
     write_image(pneu / "person55_virus_65.jpeg", gray_image[:40, :50])
     # a duplicate pair that crosses splits: a copy of a train image in test
-    (root / "test" / "PNEUMONIA" / "person0_bacteria_99.jpeg").write_bytes((pneu / "person0_bacteria_0.jpeg").read_bytes())
+    (root / "test" / "PNEUMONIA" / "person0_bacteria_99.jpeg").write_bytes(
+        (pneu / "person0_bacteria_0.jpeg").read_bytes()
+    )
     (normal / "readme.txt").write_text("notes")
     return root
 
@@ -84,7 +90,9 @@ def test_check_reports_every_problem_and_changes_nothing(messy: Path) -> None:
     assert issues["person55_virus_65.jpeg"] == ["tiny"]
     assert issues["readme.txt"] == ["ignored-name"]
     assert issues["IM-0001-0001.jpeg"] == []
-    assert "duplicate" in issues["person0_bacteria_0.jpeg"] and "duplicate" in issues["person0_bacteria_99.jpeg"]
+    assert (
+        "duplicate" in issues["person0_bacteria_0.jpeg"] and "duplicate" in issues["person0_bacteria_99.jpeg"]
+    )
 
     (group,) = report.duplicates
     assert group["crosses_splits"] and not group["crosses_labels"]
@@ -101,7 +109,9 @@ def test_check_reports_every_problem_and_changes_nothing(messy: Path) -> None:
     assert "NOT usable" in text and "truncated" in text and "Nothing was modified or deleted" in text
 
 
-def test_check_cli_exit_codes_and_json(messy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_cli_exit_codes_and_json(
+    messy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = _snapshot(messy)
     out = tmp_path / "report.json"
     assert data_main(["check", str(messy), "-o", str(out), "--no-progress"], prog="pneumo data") == 1
@@ -116,7 +126,9 @@ def test_check_cli_exit_codes_and_json(messy: Path, tmp_path: Path, capsys: pyte
     assert "files" not in printed and printed["issue_counts"] == report["issue_counts"]
 
 
-def test_clean_folder_is_usable(tmp_path: Path, gray_image: np.ndarray, capsys: pytest.CaptureFixture[str]) -> None:
+def test_clean_folder_is_usable(
+    tmp_path: Path, gray_image: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = tmp_path / "clean"
     for label in ("NORMAL", "PNEUMONIA"):
         for i in range(2):

@@ -60,5 +60,9 @@ def test_phantom_and_colour_images_train_path_equals_runtime_path(
     colour = np.dstack([gray_image, np.roll(gray_image, 3, axis=0), 255 - gray_image])
     write_image(root / "NORMAL" / "colour-IM-0900-0001.png", colour)
     splits = make_splits(DataConfig(root, flat_test_fraction=0.3, val_fraction=0.3))
-    samples = splits.train[:3] + splits.test[:2] + [s for s in splits.train + splits.val + splits.test if "colour" in s.path.name]
+    samples = (
+        splits.train[:3]
+        + splits.test[:2]
+        + [s for s in splits.train + splits.val + splits.test if "colour" in s.path.name]
+    )
     _assert_parity(root, samples, splits.labels, tmp_path / "cache")

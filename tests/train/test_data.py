@@ -97,7 +97,9 @@ def test_discover_split_layout(tmp_path: Path) -> None:
     by_name = {s.path.name: s for s in samples}
     assert by_name["NORMAL2-IM-0003-0001.jpeg"].patient_id == "NORMAL2-IM-0003"
     assert by_name["person4_virus_6.jpeg"].patient_id == "person4"
-    assert by_name["person4_virus_6.jpeg"].source == "unknown" and by_name["person4_virus_6.jpeg"].sha256 == ""
+    assert (
+        by_name["person4_virus_6.jpeg"].source == "unknown" and by_name["person4_virus_6.jpeg"].sha256 == ""
+    )
     assert all(s.path.is_absolute() and s.path.is_file() for s in samples)
 
 
@@ -186,7 +188,10 @@ def test_split_is_deterministic_and_seeded(tmp_path: Path) -> None:
     first = make_splits(DataConfig(root, val_fraction=0.3, seed=1))
     again = make_splits(DataConfig(root, val_fraction=0.3, seed=1))
     assert first.to_json() == again.to_json()
-    vals = {tuple(s.patient_id for s in make_splits(DataConfig(root, val_fraction=0.3, seed=k)).val) for k in range(6)}
+    vals = {
+        tuple(s.patient_id for s in make_splits(DataConfig(root, val_fraction=0.3, seed=k)).val)
+        for k in range(6)
+    }
     assert len(vals) > 1
 
 
@@ -219,7 +224,9 @@ def test_manifest_columns_are_used(tmp_path: Path) -> None:
     with open(root / "MANIFEST.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "split", "label", "patient_id", "pneumonia_kind", "sha256", "source"])
-        writer.writerow(["train/NORMAL/IM-0002-0001.jpeg", "train", "NORMAL", "child-7", "none", "ab" * 32, "original"])
+        writer.writerow(
+            ["train/NORMAL/IM-0002-0001.jpeg", "train", "NORMAL", "child-7", "none", "ab" * 32, "original"]
+        )
     by_name = {s.path.name: s for s in discover(root)}
     assert by_name["IM-0002-0001.jpeg"].patient_id == "child-7"
     assert by_name["IM-0002-0001.jpeg"].source == "original"

@@ -270,7 +270,9 @@ def test_split_seed_keeps_the_validation_split_and_shape_pooled_sets_the_thresho
 
     # Another seed, the same split: its split.json is run a's, so the two can be ensembled.
     other_seed = _run(tmp_path, synth_small, "c", seed=5, split_seed=0, threshold_on="shape-pooled")
-    assert json.loads((other_seed / "split.json").read_text()) == json.loads((runs["a"] / "split.json").read_text())
+    assert json.loads((other_seed / "split.json").read_text()) == json.loads(
+        (runs["a"] / "split.json").read_text()
+    )
     assert json.loads((runs["other_split"] / "split.json").read_text()) != json.loads(
         (runs["a"] / "split.json").read_text()
     )  # without --split-seed, seed 5 draws another split
@@ -278,7 +280,9 @@ def test_split_seed_keeps_the_validation_split_and_shape_pooled_sets_the_thresho
     assert card["training"]["seed"] == 5 and card["training"]["split_seed"] == 0
     metrics = json.loads((other_seed / "metrics.json").read_text())
     assert "pooled with the shape probe's 4 rescales" in metrics["threshold"]["how"]
-    assert metrics["threshold"]["value"] == pytest.approx(_pooled_youden(other_seed, tmp_path / "cache"), abs=1e-6)
+    assert metrics["threshold"]["value"] == pytest.approx(
+        _pooled_youden(other_seed, tmp_path / "cache"), abs=1e-6
+    )
 
     out = tmp_path / "ens"
     make_ensemble(EnsembleConfig(members=(runs["a"], other_seed), out=out, bootstrap=10, progress=False,

@@ -190,7 +190,9 @@ def test_training_batches_are_float_pixels_with_targets_and_weights() -> None:
 
 
 @pytest.mark.tf
-@pytest.mark.parametrize("preset", ["flip", "light", "xray", "xray-balanced", "xray-aspect", "xray-shape", "seed001", "seed004"])
+@pytest.mark.parametrize(
+    "preset", ["flip", "light", "xray", "xray-balanced", "xray-aspect", "xray-shape", "seed001", "seed004"]
+)
 def test_augmentation_presets_keep_shape_and_pixel_range(preset: str) -> None:
     from train.augment import build_augmenter
 
@@ -218,7 +220,9 @@ def test_mixup_blends_images_targets_and_weights_with_one_lambda() -> None:
     x[:, 0, 0, 0], x[:, 0, 1, 0] = a, b
     y = np.array([0, 1] * (n // 2))
     weights = {0: 3.0, 1: 1.0}
-    (batch,) = list(training_data(x, y, Head("sigmoid", 2), n, None, weights, shuffle=False, mixup=Mixup(0.4)))
+    (batch,) = list(
+        training_data(x, y, Head("sigmoid", 2), n, None, weights, shuffle=False, mixup=Mixup(0.4))
+    )
     images, targets, w = (np.asarray(t, dtype=np.float64) for t in batch)
     assert images.shape == (n, 4, 4, 1)
     p0, p1 = images[:, 0, 0, 0], images[:, 0, 1, 0]
@@ -352,7 +356,9 @@ def json_bytes(obj: object) -> bytes:
 
 @pytest.mark.tf
 @pytest.mark.slow
-def test_three_class_softmax_run_with_focal_loss_and_mirrored_strategy(tmp_path: Path, synth_small: Path) -> None:
+def test_three_class_softmax_run_with_focal_loss_and_mirrored_strategy(
+    tmp_path: Path, synth_small: Path
+) -> None:
     """NORMAL / BACTERIA / VIRUS from the file names, softmax head, focal loss, tf.distribute on CPU."""
     from train.fit import train_run
 

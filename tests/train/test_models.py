@@ -194,7 +194,10 @@ def test_transfer_weights_must_be_a_local_file(tmp_path: Path) -> None:
         ("sutd_cnn3", PreprocessContract(height=48, width=48, scale=2 / 255, offset=-1.0)),
         ("roskilde", PreprocessContract(height=64, width=64)),  # with seed 002's row-7 options, below
         ("vgg16_transfer", PreprocessContract(height=32, width=32, color="rgb")),  # nested keras.applications
-        ("lite0", PreprocessContract(height=64, width=64, scale=1 / 128, offset=-127 / 128)),  # ReLU6 max_value
+        (
+            "lite0",
+            PreprocessContract(height=64, width=64, scale=1 / 128, offset=-127 / 128),
+        ),  # ReLU6 max_value
     ],
 )
 def test_h5_round_trip_in_safe_mode_gives_identical_outputs(
@@ -234,9 +237,13 @@ def test_lite0_takes_the_checkpoints_filters_in_keras_layout() -> None:
     np.testing.assert_allclose(stem[1, 2, 0, 5], state["_conv_stem.weight"][5, :, 1, 2].sum(), rtol=1e-6)
     depthwise = model.get_layer("b11_dw").get_weights()[0]
     assert depthwise.shape == (5, 5, 672, 1)
-    np.testing.assert_array_equal(depthwise[3, 0, 100, 0], state["_blocks.11._depthwise_conv.weight"][100, 0, 3, 0])
+    np.testing.assert_array_equal(
+        depthwise[3, 0, 100, 0], state["_blocks.11._depthwise_conv.weight"][100, 0, 3, 0]
+    )
     project = model.get_layer("b7_project").get_weights()[0]
-    np.testing.assert_array_equal(project[0, 0, 17, 40], state["_blocks.7._project_conv.weight"][40, 17, 0, 0])
+    np.testing.assert_array_equal(
+        project[0, 0, 17, 40], state["_blocks.7._project_conv.weight"][40, 17, 0, 0]
+    )
     gamma, beta, mean, var = model.get_layer("b4_expand_bn").get_weights()
     np.testing.assert_array_equal(var, state["_blocks.4._bn0.running_var"])
     np.testing.assert_array_equal(beta, state["_blocks.4._bn0.bias"])

@@ -15,7 +15,9 @@ from train.select import main as select_main
 
 
 def _c(run: str, flops: int, val: float, pooled: float) -> Candidate:
-    return Candidate(run=run, model_version=run, params=flops * 4, flops=flops, val_auc=val, shape_pooled_auc=pooled)
+    return Candidate(
+        run=run, model_version=run, params=flops * 4, flops=flops, val_auc=val, shape_pooled_auc=pooled
+    )
 
 
 # Session 6's six candidates, their scores as measured (reports/best_model.md, "Shape-pooled selection").

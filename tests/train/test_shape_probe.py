@@ -92,7 +92,9 @@ def _run_folder(tiny_bundle: Path, data: Path, folder: Path) -> Path:
 def _data(root: Path) -> Path:
     rng = np.random.default_rng(3)
     for i in range(6):
-        write_image(root / "train" / "NORMAL" / f"IM-{i:04d}-0001.png", rng.integers(10, 60, (48, 48), np.uint8))
+        write_image(
+            root / "train" / "NORMAL" / f"IM-{i:04d}-0001.png", rng.integers(10, 60, (48, 48), np.uint8)
+        )
         write_image(
             root / "train" / "PNEUMONIA" / f"person{i}_bacteria_{i}.png",
             rng.integers(200, 250, (48, 48), np.uint8),

@@ -398,8 +398,16 @@ def test_a_new_model_option_reruns_only_the_runs_that_set_it(tmp_path: Path) -> 
             for k, v in run.config.to_dict().items()
             # an older config.json: before these fields existed (distill_weight's default is 0.5, not None;
             # threshold_on's is the architecture's, and runs before it chose on validation alone)
-            if k not in ("activation", "last_conv_filters", "pool_dropout", "teacher", "distill_weight",
-                         "threshold_on", "split_seed")
+            if k
+            not in (
+                "activation",
+                "last_conv_filters",
+                "pool_dropout",
+                "teacher",
+                "distill_weight",
+                "threshold_on",
+                "split_seed",
+            )
         }
         atomic_write_json(run.config.out / "config.json", saved)
     assert settings_changed(plain) == []
@@ -439,7 +447,9 @@ def test_a_run_trained_with_a_relative_data_path_is_the_same_run(
     work.mkdir()
     monkeypatch.chdir(work)
     path = _write(tmp_path / "x.toml", '[defaults]\narch = "lhu"\n[[run]]\nname = "one"\n')
-    (run,) = plan_sweep(load_experiment(path), SweepConfig(experiments=path, out=tmp_path / "sweep", data=data))
+    (run,) = plan_sweep(
+        load_experiment(path), SweepConfig(experiments=path, out=tmp_path / "sweep", data=data)
+    )
     assert run.config.out is not None
     typed = run.config.to_dict() | {"data": "../shared/data"}
     atomic_write_json(run.config.out / "config.json", typed)
@@ -457,8 +467,12 @@ def test_the_same_weights_file_in_another_checkout_is_the_same_run(tmp_path: Pat
     here.write_bytes(b"weights")
     there.write_bytes(b"weights")
     other.write_bytes(b"other weights")
-    path = _write(tmp_path / "x.toml", f'[defaults]\narch = "lite0"\nweights = "{here}"\n[[run]]\nname = "one"\n')
-    (run,) = plan_sweep(load_experiment(path), SweepConfig(experiments=path, out=tmp_path / "sweep", data=tmp_path))
+    path = _write(
+        tmp_path / "x.toml", f'[defaults]\narch = "lite0"\nweights = "{here}"\n[[run]]\nname = "one"\n'
+    )
+    (run,) = plan_sweep(
+        load_experiment(path), SweepConfig(experiments=path, out=tmp_path / "sweep", data=tmp_path)
+    )
     assert run.config.out is not None
     atomic_write_json(run.config.out / "config.json", run.config.to_dict() | {"weights": str(there)})
     assert settings_changed(run) == []

@@ -126,11 +126,17 @@ def test_config_bounds() -> None:
 
 def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    assert data_main(["synth", str(out), "--per-class", "6", "--size", "96", "--seed", "4"], prog="pneumo data") == 0
+    assert (
+        data_main(["synth", str(out), "--per-class", "6", "--size", "96", "--seed", "4"], prog="pneumo data")
+        == 0
+    )
     text = capsys.readouterr().out
     assert "SYNTHETIC" in text and "next: pneumo train" in text
     assert is_synthetic(out)
-    assert data_main(["synth", str(out), "--per-class", "6", "--size", "96", "--seed", "4", "--json"], prog="x") == 0
+    assert (
+        data_main(["synth", str(out), "--per-class", "6", "--size", "96", "--seed", "4", "--json"], prog="x")
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["reused"] is True
     assert data_main(["synth", str(out), "--per-class", "0"], prog="pneumo data") == 2
     assert not is_synthetic(tmp_path)

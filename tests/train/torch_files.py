@@ -54,7 +54,9 @@ def _torch_names() -> Iterator[tuple[type, Any]]:
 
 
 class _Tensor:
-    def __init__(self, rebuild: Any, ref: _StorageRef, offset: int, shape: tuple[int, ...], stride: tuple[int, ...]):
+    def __init__(
+        self, rebuild: Any, ref: _StorageRef, offset: int, shape: tuple[int, ...], stride: tuple[int, ...]
+    ):
         self.args = (ref, offset, shape, stride, False, collections.OrderedDict())
         self.rebuild = rebuild
 
@@ -62,7 +64,9 @@ class _Tensor:
         return (self.rebuild, self.args)
 
 
-def _pickled_state(tensors: dict[str, np.ndarray], storage: type, rebuild: Any) -> tuple[bytes, dict[str, bytes]]:
+def _pickled_state(
+    tensors: dict[str, np.ndarray], storage: type, rebuild: Any
+) -> tuple[bytes, dict[str, bytes]]:
     """The state_dict pickle (one storage per tensor, in its own memory order) and each storage's bytes.
 
     A Fortran-ordered array is written with column-major strides, as a transposed tensor is.

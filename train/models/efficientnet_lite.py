@@ -69,7 +69,9 @@ def _mbconv(x: Any, kernel: int, stride: int, expand: int, filters: int, name: s
         x = keras.layers.Conv2D(channels * expand, 1, use_bias=False, name=f"{name}_expand")(x)
         x = _bn(f"{name}_expand_bn")(x)
         x = keras.layers.ReLU(6.0, name=f"{name}_expand_relu")(x)
-    x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+    x = keras.layers.DepthwiseConv2D(
+        kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dw"
+    )(x)
     x = _bn(f"{name}_dw_bn")(x)
     x = keras.layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
     x = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_project")(x)
@@ -148,7 +150,11 @@ def load_lite0_weights(model: Any, path: Path, channels: int) -> None:
     for i, (_, _, expand, _) in enumerate(LITE0_BLOCKS[:KEPT_BLOCKS]):
         torch_block = f"_blocks.{i}"
         if expand != 1:
-            _set(model.get_layer(f"b{i}_expand"), [_conv_kernel(_tensor(state, f"{torch_block}._expand_conv.weight", path))], path)
+            _set(
+                model.get_layer(f"b{i}_expand"),
+                [_conv_kernel(_tensor(state, f"{torch_block}._expand_conv.weight", path))],
+                path,
+            )
             _load_bn(model, f"b{i}_expand_bn", state, f"{torch_block}._bn0", path)
         depthwise = _tensor(state, f"{torch_block}._depthwise_conv.weight", path)
         _set(model.get_layer(f"b{i}_dw"), [np.transpose(depthwise, (2, 3, 0, 1))], path)
