@@ -315,6 +315,10 @@ def _build(run: RunFolder, root: Path, config: BundleConfig, steps: _Steps) -> d
                     f"{mixed['initial_max_diff']:.3g} to {mixed['final_max_diff']:.3g}"
                     + ("" if mixed["target_met"] else f" (target {mixed['target_max_diff']:g} NOT met)")
                 )
+            tried = (settings.get("auto_calibration") or {}).get("tried", {})
+            if len(tried) > 1:
+                record.detail += "; calibration " + ", ".join(f"{m} {d:.3g}" for m, d in tried.items())
+                record.detail += f", kept {settings['calibrate_method']}"
 
     with steps.step("accuracy") as record:
         results, outputs = evaluate_precisions(

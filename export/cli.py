@@ -129,9 +129,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     bundle.add_argument(
         "--calib-method",
-        choices=("entropy", "minmax", "percentile"),
+        choices=("auto", "entropy", "minmax", "percentile"),
         default=QuantConfig.calibrate_method,
-        help="INT8 activation range method (default percentile)",
+        help="INT8 activation range method (default auto: percentile, and minmax too when percentile "
+        "misses --int8-target after the float-layer search; the graph closer to FP32 is kept)",
     )
     bundle.add_argument(
         "--quantize-first-layer",

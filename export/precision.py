@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from export.calibration import iter_batches
-from export.config import QuantConfig
+from export.config import AUTO_CALIBRATE_METHODS, QuantConfig
 from export.errors import CalibrationError, ConversionError
 
 _CALIBRATE_METHODS = {"entropy": "Entropy", "minmax": "MinMax", "percentile": "Percentile"}
@@ -131,6 +131,8 @@ def int8_qdq_from_onnx(
     graph_input = model.graph.input[0]
     _check_calibration(calibration, graph_input, source)
     options = quantization_options(config)
+    # One graph has one method; "auto" chooses between graphs (export/sensitivity.py) and starts here.
+    method = AUTO_CALIBRATE_METHODS[0] if config.calibrate_method == "auto" else config.calibrate_method
     with prepared_model(source) as prepared:
         quantized = prepared.with_name("quantized.onnx")
         excluded = excluded_nodes(onnx.load(str(prepared)), config)
@@ -147,7 +149,7 @@ def int8_qdq_from_onnx(
                     per_channel=config.per_channel,
                     activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, _CALIBRATE_METHODS[config.calibrate_method]),
+                    calibrate_method=getattr(CalibrationMethod, _CALIBRATE_METHODS[method]),
                     extra_options=options,
                 )
             except (ValueError, RuntimeError, TypeError) as exc:
@@ -163,7 +165,7 @@ def int8_qdq_from_onnx(
         "format": "QDQ",
         "activation_type": "int8 symmetric",
         "weight_type": "int8 symmetric" + (" per-channel" if config.per_channel else ""),
-        "calibrate_method": config.calibrate_method,
+        "calibrate_method": method,
         "calibration_batch": config.batch_size,
         "op_types": list(config.op_types),
         "nodes_kept_in_float": excluded,

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from export.config import QuantConfig
+from export.config import AUTO_CALIBRATE_METHODS, QuantConfig
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,38 @@ def int8_qdq_within_target(
 
     Returns the quantization settings, with a ``mixed_precision`` record
     (None when the fully quantized graph was within the target or the search is off).
+    With ``calibrate_method="auto"`` each method of ``AUTO_CALIBRATE_METHODS`` is tried in
+    turn until one meets the target, and the graph closest to FP32 on the calibration
+    images is kept; ``auto_calibration`` then records every method's diff.
     """
+    if config.calibrate_method != "auto":
+        return _int8_within_target(source, output, calibration, config)
+    import shutil
+    import tempfile
+
+    tried: dict[str, float | None] = {}
+    best: dict[str, Any] | None = None
+    with tempfile.TemporaryDirectory(prefix="pneumo-calib-") as tmp:
+        for method in AUTO_CALIBRATE_METHODS:
+            candidate = Path(tmp) / f"{method}.onnx"
+            settings = _int8_within_target(
+                source, candidate, calibration, replace(config, calibrate_method=method)
+            )
+            diff = settings.get("calibration_max_diff")
+            tried[method] = diff
+            if best is None or (diff is not None and diff < best["calibration_max_diff"]):
+                best = settings
+                shutil.copyfile(candidate, output)
+            if diff is None or config.target_max_diff is None or diff <= config.target_max_diff:
+                break
+    assert best is not None
+    best["auto_calibration"] = {"tried": tried, "chosen": best["calibrate_method"]}
+    return best
+
+
+def _int8_within_target(
+    source: Path, output: Path, calibration: np.ndarray, config: QuantConfig
+) -> dict[str, Any]:
     from export.parity import onnx_outputs
     from export.precision import int8_qdq_from_onnx
 

@@ -143,3 +143,16 @@ def tiny_onnx(tiny_run: TinyRun, tmp_path_factory: pytest.TempPathFactory) -> Pa
         run.h5_path, run.contract, run.info, output, load_images(images, run.contract), source, OnnxConfig()
     )
     return output
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_run: TinyRun) -> np.ndarray:
+    """128 calibration images from the tiny run's training split, as export samples them."""
+    from export.calibration import build_calibration_set
+    from export.config import CalibrationConfig
+    from export.run_folder import RunFolder
+
+    run = RunFolder.resolve(tiny_run.folder)
+    return build_calibration_set(
+        run.split_images("train"), run.contract, run.info, CalibrationConfig(size=128)
+    ).images

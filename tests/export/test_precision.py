@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.calibration import build_calibration_set
-from export.config import CalibrationConfig, QuantConfig
+from export.config import QuantConfig
 from export.errors import CalibrationError
 from export.onnx_from_keras import graph_summary
 from export.parity import onnx_outputs
@@ -25,14 +24,6 @@ def probe(tiny_run: TinyRun) -> np.ndarray:
     run = RunFolder.resolve(tiny_run.folder)
     images, _ = parity_images_for(run, 32, None)
     return load_images(images, run.contract)
-
-
-@pytest.fixture(scope="module")
-def calibration(tiny_run: TinyRun) -> np.ndarray:
-    run = RunFolder.resolve(tiny_run.folder)
-    return build_calibration_set(
-        run.split_images("train"), run.contract, run.info, CalibrationConfig(size=128)
-    ).images
 
 
 def test_fp16_runs_on_ort_cpu_with_uint8_in_float32_out(

@@ -9,24 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.calibration import build_calibration_set
-from export.config import CalibrationConfig, QuantConfig
+from export.config import QuantConfig
 from export.errors import ExportError
 from export.parity import onnx_outputs
 from export.precision import qdq_summary
-from export.run_folder import RunFolder
 from export.sensitivity import int8_qdq_within_target, layer_sensitivity, quantizable_layers
-from tests.export.conftest import TinyRun
 
 pytestmark = pytest.mark.tf
-
-
-@pytest.fixture(scope="module")
-def calibration(tiny_run: TinyRun) -> np.ndarray:
-    run = RunFolder.resolve(tiny_run.folder)
-    return build_calibration_set(
-        run.split_images("train"), run.contract, run.info, CalibrationConfig(size=128)
-    ).images
 
 
 def test_every_quantizable_layer_is_ranked_most_sensitive_first(
@@ -74,6 +63,36 @@ def test_no_search_within_target_or_when_off(
         tiny_onnx, tmp_path / "b.onnx", calibration, replace(QuantConfig(), target_max_diff=None)
     )
     assert off["mixed_precision"] is None and "calibration_max_diff" not in off
+
+
+def test_auto_calibration_tries_minmax_only_when_percentile_misses_and_keeps_the_closer_graph(
+    tiny_onnx: Path, calibration: np.ndarray, tmp_path: Path
+) -> None:
+    reference = onnx_outputs(tiny_onnx, calibration)
+    out = tmp_path / "auto.onnx"
+    # Missed by every method (no float-layer search), so both are tried.
+    tight = replace(QuantConfig(), target_max_diff=1e-7, max_float_layers=0)
+    settings = int8_qdq_within_target(tiny_onnx, out, calibration, tight)
+    tried = settings["auto_calibration"]["tried"]
+    assert list(tried) == ["percentile", "minmax"]
+    closest = min(tried, key=lambda method: tried[method])
+    assert settings["auto_calibration"]["chosen"] == settings["calibrate_method"] == closest
+    written = float(np.abs(onnx_outputs(out, calibration, precision="int8") - reference).max())
+    assert written == pytest.approx(tried[closest], abs=1e-6)
+    # Each method on its own writes the graph auto measured for it.
+    for method in tried:
+        alone = int8_qdq_within_target(
+            tiny_onnx, tmp_path / f"{method}.onnx", calibration, replace(tight, calibrate_method=method)
+        )
+        assert "auto_calibration" not in alone and alone["calibrate_method"] == method
+        assert alone["calibration_max_diff"] == pytest.approx(tried[method], abs=1e-6)
+
+    met = int8_qdq_within_target(
+        tiny_onnx, tmp_path / "met.onnx", calibration, replace(QuantConfig(), target_max_diff=1.0)
+    )
+    assert (
+        list(met["auto_calibration"]["tried"]) == ["percentile"] and met["calibrate_method"] == "percentile"
+    )
 
 
 def test_target_is_validated() -> None:
