@@ -100,11 +100,16 @@ def layer_sensitivity(
 
 
 def search_float_layers(
-    source: Path, calibration: np.ndarray, config: QuantConfig, initial_max_diff: float
+    source: Path,
+    calibration: np.ndarray,
+    config: QuantConfig,
+    initial_max_diff: float,
+    reference: np.ndarray | None = None,
 ) -> tuple[QuantConfig, MixedPrecision]:
     """The config keeping the fewest most-sensitive layers in float that meets ``config.target_max_diff``.
 
     When no count up to ``max_float_layers`` meets it, the closest one found.
+    ``reference``: the FP32 outputs on ``calibration``, when the caller has them already.
     """
     import tempfile
 
@@ -112,7 +117,8 @@ def search_float_layers(
     from export.precision import int8_qdq_from_onnx
 
     assert config.target_max_diff is not None
-    reference = onnx_outputs(source, calibration)
+    if reference is None:
+        reference = onnx_outputs(source, calibration)
     with tempfile.TemporaryDirectory(prefix="pneumo-mixed-") as tmp:
         workdir = Path(tmp)
         ranked = layer_sensitivity(source, workdir, calibration, config)
@@ -148,8 +154,12 @@ def int8_qdq_within_target(
     turn until one meets the target, and the graph closest to FP32 on the calibration
     images is kept; ``auto_calibration`` then records every method's diff.
     """
+    from export.parity import onnx_outputs
+
+    # The FP32 outputs every method's graph is measured against, computed once.
+    reference = onnx_outputs(source, calibration) if config.target_max_diff is not None else None
     if config.calibrate_method != "auto":
-        return _int8_within_target(source, output, calibration, config)
+        return _int8_within_target(source, output, calibration, config, reference)
     import shutil
     import tempfile
 
@@ -159,7 +169,7 @@ def int8_qdq_within_target(
         for method in AUTO_CALIBRATE_METHODS:
             candidate = Path(tmp) / f"{method}.onnx"
             settings = _int8_within_target(
-                source, candidate, calibration, replace(config, calibrate_method=method)
+                source, candidate, calibration, replace(config, calibrate_method=method), reference
             )
             diff = settings.get("calibration_max_diff")
             tried[method] = diff
@@ -174,21 +184,24 @@ def int8_qdq_within_target(
 
 
 def _int8_within_target(
-    source: Path, output: Path, calibration: np.ndarray, config: QuantConfig
+    source: Path,
+    output: Path,
+    calibration: np.ndarray,
+    config: QuantConfig,
+    reference: np.ndarray | None,
 ) -> dict[str, Any]:
-    from export.parity import onnx_outputs
     from export.precision import int8_qdq_from_onnx
 
     settings = int8_qdq_from_onnx(source, output, calibration, config)
     settings["target_max_diff"] = config.target_max_diff
     settings["mixed_precision"] = None
-    if config.target_max_diff is None:
+    if config.target_max_diff is None or reference is None:
         return settings
-    diff = output_diff(onnx_outputs(source, calibration), output, calibration)
+    diff = output_diff(reference, output, calibration)
     settings["calibration_max_diff"] = diff
     if diff <= config.target_max_diff or config.max_float_layers == 0:
         return settings
-    chosen, outcome = search_float_layers(source, calibration, config, diff)
+    chosen, outcome = search_float_layers(source, calibration, config, diff, reference)
     if outcome.float_layers:
         settings = int8_qdq_from_onnx(source, output, calibration, chosen)
         settings["target_max_diff"] = config.target_max_diff
