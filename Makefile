@@ -3,9 +3,11 @@
 #   make demo      train -> export -> edge inference -> benchmark on SYNTHETIC phantoms
 #   make demo DATA=../shared/data/chest_xray   the same on the real data set
 #   make test      the whole CPU test suite (what CI runs)
+#   make test-fast the suite without the slow and TensorRT tests
 #   make test-trt  the real TensorRT tests (on a Jetson or any machine with TensorRT)
 #   make lint      ruff check, ruff format --check, mypy
 #   make bench     benchmarks this machine supports, written under benchmarks/results/
+#   make clean     remove the demo folder and the tool caches (never runs/ or bundles/)
 
 PYTHON ?= python3
 VENV   ?= .venv

@@ -115,7 +115,11 @@ def _bench_parser(prog: str) -> argparse.ArgumentParser:
         "--watch-count", type=int, default=1000, help="images for the watch benchmark (default: 1000)"
     )
     parser.add_argument(
-        "-o", "--output", type=Path, default=DEFAULT_OUTPUT, help="results root (default: %(default)s)"
+        "-o",
+        "--output",
+        type=results_root,
+        default=DEFAULT_OUTPUT,
+        help="results root folder; results go to ROOT/<device>/<date>/ (default: %(default)s)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace today's results for this device")
     parser.add_argument("--json", action="store_true", help="print bench.json on stdout")
@@ -148,11 +152,29 @@ def _watch_parser(prog: str) -> argparse.ArgumentParser:
         "--timeout", type=float, default=600.0, help="seconds to wait for all results (default: 600)"
     )
     parser.add_argument(
-        "-o", "--output", type=Path, default=DEFAULT_OUTPUT, help="results root (default: %(default)s)"
+        "-o",
+        "--output",
+        type=results_root,
+        default=DEFAULT_OUTPUT,
+        help="results root folder; results go to ROOT/<device>/<date>/ (default: %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     parser.add_argument("--quiet", action="store_true")
     return parser
+
+
+RESULT_SUFFIXES = (".json", ".md", ".csv", ".png")
+
+
+def results_root(value: str) -> Path:
+    """``-o``: a folder that gets ``<device>/<date>/`` under it; a file name there is a mistake, caught before the run."""
+    path = Path(value)
+    if path.suffix.lower() in RESULT_SUFFIXES or path.is_file():
+        raise argparse.ArgumentTypeError(
+            f"{value}: -o is the results root folder (results go to {value}/<device>/<date>/), "
+            "not a file; give a folder such as benchmarks/results"
+        )
+    return path
 
 
 def _error(prog: str, message: str) -> int:

@@ -115,12 +115,19 @@ def quantization_options(config: QuantConfig) -> dict[str, Any]:
 
 
 def int8_qdq_from_onnx(
-    source: Path, output: Path, calibration: np.ndarray, config: QuantConfig
+    source: Path,
+    output: Path,
+    calibration: np.ndarray,
+    config: QuantConfig,
+    ranges: Path | None = None,
 ) -> dict[str, Any]:
     """Write an INT8 Q/DQ graph of ``source`` calibrated on ``calibration`` (uint8 NHWC, training split).
 
     Returns the quantization settings used. Refuses to run without real
     calibration images: random scales give an engine that looks fine and is not.
+    ``ranges``: a JSON file of activation ranges (ONNX Runtime's calibration cache)
+    for exactly this ``source``, ``calibration`` and method; read when it exists,
+    written when it does not (see :class:`export.sensitivity.RangeCache`).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -151,6 +158,7 @@ def int8_qdq_from_onnx(
                     weight_type=QuantType.QInt8,
                     calibrate_method=getattr(CalibrationMethod, _CALIBRATE_METHODS[method]),
                     extra_options=options,
+                    **({} if ranges is None else {"calibration_cache_path": str(ranges)}),
                 )
             except (ValueError, RuntimeError, TypeError) as exc:
                 raise ConversionError(f"{source}: INT8 quantization failed ({exc})") from exc

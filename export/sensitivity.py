@@ -20,6 +20,7 @@ split: the test split never decides anything here):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,29 @@ from typing import Any
 import numpy as np
 
 from export.config import AUTO_CALIBRATE_METHODS, QuantConfig
+
+
+@dataclass(frozen=True)
+class RangeCache:
+    """Activation ranges of one source graph, one JSON file per (method, images, batching).
+
+    Lives in a temporary folder for one export: ranges belong to the graph they
+    were measured on, so they are never shared between models.
+    """
+
+    folder: Path
+
+    def path(self, config: QuantConfig, images: np.ndarray) -> Path:
+        method = config.calibrate_method
+        if method == "auto":
+            method = AUTO_CALIBRATE_METHODS[0]  # what int8_qdq_from_onnx calibrates with
+        digest = hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()[:16]
+        ops = "-".join(config.op_types)
+        return self.folder / f"ranges-{method}-{ops}-b{config.batch_size}-{digest}.json"
+
+
+def _ranges(cache: RangeCache | None, config: QuantConfig, images: np.ndarray) -> Path | None:
+    return None if cache is None else cache.path(config, images)
 
 
 @dataclass(frozen=True)
@@ -80,7 +104,11 @@ def quantizable_layers(source: Path, config: QuantConfig) -> list[tuple[str, str
 
 
 def layer_sensitivity(
-    source: Path, workdir: Path, calibration: np.ndarray, config: QuantConfig
+    source: Path,
+    workdir: Path,
+    calibration: np.ndarray,
+    config: QuantConfig,
+    cache: RangeCache | None = None,
 ) -> list[LayerSensitivity]:
     """Each quantizable layer quantized alone, most sensitive first."""
     from export.parity import onnx_outputs
@@ -94,7 +122,7 @@ def layer_sensitivity(
     for name, op_type in layers:
         alone = replace(config, float_nodes=tuple(n for n in names if n != name))
         candidate = workdir / "single-layer.onnx"
-        int8_qdq_from_onnx(source, candidate, probe, alone)
+        int8_qdq_from_onnx(source, candidate, probe, alone, _ranges(cache, alone, probe))
         results.append(LayerSensitivity(name, op_type, output_diff(reference, candidate, probe)))
     return sorted(results, key=lambda s: s.max_abs_diff, reverse=True)
 
@@ -105,6 +133,7 @@ def search_float_layers(
     config: QuantConfig,
     initial_max_diff: float,
     reference: np.ndarray | None = None,
+    cache: RangeCache | None = None,
 ) -> tuple[QuantConfig, MixedPrecision]:
     """The config keeping the fewest most-sensitive layers in float that meets ``config.target_max_diff``.
 
@@ -121,12 +150,12 @@ def search_float_layers(
         reference = onnx_outputs(source, calibration)
     with tempfile.TemporaryDirectory(prefix="pneumo-mixed-") as tmp:
         workdir = Path(tmp)
-        ranked = layer_sensitivity(source, workdir, calibration, config)
+        ranked = layer_sensitivity(source, workdir, calibration, config, cache)
         best_config, best_diff = config, initial_max_diff
         for count in range(1, min(config.max_float_layers, len(ranked)) + 1):
             trial = replace(config, float_nodes=tuple(s.name for s in ranked[:count]))
             candidate = workdir / "candidate.onnx"
-            int8_qdq_from_onnx(source, candidate, calibration, trial)
+            int8_qdq_from_onnx(source, candidate, calibration, trial, _ranges(cache, trial, calibration))
             diff = output_diff(reference, candidate, calibration)
             if diff < best_diff:
                 best_config, best_diff = trial, diff
@@ -144,7 +173,12 @@ def search_float_layers(
 
 
 def int8_qdq_within_target(
-    source: Path, output: Path, calibration: np.ndarray, config: QuantConfig
+    source: Path,
+    output: Path,
+    calibration: np.ndarray,
+    config: QuantConfig,
+    *,
+    reuse_ranges: bool = True,
 ) -> dict[str, Any]:
     """:func:`export.precision.int8_qdq_from_onnx`, then the mixed-precision search when the target is missed.
 
@@ -153,23 +187,26 @@ def int8_qdq_within_target(
     With ``calibrate_method="auto"`` each method of ``AUTO_CALIBRATE_METHODS`` is tried in
     turn until one meets the target, and the graph closest to FP32 on the calibration
     images is kept; ``auto_calibration`` then records every method's diff.
+    ``reuse_ranges=False`` calibrates every trial graph afresh (the same graphs, slower:
+    kept for the side-by-side check in the tests and ``benchmarks``).
     """
+    import shutil
+    import tempfile
+
     from export.parity import onnx_outputs
 
     # The FP32 outputs every method's graph is measured against, computed once.
     reference = onnx_outputs(source, calibration) if config.target_max_diff is not None else None
-    if config.calibrate_method != "auto":
-        return _int8_within_target(source, output, calibration, config, reference)
-    import shutil
-    import tempfile
-
-    tried: dict[str, float | None] = {}
-    best: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="pneumo-calib-") as tmp:
+        cache = RangeCache(Path(tmp)) if reuse_ranges else None
+        if config.calibrate_method != "auto":
+            return _int8_within_target(source, output, calibration, config, reference, cache)
+        tried: dict[str, float | None] = {}
+        best: dict[str, Any] | None = None
         for method in AUTO_CALIBRATE_METHODS:
             candidate = Path(tmp) / f"{method}.onnx"
             settings = _int8_within_target(
-                source, candidate, calibration, replace(config, calibrate_method=method), reference
+                source, candidate, calibration, replace(config, calibrate_method=method), reference, cache
             )
             diff = settings.get("calibration_max_diff")
             tried[method] = diff
@@ -189,10 +226,12 @@ def _int8_within_target(
     calibration: np.ndarray,
     config: QuantConfig,
     reference: np.ndarray | None,
+    cache: RangeCache | None,
 ) -> dict[str, Any]:
     from export.precision import int8_qdq_from_onnx
 
-    settings = int8_qdq_from_onnx(source, output, calibration, config)
+    ranges = _ranges(cache, config, calibration)
+    settings = int8_qdq_from_onnx(source, output, calibration, config, ranges)
     settings["target_max_diff"] = config.target_max_diff
     settings["mixed_precision"] = None
     if config.target_max_diff is None or reference is None:
@@ -201,9 +240,9 @@ def _int8_within_target(
     settings["calibration_max_diff"] = diff
     if diff <= config.target_max_diff or config.max_float_layers == 0:
         return settings
-    chosen, outcome = search_float_layers(source, calibration, config, diff, reference)
+    chosen, outcome = search_float_layers(source, calibration, config, diff, reference, cache)
     if outcome.float_layers:
-        settings = int8_qdq_from_onnx(source, output, calibration, chosen)
+        settings = int8_qdq_from_onnx(source, output, calibration, chosen, ranges)
         settings["target_max_diff"] = config.target_max_diff
         settings["calibration_max_diff"] = outcome.final_max_diff
     settings["mixed_precision"] = outcome.to_dict()

@@ -213,7 +213,7 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     )
     recipe.add_argument("--loss", choices=LOSSES, help="crossentropy (default) or focal")
     recipe.add_argument("--focal-gamma", type=float)
-    recipe.add_argument("--label-smoothing", type=float, help="0..0.5 (default: dsconv 0.1, others 0)")
+    recipe.add_argument("--label-smoothing", type=float, help="0..0.5 (default: dsconv and lite0 0.1, others 0)")
     recipe.add_argument(
         "--mixup",
         type=float,
@@ -240,7 +240,7 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
         "--threshold-on",
         choices=THRESHOLD_SOURCES,
         help="where the rule looks: 'validation' (the seed architectures' default) or 'shape-pooled' "
-        "(dsconv's default: the validation images as they are plus width- or height-only rescaled "
+        "(dsconv's and lite0's default: the validation images as they are plus width- or height-only rescaled "
         "x0.85/x1.15, pooled: a threshold that holds under other acquisition geometry)",
     )
     return parser

@@ -67,6 +67,22 @@ def test_usage_errors_exit_2(tiny_bundle: Path, capsys: pytest.CaptureFixture[st
     assert exc.value.code == 2
 
 
+def test_a_file_name_as_results_root_is_refused_before_the_run(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results"
+    out.mkdir()
+    for argv in (
+        [str(tiny_bundle), "-o", str(out / "bench.json")],
+        ["watch", str(tiny_bundle), "--images", str(tmp_path), "-o", str(out / "watch.md")],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert "results root folder" in capsys.readouterr().err
+    assert list(out.iterdir()) == []  # nothing measured, nothing written
+
+
 def test_failures_exit_1_with_the_file_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(tmp_path / "no-bundle"), *QUICK]) == 1
     assert "no-bundle" in capsys.readouterr().err

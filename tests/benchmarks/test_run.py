@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -89,8 +90,10 @@ def test_bench_document_on_the_tiny_bundle(tiny_bundle: Path, tmp_path: Path) ->
     assert cold[0]["cold_start_s"] > 0 and cold[0]["peak_rss_mb"] > 10
 
     reasons = {(s["backend"], s["precision"]): s["reason"] for s in document["skipped"]}
-    assert "TensorRT not installed" in reasons[("trt", "fp32")]
-    assert "CUDAExecutionProvider" in reasons[("ort-cuda", "fp32")]
+    if importlib.util.find_spec("tensorrt") is None:
+        assert "TensorRT not installed" in reasons[("trt", "fp32")]
+    if ("ort-cuda", "fp32") in reasons:  # where CUDA really loads, that row is measured instead
+        assert "CUDAExecutionProvider" in reasons[("ort-cuda", "fp32")]
     assert "no model_int8_qdq.onnx" in reasons[("ort-cpu", "int8")]
     assert "not a Keras precision" in reasons[("keras", "fp16")]
     assert "--keras" in reasons[("keras", "fp32")]

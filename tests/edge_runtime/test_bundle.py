@@ -53,4 +53,10 @@ def test_added_file_and_missing_manifest(tiny_bundle: Path) -> None:
 def test_engines_folder_is_outside_manifest(tiny_bundle: Path) -> None:
     (tiny_bundle / "engines").mkdir()
     (tiny_bundle / "engines" / "x.engine").write_bytes(b"device specific")
-    verify_manifest(tiny_bundle)
+    manifest = verify_manifest(tiny_bundle)  # engines are built on the target, after export
+    assert "model.onnx" in manifest["files"] and not any(f.startswith("engines/") for f in manifest["files"])
+    # The same file anywhere else in the bundle is an unlisted addition.
+    (tiny_bundle / "golden").mkdir()
+    (tiny_bundle / "golden" / "x.engine").write_bytes(b"device specific")
+    with pytest.raises(BundleError, match="golden/x.engine"):
+        verify_manifest(tiny_bundle)

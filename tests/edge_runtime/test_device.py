@@ -64,11 +64,13 @@ def test_onnxruntime_providers_are_checked_by_loading() -> None:
 def test_facts_on_this_machine_say_what_is_missing() -> None:
     facts = collect_device_facts(check_providers=False)
     assert facts.python and facts.disk_free_mib is not None and facts.memory_total_mib
+    readiness = precision_readiness(facts)
+    assert [r.precision for r in readiness] == ["fp32", "fp16", "int8"]
     if facts.tensorrt_version is None:
-        readiness = precision_readiness(facts)
-        assert [r.precision for r in readiness] == ["fp32", "fp16", "int8"]
         assert all(not r.tensorrt_ready for r in readiness)
         assert readiness[0].missing[0] == "TensorRT" and "system-site-packages" in readiness[0].fixes[0]
+    else:  # a Jetson or a TensorRT host: FP32 needs nothing beyond TensorRT itself
+        assert "TensorRT" not in readiness[0].missing
 
 
 def test_facts_with_tensorrt_and_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -75,13 +75,16 @@ def test_golden_comparison_fails_on_real_disagreement(bundle_root: Path) -> None
     assert not result.passed and result.flipped_outside_tolerance == [golden.files[far]]
     # A flip on an image whose reference sits within the tolerance of the threshold is allowed.
     near = golden.fp32_outputs.copy()
-    near[far] = 0.5
+    near[far] = 0.5  # the reference: PNEUMONIA at threshold 0.5, 0 from it
+    outputs = near.copy()
+    outputs[far] = 0.49  # NORMAL: a flip, 0.01 inside the int8 tolerance
     borderline = compare_golden(
-        near,
+        outputs,
         GoldenSet(golden.images, golden.files, golden.true_labels, near, golden.tolerance, 0.5),
         bundle.info,
         "int8",
     )
+    assert borderline.flipped == [golden.files[far]] and borderline.flipped_outside_tolerance == []
     assert borderline.passed
 
 

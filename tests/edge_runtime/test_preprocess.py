@@ -13,7 +13,7 @@ import pytest
 from edge_runtime.contract import PreprocessContract
 from edge_runtime.errors import ContractError, ImageDecodeError
 from edge_runtime.preprocess import apply_contract, decode_bytes, load_image, preprocess_file, to_uint8
-from tests.conftest import write_image
+from tests.conftest import REPO, write_image
 
 
 def test_contract_roundtrip(tmp_path: Path) -> None:
@@ -54,10 +54,17 @@ def test_stretch_matches_opencv_area(gray_image: np.ndarray) -> None:
 
 
 def test_letterbox_and_crop_keep_aspect(gray_image: np.ndarray) -> None:
+    assert gray_image.shape == (300, 340)
     boxed = apply_contract(gray_image, PreprocessContract(height=64, width=64, resize="letterbox"))
-    assert boxed.shape == (64, 64, 1) and boxed[0].max() == 0  # padded rows at the top
+    # 340 wide -> 64: scale 64/340, so 300 tall -> 56 rows, centred with 4 black rows above and below.
+    assert boxed.shape == (64, 64, 1)
+    assert not boxed[:4].any() and not boxed[60:].any()
+    expected = cv2.resize(gray_image, (64, 56), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(boxed[4:60, :, 0], expected)
     cropped = apply_contract(gray_image, PreprocessContract(height=64, width=64, resize="center_crop"))
-    assert cropped.shape == (64, 64, 1)
+    # The central 300x300 square (20 columns cut on each side), then resized: no stretching.
+    expected = cv2.resize(gray_image[:, 20:320], (64, 64), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(cropped[:, :, 0], expected)
 
 
 def test_png_under_jpeg_name_and_upper_case(tmp_path: Path, gray_image: np.ndarray) -> None:
@@ -90,10 +97,16 @@ def test_rgba_and_palette(tmp_path: Path, gray_image: np.ndarray) -> None:
 
 def test_palette_png(tmp_path: Path) -> None:
     pil = pytest.importorskip("PIL.Image")
-    img = pil.fromarray(np.tile(np.arange(64, dtype=np.uint8), (64, 1))).convert("P")
+    gradient = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))
+    img = pil.fromarray(np.tile(np.arange(64, dtype=np.uint8), (64, 1)), mode="L").convert("P")
+    img.putpalette([v for i in range(64) for v in (4 * i, 4 * i, 4 * i)])  # index i -> gray 4i
     path = tmp_path / "pal.png"
     img.save(path)
-    assert load_image(path).shape[:2] == (64, 64)
+    decoded = load_image(path)
+    assert decoded.shape[:2] == (64, 64)
+    channels = decoded.reshape(64, 64, -1)
+    for c in range(channels.shape[2]):
+        assert np.array_equal(channels[:, :, c], gradient), "palette indices were read instead of colours"
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -158,7 +171,19 @@ def test_dicom_monochrome2(tmp_path: Path, gray_image: np.ndarray) -> None:
     assert np.abs(decoded - expected).max() <= 1
 
 
-def test_preprocess_file_is_deterministic(tmp_path: Path, gray_image: np.ndarray) -> None:
+def test_preprocess_file_is_deterministic_across_processes(tmp_path: Path, gray_image: np.ndarray) -> None:
+    import subprocess
+    import sys
+
     path = write_image(tmp_path / "a.jpeg", gray_image)
     contract = PreprocessContract()
-    assert np.array_equal(preprocess_file(path, contract), preprocess_file(path, contract))
+    here = preprocess_file(path, contract)
+    there = tmp_path / "there.npy"
+    code = (
+        "import sys, numpy as np; from pathlib import Path; "
+        "from edge_runtime.contract import PreprocessContract; "
+        "from edge_runtime.preprocess import preprocess_file; "
+        "np.save(sys.argv[2], preprocess_file(Path(sys.argv[1]), PreprocessContract()))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path), str(there)], check=True, timeout=60, cwd=REPO)
+    assert here.dtype == np.uint8 and np.array_equal(here, np.load(there))

@@ -1,9 +1,10 @@
-"""A flood of 10,000 files: every one processed exactly once, memory bounded, throughput steady.
+"""A flood of 10,000 files: every one processed exactly once, memory and the pending window bounded.
 
 Half the files are in the inbox when the daemon starts (the scan path), the
 other half are renamed in while it works (the inotify path, overflowing the
 bounded hint queue, so the rescans have to catch up). The daemon's RSS is
-sampled with psutil the whole time. ``PNEUMO_FLOOD_FILES`` changes the
+sampled with psutil the whole time; the rate is printed, not asserted
+(performance lives in ``pneumo bench watch``). ``PNEUMO_FLOOD_FILES`` changes the
 count (the 10,000 default takes about a minute here).
 """
 
@@ -84,4 +85,4 @@ def test_flood_of_files_bounded_memory_exactly_once(tiny_bundle: Path, tmp_path:
         f"peak RSS {peak_rss / 2**20:.0f} MiB, peak window {peak_window}"
     )
     assert 0 < peak_rss < RSS_LIMIT_MB * 2**20, f"peak RSS {peak_rss / 2**20:.0f} MiB"
-    assert peak_window <= MAX_PENDING, "the pending window grew past its bound"
+    assert 0 < peak_window <= MAX_PENDING, f"peak window {peak_window} (0: the heartbeat was never read)"

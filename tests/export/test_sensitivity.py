@@ -13,7 +13,12 @@ from export.config import QuantConfig
 from export.errors import ExportError
 from export.parity import onnx_outputs
 from export.precision import qdq_summary
-from export.sensitivity import int8_qdq_within_target, layer_sensitivity, quantizable_layers
+from export.sensitivity import (
+    RangeCache,
+    int8_qdq_within_target,
+    layer_sensitivity,
+    quantizable_layers,
+)
 
 pytestmark = pytest.mark.tf
 
@@ -93,6 +98,58 @@ def test_auto_calibration_tries_minmax_only_when_percentile_misses_and_keeps_the
     assert (
         list(met["auto_calibration"]["tried"]) == ["percentile"] and met["calibrate_method"] == "percentile"
     )
+
+
+def _graph_tensors(path: Path) -> tuple[list[tuple[str, tuple[str, ...]]], dict[str, np.ndarray]]:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    nodes = [(n.op_type, tuple(n.input)) for n in model.graph.node]
+    return nodes, {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def test_reused_ranges_write_the_same_graphs_as_calibrating_each_trial_afresh(
+    tiny_onnx: Path, calibration: np.ndarray, tmp_path: Path
+) -> None:
+    # Missed by every method, with a float-layer search and auto: every path that reads the cache runs.
+    tight = replace(QuantConfig(), target_max_diff=1e-7, max_float_layers=2, sensitivity_images=16)
+    fresh = int8_qdq_within_target(tiny_onnx, tmp_path / "fresh.onnx", calibration, tight, reuse_ranges=False)
+    reused = int8_qdq_within_target(tiny_onnx, tmp_path / "reused.onnx", calibration, tight)
+    assert list(reused["auto_calibration"]["tried"]) == ["percentile", "minmax"]
+    assert reused == fresh  # the same sensitivity ranking, float layers, diffs and settings
+    fresh_nodes, fresh_weights = _graph_tensors(tmp_path / "fresh.onnx")
+    reused_nodes, reused_weights = _graph_tensors(tmp_path / "reused.onnx")
+    assert reused_nodes == fresh_nodes and reused_weights.keys() == fresh_weights.keys()
+    scales = [name for name in fresh_weights if "scale" in name]
+    assert scales, "a Q/DQ graph has quantization scales"
+    for name, values in fresh_weights.items():
+        np.testing.assert_array_equal(reused_weights[name], values, err_msg=name)
+
+
+def test_the_side_by_side_benchmark_times_both_ways_and_compares_the_bytes(
+    tiny_onnx: Path, calibration: np.ndarray
+) -> None:
+    from benchmarks.int8_search import compare
+
+    tight = replace(QuantConfig(), target_max_diff=1e-7, max_float_layers=1, sensitivity_images=16)
+    result = compare(tiny_onnx, calibration, tight)
+    assert result["same_graph"] is True
+    assert result["reused"]["seconds"] > 0 and result["fresh"]["seconds"] > 0
+    assert result["reused"]["float_layers"] == result["fresh"]["float_layers"]
+    assert result["reused"]["calibration_max_diff"] == result["fresh"]["calibration_max_diff"]
+
+
+def test_range_cache_keys_on_method_images_and_batching(tmp_path: Path, calibration: np.ndarray) -> None:
+    cache = RangeCache(tmp_path)
+    config = QuantConfig(calibrate_method="percentile")
+    key = cache.path(config, calibration)
+    assert cache.path(QuantConfig(calibrate_method="auto"), calibration) == key  # auto starts with percentile
+    assert cache.path(replace(config, float_nodes=("Conv__1",)), calibration) == key  # ranges are per graph
+    assert cache.path(replace(config, calibrate_method="minmax"), calibration) != key
+    assert cache.path(config, calibration[:16]) != key
+    assert cache.path(replace(config, batch_size=8), calibration) != key
+    assert key.parent == tmp_path
 
 
 def test_target_is_validated() -> None:

@@ -89,10 +89,11 @@ def test_missing_class_folder_names_the_folder(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_empty_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "empty").mkdir()
-    code = train_main(["--arch", "lhu", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run")])
+    (tmp_path / "xrays").mkdir()
+    code = train_main(["--arch", "lhu", "--data", str(tmp_path / "xrays"), "--out", str(tmp_path / "run")])
     assert code == 1
-    assert "empty" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert str(tmp_path / "xrays") in err and "the folder is empty" in err
 
 
 def test_existing_run_folder_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -170,6 +170,11 @@ def test_student_distils_from_a_teacher_with_the_same_split(
         last = list(csv.DictReader(handle))[-1]
     # soft targets are scored against the label they lean to (Keras alone reported exactly 0.0)
     assert 0.0 < float(last["accuracy"]) <= 1.0 and 0.0 < float(last["auc"]) <= 1.0
+    # Run "a" is this student without the teacher: same seed, split and recipe (training here is
+    # deterministic: the demo retrains to the last digit). Only the targets differ, so the fit must.
+    with open(runs["a"] / "history.csv", newline="") as handle:
+        alone = list(csv.DictReader(handle))[-1]
+    assert float(last["loss"]) != float(alone["loss"]), "the teacher did not change the training targets"
     with pytest.raises(TrainError, match="split differs"):
         _run(tmp_path, synth_small, "leaky", teacher=runs["other_split"])
     with pytest.raises(TrainError, match="contract"):

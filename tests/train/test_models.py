@@ -275,9 +275,15 @@ def test_lite0_refuses_a_checkpoint_of_another_network(tmp_path: Path) -> None:
 
 
 def test_lite0_defaults_to_the_packaged_weights_and_a_card_says_so() -> None:
+    from edge_runtime.fileio import sha256_file
     from train.config import TrainConfig
+    from train.report import _weights_note
 
     weights = _lite0_weights()
     assert TrainConfig(arch="lite0").resolved().weights == weights
     assert TrainConfig(arch="lite0", weights=Path("mine.pth")).resolved().weights == Path("mine.pth")
     assert TrainConfig(arch="dsconv").resolved().weights is None
+    spec = get_arch("lite0")
+    card = _weights_note(TrainConfig(arch="lite0").resolved(), spec)
+    assert str(weights) in card and sha256_file(weights) in card
+    assert "NOT a transfer-learned model" in _weights_note(TrainConfig(arch="lite0"), spec)

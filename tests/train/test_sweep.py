@@ -165,7 +165,8 @@ def test_pneumo_train_dispatches_sweep(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "augmented" in result.stdout and "not-augmented" in result.stdout
+    names = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    assert "augmented" in names and "not-augmented" in names
 
 
 # --------------------------------------------------------------------------- a real tiny sweep
@@ -299,7 +300,7 @@ def test_tiny_sweep_killed_then_resumed_skips_finished_runs(tmp_path: Path) -> N
         assert float(row["roc_auc_low"]) <= float(row["roc_auc"]) <= float(row["roc_auc_high"])
         assert int(row["params"]) > 0 and int(row["flops"]) > 0 and float(row["fit_seconds"]) > 0
         assert row["test_split"] == "official test"
-    assert rows["broken"]["status"] == "failed" and "empty" in rows["broken"]["detail"]
+    assert rows["broken"]["status"] == "failed" and "the folder is empty" in rows["broken"]["detail"]
     markdown = (out / "results.md").read_text()
     assert "SYNTHETIC" in markdown and "| first |" in markdown and "| broken |" in markdown
     assert "a claim" in markdown and "| validation ROC AUC |" in markdown

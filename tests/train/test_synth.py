@@ -69,7 +69,9 @@ def test_split_layout_names_and_patients(tmp_path: Path) -> None:
 def test_images_are_decodable_and_sized(tmp_path: Path) -> None:
     root = tmp_path / "synth"
     generate(root, SynthConfig(per_class=6, size=160, seed=2))
-    for path in root.rglob("*.jpeg"):
+    paths = sorted(root.rglob("*.jpeg"))
+    assert len(paths) == 12, f"{len(paths)} images for 6 per class, 2 classes"
+    for path in paths:
         image = load_image(path)
         assert image.ndim == 2 and image.shape[0] == 160 and 150 <= image.shape[1] <= 230
         assert image.std() > 10  # not a blank frame

@@ -35,17 +35,22 @@ def test_every_tensor_comes_back_with_its_name_shape_and_values(writer, tmp_path
 
 
 def test_a_checkpoint_that_needs_other_code_is_refused_before_it_runs(tmp_path: Path) -> None:
+    import os
+
+    sentinel = tmp_path / "payload-ran"
+
     class Payload:
         def __reduce__(self):  # type: ignore[no-untyped-def]
-            return (print, ("this must never run",))
+            return (os.mkdir, (str(sentinel),))  # a side effect the test can look for
 
     path = tmp_path / "evil.pth"
     with path.open("wb") as f:
         for header in (LEGACY_MAGIC, 1001, {}):
             pickle.dump(header, f, protocol=2)
         pickle.dump({"x": Payload()}, f, protocol=2)
-    with pytest.raises(TrainError, match=r"refusing to unpickle \S*print"):
+    with pytest.raises(TrainError, match=r"refusing to unpickle \S*mkdir"):
         read_state_dict(path)
+    assert not sentinel.exists(), "the payload ran"
 
 
 def test_a_truncated_or_foreign_file_is_a_clear_error(tmp_path: Path) -> None:
