@@ -213,7 +213,9 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     )
     recipe.add_argument("--loss", choices=LOSSES, help="crossentropy (default) or focal")
     recipe.add_argument("--focal-gamma", type=float)
-    recipe.add_argument("--label-smoothing", type=float, help="0..0.5 (default: dsconv and lite0 0.1, others 0)")
+    recipe.add_argument(
+        "--label-smoothing", type=float, help="0..0.5 (default: dsconv and lite0 0.1, others 0)"
+    )
     recipe.add_argument(
         "--mixup",
         type=float,

@@ -176,7 +176,9 @@ def select_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--tie", type=float, default=DEFAULT_TIE, help="scores this close to the best tie (default 0.001)"
     )
-    parser.add_argument("--cache-dir", type=Path, help="decode cache (default $PNEUMO_CACHE or ~/.cache/pneumo-edge)")
+    parser.add_argument(
+        "--cache-dir", type=Path, help="decode cache (default $PNEUMO_CACHE or ~/.cache/pneumo-edge)"
+    )
     parser.add_argument("--json", action="store_true", help="print the ranking as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return parser
