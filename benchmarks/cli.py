@@ -114,13 +114,7 @@ def _bench_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--watch-count", type=int, default=1000, help="images for the watch benchmark (default: 1000)"
     )
-    parser.add_argument(
-        "-o",
-        "--output",
-        type=results_root,
-        default=DEFAULT_OUTPUT,
-        help="results root folder; results go to ROOT/<device>/<date>/ (default: %(default)s)",
-    )
+    _add_output(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace today's results for this device")
     parser.add_argument("--json", action="store_true", help="print bench.json on stdout")
     parser.add_argument(
@@ -131,6 +125,16 @@ def _bench_parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     return parser
+
+
+def _add_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=results_root,
+        default=DEFAULT_OUTPUT,
+        help="results root folder; results go to ROOT/<device>/<date>/ (default: %(default)s)",
+    )
 
 
 def _watch_parser(prog: str) -> argparse.ArgumentParser:
@@ -151,13 +155,7 @@ def _watch_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait for all results (default: 600)"
     )
-    parser.add_argument(
-        "-o",
-        "--output",
-        type=results_root,
-        default=DEFAULT_OUTPUT,
-        help="results root folder; results go to ROOT/<device>/<date>/ (default: %(default)s)",
-    )
+    _add_output(parser)
     parser.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     parser.add_argument("--quiet", action="store_true")
     return parser
