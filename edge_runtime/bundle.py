@@ -92,14 +92,20 @@ def verify_manifest(root: str | Path) -> dict[str, Any]:
     if not manifest_path.is_file():
         raise BundleError(
             f"{manifest_path}: manifest missing; re-copy the bundle or re-run 'pneumo export bundle'"
+            + _looks_like_images(root)
         )
     try:
         manifest = read_json(manifest_path)
     except (OSError, ValueError) as exc:
         raise BundleError(f"{manifest_path}: unreadable manifest ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("schema") != BUNDLE_SCHEMA:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise BundleError(
+            f"{manifest_path}: not a bundle manifest (expected a JSON object with a 'files' table); "
+            "re-copy the bundle or re-run 'pneumo export bundle'"
+        )
+    if manifest.get("schema") != BUNDLE_SCHEMA:
         raise BundleError(f"{manifest_path}: bundle schema {manifest.get('schema')!r} is not {BUNDLE_SCHEMA}")
-    files = manifest.get("files", {})
+    files = manifest["files"]
     for required in REQUIRED_FILES:
         if required not in files:
             raise BundleError(f"{manifest_path}: required file {required} is not listed")
@@ -120,6 +126,41 @@ def verify_manifest(root: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def _looks_like_images(root: Path) -> str:
+    """A hint when the folder given as the bundle holds images: the arguments were probably swapped."""
+    from edge_runtime.preprocess import is_image_name
+
+    try:
+        has_images = any(is_image_name(entry.name) for entry in root.iterdir())
+    except OSError:
+        return ""
+    return (
+        f". {root} holds images: the bundle comes first, e.g. 'pneumo edge predict BUNDLE {root}'"
+        if has_images
+        else ""
+    )
+
+
+def _check_manifest_agrees(root: Path, manifest: dict[str, Any], info: ModelInfo) -> None:
+    """The manifest's copies of the safety-relevant facts must equal model_info.json's."""
+    problems = []
+    if "synthetic" in manifest and bool(manifest["synthetic"]) != info.synthetic:
+        problems.append(f"SYNTHETIC flag: manifest {manifest['synthetic']}, model_info.json {info.synthetic}")
+    threshold = manifest.get("decision_threshold")
+    if isinstance(threshold, (int, float)) and abs(float(threshold) - info.threshold) > 1e-9:
+        problems.append(f"decision threshold: manifest {threshold}, model_info.json {info.threshold}")
+    if "model_version" in manifest and manifest["model_version"] != info.model_version:
+        problems.append(
+            f"model version: manifest {manifest['model_version']!r}, model_info.json {info.model_version!r}"
+        )
+    if problems:
+        raise BundleError(
+            f"{root / MANIFEST_FILE}: disagrees with {MODEL_INFO_FILE} on "
+            + "; ".join(problems)
+            + ". Re-copy the bundle or re-run 'pneumo export bundle'"
+        )
+
+
 @dataclass(frozen=True)
 class Bundle:
     """An opened (and by default verified) deployment bundle."""
@@ -137,7 +178,9 @@ class Bundle:
             if verify
             else (read_json(root / MANIFEST_FILE) if (root / MANIFEST_FILE).is_file() else {})
         )
-        return cls(root, manifest, PreprocessContract.load(root), ModelInfo.load(root))
+        info = ModelInfo.load(root)
+        _check_manifest_agrees(root, manifest, info)
+        return cls(root, manifest, PreprocessContract.load(root), info)
 
     def onnx_path(self, precision: str) -> Path:
         if precision not in ONNX_FOR_PRECISION:

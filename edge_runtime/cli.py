@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.contract import SYNTHETIC_WARNING
-from edge_runtime.errors import EdgeError
+from edge_runtime.errors import EdgeError, UsageError
 
 DISCLAIMER = "Decision support for a trained clinician, not a diagnosis."
 BACKEND_CHOICES = ("auto", "trt", "ort-trt", "ort-cuda", "ort-cpu")
@@ -179,6 +179,13 @@ def _backend_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
+    parser.add_argument(
+        "--dla",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the engine built for DLA core N ('pneumo edge build --dla N'; AGX Orin / Orin NX)",
+    )
 
 
 def _error(prog: str, message: str) -> int:
@@ -208,6 +215,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "pneumo edge") -> int:
     handler = {"predict": _predict, "camera": _camera, "build": _build, "doctor": _doctor}[args.command]
     try:
         return int(handler(args, command_prog))
+    except UsageError as exc:
+        _error(command_prog, str(exc))
+        return 2
     except EdgeError as exc:
         return _error(command_prog, str(exc))
 
@@ -240,6 +250,8 @@ def _predict(args: argparse.Namespace, prog: str) -> int:
     if args.batch < 1:
         print(f"{prog}: --batch must be 1 or more", file=sys.stderr)
         return 2
+    if args.output is not None:
+        _require_output_file(args.output)
     bundle = Bundle.open(args.bundle)
     inputs = expand_inputs(args.paths)
     if args.output is not None:
@@ -251,7 +263,7 @@ def _predict(args: argparse.Namespace, prog: str) -> int:
             )
             return 2
     failures: list[tuple[str, str]] = list(inputs.failures)
-    choice = select_backend(bundle, args.backend, args.precision, args.threads)
+    choice = select_backend(bundle, args.backend, args.precision, args.threads, args.dla)
     if args.backend != "auto":  # select_backend logs the auto choice itself
         logging.getLogger(__name__).info("backend %s (%s)", choice.name, choice.precision)
     results: list[Prediction] = []
@@ -282,8 +294,17 @@ def _predict(args: argparse.Namespace, prog: str) -> int:
     if args.output is not None:
         from edge_runtime.fileio import atomic_write_text
 
-        atomic_write_text(args.output, text)
-        print(f"{prog}: wrote {len(results)} results to {args.output}", file=sys.stderr)
+        try:
+            atomic_write_text(args.output, text)
+            print(f"{prog}: wrote {len(results)} results to {args.output}", file=sys.stderr)
+        except OSError as exc:
+            # The images are classified; losing the results to a full disk helps nobody.
+            print(
+                f"{prog}: cannot write {args.output} ({exc.strerror or exc}); the results follow on stdout",
+                file=sys.stderr,
+            )
+            sys.stdout.write(text)
+            failures.append((str(args.output), f"results not written: {exc.strerror or exc}"))
     else:
         sys.stdout.write(text)
     for name, reason in failures:
@@ -300,6 +321,19 @@ def _predict(args: argparse.Namespace, prog: str) -> int:
         print(f"{prog}: no images given", file=sys.stderr)
         return 1
     return 0
+
+
+def _require_output_file(path: Path) -> None:
+    """-o must name a file in an existing, writable folder: checked before any inference runs."""
+    if path.is_dir():
+        raise UsageError(f"-o {path}: is a folder; give a file name, e.g. {path / 'results.csv'}")
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"-o {path}: folder {folder} does not exist; create it first")
+    import os
+
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"-o {path}: folder {folder} is not writable; choose another place")
 
 
 def _model_sha256(bundle: Any, backend: Any) -> str:
@@ -346,7 +380,10 @@ def _format_predictions(
         "input_sha256",
         "synthetic",
         "error",
+        "note",
     ]
+    # Every row carries the note (and the SYNTHETIC warning): a CSV row is read alone, in a spreadsheet.
+    note = f"{SYNTHETIC_WARNING} {DISCLAIMER}" if info.synthetic else DISCLAIMER
     if args.csv:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -366,26 +403,32 @@ def _format_predictions(
                     "input_sha256": r.input_sha256,
                     "synthetic": r.synthetic,
                     "error": "",
+                    "note": note,
                 }
             )
         for name, reason in failures:
             writer.writerow(
                 {
                     "file": name,
+                    "decision": "FAILED",
+                    "threshold": info.threshold,
                     "model_version": info.model_version,
                     "backend": backend_name,
                     "precision": precision,
                     "synthetic": info.synthetic,
                     "error": reason,
+                    "note": note,
                 }
             )
         return buffer.getvalue()
     rows = [[r.source, f"{r.probability:.4f}", r.label, r.decision, f"{r.latency_ms:.2f}"] for r in results]
     rows += [[name, "-", "-", "FAILED", "-"] for name, _ in failures]
+    reasons = "".join(f"FAILED {name}: {reason}\n" for name, reason in failures)
     return (
         "\n".join(_header_lines(info, backend_name, precision))
         + "\n\n"
         + _table(["file", "probability", "label", f"decision@{info.threshold:.3f}", "latency_ms"], rows)
+        + (f"\n{reasons}" if reasons else "")
     )
 
 
@@ -404,30 +447,40 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 # ----------------------------------------------------------------------------- camera
 
 
+def _camera_config(args: argparse.Namespace) -> Any:
+    from edge_runtime.camera import CameraConfig
+    from edge_runtime.errors import CameraError
+
+    try:
+        return CameraConfig(
+            source=args.source,
+            width=args.width,
+            height=args.height,
+            fps=args.fps,
+            flip=args.flip,
+            headless=args.headless,
+            jsonl=args.jsonl,
+            snapshot_every_s=args.snapshot_every,
+            snapshot_dir=args.snapshot_dir,
+            max_frames=args.max_frames,
+            realtime=args.realtime,
+        )
+    except CameraError as exc:  # the config's own range checks: a usage error
+        raise UsageError(str(exc)) from exc
+
+
 def _camera(args: argparse.Namespace, prog: str) -> int:
     from edge_runtime.backends.select import select_backend
     from edge_runtime.bundle import Bundle
-    from edge_runtime.camera import CameraConfig, Window, open_capture, run_camera
+    from edge_runtime.camera import Window, open_capture, run_camera
     from edge_runtime.predictor import Predictor
     from edge_runtime.sources import parse_camera_source
 
-    config = CameraConfig(
-        source=args.source,
-        width=args.width,
-        height=args.height,
-        fps=args.fps,
-        flip=args.flip,
-        headless=args.headless,
-        jsonl=args.jsonl,
-        snapshot_every_s=args.snapshot_every,
-        snapshot_dir=args.snapshot_dir,
-        max_frames=args.max_frames,
-        realtime=args.realtime,
-    )
+    config = _camera_config(args)
     source = parse_camera_source(args.source)
     window = None if args.headless else Window(config.window_title)
     bundle = Bundle.open(args.bundle)
-    choice = select_backend(bundle, args.backend, args.precision, args.threads)
+    choice = select_backend(bundle, args.backend, args.precision, args.threads, args.dla)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:
@@ -473,9 +526,19 @@ def _camera(args: argparse.Namespace, prog: str) -> int:
 
 
 def _build(args: argparse.Namespace, prog: str) -> int:
-    from edge_runtime.edge_build import EdgeBuildConfig, parse_precisions, run_edge_build
+    from edge_runtime.errors import EngineBuildError
 
-    config = EdgeBuildConfig(
+    try:
+        config = _build_config(args)
+    except EngineBuildError as exc:  # a flag out of range, found by the config's own checks
+        raise UsageError(str(exc)) from exc
+    return _run_build(args, prog, config)
+
+
+def _build_config(args: argparse.Namespace) -> Any:
+    from edge_runtime.edge_build import EdgeBuildConfig, parse_precisions
+
+    return EdgeBuildConfig(
         precisions=parse_precisions(args.precision),
         only_in_bundle=args.precision.strip() == "all",
         batch_sizes=args.batch,
@@ -486,6 +549,11 @@ def _build(args: argparse.Namespace, prog: str) -> int:
         rebuild=args.rebuild,
         verbose=args.verbose,
     )
+
+
+def _run_build(args: argparse.Namespace, prog: str, config: Any) -> int:
+    from edge_runtime.edge_build import run_edge_build
+
     report = run_edge_build(
         args.bundle, config, progress=lambda message: print(f"{prog}: {message}", file=sys.stderr)
     )
@@ -524,8 +592,10 @@ def _build(args: argparse.Namespace, prog: str) -> int:
     if report.passed:
         best = report.results[-1].precision
         backend = "trt" if args.backend == "trt" else args.backend
+        dla = f" --dla {args.dla}" if args.dla is not None else ""
         print(
-            f"next: pneumo edge predict {shlex.quote(str(args.bundle))} IMAGES... --backend {backend} --precision {best}",
+            f"next: pneumo edge predict {shlex.quote(str(args.bundle))} IMAGES... --backend {backend} "
+            f"--precision {best}{dla}",
             file=sys.stderr,
         )
         return 0

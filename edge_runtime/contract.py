@@ -43,6 +43,8 @@ INTENDED_USE = (
 )
 SYNTHETIC_WARNING = "SYNTHETIC: trained on procedural phantom images, not X-rays. Demo only."
 
+REQUIRED_MODEL_INFO_KEYS = ("model_version", "arch", "threshold", "synthetic")
+
 _COLOR_MODES = ("grayscale", "rgb")
 _INTERPOLATIONS = ("area", "linear", "cubic", "nearest", "lanczos")
 _RESIZE_MODES = ("stretch", "letterbox", "center_crop")
@@ -155,8 +157,14 @@ class ModelInfo:
             raise ContractError(f"model info needs at least two labels, got {self.labels}")
         if self.negative_label not in self.labels:
             raise ContractError(f"negative label {self.negative_label!r} is not one of {self.labels}")
-        if not (0.0 <= self.threshold <= 1.0):
-            raise ContractError(f"threshold {self.threshold} must be within [0, 1]")
+        if (
+            isinstance(self.threshold, bool)
+            or not isinstance(self.threshold, (int, float))
+            or not (0.0 <= self.threshold <= 1.0)
+        ):
+            raise ContractError(f"threshold {self.threshold!r} must be a number within [0, 1]")
+        if not isinstance(self.synthetic, bool):
+            raise ContractError(f"synthetic {self.synthetic!r} must be true or false")
         if self.head == "sigmoid" and len(self.labels) != 2:
             raise ContractError("a sigmoid head has exactly two labels")
         if self.head not in ("sigmoid", "softmax"):
@@ -183,6 +191,14 @@ class ModelInfo:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ContractError(f"{source}: unknown model info keys {unknown}")
+        # A saved file must state these: a silent default threshold of 0.5, or a
+        # SYNTHETIC demo model shown without its warning, would look like a real result.
+        missing = [key for key in REQUIRED_MODEL_INFO_KEYS if key not in data]
+        if missing:
+            raise ContractError(
+                f"{source}: model info lacks {missing}; every saved model states its decision threshold "
+                "and whether it was trained on SYNTHETIC images. Re-export the model"
+            )
         try:
             return cls(**data)
         except TypeError as exc:

@@ -36,7 +36,8 @@ TENSORRT_HINT = (
 )
 PYCUDA_HINT = (
     "pycuda builds against the CUDA toolkit JetPack installs: "
-    "export PATH=/usr/local/cuda/bin:$PATH, then pip install 'pneumo-edge[gpu]'"
+    "export PATH=/usr/local/cuda/bin:$PATH, then pip install 'pycuda>=2024.1' (not the gpu extra on a Jetson: "
+    "its onnxruntime-gpu has no aarch64 wheel; deploy/JETSON.md)"
 )
 ORT_GPU_HINT = (
     "the ONNX Runtime on the package index is CPU-only on aarch64; on a Jetson install NVIDIA's "

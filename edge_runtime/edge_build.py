@@ -22,6 +22,7 @@ any machine; engines themselves are only ever built on the device.
 from __future__ import annotations
 
 import shlex
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from edge_runtime.engine_build import (
     plan_build,
 )
 from edge_runtime.engine_sidecar import EngineFiles, EngineSidecar, engine_files, engine_mismatches
-from edge_runtime.errors import BackendUnavailableError, BundleError, EdgeError
+from edge_runtime.errors import BackendUnavailableError, BundleError, EdgeError, UsageError
 from edge_runtime.fileio import read_json, sha256_file
 from edge_runtime.predictor import abnormal_probability, predicted_labels
 
@@ -59,7 +60,7 @@ def parse_precisions(text: str) -> tuple[str, ...]:
     chosen = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
     unknown = [p for p in chosen if p not in PRECISIONS]
     if not chosen or unknown:
-        raise EdgeError(f"--precision {text!r}: expected fp32, fp16, int8, a comma list of them, or all")
+        raise UsageError(f"--precision {text!r}: expected fp32, fp16, int8, a comma list of them, or all")
     return chosen
 
 
@@ -389,6 +390,8 @@ def run_edge_build(
                 f"{shlex.quote(str(bundle.root))} --precision all --backend ort-cpu"
             ) from exc
         key = device_key(gpu.name, gpu.compute_capability, trt_version)
+        # Checked before minutes of building, not when the finished engine cannot be saved.
+        require_writable_folder(bundle.engines_dir / key)
     precisions = config.precisions
     if config.only_in_bundle:
         present = set(bundle.precisions)
@@ -401,6 +404,19 @@ def run_edge_build(
     return EdgeBuildReport(
         str(bundle.root), bundle.info.model_version, bundle.info.synthetic, config.backend, key, results
     )
+
+
+def require_writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and prove a file can be written there, or raise naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise BundleError(
+            f"{folder}: cannot write engines here ({exc.strerror or exc}); engines are saved inside the "
+            "bundle, so copy the bundle to a writable folder first (deploy/JETSON.md uses ~/bundles/)"
+        ) from exc
 
 
 def _one_precision(
@@ -427,6 +443,8 @@ def _one_precision(
                 files.engine,
                 expected_onnx_sha256=bundle.file_sha256(sidecar.onnx_file),
                 rebuild_command=edge_build_command(bundle.root, config, precision),
+                expected_precision=precision,
+                expected_item_shape=bundle.contract.input_shape,
             )
         else:
             from edge_runtime.backends.select import create_backend
@@ -438,6 +456,10 @@ def _one_precision(
     except EdgeError as exc:
         result.message = str(exc)
         say(f"{precision}: ERROR {exc}")
+        return result
+    except OSError as exc:  # disk full or removed mid-build: this precision fails, the others still run
+        result.message = f"{exc.filename or bundle.engines_dir}: {exc.strerror or exc}"
+        say(f"{precision}: ERROR {result.message}")
         return result
     result.status = "pass" if comparison.passed else "fail"
     result.max_abs_diff, result.tolerance = comparison.max_abs_diff, comparison.tolerance

@@ -149,6 +149,7 @@ def engine_mismatches(
     compute_capability: str,
     tensorrt_version: str,
     onnx_sha256: str | None = None,
+    precision: str | None = None,
 ) -> list[str]:
     """Each way the engine's build facts differ from this device; empty when it may run here."""
     problems = []
@@ -164,6 +165,8 @@ def engine_mismatches(
         problems.append(
             f"model: built from ONNX sha256 {sidecar.onnx_sha256[:12]}..., the bundle's is {onnx_sha256[:12]}..."
         )
+    if precision is not None and sidecar.precision != precision:
+        problems.append(f"precision: the engine is {sidecar.precision}, {precision} was asked for")
     return problems
 
 
@@ -175,6 +178,7 @@ def check_engine_matches(
     compute_capability: str,
     tensorrt_version: str,
     onnx_sha256: str | None = None,
+    precision: str | None = None,
     rebuild_command: str = "",
 ) -> None:
     """Raise :class:`EngineMismatchError` unless the engine was built for exactly this device and model."""
@@ -190,6 +194,7 @@ def check_engine_matches(
         compute_capability=compute_capability,
         tensorrt_version=tensorrt_version,
         onnx_sha256=onnx_sha256,
+        precision=precision,
     )
     if not engine_path.is_file():
         problems.append("engine file is missing")

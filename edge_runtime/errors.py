@@ -38,3 +38,11 @@ class EngineBuildError(EdgeError):
 
 class CameraError(EdgeError):
     """A camera or video source could not be opened or stopped delivering frames."""
+
+
+class InferenceError(EdgeError):
+    """A loaded backend failed to run a batch (the runtime's own error, wrapped with what ran)."""
+
+
+class UsageError(EdgeError):
+    """A command-line value is malformed or out of range; the CLI exits with status 2."""

@@ -31,10 +31,27 @@ class ExpandedInputs:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _folder_images(folder: Path) -> list[Path]:
+def _folder_images(folder: Path, failures: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Image files under ``folder``; each subfolder that cannot be read is added to ``failures``.
+
+    Symbolic links to folders are followed once each: a link back up the tree
+    (a loop) is skipped, since its images are listed already.
+    """
     found: list[Path] = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    visited = {os.path.realpath(folder)}
+
+    def unreadable(exc: OSError) -> None:
+        if failures is not None:
+            failures.append((str(exc.filename or folder), f"cannot read folder: {exc.strerror or exc}"))
+
+    for root, dirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        keep = []
+        for name in sorted(d for d in dirs if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(root, name))
+            if real not in visited:
+                visited.add(real)
+                keep.append(name)
+        dirs[:] = keep
         found.extend(Path(root) / n for n in sorted(names) if not n.startswith(".") and is_image_name(n))
     return found
 
@@ -57,8 +74,9 @@ def expand_inputs(arguments: list[str] | tuple[str, ...]) -> ExpandedInputs:
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            images = _folder_images(path)
-            if not images:
+            before = len(result.failures)
+            images = _folder_images(path, result.failures)
+            if not images and len(result.failures) == before:
                 result.failures.append(
                     (argument, "folder contains no image files (.png, .jpg, .jpeg, .dcm, ...)")
                 )
@@ -70,7 +88,7 @@ def expand_inputs(arguments: list[str] | tuple[str, ...]) -> ExpandedInputs:
             matches = sorted(glob.glob(argument, recursive=True))
             files = [Path(m) for m in matches if Path(m).is_file()]
             for folder in (Path(m) for m in matches if Path(m).is_dir()):
-                files.extend(_folder_images(folder))
+                files.extend(_folder_images(folder, result.failures))
             if not files:
                 result.failures.append((argument, "pattern matched no files"))
             for match in files:

@@ -9,9 +9,12 @@ allocates on ``__enter__`` (session, engine, buffers, stream) and frees on
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from types import TracebackType
 
 import numpy as np
+
+from edge_runtime.errors import BundleError
 
 
 class Backend(abc.ABC):
@@ -53,3 +56,24 @@ class Backend(abc.ABC):
 
     def describe(self) -> str:
         return f"{self.name} {self.precision}"
+
+
+def require_input_shape(model: str, dims: Sequence[object], expected: tuple[int, int, int] | None) -> None:
+    """Refuse a model whose input is not one contract image per batch item.
+
+    ``dims`` is the model's input shape ``(N, H, W, C)``; symbolic or unknown
+    dimensions (strings, None, -1) match anything. A bundle whose contract says
+    224x224 while its model takes 160x160 would otherwise fail on the first
+    image, or worse, if both were dynamic, run on the wrong size.
+    """
+    if expected is None:
+        return
+    item = list(dims)[1:]
+    fixed = [d if isinstance(d, int) and d > 0 else None for d in item]
+    if len(item) != 3 or any(d is not None and d != e for d, e in zip(fixed, expected)):
+        shown = "x".join("?" if d is None else str(d) for d in fixed) if len(item) == 3 else str(list(dims))
+        raise BundleError(
+            f"{model}: the model takes {shown} (height x width x channels) per image, but the bundle's "
+            f"contract.json says {'x'.join(map(str, expected))}; the bundle's files do not belong together. "
+            "Re-copy the bundle or re-run 'pneumo export bundle'"
+        )

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.backends.base import Backend
-from edge_runtime.errors import BackendUnavailableError
+from edge_runtime.backends.base import Backend, require_input_shape
+from edge_runtime.errors import BackendUnavailableError, BundleError, InferenceError
 
 PROVIDERS = {
     "ort-trt": "TensorrtExecutionProvider",
@@ -33,6 +33,7 @@ class OnnxRuntimeBackend(Backend):
         precision: str = "fp32",
         threads: int = 0,
         provider_options: dict[str, Any] | None = None,
+        expected_item_shape: tuple[int, int, int] | None = None,
     ) -> None:
         if name not in PROVIDERS:
             raise BackendUnavailableError(
@@ -43,6 +44,7 @@ class OnnxRuntimeBackend(Backend):
         self.precision = precision
         self.threads = threads
         self.provider_options = provider_options or {}
+        self.expected_item_shape = expected_item_shape
         self._session: Any = None
         self._input_name = ""
 
@@ -64,15 +66,28 @@ class OnnxRuntimeBackend(Backend):
             providers.append("CPUExecutionProvider")
         if not self.model_path.is_file():
             raise BackendUnavailableError(f"{self.model_path}: ONNX model not found")
-        session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=providers)
+        try:
+            session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=providers)
+        except Exception as exc:  # ONNX Runtime raises its own pybind exception types; wrapped, not swallowed
+            raise BackendUnavailableError(
+                f"{self.model_path}: ONNX Runtime cannot load this model ({type(exc).__name__}: {exc}); "
+                "re-copy the bundle or re-run 'pneumo export bundle'"
+            ) from exc
         active = session.get_providers()
         if not active or active[0] != provider:
             raise BackendUnavailableError(
                 f"{self.name}: {provider} is listed but did not load (active: {active}); "
                 "check CUDA/cuDNN/TensorRT libraries with 'pneumo edge doctor'"
             )
+        model_input = session.get_inputs()[0]
+        if model_input.type != "tensor(uint8)":
+            raise BundleError(
+                f"{self.model_path}: input {model_input.name!r} is {model_input.type}, but bundle models take "
+                "uint8 NHWC pixels (scaling inside the graph); re-export it with 'pneumo export bundle'"
+            )
+        require_input_shape(str(self.model_path), model_input.shape, self.expected_item_shape)
         self._session = session
-        self._input_name = session.get_inputs()[0].name
+        self._input_name = model_input.name
 
     def close(self) -> None:
         self._session = None
@@ -80,7 +95,13 @@ class OnnxRuntimeBackend(Backend):
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if self._session is None:
             raise RuntimeError("backend is not open: use it as a context manager")
-        outputs = self._session.run(None, {self._input_name: np.ascontiguousarray(batch, dtype=np.uint8)})
+        try:
+            outputs = self._session.run(None, {self._input_name: np.ascontiguousarray(batch, dtype=np.uint8)})
+        except Exception as exc:  # ONNX Runtime raises its own pybind exception types; wrapped, not swallowed
+            raise InferenceError(
+                f"{self.model_path}: {self.name} {self.precision} failed on a batch of shape "
+                f"{tuple(np.shape(batch))} ({type(exc).__name__}: {exc})"
+            ) from exc
         return np.asarray(outputs[0], dtype=np.float32).reshape(batch.shape[0], -1)
 
     @property

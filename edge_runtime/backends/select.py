@@ -19,8 +19,14 @@ from typing import Any
 
 from edge_runtime.backends.base import Backend
 from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
-from edge_runtime.bundle import Bundle
-from edge_runtime.errors import BackendUnavailableError, EdgeError
+from edge_runtime.bundle import ONNX_FOR_PRECISION, Bundle
+from edge_runtime.errors import (
+    BackendUnavailableError,
+    BundleError,
+    ContractError,
+    EdgeError,
+    EngineMismatchError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,33 +58,61 @@ def _short(name: str, why: str) -> str:
     return why.split("; ")[0]
 
 
-def rebuild_command(bundle: Bundle, precision: str) -> str:
+def rebuild_command(bundle: Bundle, precision: str, dla_core: int | None = None) -> str:
     """The command that (re)builds the engine ``trt`` looks for."""
-    return f"pneumo edge build {shlex.quote(str(bundle.root))} --precision {precision}"
+    dla = f" --dla {dla_core}" if dla_core is not None else ""
+    return f"pneumo edge build {shlex.quote(str(bundle.root))} --precision {precision}{dla}"
 
 
-def _tensorrt_backend(bundle: Bundle, precision: str) -> Backend:
+def _tensorrt_backend(bundle: Bundle, precision: str, dla_core: int | None = None) -> Backend:
     from edge_runtime.backends.tensorrt import TensorRTBackend
     from edge_runtime.device import cuda_device, device_key, tensorrt_version
     from edge_runtime.engine_sidecar import EngineSidecar, engine_files
 
     key = device_key(*_gpu_facts(cuda_device()), tensorrt_version())
-    files = engine_files(bundle.engines_dir, key, precision)
-    command = rebuild_command(bundle, precision)
+    files = engine_files(bundle.engines_dir, key, precision, dla_core)
+    command = rebuild_command(bundle, precision, dla_core)
     if not files.engine.is_file():
         built = (
             sorted(p.name for p in (bundle.engines_dir / key).glob("*.engine"))
             if (bundle.engines_dir / key).is_dir()
             else []
         )
+        dla_hint = _dla_hint(built, precision) if dla_core is None else ""
         raise BackendUnavailableError(
-            f"trt: no {precision} engine for this device ({key}) in {bundle.engines_dir}"
+            f"trt: no {precision} engine{'' if dla_core is None else f' for DLA core {dla_core}'} "
+            f"for this device ({key}) in {bundle.engines_dir}"
             + (f" (built here: {', '.join(built)})" if built else "")
-            + f"; build it with: {command}"
+            + (dla_hint or f"; build it with: {command}")
         )
     sidecar = EngineSidecar.load(files.sidecar)
-    onnx_sha = bundle.file_sha256(sidecar.onnx_file) if (bundle.root / sidecar.onnx_file).is_file() else None
-    return TensorRTBackend(files.engine, expected_onnx_sha256=onnx_sha, rebuild_command=command)
+    if (
+        sidecar.onnx_file not in ONNX_FOR_PRECISION.values()
+        or not (bundle.root / sidecar.onnx_file).is_file()
+    ):
+        # Without the ONNX file its sidecar names, nothing ties this engine to this bundle's model.
+        raise EngineMismatchError(
+            f"{files.engine}: its sidecar says it was built from {sidecar.onnx_file!r}, which is not one of "
+            f"this bundle's model files ({', '.join(ONNX_FOR_PRECISION[p] for p in bundle.precisions)}); refusing to run an engine "
+            f"of unknown origin. Rebuild it with: {command}"
+        )
+    return TensorRTBackend(
+        files.engine,
+        expected_onnx_sha256=bundle.file_sha256(sidecar.onnx_file),
+        rebuild_command=command,
+        expected_precision=precision,
+        expected_item_shape=bundle.contract.input_shape,
+    )
+
+
+def _dla_hint(built: list[str], precision: str) -> str:
+    """Point at ``--dla N`` when the only engine for this precision was built for a DLA core."""
+    for name in built:
+        stem = name.removesuffix(".engine")
+        prefix = f"model_{precision}_dla"
+        if stem.startswith(prefix) and stem[len(prefix) :].isdigit():
+            return f"; that engine runs on DLA core {stem[len(prefix) :]}: add --dla {stem[len(prefix) :]}"
+    return ""
 
 
 def _gpu_facts(device: Any) -> tuple[str, str]:
@@ -105,31 +139,50 @@ def _onnxruntime_backend(bundle: Bundle, name: str, precision: str, threads: int
         elif precision == "int8":
             options["trt_int8_enable"] = True  # explicit Q/DQ scales from model_int8_qdq.onnx
     backend = OnnxRuntimeBackend(
-        model, name=name, precision=precision, threads=threads, provider_options=options
+        model,
+        name=name,
+        precision=precision,
+        threads=threads,
+        provider_options=options,
+        expected_item_shape=bundle.contract.input_shape,
     )
     return backend
 
 
-def _make(bundle: Bundle, name: str, precision: str, threads: int) -> Backend:
+def _make(bundle: Bundle, name: str, precision: str, threads: int, dla_core: int | None) -> Backend:
     if name == "trt":
-        return _tensorrt_backend(bundle, precision)
+        return _tensorrt_backend(bundle, precision, dla_core)
+    if dla_core is not None:
+        raise BackendUnavailableError(
+            f"--dla {dla_core}: DLA cores run TensorRT engines only; use --backend trt (or auto)"
+        )
     return _onnxruntime_backend(bundle, name, precision, threads)
 
 
 def select_backend(
-    bundle: Bundle, backend: str = "auto", precision: str = "fp32", threads: int = 0
+    bundle: Bundle,
+    backend: str = "auto",
+    precision: str = "fp32",
+    threads: int = 0,
+    dla_core: int | None = None,
 ) -> BackendChoice:
-    """Pick a backend that really loads here; return it unopened with the reasons for skipped ones."""
+    """Pick a backend that really loads here; return it unopened with the reasons for skipped ones.
+
+    ``dla_core`` asks for the engine built with ``pneumo edge build --dla N``; it
+    rules out every ONNX Runtime backend, so ``auto`` then means ``trt`` only.
+    """
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if backend != "auto":
-        return BackendChoice(_make(bundle, backend, precision, threads), backend, precision)
+        return BackendChoice(_make(bundle, backend, precision, threads, dla_core), backend, precision)
     skipped: dict[str, str] = {}
-    for name in AUTO_ORDER:
+    for name in AUTO_ORDER if dla_core is None else ("trt",):
         try:
-            candidate = _make(bundle, name, precision, threads)
+            candidate = _make(bundle, name, precision, threads, dla_core)
             candidate.open()
             candidate.close()
+        except (BundleError, ContractError):
+            raise  # the bundle itself is wrong: no other backend can fix that
         except EdgeError as exc:
             skipped[name] = str(exc)
             continue
@@ -146,10 +199,14 @@ def select_backend(
 
 
 def create_backend(
-    bundle: Bundle, backend: str = "auto", precision: str = "fp32", threads: int = 0
+    bundle: Bundle,
+    backend: str = "auto",
+    precision: str = "fp32",
+    threads: int = 0,
+    dla_core: int | None = None,
 ) -> Backend:
     """Return an unopened backend for ``bundle``; use it as a context manager.
 
     With ``backend="auto"`` the fastest one that loads here (see :func:`select_backend`).
     """
-    return select_backend(bundle, backend, precision, threads).backend
+    return select_backend(bundle, backend, precision, threads, dla_core).backend

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.backends.base import Backend
+from edge_runtime.backends.base import Backend, require_input_shape
 from edge_runtime.device import PYCUDA_HINT, TENSORRT_HINT
 from edge_runtime.engine_sidecar import EngineSidecar, check_engine_matches, sidecar_path
-from edge_runtime.errors import BackendUnavailableError, EngineMismatchError
+from edge_runtime.errors import BackendUnavailableError, EngineMismatchError, InferenceError
 
 
 class TensorRTBackend(Backend):
@@ -45,9 +45,13 @@ class TensorRTBackend(Backend):
         expected_onnx_sha256: str | None = None,
         rebuild_command: str = "",
         device_index: int = 0,
+        expected_precision: str | None = None,
+        expected_item_shape: tuple[int, int, int] | None = None,
     ) -> None:
         self.engine_path = Path(engine_path)
         self.expected_onnx_sha256 = expected_onnx_sha256
+        self.expected_precision = expected_precision
+        self.expected_item_shape = expected_item_shape
         self.rebuild_command = rebuild_command
         self.device_index = device_index
         self.sidecar: EngineSidecar | None = None
@@ -107,6 +111,7 @@ class TensorRTBackend(Backend):
             compute_capability=f"{major}.{minor}",
             tensorrt_version=str(trt.__version__),
             onnx_sha256=self.expected_onnx_sha256,
+            precision=self.expected_precision,
             rebuild_command=self.rebuild_command,
         )
         self._cuda = cuda
@@ -145,6 +150,7 @@ class TensorRTBackend(Backend):
             tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(self._input_name, 0)
         )
         self._item_shape = tuple(high[1:])
+        require_input_shape(str(self.engine_path), high, self.expected_item_shape)
         self._min_batch, self._max_batch = low[0], high[0]
         self._context = engine.create_execution_context()
         if self._context is None:
@@ -170,11 +176,14 @@ class TensorRTBackend(Backend):
         batch = np.asarray(batch)
         n = int(batch.shape[0])
         if batch.dtype != np.uint8 or tuple(batch.shape[1:]) != self._item_shape:
-            raise ValueError(
-                f"expected uint8 (N, {', '.join(map(str, self._item_shape))}), got {batch.dtype} {batch.shape}"
+            raise InferenceError(
+                f"{self.engine_path}: expected uint8 (N, {', '.join(map(str, self._item_shape))}), "
+                f"got {batch.dtype} {batch.shape}"
             )
         if n > self._max_batch:
-            raise ValueError(f"batch of {n} is over this engine's profile maximum of {self._max_batch}")
+            raise InferenceError(
+                f"{self.engine_path}: batch of {n} is over this engine's profile maximum of {self._max_batch}"
+            )
         if n == 0:
             return np.zeros((0, *self._host_out.shape[1:]), np.float32).reshape(0, -1)
         # A batch below the profile minimum runs padded and the padding is dropped.
@@ -186,11 +195,15 @@ class TensorRTBackend(Backend):
             if run > n:
                 self._host_in[n:run] = 0
             if not self._context.set_input_shape(self._input_name, (run, *self._item_shape)):
-                raise ValueError(f"engine rejected input shape {(run, *self._item_shape)}")
+                raise InferenceError(
+                    f"{self.engine_path}: engine rejected input shape {(run, *self._item_shape)}"
+                )
             cuda.memcpy_htod_async(self._device_in, self._host_in[:run], self._stream)
             start.record(self._stream)
             if not self._context.execute_async_v3(stream_handle=self._stream.handle):
-                raise RuntimeError(f"{self.engine_path}: execute_async_v3 failed")
+                raise InferenceError(
+                    f"{self.engine_path}: execute_async_v3 failed (see the TensorRT log above)"
+                )
             end.record(self._stream)
             cuda.memcpy_dtoh_async(self._host_out[:run], self._device_out, self._stream)
             self._stream.synchronize()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,9 @@ import pytest
 
 from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edge_runtime.bundle import Bundle, verify_manifest
-from edge_runtime.errors import BundleError
+from edge_runtime.contract import ModelInfo
+from edge_runtime.errors import BundleError, ContractError
+from edge_runtime.fileio import sha256_file
 from edge_runtime.predictor import Predictor
 
 
@@ -60,3 +63,56 @@ def test_engines_folder_is_outside_manifest(tiny_bundle: Path) -> None:
     (tiny_bundle / "golden" / "x.engine").write_bytes(b"device specific")
     with pytest.raises(BundleError, match="golden/x.engine"):
         verify_manifest(tiny_bundle)
+
+
+@pytest.mark.parametrize("key", ["threshold", "synthetic"])
+def test_model_info_without_threshold_or_synthetic_flag_is_refused(tiny_bundle: Path, key: str) -> None:
+    info = json.loads((tiny_bundle / "model_info.json").read_text())
+    del info[key]
+    (tiny_bundle / "model_info.json").write_text(json.dumps(info))
+    write_manifest_without_checks(tiny_bundle)
+    with pytest.raises(ContractError, match=rf"model info lacks \['{key}'\]"):
+        Bundle.open(tiny_bundle)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(None, "threshold None must be a number"), ("0.5", "threshold '0.5' must be a number"), (True, "True")],
+)
+def test_a_threshold_that_is_not_a_number_is_refused(tiny_bundle: Path, value: object, message: str) -> None:
+    info = json.loads((tiny_bundle / "model_info.json").read_text())
+    info["threshold"] = value
+    (tiny_bundle / "model_info.json").write_text(json.dumps(info))
+    with pytest.raises(ContractError, match=message):
+        ModelInfo.load(tiny_bundle)
+
+
+def test_manifest_and_model_info_must_agree_on_synthetic_and_threshold(tiny_bundle: Path) -> None:
+    info = json.loads((tiny_bundle / "model_info.json").read_text())
+    info.update(synthetic=False, threshold=0.25)  # a demo model passed off as real, at another threshold
+    (tiny_bundle / "model_info.json").write_text(json.dumps(info))
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    manifest["decision_threshold"] = 0.5
+    manifest["files"]["model_info.json"] = {
+        "sha256": sha256_file(tiny_bundle / "model_info.json"),
+        "bytes": (tiny_bundle / "model_info.json").stat().st_size,
+    }
+    (tiny_bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        BundleError, match=r"SYNTHETIC flag: manifest True.*decision threshold: manifest 0\.5"
+    ):
+        Bundle.open(tiny_bundle)
+
+
+def test_a_manifest_that_is_not_an_object_is_named(tiny_bundle: Path) -> None:
+    (tiny_bundle / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(BundleError, match=r"manifest\.json: not a bundle manifest"):
+        Bundle.open(tiny_bundle)
+
+
+def write_manifest_without_checks(root: Path) -> None:
+    """Re-hash every file the way export would, without loading model_info.json (which now fails)."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    for rel in manifest["files"]:
+        manifest["files"][rel] = {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
+    (root / "manifest.json").write_text(json.dumps(manifest))

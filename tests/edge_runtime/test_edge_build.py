@@ -232,3 +232,30 @@ def test_all_means_every_precision_the_bundle_has(
     # Asked for by name, a missing precision is still an error that says what to do.
     assert main(["build", str(bundle_root), "--precision", "int8", "--backend", "ort-cpu"]) == 1
     assert "no int8 model" in capsys.readouterr().err
+
+
+def test_an_unwritable_engines_folder_is_named_before_building(
+    bundle_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    double = trt_double.install(monkeypatch)
+    # A file where engines/ should be: mkdir fails as it does on a read-only copy, even for root.
+    (bundle_root / "engines").write_text("not a folder")
+    assert main(["build", str(bundle_root), "--precision", "fp16"]) == 1
+    err = capsys.readouterr().err
+    assert f"{bundle_root / 'engines'}" in err and "cannot write engines here" in err
+    assert "Traceback" not in err and double.builds == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--precision", "fp64"], "--precision 'fp64': expected fp32, fp16, int8"),
+        (["--batch", "0,x"], "--batch '0,x': expected comma-separated integers"),
+        (["--batch", "0"], "batch sizes must be within 1.."),
+    ],
+)
+def test_bad_flag_values_are_usage_errors(
+    bundle_root: Path, flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["build", str(bundle_root), *flags]) == 2
+    assert message in capsys.readouterr().err

@@ -143,3 +143,89 @@ def test_the_pneumo_console_entry_point(tiny_bundle: Path, inbox: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["results"][0]["decision"] == "normal"
+
+
+def test_csv_rows_carry_the_note_and_failed_rows_the_threshold(
+    tiny_bundle: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (inbox / "bad.png").write_text("x")
+    assert main(["predict", str(tiny_bundle), str(inbox), "--csv"]) == 1
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 4
+    for row in rows:  # a CSV row is read alone, in a spreadsheet: each says what it is
+        assert row["note"].startswith("SYNTHETIC") and row["note"].endswith("not a diagnosis.")
+        assert row["threshold"] == "0.5" and row["model_version"] == "tiny-test-1"
+    failed = [r for r in rows if r["error"]]
+    assert [(r["file"], r["decision"]) for r in failed] == [(str(inbox / "bad.png"), "FAILED")]
+
+
+def test_the_table_written_with_o_keeps_the_failure_reasons(
+    tiny_bundle: Path, inbox: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (inbox / "bad.png").write_text("x")
+    target = tmp_path / "results.txt"
+    assert main(["predict", str(tiny_bundle), str(inbox), "-o", str(target)]) == 1
+    assert f"FAILED {inbox / 'bad.png'}: not an image" in target.read_text()
+
+
+def test_an_unusable_output_is_refused_before_any_inference(
+    tiny_bundle: Path, inbox: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["predict", str(tiny_bundle), str(inbox), "--csv", "-o", str(tmp_path)]) == 2
+    assert f"-o {tmp_path}: is a folder; give a file name" in capsys.readouterr().err
+    missing = tmp_path / "no-such-folder" / "results.csv"
+    assert main(["predict", str(tiny_bundle), str(inbox), "--csv", "-o", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"folder {missing.parent} does not exist" in err and "images classified" not in err
+
+
+def test_swapped_arguments_get_a_hint(
+    tiny_bundle: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["predict", str(inbox), str(tiny_bundle)]) == 1
+    assert f"{inbox} holds images: the bundle comes first" in capsys.readouterr().err
+
+
+def test_a_contract_that_does_not_fit_the_model_fails_cleanly(
+    tiny_bundle: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_runtime.bundle import write_manifest
+
+    contract = json.loads((tiny_bundle / "contract.json").read_text())
+    contract.update(height=48, width=48)
+    (tiny_bundle / "contract.json").write_text(json.dumps(contract))
+    write_manifest(tiny_bundle)
+    assert main(["predict", str(tiny_bundle), str(inbox)]) == 1
+    captured = capsys.readouterr()
+    assert "the model takes 32x32x1" in captured.err and "Traceback" not in captured.err
+    assert captured.out == ""
+
+
+def test_camera_flag_values_out_of_range_are_usage_errors(
+    tiny_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["camera", str(tiny_bundle), "--source", "clip.mp4", "--headless"]) == 2
+    assert "--headless needs --jsonl" in capsys.readouterr().err
+    assert main(["camera", str(tiny_bundle), "--source", "0", "--fps", "0"]) == 2
+    assert "--fps 0 is outside" in capsys.readouterr().err
+
+
+def test_runtime_errors_reach_the_user_as_one_line(
+    tiny_bundle: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnx
+
+    from edge_runtime.bundle import write_manifest
+
+    model = onnx.load(str(tiny_bundle / "model.onnx"))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # a batch-1-only export
+    onnx.save(model, str(tiny_bundle / "model.onnx"))
+    write_manifest(tiny_bundle)
+    assert main(["predict", str(tiny_bundle), str(inbox), "--batch", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "ort-cpu fp32 failed on a batch of shape (2, 32, 32, 1)" in err and "Traceback" not in err
+
+    (tiny_bundle / "model.onnx").write_bytes(b"not an onnx file")
+    write_manifest(tiny_bundle)
+    assert main(["predict", str(tiny_bundle), str(inbox), "--backend", "ort-cpu"]) == 1
+    assert "ONNX Runtime cannot load this model" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -12,9 +13,9 @@ from edge_runtime.backends.base import Backend
 from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edge_runtime.backends.select import create_backend, select_backend
 from edge_runtime.backends.tensorrt import TensorRTBackend
-from edge_runtime.bundle import Bundle
+from edge_runtime.bundle import Bundle, write_manifest
 from edge_runtime.edge_build import EdgeBuildConfig, run_edge_build
-from edge_runtime.errors import BackendUnavailableError, BundleError
+from edge_runtime.errors import BackendUnavailableError, BundleError, EngineMismatchError
 from tests.edge_runtime import trt_double
 from tests.edge_runtime.bundle_kit import complete_bundle, images, run_onnx
 
@@ -97,3 +98,71 @@ def test_auto_prefers_a_built_engine_for_this_device(
         other.name != "trt"
         and "no fp16 engine for this device (xavier-sm72-trt10.3.0)" in other.skipped["trt"]
     )
+
+
+def test_an_engine_of_another_precision_is_refused(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    complete_bundle(tiny_bundle)
+    trt_double.install(monkeypatch)
+    assert run_edge_build(tiny_bundle, EdgeBuildConfig(precisions=("fp32",))).passed
+    folder = next((tiny_bundle / "engines").iterdir())
+    # A technician "fixing" a missing FP16 engine by copying the FP32 one under its name.
+    for suffix in (".engine", ".engine.json"):
+        (folder / f"model_fp16{suffix}").write_bytes((folder / f"model_fp32{suffix}").read_bytes())
+    with (
+        pytest.raises(EngineMismatchError, match="precision: the engine is fp32, fp16 was asked for"),
+        create_backend(Bundle.open(tiny_bundle), "trt", "fp16"),
+    ):
+        pass
+
+
+def test_an_engine_whose_sidecar_names_no_model_of_this_bundle_is_refused(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    complete_bundle(tiny_bundle)
+    trt_double.install(monkeypatch)
+    assert run_edge_build(tiny_bundle, EdgeBuildConfig(precisions=("fp32",))).passed
+    sidecar = next((tiny_bundle / "engines").iterdir()) / "model_fp32.engine.json"
+    data = json.loads(sidecar.read_text())
+    data["onnx_file"] = "../other-bundle/model.onnx"
+    sidecar.write_text(json.dumps(data))
+    with pytest.raises(EngineMismatchError, match=r"'\.\./other-bundle/model\.onnx'.*unknown origin"):
+        create_backend(Bundle.open(tiny_bundle), "trt", "fp32")
+
+
+def test_a_dla_engine_is_run_with_dla_and_pointed_at_without(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    complete_bundle(tiny_bundle)
+    trt_double.install(monkeypatch, dla_cores=2)
+    assert run_edge_build(tiny_bundle, EdgeBuildConfig(precisions=("int8",), dla_core=1)).passed
+    bundle = Bundle.open(tiny_bundle)
+    with pytest.raises(BackendUnavailableError, match=r"model_int8_dla1\.engine.*add --dla 1"):
+        create_backend(bundle, "trt", "int8")
+    choice = select_backend(bundle, "auto", "int8", dla_core=1)
+    assert choice.name == "trt" and isinstance(choice.backend, TensorRTBackend)
+    with choice.backend as backend:
+        assert backend.sidecar is not None and backend.sidecar.dla_core == 1  # type: ignore[attr-defined]
+    with pytest.raises(BackendUnavailableError, match="DLA cores run TensorRT engines only"):
+        create_backend(bundle, "ort-cpu", "int8", dla_core=1)
+    with pytest.raises(BackendUnavailableError, match=r"--dla 0"):
+        create_backend(bundle, "trt", "int8", dla_core=0)
+
+
+def test_a_contract_that_does_not_fit_the_model_is_refused_at_open(tiny_bundle: Path) -> None:
+    contract = json.loads((tiny_bundle / "contract.json").read_text())
+    contract.update(height=48, width=48)
+    (tiny_bundle / "contract.json").write_text(json.dumps(contract))
+    write_manifest(tiny_bundle)  # re-hashed: the manifest alone cannot catch this
+    with (
+        pytest.raises(BundleError, match=r"model takes 32x32x1 .* contract\.json says 48x48x1"),
+        create_backend(Bundle.open(tiny_bundle), "ort-cpu"),
+    ):
+        pass
+    contract.update(height=32, width=32, color="rgb")
+    (tiny_bundle / "contract.json").write_text(json.dumps(contract))
+    write_manifest(tiny_bundle)
+    # auto does not try the next backend: no backend can fix the bundle itself.
+    with pytest.raises(BundleError, match=r"model takes 32x32x1 .* contract\.json says 32x32x3"):
+        select_backend(Bundle.open(tiny_bundle), "auto")

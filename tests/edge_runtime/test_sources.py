@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,53 @@ def test_camera_uris(tmp_path: Path) -> None:
     ):
         with pytest.raises(CameraError, match=message):
             parse_camera_source(bad)
+
+
+def test_linked_folders_are_followed_once_and_loops_end(tmp_path: Path) -> None:
+    _tree(tmp_path / "scans")
+    write_image(tmp_path / "elsewhere" / "f.png", np.full((40, 40), 9, np.uint8))
+    (tmp_path / "scans" / "linked").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "scans" / "sub" / "loop").symlink_to(tmp_path / "scans")
+    found = expand_inputs([str(tmp_path / "scans")])
+    assert [p.relative_to(tmp_path / "scans").as_posix() for p in found.files] == [
+        "a.png",
+        "linked/f.png",
+        "sub/b.JPEG",
+        "sub/deeper/c.png",
+    ]
+    assert found.failures == []
+
+
+def test_an_unreadable_subfolder_is_reported_not_skipped(tmp_path: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    _tree(tmp_path / "scans")
+    locked = tmp_path / "scans" / "sub" / "deeper"
+    locked.chmod(0o000)
+    try:
+        if os.geteuid() != 0:
+            found = expand_inputs([str(tmp_path / "scans")])
+            failures = [list(f) for f in found.failures]
+        else:
+            # root reads any folder; an unprivileged user namespace maps us to nobody, who cannot.
+            if shutil.which("unshare") is None:
+                pytest.skip("running as root without unshare: no way to make a folder unreadable")
+            script = (
+                "import json, sys; from edge_runtime.sources import expand_inputs; "
+                "print(json.dumps(expand_inputs([sys.argv[1]]).failures))"
+            )
+            done = subprocess.run(
+                ["unshare", "-U", sys.executable, "-c", script, str(tmp_path / "scans")],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).resolve().parents[2],
+            )
+            if done.returncode != 0:
+                pytest.skip(f"unshare -U is not permitted here: {done.stderr.strip()[:200]}")
+            failures = json.loads(done.stdout)
+    finally:
+        locked.chmod(0o755)
+    assert failures == [[str(locked), "cannot read folder: Permission denied"]]

@@ -17,7 +17,7 @@ from edge_runtime.backends.tensorrt import TensorRTBackend
 from edge_runtime.bundle import Bundle
 from edge_runtime.engine_build import EngineBuildConfig, OnnxSources, build_engine
 from edge_runtime.engine_sidecar import sidecar_path
-from edge_runtime.errors import EngineMismatchError
+from edge_runtime.errors import EngineMismatchError, InferenceError
 from edge_runtime.fileio import sha256_file
 from edge_runtime.predictor import Predictor
 from tests.conftest import skip_or_fail_when_required
@@ -70,9 +70,9 @@ def test_predictor_splits_batches_over_the_profile_max(
     batch = images(40, seed=5)
     with TensorRTBackend(engine) as backend:
         results = Predictor(backend, bundle.info, "sha").predict(batch, [f"img{i}" for i in range(40)])
-        with pytest.raises(ValueError, match="over this engine's profile maximum of 32"):
+        with pytest.raises(InferenceError, match="over this engine's profile maximum of 32"):
             backend.infer(batch)
-        with pytest.raises(ValueError, match="expected uint8"):
+        with pytest.raises(InferenceError, match="expected uint8"):
             backend.infer(batch[:2].astype(np.float32))
     assert [s["shapes"]["image"][0] for s in double.executions[-2:]] == [32, 8]
     expected = run_onnx(bundle.root / "model.onnx", batch).reshape(-1)
