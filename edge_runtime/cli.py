@@ -243,7 +243,7 @@ def _predict(args: argparse.Namespace, prog: str) -> int:
     from edge_runtime.bundle import Bundle
     from edge_runtime.errors import ImageDecodeError
     from edge_runtime.fileio import sha256_file
-    from edge_runtime.predictor import Prediction, Predictor
+    from edge_runtime.predictor import NonFiniteOutputError, Prediction, Predictor
     from edge_runtime.preprocess import preprocess_file
     from edge_runtime.sources import expand_inputs
 
@@ -285,8 +285,14 @@ def _predict(args: argparse.Namespace, prog: str) -> int:
             if arrays:
                 import numpy as np
 
-                for prediction, digest in zip(predictor.predict(np.stack(arrays), names), hashes):
-                    prediction.input_sha256 = digest
+                try:
+                    batch_results = predictor.predict(np.stack(arrays), names)
+                except NonFiniteOutputError as exc:  # only the inputs it names fail
+                    batch_results = exc.results
+                    failures.extend(exc.failed.items())
+                digests = dict(zip(names, hashes))
+                for prediction in batch_results:
+                    prediction.input_sha256 = digests[prediction.source]
                     results.append(prediction)
             progress.update(len(chunk))
         progress.close()

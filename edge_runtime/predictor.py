@@ -17,6 +17,7 @@ import numpy as np
 
 from edge_runtime.backends.base import Backend
 from edge_runtime.contract import SYNTHETIC_WARNING, ModelInfo
+from edge_runtime.errors import EdgeError
 
 
 def abnormal_probability(outputs: np.ndarray, info: ModelInfo) -> np.ndarray:
@@ -72,6 +73,34 @@ class Prediction:
         return data
 
 
+class NonFiniteOutputError(EdgeError):
+    """The model gave NaN or infinity for some inputs, so no result can be recorded for them.
+
+    A NaN compares false with the threshold and would be written as a "normal"
+    decision (and is not valid JSON), so it is never wrapped as a Prediction.
+    ``failed`` maps each such input to its reason; ``results`` holds the
+    predictions of the batch's other inputs, so a caller can record those and
+    fail only the named inputs.
+    """
+
+    def __init__(self, failed: dict[str, str], results: list[Prediction]) -> None:
+        first, reason = next(iter(failed.items()))
+        more = f" (and {len(failed) - 1} more input(s))" if len(failed) > 1 else ""
+        super().__init__(f"{first}: {reason}{more}")
+        self.failed = failed
+        self.results = results
+
+
+def non_finite_reason(row: np.ndarray, precision: str) -> str:
+    """Why one input has no result, and what to try."""
+    values = ", ".join(str(float(v)) for v in row.reshape(-1)[:4])
+    return (
+        f"model output is not a finite number ({values}); no result recorded. The {precision} "
+        "arithmetic may have overflowed: run this input with an fp32 backend (--precision fp32); "
+        "if it persists the model itself is faulty"
+    )
+
+
 class Predictor:
     """Runs batches through a backend and wraps each output as a :class:`Prediction`."""
 
@@ -92,11 +121,19 @@ class Predictor:
         return self.wrap(outputs, sources, per_image_ms)
 
     def wrap(self, outputs: np.ndarray, sources: Sequence[str], latency_ms: float) -> list[Prediction]:
+        """One Prediction per source; raises NonFiniteOutputError if any output is NaN or infinite."""
+        outputs = np.asarray(outputs, dtype=np.float32)
         probs = abnormal_probability(outputs, self.info)
         labels = predicted_labels(outputs, self.info)
+        rows = outputs.reshape(outputs.shape[0], -1)
+        finite = np.isfinite(rows).all(axis=1) & np.isfinite(probs)
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
         results = []
+        failed: dict[str, str] = {}
         for i, source in enumerate(sources):
+            if not finite[i]:
+                failed[source] = non_finite_reason(rows[i], self.backend.precision)
+                continue
             class_probs: dict[str, float] = {}
             if self.info.head == "softmax":
                 class_probs = {
@@ -119,4 +156,6 @@ class Predictor:
                     synthetic=self.info.synthetic,
                 )
             )
+        if failed:
+            raise NonFiniteOutputError(failed, results)
         return results

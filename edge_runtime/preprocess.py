@@ -10,8 +10,12 @@ Decoding is defensive, because a clinic inbox receives anything:
 
 * the format is sniffed from the bytes, not the extension (PNG content under a
   ``.jpeg`` name is fine; a text file named ``.jpg`` is rejected);
-* the declared pixel count is read from the header *before* decoding, so a
-  decompression bomb (a small PNG declaring 50000x50000) is refused cheaply;
+* the declared pixel count is read from the header *before* decoding (PNG,
+  JPEG, BMP, TIFF/BigTIFF, DICOM), so a decompression bomb (a small PNG
+  declaring 50000x50000, a deflate TIFF of zeros) is refused cheaply;
+* JPEGs must reach their end-of-image marker (libjpeg pads a truncated scan
+  with grey and reports success) but may carry trailing bytes after it, as
+  phones append them;
 * 16-bit grayscale is scaled to 8 bits by its bit depth (see
   :func:`to_uint8`), RGBA drops alpha, palette images are expanded;
 * EXIF orientation is ignored everywhere, on purpose: OpenCV's default would
@@ -20,12 +24,20 @@ Decoding is defensive, because a clinic inbox receives anything:
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import cv2
+# OpenCV's own pixel limit (default 2**30) is read once, when cv2 is first
+# imported, so this only helps where nothing imported cv2 earlier; the header
+# checks in decode_bytes are what actually protect memory. 40 MP is MAX_PIXELS.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "40000000")
+
+import cv2  # after the environment default above
 import numpy as np
 
 from edge_runtime.contract import PreprocessContract
@@ -70,11 +82,74 @@ def sniff_header(data: bytes) -> ImageHeader:
     if data.startswith(b"BM") and len(data) >= 26:
         width, height = struct.unpack("<ii", data[18:26])
         return ImageHeader("bmp", abs(width), abs(height))
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return ImageHeader("tiff", None, None)
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        width, height = tiff_size(data)
+        return ImageHeader("tiff", width, height)
     if len(data) >= 132 and data[128:132] == b"DICM":
         return ImageHeader("dicom", None, None)
     return ImageHeader("unknown", None, None)
+
+
+SUPPORTED_FORMATS = "PNG, JPEG, BMP, TIFF or DICOM"
+
+
+def _unsupported_format(data: bytes) -> str | None:
+    """Name of a format people do send but we do not decode, so the refusal can say so plainly."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif"):
+        return "HEIC/AVIF"
+    if data.startswith((b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51")):
+        return "JPEG 2000"
+    if data.startswith(b"%PDF"):
+        return "PDF"
+    return None
+
+
+def _unknown_format_reason(data: bytes) -> str:
+    label = _unsupported_format(data)
+    if label is None:
+        return f"not an image: content is not {SUPPORTED_FORMATS}"
+    return (
+        f"{label} file: this format is not supported; convert it to PNG (lossless) and send it again "
+        f"(supported: {SUPPORTED_FORMATS})"
+    )
+
+
+# TIFF field types that can hold ImageWidth/ImageLength: SHORT, LONG, LONG8 (BigTIFF).
+_TIFF_INT_TYPES = {3: "H", 4: "I", 16: "Q"}
+
+
+def tiff_size(data: bytes) -> tuple[int | None, int | None]:
+    """(width, height) from the first TIFF or BigTIFF directory (tags 256/257), without decoding.
+
+    OpenCV decodes only the first directory, so that is the one whose size matters.
+    """
+    order = "<" if data[:2] == b"II" else ">"
+    try:
+        (version,) = struct.unpack_from(order + "H", data, 2)
+        if version == 42:
+            (ifd,) = struct.unpack_from(order + "I", data, 4)
+            count_fmt, entry_size, value_at = "H", 12, 8
+        elif version == 43:
+            (ifd,) = struct.unpack_from(order + "Q", data, 8)
+            count_fmt, entry_size, value_at = "Q", 20, 12
+        else:
+            return None, None
+        (entries,) = struct.unpack_from(order + count_fmt, data, ifd)
+        first = ifd + struct.calcsize(count_fmt)
+        found: dict[int, int] = {}
+        for i in range(min(entries, 4096)):
+            at = first + i * entry_size
+            tag, kind = struct.unpack_from(order + "HH", data, at)
+            if tag in (256, 257) and kind in _TIFF_INT_TYPES:
+                # A single value sits left-justified in the entry's value field.
+                (found[tag],) = struct.unpack_from(order + _TIFF_INT_TYPES[kind], data, at + value_at)
+    except struct.error:  # an offset past the end of the file
+        return None, None
+    return found.get(256), found.get(257)
 
 
 JPEG_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
@@ -109,6 +184,47 @@ def _jpeg_size(data: bytes) -> tuple[int | None, int | None]:
     return width, height
 
 
+def jpeg_eoi_offset(data: bytes) -> int | None:
+    """Offset of the end-of-image marker that closes the first image, or None if it never comes.
+
+    Walks the segments (so APP segments holding EXIF thumbnails, themselves small
+    JPEGs, are skipped) and the entropy-coded scans, where 0xFF is always
+    followed by 0x00 or a restart marker, so the first other marker ends the
+    scan. Bytes after the EOI (phone trailers, appended gain maps) are allowed.
+    """
+    pos = 2
+    while pos + 2 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return pos
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        if pos + 4 > len(data):
+            return None
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        pos += 2 + length
+        if marker == 0xDA:  # start of scan: skip the entropy-coded data after its header
+            pos = _end_of_scan(data, pos)
+    return None
+
+
+# In entropy-coded data 0xFF is followed by 0x00 (a stuffed byte) or a restart marker;
+# anything else is the marker that ends the scan. A regex keeps this scan in C.
+_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+
+
+def _end_of_scan(data: bytes, pos: int) -> int:
+    """Offset of the first marker after entropy-coded data starting at ``pos`` (len(data) if none)."""
+    found = _SCAN_END.search(data, pos)
+    return len(data) if found is None else found.start()
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Bring any decoded pixel array to uint8.
 
@@ -123,13 +239,33 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
         peak = int(image.max()) if image.size else 0
         depth = next((bits for bits in (8, 10, 12, 14) if peak < (1 << bits)), 16)
         full = float((1 << depth) - 1)
-        return np.clip(np.rint(image.astype(np.float32) * (255.0 / full)), 0, 255).astype(np.uint8)
+        # The same float32 arithmetic as scaling every pixel, done once per possible value.
+        codes = np.arange(1 << 16, dtype=np.float32)
+        lut = np.clip(np.rint(codes * (255.0 / full)), 0, 255).astype(np.uint8)
+        return apply_lut(image, lut)
     if np.issubdtype(image.dtype, np.floating):
         finite = np.nan_to_num(image.astype(np.float32))
         low, high = float(finite.min()), float(finite.max())
         span = high - low if high > low else 1.0
         return np.clip(np.rint((finite - low) * (255.0 / span)), 0, 255).astype(np.uint8)
     raise ValueError(f"unsupported pixel type {image.dtype}")
+
+
+_LUT_CHUNK = 1 << 20
+
+
+def apply_lut(codes: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """``lut[codes]`` for 8/16-bit unsigned codes, in chunks.
+
+    NumPy turns index arrays into 8-byte integers, so one ``lut[codes]`` on a
+    40-megapixel image would briefly take 320 MB; chunks keep that to 8 MB,
+    and the result is uint8 without any float32 copy of the image.
+    """
+    flat = np.ascontiguousarray(codes).reshape(-1)
+    out = np.empty(flat.shape, dtype=lut.dtype)
+    for start in range(0, flat.size, _LUT_CHUNK):
+        np.take(lut, flat[start : start + _LUT_CHUNK], out=out[start : start + _LUT_CHUNK])
+    return out.reshape(codes.shape)
 
 
 def _to_gray_or_bgr(image: np.ndarray) -> np.ndarray:
@@ -145,24 +281,57 @@ def _to_gray_or_bgr(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported image shape {image.shape}")
 
 
+def too_many_pixels(
+    name: str, width: int, height: int, max_pixels: int, declared: bool = True
+) -> ImageDecodeError:
+    """The refusal of an image over ``max_pixels``, with the size it would have to be scaled down to."""
+    count = width * height
+    scale = math.sqrt(max_pixels / count)
+    fit_w, fit_h = max(1, int(width * scale)), max(1, int(height * scale))
+    return ImageDecodeError(
+        name,
+        f"{'declares' if declared else 'is'} {width}x{height} pixels ({count:,}), over the limit of "
+        f"{max_pixels:,} pixels: refusing a possible decompression bomb, which would also exhaust this "
+        f"device's memory. Downscale it to at most {fit_w}x{fit_h} (same aspect ratio; any digital "
+        "radiograph fits) and send it again",
+    )
+
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def _is_raw_dicom(data: bytes, name: str) -> bool:
+    """A DICOM data set without the 128-byte preamble and 'DICM' (older PACS exports).
+
+    There is no magic number to sniff, so only a .dcm/.dicom name whose bytes
+    start with a little-endian group 0002 or 0008 tag is tried as one.
+    """
+    return name.lower().endswith(DICOM_SUFFIXES) and data[:2] in (b"\x02\x00", b"\x08\x00")
+
+
 def decode_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode an image file's bytes to uint8, 2-D grayscale or 3-channel BGR."""
     if not data:
         raise ImageDecodeError(name, "empty file (0 bytes)")
     header = sniff_header(data)
+    if header.format == "unknown" and _is_raw_dicom(data, name):
+        header = ImageHeader("dicom-raw", None, None)
     if header.format == "unknown":
-        raise ImageDecodeError(name, "not an image: content is not PNG, JPEG, BMP, TIFF or DICOM")
-    if header.width is not None and header.height is not None:
-        declared = header.width * header.height
-        if declared > max_pixels:
+        raise ImageDecodeError(name, _unknown_format_reason(data))
+    if header.format == "tiff" and (header.width is None or header.height is None):
+        # Refused rather than decoded blind: the size check below is what keeps memory bounded.
+        raise ImageDecodeError(name, "corrupt TIFF: no image width and height in its first directory")
+    if header.width is not None and header.height is not None and header.width * header.height > max_pixels:
+        raise too_many_pixels(name, header.width, header.height, max_pixels)
+    if header.format.startswith("dicom"):
+        image = _decode_dicom(data, name, max_pixels, raw=header.format == "dicom-raw")
+    else:
+        if header.format == "jpeg" and jpeg_eoi_offset(data) is None:
+            # Checked first: some libjpeg builds fill a truncated scan with grey and return success.
             raise ImageDecodeError(
                 name,
-                f"declares {header.width}x{header.height} pixels ({declared:,}), over the limit of "
-                f"{max_pixels:,}: refusing a possible decompression bomb",
+                "truncated JPEG: the image data ends before its end-of-image marker; send the file again",
             )
-    if header.format == "dicom":
-        image = _decode_dicom(data, name)
-    else:
         buffer = np.frombuffer(data, dtype=np.uint8)
         flags = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
         try:
@@ -172,11 +341,8 @@ def decode_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXEL
         if decoded is None:
             raise ImageDecodeError(name, f"corrupt or truncated {header.format} data")
         image = decoded
-        if header.format == "jpeg" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-            # libjpeg fills a truncated scan with grey and returns success.
-            raise ImageDecodeError(name, "truncated JPEG (no end-of-image marker)")
     if image.shape[0] * image.shape[1] > max_pixels:
-        raise ImageDecodeError(name, f"{image.shape[1]}x{image.shape[0]} pixels is over the limit")
+        raise too_many_pixels(name, image.shape[1], image.shape[0], max_pixels, declared=False)
     if min(image.shape[:2]) < MIN_SIDE:
         raise ImageDecodeError(name, f"image is {image.shape[1]}x{image.shape[0]}: too small to read")
     try:
@@ -185,33 +351,120 @@ def decode_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXEL
         raise ImageDecodeError(name, str(exc)) from exc
 
 
-def _decode_dicom(data: bytes, name: str) -> np.ndarray:
+def _dicom_int(dataset: object, keyword: str, default: int) -> int:
+    value = getattr(dataset, keyword, None)
+    try:
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _decode_dicom(data: bytes, name: str, max_pixels: int, raw: bool = False) -> np.ndarray:
+    """DICOM -> uint8: size checked from the header first, then one frame decoded and windowed."""
     try:
         import io
 
         import pydicom
     except ImportError as exc:
         raise ImageDecodeError(
-            name, "DICOM file, but pydicom is not installed: pip install 'pneumo-edge[dicom]'"
+            name,
+            "DICOM file, but pydicom is not installed: pip install 'pydicom>=2.4' (in a checkout: pip install -e '.[dicom]')",
         ) from exc
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data))
-        pixels = dataset.pixel_array.astype(np.float32)
+        # Header only: the pixel data is neither copied nor decoded until the size is known to be sane.
+        meta = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=raw)
     except Exception as exc:
         raise ImageDecodeError(name, f"unreadable DICOM: {exc}") from exc
-    if pixels.ndim == 3 and getattr(dataset, "SamplesPerPixel", 1) == 1:
-        pixels = pixels[0]
+    rows, columns = _dicom_int(meta, "Rows", 0), _dicom_int(meta, "Columns", 0)
+    if rows <= 0 or columns <= 0:
+        what = "not an image: no DICOM header found" if raw else "DICOM without an image (no Rows/Columns)"
+        raise ImageDecodeError(name, f"{what}; send the radiograph's image object")
+    frames = _dicom_int(meta, "NumberOfFrames", 1)
+    if frames > 1:
+        raise ImageDecodeError(
+            name,
+            f"multi-frame DICOM ({frames} frames) is not a single radiograph; export the one image to classify",
+        )
+    samples = _dicom_int(meta, "SamplesPerPixel", 1)
+    if samples not in (1, 3):
+        raise ImageDecodeError(
+            name, f"DICOM with {samples} samples per pixel: expected 1 (grayscale) or 3 (colour)"
+        )
+    if rows * columns > max_pixels:
+        raise too_many_pixels(name, columns, rows, max_pixels)
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), force=raw)
+        if raw:
+            _set_transfer_syntax_from_encoding(dataset)
+        pixels = dataset.pixel_array
+    except Exception as exc:
+        raise ImageDecodeError(name, f"unreadable DICOM pixel data: {exc}") from exc
+    if pixels.shape[:2] != (rows, columns) or pixels.ndim != (2 if samples == 1 else 3):
+        raise ImageDecodeError(
+            name, f"DICOM pixel data has shape {pixels.shape}, header says {rows}x{columns}"
+        )
     slope = float(getattr(dataset, "RescaleSlope", 1.0) or 1.0)
     intercept = float(getattr(dataset, "RescaleIntercept", 0.0) or 0.0)
-    pixels = pixels * slope + intercept
-    low, high = float(pixels.min()), float(pixels.max())
-    scaled = (pixels - low) * (255.0 / (high - low if high > low else 1.0))
-    if str(getattr(dataset, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        scaled = 255.0 - scaled  # MONOCHROME1 stores bone dark; flip to the usual look
-    image = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    # MONOCHROME1 stores bone dark; flip to the usual look.
+    invert = str(getattr(dataset, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    image = _window_dicom(pixels, slope, intercept, invert)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     return image
+
+
+def _set_transfer_syntax_from_encoding(dataset: Any) -> None:
+    """A data set without file meta has no transfer syntax; pydicom needs one to decode pixels.
+
+    Such files are always uncompressed, in the encoding pydicom detected on reading.
+    """
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(dataset, "file_meta", None) or FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = getattr(dataset, "original_encoding", None) or (
+            dataset.is_implicit_VR,
+            dataset.is_little_endian,
+        )
+        meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    dataset.file_meta = meta
+
+
+def _window_dicom(pixels: np.ndarray, slope: float, intercept: float, invert: bool) -> np.ndarray:
+    """Rescale (slope, intercept), stretch min..max to 0..255, optionally invert.
+
+    8- and 16-bit data (every radiograph) go through a lookup table computed
+    with the same float32 arithmetic per possible value, so the result equals
+    the per-pixel computation without 3-4 float32 copies of the image.
+    """
+    if pixels.dtype.itemsize not in (1, 2) or pixels.dtype.kind not in "ui" or pixels.size == 0:
+        return _window_float(pixels.astype(np.float32), slope, intercept, invert)
+    if not pixels.dtype.isnative:  # the unsigned view below reinterprets bytes in native order
+        pixels = pixels.astype(pixels.dtype.newbyteorder("="))
+    unsigned = pixels.view(np.uint8 if pixels.dtype.itemsize == 1 else np.uint16)
+    # Code c of the unsigned view is the stored value codes[c] (two's complement for signed data).
+    mask = (1 << (8 * pixels.dtype.itemsize)) - 1
+    codes = np.arange(mask + 1, dtype=unsigned.dtype).view(pixels.dtype)
+    values = codes.astype(np.float32) * slope + intercept
+    # Rescaling is monotonic, so its extremes are those of the stored minimum and maximum.
+    ends = values[[int(pixels.min()) & mask, int(pixels.max()) & mask]]
+    low, high = float(ends.min()), float(ends.max())
+    return apply_lut(unsigned, _stretch(values, low, high, invert))
+
+
+def _window_float(pixels: np.ndarray, slope: float, intercept: float, invert: bool) -> np.ndarray:
+    pixels = pixels * slope + intercept
+    return _stretch(pixels, float(pixels.min()), float(pixels.max()), invert)
+
+
+def _stretch(values: np.ndarray, low: float, high: float, invert: bool) -> np.ndarray:
+    scaled = (values - low) * (255.0 / (high - low if high > low else 1.0))
+    if invert:
+        scaled = 255.0 - scaled
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -225,10 +478,19 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
     except IsADirectoryError as exc:
         raise ImageDecodeError(name, "is a directory, not an image file") from exc
     except FileNotFoundError as exc:
-        raise ImageDecodeError(name, "file vanished before it could be read") from exc
+        raise ImageDecodeError(name, _missing_reason(path)) from exc
     except OSError as exc:
         raise ImageDecodeError(name, f"cannot read file: {exc.strerror or exc}") from exc
     return decode_bytes(data, name=name, max_pixels=max_pixels)
+
+
+def _missing_reason(path: str | os.PathLike[str]) -> str:
+    """Why a path could not be found: a dangling symlink is a setup mistake, not a race."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return "file vanished before it could be read"
+    return f"broken symbolic link -> {target} (the target does not exist); fix or remove the link"
 
 
 def apply_contract(image: np.ndarray, contract: PreprocessContract) -> np.ndarray:

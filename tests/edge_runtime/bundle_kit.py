@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge_runtime.bundle import write_manifest
 
@@ -115,3 +116,37 @@ def complete_bundle(
     (root / "golden" / "golden.json").write_text(json.dumps(meta))
     write_manifest(root)
     return root
+
+
+def nan_for_dark_onnx(path: Path) -> Path:
+    """A real ONNX model: sqrt(mean(x / 255) - 0.5), so NaN for dark images and finite for bright ones."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Cast", ["image"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["xf", "scale"], ["xs"]),
+        helper.make_node("ReduceMean", ["xs", "axes"], ["m"], keepdims=0),
+        helper.make_node("Sub", ["m", "half"], ["c"]),
+        helper.make_node("Sqrt", ["c"], ["root"]),
+        helper.make_node("Unsqueeze", ["root", "one"], ["probability"]),
+    ]
+    inits = [
+        helper.make_tensor("scale", TensorProto.FLOAT, [], [1 / 255]),
+        helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
+        helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nan_for_dark",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 8, 8, 1])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

@@ -229,3 +229,32 @@ def test_runtime_errors_reach_the_user_as_one_line(
     write_manifest(tiny_bundle)
     assert main(["predict", str(tiny_bundle), str(inbox), "--backend", "ort-cpu"]) == 1
     assert "ONNX Runtime cannot load this model" in capsys.readouterr().err
+
+
+def test_a_non_finite_output_fails_that_image_and_keeps_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_runtime.bundle import write_manifest
+    from edge_runtime.contract import ModelInfo, PreprocessContract
+    from tests.edge_runtime.bundle_kit import nan_for_dark_onnx
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    nan_for_dark_onnx(bundle / "model.onnx")  # NaN for dark images
+    PreprocessContract(height=8, width=8).save(bundle)
+    ModelInfo(model_version="nan-1", arch="tiny", threshold=0.5, synthetic=True).save(bundle)
+    (bundle / "model_card.json").write_text("{}\n")
+    write_manifest(bundle)
+    scans = tmp_path / "scans"
+    write_image(scans / "a-bright.png", np.full((40, 40), 230, np.uint8))
+    write_image(scans / "b-dark.png", np.full((40, 40), 20, np.uint8))
+    write_image(scans / "c-bright.png", np.full((40, 40), 240, np.uint8))
+    assert main(["predict", str(bundle), str(scans), "--json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert [r["source"] for r in document["results"]] == [
+        str(scans / "a-bright.png"),
+        str(scans / "c-bright.png"),
+    ]
+    assert all(r["input_sha256"] == sha256_file(r["source"]) for r in document["results"])
+    [failure] = document["failures"]
+    assert failure["source"] == str(scans / "b-dark.png") and "not a finite number" in failure["error"]
