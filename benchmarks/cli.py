@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.errors import BenchError
+from benchmarks.errors import BenchConfigError, BenchError
 from edge_runtime.errors import EdgeError
+from train.errors import TrainError
 
 DEFAULT_OUTPUT = Path("benchmarks/results")
 
@@ -175,9 +176,10 @@ def results_root(value: str) -> Path:
     return path
 
 
-def _error(prog: str, message: str) -> int:
-    print(f"{prog}: {message}", file=sys.stderr)
-    return 1
+def _error(prog: str, exc: Exception) -> int:
+    """Print a library error; 2 for a setting out of range (usage), 1 for any other failure."""
+    print(f"{prog}: {exc}", file=sys.stderr)
+    return 2 if isinstance(exc, BenchConfigError) else 1
 
 
 def main(argv: list[str], prog: str = "pneumo bench") -> int:
@@ -193,8 +195,9 @@ def main(argv: list[str], prog: str = "pneumo bench") -> int:
         return 2
     try:
         return _bench(args, argv, prog)
-    except (BenchError, EdgeError) as exc:
-        return _error(prog, str(exc))
+    except (BenchError, EdgeError, TrainError) as exc:
+        # TrainError: scoring uses train.metrics and split.json is read with train's rules.
+        return _error(prog, exc)
 
 
 def _log(quiet: bool) -> Any:
@@ -206,7 +209,6 @@ def _log(quiet: bool) -> Any:
 
 
 def _bench(args: argparse.Namespace, argv: list[str], prog: str) -> int:
-    from benchmarks.errors import BenchConfigError
     from benchmarks.report import summary_lines, write_report
     from benchmarks.run import BenchConfig, run_benchmark
 
@@ -288,7 +290,7 @@ def _compare(args: argparse.Namespace, prog: str) -> int:
     try:
         a, b = load_bench(args.compare[0]), load_bench(args.compare[1])
     except BenchError as exc:
-        return _error(prog, str(exc))
+        return _error(prog, exc)
     comparison = compare(a, b)
     if args.json:
         print(json.dumps(comparison, indent=2))
@@ -299,7 +301,6 @@ def _compare(args: argparse.Namespace, prog: str) -> int:
 
 def watch_main(argv: list[str], prog: str = "pneumo bench watch") -> int:
     from benchmarks.device_facts import collect_device_facts
-    from benchmarks.errors import BenchConfigError
     from benchmarks.report import result_folder
     from benchmarks.watch_bench import WatchBenchConfig, run_watch_bench, watch_markdown
     from edge_runtime.fileio import atomic_write_json, atomic_write_text
@@ -321,8 +322,8 @@ def watch_main(argv: list[str], prog: str = "pneumo bench watch") -> int:
     try:
         watch = run_watch_bench(config, progress=not args.quiet)
         facts = collect_device_facts()
-    except (BenchError, EdgeError) as exc:
-        return _error(prog, str(exc))
+    except (BenchError, EdgeError, TrainError) as exc:
+        return _error(prog, exc)
     import datetime as _dt
 
     now = _dt.datetime.now(_dt.timezone.utc)

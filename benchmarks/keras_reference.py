@@ -117,7 +117,9 @@ class KerasReference(Backend):
         try:
             import tensorflow as tf
         except ImportError as exc:
-            raise BenchInputError("TensorFlow not installed (pip install 'pneumo-edge[train]')") from exc
+            from edge_runtime.pneumo_cli import install_hint
+
+            raise BenchInputError(f"TensorFlow not installed; {install_hint('train')}") from exc
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:
             # Without this TensorFlow takes all GPU memory and starves the TensorRT rows of the same run.

@@ -21,7 +21,7 @@ import numpy as np
 from benchmarks.errors import BenchInputError
 from edge_runtime.contract import ModelInfo, PreprocessContract
 from edge_runtime.errors import ImageDecodeError
-from edge_runtime.preprocess import is_image_name, load_image, preprocess_file
+from edge_runtime.preprocess import load_image, preprocess_file
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,13 @@ class LabelledImages:
 
 
 def files_from_folder(folder: Path, info: ModelInfo) -> list[LabelledFile]:
-    """``folder/{LABEL}/**`` image files (labels matched to the model's labels, case-insensitively)."""
+    """``folder/{LABEL}/**`` image files, hidden ones skipped; class folders named exactly as the labels.
+
+    The same rules as training's scanner (:func:`train.data.image_files`), so a folder that trains
+    also benchmarks, and one that does not is refused here too.
+    """
+    from train.data import image_files
+
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise BenchInputError(f"{folder}: test folder not found (--data)")
@@ -53,15 +59,18 @@ def files_from_folder(folder: Path, info: ModelInfo) -> list[LabelledFile]:
         folder = folder / "test"
     class_dirs = _class_dirs(folder, info)
     if not class_dirs:
+        from train.data import case_hint
+
+        hints = "".join(case_hint(child.name, info.labels) for child in folder.iterdir() if child.is_dir())
         raise BenchInputError(
-            f"{folder}: no class folders named like the model's labels {list(info.labels)} "
+            f"{folder}: no class folders named like the model's labels {list(info.labels)}{hints} "
             "(expected TESTDIR/<LABEL>/images, e.g. chest_xray/test)"
         )
-    files = []
-    for label_index, class_dir in class_dirs:
-        for path in sorted(class_dir.rglob("*")):
-            if path.is_file() and is_image_name(path.name) and not path.name.startswith("."):
-                files.append(LabelledFile(path, label_index))
+    files = [
+        LabelledFile(path, label_index)
+        for label_index, class_dir in class_dirs
+        for path in image_files(class_dir)
+    ]
     if not files:
         raise BenchInputError(f"{folder}: class folders hold no image files")
     return files
@@ -85,14 +94,18 @@ def files_from_split_json(split_json: Path, info: ModelInfo) -> list[LabelledFil
         raise BenchInputError(
             f"{split_json}: no readable test list ({exc}); pass the test folder with --data"
         ) from exc
-    index = {label.upper(): i for i, label in enumerate(info.labels)}
+    from train.data import case_hint
+
+    # Exactly as train and export compare labels (class folder names), never case-folded.
+    index = {label: i for i, label in enumerate(info.labels)}
     files = []
     for sample in samples:
-        if sample.label.upper() not in index:
+        if sample.label not in index:
             raise BenchInputError(
                 f"{split_json}: test label {sample.label!r} is not one of the model's labels {list(info.labels)}"
+                f"{case_hint(sample.label, info.labels)}"
             )
-        files.append(LabelledFile(sample.path, index[sample.label.upper()]))
+        files.append(LabelledFile(sample.path, index[sample.label]))
     missing = [f.path for f in files if not f.path.is_file()]
     if missing:
         raise BenchInputError(
@@ -184,5 +197,5 @@ def write_generated_jpegs(folder: Path, count: int, side: int = 1024, seed: int 
 
 
 def _class_dirs(folder: Path, info: ModelInfo) -> list[tuple[int, Path]]:
-    by_name = {child.name.upper(): child for child in folder.iterdir() if child.is_dir()}
-    return [(i, by_name[label.upper()]) for i, label in enumerate(info.labels) if label.upper() in by_name]
+    by_name = {child.name: child for child in folder.iterdir() if child.is_dir()}
+    return [(i, by_name[label]) for i, label in enumerate(info.labels) if label in by_name]

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.fileio import atomic_write_via
+
 THROUGHPUT_PNG = "throughput.png"
 LATENCY_PNG = "latency.png"
 _BACKEND_ORDER = ("keras", "ort-cpu", "ort-cuda", "ort-trt", "trt")
@@ -24,6 +26,14 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Write the figure atomically (a results folder is read while a benchmark rewrites it), then free it."""
+    try:
+        return atomic_write_via(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def _title(document: dict[str, Any]) -> str:
@@ -68,9 +78,7 @@ def plot_throughput(document: dict[str, Any], path: Path) -> Path | None:
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Throughput per precision and batch size: " + _title(document), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_latency(document: dict[str, Any], path: Path) -> Path | None:
@@ -102,9 +110,7 @@ def plot_latency(document: dict[str, Any], path: Path) -> Path | None:
     axes[0][0].legend(fontsize=7)
     fig.suptitle("Latency distribution: " + _title(document), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def write_plots(document: dict[str, Any], folder: Path) -> list[Path]:

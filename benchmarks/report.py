@@ -67,9 +67,11 @@ def write_report(document: dict[str, Any], out_root: Path, overwrite: bool = Fal
     try:
         plots = write_plots(document, folder)
     except ImportError as exc:
+        from edge_runtime.pneumo_cli import install_hint
+
         plots = []
         document.setdefault("warnings", []).append(
-            f"no plots: matplotlib is missing ({exc}); pip install 'pneumo-edge[bench]'"
+            f"no plots: matplotlib is missing ({exc}); {install_hint('bench')}"
         )
     written = {"json": folder / BENCH_JSON, "markdown": folder / BENCH_MD}
     atomic_write_text(written["markdown"], render_markdown(document, plots=[p.name for p in plots]))

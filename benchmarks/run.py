@@ -333,7 +333,7 @@ def _artifact_facts(runner: Backend, bundle: Bundle, precision: str) -> dict[str
 def _accuracy(
     runner: Backend, labelled: LabelledImages, bundle: Bundle, config: BenchConfig
 ) -> tuple[dict[str, Any], np.ndarray]:
-    from train.metrics import evaluate_outputs
+    from train.metrics import MetricsError, evaluate_outputs
 
     dtype = getattr(runner, "input_dtype", np.uint8)
     chunk = max(1, min(runner.max_batch, max(config.batches), 32))
@@ -342,9 +342,14 @@ def _accuracy(
         for i in range(0, len(labelled), chunk)
     ]
     out = np.concatenate(outputs, axis=0)
-    metrics = evaluate_outputs(
-        labelled.labels, out, bundle.info, bootstrap=config.bootstrap, seed=config.seed
-    )
+    try:
+        metrics = evaluate_outputs(
+            labelled.labels, out, bundle.info, bootstrap=config.bootstrap, seed=config.seed
+        )
+    except MetricsError as exc:
+        raise BenchInputError(
+            f"{labelled.source}: the {runner.name} outputs cannot be scored against {bundle.root}'s labels ({exc})"
+        ) from exc
     keep = (
         "n_images",
         "n_abnormal",
@@ -470,8 +475,11 @@ def _precheck(
             return f"{precision} is not a Keras precision (the reference is the FP32 .h5)"
         if keras_source is None:
             return keras_reason
-        if importlib.util.find_spec("tensorflow") is None:
-            return "TensorFlow not installed (pip install 'pneumo-edge[train]')"
+        from edge_runtime.pneumo_cli import install_hint, missing_modules
+
+        missing = missing_modules(("keras", "tensorflow"))
+        if missing:
+            return f"{', '.join(missing)} not installed ({install_hint('train')})"
         return ""
     if backend == "trt" and importlib.util.find_spec("tensorrt") is None:
         return "TensorRT not installed (python module 'tensorrt' not found)"

@@ -13,21 +13,22 @@ Capture back-ends, and the trap behind each:
 * ``opencv-python-headless`` has no GUI (``GUI: NONE``), so ``imshow`` cannot
   open a window; that is detected and reported unless ``--headless`` is asked.
 
-Per frame the loop times three stages (capture, preprocess, infer), writes one
-JSON line in headless mode (and a PNG snapshot every N seconds), and stops
+Per frame the loop times three stages (capture, preprocess, infer), appends one
+JSON line to ``--jsonl`` (fsynced, through the watch daemon's
+:class:`~edge_runtime.results.AppendLog`) and a PNG snapshot every N seconds, and stops
 cleanly when the ``stop`` event is set (the CLI sets it on Ctrl-C and SIGTERM),
 at the end of a file, or after ``max_frames``.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Event
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from edge_runtime.errors import CameraError
 from edge_runtime.fileio import atomic_write_bytes
 from edge_runtime.predictor import Prediction, Predictor
 from edge_runtime.preprocess import apply_contract
+from edge_runtime.results import AppendLog
 from edge_runtime.sources import CameraSource
 
 FLIP_METHODS = range(8)  # nvvidconv flip-method: 0 none, 2 rotate 180, 4 horizontal, 6 vertical, ...
@@ -184,8 +186,22 @@ class CameraSummary:
         return dict(self.__dict__)
 
 
+# Overlay text: one font, scale and stroke for the outline and the text. OpenCV 5 draws putText with a
+# TrueType font whose thickness > 1 selects a bold face with wider advances, so an outline drawn
+# thicker than its text no longer lines up with it (the overlay was garbled); the outline is the
+# same text drawn at small offsets instead, which lines up under OpenCV 4's Hershey strokes too.
+TEXT_THICKNESS = 1
+TEXT_MARGIN = 10
+MIN_TEXT_SCALE = 0.3
+_SHRINK = 0.85
+
+
 def overlay(frame: np.ndarray, prediction: Prediction, fps: float, synthetic: bool) -> np.ndarray:
-    """Draw label, probability, FPS and the decision-support note on a copy of ``frame``."""
+    """Draw label, probability, FPS and the decision-support note on a copy of ``frame``.
+
+    Lines are wrapped (and the text shrunk) to the frame, so on a narrow frame the model version and
+    the SYNTHETIC warning are shown whole rather than cut off at the edge.
+    """
     import cv2
 
     shown = frame.copy() if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
@@ -203,12 +219,100 @@ def overlay(frame: np.ndarray, prediction: Prediction, fps: float, synthetic: bo
     ]
     if synthetic:
         lines.append((SYNTHETIC_WARNING, (0, 165, 255)))
-    scale = max(0.5, shown.shape[1] / 1600)
-    for i, (text, rgb) in enumerate(lines):
-        y = int(30 * scale * (i + 1)) + 5
-        cv2.putText(shown, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 4, cv2.LINE_AA)
-        cv2.putText(shown, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, scale, rgb, 1, cv2.LINE_AA)
+    height, width = shown.shape[:2]
+    scale, wrapped, step = layout_text([text for text, _ in lines], width, height)
+    y = TEXT_MARGIN
+    for rows, (_, rgb) in zip(wrapped, lines):
+        for row in rows:
+            y += step
+            draw_outlined(shown, row, (TEXT_MARGIN, y), scale, rgb)
     return shown
+
+
+def layout_text(texts: list[str], width: int, height: int) -> tuple[float, list[list[str]], int]:
+    """The largest scale at which every text, wrapped to the frame width, also fits its height.
+
+    Returns the scale, each text's lines and the line step in pixels. Starts from the size the
+    overlay has on a wide frame (``width / 1600``, at least 0.5) and shrinks to ``MIN_TEXT_SCALE``;
+    a frame too small even for that gets the smallest text, wrapped, and loses lines at the bottom.
+    """
+    scale = max(0.5, width / 1600)
+    usable = max(1, width - 2 * TEXT_MARGIN)
+    while True:
+        wrapped = [wrap_text(text, scale, usable) for text in texts]
+        step = _line_step(scale)
+        if TEXT_MARGIN + step * sum(len(rows) for rows in wrapped) <= height or scale <= MIN_TEXT_SCALE:
+            return scale, wrapped, step
+        scale = max(MIN_TEXT_SCALE, scale * _SHRINK)
+
+
+def wrap_text(text: str, scale: float, max_width: int) -> list[str]:
+    """``text`` in lines at most ``max_width`` pixels wide: split at spaces, and inside a word wider than a line."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        candidate = f"{current} {word}" if current else word
+        if _text_width(candidate, scale) <= max_width:
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        while len(word) > 1 and _text_width(word, scale) > max_width:
+            cut = _fitting_prefix(word, scale, max_width)
+            lines.append(word[:cut])
+            word = word[cut:]
+        current = word
+    if current:
+        lines.append(current)
+    return lines
+
+
+def _fitting_prefix(word: str, scale: float, max_width: int) -> int:
+    """Length of the longest prefix of ``word`` that fits (at least one character), by bisection."""
+    low, high = 1, len(word)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _text_width(word[:middle], scale) <= max_width:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _text_width(text: str, scale: float) -> int:
+    import cv2
+
+    (width, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, TEXT_THICKNESS)
+    return int(width) + 2 * outline_radius(scale)
+
+
+def _line_step(scale: float) -> int:
+    import cv2
+
+    (_, height), baseline = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, TEXT_THICKNESS)
+    return int(height + baseline) + 2 * outline_radius(scale) + 2
+
+
+def outline_radius(scale: float) -> int:
+    return 1 if scale < 0.8 else 2
+
+
+def draw_outlined(
+    image: np.ndarray, text: str, origin: tuple[int, int], scale: float, rgb: tuple[int, int, int]
+) -> None:
+    """``text`` in ``rgb`` over a black outline of the very same glyphs, so it reads on any background."""
+    import cv2
+
+    x, y = origin
+    radius = outline_radius(scale)
+    for dx in range(-radius, radius + 1):
+        for dy in range(-radius, radius + 1):
+            if dx or dy:
+                cv2.putText(
+                    image, text, (x + dx, y + dy), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
+                    TEXT_THICKNESS, cv2.LINE_AA,
+                )  # fmt: skip
+    cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, rgb, TEXT_THICKNESS, cv2.LINE_AA)
 
 
 class Window:
@@ -261,11 +365,13 @@ def run_camera(
     times = StageTimes()
     snapshots: list[str] = []
     snapshot_dir = config.snapshots
-    jsonl: IO[str] | None = None
+    results: AppendLog | None = None
     if config.jsonl is not None:
         config.jsonl.parent.mkdir(parents=True, exist_ok=True)
-        # Append, never truncate: a previous run's results are someone's record.
-        jsonl = open(config.jsonl, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
+        # Append, never truncate: a previous run's results are someone's record. A last line torn
+        # by a crash or power cut in that run is cut first, so every line stays one JSON record.
+        results = AppendLog(config.jsonl, "jsonl")
+        results.repair_tail(last_line_start(config.jsonl))
     frames, stop_reason = 0, "stopped by signal"
     started = time.perf_counter()
     last_snapshot = -float("inf")
@@ -316,9 +422,9 @@ def run_camera(
                 snapshots.append(str(path))
                 record["snapshot"] = str(path)
                 last_snapshot = t3
-            if jsonl is not None:
-                jsonl.write(json.dumps(record, sort_keys=True) + "\n")
-                jsonl.flush()
+            if results is not None:
+                # One write and an fsync per frame: a crash loses at most the frame being written.
+                results.append([record])
             if on_frame is not None:
                 on_frame(record)
             if window is not None:
@@ -332,8 +438,6 @@ def run_camera(
                 stop_reason = f"--max-frames {config.max_frames} reached"
                 break
     finally:
-        if jsonl is not None:
-            jsonl.close()
         capture.release()
         if window is not None:
             window.close()
@@ -350,6 +454,27 @@ def run_camera(
         jsonl=str(config.jsonl) if config.jsonl is not None else None,
         snapshots=snapshots,
     )
+
+
+def last_line_start(path: Path) -> int:
+    """Offset just past the last newline of ``path`` (0 without one): where a torn last line starts.
+
+    AppendLog.repair_tail examines only what follows this offset, so the complete lines of earlier
+    runs, which carry no result id, are never taken for garbage.
+    """
+    try:
+        with open(path, "rb") as handle:
+            position = handle.seek(0, os.SEEK_END)
+            while position > 0:
+                step = min(1 << 16, position)
+                position -= step
+                handle.seek(position)
+                found = handle.read(step).rfind(b"\n")
+                if found >= 0:
+                    return position + found + 1
+    except FileNotFoundError:
+        pass
+    return 0
 
 
 def _frame_interval(capture: Any) -> float:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,38 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 def read_json(path: str | os.PathLike[str]) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def atomic_write_via(
+    path: str | os.PathLike[str], writer: Callable[[Path], object], mode: int = 0o644
+) -> Path:
+    """Let ``writer`` write a file at a temporary path, then fsync it and rename it over ``path``.
+
+    For writers that insist on a path of their own (Keras ``model.save``, matplotlib ``savefig``,
+    ``tarfile``, ``shutil.copyfile``). The temporary name is unique (two processes writing the same
+    target never share it) and ends in the target's suffix, because Keras and matplotlib choose the
+    file format from it. On any failure the temporary file is removed and ``path`` is left untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    tmp = Path(name)
+    try:
+        try:
+            # mkstemp creates 0600 files; other users read these artifacts.
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        writer(tmp)
+        # O_RDONLY is enough for fsync on Linux and macOS; the writer has closed its own handle.
+        synced = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(synced)
+        finally:
+            os.close(synced)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+    return target

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.contract import ModelInfo
-from export.errors import AccuracyDropError
+from export.errors import AccuracyDropError, ExportError
 from export.parity import onnx_outputs
 
 HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
@@ -29,13 +29,16 @@ def evaluate_precisions(
     seed: int = 0,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
     """``{precision: evaluate_outputs(...)}`` and the raw outputs of each model on ``images``."""
-    from train.metrics import evaluate_outputs
+    from train.metrics import MetricsError, evaluate_outputs
 
     results: dict[str, dict[str, Any]] = {}
     outputs: dict[str, np.ndarray] = {}
     for precision, path in models.items():
         outputs[precision] = onnx_outputs(path, images, precision=precision)
-        metrics = evaluate_outputs(y_true, outputs[precision], info, bootstrap=bootstrap, seed=seed)
+        try:
+            metrics = evaluate_outputs(y_true, outputs[precision], info, bootstrap=bootstrap, seed=seed)
+        except MetricsError as exc:
+            raise ExportError(f"{path}: cannot score its outputs on the test split ({exc})") from exc
         metrics.pop("roc_curve", None)
         results[precision] = metrics
     return results, outputs

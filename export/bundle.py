@@ -34,7 +34,7 @@ import numpy as np
 from edge_runtime.bundle import MANIFEST_FILE, ONNX_FOR_PRECISION, verify_manifest, write_manifest
 from edge_runtime.contract import SYNTHETIC_WARNING
 from edge_runtime.errors import EdgeError
-from edge_runtime.fileio import fsync_dir, sha256_file
+from edge_runtime.fileio import atomic_write_via, fsync_dir, sha256_file
 from export.accuracy import (
     accuracy_drop_points,
     evaluate_precisions,
@@ -46,7 +46,7 @@ from export.calibration import CALIBRATION_DIR, build_calibration_set, save_cali
 from export.config import BundleConfig
 from export.errors import ExportError, OutputExistsError, ParityError, RunFolderError
 from export.golden import GOLDEN_DIR, golden_check, golden_tolerances, write_golden
-from export.onnx_from_keras import export_onnx
+from export.onnx_from_keras import CONVERSION_MODULES, export_onnx, require_modules
 from export.parity import ParityResult, compare_outputs, onnx_outputs
 from export.precision import fp16_from_onnx, qdq_summary
 from export.report import REPORT_FILE, new_report, write_report
@@ -146,6 +146,8 @@ def make_bundle(
     on_step: StepCallback | None = None,
 ) -> BundleResult:
     """Build, verify and install a deployment bundle at ``output``; see the module docstring for the steps."""
+    fp16 = ("onnxconverter_common",) if "fp16" in config.precisions else ()
+    require_modules("a bundle", (*CONVERSION_MODULES, *fp16))
     run = RunFolder.resolve(run_or_h5)
     output = Path(output)
     check_output(output, run, config.overwrite)
@@ -197,18 +199,16 @@ def _install(staging: Path, output: Path) -> None:
 
 
 def write_archive(root: Path, overwrite: bool) -> Path:
-    """``root.tar.gz`` beside the bundle, written to a temporary name and renamed."""
+    """``root.tar.gz`` beside the bundle, written atomically (a copy in progress is never mistaken for it)."""
     archive = root.with_name(root.name + ".tar.gz")
     if archive.exists() and not overwrite:
         raise OutputExistsError(f"{archive}: exists; pass --overwrite to replace it")
-    partial = archive.with_name(f".{archive.name}.partial-{os.getpid()}")
-    try:
-        with tarfile.open(partial, "w:gz") as tar:
+
+    def pack(tmp: Path) -> None:
+        with tarfile.open(tmp, "w:gz") as tar:
             tar.add(root, arcname=root.name, filter=_skip_engines)
-        os.replace(partial, archive)
-    finally:
-        partial.unlink(missing_ok=True)
-    return archive
+
+    return atomic_write_via(archive, pack)
 
 
 def _skip_engines(member: tarfile.TarInfo) -> tarfile.TarInfo | None:

@@ -2,7 +2,8 @@
 
 Flags -> a typed config (:mod:`export.config`) -> library functions, which
 raise typed errors; only this module prints, and picks the exit code: 0 ok,
-1 a failure (named on stderr with the fix), 2 a usage error. Logs and step
+1 a failure (named on stderr with the fix), 2 a usage error (a malformed command
+line, or a value out of range: :class:`export.errors.ExportConfigError`). Logs and step
 lines go to stderr; ``--json`` puts the machine-readable result on stdout.
 """
 
@@ -29,7 +30,8 @@ from export.config import (
     OnnxConfig,
     QuantConfig,
 )
-from export.errors import EngineUnavailableError, ExportError, OutputExistsError
+from export.errors import EngineUnavailableError, ExportConfigError, ExportError, OutputExistsError
+from train.errors import TrainError
 
 DESCRIPTION = """Convert a trained Keras model for the edge, and pack the bundle a Jetson builds its engine from.
 
@@ -51,9 +53,10 @@ def main(argv: Sequence[str], prog: str = "pneumo export") -> int:
         return int(exc.code or 0)
     try:
         return int(args.handler(args))
-    except (ExportError, EdgeError) as exc:
+    except (ExportError, EdgeError, TrainError) as exc:
+        # TrainError: export scores with train.metrics and reads split.json with train's rules.
         print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, ExportConfigError) else 1
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -226,15 +229,18 @@ def _calib_config(args: argparse.Namespace) -> CalibrationConfig:
 
 def _cmd_onnx(args: argparse.Namespace) -> int:
     from edge_runtime.fileio import sha256_file
-    from export.onnx_from_keras import export_onnx
+    from export.onnx_from_keras import export_onnx, require_modules
     from export.report import REPORT_FILE, new_report, write_report
     from export.run_folder import RunFolder, load_images, parity_images_for
 
     config = _onnx_config(args)
-    run = RunFolder.resolve(args.source)
     output: Path = args.output
-    if output.suffix != ".onnx" or output.resolve() == run.h5_path.resolve():
-        raise OutputExistsError(f"{output}: -o must name a new .onnx file (never the model.h5 it reads)")
+    if output.suffix != ".onnx":
+        raise ExportConfigError(
+            f"{output}: -o must name a new .onnx file (never the model.h5 it reads), e.g. -o model.onnx"
+        )
+    require_modules("ONNX conversion")
+    run = RunFolder.resolve(args.source)
     output.parent.mkdir(parents=True, exist_ok=True)
     images, source = parity_images_for(run, config.parity_images, args.data)
     _log(f"parity images: {len(images)} from {source}")

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from export.errors import ExportError
+from export.errors import ExportConfigError
 
 Precision = Literal["fp32", "fp16", "int8"]
 CalibrateMethod = Literal["auto", "entropy", "minmax", "percentile"]
@@ -28,7 +28,7 @@ DEFAULT_CALIBRATION_IMAGES = 512
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
-        raise ExportError(message)
+        raise ExportConfigError(message)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,19 @@
-"""Typed errors of the export package. Only the CLI prints them and picks exit codes (1)."""
+"""Typed errors of the export package. Only the CLI prints them and picks exit codes (2 for
+:class:`ExportConfigError`, 1 for the others)."""
 
 from __future__ import annotations
 
 
 class ExportError(Exception):
     """Base class of every error raised by ``export``; the message names the file and the fix."""
+
+
+class ExportConfigError(ExportError):
+    """A setting out of range or contradicting another (a usage error: the CLI exits 2)."""
+
+
+class MissingDependencyError(ExportError):
+    """A module a step needs (Keras, TensorFlow, tf2onnx, onnx...) is not installed here."""
 
 
 class RunFolderError(ExportError):

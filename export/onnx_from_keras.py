@@ -23,10 +23,25 @@ import numpy as np
 from edge_runtime.contract import ModelInfo, PreprocessContract
 from edge_runtime.fileio import atomic_write_bytes, sha256_file
 from export.config import OnnxConfig
-from export.errors import ConversionError, ExportError, ModelLoadError
+from export.errors import ConversionError, ExportError, MissingDependencyError, ModelLoadError
 from export.parity import ParityResult, compare_outputs, onnx_outputs, require_parity
 
 BATCH_DIM = "batch"
+# What converting a Keras model imports: Keras loads it, tf2onnx traces it through TensorFlow, onnx checks it.
+CONVERSION_MODULES = ("keras", "tensorflow", "tf2onnx", "onnx")
+
+
+def require_modules(what: str, modules: tuple[str, ...] = CONVERSION_MODULES) -> None:
+    """MissingDependencyError with the install command when any of ``modules`` is missing.
+
+    Export steps call it before reading the run or creating an output, so the lean edge install
+    fails at once with the fix instead of a traceback from ``import keras`` half way through.
+    """
+    from edge_runtime.pneumo_cli import missing_message, missing_modules
+
+    missing = missing_modules(modules)
+    if missing:
+        raise MissingDependencyError(missing_message(what, missing, "train"))
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class OnnxExport:
 
 def load_keras_model(h5_path: Path, contract: PreprocessContract, info: ModelInfo) -> Any:
     """Load with safe mode (no arbitrary code from the file) and check it matches its contract."""
+    require_modules(f"loading {h5_path}", ("keras", "tensorflow"))
     import keras
 
     try:
@@ -234,6 +250,7 @@ def export_onnx(
     Raises :class:`ParityError` (the file is still written, for inspection) when
     ONNX Runtime's outputs differ from Keras's by more than ``config.tolerance``.
     """
+    require_modules("ONNX conversion")
     if len(parity_batch) == 0:
         raise ExportError("no images for the parity check; pass --data ROOT with labelled images")
     model = load_keras_model(h5_path, contract, info)

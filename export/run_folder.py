@@ -19,8 +19,9 @@ import numpy as np
 from edge_runtime.contract import CONTRACT_FILE, MODEL_INFO_FILE, ModelInfo, PreprocessContract
 from edge_runtime.errors import ContractError, ImageDecodeError
 from edge_runtime.fileio import read_json
-from edge_runtime.preprocess import is_image_name, preprocess_file
+from edge_runtime.preprocess import preprocess_file
 from export.errors import ExportError, RunFolderError
+from train.data import case_hint, image_files
 
 MODEL_FILE = "model.h5"
 SPLIT_FILE = "split.json"
@@ -117,9 +118,11 @@ def read_split(
     images = []
     for entry in data[split]:
         image = _entry(entry, split, split_root, data_root, path)
+        # Exactly as train compares labels (class folder names), never case-folded.
         if image.label not in labels:
             raise RunFolderError(
                 f"{path}: {image.path} has label {image.label!r}, not one of the model's {labels}"
+                f"{case_hint(image.label, labels)}"
             )
         images.append(image)
     missing = [image.path for image in images if not image.path.is_file()]
@@ -163,10 +166,10 @@ def folder_images(root: Path, labels: tuple[str, ...], split: str) -> list[Label
     for label in labels:
         folder = base / label
         if folder.is_dir():
+            # train's scanner: hidden files such as macOS's ._x.jpeg are not images
             images.extend(
                 LabelledImage(path=p, label=label, split=split, ref=p.relative_to(root).as_posix())
-                for p in sorted(folder.rglob("*"))
-                if p.is_file() and is_image_name(p.name)
+                for p in image_files(folder)
             )
     if not images:
         raise RunFolderError(

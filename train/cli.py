@@ -2,9 +2,10 @@
 
 Flags -> :class:`train.config.TrainConfig` (over an optional ``--config``
 TOML file) -> :func:`train.fit.train_run`. Exit codes: 0 success, 1 a failure
-or a bad value (the message names the flag or file and what to do), 2 a
-malformed command line. Logs and Keras' progress go to stderr; stdout carries
-the summary table, or JSON with ``--json``.
+(the message names the file and what to do), 2 a usage error: a malformed
+command line, or a setting (flag or ``--config`` value) that is unknown or out
+of range (:class:`train.errors.ConfigError`). Logs and Keras' progress go to
+stderr; stdout carries the summary table, or JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -83,9 +84,16 @@ def _setup_logging(quiet: bool) -> None:
 def _errors() -> tuple[type[BaseException], ...]:
     from edge_runtime.errors import EdgeError
     from train.errors import TrainError
-    from train.metrics import MetricsError
 
-    return (TrainError, EdgeError, MetricsError)
+    return (TrainError, EdgeError)
+
+
+def _report(prog: str, exc: BaseException) -> int:
+    """Print a library error; its exit code: 2 for a bad setting (usage), 1 for any other failure."""
+    from train.errors import ConfigError
+
+    print(f"{prog}: error: {exc}", file=sys.stderr)
+    return 2 if isinstance(exc, ConfigError) else 1
 
 
 # --------------------------------------------------------------------------- train
@@ -285,8 +293,7 @@ def train_main(argv: list[str], prog: str = "pneumo train") -> int:
         with contextlib.redirect_stdout(sys.stderr):
             result = train_run(config)
     except _errors() as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
+        return _report(prog, exc)
     if json_out:
         print(json.dumps(result.metrics, indent=2))
     else:
@@ -381,9 +388,12 @@ def evaluation_table(report: dict[str, Any]) -> str:
 def evaluate_main(argv: list[str], prog: str = "pneumo evaluate") -> int:
     args = evaluate_parser(prog).parse_args(argv)
     _setup_logging(args.quiet)
-    if args.bootstrap < 0 or args.workers < 1:
-        print(f"{prog}: error: --bootstrap must be >= 0 and --workers >= 1", file=sys.stderr)
-        return 1
+    if args.bootstrap < 0:
+        print(f"{prog}: error: --bootstrap {args.bootstrap}: must be 0 or more", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print(f"{prog}: error: --workers {args.workers}: must be 1 or more", file=sys.stderr)
+        return 2
     try:
         from edge_runtime.fileio import atomic_write_json
         from train.evaluate import evaluate_model
@@ -403,7 +413,6 @@ def evaluate_main(argv: list[str], prog: str = "pneumo evaluate") -> int:
         if args.output:
             atomic_write_json(args.output, report)
     except _errors() as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
+        return _report(prog, exc)
     print(json.dumps(report, indent=2) if args.json else evaluation_table(report))
     return 0

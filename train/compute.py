@@ -8,13 +8,17 @@ one training run and puts the dtype policy back afterwards.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from train.errors import TrainError
+from train.errors import MissingDependencyError, TrainError
+
+# Written beside every run besides Keras itself: model.h5 needs h5py, the run's plots matplotlib.
+RUN_FOLDER_MODULES = ("h5py", "matplotlib")
 
 
 @dataclass
@@ -42,6 +46,33 @@ class ComputeSession:
             "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
         }
+
+
+def keras_backend_name() -> str:
+    """The backend Keras will load, found where Keras looks (KERAS_BACKEND, then keras.json), unimported."""
+    name = os.environ.get("KERAS_BACKEND")
+    if name:
+        return name
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json"), encoding="utf-8") as handle:
+            configured = json.load(handle).get("backend")
+    except (OSError, ValueError, AttributeError):
+        configured = None
+    return str(configured) if configured else "tensorflow"
+
+
+def require_keras(what: str, also: tuple[str, ...] = ()) -> None:
+    """MissingDependencyError with the install command when Keras, its backend or ``also`` is missing.
+
+    Called after the command line is parsed and before any data is read or folder created: on the
+    lean edge install (no TensorFlow) a training command then fails at once, leaving nothing behind.
+    """
+    from edge_runtime.pneumo_cli import missing_message, missing_modules
+
+    missing = missing_modules(("keras", keras_backend_name(), *also))
+    if missing:
+        raise MissingDependencyError(missing_message(what, missing, "train"))
 
 
 def gpu_names() -> list[str]:

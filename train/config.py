@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from train.errors import TrainError
+from train.errors import ConfigError, TrainError
 
 CONFIG_FILE = "config.json"
 
@@ -197,7 +197,7 @@ class TrainConfig:
             if self.threshold_rule is not None:
                 parse_threshold_rule(self.threshold_rule)
         except MetricsError as exc:
-            raise TrainError(f"--threshold-rule: {exc}") from None
+            raise ConfigError(f"--threshold-rule: {exc}") from None
 
     # ------------------------------------------------------------------ resolution
 
@@ -230,7 +230,7 @@ class TrainConfig:
         """The builder keywords this config sets, for :func:`train.models.build_model`.
 
         A model setting given for an architecture whose builder does not take it
-        is a TrainError naming the flag and the architectures that do, never
+        is a ConfigError naming the flag and the architectures that do, never
         silently dropped. ``width_multiplier`` counts as given when it is not 1.
         """
         from train.models import ARCHITECTURES, get_arch
@@ -245,7 +245,7 @@ class TrainConfig:
                 takers = [
                     arch for arch, spec in ARCHITECTURES.items() if keyword in builder_keywords(spec.builder)
                 ]
-                raise TrainError(
+                raise ConfigError(
                     f"{flag(name)} does not apply to --arch {self.arch}; it is an option of "
                     f"{', '.join(takers)}: remove it or choose one of those architectures"
                 )
@@ -288,7 +288,7 @@ class TrainConfig:
                 values.setdefault("width", value)
                 continue
             if name not in known:
-                raise TrainError(
+                raise ConfigError(
                     f"{source}: unknown setting {key!r}; see 'pneumo train --help' for the valid ones"
                 )
             values[name] = value
@@ -314,23 +314,23 @@ def _check_types(values: dict[str, Any], source: str) -> None:
         if value is None:
             continue
         if hint.startswith("bool") and not isinstance(value, bool):
-            raise TrainError(f"{source}: {name} must be true or false, got {value!r}")
+            raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
         if hint.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
-            raise TrainError(f"{source}: {name} must be an integer, got {value!r}")
+            raise ConfigError(f"{source}: {name} must be an integer, got {value!r}")
         if hint.startswith("float") and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise TrainError(f"{source}: {name} must be a number, got {value!r}")
+            raise ConfigError(f"{source}: {name} must be a number, got {value!r}")
         if hint.startswith("str") and not isinstance(value, str):
-            raise TrainError(f"{source}: {name} must be a string, got {value!r}")
+            raise ConfigError(f"{source}: {name} must be a string, got {value!r}")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise TrainError(f"{flag(name)} {value!r}: expected one of {', '.join(allowed)}")
+        raise ConfigError(f"{flag(name)} {value!r}: expected one of {', '.join(allowed)}")
 
 
 def _bounded(name: str, value: float, low: float, high: float) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
-        raise TrainError(f"{flag(name)} {value!r}: must be within {low:g}..{high:g}")
+        raise ConfigError(f"{flag(name)} {value!r}: must be within {low:g}..{high:g}")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -354,7 +354,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise TrainError(f"--config {source}: not a readable TOML file ({exc})") from None
     table = data.get("train", data)
     if not isinstance(table, dict):
-        raise TrainError(f"--config {source}: [train] must be a table of settings")
+        raise ConfigError(f"--config {source}: [train] must be a table of settings")
     return dict(table)
 
 

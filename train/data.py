@@ -350,6 +350,16 @@ def image_files(folder: Path) -> list[Path]:
     )
 
 
+def case_hint(label: str, labels: Sequence[str]) -> str:
+    """A note for a label that matches one of ``labels`` only when case is ignored, else ''.
+
+    Labels are class folder names, compared exactly by training, evaluation, export and the
+    benchmarks alike (a model's NORMAL is not a folder's normal); the note says what to rename.
+    """
+    near = [known for known in labels if known.casefold() == label.casefold() and known != label]
+    return f" (labels are case-sensitive: rename {label!r} to {near[0]!r})" if near else ""
+
+
 def discover(root: str | Path, label_mode: LabelMode = "binary") -> list[Sample]:
     """Every image under ``root`` as a :class:`Sample`, labelled by class folder (or pneumonia kind)."""
     _check_choice("label_mode", label_mode, LabelMode)

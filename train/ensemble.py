@@ -24,7 +24,7 @@ from edge_runtime.contract import ModelInfo, PreprocessContract
 from edge_runtime.errors import EdgeError
 from edge_runtime.fileio import atomic_write_json, read_json
 from train.config import THRESHOLD_SOURCES
-from train.errors import TrainError
+from train.errors import ConfigError, TrainError
 
 log = logging.getLogger("pneumo")
 
@@ -59,18 +59,18 @@ class EnsembleConfig:
 
     def __post_init__(self) -> None:
         if self.tta not in TTA_MODES:
-            raise TrainError(f"--tta {self.tta!r}: expected one of {', '.join(TTA_MODES)}")
+            raise ConfigError(f"--tta {self.tta!r}: expected one of {', '.join(TTA_MODES)}")
         if self.threshold_on is not None and self.threshold_on not in THRESHOLD_SOURCES:
-            raise TrainError(
+            raise ConfigError(
                 f"--threshold-on {self.threshold_on!r}: expected one of {', '.join(THRESHOLD_SOURCES)}"
             )
         if len(self.members) < (1 if self.tta != "none" else 2):
-            raise TrainError(
+            raise ConfigError(
                 f"an ensemble needs at least two run folders (or one with --tta crops), got {len(self.members)}"
             )
         names = [Path(m).resolve() for m in self.members]
         if len(set(names)) != len(names):
-            raise TrainError("the same run folder is given twice; each member must be a different run")
+            raise ConfigError("the same run folder is given twice; each member must be a different run")
 
 
 @dataclass
@@ -191,6 +191,7 @@ def _crop_view(
 def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
     """Average the member runs, choose the threshold on validation, score test once; write a run folder."""
     from train.cache import load_arrays
+    from train.compute import require_keras
     from train.evaluate import load_keras
     from train.fit import (
         CARD_FILE,
@@ -208,6 +209,7 @@ def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
     from train.models.complexity import model_complexity
     from train.synth import is_synthetic
 
+    require_keras("an ensemble", ("h5py",))
     members = [Member.open(Path(folder)) for folder in config.members]
     splits = check_compatible(members)
     prepare_run_folder(config.out, config.overwrite)
@@ -408,8 +410,6 @@ def main(argv: list[str], prog: str = "pneumo train ensemble") -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
     )
-    from train.metrics import MetricsError
-
     try:
         config = EnsembleConfig(
             members=tuple(args.members),
@@ -423,9 +423,9 @@ def main(argv: list[str], prog: str = "pneumo train ensemble") -> int:
         )
         with contextlib.redirect_stdout(sys.stderr):
             result = make_ensemble(config)
-    except (TrainError, EdgeError, MetricsError) as exc:
+    except (TrainError, EdgeError) as exc:
         sys.stderr.write(f"{prog}: error: {exc}\n")
-        return 1
+        return 2 if isinstance(exc, ConfigError) else 1
     metrics = blinded(result["metrics"]) if args.blind else result["metrics"]
     if args.json:
         sys.stdout.write(json.dumps(metrics, indent=2, default=str) + "\n")

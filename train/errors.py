@@ -9,3 +9,12 @@ class TrainError(Exception):
 
 class DataError(TrainError):
     """A data folder, file or split request is unusable; the message names the path and the fix."""
+
+
+class ConfigError(TrainError):
+    """A setting (a flag, or a value in a --config or experiment file) is unknown, out of range or
+    contradicts another; the CLIs report it as a usage error (exit 2)."""
+
+
+class MissingDependencyError(TrainError):
+    """A module the command needs is not installed (the lean edge install has no TensorFlow or Keras)."""

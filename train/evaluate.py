@@ -65,6 +65,10 @@ def load_keras(path: Path) -> Any:
 
 
 def _keras_model(path: Path) -> LoadedModel:
+    from train.compute import require_keras
+
+    # A bundle or .onnx needs no TensorFlow; a Keras file does, and on the lean install says so here.
+    require_keras(f"evaluating the Keras model {path}")
     import keras
 
     contract, info = _sidecars(path.parent)
@@ -171,8 +175,11 @@ def select_samples(data: Path, info: ModelInfo, split: str) -> list[Any]:
             raise DataError(f"{data / split}: no images in split '{split}'; use --split all or another split")
     unknown = sorted({s.label for s in samples} - set(info.labels))
     if unknown:
+        from train.data import case_hint
+
+        hints = "".join(case_hint(label, info.labels) for label in unknown)
         raise DataError(
-            f"{data}: class folder(s) {unknown} are not labels of this model {list(info.labels)}; "
+            f"{data}: class folder(s) {unknown} are not labels of this model {list(info.labels)}{hints}; "
             "evaluate on a folder with the model's classes"
         )
     return samples

@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -34,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from edge_runtime.contract import ModelInfo, PreprocessContract
-from edge_runtime.fileio import atomic_write_json
+from edge_runtime.fileio import atomic_write_json, atomic_write_via
+from train.compute import RUN_FOLDER_MODULES, require_keras
 from train.config import CONFIG_FILE, TrainConfig
 from train.errors import DataError, TrainError
 from train.metrics import choose_threshold, evaluate_outputs
@@ -301,10 +301,8 @@ def save_model(model: Any, out: Path) -> dict[str, Any]:
     import keras
 
     for name in (MODEL_H5, MODEL_KERAS):
-        # Keras picks the format from the suffix, so the temporary name keeps it.
-        tmp = out / f".tmp-{os.getpid()}-{name}"
-        model.save(str(tmp))
-        os.replace(tmp, out / name)
+        # Keras picks the format from the suffix; atomic_write_via's temporary name keeps it.
+        atomic_write_via(out / name, lambda tmp: model.save(str(tmp)))
     reloaded = keras.models.load_model(str(out / MODEL_H5), safe_mode=True, compile=False)
     return {"h5_safe_mode_load": True, "model": reloaded}
 
@@ -381,6 +379,7 @@ def train_run(config: TrainConfig) -> RunResult:
         raise TrainError("--data is required: a chest X-ray folder (or 'pneumo data synth DIR' output)")
     if cfg.out is None:
         raise TrainError("--out is required: the run folder to create, e.g. runs/lhu-seed")
+    require_keras("training", RUN_FOLDER_MODULES)
     out = cfg.out
     prepare_run_folder(out, cfg.overwrite)
     started = time.perf_counter()

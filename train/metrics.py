@@ -23,14 +23,19 @@ import numpy as np
 
 from edge_runtime.contract import ModelInfo
 from edge_runtime.predictor import abnormal_probability, predicted_labels
+from train.errors import TrainError
 
 THRESHOLD_RULES = ("sensitivity:<target>", "youden", "fixed:<value>")
 DEFAULT_THRESHOLD_RULE = "sensitivity:0.95"
 BINARY_METRICS = ("accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc")
 
 
-class MetricsError(ValueError):
-    """Outputs and labels that cannot be scored (shapes, empty input, bad threshold rule)."""
+class MetricsError(TrainError, ValueError):
+    """Outputs and labels that cannot be scored (shapes, empty input, bad threshold rule).
+
+    A TrainError, so every CLI that catches the package's errors reports it; still a ValueError for
+    callers that predate the hierarchy. export and benchmarks wrap it in their own error types.
+    """
 
 
 # --------------------------------------------------------------------------- building blocks

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.contract import INTENDED_USE, SYNTHETIC_WARNING, ModelInfo, PreprocessContract
-from edge_runtime.fileio import sha256_file
+from edge_runtime.fileio import atomic_write_via, sha256_file
 from train.config import TrainConfig
 from train.metrics import BINARY_METRICS, format_with_ci
 
@@ -102,8 +102,10 @@ def write_plots(out: Path, metrics: dict[str, Any], labels: tuple[str, ...]) -> 
 def _save(fig: Any, path: Path) -> str:
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_write_via(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        plt.close(fig)
     return f"{PLOTS_DIR}/{path.name}"
 
 

@@ -24,10 +24,11 @@ import argparse
 import re
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.fileio import atomic_write_text, read_json
+from edge_runtime.fileio import atomic_write_text, atomic_write_via, read_json
 from train.sweep_results import RESULT_FILES, with_ci
 
 BLOCK = re.compile(r"(<!-- sweep-table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- end sweep-table -->)", re.S)
@@ -41,7 +42,7 @@ def collect(sweeps: Path, reports: Path) -> list[str]:
         target.mkdir(parents=True, exist_ok=True)
         for name in RESULT_FILES:
             if (folder / name).is_file():
-                shutil.copyfile(folder / name, target / name)
+                atomic_write_via(target / name, partial(shutil.copyfile, folder / name))
         copied.append(folder.name)
     return copied
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from train.errors import TrainError
+from train.errors import ConfigError, TrainError
 
 CRITERIA = ("shape-pooled", "val-auc")
 DEFAULT_TIE = 0.001
@@ -39,11 +39,11 @@ class SelectConfig:
 
     def __post_init__(self) -> None:
         if self.criterion not in CRITERIA:
-            raise TrainError(f"--criterion {self.criterion!r}: expected one of {', '.join(CRITERIA)}")
+            raise ConfigError(f"--criterion {self.criterion!r}: expected one of {', '.join(CRITERIA)}")
         if not (math.isfinite(self.tie) and 0.0 <= self.tie < 0.5):
-            raise TrainError(f"--tie {self.tie}: expected a number in [0, 0.5)")
+            raise ConfigError(f"--tie {self.tie}: expected a number in [0, 0.5)")
         if len(set(self.runs)) < 2:
-            raise TrainError(f"select needs at least two distinct run folders, got {len(set(self.runs))}")
+            raise ConfigError(f"select needs at least two distinct run folders, got {len(set(self.runs))}")
 
 
 @dataclass(frozen=True)
@@ -203,6 +203,6 @@ def main(argv: list[str], prog: str = "pneumo train select") -> int:
             result = select_runs(config)
     except (TrainError, EdgeError, OSError) as exc:
         sys.stderr.write(f"{prog}: error: {exc}\n")
-        return 1
+        return 2 if isinstance(exc, ConfigError) else 1
     sys.stdout.write((json.dumps(result, indent=2) if args.json else selection_table(result)) + "\n")
     return 0

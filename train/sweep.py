@@ -66,9 +66,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.fileio import atomic_write_json, atomic_write_text, read_json
+from edge_runtime.fileio import atomic_write_json, atomic_write_text, atomic_write_via, read_json
 from train.config import TrainConfig, flag
-from train.errors import TrainError
+from train.errors import ConfigError, TrainError
 from train.sweep_results import (
     blinded_row,
     is_complete,
@@ -98,6 +98,10 @@ LOCK_FILE = ".sweep.lock"
 
 class SweepError(TrainError):
     """An experiment file, run name or sweep folder that cannot be used; the message says which and why."""
+
+
+class SweepConfigError(SweepError, ConfigError):
+    """A bad --only, --set or --data, or a run setting out of range: a usage error (exit 2)."""
 
 
 class SweepInterrupted(TrainError):
@@ -306,7 +310,8 @@ def _resolve(values: dict[str, Any], source: str) -> TrainConfig:
         return TrainConfig.from_dict(values, source=source).resolved()
     except TrainError as exc:
         message = str(exc)
-        raise SweepError(message if message.startswith(source) else f"{source}: {message}") from None
+        kind = SweepConfigError if isinstance(exc, ConfigError) else SweepError
+        raise kind(message if message.startswith(source) else f"{source}: {message}") from None
 
 
 def plan_sweep(experiment: Experiment, config: SweepConfig) -> list[PlannedRun]:
@@ -314,7 +319,7 @@ def plan_sweep(experiment: Experiment, config: SweepConfig) -> list[PlannedRun]:
     names = experiment.names()
     unknown = [name for name in config.only if name not in names]
     if unknown:
-        raise SweepError(
+        raise SweepConfigError(
             f"--only {','.join(unknown)}: no such run in {experiment.path}; runs: {', '.join(names)}"
         )
     out = (config.out or default_out(experiment, config.reduced)).expanduser().resolve()
@@ -329,7 +334,7 @@ def plan_sweep(experiment: Experiment, config: SweepConfig) -> list[PlannedRun]:
         elif values.get("data") is not None:
             fixed["data"] = str(Path(str(values["data"])).expanduser().resolve())
         elif not config.dry_run:
-            raise SweepError(f"{source}: no data folder; pass --data ROOT (or set data in [defaults])")
+            raise SweepConfigError(f"{source}: no data folder; pass --data ROOT (or set data in [defaults])")
         resolved = _resolve({**values, **fixed}, source)
         reductions: tuple[str, ...] = ()
         if config.reduced:
@@ -575,8 +580,7 @@ def _run_locked(
 ) -> list[RunOutcome]:
     from tqdm import tqdm
 
-    shutil.copyfile(experiment.path, root / "experiments.toml.tmp")
-    os.replace(root / "experiments.toml.tmp", root / "experiments.toml")
+    atomic_write_via(root / "experiments.toml", lambda tmp: shutil.copyfile(experiment.path, tmp))
     state = load_state(root)
     if config.command:
         state[SWEEP_KEY] = {"command": config.command, "updated": utc_now()}
@@ -686,7 +690,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise SweepError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=2")
+            raise SweepConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=2")
         try:
             value = tomllib.loads(f"v = {text.strip()}")["v"]
         except ValueError:
@@ -746,7 +750,7 @@ def main(argv: list[str], prog: str = "pneumo train sweep") -> int:
         plan = plan_sweep(experiment, config)
     except TrainError as exc:
         _echo(f"{prog}: error: {exc}", err=True)
-        return 2 if str(exc).startswith("--only") else 1
+        return 2 if isinstance(exc, ConfigError) else 1
     root = sweep_root(plan[0])
     if args.dry_run:
         _echo(

@@ -14,13 +14,12 @@ import csv
 import datetime as _dt
 import io
 import math
-import os
 from dataclasses import fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from edge_runtime.fileio import atomic_write_json, atomic_write_text, read_json, sha256_file
+from edge_runtime.fileio import atomic_write_json, atomic_write_text, atomic_write_via, read_json, sha256_file
 from train.config import TrainConfig
 from train.errors import TrainError
 
@@ -390,10 +389,10 @@ def plot_results(experiment: Experiment, rows: list[dict[str, Any]], path: Path)
     synthetic = " - SYNTHETIC data" if any("SYNTHETIC" in r["mode"] for r in done) else ""
     fig.suptitle(f"{experiment.name}{mode}{synthetic}: test split, threshold from validation")
     fig.tight_layout()
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write_via(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        plt.close(fig)
     return True
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from edge_runtime import __version__
 from edge_runtime.contract import SYNTHETIC_WARNING
-from edge_runtime.fileio import atomic_write_json, atomic_write_text
+from edge_runtime.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from train.errors import DataError
 
 MARKER_FILE = "SYNTHETIC.json"
@@ -134,7 +134,8 @@ def generate(out: str | Path, config: SynthConfig) -> SynthResult:
                 ok, buffer = cv2.imencode(".jpeg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
                 if not ok:
                     raise DataError(f"{path}: OpenCV could not encode the phantom as JPEG")
-                path.write_bytes(buffer.tobytes())
+                # Atomic: a watch inbox or a training run reading the folder never sees half a JPEG.
+                atomic_write_bytes(path, buffer.tobytes())
                 paths.append(path)
             counts.setdefault(split, {}).setdefault(label, 0)
             counts[split][label] += images

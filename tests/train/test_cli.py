@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_image
+from tests.without_modules import TRAINING_STACK, run_pneumo_without
 from train.cli import evaluate_main, train_main
 from train.models import ARCHITECTURES
 
@@ -57,7 +58,7 @@ def test_model_option_for_the_wrong_arch_fails_before_any_data_is_read(
 ) -> None:
     out = tmp_path / "run"
     argv = ["--arch", "lhu", "--data", str(tmp_path / "absent"), "--out", str(out)]
-    assert train_main([*argv, "--last-conv-filters", "256"]) == 1
+    assert train_main([*argv, "--last-conv-filters", "256"]) == 2, "a flag --arch does not take is usage"
     err = capsys.readouterr().err
     assert "--last-conv-filters does not apply to --arch lhu; it is an option of roskilde" in err
     assert "data folder not found" not in err and not out.exists()
@@ -68,7 +69,7 @@ def test_unknown_arch_is_an_error_listing_the_valid_ones(
 ) -> None:
     code = train_main(["--arch", "alexnet", "--data", str(tmp_path), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2
     assert "--arch 'alexnet'" in err and "lhu" in err and "dsconv" in err
     assert not (tmp_path / "run").exists()
 
@@ -107,27 +108,49 @@ def test_existing_run_folder_is_not_overwritten(tmp_path: Path, capsys: pytest.C
 
 
 @pytest.mark.parametrize(
-    ("argv", "code", "text"),
+    ("argv", "how", "text"),
     [
-        (["--epochs", "0"], 1, "--epochs 0: must be within"),
-        (["--threshold-rule", "youden:3"], 1, "--threshold-rule"),
-        (["--learning-rate", "-1"], 1, "--learning-rate"),
-        (["--epochs", "ten"], 2, "invalid int value"),
-        (["--optimizer", "lion"], 2, "invalid choice"),
-        (["--no-such-flag"], 2, "unrecognized arguments"),
+        (["--epochs", "0"], "returned", "--epochs 0: must be within"),
+        (["--epochs", "-1"], "returned", "--epochs -1: must be within 1..10000"),
+        (["--threshold-rule", "youden:3"], "returned", "--threshold-rule"),
+        (["--learning-rate", "-1"], "returned", "--learning-rate"),
+        (["--workers", "0"], "returned", "--workers 0: must be within 1..64"),
+        (["--epochs", "ten"], "argparse", "invalid int value"),
+        (["--optimizer", "lion"], "argparse", "invalid choice"),
+        (["--no-such-flag"], "argparse", "unrecognized arguments"),
     ],
 )
-def test_bad_flag_values(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, text: str
+def test_bad_flag_values_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], how: str, text: str
 ) -> None:
+    """Exit 2 whether argparse or the config's bounds catch the value, and no run folder is made."""
     full = ["--arch", "lhu", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *argv]
-    if code == 2:
+    if how == "argparse":
         with pytest.raises(SystemExit) as exit_info:
             train_main(full)
         assert exit_info.value.code == 2
     else:
-        assert train_main(full) == 1
+        assert train_main(full) == 2
     assert text in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_value_in_the_config_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text('[train]\narch = "lhu"\nepochs = "ten"\n')
+    argv = ["--config", str(config), "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert train_main(argv) == 2
+    assert "epochs must be an integer, got 'ten'" in capsys.readouterr().err
+
+
+def test_a_missing_config_file_is_a_failure_not_usage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--config", str(tmp_path / "absent.toml"), "--data", str(tmp_path), "--out", str(tmp_path / "r")]
+    assert train_main(argv) == 1
+    assert "absent.toml: file not found" in capsys.readouterr().err
 
 
 def test_data_and_out_are_required(capsys: pytest.CaptureFixture[str]) -> None:
@@ -135,6 +158,17 @@ def test_data_and_out_are_required(capsys: pytest.CaptureFixture[str]) -> None:
         train_main(["--arch", "lhu"])
     assert exit_info.value.code == 2
     assert "--data and --out are required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "text"),
+    [(["--workers", "0"], "--workers 0: must be 1 or more"), (["--bootstrap", "-1"], "--bootstrap -1")],
+)
+def test_evaluate_out_of_range_flags_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], text: str
+) -> None:
+    assert evaluate_main([str(tmp_path), "--data", str(tmp_path), *flags]) == 2
+    assert text in capsys.readouterr().err
 
 
 def test_evaluate_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -153,3 +187,37 @@ def test_pneumo_train_help_through_the_console_entry_point() -> None:
         [sys.executable, "-m", "edge_runtime.pneumo_cli", "train", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "usage: pneumo train" in result.stdout
+
+
+# --------------------------------------------------------------------------- lean install (no TensorFlow)
+
+INSTALL_TRAIN = "pip install -e '.[train]'"
+
+
+def test_train_without_keras_fails_at_once_with_the_install_command(tmp_path: Path) -> None:
+    data = _tiny_folder(
+        tmp_path / "data", {"train": ("NORMAL", "PNEUMONIA"), "test": ("NORMAL", "PNEUMONIA")}
+    )
+    out = tmp_path / "run"
+    done = run_pneumo_without(
+        TRAINING_STACK, ["train", "--arch", "lhu", "--data", str(data), "--out", str(out)]
+    )
+    assert done.returncode == 1, done.stderr
+    assert "pneumo train: error: training needs keras, tensorflow, which are not installed" in done.stderr
+    assert INSTALL_TRAIN in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists(), "no run folder is created before the check"
+
+
+def test_train_help_works_without_keras() -> None:
+    done = run_pneumo_without(TRAINING_STACK, ["train", "--help"])
+    assert done.returncode == 0 and "usage: pneumo train" in done.stdout
+
+
+def test_evaluate_keras_model_without_keras_names_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "model.h5").write_bytes(b"not read before the check")
+    done = run_pneumo_without(
+        TRAINING_STACK, ["evaluate", str(tmp_path / "model.h5"), "--data", str(tmp_path)]
+    )
+    assert done.returncode == 1, done.stderr
+    assert "evaluating the Keras model" in done.stderr and INSTALL_TRAIN in done.stderr
+    assert "Traceback" not in done.stderr

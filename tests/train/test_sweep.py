@@ -151,8 +151,14 @@ def test_cli_dry_run_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--only nope" in capsys.readouterr().err
     assert main([str(path), "--out", str(out), "--data", str(tmp_path / "absent")]) == 1
     assert "folder not found" in capsys.readouterr().err
-    assert main([str(path), "--dry-run", "--set", "epochs"]) == 1
+    assert main([str(path), "--dry-run", "--set", "epochs"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+    # An out-of-range value is usage too, whichever run it reaches; the sweep folder is not created.
+    assert main([str(path), "--out", str(out), "--data", str(tmp_path), "--set", "epochs=-1"]) == 2
+    assert "--epochs -1: must be within 1..10000" in capsys.readouterr().err
+    assert main([str(path), "--dry-run", "--set", "no_such_setting=1"]) == 2
+    assert "unknown setting 'no_such_setting'" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_pneumo_train_dispatches_sweep(tmp_path: Path) -> None:

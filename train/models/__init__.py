@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edge_runtime.contract import PreprocessContract
-from train.errors import TrainError
+from train.errors import ConfigError, TrainError
 from train.models.blocks import Head
 from train.models.dsconv import build_dsconv
 from train.models.efficientnet_lite import build_lite0, packaged_weights
@@ -188,11 +188,11 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 
 
 def get_arch(name: str) -> ArchSpec:
-    """The registry entry for ``name``; TrainError listing the valid names otherwise."""
+    """The registry entry for ``name``; ConfigError (a usage error) listing the valid names otherwise."""
     try:
         return ARCHITECTURES[name]
     except KeyError:
-        raise TrainError(
+        raise ConfigError(
             f"--arch {name!r} is not a known architecture; choose one of: {', '.join(ARCHITECTURES)}"
         ) from None
 
