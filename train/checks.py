@@ -299,7 +299,14 @@ def _read_header(data: bytes, check: FileCheck) -> None:
         (bits,) = struct.unpack("<H", data[28:30])
         check.bit_depth = 8 if bits >= 8 else bits
         check.color = {8: "palette", 24: "rgb", 32: "rgba"}.get(bits, f"bmp-{bits}bit")
-    elif header.format == "tiff":
+    elif (
+        header.format == "tiff"
+        and header.width
+        and header.height
+        and header.width * header.height <= MAX_PIXELS
+    ):
+        # Decoded only once the header's size is known to be safe: a few-MB compressed TIFF can
+        # expand to gigabytes. An over-size one is refused by load_image below, with its size.
         raw = cv2.imdecode(
             np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
         )

@@ -191,3 +191,43 @@ def test_real_data_check(real_data: Path) -> None:
     assert copies["square"] == copies["images"] and copies["width"]["max"] == 224
     assert geometry[("train", "original")]["short_side"]["max"] == 256
     assert not report.issue_counts().keys() - {"duplicate"}
+
+
+_CHECK_MEMORY = """
+import json, resource, sys
+from pathlib import Path
+from train.checks import check_folder
+check_folder(Path(sys.argv[1]), progress=False)  # warm: imports, thread pool, small decodes
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+report = check_folder(Path(sys.argv[2]), progress=False)
+growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+bomb = next(f for f in report.files if f.path.endswith("bomb.tiff"))
+print(json.dumps({"growth_mb": growth, "issues": bomb.issues, "readable": bomb.readable, "error": bomb.error}))
+"""
+
+
+def test_a_compressed_tiff_bomb_is_reported_without_decoding_it(
+    tmp_path: Path, gray_image: np.ndarray
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    warm, bombs = tmp_path / "warm" / "NORMAL", tmp_path / "bombs" / "NORMAL"
+    write_image(warm / "a.tiff", gray_image)
+    bombs.mkdir(parents=True)
+    # 144 megapixels of zeros: about 0.5 MB on disk, 144 MB and more inside libtiff if decoded.
+    assert cv2.imwrite(
+        str(bombs / "bomb.tiff"), np.zeros((12000, 12000), np.uint8), [cv2.IMWRITE_TIFF_COMPRESSION, 8]
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    done = subprocess.run(
+        [sys.executable, "-c", _CHECK_MEMORY, str(warm.parent), str(bombs.parent)],
+        capture_output=True, text=True, timeout=120, cwd=REPO, env=env, check=True,
+    )  # fmt: skip
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert measured["readable"] is False and "huge" in measured["issues"]
+    assert "declares 12000x12000 pixels" in measured["error"]
+    assert measured["growth_mb"] < 40, measured
