@@ -20,18 +20,32 @@ is scheduled, and a scan keeps only the oldest files (by mtime, through a
 bounded heap) that fit. A flood of 10,000 files therefore costs a window of
 ``max_pending`` small records, never a 10,000-item list.
 
+A file created in the inbox (inotify ``created``) and not yet closed is
+still being written: it waits for ``close_write`` (or a rename), or, when
+none comes, until it has held still for ``settle_seconds``. A file that was
+never signalled complete and fails to decode as truncated or corrupt is not
+failed at once either (the writer may only have paused): it is held until
+unchanged for ``settle_seconds`` (:meth:`InboxWatcher.settle`).
+
 Ignored: names matching ``ignore`` (hidden files, ``*.part``, ``*.tmp``,
-``*.crdownload``...) and sub-folders, except a folder named like an image,
-which is reported as a failure. Everything else is a candidate; the file's
-content, not its extension, decides whether it is an image.
+``*.crdownload``...), the daemon's own ``.pneumo-*`` names (whatever
+``ignore`` says), inputs the daemon had to leave in the inbox (while they
+are unchanged), and sub-folders, except a folder named like an image, which
+is reported as a failure. A sub-folder holding files is reported once
+(:attr:`InboxWatcher.new_subfolders`) and its files counted, since they are
+never processed. Everything else is a candidate; the file's content, not
+its extension, decides whether it is an image.
 
 Reading (:func:`read_input`) never follows a symlink, never opens a fifo or
 device, reads the bytes once (so the sha256 is of exactly what was decoded)
-and refuses the result if the file changed while it was read.
+and refuses the result if the file changed while it was read. A read error
+that may pass (EIO, ESTALE, a network share timing out) is reported as
+``retry``, not as a failed input.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import heapq
@@ -53,6 +67,29 @@ from edge_runtime.errors import EdgeError, ImageDecodeError
 from edge_runtime.preprocess import MAX_FILE_BYTES, apply_contract, decode_bytes, is_image_name
 
 Clock = Callable[[], float]
+#: names the daemon itself makes in the inbox (lock, quarantine, probes): never inputs
+OWN_PREFIX = ".pneumo-"
+#: read errors that may pass: the input is tried again later instead of failed
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EIO,
+        errno.ESTALE,
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.ETIMEDOUT,
+        errno.ENOTCONN,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ENOLCK,
+        errno.EBUSY,
+    }
+)
+#: decoder reasons that an incomplete write also produces (edge_runtime.preprocess wording)
+_INCOMPLETE_REASONS = ("truncated", "corrupt", "empty file", "decoder failed", "unreadable DICOM")
+#: files counted per ignored sub-folder at most (a scan stays bounded)
+_SUBFOLDER_COUNT_LIMIT = 10_000
 
 
 class InboxUnavailableError(EdgeError):
@@ -75,6 +112,10 @@ class Candidate:
     hinted: bool = False
     #: taken into the batch in hand
     taken: bool = False
+    #: inotify saw it created and not yet closed: still being written
+    open_write: bool = False
+    #: monotonic time before which it is not tried (held, or parked after an error)
+    not_before: float = 0.0
 
     @property
     def signature(self) -> tuple[int, int, int, int]:
@@ -92,21 +133,24 @@ def entry_kind(mode: int) -> str:
 
 
 class _Hints:
-    """watchdog handler: turns events into (name, hinted) pairs in a bounded queue."""
+    """watchdog handler: turns events into (name, event) pairs in a bounded queue.
 
-    def __init__(self, inbox: Path, capacity: int, trust_close_write: bool, wake: threading.Event) -> None:
+    Events: "moved" (renamed in: complete), "closed" (closed after writing),
+    "created" (being written).
+    """
+
+    def __init__(self, inbox: Path, capacity: int, wake: threading.Event) -> None:
         self.inbox = os.path.abspath(inbox)
-        self.queue: queue.Queue[tuple[str, bool]] = queue.Queue(maxsize=capacity)
+        self.queue: queue.Queue[tuple[str, str]] = queue.Queue(maxsize=capacity)
         self.overflowed = threading.Event()
-        self.trust_close_write = trust_close_write
         self.wake = wake
 
-    def _put(self, path: Any, hinted: bool) -> None:
+    def _put(self, path: Any, kind: str) -> None:
         path = os.fsdecode(path)
         if not path or os.path.dirname(os.path.abspath(path)) != self.inbox:
             return
         try:
-            self.queue.put_nowait((os.path.basename(path), hinted))
+            self.queue.put_nowait((os.path.basename(path), kind))
         except queue.Full:
             self.overflowed.set()  # a rescan will find it
         self.wake.set()
@@ -115,11 +159,9 @@ class _Hints:
         """Called on watchdog's thread for every event; must stay O(1)."""
         kind = event.event_type
         if kind == "moved":
-            self._put(event.dest_path, True)
-        elif kind == "closed":
-            self._put(event.src_path, self.trust_close_write)
-        elif kind == "created":
-            self._put(event.src_path, False)
+            self._put(event.dest_path, "moved")
+        elif kind in ("closed", "created"):
+            self._put(event.src_path, kind)
 
 
 class InboxWatcher:
@@ -136,10 +178,13 @@ class InboxWatcher:
         ignore: tuple[str, ...],
         use_watchdog: bool = True,
         trust_close_write: bool = True,
+        settle_seconds: float = 60.0,
         clock: Clock = time.monotonic,
     ) -> None:
         self.inbox = Path(inbox)
         self.quiet_seconds = quiet_seconds
+        self.settle_seconds = settle_seconds
+        self.trust_close_write = trust_close_write
         self.max_pending = max_pending
         self.poll_interval = poll_interval
         self.rescan_seconds = rescan_seconds
@@ -152,7 +197,16 @@ class InboxWatcher:
         self.beyond_window = 0
         self.mode = "polling"
         self.watch_error = ""
-        self._hints = _Hints(self.inbox, max(64, max_pending), trust_close_write, self.wake)
+        #: inputs the daemon could not remove from the inbox: skipped while their signature holds
+        self.left: dict[str, tuple[int, int, int, int, int]] = {}
+        #: set when ``left`` lost entries (the file changed or went); the daemon saves it
+        self.left_changed = False
+        #: sub-folders holding files, and how many files (at most a bound each), as of the last scan
+        self.subfolders: dict[str, int] = {}
+        #: sub-folders seen holding files for the first time, for the daemon to report once
+        self.new_subfolders: list[tuple[str, int]] = []
+        self._reported_subfolders: set[str] = set()
+        self._hints = _Hints(self.inbox, max(64, max_pending), self.wake)
         self._observer: Any = None
         self._next_scan = 0.0
         self._last_scan = -1e9
@@ -229,7 +283,20 @@ class InboxWatcher:
 
     # -- discovery ------------------------------------------------------
     def ignored(self, name: str) -> bool:
+        if name.startswith(OWN_PREFIX):
+            return True  # the lock file, quarantine and probes, even with a custom ignore list
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.ignore)
+
+    def _is_left(self, name: str, st: os.stat_result) -> bool:
+        """An input left in the inbox, unchanged: never read again. Changed or replaced: forgotten."""
+        sig = self.left.get(name)
+        if sig is None:
+            return False
+        if sig == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns):
+            return True
+        del self.left[name]  # fixed (chattr -i changes ctime), touched or delivered again: an input
+        self.left_changed = True
+        return False
 
     def _stat_candidate(self, name: str, now: float) -> Candidate | None:
         try:
@@ -239,25 +306,64 @@ class InboxWatcher:
         kind = entry_kind(st.st_mode)
         if kind == "dir" and not is_image_name(name):
             return None
+        if self._is_left(name, st):
+            return None
         return Candidate(name, kind, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, now)
 
+    def _count_subfolder(self, name: str) -> int:
+        """Files directly inside a sub-folder that the daemon does not process (bounded)."""
+        count = 0
+        try:
+            with os.scandir(self.inbox / name) as it:
+                for entry in it:
+                    if not self.ignored(entry.name) and not entry.is_dir(follow_symlinks=False):
+                        count += 1
+                        if count >= _SUBFOLDER_COUNT_LIMIT:
+                            break
+        except OSError:
+            return 0
+        return count
+
+    def _note_subfolder(self, name: str, subfolders: dict[str, int]) -> None:
+        count = self._count_subfolder(name)
+        if not count:
+            return
+        subfolders[name] = count
+        if name not in self._reported_subfolders:
+            self._reported_subfolders.add(name)
+            self.new_subfolders.append((name, count))
+
     def _scan_entries(self) -> Iterator[tuple[int, str, os.stat_result]]:
+        subfolders: dict[str, int] = {}
+        seen_left: set[str] = set()
         try:
             with os.scandir(self.inbox) as it:
                 for entry in it:
-                    if entry.name in self.pending or self.ignored(entry.name):
+                    if self.ignored(entry.name):
+                        continue
+                    if entry.name in self.left:
+                        seen_left.add(entry.name)
+                    if entry.name in self.pending:
                         continue
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
                     if stat.S_ISDIR(st.st_mode) and not is_image_name(entry.name):
+                        self._note_subfolder(entry.name, subfolders)
+                        continue
+                    if self._is_left(entry.name, st):
                         continue
                     yield (st.st_mtime_ns, entry.name, st)
         except OSError as exc:
             raise InboxUnavailableError(
                 f"{self.inbox}: inbox cannot be listed ({exc.strerror or exc})"
             ) from exc
+        self.subfolders = subfolders
+        gone = set(self.left) - seen_left
+        for name in gone:  # removed from the inbox by someone: nothing to skip any more
+            del self.left[name]
+        self.left_changed = self.left_changed or bool(gone)
 
     def scan(self, now: float) -> int:
         """Add the oldest unseen entries that fit in the window; return how many were added."""
@@ -290,10 +396,22 @@ class InboxWatcher:
         """Files known to be waiting: the window plus what the last scan could not fit."""
         return len(self.pending) + self.beyond_window
 
+    def _apply_event(self, cand: Candidate, event: str) -> None:
+        """What an inotify event says about completeness."""
+        if event == "moved":
+            cand.hinted, cand.open_write, cand.not_before = True, False, 0.0
+        elif event == "closed":
+            # closed: no longer being written; complete at once only if close_write is trusted
+            cand.hinted, cand.open_write = cand.hinted or self.trust_close_write, False
+            if cand.hinted:
+                cand.not_before = 0.0
+        elif event == "created" and not cand.hinted:
+            cand.open_write = True  # being written: wait for close_write, or settle_seconds
+
     def _drain_hints(self, now: float) -> None:
         while True:
             try:
-                name, hinted = self._hints.queue.get_nowait()
+                name, event = self._hints.queue.get_nowait()
             except queue.Empty:
                 return
             if self.ignored(name):
@@ -313,11 +431,12 @@ class InboxWatcher:
                         fresh.dev,
                     )
                     known.stable_since = now
-                known.hinted = known.hinted or hinted
+                    known.not_before = 0.0
+                self._apply_event(known, event)
             elif len(self.pending) < self.max_pending:
                 fresh = self._stat_candidate(name, now)
                 if fresh is not None:
-                    fresh.hinted = hinted
+                    self._apply_event(fresh, event)
                     self.pending[name] = fresh
             else:
                 self._more_waiting = True
@@ -350,9 +469,21 @@ class InboxWatcher:
                     fresh.kind,
                 )
                 cand.stable_since = now
+                cand.not_before = 0.0  # it is being written again: a new quiet period decides
+
+    def _ready_at(self, cand: Candidate) -> float:
+        """Monotonic time from which the candidate counts as complete."""
+        if cand.hinted:
+            at = cand.stable_since
+        elif cand.open_write:
+            # created and not closed: the writer may only have paused; wait for close_write
+            at = cand.stable_since + max(self.quiet_seconds, self.settle_seconds)
+        else:
+            at = cand.stable_since + self.quiet_seconds
+        return max(at, cand.not_before)
 
     def _is_ready(self, cand: Candidate, now: float) -> bool:
-        return not cand.taken and (cand.hinted or now - cand.stable_since >= self.quiet_seconds)
+        return not cand.taken and now >= self._ready_at(cand)
 
     def poll(self, limit: int) -> list[Candidate]:
         """Up to ``limit`` complete candidates, oldest first; marks them taken. Raises InboxUnavailableError."""
@@ -373,7 +504,7 @@ class InboxWatcher:
         """Seconds until something may become ready without an event."""
         now = self.clock()
         waits = [self._next_scan - now, self.poll_interval]
-        waits += [c.stable_since + self.quiet_seconds - now for c in self.pending.values() if not c.taken]
+        waits += [self._ready_at(c) - now for c in self.pending.values() if not c.taken]
         return max(0.01, min(waits))
 
     def done(self, name: str) -> None:
@@ -386,6 +517,7 @@ class InboxWatcher:
         if cand is not None:
             cand.taken = False
             cand.hinted = False
+            cand.not_before = 0.0
             cand.stable_since = self.clock()
             fresh = self._stat_candidate(name, cand.stable_since)
             if fresh is None:
@@ -397,6 +529,37 @@ class InboxWatcher:
                     fresh.ino,
                     fresh.dev,
                 )
+
+    def park(self, name: str, delay: float) -> None:
+        """Try again in ``delay`` seconds (a transient read error, an input that could not be moved)."""
+        cand = self.pending.get(name)
+        if cand is not None:
+            cand.taken = False
+            cand.not_before = self.clock() + delay
+
+    def settle(self, cand: Candidate) -> bool:
+        """Hold an input that failed to decode as truncated or corrupt but was never signalled complete.
+
+        Returns True when it is held (back in the window, tried again when
+        unchanged for ``settle_seconds``, or after a new quiet period if it
+        changed), False when it has held still that long: then it is really
+        broken, and fails.
+        """
+        if cand.hinted:
+            return False
+        now = self.clock()
+        fresh = self._stat_candidate(cand.name, now)
+        if fresh is None:
+            return False  # gone: reading it again would only say "vanished"
+        if fresh.signature != cand.signature:
+            self.requeue(cand.name)
+            return True
+        until = cand.stable_since + self.settle_seconds
+        if now >= until:
+            return False
+        cand.taken = False
+        cand.not_before = until
+        return True
 
     def forget_all(self) -> None:
         """Drop the window (after an outbox or inbox error); the next scan rebuilds it."""
@@ -420,18 +583,36 @@ class InputRead:
 
     candidate: Candidate
     source: str
-    outcome: str  # "image", "rejected" or "changed"
+    outcome: str  # "image", "rejected", "changed" or "retry" (a read error that may pass)
     image: np.ndarray | None = None
     sha256: str = ""
     size: int = 0
     reason: str = ""
     kind: str = ""
+    #: a decode failure an unfinished write also gives (truncated, corrupt, empty)
+    maybe_incomplete: bool = False
 
 
 def _rejected(
     cand: Candidate, source: str, kind: str, reason: str, sha: str = "", size: int = 0
 ) -> InputRead:
     return InputRead(cand, source, "rejected", sha256=sha, size=size, reason=reason, kind=kind)
+
+
+def _os_failure(cand: Candidate, source: str, what: str, exc: OSError, size: int = 0) -> InputRead:
+    """A read error: ``retry`` when it may pass (EIO, ESTALE...), else the input fails with it."""
+    reason = f"cannot {what} file: {exc.strerror or exc}"
+    if exc.errno in TRANSIENT_ERRNOS:
+        return InputRead(cand, source, "retry", size=size, reason=reason, kind="file")
+    return _rejected(cand, source, "file", reason, size=size)
+
+
+def _unchanged(path: Path, cand: Candidate) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev) == cand.signature
 
 
 def read_input(inbox: Path, cand: Candidate, contract: PreprocessContract) -> InputRead:
@@ -449,9 +630,12 @@ def read_input(inbox: Path, cand: Candidate, contract: PreprocessContract) -> In
             raise InboxUnavailableError(f"{inbox}: inbox disappeared while reading") from None
         return _rejected(cand, source, "missing", "file vanished before it could be read")
     except OSError as exc:
-        return _rejected(cand, source, "file", f"cannot examine file: {exc.strerror or exc}")
+        return _os_failure(cand, source, "examine", exc)
     kind = entry_kind(st.st_mode)
     if (st.st_ino, st.st_dev) != (cand.ino, cand.dev) or kind != cand.kind:
+        return InputRead(cand, source, "changed")
+    if kind != "dir" and (st.st_size, st.st_mtime_ns) != (cand.size, cand.mtime_ns):
+        # changed since it was judged complete: its claim would name another file's size and mtime
         return InputRead(cand, source, "changed")
     if kind == "link":
         try:
@@ -475,7 +659,7 @@ def read_input(inbox: Path, cand: Candidate, contract: PreprocessContract) -> In
             raise InboxUnavailableError(f"{inbox}: inbox disappeared while reading") from None
         return _rejected(cand, source, "missing", "file vanished before it could be read")
     except OSError as exc:
-        return _rejected(cand, source, "file", f"cannot open file: {exc.strerror or exc}", size=st.st_size)
+        return _os_failure(cand, source, "open", exc, st.st_size)
     try:
         before = os.fstat(fd)
         if (before.st_ino, before.st_dev) != (cand.ino, cand.dev) or not stat.S_ISREG(before.st_mode):
@@ -496,7 +680,7 @@ def read_input(inbox: Path, cand: Candidate, contract: PreprocessContract) -> In
             chunks.append(chunk)
         after = os.fstat(fd)
     except OSError as exc:
-        return _rejected(cand, source, "file", f"cannot read file: {exc.strerror or exc}", size=st.st_size)
+        return _os_failure(cand, source, "read", exc, st.st_size)
     finally:
         os.close(fd)
     data = b"".join(chunks)
@@ -510,7 +694,11 @@ def read_input(inbox: Path, cand: Candidate, contract: PreprocessContract) -> In
     try:
         image = apply_contract(decode_bytes(data, name=cand.name), contract)
     except ImageDecodeError as exc:
-        return _rejected(cand, source, "file", exc.reason, sha, len(data))
+        if not _unchanged(path, cand):
+            return InputRead(cand, source, "changed")  # written to after it was read: not complete
+        failed = _rejected(cand, source, "file", exc.reason, sha, len(data))
+        failed.maybe_incomplete = any(word in exc.reason for word in _INCOMPLETE_REASONS)
+        return failed
     except Exception as exc:  # noqa: BLE001 - a hostile file must fail alone, never stop the daemon
         return _rejected(cand, source, "file", f"decoder error: {type(exc).__name__}: {exc}", sha, len(data))
     return InputRead(cand, source, "image", image=image, sha256=sha, size=len(data), kind="file")

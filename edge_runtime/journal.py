@@ -25,7 +25,14 @@ one result" reduces to "a claimed batch is finished exactly once", and an
 input that was never claimed is still in the inbox and simply processed.
 
 A second daemon on the same outbox would break that reasoning, so the
-outbox is locked (``flock`` on ``.pneumo/lock``) while the daemon runs.
+outbox is locked (``flock`` on ``.pneumo/lock``) while the daemon runs. A
+second daemon on the same inbox (with another outbox) would read and report
+the same files, so the inbox is locked too (``INBOX/.pneumo-inbox.lock``, a
+hidden name the inbox scanner never treats as an input).
+
+The claim is written with ``edge_runtime.results.write_json_files``, which
+never creates folders: a claim must not recreate an unmounted outbox on the
+disk underneath it.
 """
 
 from __future__ import annotations
@@ -38,16 +45,22 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import EdgeError
-from edge_runtime.fileio import atomic_write_json, fsync_dir
+from edge_runtime.fileio import fsync_dir
+from edge_runtime.results import write_json_files
 
 STATE_DIR = ".pneumo"
 JOURNAL_FILE = "journal.json"
 LOCK_FILE = "lock"
+INBOX_LOCK_FILE = ".pneumo-inbox.lock"
 JOURNAL_SCHEMA = 1
 
 
 class OutboxBusyError(EdgeError):
     """Another daemon holds the outbox lock."""
+
+
+class InboxBusyError(OutboxBusyError):
+    """Another daemon holds the inbox lock (a subclass: both mean "another daemon is running")."""
 
 
 @dataclass
@@ -72,6 +85,8 @@ class JournalEntry:
     size: int = 0
     mtime_ns: int = 0
     sha256: str = ""
+    #: the input could not be removed from the inbox and stays there; the daemon must not read it again
+    left_in_inbox: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JournalEntry:
@@ -117,7 +132,8 @@ class Journal:
         """Make the claim durable before anything of the batch becomes visible."""
         if not claim.created:
             claim.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-        atomic_write_json(self.path, claim.to_dict())
+        # atomic (temp file, fsync, rename, fsync of the folder) and never creates the state folder
+        write_json_files([(self.path, claim.to_dict())])
 
     def read(self) -> Claim | None:
         """The unfinished claim, or None. A claim that cannot be parsed is moved aside and reported.
@@ -148,33 +164,36 @@ class Journal:
         fsync_dir(self.state_dir)
 
 
-class OutboxLock:
-    """An exclusive ``flock`` on ``STATE_DIR/lock``; the file records the holder's pid."""
+class FileLock:
+    """An exclusive ``flock`` on one file; the file records the holder's pid.
 
-    def __init__(self, state_dir: Path) -> None:
-        self.path = Path(state_dir) / LOCK_FILE
+    The lock file is never deleted (deleting a lock file lets two holders
+    lock two different files), and it is created in an existing folder only.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
         self._fd: int | None = None
 
     @property
     def held(self) -> bool:
         return self._fd is not None
 
+    def busy_error(self, holder: str) -> OutboxBusyError:
+        return OutboxBusyError(f"{self.path}: another pneumo edge watch (pid {holder}) holds this lock")
+
     def acquire(self) -> None:
         import fcntl
 
         if self._fd is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
-            raise OutboxBusyError(
-                f"{self.path}: another pneumo edge watch (pid {holder}) is using this outbox; "
-                "stop it first, or give each daemon its own outbox"
-            ) from exc
+            raise self.busy_error(holder) from exc
         except OSError:
             os.close(fd)
             raise
@@ -182,16 +201,22 @@ class OutboxLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
+    def is_current(self) -> bool:
+        """Held, and on the file that is at ``path`` now (not on one removed or on an unmounted disk)."""
+        if self._fd is None:
+            return False
+        try:
+            current = os.stat(self.path)
+            mine = os.fstat(self._fd)
+        except OSError:
+            return False
+        return (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev)
+
     def ensure(self) -> None:
-        """Hold the lock on the lock file that is there now (the outbox may have been replaced)."""
+        """Hold the lock on the lock file that is there now (the folder may have been replaced)."""
         if self._fd is not None:
-            try:
-                current = os.stat(self.path)
-                mine = os.fstat(self._fd)
-                if (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
-                    return
-            except OSError:
-                pass
+            if self.is_current():
+                return
             self.release()
         self.acquire()
 
@@ -199,3 +224,29 @@ class OutboxLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class OutboxLock(FileLock):
+    """``STATE_DIR/lock`` of the outbox: one daemon per outbox."""
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(Path(state_dir) / LOCK_FILE)
+
+    def busy_error(self, holder: str) -> OutboxBusyError:
+        return OutboxBusyError(
+            f"{self.path}: another pneumo edge watch (pid {holder}) is using this outbox; "
+            "stop it first, or give each daemon its own outbox"
+        )
+
+
+class InboxLock(FileLock):
+    """``INBOX/.pneumo-inbox.lock``: one daemon per inbox, whatever its outbox."""
+
+    def __init__(self, inbox: Path) -> None:
+        super().__init__(Path(inbox) / INBOX_LOCK_FILE)
+
+    def busy_error(self, holder: str) -> OutboxBusyError:
+        return InboxBusyError(
+            f"{self.path}: another pneumo edge watch (pid {holder}) is watching this inbox; "
+            "two daemons on one inbox would both report the same files: stop it first"
+        )

@@ -13,6 +13,8 @@ Layout::
       watch_config.json     the resolved settings of the running daemon
       .pneumo/journal.json  the claimed batch (edge_runtime.journal); absent when idle
       .pneumo/lock          held by the running daemon
+      .pneumo/outbox.json   this outbox's random id: recognises it when its disk is remounted
+      .pneumo/left_in_inbox.json  inputs that could not be removed from the inbox (left, not re-read)
 
 Inputs are moved, never deleted or overwritten. On one filesystem a move is
 ``rename`` (atomic). Across filesystems (an inbox on a network share) a
@@ -22,6 +24,21 @@ inbox. Anything that is not a regular file (a symlink, a folder named like an
 image, a fifo) is only ever renamed, never followed or copied: into
 ``failed/`` on the same filesystem, otherwise into ``INBOX/.pneumo-failed/``
 (hidden, so never read again), and its error JSON says where it went.
+
+Names are planned to fit: an input name whose result JSON name would
+exceed the filesystem's name limit (255 bytes) is shortened, keeping its
+extension and adding ``~`` and 8 characters of the result id.
+
+The outbox is never created behind the daemon's back: its root is created
+(never its parents) only at the first preparation of a process; after that
+the root must be the same folder (device and inode; or, after a remount,
+the same ``.pneumo/outbox.json`` id), otherwise the outbox counts as
+unavailable and inputs wait. No write here creates a parent folder.
+
+An input that cannot be moved while both folders are writable (an immutable
+or locked file, a name the filesystem refuses) raises :class:`InputStuckError`
+for that input alone; the daemon retries it later or gives up on it, and the
+rest of the batch goes on.
 
 :meth:`Outbox.finish` performs the steps of a claim in order (move, per-image
 JSON, results.jsonl, results.csv, clear the journal); each step first checks
@@ -33,11 +50,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 import signal
 import stat
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,11 +75,74 @@ DONE_DIR = "done"
 FAILED_DIR = "failed"
 QUARANTINE_DIR = ".pneumo-failed"
 CONFIG_FILE = "watch_config.json"
+OUTBOX_ID_FILE = "outbox.json"
+LEFT_FILE = "left_in_inbox.json"
+#: longest file name in bytes on Linux filesystems (ext4, xfs, btrfs, tmpfs, CIFS); some have less
+NAME_MAX = 255
+#: an "extension" longer than this is part of the name, not an extension to keep
+_MAX_SUFFIX_BYTES = 16
+#: errnos of a rename that can concern one input alone (immutable or locked file, refused name);
+#: whether they do is decided by probing both folders (:meth:`Outbox._classify`)
+_ENTRY_ERRNOS = frozenset(
+    {errno.EPERM, errno.EACCES, errno.EBUSY, errno.ETXTBSY, errno.ENAMETOOLONG, errno.EINVAL, errno.ELOOP}
+)
 _COPY_PREFIX = ".pneumo-copy-"
 _PROBE_PREFIX = ".pneumo-probe-"
 _CHUNK = 1 << 20
 
 Warn = Callable[[str, dict[str, object]], None]
+#: the identity of an input left in the inbox: size, mtime_ns, inode, device, ctime_ns
+LeftSignature = tuple[int, int, int, int, int]
+
+
+class InputStuckError(OSError):
+    """One input cannot be moved out of the inbox although both folders are writable.
+
+    Carries the errno of the failed rename; the inbox and the outbox are fine,
+    so only this input waits (or is given up), never the whole inbox.
+    """
+
+
+#: decides about an input that cannot be moved: None (try later) or the entry to finish instead
+Stuck = Callable[[JournalEntry, InputStuckError, Claim], "JournalEntry | None"]
+
+
+class OutboxReplacedError(OSError):
+    """The outbox path is now another folder (disk unmounted, folder replaced): never written into."""
+
+
+def left_signature(st: os.stat_result) -> LeftSignature:
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
+
+
+def _nbytes(name: str) -> int:
+    return len(os.fsencode(name))
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    stem, suffix = os.path.splitext(name)
+    if not stem or _nbytes(suffix) > _MAX_SUFFIX_BYTES:
+        return name, ""
+    return stem, suffix
+
+
+def fit_name(stem: str, suffix: str, marker: str, status: str, tag: str, limit: int) -> str:
+    """``stem + marker + suffix`` if it and its result JSON name fit in ``limit`` bytes.
+
+    Otherwise the stem is cut (whole characters, so UTF-8 stays valid) and
+    ``~TAG`` added: the extension survives for whoever opens the file, and
+    the tag (from the result id) keeps cut names distinct.
+    """
+    name = stem + marker + suffix
+    json_extra = _nbytes(result_file_name("", status))
+    if _nbytes(name) + json_extra <= limit:
+        return name
+    keep = f"~{tag}{marker}{suffix}"
+    budget = limit - json_extra - _nbytes(keep)
+    cut = stem
+    while cut and _nbytes(cut) > budget:
+        cut = cut[:-1]
+    return cut + keep
 
 
 class Failpoint:
@@ -105,6 +187,28 @@ def _lstat(path: Path) -> os.stat_result | None:
         return None
 
 
+def _same_input(entry: JournalEntry, st: os.stat_result, path: Path, verify_content: bool) -> bool:
+    """Is the file at ``path`` (stat ``st``) the input of ``entry``?
+
+    The inode alone is not enough: a file deleted and replaced can reuse it,
+    and a file overwritten in place keeps it. Size and mtime catch those; a
+    recovery after a crash (any amount of time may have passed) also checks
+    the sha256 of the bytes that were inferred.
+    """
+    if (st.st_ino, st.st_dev) != (entry.ino, entry.dev):
+        return False
+    if entry.kind == "dir":
+        return True  # a folder's mtime changes with its content; it is failed whatever it holds
+    if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+        return False
+    if verify_content and entry.kind == "file" and entry.sha256:
+        try:
+            return sha256_file(path) == entry.sha256
+        except OSError:
+            return False
+    return True
+
+
 class Outbox:
     """Where results go, and the one place that moves inputs out of the inbox."""
 
@@ -117,25 +221,112 @@ class Outbox:
         self.jsonl = AppendLog(self.root / RESULTS_JSONL, "jsonl")
         self.csv = AppendLog(self.root / RESULTS_CSV, "csv")
         self.journal = Journal(self.state_dir)
+        self.id_path = self.state_dir / OUTBOX_ID_FILE
+        self.left_path = self.state_dir / LEFT_FILE
+        #: (st_dev, st_ino) of the root as first prepared; None until then
+        self.root_id: tuple[int, int] | None = None
+        self.outbox_id = ""
+        self._name_max: dict[str, int] = {}
 
     def ensure_layout(self) -> None:
-        """Create the folders; raise OSError (with errno) when the outbox is unusable."""
-        for folder in (self.root, self.done, self.failed, self.state_dir):
+        """Check the root is ours, create the sub-folders; raise OSError (with errno) when unusable."""
+        self._ensure_root()
+        for folder in (self.done, self.failed, self.state_dir):
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                folder.mkdir(exist_ok=True)  # the root was verified: never parents
             except FileExistsError as exc:
                 raise NotADirectoryError(errno.ENOTDIR, "exists but is not a folder", str(folder)) from exc
             if not folder.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, "exists but is not a folder", str(folder))
-            # a real create, not os.access: it reports the true errno (EROFS, EACCES, EPERM...)
-            fd, probe = tempfile.mkstemp(prefix=_PROBE_PREFIX, dir=folder)
-            os.close(fd)
-            os.unlink(probe)
+            self.probe(folder)
+        if self.root_id is None:
+            self.outbox_id = self._read_outbox_id() or self._create_outbox_id()
+            st = os.stat(self.root)
+            self.root_id = (st.st_dev, st.st_ino)
+
+    @staticmethod
+    def probe(folder: Path) -> None:
+        """Create and remove a file: a real create reports the true errno (EROFS, EACCES, EPERM...)."""
+        fd, probe = tempfile.mkstemp(prefix=_PROBE_PREFIX, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+
+    def _ensure_root(self) -> None:
+        if self.root_id is None:
+            # First preparation by this process: create the root if missing, but not its
+            # parents: a missing parent is usually a disk that is not mounted yet.
+            try:
+                self.root.mkdir(exist_ok=True)
+            except FileExistsError as exc:
+                raise NotADirectoryError(errno.ENOTDIR, "exists but is not a folder", str(self.root)) from exc
+        st = os.stat(self.root)  # ENOENT: unmounted or removed; never recreated after the first time
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "exists but is not a folder", str(self.root))
+        if self.root_id is None or (st.st_dev, st.st_ino) == self.root_id:
+            return
+        if self.outbox_id and self._read_outbox_id() == self.outbox_id:
+            # the same outbox back under a new device number (a USB disk remounted): adopt it
+            self.root_id = (st.st_dev, st.st_ino)
+            return
+        raise OutboxReplacedError(
+            errno.ENODEV,
+            "the outbox folder is not the one this daemon started with (disk unmounted, or the "
+            "folder replaced); nothing is written into it",
+            str(self.root),
+        )
+
+    def root_is_current(self) -> bool:
+        """The root is the folder first prepared (a cheap stat; False before the first preparation)."""
+        if self.root_id is None:
+            return False
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self.root_id
+
+    def _read_outbox_id(self) -> str:
+        try:
+            value = json.loads(self.id_path.read_text(encoding="utf-8")).get("outbox_id", "")
+        except (OSError, ValueError, AttributeError):
+            return ""
+        return value if isinstance(value, str) else ""
+
+    def _create_outbox_id(self) -> str:
+        value = uuid.uuid4().hex
+        write_json_files([(self.id_path, {"outbox_id": value})])
+        return value
+
+    # -- inputs left in the inbox -------------------------------------------
+    def load_left(self) -> dict[str, LeftSignature]:
+        """Inputs that could not be removed from the inbox, by name (not read again while unchanged)."""
+        try:
+            data = json.loads(self.left_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            return {}
+        left: dict[str, LeftSignature] = {}
+        for name, sig in (data.get("inputs") or {}).items() if isinstance(data, dict) else ():
+            if isinstance(sig, list) and len(sig) == 5 and all(isinstance(v, int) for v in sig):
+                left[name] = (sig[0], sig[1], sig[2], sig[3], sig[4])
+        return left
+
+    def save_left(self, left: dict[str, LeftSignature]) -> None:
+        write_json_files([(self.left_path, {"inputs": {name: list(sig) for name, sig in left.items()}})])
+
+    def _remember_left(self, entries: list[JournalEntry]) -> None:
+        left = self.load_left()
+        for entry in entries:
+            st = _lstat(Path(entry.source))
+            if st is not None and (st.st_ino, st.st_dev) == (entry.ino, entry.dev):
+                left[entry.name] = left_signature(st)
+        self.save_left(left)
 
     def remove_stale_temp_files(self) -> int:
         """Temp files of writes and copies interrupted by a crash (only names this package makes)."""
         folders = (self.root, self.done, self.failed)
-        removed = sum(remove_stale_temp_files(folder) for folder in folders)
+        removed = sum(remove_stale_temp_files(folder) for folder in (*folders, self.state_dir))
         ours = [(folder, _COPY_PREFIX, ".tmp") for folder in folders] + [
             (folder, _PROBE_PREFIX, "") for folder in folders
         ]
@@ -166,27 +357,41 @@ class Outbox:
         except OSError:
             return True
 
+    def name_max(self, folder: Path) -> int:
+        """The longest file name (bytes) ``folder``'s filesystem takes, at most NAME_MAX."""
+        key = str(folder)
+        if key not in self._name_max:
+            try:
+                self._name_max[key] = min(NAME_MAX, os.pathconf(folder, "PC_NAME_MAX"))
+            except (OSError, ValueError):
+                self._name_max[key] = NAME_MAX
+        return self._name_max[key]
+
     def _free(self, folder: Path, candidate: str, status: str, reserved: set[str]) -> bool:
         json_name = result_file_name(candidate, status)
-        return (
-            str(folder / candidate) not in reserved
-            and str(folder / json_name) not in reserved
-            and _lstat(folder / candidate) is None
-            and _lstat(folder / json_name) is None
-        )
+        if str(folder / candidate) in reserved or str(folder / json_name) in reserved:
+            return False
+        try:
+            return _lstat(folder / candidate) is None and _lstat(folder / json_name) is None
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            # the filesystem takes less than it said (eCryptfs: 143): learn it, plan shorter names
+            self._name_max[str(folder)] = max(32, min(self.name_max(folder), _nbytes(json_name)) - 1)
+            return False
 
     def unique_name(self, folder: Path, name: str, status: str, reserved: set[str], tag: str) -> str:
-        """``name``, else ``stem (2).ext``, ``stem (3).ext``...: free for both the input and its JSON."""
-        stem, suffix = os.path.splitext(name)
-        if not stem:
-            stem, suffix = name, ""
-        if self._free(folder, name, status, reserved):
-            return name
-        for n in range(2, 1000):
-            candidate = f"{stem} ({n}){suffix}"
+        """``name``, else ``stem (2).ext``, ``stem (3).ext``...: free for both the input and its JSON.
+
+        Every candidate fits the name limit with its JSON (:func:`fit_name`).
+        """
+        stem, suffix = _split_name(name)
+        for n in range(1, 1000):
+            marker = "" if n == 1 else f" ({n})"
+            candidate = fit_name(stem, suffix, marker, status, tag, self.name_max(folder))
             if self._free(folder, candidate, status, reserved):
                 return candidate
-        return f"{stem}-{tag}{suffix}"
+        return fit_name(stem, suffix, f"-{tag}", status, tag, self.name_max(folder))
 
     def plan(self, name: str, kind: str, status: str, reserved: set[str], tag: str) -> tuple[str, str]:
         """(target path or "", result JSON path) for one input; reserves both names."""
@@ -208,12 +413,44 @@ class Outbox:
         path = Path(target)
         return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
 
-    def finish(self, claim: Claim, warn: Warn, failpoint: Failpoint | None = None) -> None:
-        """Complete every step of ``claim`` that has not happened yet, then clear the journal."""
+    def finish(
+        self,
+        claim: Claim,
+        warn: Warn,
+        failpoint: Failpoint | None = None,
+        stuck: Stuck | None = None,
+        verify_content: bool = False,
+    ) -> None:
+        """Complete every step of ``claim`` that has not happened yet, then clear the journal.
+
+        ``stuck`` decides about an input that cannot be moved (:class:`InputStuckError`):
+        it returns None to leave the input in the inbox unclaimed (tried again later),
+        or the entry to finish instead (a failure record, nothing to move). Without it
+        the error propagates. ``verify_content``: also compare sha256 before moving
+        (a recovery after a crash).
+        """
         failpoint = failpoint or Failpoint()
         touched: set[Path] = set()
+        kept: list[JournalEntry] = []
+        changed = False
         for entry in claim.entries:
-            touched.update(self._move(entry, warn))
+            before = (entry.target, entry.left_in_inbox)
+            try:
+                touched.update(self._move(entry, warn, verify_content))
+            except InputStuckError as exc:
+                if stuck is None:
+                    raise
+                replacement = stuck(entry, exc, claim)
+                changed = True
+                if replacement is None:
+                    continue
+                entry = replacement
+            changed = changed or (entry.target, entry.left_in_inbox) != before
+            kept.append(entry)
+        if changed:
+            # what was decided about stuck or replaced inputs holds if we crash from here on
+            claim.entries = kept
+            self.journal.write(claim)
         for folder in touched:
             fsync_dir(folder)
         failpoint.hit("after-move")
@@ -221,7 +458,7 @@ class Outbox:
             (Path(e.result_path), e.record) for e in claim.entries if _lstat(Path(e.result_path)) is None
         ]
         for path, _ in pending:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(exist_ok=True)  # done/ or failed/ of a verified root; never parents
         write_json_files(pending)
         failpoint.hit("after-result-json")
         for log, offset, step in (
@@ -236,10 +473,13 @@ class Outbox:
             if data:
                 log.write_bytes(data)
             failpoint.hit(f"after-{step}")
+        left = [e for e in claim.entries if e.left_in_inbox]
+        if left:
+            self._remember_left(left)
         self.journal.clear()
 
     def _is_ours(self, entry: JournalEntry, st: os.stat_result, target: Path) -> bool:
-        if (st.st_ino, st.st_dev) == (entry.ino, entry.dev):
+        if _same_input(entry, st, target, verify_content=False):
             return True
         # a verified cross-filesystem copy: same size and content as what was read
         return (
@@ -250,28 +490,46 @@ class Outbox:
             and sha256_file(target) == entry.sha256
         )
 
-    def _move(self, entry: JournalEntry, warn: Warn) -> set[Path]:
-        """Move one input to its target unless that already happened; return folders to fsync."""
+    def _writable(self, folder: Path) -> bool:
+        try:
+            self.probe(folder)
+        except OSError:
+            return False
+        return True
+
+    def _classify(self, exc: OSError, source: Path, target: Path) -> OSError:
+        """``exc`` as InputStuckError when it concerns this input alone: both folders take new files."""
+        if exc.errno in _ENTRY_ERRNOS and self._writable(source.parent) and self._writable(target.parent):
+            return InputStuckError(exc.errno or 0, exc.strerror or str(exc), str(source))
+        return exc
+
+    def _move(self, entry: JournalEntry, warn: Warn, verify_content: bool = False) -> set[Path]:
+        """Move one input to its target unless that already happened; return folders to fsync.
+
+        When the inbox no longer holds the input (gone, replaced, changed), the
+        entry is updated to say nothing was moved; a new file of that name is
+        processed on its own later.
+        """
         if not entry.target:
             return set()
         source, target = Path(entry.source), Path(entry.target)
         at_target = _lstat(target)
         at_source = _lstat(source)
-        source_is_entry = at_source is not None and (at_source.st_ino, at_source.st_dev) == (
-            entry.ino,
-            entry.dev,
-        )
+        source_is_entry = at_source is not None and _same_input(entry, at_source, source, verify_content)
         if at_target is not None and self._is_ours(entry, at_target, target):
             if source_is_entry and at_target.st_dev != entry.dev:
                 # crash between a verified copy and the unlink of the inbox original
-                os.unlink(source)
+                self._unlink_copied(source, entry, warn)
                 return {source.parent}
             return set()
         if not source_is_entry:
             warn(
-                "input left the inbox before it was moved; its result stands without the file",
+                "input left the inbox, or was replaced or changed, before it was moved; its result "
+                "stands without the file, and a new file of that name is processed on its own",
                 {"name": entry.name, "id": entry.id, "expected_at": str(target)},
             )
+            entry.target = ""
+            entry.record["moved_to"] = None
             return set()
         if at_target is not None:
             old = target
@@ -282,26 +540,49 @@ class Outbox:
                 "target name was taken after the claim; moved to a new name",
                 {"name": entry.name, "id": entry.id, "claimed": str(old), "moved_to": str(target)},
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(exist_ok=True)  # done/ or failed/ of a verified root; never parents
         try:
             os.rename(source, target)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
-                raise
+                raise self._classify(exc, source, target) from exc
             if entry.kind != "file":
                 quarantine = self.inbox / QUARANTINE_DIR
                 quarantine.mkdir(exist_ok=True)
                 parked = quarantine / self.unique_name(
                     quarantine, entry.name, entry.status, set(), entry.id[:8]
                 )
-                os.rename(source, parked)
+                try:
+                    os.rename(source, parked)
+                except OSError as exc2:
+                    raise self._classify(exc2, source, parked) from exc2
                 warn(
                     "not a regular file: parked inside the inbox, not copied",
                     {"name": entry.name, "at": str(parked)},
                 )
                 return {quarantine, source.parent}
-            self._copy_verified(source, target, entry, warn)
+            try:
+                self._copy_verified(source, target, entry, warn)
+            except OSError as exc2:
+                raise self._classify(exc2, source, target) from exc2
+            self._unlink_copied(source, entry, warn)
         return {target.parent, source.parent}
+
+    def _unlink_copied(self, source: Path, entry: JournalEntry, warn: Warn) -> None:
+        """Remove the inbox original of a verified copy; an original that cannot go is left, not re-read."""
+        try:
+            os.unlink(source)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno not in _ENTRY_ERRNOS or not self._writable(source.parent):
+                raise
+            entry.left_in_inbox = True
+            warn(
+                "copied to the outbox and verified, but the original cannot be removed from the inbox "
+                "(immutable or locked); it is left there and not read again while unchanged",
+                {"name": entry.name, "id": entry.id, "errno": errno.errorcode.get(exc.errno or 0, "")},
+            )
 
     def _copy_verified(self, source: Path, target: Path, entry: JournalEntry, warn: Warn) -> None:
         """Cross-filesystem move of a regular file: copy, fsync, verify, rename, and only then unlink."""
@@ -339,4 +620,3 @@ class Outbox:
                     "moved_sha256": digest.hexdigest(),
                 },
             )
-        os.unlink(source)

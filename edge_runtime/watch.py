@@ -15,10 +15,19 @@ One loop on the main thread (watchdog's observer thread only passes hints):
 Failure handling, so that an operator can leave it alone:
 
 * a bad input fails alone: it goes to ``failed/`` with the decoder's reason;
+  one that only looks broken because its writer paused (truncated, never
+  signalled complete) is held for ``settle_seconds`` first;
+* a problem of one input (it cannot be moved: immutable or locked; a read
+  error that may pass: EIO, ESTALE) parks that input alone and retries it
+  with growing delays; after ``input_retries`` tries it fails with the reason,
+  while the rest of the inbox goes on;
 * an outbox that is full, read-only, unwritable or missing, and an inbox that
   vanished, are logged once per attempt with what to do, and retried with
   exponential backoff (``backoff_initial_seconds`` doubling up to
-  ``backoff_max_seconds``); the daemon never spins and never exits for them;
+  ``backoff_max_seconds``); the daemon never spins and never exits for them.
+  An outbox that was unmounted or replaced is never recreated or written
+  into: inputs wait until the same outbox is back;
+* a second daemon on the same outbox or the same inbox refuses to start;
 * the backend failing five batches in a row ends the process with status 1, so
   the service manager restarts it with a fresh device context;
 * SIGTERM / SIGINT: a batch whose results are being written is finished, a
@@ -55,10 +64,17 @@ from edge_runtime.backends.base import Backend
 from edge_runtime.bundle import ONNX_FOR_PRECISION, Bundle
 from edge_runtime.contract import PreprocessContract
 from edge_runtime.errors import EdgeError
-from edge_runtime.inbox import InboxUnavailableError, InboxWatcher, InputRead, read_input
-from edge_runtime.journal import Claim, JournalEntry, OutboxBusyError, OutboxLock
-from edge_runtime.outbox import CONFIG_FILE, Failpoint, Outbox
-from edge_runtime.predictor import Predictor
+from edge_runtime.inbox import Candidate, InboxUnavailableError, InboxWatcher, InputRead, read_input
+from edge_runtime.journal import (
+    Claim,
+    InboxBusyError,
+    InboxLock,
+    JournalEntry,
+    OutboxBusyError,
+    OutboxLock,
+)
+from edge_runtime.outbox import CONFIG_FILE, Failpoint, InputStuckError, Outbox, OutboxReplacedError
+from edge_runtime.predictor import NonFiniteOutputError, Predictor
 from edge_runtime.results import ModelStamp, done_record, failed_record, write_json_files
 from edge_runtime.watch_config import WatchConfig, WatchConfigError, load_config_file, resolve_config
 
@@ -77,6 +93,9 @@ ERRNO_ADVICE = {
     errno.ENOTDIR: "a file is where a folder is expected: remove or rename it",
     errno.ENOENT: "the folder does not exist: create it or mount the disk",
     errno.EIO: "input/output error: check the disk (dmesg)",
+    errno.ENODEV: "mount the outbox disk back (to use a new, empty folder instead, restart the service)",
+    errno.ENAMETOOLONG: "a file name is too long for this filesystem",
+    errno.EBUSY: "the file is in use or locked by another program",
 }
 
 
@@ -170,6 +189,7 @@ class WatchDaemon:
         self.stop = threading.Event()
         self.outbox = Outbox(config.outbox, config.inbox)
         self.lock = OutboxLock(self.outbox.state_dir)
+        self.inbox_lock = InboxLock(config.inbox)
         self.inbox = InboxWatcher(
             config.inbox,
             quiet_seconds=config.quiet_seconds,
@@ -179,6 +199,7 @@ class WatchDaemon:
             ignore=config.ignore,
             use_watchdog=config.watchdog,
             trust_close_write=config.trust_close_write,
+            settle_seconds=config.settle_seconds,
         )
         self.outbox_backoff = Backoff(config.backoff_initial_seconds, config.backoff_max_seconds)
         self.inbox_backoff = Backoff(config.backoff_initial_seconds, config.backoff_max_seconds)
@@ -198,7 +219,12 @@ class WatchDaemon:
         self._backend_failures = 0
         self._next_beat = 0.0
         self._heartbeat_error = ""
+        self._heartbeat_in_outbox = config.heartbeat_path.is_relative_to(config.outbox)
         self._signals_seen: list[str] = []
+        #: tries so far of inputs with a problem of their own, by (name, inode, device)
+        self._tries: dict[tuple[str, int, int], int] = {}
+        #: inputs to park once the batch is committed: (name, delay)
+        self._parked: list[tuple[str, float]] = []
 
     # -- logging --------------------------------------------------------
     def _emit(self, level: int, event: str, msg: str, **fields: Any) -> None:
@@ -220,7 +246,14 @@ class WatchDaemon:
             "started": self.started,
             "last_beat": _now_iso(),
             "state": self.state,
-            "counters": {**self.counters, "pending": self.inbox.backlog, "window": len(self.inbox.pending)},
+            "counters": {
+                **self.counters,
+                "pending": self.inbox.backlog,
+                "window": len(self.inbox.pending),
+                "subfolders": len(self.inbox.subfolders),
+                "in_subfolders": sum(self.inbox.subfolders.values()),
+                "left_in_inbox": len(self.inbox.left),
+            },
             "inbox": str(self.config.inbox),
             "outbox": str(self.config.outbox),
             "watch_mode": self.inbox.mode,
@@ -239,7 +272,14 @@ class WatchDaemon:
             return
         self._next_beat = now + self.config.heartbeat_seconds
         try:
-            self.config.heartbeat_path.parent.mkdir(parents=True, exist_ok=True)
+            if self._heartbeat_in_outbox:
+                if self.outbox.root_id is not None and not self.outbox.root_is_current():
+                    # never write into an unmounted or replaced outbox (that is the wrong disk)
+                    raise OutboxReplacedError(errno.ENODEV, "outbox unavailable", str(self.config.outbox))
+                # the outbox root may be created at the first start only, never its parents
+                self.config.heartbeat_path.parent.mkdir(exist_ok=True)
+            else:
+                self.config.heartbeat_path.parent.mkdir(parents=True, exist_ok=True)
             write_json_files([(self.config.heartbeat_path, self.heartbeat())])
             self._heartbeat_error = ""
         except OSError as exc:
@@ -280,7 +320,11 @@ class WatchDaemon:
         try:
             bundle = Bundle.open(config.bundle)
             backend = create_backend(
-                bundle, backend=config.backend, precision=config.precision, threads=config.threads
+                bundle,
+                backend=config.backend,
+                precision=config.precision,
+                threads=config.threads,
+                dla_core=config.dla_core,
             )
             backend.open()
         except EdgeError as exc:
@@ -313,6 +357,7 @@ class WatchDaemon:
             self.outbox.ensure_layout()
             self.lock.ensure()
             if not self._outbox_prepared_once:
+                self.inbox.left = self.outbox.load_left()
                 removed = self.outbox.remove_stale_temp_files()
                 if removed:
                     self._emit(logging.INFO, "cleanup", f"removed {removed} temp files of interrupted writes")
@@ -349,7 +394,11 @@ class WatchDaemon:
             return
         if claim is None:
             return
-        self.outbox.finish(claim, self._warn)
+        self._parked.clear()
+        # after a crash any time may have passed: inputs are also compared by sha256 before moving
+        self.outbox.finish(claim, self._warn, stuck=self._stuck, verify_content=True)
+        self._parked.clear()  # nothing is in the window yet: a scan finds them again
+        self._after_finish(claim)
         self._outbox_writable_again()
         done = sum(1 for e in claim.entries if e.status == "done")
         self.counters["processed"] += done
@@ -374,10 +423,19 @@ class WatchDaemon:
         )
         if self.install_signals:
             self._install_signals()  # before the model loads: a stop during start-up is clean too
+        try:
+            self._lock_inbox()  # refuse at once, before loading a model, if another daemon has it
+        except InboxBusyError as exc:
+            self.state = "failed"
+            self._trouble("inbox_busy", str(exc))
+            return 1
+        except InboxUnavailableError:
+            pass  # a missing inbox is waited for in the loop, which locks it when it appears
         opened = self.open_model()
         if opened is None:
             self.state = "failed"
             self._beat(force=True)  # a monitor sees why, not just a stale file
+            self.inbox_lock.release()
             return 1
         bundle, backend = opened
         try:
@@ -396,6 +454,9 @@ class WatchDaemon:
                 watch_mode=self.inbox.mode,
             )
             return self._loop()
+        except InboxBusyError as exc:
+            self._trouble("inbox_busy", str(exc))
+            return 1
         except OutboxBusyError as exc:
             self._trouble("outbox_busy", str(exc))
             return 1
@@ -408,6 +469,7 @@ class WatchDaemon:
             self.inbox.stop()
             backend.close()
             self.lock.release()
+            self.inbox_lock.release()
             if self.state != "failed":
                 self.state = "stopped"
             self._beat(force=True)
@@ -425,10 +487,12 @@ class WatchDaemon:
             if not self._outbox_ready and not self.prepare_outbox():
                 continue
             try:
+                self._lock_inbox()
                 batch = self.inbox.poll(self.config.batch)
             except InboxUnavailableError as exc:
                 self._inbox_unavailable(exc)
                 continue
+            self._after_scan()
             if self._inbox_trouble:
                 self._inbox_trouble = False
                 self.inbox_backoff.reset()
@@ -450,6 +514,34 @@ class WatchDaemon:
                 return 1
         self.state = "stopping"
         return 0
+
+    def _lock_inbox(self) -> None:
+        """Hold INBOX/.pneumo-inbox.lock (again, if the inbox was recreated). InboxBusyError if taken."""
+        try:
+            self.inbox_lock.ensure()
+        except OSError as exc:
+            raise InboxUnavailableError(
+                f"{self.config.inbox}: cannot lock the inbox ({exc.strerror or exc})"
+            ) from exc
+
+    def _after_scan(self) -> None:
+        """Report sub-folders once; keep the list of inputs left in the inbox up to date."""
+        for name, count in self.inbox.new_subfolders:
+            self._emit(
+                logging.WARNING,
+                "subfolder_ignored",
+                f"{self.config.inbox / name} is a sub-folder holding {count} file(s): sub-folders are "
+                "not processed; move the images into the inbox itself",
+                folder=str(self.config.inbox / name),
+                files=count,
+            )
+        self.inbox.new_subfolders.clear()
+        if self.inbox.left_changed and self.outbox.root_is_current():
+            try:
+                self.outbox.save_left(self.inbox.left)
+                self.inbox.left_changed = False
+            except OSError:
+                pass  # tried again after the next scan; the outbox errors are reported by its writes
 
     def _inbox_unavailable(self, exc: InboxUnavailableError) -> None:
         self.inbox.forget_all()
@@ -480,6 +572,20 @@ class WatchDaemon:
                 self.inbox.requeue(cand.name)
                 self.counters["requeued"] += 1
                 continue
+            if read.outcome == "retry" and self._retry_later(cand, read.reason):
+                continue
+            if read.outcome == "rejected" and read.maybe_incomplete and self.inbox.settle(cand):
+                self.counters["requeued"] += 1
+                self._emit(
+                    logging.INFO,
+                    "input_held",
+                    f"{cand.name}: {read.reason}; never signalled complete, so held until it has not "
+                    f"changed for {self.config.settle_seconds:g} s (its writer may only have paused)",
+                    name=cand.name,
+                )
+                continue
+            if read.outcome == "retry":
+                read.outcome = "rejected"  # given up after input_retries tries
             reads.append(read)
         if not reads:
             return "requeued"
@@ -489,6 +595,14 @@ class WatchDaemon:
             try:
                 batch_array = np.stack([r.image for r in images if r.image is not None])
                 outputs = self.predictor.predict(batch_array, [r.source for r in images])
+            except NonFiniteOutputError as exc:
+                # The model ran but gave no number for these inputs: retrying cannot help, and
+                # requeueing would stop the inbox behind them. They fail alone; the rest are results.
+                outputs = exc.results
+                for read in images:
+                    if read.source in exc.failed:
+                        read.outcome, read.reason, read.image = "rejected", exc.failed[read.source], None
+                images = [r for r in images if r.outcome == "image"]
             except Exception as exc:  # noqa: BLE001 - a failing device must not lose inputs: requeue and back off
                 self._backend_failures += 1
                 self._requeue([r.candidate.name for r in reads])
@@ -501,12 +615,20 @@ class WatchDaemon:
                 return "backend_failed"
             self._backend_failures = 0
             self.backend_backoff.reset()
-            predictions = {id(r): p for r, p in zip(images, outputs)}
+            by_source = {p.source: p for p in outputs}
+            predictions = {id(r): by_source[r.source] for r in images}
+        if not self.outbox.root_is_current() or not self.lock.is_current():
+            # unmounted or replaced since it was prepared: claim nothing, write nothing; the
+            # inputs wait in the inbox while prepare_outbox reports outbox_unavailable
+            self._requeue([r.candidate.name for r in reads])
+            self._outbox_ready = False
+            return "outbox_failed"
+        self._parked.clear()
         try:
             claim = self._claim(reads, predictions)  # stats done/ and failed/ for free names
             self.outbox.journal.write(claim)
             self.failpoint.hit("after-claim")
-            self.outbox.finish(claim, self._warn, self.failpoint)
+            self.outbox.finish(claim, self._warn, self.failpoint, stuck=self._stuck)
         except OSError as exc:
             # The claim may be on disk; prepare_outbox finishes it before anything new.
             self.inbox.forget_all()
@@ -526,6 +648,108 @@ class WatchDaemon:
             return "outbox_failed"
         self._committed(claim)
         return "done"
+
+    # -- problems of one input ------------------------------------------
+    def _retry_delay(self, tries: int) -> float:
+        return min(self.config.backoff_max_seconds, self.config.backoff_initial_seconds * 2 ** (tries - 1))
+
+    def _count_try(self, name: str, ino: int, dev: int) -> int | None:
+        """Count one more try of an input; None when its tries are used up (give it up now)."""
+        key = (name, ino, dev)
+        if len(self._tries) > 10_000:
+            # inputs that were retried and then vanished leave keys behind; months of that stay bounded
+            self._tries.clear()
+        tries = self._tries.get(key, 0) + 1
+        if tries >= self.config.input_retries:
+            self._tries.pop(key, None)
+            return None
+        self._tries[key] = tries
+        return tries
+
+    def _retry_later(self, cand: Candidate, reason: str) -> bool:
+        """A read error that may pass: park the input (True), or give up after input_retries (False)."""
+        tries = self._count_try(cand.name, cand.ino, cand.dev)
+        if tries is None:
+            return False
+        delay = self._retry_delay(tries)
+        self.inbox.park(cand.name, delay)
+        self.counters["requeued"] += 1
+        self._emit(
+            logging.WARNING,
+            "input_retry",
+            f"{cand.name}: {reason}; try {tries} of {self.config.input_retries}, again in {delay:g} s",
+            name=cand.name,
+            retry_in_s=delay,
+        )
+        return True
+
+    def _stuck(self, entry: JournalEntry, exc: InputStuckError, claim: Claim) -> JournalEntry | None:
+        """An input that cannot be moved: leave it unclaimed for a later try, or give it up as failed."""
+        errno_name, text = describe_os_error(exc, entry.source)
+        tries = self._count_try(entry.name, entry.ino, entry.dev)
+        if tries is not None:
+            delay = self._retry_delay(tries)
+            self._parked.append((entry.name, delay))
+            self._emit(
+                logging.WARNING,
+                "input_stuck",
+                f"{entry.name}: cannot move it out of the inbox: {text}; try {tries} of "
+                f"{self.config.input_retries}, again in {delay:g} s; the other inputs go on",
+                name=entry.name,
+                errno=errno_name,
+                retry_in_s=delay,
+            )
+            return None
+        reason = (
+            f"left in the inbox: it could not be moved out ({errno_name}: {text}) in "
+            f"{self.config.input_retries} tries; it stays there unchanged and is not read again "
+            "until it changes: fix the cause, then touch the file or deliver it again"
+        )
+        if entry.status == "failed":
+            reason = f"{entry.record['reason']}; also {reason}"
+        return self._failed_entry(entry, claim, reason)
+
+    def _failed_entry(self, entry: JournalEntry, claim: Claim, reason: str) -> JournalEntry:
+        """``entry`` as a failure record with nothing to move, its input left in the inbox."""
+        assert self.stamp is not None
+        reserved = {p for e in claim.entries if e is not entry for p in (e.target, e.result_path) if p}
+        _, result_path = self.outbox.plan(entry.name, "missing", "failed", reserved, entry.id[:8])
+        record = failed_record(
+            self.stamp,
+            result_id=entry.id,
+            original_name=entry.name,
+            source=entry.source,
+            moved_to=None,
+            result_file=self.outbox.moved_to(result_path) or result_path,
+            error_kind="unmovable",
+            reason=reason,
+            timestamp=_now_iso(),
+            input_sha256=entry.sha256,
+            input_bytes=entry.size if entry.sha256 else None,
+        )
+        return JournalEntry(
+            id=entry.id,
+            name=entry.name,
+            kind=entry.kind,
+            status="failed",
+            source=entry.source,
+            target="",
+            result_path=result_path,
+            record=record,
+            ino=entry.ino,
+            dev=entry.dev,
+            size=entry.size,
+            mtime_ns=entry.mtime_ns,
+            sha256=entry.sha256,
+            left_in_inbox=True,
+        )
+
+    def _after_finish(self, claim: Claim) -> None:
+        """Bookkeeping of a finished claim: inputs left in the inbox are skipped from now on."""
+        if any(e.left_in_inbox for e in claim.entries):
+            self.inbox.left = self.outbox.load_left()
+        for entry in claim.entries:
+            self._tries.pop((entry.name, entry.ino, entry.dev), None)
 
     def _requeue(self, names: Sequence[str]) -> None:
         for name in names:
@@ -602,6 +826,10 @@ class WatchDaemon:
         self._outbox_writable_again()
         self.counters["batches"] += 1
         self.last_result_at = _now_iso()
+        self._after_finish(claim)
+        for name, delay in self._parked:
+            self.inbox.park(name, delay)
+        self._parked.clear()
         for entry in claim.entries:
             self.inbox.done(entry.name)
             record = entry.record
@@ -700,6 +928,25 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads (default: its own choice)"
     )
+    parser.add_argument(
+        "--dla",
+        dest="dla_core",
+        type=int,
+        metavar="N",
+        help="run the TensorRT engine built for DLA core N ('pneumo edge build --dla N')",
+    )
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        metavar="S",
+        help="a file that looks unfinished must hold still this long before it is failed (default 60)",
+    )
+    parser.add_argument(
+        "--input-retries",
+        type=int,
+        metavar="N",
+        help="tries of one input after a read or move error that may pass, before it fails (default 5)",
+    )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved settings as JSON and exit"
@@ -726,6 +973,9 @@ def config_from_args(args: argparse.Namespace) -> WatchConfig:
             "heartbeat_seconds",
             "watchdog",
             "threads",
+            "dla_core",
+            "settle_seconds",
+            "input_retries",
             "log_level",
         )
     }

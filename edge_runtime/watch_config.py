@@ -13,7 +13,10 @@ holds the same names as :class:`WatchConfig` (``snake_case`` or
     quiet-seconds = 2.0
 
 Relative paths in a file are relative to the file's folder, so a config can
-travel with its bundle. Unknown keys are an error, never silently ignored.
+travel with its bundle; relative paths given as flags are relative to the
+working directory. Either way they are made absolute here, so the journal,
+``watch_config.json`` and the logs always name absolute paths. Unknown keys
+are an error, never silently ignored.
 """
 
 from __future__ import annotations
@@ -65,23 +68,36 @@ class WatchConfig:
     watchdog: bool = True
     #: treat inotify close_write as "complete"; turn off for writers that reopen files
     trust_close_write: bool = True
+    #: a file that looks unfinished (created and not closed, or truncated/corrupt without a
+    #: "complete" signal) must hold still this long before it is read as final or failed
+    settle_seconds: float = 60.0
+    #: tries of one input after a read error that may pass (EIO, ESTALE) or a failed move
+    #: (immutable or locked file) before it is given up as failed
+    input_retries: int = 5
     backoff_initial_seconds: float = 1.0
     backoff_max_seconds: float = 60.0
     #: glob patterns of inbox names never touched
     ignore: tuple[str, ...] = DEFAULT_IGNORE
     #: ONNX Runtime intra-op threads (0: its default)
     threads: int = 0
+    #: run the TensorRT engine built for this DLA core ('pneumo edge build --dla N')
+    dla_core: int | None = None
     log_level: str = "info"
 
     def __post_init__(self) -> None:
         for name in ("bundle", "inbox", "outbox", "heartbeat"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
-                object.__setattr__(self, name, Path(value))
+            if value is not None:
+                # absolute: the journal and watch_config.json must not depend on the working directory
+                object.__setattr__(self, name, _absolute(Path(value)))
         object.__setattr__(self, "ignore", tuple(self.ignore))
         _check_int("batch", self.batch, 1, 1024)
         _check_int("max_pending", self.max_pending, 1, 1_000_000)
         _check_int("threads", self.threads, 0, 256)
+        _check_int("input_retries", self.input_retries, 1, 1000)
+        if self.dla_core is not None:
+            _check_int("dla_core", self.dla_core, 0, 15)
+        _check_float("settle_seconds", self.settle_seconds, 0.0, 86400.0)
         _check_float("quiet_seconds", self.quiet_seconds, 0.0, 3600.0)
         _check_float("poll_interval", self.poll_interval, 0.01, 600.0)
         _check_float("rescan_seconds", self.rescan_seconds, 0.01, 86400.0)

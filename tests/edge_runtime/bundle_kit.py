@@ -150,3 +150,36 @@ def nan_for_dark_onnx(path: Path) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def fails_at_run_onnx(path: Path, size: int = SIZE) -> Path:
+    """A real ONNX model that loads but fails on every run: a Reshape no image size divides.
+
+    Stands for a device that breaks after startup (a GPU fault, a driver error): ONNX Runtime
+    raises its own error from ``session.run``, not at load, since the batch size is symbolic.
+    """
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Cast", ["image"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["xf", "shape"], ["rows"]),
+        helper.make_node("ReduceMean", ["rows", "axes"], ["probability"], keepdims=1),
+    ]
+    inits = [
+        helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 7]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fails_at_run",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", size, size, 1])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

@@ -27,6 +27,7 @@ from tests.edge_runtime.watch_harness import (
     by_name,
     csv_rows,
     drop,
+    inbox_files,
     jsonl_records,
     png_bytes,
     result_count,
@@ -146,7 +147,7 @@ def test_existing_renamed_and_slowly_written_files(
         assert record["backend"] == "ort-cpu" and record["precision"] == "fp32"
         assert record["latency_ms"] >= 0 and record["timestamp"].endswith("+00:00")
         assert "SYNTHETIC" in record["warning"] and "not a diagnosis" in record["note"]
-    assert os.listdir(inbox) == []
+    assert inbox_files(inbox) == []
     row = next(r for r in csv_rows(outbox) if r["original_name"] == "renamed 1.png")
     assert row["label"] == "NORMAL" and row["status"] == "done" and row["synthetic"] == "true"
 
@@ -235,7 +236,7 @@ def test_bad_inputs_fail_alone_with_reasons(
     assert os.readlink(outbox / "failed" / "link.png") == str(outside)
     assert outside.exists() and sha256(outside.read_bytes()) == outside_sha
     assert (outbox / "failed" / "folder.jpg" / "inside.png").exists()
-    assert os.listdir(inbox) == []
+    assert inbox_files(inbox) == []
 
 
 def test_vanished_file_is_recorded_and_a_clashing_name_is_made_unique(
@@ -283,7 +284,7 @@ def test_temp_and_hidden_names_are_left_alone(tiny_bundle: Path, boxes: tuple[Pa
         time.sleep(1.0)  # several quiet periods and rescans
         assert daemon.signal(signal.SIGTERM) == 0
     assert list(by_name(outbox)) == ["final.png"]
-    assert sorted(os.listdir(inbox)) == sorted([*ignored, "subfolder"])
+    assert inbox_files(inbox) == sorted([*ignored, "subfolder"])
 
 
 def test_heartbeat_counters_and_graceful_stop(
@@ -332,7 +333,7 @@ def test_sigterm_during_a_busy_inbox_exits_zero_and_loses_nothing(
         daemon.wait_until(lambda: result_count(outbox) >= 1, 90, "first results")
         assert daemon.signal(signal.SIGTERM) == 0
     # what was not processed is still in the inbox, untouched; the rest has exactly one result
-    left = set(os.listdir(inbox))
+    left = set(inbox_files(inbox))
     processed = {name: data for name, data in inputs.items() if name not in left}
     assert processed, "nothing was processed before SIGTERM"
     assert_exactly_once(outbox, processed)
@@ -374,6 +375,11 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
     assert resolved["inbox"] == str(tmp_path / "in") and resolved["heartbeat"] == str(
         tmp_path / "out" / "heartbeat.json"
     )
+    result = _cli(
+        "--config", str(config), "--dla", "1", "--settle-seconds", "5", "--input-retries", "3", "--print-config"
+    )  # fmt: skip
+    resolved = json.loads(result.stdout)
+    assert (resolved["dla_core"], resolved["settle_seconds"], resolved["input_retries"]) == (1, 5.0, 3)
 
 
 @pytest.mark.parametrize(
@@ -382,6 +388,7 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
         (["b", "--inbox", "i"], "missing outbox"),
         (["b", "--inbox", "i", "--outbox", "o", "--batch", "0"], "batch"),
         (["b", "--inbox", "i", "--outbox", "i/out"], "inside"),
+        (["b", "--inbox", "i", "--outbox", "o", "--dla", "-1"], "dla_core = -1"),
     ],
 )
 def test_bad_settings_exit_2(args: list[str], message: str) -> None:
@@ -407,13 +414,13 @@ def test_unknown_config_key_and_bad_bundle(tmp_path: Path) -> None:
 
 
 def test_failing_backend_keeps_inputs_and_exits_for_a_restart(tmp_path: Path) -> None:
-    """A real ONNX Runtime failure (model input 16x16, contract 32x32): inputs are never failed for it."""
+    """A real ONNX Runtime failure on every run after a good start: inputs are never failed for it."""
     from edge_runtime.bundle import write_manifest
     from edge_runtime.contract import ModelInfo, PreprocessContract
-    from tests.conftest import make_tiny_onnx
+    from tests.edge_runtime.bundle_kit import fails_at_run_onnx
 
-    bundle = tmp_path / "mismatched bundle"
-    make_tiny_onnx(bundle / "model.onnx", height=16, width=16)
+    bundle = tmp_path / "failing bundle"
+    fails_at_run_onnx(bundle / "model.onnx", size=32)
     PreprocessContract(height=32, width=32).save(bundle)
     ModelInfo(model_version="mismatch-1", arch="tiny", synthetic=True).save(bundle)
     (bundle / "model_card.json").write_text("{}\n")

@@ -9,13 +9,18 @@ writing results.jsonl or results.csv.
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 
 import pytest
 
-from tests.edge_runtime.watch_harness import Daemon, assert_exactly_once, png_bytes, result_count
+from tests.edge_runtime.watch_harness import (
+    Daemon,
+    assert_exactly_once,
+    inbox_files,
+    png_bytes,
+    result_count,
+)
 
 
 def _fill(inbox: Path, count: int) -> dict[str, bytes]:
@@ -33,7 +38,7 @@ def _fill(inbox: Path, count: int) -> dict[str, bytes]:
 
 def _finish(daemon: Daemon, outbox: Path, inbox: Path, total: int) -> None:
     daemon.wait_until(
-        lambda: result_count(outbox) >= total and not os.listdir(inbox), 180, f"{total} results"
+        lambda: result_count(outbox) >= total and not inbox_files(inbox), 180, f"{total} results"
     )
     assert daemon.signal(signal.SIGTERM) == 0
 

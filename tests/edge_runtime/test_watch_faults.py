@@ -36,6 +36,7 @@ from tests.edge_runtime.watch_harness import (
     assert_exactly_once,
     by_name,
     drop,
+    inbox_files,
     png_bytes,
     result_count,
 )
@@ -102,7 +103,9 @@ def _outage(
         assert (inbox / f"during outage {i}.png").read_bytes() == inputs[f"during outage {i}.png"]
     clear()
     daemon.wait_until(
-        lambda: result_count(outbox) >= len(inputs) and not os.listdir(inbox), 90, "recovery after the outage"
+        lambda: result_count(outbox) >= len(inputs) and not inbox_files(inbox),
+        90,
+        "recovery after the outage",
     )
     daemon.wait_event("outbox_recovered")
     assert daemon.signal(signal.SIGTERM) == 0
@@ -261,5 +264,5 @@ def test_outbox_on_another_filesystem(
     assert sorted(os.listdir(quarantine)) == ["folder.jpg", "link.png"]
     assert records["link.png"]["moved_to"] == str(quarantine / "link.png")
     assert (outbox / "failed" / "link.png.error.json").exists() and target.exists()
-    assert sorted(os.listdir(inbox)) == [".pneumo-failed"]
+    assert inbox_files(inbox) == [".pneumo-failed"]
     assert not [n for n in os.listdir(outbox / "done") if n.startswith(".")], "temp copies left behind"

@@ -20,7 +20,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.edge_runtime.watch_harness import Daemon, assert_exactly_once, png_bytes, result_count
+from tests.edge_runtime.watch_harness import (
+    Daemon,
+    assert_exactly_once,
+    inbox_files,
+    png_bytes,
+    result_count,
+)
 
 FLOOD_FILES = int(os.environ.get("PNEUMO_FLOOD_FILES", "10000"))
 RSS_LIMIT_MB = 400
@@ -78,7 +84,7 @@ def test_flood_of_files_bounded_memory_exactly_once(tiny_bundle: Path, tmp_path:
         stop_sampling.set()
         sampler.join(timeout=5)
     assert_exactly_once(outbox, inputs)
-    assert os.listdir(inbox) == []
+    assert inbox_files(inbox) == []
     rate = FLOOD_FILES / elapsed
     print(
         f"\nflood: {FLOOD_FILES} files in {elapsed:.1f} s ({rate:.0f}/s; rename-in took {dropped - started:.1f} s), "

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 from edge_runtime.contract import PreprocessContract
 from edge_runtime.inbox import Candidate, InboxUnavailableError, InboxWatcher, read_input
 from edge_runtime.journal import Claim, Journal, OutboxBusyError, OutboxLock
-from edge_runtime.outbox import Failpoint, Outbox
+from edge_runtime.outbox import Failpoint, Outbox, OutboxReplacedError, fit_name
 from edge_runtime.results import CSV_COLUMNS, AppendLog
 from edge_runtime.watch import Backoff, WatchDaemon, json_logger
 from edge_runtime.watch_config import WatchConfig, WatchConfigError, load_config_file, resolve_config
@@ -116,6 +117,56 @@ def test_unique_names_never_collide_with_inputs_or_jsons(tmp_path: Path) -> None
     )
 
 
+def test_names_are_shortened_to_fit_with_their_json(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "out", tmp_path / "in")
+    outbox.ensure_layout()
+    assert fit_name("short", ".png", "", "done", "abcd1234", 255) == "short.png"
+    # multi-byte characters are cut whole: the result is valid UTF-8 and fits with ".error.json"
+    name = fit_name("é" * 200, ".jpeg", " (2)", "failed", "abcd1234", 255)
+    assert name.endswith("~abcd1234 (2).jpeg") and len(os.fsencode(name + ".error.json")) <= 255
+    name.encode("utf-8")
+    long = "y" * 247 + ".png"
+    reserved: set[str] = set()
+    target, result = outbox.plan(long, "file", "done", reserved, "t0t0t0t0")
+    assert Path(target).name == "y" * 237 + "~t0t0t0t0.png" and len(Path(result).name) == 255
+    second, _ = outbox.plan(long, "file", "done", reserved, "t1t1t1t1")
+    assert Path(second).name == "y" * 237 + "~t1t1t1t1.png"  # each cut name carries its own id
+    # an extension of absurd length is part of the name, not something to keep
+    odd = "a." + "b" * 250
+    assert len(os.fsencode(Path(outbox.plan(odd, "file", "done", reserved, "t2")[1]).name)) <= 255
+
+
+def test_outbox_root_is_never_recreated_and_a_remount_is_recognised(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    outbox = Outbox(root, tmp_path / "in")
+    outbox.ensure_layout()
+    assert outbox.root_is_current()
+    os.rename(root, tmp_path / "away")
+    with pytest.raises(FileNotFoundError):
+        outbox.ensure_layout()
+    assert not root.exists()
+    root.mkdir()  # an empty folder where the outbox was: not it
+    with pytest.raises(OutboxReplacedError):
+        outbox.ensure_layout()
+    assert os.listdir(root) == []
+    root.rmdir()
+    # the same outbox back under another inode (a disk remounted): adopted by its id
+    shutil.copytree(tmp_path / "away", root)
+    outbox.ensure_layout()
+    assert outbox.root_is_current()
+    # a first start creates the root, never its parents
+    with pytest.raises(FileNotFoundError):
+        Outbox(tmp_path / "no" / "such" / "out", tmp_path / "in").ensure_layout()
+    assert not (tmp_path / "no").exists()
+
+
+def test_relative_paths_are_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = resolve_config({}, {"bundle": Path("b"), "inbox": Path("in"), "outbox": Path("out")})
+    assert (config.bundle, config.inbox, config.outbox) == (tmp_path / "b", tmp_path / "in", tmp_path / "out")
+    assert config.to_dict()["heartbeat"] == str(tmp_path / "out" / "heartbeat.json")
+
+
 def test_corrupt_journal_is_set_aside_and_named(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     journal.write(Claim(batch_id="b", jsonl_offset=0, csv_offset=0))
@@ -179,6 +230,32 @@ def test_window_is_bounded_oldest_first_and_waits_for_quiet(tmp_path: Path) -> N
     clock[0] += 2.5
     assert [c.name for c in watcher.poll(limit=10)] == ["f1.png"]
     assert len(watcher.pending) <= 4
+
+
+def test_created_file_waits_for_close_write_up_to_the_settle_time(tmp_path: Path) -> None:
+    clock = [100.0]
+    watcher = _watcher(tmp_path, clock, quiet_seconds=0.5, settle_seconds=10.0)
+    (tmp_path / "open.png").write_bytes(b"half")
+    watcher._hints.queue.put(("open.png", "created"))  # what inotify reports for a new file
+    assert watcher.poll(limit=4) == []
+    clock[0] += 5.0  # far past the quiet period: still open for writing
+    assert watcher.poll(limit=4) == []
+    watcher._hints.queue.put(("open.png", "closed"))
+    assert [c.name for c in watcher.poll(limit=4)] == ["open.png"]
+    # without a close, the settle time is the upper limit
+    (tmp_path / "never closed.png").write_bytes(b"x")
+    watcher._hints.queue.put(("never closed.png", "created"))
+    assert watcher.poll(limit=4) == []
+    clock[0] += 10.5
+    assert [c.name for c in watcher.poll(limit=4)] == ["never closed.png"]
+
+
+def test_daemons_own_names_are_never_inputs(tmp_path: Path) -> None:
+    clock = [0.0]
+    watcher = _watcher(tmp_path, clock, quiet_seconds=0.0, ignore=())
+    for name in (".pneumo-inbox.lock", ".pneumo-probe-x", "image.png"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [c.name for c in watcher.poll(limit=8)] == ["image.png"]
 
 
 def test_missing_inbox_raises(tmp_path: Path) -> None:

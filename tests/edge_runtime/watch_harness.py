@@ -35,6 +35,8 @@ FAST_CONFIG = {
     "heartbeat-seconds": 0.2,
     "backoff-initial-seconds": 0.1,
     "backoff-max-seconds": 0.4,
+    # a file never signalled complete that fails to decode is held this long (default 60 s)
+    "settle-seconds": 1.0,
 }
 
 
@@ -174,6 +176,11 @@ class Daemon:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def inbox_files(inbox: Path) -> list[str]:
+    """What is in the inbox besides the daemon's own lock file (``.pneumo-inbox.lock``)."""
+    return sorted(name for name in os.listdir(inbox) if name != ".pneumo-inbox.lock")
 
 
 def jsonl_records(outbox: Path) -> list[dict[str, Any]]:
