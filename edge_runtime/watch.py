@@ -41,6 +41,7 @@ JSON) says every few seconds that the daemon lives and what it has done.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import errno
 import json
@@ -727,21 +728,8 @@ class WatchDaemon:
             input_sha256=entry.sha256,
             input_bytes=entry.size if entry.sha256 else None,
         )
-        return JournalEntry(
-            id=entry.id,
-            name=entry.name,
-            kind=entry.kind,
-            status="failed",
-            source=entry.source,
-            target="",
-            result_path=result_path,
-            record=record,
-            ino=entry.ino,
-            dev=entry.dev,
-            size=entry.size,
-            mtime_ns=entry.mtime_ns,
-            sha256=entry.sha256,
-            left_in_inbox=True,
+        return dataclasses.replace(
+            entry, status="failed", target="", result_path=result_path, record=record, left_in_inbox=True
         )
 
     def _after_finish(self, claim: Claim) -> None:

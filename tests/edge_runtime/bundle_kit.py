@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,18 +60,7 @@ def _tiny_graph(path: Path, dtype: str) -> Path:
         helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
         helper.make_tensor("one", TensorProto.INT64, [1], [1]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        f"tiny_{dtype}",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", SIZE, SIZE, 1])],
-        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 1])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save_classifier(path, f"tiny_{dtype}", nodes, inits, SIZE)
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
@@ -120,7 +110,7 @@ def complete_bundle(
 
 def nan_for_dark_onnx(path: Path) -> Path:
     """A real ONNX model: sqrt(mean(x / 255) - 0.5), so NaN for dark images and finite for bright ones."""
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
 
@@ -138,18 +128,7 @@ def nan_for_dark_onnx(path: Path) -> Path:
         helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
         helper.make_tensor("one", TensorProto.INT64, [1], [1]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "nan_for_dark",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 8, 8, 1])],
-        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 1])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save_classifier(path, "nan_for_dark", nodes, inits, 8)
 
 
 def fails_at_run_onnx(path: Path, size: int = SIZE) -> Path:
@@ -158,7 +137,7 @@ def fails_at_run_onnx(path: Path, size: int = SIZE) -> Path:
     Stands for a device that breaks after startup (a GPU fault, a driver error): ONNX Runtime
     raises its own error from ``session.run``, not at load, since the batch size is symbolic.
     """
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     nodes = [
@@ -170,9 +149,17 @@ def fails_at_run_onnx(path: Path, size: int = SIZE) -> Path:
         helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 7]),
         helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
     ]
+    return _save_classifier(path, "fails_at_run", nodes, inits, size)
+
+
+def _save_classifier(path: Path, name: str, nodes: list[Any], inits: list[Any], size: int) -> Path:
+    """Save a uint8 (N, size, size, 1) -> float (N, 1) graph as the bundle models are, checked."""
+    import onnx
+    from onnx import TensorProto, helper
+
     graph = helper.make_graph(
         nodes,
-        "fails_at_run",
+        name,
         [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", size, size, 1])],
         [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 1])],
         inits,

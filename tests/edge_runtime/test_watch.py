@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 from tests.edge_runtime.watch_harness import (
+    BRIGHT,
+    DARK,
     REPO,
     Daemon,
     assert_exactly_once,
@@ -33,15 +35,6 @@ from tests.edge_runtime.watch_harness import (
     result_count,
     sha256,
 )
-
-BRIGHT, DARK = 220, 25
-
-
-@pytest.fixture
-def boxes(tmp_path: Path) -> tuple[Path, Path]:
-    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
-    inbox.mkdir()
-    return inbox, outbox
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

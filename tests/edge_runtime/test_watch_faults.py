@@ -42,13 +42,6 @@ from tests.edge_runtime.watch_harness import (
 )
 
 
-@pytest.fixture
-def boxes(tmp_path: Path) -> tuple[Path, Path]:
-    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
-    inbox.mkdir()
-    return inbox, outbox
-
-
 def _mount(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
 

@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 
 from tests.edge_runtime.watch_harness import (
+    BRIGHT,
+    DARK,
     Daemon,
     assert_exactly_once,
     drop,
@@ -32,15 +34,6 @@ from tests.edge_runtime.watch_harness import (
     result_count,
     sha256,
 )
-
-BRIGHT, DARK = 220, 25
-
-
-@pytest.fixture
-def boxes(tmp_path: Path) -> tuple[Path, Path]:
-    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
-    inbox.mkdir()
-    return inbox, outbox
 
 
 def noise_png(seed: int, size: int = 256) -> bytes:

@@ -40,6 +40,10 @@ FAST_CONFIG = {
 }
 
 
+#: pixel values of the tiny model's clear PNEUMONIA and NORMAL images
+BRIGHT, DARK = 220, 25
+
+
 def png_bytes(value: int, size: int = 40, seed: int | None = None) -> bytes:
     """A small grayscale PNG; bright (value > 127) -> PNEUMONIA, dark -> NORMAL with the tiny model.
 
