@@ -15,7 +15,6 @@ from typing import Any
 
 from benchmarks.errors import BenchConfigError, BenchError
 from edge_runtime.errors import EdgeError
-from train.errors import TrainError
 
 DEFAULT_OUTPUT = Path("benchmarks/results")
 
@@ -195,8 +194,7 @@ def main(argv: list[str], prog: str = "pneumo bench") -> int:
         return 2
     try:
         return _bench(args, argv, prog)
-    except (BenchError, EdgeError, TrainError) as exc:
-        # TrainError: scoring uses train.metrics and split.json is read with train's rules.
+    except (BenchError, EdgeError) as exc:
         return _error(prog, exc)
 
 
@@ -322,7 +320,7 @@ def watch_main(argv: list[str], prog: str = "pneumo bench watch") -> int:
     try:
         watch = run_watch_bench(config, progress=not args.quiet)
         facts = collect_device_facts()
-    except (BenchError, EdgeError, TrainError) as exc:
+    except (BenchError, EdgeError) as exc:
         return _error(prog, exc)
     import datetime as _dt
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from benchmarks.errors import BenchInputError
 from edge_runtime.contract import ModelInfo, PreprocessContract
-from edge_runtime.errors import ImageDecodeError
+from edge_runtime.errors import ImageDecodeError, LabelledSetError
+from edge_runtime.labelled import case_hint, image_files, read_split
 from edge_runtime.preprocess import load_image, preprocess_file
 
 
@@ -47,11 +48,9 @@ class LabelledImages:
 def files_from_folder(folder: Path, info: ModelInfo) -> list[LabelledFile]:
     """``folder/{LABEL}/**`` image files, hidden ones skipped; class folders named exactly as the labels.
 
-    The same rules as training's scanner (:func:`train.data.image_files`), so a folder that trains
-    also benchmarks, and one that does not is refused here too.
+    The same rules as training's scanner (:func:`edge_runtime.labelled.image_files`), so a folder that
+    trains also benchmarks, and one that does not is refused here too.
     """
-    from train.data import image_files
-
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise BenchInputError(f"{folder}: test folder not found (--data)")
@@ -59,8 +58,6 @@ def files_from_folder(folder: Path, info: ModelInfo) -> list[LabelledFile]:
         folder = folder / "test"
     class_dirs = _class_dirs(folder, info)
     if not class_dirs:
-        from train.data import case_hint
-
         hints = "".join(case_hint(child.name, info.labels) for child in folder.iterdir() if child.is_dir())
         raise BenchInputError(
             f"{folder}: no class folders named like the model's labels {list(info.labels)}{hints} "
@@ -77,43 +74,18 @@ def files_from_folder(folder: Path, info: ModelInfo) -> list[LabelledFile]:
 
 
 def files_from_split_json(split_json: Path, info: ModelInfo) -> list[LabelledFile]:
-    """The ``test`` entries of a training run's split.json: ``{"root": ..., "test": [{"path", "label"}, ...]}``.
+    """The ``test`` entries of a training run's split.json, read by :func:`edge_runtime.labelled.read_split`.
 
-    Only the entry lists are read (with :meth:`train.data.Sample.from_dict`, paths
-    relative to ``root`` or absolute), not the data configuration, so a split
-    written by an older or hand-made run still serves.
+    Only the entry lists are read, not the data configuration, so a split written by an older or
+    hand-made run still serves.
     """
-    from edge_runtime.fileio import read_json
-    from train.data import Sample
-
     try:
-        data = read_json(split_json)
-        root = Path(str(data["root"])) if data.get("root") else split_json.parent
-        samples = [Sample.from_dict(item, root) for item in data["test"]]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise BenchInputError(
-            f"{split_json}: no readable test list ({exc}); pass the test folder with --data"
-        ) from exc
-    from train.data import case_hint
-
-    # Exactly as train and export compare labels (class folder names), never case-folded.
-    index = {label: i for i, label in enumerate(info.labels)}
-    files = []
-    for sample in samples:
-        if sample.label not in index:
-            raise BenchInputError(
-                f"{split_json}: test label {sample.label!r} is not one of the model's labels {list(info.labels)}"
-                f"{case_hint(sample.label, info.labels)}"
-            )
-        files.append(LabelledFile(sample.path, index[sample.label]))
-    missing = [f.path for f in files if not f.path.is_file()]
-    if missing:
-        raise BenchInputError(
-            f"{split_json}: {len(missing)} test image(s) missing, e.g. {missing[0]}; pass the test folder with --data"
-        )
-    if not files:
-        raise BenchInputError(f"{split_json}: the test split is empty")
-    return files
+        images = read_split(split_json, "test", info.labels)
+    except LabelledSetError as exc:
+        raise BenchInputError(str(exc)) from exc
+    if not images:
+        raise BenchInputError(f"{split_json}: the test split is empty; pass the test folder with --data")
+    return [LabelledFile(image.path, info.labels.index(image.label)) for image in images]
 
 
 def limit_files(files: list[LabelledFile], limit: int | None, seed: int = 0) -> list[LabelledFile]:

@@ -131,7 +131,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="fp32 | fp16 | int8 | a comma list, or all: every precision the bundle has (default all)",
     )
     b.add_argument(
-        "--batch", default="1,8,32", help="batch sizes of the optimization profile (default 1,8,32)"
+        "--batch",
+        default=None,
+        help="batch sizes of the optimization profile (default 1,8,32; with --dla one size, default 1)",
     )
     b.add_argument(
         "--workspace",
@@ -547,7 +549,7 @@ def _build_config(args: argparse.Namespace) -> Any:
     return EdgeBuildConfig(
         precisions=parse_precisions(args.precision),
         only_in_bundle=args.precision.strip() == "all",
-        batch_sizes=args.batch,
+        batch_sizes=args.batch if args.batch is not None else (),
         workspace_mib=args.workspace,
         dla_core=args.dla,
         backend=args.backend,

@@ -39,6 +39,8 @@ from edge_runtime.engine_build import (
     EngineBuildConfig,
     OnnxSources,
     build_engine,
+    check_dla_batch,
+    default_batch_sizes,
     int8_calibration_available,
     parse_batch_sizes,
     plan_build,
@@ -69,7 +71,8 @@ class EdgeBuildConfig:
     """``pneumo edge build`` settings."""
 
     precisions: tuple[str, ...] = ("fp32",)
-    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    #: empty: 1,8,32 on the GPU, 1 on a DLA core (:func:`edge_runtime.engine_build.default_batch_sizes`)
+    batch_sizes: tuple[int, ...] = ()
     workspace_mib: int = 1024
     dla_core: int | None = None
     backend: str = "trt"
@@ -80,7 +83,10 @@ class EdgeBuildConfig:
     only_in_bundle: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "batch_sizes", parse_batch_sizes(self.batch_sizes))
+        sizes = self.batch_sizes or default_batch_sizes(self.dla_core)
+        object.__setattr__(self, "batch_sizes", parse_batch_sizes(sizes))
+        # Checked before any engine is built, not per precision half-way through the build.
+        check_dla_batch(self.dla_core, self.batch_sizes)
         if self.backend not in SELF_TEST_BACKENDS:
             raise EdgeError(f"--backend {self.backend!r}: expected one of {', '.join(SELF_TEST_BACKENDS)}")
         for precision in self.precisions:

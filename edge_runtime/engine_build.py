@@ -80,6 +80,31 @@ def parse_batch_sizes(text: str | Sequence[int]) -> tuple[int, ...]:
     return tuple(sizes)
 
 
+#: A DLA engine's one batch size when none is asked: one image at a time, as a clinic sends them.
+DLA_BATCH_SIZES = (1,)
+
+
+def default_batch_sizes(dla_core: int | None) -> tuple[int, ...]:
+    """The profile's batch sizes when ``--batch`` is not given: 1,8,32 on the GPU, 1 on a DLA core."""
+    return DLA_BATCH_SIZES if dla_core is not None else (1, 8, 32)
+
+
+def check_dla_batch(dla_core: int | None, batch_sizes: Sequence[int]) -> None:
+    """Refuse a batch range on a DLA core: the DLA has no dynamic shapes.
+
+    TensorRT's DLA layer restrictions: "DLA does not support dynamic dimensions, so the profile's
+    min, max, and opt values must be equal". With GPU fallback on, a range is not an error: every
+    layer silently runs on the GPU, and the engine would be a GPU engine named and recorded as DLA.
+    """
+    if dla_core is not None and len(set(batch_sizes)) > 1:
+        sizes = ",".join(str(b) for b in batch_sizes)
+        raise EngineBuildError(
+            f"--dla {dla_core} with --batch {sizes}: a DLA engine runs one fixed batch size (the DLA has no "
+            "dynamic shapes; with a range every layer would silently run on the GPU). Pass one size, "
+            "e.g. --batch 1 (the default with --dla), or build without --dla for a batch range"
+        )
+
+
 @dataclass(frozen=True)
 class BatchProfile:
     """min / opt / max batch of one optimization profile.
@@ -107,7 +132,8 @@ class EngineBuildConfig:
     """One engine build. CLIs map their flags onto this; nothing below sees argparse."""
 
     precision: str = "fp32"
-    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    #: empty: the default for where it runs (:func:`default_batch_sizes`)
+    batch_sizes: tuple[int, ...] = ()
     workspace_mib: int = 1024
     dla_core: int | None = None
     int8_source: str = "auto"
@@ -119,13 +145,15 @@ class EngineBuildConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise EngineBuildError(f"precision {self.precision!r}: expected one of {PRECISIONS}")
-        object.__setattr__(self, "batch_sizes", parse_batch_sizes(self.batch_sizes))
+        sizes = self.batch_sizes or default_batch_sizes(self.dla_core)
+        object.__setattr__(self, "batch_sizes", parse_batch_sizes(sizes))
         if self.workspace_mib < MIN_WORKSPACE_MIB:
             raise EngineBuildError(
                 f"--workspace {self.workspace_mib} MiB is below the {MIN_WORKSPACE_MIB} MiB minimum"
             )
         if self.dla_core is not None and self.dla_core < 0:
             raise EngineBuildError(f"--dla {self.dla_core}: a DLA core number is 0 or more")
+        check_dla_batch(self.dla_core, self.batch_sizes)
         if self.int8_source not in INT8_SOURCES:
             raise EngineBuildError(f"int8 source {self.int8_source!r}: expected one of {INT8_SOURCES}")
         if not 1 <= self.calibration_batch_size <= MAX_BATCH:

@@ -12,12 +12,17 @@ class ContractError(EdgeError):
 
 
 class ImageDecodeError(EdgeError):
-    """An input file could not be decoded into an image; the message says why."""
+    """An input file could not be decoded into an image; the message says why.
 
-    def __init__(self, path: str, reason: str) -> None:
+    ``maybe_incomplete`` marks the failures a file still being written also gives (empty, truncated,
+    corrupt data), so the watch daemon can wait for a paused writer instead of failing the input.
+    """
+
+    def __init__(self, path: str, reason: str, *, maybe_incomplete: bool = False) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        self.maybe_incomplete = maybe_incomplete
 
 
 class BundleError(EdgeError):
@@ -42,6 +47,18 @@ class CameraError(EdgeError):
 
 class InferenceError(EdgeError):
     """A loaded backend failed to run a batch (the runtime's own error, wrapped with what ran)."""
+
+
+class LabelledSetError(EdgeError):
+    """A labelled image set (class folders or a run's split.json) cannot be read as one."""
+
+
+class MetricsError(EdgeError, ValueError):
+    """Outputs and labels that cannot be scored (shapes, empty input, bad threshold rule).
+
+    Still a ValueError for callers that predate the hierarchy; train reports it as a failure, export
+    and benchmarks wrap it in their own error types.
+    """
 
 
 class UsageError(EdgeError):

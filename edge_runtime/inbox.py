@@ -86,8 +86,6 @@ TRANSIENT_ERRNOS = frozenset(
         errno.EBUSY,
     }
 )
-#: decoder reasons that an incomplete write also produces (edge_runtime.preprocess wording)
-_INCOMPLETE_REASONS = ("truncated", "corrupt", "empty file", "decoder failed", "unreadable DICOM")
 #: files counted per ignored sub-folder at most (a scan stays bounded)
 _SUBFOLDER_COUNT_LIMIT = 10_000
 
@@ -697,7 +695,7 @@ def read_input(inbox: Path, cand: Candidate, contract: PreprocessContract) -> In
         if not _unchanged(path, cand):
             return InputRead(cand, source, "changed")  # written to after it was read: not complete
         failed = _rejected(cand, source, "file", exc.reason, sha, len(data))
-        failed.maybe_incomplete = any(word in exc.reason for word in _INCOMPLETE_REASONS)
+        failed.maybe_incomplete = exc.maybe_incomplete
         return failed
     except Exception as exc:  # noqa: BLE001 - a hostile file must fail alone, never stop the daemon
         return _rejected(cand, source, "file", f"decoder error: {type(exc).__name__}: {exc}", sha, len(data))

@@ -312,7 +312,7 @@ def _is_raw_dicom(data: bytes, name: str) -> bool:
 def decode_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode an image file's bytes to uint8, 2-D grayscale or 3-channel BGR."""
     if not data:
-        raise ImageDecodeError(name, "empty file (0 bytes)")
+        raise ImageDecodeError(name, "empty file (0 bytes)", maybe_incomplete=True)
     header = sniff_header(data)
     if header.format == "unknown" and _is_raw_dicom(data, name):
         header = ImageHeader("dicom-raw", None, None)
@@ -320,7 +320,9 @@ def decode_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXEL
         raise ImageDecodeError(name, _unknown_format_reason(data))
     if header.format == "tiff" and (header.width is None or header.height is None):
         # Refused rather than decoded blind: the size check below is what keeps memory bounded.
-        raise ImageDecodeError(name, "corrupt TIFF: no image width and height in its first directory")
+        raise ImageDecodeError(
+            name, "corrupt TIFF: no image width and height in its first directory", maybe_incomplete=True
+        )
     if header.width is not None and header.height is not None and header.width * header.height > max_pixels:
         raise too_many_pixels(name, header.width, header.height, max_pixels)
     if header.format.startswith("dicom"):
@@ -331,15 +333,18 @@ def decode_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXEL
             raise ImageDecodeError(
                 name,
                 "truncated JPEG: the image data ends before its end-of-image marker; send the file again",
+                maybe_incomplete=True,
             )
         buffer = np.frombuffer(data, dtype=np.uint8)
         flags = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
         try:
             decoded = cv2.imdecode(buffer, flags)
         except cv2.error as exc:
-            raise ImageDecodeError(name, f"{header.format} decoder failed: {exc}") from exc
+            raise ImageDecodeError(
+                name, f"{header.format} decoder failed: {exc}", maybe_incomplete=True
+            ) from exc
         if decoded is None:
-            raise ImageDecodeError(name, f"corrupt or truncated {header.format} data")
+            raise ImageDecodeError(name, f"corrupt or truncated {header.format} data", maybe_incomplete=True)
         image = decoded
     if image.shape[0] * image.shape[1] > max_pixels:
         raise too_many_pixels(name, image.shape[1], image.shape[0], max_pixels, declared=False)
@@ -374,7 +379,7 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int, raw: bool = False) ->
         # Header only: the pixel data is neither copied nor decoded until the size is known to be sane.
         meta = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=raw)
     except Exception as exc:
-        raise ImageDecodeError(name, f"unreadable DICOM: {exc}") from exc
+        raise ImageDecodeError(name, f"unreadable DICOM: {exc}", maybe_incomplete=True) from exc
     rows, columns = _dicom_int(meta, "Rows", 0), _dicom_int(meta, "Columns", 0)
     if rows <= 0 or columns <= 0:
         what = "not an image: no DICOM header found" if raw else "DICOM without an image (no Rows/Columns)"
@@ -398,7 +403,7 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int, raw: bool = False) ->
             _set_transfer_syntax_from_encoding(dataset)
         pixels = dataset.pixel_array
     except Exception as exc:
-        raise ImageDecodeError(name, f"unreadable DICOM pixel data: {exc}") from exc
+        raise ImageDecodeError(name, f"unreadable DICOM pixel data: {exc}", maybe_incomplete=True) from exc
     if pixels.shape[:2] != (rows, columns) or pixels.ndim != (2 if samples == 1 else 3):
         raise ImageDecodeError(
             name, f"DICOM pixel data has shape {pixels.shape}, header says {rows}x{columns}"

@@ -1,7 +1,7 @@
 """Per-precision accuracy on the test split, and the INT8 sensitivity gate.
 
 Each exported graph (FP32, FP16, INT8 Q/DQ) runs on ONNX Runtime CPU over the
-same preprocessed test images; :func:`train.metrics.evaluate_outputs` scores
+same preprocessed test images; :func:`edge_runtime.metrics.evaluate_outputs` scores
 them at the model's threshold, so these figures are comparable with the
 training report and with the benchmarks on the Jetson.
 """
@@ -29,7 +29,7 @@ def evaluate_precisions(
     seed: int = 0,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
     """``{precision: evaluate_outputs(...)}`` and the raw outputs of each model on ``images``."""
-    from train.metrics import MetricsError, evaluate_outputs
+    from edge_runtime.metrics import MetricsError, evaluate_outputs
 
     results: dict[str, dict[str, Any]] = {}
     outputs: dict[str, np.ndarray] = {}

@@ -31,7 +31,6 @@ from export.config import (
     QuantConfig,
 )
 from export.errors import EngineUnavailableError, ExportConfigError, ExportError, OutputExistsError
-from train.errors import TrainError
 
 DESCRIPTION = """Convert a trained Keras model for the edge, and pack the bundle a Jetson builds its engine from.
 
@@ -53,8 +52,7 @@ def main(argv: Sequence[str], prog: str = "pneumo export") -> int:
         return int(exc.code or 0)
     try:
         return int(args.handler(args))
-    except (ExportError, EdgeError, TrainError) as exc:
-        # TrainError: export scores with train.metrics and reads split.json with train's rules.
+    except (ExportError, EdgeError) as exc:
         print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ExportConfigError) else 1
 
@@ -182,7 +180,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     source.add_argument("--calib-cache", type=Path, help="TensorRT calibration cache to reuse for INT8")
     engine.add_argument("--int8-source", choices=("auto", "calibrator", "qdq"), default="auto")
     engine.add_argument(
-        "--batch", default="1,8,32", help="batch sizes of the optimization profile (default 1,8,32)"
+        "--batch",
+        default=None,
+        help="batch sizes of the optimization profile (default 1,8,32; with --dla one size, default 1)",
     )
     engine.add_argument("--workspace", type=int, default=1024, help="builder workspace in MiB (default 1024)")
     engine.add_argument("--dla", type=int, help="DLA core, with GPU fallback (AGX Orin, Orin NX)")
@@ -400,7 +400,7 @@ def _cmd_engine(args: argparse.Namespace) -> int:
         )
     config = EngineBuildConfig(
         precision=precision,
-        batch_sizes=args.batch,
+        batch_sizes=args.batch if args.batch is not None else (),
         workspace_mib=args.workspace,
         dla_core=args.dla,
         int8_source=args.int8_source,

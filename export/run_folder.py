@@ -12,33 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from edge_runtime import labelled
 from edge_runtime.contract import CONTRACT_FILE, MODEL_INFO_FILE, ModelInfo, PreprocessContract
-from edge_runtime.errors import ContractError, ImageDecodeError
-from edge_runtime.fileio import read_json
+from edge_runtime.errors import ContractError, ImageDecodeError, LabelledSetError
+from edge_runtime.labelled import LabelledImage, image_files
 from edge_runtime.preprocess import preprocess_file
 from export.errors import ExportError, RunFolderError
-from train.data import case_hint, image_files
 
 MODEL_FILE = "model.h5"
 SPLIT_FILE = "split.json"
 MODEL_CARD_FILE = "model_card.json"
-SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class LabelledImage:
-    """One image file with its true label and the split it belongs to."""
-
-    path: Path
-    label: str
-    split: str
-    # The path as the data set names it (relative to its root where possible): stable across machines,
-    # so provenance hashes do not change when the data set moves.
-    ref: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,58 +91,11 @@ class RunFolder:
 def read_split(
     path: Path, split: str, labels: tuple[str, ...], data_root: Path | None = None
 ) -> list[LabelledImage]:
-    """The entries of ``split`` in a split.json, with paths resolved and every file checked to exist."""
-    if split not in SPLITS:
-        raise ExportError(f"unknown split {split!r}: expected one of {SPLITS}")
+    """The entries of ``split`` in a split.json (:func:`edge_runtime.labelled.read_split`), as an export error."""
     try:
-        data = read_json(path)
-    except (OSError, ValueError) as exc:
-        raise RunFolderError(f"{path}: cannot read split JSON ({exc}); re-run 'pneumo train'") from exc
-    if not isinstance(data, dict) or not isinstance(data.get(split), list):
-        raise RunFolderError(f"{path}: no {split!r} list; expected the split.json 'pneumo train' writes")
-    split_root = Path(str(data.get("root", path.parent)))
-    images = []
-    for entry in data[split]:
-        image = _entry(entry, split, split_root, data_root, path)
-        # Exactly as train compares labels (class folder names), never case-folded.
-        if image.label not in labels:
-            raise RunFolderError(
-                f"{path}: {image.path} has label {image.label!r}, not one of the model's {labels}"
-                f"{case_hint(image.label, labels)}"
-            )
-        images.append(image)
-    missing = [image.path for image in images if not image.path.is_file()]
-    if missing:
-        hint = (
-            "pass --data ROOT where the data set now lives"
-            if data_root is None
-            else f"check --data {data_root}"
-        )
-        raise RunFolderError(
-            f"{missing[0]}: listed in {path} ({split}) but not found ({len(missing)} of {len(images)} missing); {hint}"
-        )
-    return images
-
-
-def _entry(entry: Any, split: str, split_root: Path, data_root: Path | None, source: Path) -> LabelledImage:
-    if not isinstance(entry, dict) or "path" not in entry or "label" not in entry:
-        raise RunFolderError(f"{source}: a {split} entry lacks 'path' or 'label': {entry!r}")
-    raw = Path(str(entry["path"]))
-    if raw.is_absolute():
-        path = raw
-        if data_root is not None and not raw.exists():
-            # The data set moved: keep the path relative to the old root under the new one.
-            try:
-                path = data_root / raw.relative_to(split_root)
-            except ValueError:
-                path = raw
-    else:
-        path = (data_root or split_root) / raw
-    try:
-        ref = raw.relative_to(split_root).as_posix() if raw.is_absolute() else raw.as_posix()
-    except ValueError:
-        ref = raw.as_posix()
-    return LabelledImage(path=path, label=str(entry["label"]), split=split, ref=ref)
+        return labelled.read_split(path, split, labels, data_root)
+    except LabelledSetError as exc:
+        raise RunFolderError(str(exc)) from exc
 
 
 def folder_images(root: Path, labels: tuple[str, ...], split: str) -> list[LabelledImage]:

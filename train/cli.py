@@ -347,7 +347,7 @@ def evaluate_parser(prog: str) -> argparse.ArgumentParser:
 
 def evaluation_table(report: dict[str, Any]) -> str:
     from edge_runtime.contract import SYNTHETIC_WARNING
-    from train.metrics import format_with_ci
+    from edge_runtime.metrics import format_with_ci
 
     m = report["metrics"]
     lines = []

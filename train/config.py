@@ -191,7 +191,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None:
                 _bounded(name, value, low, high)
-        from train.metrics import MetricsError, parse_threshold_rule
+        from edge_runtime.metrics import MetricsError, parse_threshold_rule
 
         try:
             if self.threshold_rule is not None:

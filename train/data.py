@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from edge_runtime.fileio import atomic_write_json, read_json
-from edge_runtime.preprocess import IMAGE_SUFFIXES, is_image_name
+from edge_runtime.labelled import image_files
+from edge_runtime.preprocess import IMAGE_SUFFIXES
 from train.errors import DataError
 
 LabelMode = Literal["binary", "kind"]
@@ -341,23 +342,6 @@ def describe_layout(root: str | Path) -> Layout:
     if not subdirs:
         raise DataError(f"{root}: no class folders; {hint}")
     return Layout(root, "flat", ("",), tuple(d.name for d in subdirs), ())
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image-named files under ``folder`` (recursive, sorted), skipping hidden files like ._x.jpeg."""
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and is_image_name(p.name) and not p.name.startswith(".")
-    )
-
-
-def case_hint(label: str, labels: Sequence[str]) -> str:
-    """A note for a label that matches one of ``labels`` only when case is ignored, else ''.
-
-    Labels are class folder names, compared exactly by training, evaluation, export and the
-    benchmarks alike (a model's NORMAL is not a folder's normal); the note says what to rename.
-    """
-    near = [known for known in labels if known.casefold() == label.casefold() and known != label]
-    return f" (labels are case-sensitive: rename {label!r} to {near[0]!r})" if near else ""
 
 
 def discover(root: str | Path, label_mode: LabelMode = "binary") -> list[Sample]:

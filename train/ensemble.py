@@ -190,6 +190,7 @@ def _crop_view(
 
 def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
     """Average the member runs, choose the threshold on validation, score test once; write a run folder."""
+    from edge_runtime.metrics import evaluate_outputs
     from train.cache import load_arrays
     from train.compute import require_keras
     from train.evaluate import load_keras
@@ -205,7 +206,6 @@ def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
         save_model,
         threshold_record,
     )
-    from train.metrics import evaluate_outputs
     from train.models.complexity import model_complexity
     from train.synth import is_synthetic
 
@@ -298,7 +298,7 @@ def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
 
 
 def _member_rule(member: Member) -> str:
-    from train.metrics import DEFAULT_THRESHOLD_RULE
+    from edge_runtime.metrics import DEFAULT_THRESHOLD_RULE
 
     rule = member.config.get("threshold_rule")
     return str(rule) if rule else DEFAULT_THRESHOLD_RULE

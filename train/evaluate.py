@@ -23,8 +23,8 @@ import numpy as np
 
 from edge_runtime.contract import ModelInfo, PreprocessContract
 from edge_runtime.errors import EdgeError
+from edge_runtime.metrics import evaluate_outputs
 from train.errors import DataError, TrainError
-from train.metrics import evaluate_outputs
 
 KERAS_SUFFIXES = (".h5", ".keras")
 EVAL_SPLITS = ("test", "val", "train", "all")
@@ -175,7 +175,7 @@ def select_samples(data: Path, info: ModelInfo, split: str) -> list[Any]:
             raise DataError(f"{data / split}: no images in split '{split}'; use --split all or another split")
     unknown = sorted({s.label for s in samples} - set(info.labels))
     if unknown:
-        from train.data import case_hint
+        from edge_runtime.labelled import case_hint
 
         hints = "".join(case_hint(label, info.labels) for label in unknown)
         raise DataError(

@@ -34,10 +34,10 @@ import numpy as np
 
 from edge_runtime.contract import ModelInfo, PreprocessContract
 from edge_runtime.fileio import atomic_write_json, atomic_write_via
+from edge_runtime.metrics import choose_threshold, evaluate_outputs
 from train.compute import RUN_FOLDER_MODULES, require_keras
 from train.config import CONFIG_FILE, TrainConfig
 from train.errors import DataError, TrainError
-from train.metrics import choose_threshold, evaluate_outputs
 from train.models import ArchSpec, Head, build_model, get_arch, resolve_head
 from train.models.complexity import model_complexity
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from edge_runtime.contract import INTENDED_USE, SYNTHETIC_WARNING, ModelInfo, PreprocessContract
 from edge_runtime.fileio import atomic_write_via, sha256_file
+from edge_runtime.metrics import BINARY_METRICS, format_with_ci
 from train.config import TrainConfig
-from train.metrics import BINARY_METRICS, format_with_ci
 
 CARD_SCHEMA = 1
 PLOTS_DIR = "plots"

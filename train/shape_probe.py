@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.contract import ModelInfo
+from edge_runtime.metrics import roc_auc
 from edge_runtime.predictor import abnormal_probability
-from train.metrics import roc_auc
 
 
 @dataclass(frozen=True)

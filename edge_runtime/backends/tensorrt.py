@@ -127,6 +127,9 @@ class TensorRTBackend(Backend):
 
     def _load(self, trt: Any, cuda: Any, data: bytes) -> None:
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        if self.sidecar is not None and self.sidecar.dla_core is not None:
+            # The runtime picks the DLA core a DLA engine runs on; its default (-1) is not the one built for.
+            runtime.DLA_core = self.sidecar.dla_core
         engine = runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise EngineMismatchError(

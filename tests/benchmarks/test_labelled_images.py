@@ -46,12 +46,12 @@ def test_split_json_labels_must_match_exactly(tmp_path: Path) -> None:
     split.write_text(
         json.dumps({"root": str(folder), "test": [{"path": "NORMAL/normal_0.jpeg", "label": "normal"}]})
     )
-    with pytest.raises(BenchInputError, match=r"test label 'normal' .*rename 'normal' to 'NORMAL'"):
+    with pytest.raises(BenchInputError, match=r"has label 'normal', .*rename 'normal' to 'NORMAL'"):
         files_from_split_json(split, INFO)
 
 
 def test_unscorable_outputs_are_a_bench_error() -> None:
-    """train.metrics' MetricsError is not a BenchError; _accuracy turns it into one, the CLI prints it."""
+    """edge_runtime.metrics' MetricsError is not a BenchError; _accuracy turns it into one, the CLI prints it."""
     runner = SimpleNamespace(
         name="ort-cpu", max_batch=8, infer=lambda batch: np.zeros((len(batch), 3), np.float32)
     )
@@ -68,7 +68,7 @@ def test_a_metrics_error_escaping_is_reported_not_a_traceback(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from benchmarks import cli
-    from train.metrics import MetricsError
+    from edge_runtime.metrics import MetricsError
 
     def broken(*args: object) -> int:
         raise MetricsError("no images to evaluate")

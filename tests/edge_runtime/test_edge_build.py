@@ -209,10 +209,23 @@ def test_manifest_rewrite_after_golden_change_is_caught_by_the_self_test(bundle_
 
 
 def test_edge_build_command_reproduces_non_default_flags(bundle_root: Path) -> None:
-    config = EdgeBuildConfig(precisions=("int8",), batch_sizes=(2, 4), dla_core=1, int8_source="qdq")
+    config = EdgeBuildConfig(precisions=("int8",), batch_sizes=(4,), dla_core=1, int8_source="qdq")
     assert edge_build_command(bundle_root, config) == (
-        f"pneumo edge build {bundle_root} --precision int8 --batch 2,4 --dla 1 --int8-source qdq"
+        f"pneumo edge build {bundle_root} --precision int8 --batch 4 --dla 1 --int8-source qdq"
     )
+    config = EdgeBuildConfig(precisions=("fp16",), batch_sizes=(2, 4), workspace_mib=512)
+    assert edge_build_command(bundle_root, config) == (
+        f"pneumo edge build {bundle_root} --precision fp16 --batch 2,4 --workspace 512"
+    )
+
+
+def test_a_dla_build_with_a_batch_range_is_refused_before_anything_is_built(
+    bundle_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert EdgeBuildConfig(dla_core=0).batch_sizes == (1,)
+    assert main(["build", str(bundle_root), "--dla", "0", "--batch", "1,8,32"]) != 0
+    assert "one fixed batch size" in capsys.readouterr().err
+    assert not (bundle_root / "engines").exists()
 
 
 def test_all_means_every_precision_the_bundle_has(

@@ -290,6 +290,14 @@ def test_dla_absent_present_and_invalid(
     record = double.builds[-1]
     assert (record.device_type, record.dla_core) == ("DLA", 1) and "GPU_FALLBACK" in record.flags
     assert sidecar.dla_core == 1 and sidecar.gpu_fallback and "--useDLACore=1" in sidecar.trtexec_equivalent
+    # The DLA has no dynamic shapes: one batch size (1 unless asked), min = opt = max.
+    assert [(low[0], opt[0], high[0]) for low, opt, high in record.profiles[0].values()] == [(1, 1, 1)]
+    assert _config(tmp_path, precision="fp16", dla_core=0, batch_sizes=(8,)).profile == BatchProfile(8, 8, 8)
+    with pytest.raises(
+        EngineBuildError, match=r"--dla 0 with --batch 1,8: .*one fixed batch size.*--batch 1"
+    ):
+        _config(tmp_path, precision="fp16", dla_core=0, batch_sizes=(1, 8))
+    assert _config(tmp_path).batch_sizes == (1, 8, 32)  # on the GPU, a range
     with pytest.raises(EngineBuildError, match="DLA cores 0..1"):
         build_engine(sources, tmp_path / "eng" / "d.engine", _config(tmp_path, precision="fp16", dla_core=2))
     with pytest.raises(EngineBuildError, match="FP16 or INT8 only"):

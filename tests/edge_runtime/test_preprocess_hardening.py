@@ -161,6 +161,32 @@ def test_jpeg_whose_exif_thumbnail_has_an_eoi_is_still_checked(gray_image: np.nd
         decode_bytes(data[: len(data) - 200], "exif-cut.jpg")
 
 
+def _cut(data: bytes, keep: float = 0.6) -> bytes:
+    return data[: int(len(data) * keep)]
+
+
+@pytest.mark.parametrize(
+    ("make", "incomplete"),
+    [
+        (lambda img: b"", True),
+        (lambda img: _cut(cv2.imencode(".jpg", img)[1].tobytes()), True),
+        (lambda img: _cut(cv2.imencode(".png", img)[1].tobytes()), True),
+        (lambda img: _cut(cv2.imencode(".bmp", img)[1].tobytes()), True),
+        (lambda img: b"just some text, not an image", False),
+        (lambda img: cv2.imencode(".png", img[:4, :4])[1].tobytes(), False),
+        (lambda img: b"GIF89a" + b"\x00" * 64, False),
+    ],
+    ids=["empty", "cut-jpeg", "cut-png", "cut-bmp", "text", "too-small", "gif"],
+)
+def test_decode_failures_say_whether_an_unfinished_write_could_explain_them(
+    gray_image: np.ndarray, make: Any, incomplete: bool
+) -> None:
+    """The watch daemon holds a maybe-incomplete input for its writer; the others fail at once."""
+    with pytest.raises(ImageDecodeError) as info:
+        decode_bytes(make(gray_image), "x")
+    assert info.value.maybe_incomplete is incomplete, info.value.reason
+
+
 # --- messages: bombs, links, other formats -----------------------------------------------------
 
 

@@ -135,7 +135,7 @@ def test_a_dla_engine_is_run_with_dla_and_pointed_at_without(
     tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     complete_bundle(tiny_bundle)
-    trt_double.install(monkeypatch, dla_cores=2)
+    double = trt_double.install(monkeypatch, dla_cores=2)
     assert run_edge_build(tiny_bundle, EdgeBuildConfig(precisions=("int8",), dla_core=1)).passed
     bundle = Bundle.open(tiny_bundle)
     with pytest.raises(BackendUnavailableError, match=r"model_int8_dla1\.engine.*add --dla 1"):
@@ -144,6 +144,7 @@ def test_a_dla_engine_is_run_with_dla_and_pointed_at_without(
     assert choice.name == "trt" and isinstance(choice.backend, TensorRTBackend)
     with choice.backend as backend:
         assert backend.sidecar is not None and backend.sidecar.dla_core == 1  # type: ignore[attr-defined]
+    assert double.runtime_dla_cores[-1] == 1, "the runtime must run the engine on the core it was built for"
     with pytest.raises(BackendUnavailableError, match="DLA cores run TensorRT engines only"):
         create_backend(bundle, "ort-cpu", "int8", dla_core=1)
     with pytest.raises(BackendUnavailableError, match=r"--dla 0"):

@@ -83,6 +83,8 @@ class TrtDouble:
     gpu_name: str = "Orin"
     compute_capability: tuple[int, int] = (8, 7)
     builds: list[BuildRecord] = field(default_factory=list)
+    #: IRuntime.DLA_core at each deserialize_cuda_engine call
+    runtime_dla_cores: list[int] = field(default_factory=list)
     memory: dict[int, bytearray] = field(default_factory=dict)
     pagelocked: list[np.ndarray] = field(default_factory=list)
     streams: dict[int, Any] = field(default_factory=dict)
@@ -399,6 +401,8 @@ def _build_tensorrt(double: TrtDouble, fast_fp16: bool, fast_int8: bool) -> None
     class Runtime:
         def __init__(self, logger: _Logger) -> None:
             self.logger = logger
+            # IRuntime.DLA_core: the DLA core a deserialized DLA engine runs on (-1 until set).
+            self.DLA_core = -1
 
         def deserialize_cuda_engine(self, data: bytes) -> _Engine | None:
             if not bytes(data).startswith(ENGINE_MAGIC):
@@ -406,6 +410,7 @@ def _build_tensorrt(double: TrtDouble, fast_fp16: bool, fast_int8: bool) -> None
             blob = json.loads(bytes(data)[len(ENGINE_MAGIC) :])
             if blob["tensorrt_version"] != double.version or blob["device"] != device_name:
                 return None  # real TensorRT refuses engines from another version or GPU
+            double.runtime_dla_cores.append(self.DLA_core)
             return _Engine(double, blob)
 
     trt.__version__ = double.version  # type: ignore[attr-defined]
@@ -691,6 +696,7 @@ def _build_pycuda(double: TrtDouble) -> None:
 
     class Event:
         def __init__(self) -> None:
+            _need_context("Event")  # pycuda: "no currently active context?" without one
             self.time: float | None = None
 
         def record(self, stream: Stream | None = None) -> None:

@@ -66,8 +66,8 @@ def test_out_of_range_values_are_usage_errors(
 def test_a_metrics_error_is_reported_not_a_traceback(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from edge_runtime.metrics import MetricsError
     from export import cli
-    from train.metrics import MetricsError
 
     def broken(args: object) -> int:
         raise MetricsError("no images to evaluate")

@@ -51,7 +51,7 @@ def _real_run(data: Path, folder: Path) -> Path:
     """A run folder like 'pneumo train' writes: a brief fit on a class-balanced part of the real train split."""
     import keras
 
-    from train.metrics import choose_threshold
+    from edge_runtime.metrics import choose_threshold
 
     contract = PreprocessContract(height=64, width=64)
     pool = balanced_sample(folder_images(data, LABELS, "train"), LABELS, TRAIN_IMAGES + VAL_IMAGES, seed=0)

@@ -18,7 +18,7 @@ LABELS = ("NORMAL", "PNEUMONIA")
 
 
 def test_folder_scan_skips_hidden_files_like_train(tmp_path: Path) -> None:
-    from train.data import image_files
+    from edge_runtime.labelled import image_files
 
     for label in LABELS:
         write_image(tmp_path / "test" / label / f"{label.lower()}-1.png", np.full((20, 20), 80, np.uint8))
@@ -44,7 +44,7 @@ def test_split_labels_are_compared_exactly_as_train_does(tmp_path: Path) -> None
 
 
 def test_outputs_that_cannot_be_scored_are_an_export_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    """train.metrics' MetricsError becomes an ExportError, so the bundle step reports it as failed."""
+    """edge_runtime.metrics' MetricsError becomes an ExportError, so the bundle step reports it as failed."""
     monkeypatch.setattr(
         accuracy, "onnx_outputs", lambda path, images, precision: np.zeros((3, 1), np.float32)
     )

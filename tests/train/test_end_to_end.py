@@ -90,9 +90,9 @@ def _threshold_from_validation(out: Path, info: ModelInfo, cache: Path) -> float
     """Recompute the threshold from the saved model on the saved validation split only."""
     import keras
 
+    from edge_runtime.metrics import choose_threshold
     from train.cache import load_arrays
     from train.data import Splits
-    from train.metrics import choose_threshold
 
     splits = Splits.load(out / "split.json")
     arrays = load_arrays(

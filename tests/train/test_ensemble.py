@@ -247,10 +247,10 @@ def _pooled_youden(folder: Path, cache: Path) -> float:
     import keras
 
     from edge_runtime.contract import ModelInfo, PreprocessContract
+    from edge_runtime.metrics import choose_threshold
     from edge_runtime.predictor import abnormal_probability
     from train.cache import load_arrays
     from train.data import Splits
-    from train.metrics import choose_threshold
     from train.shape_probe import rescale
 
     splits = Splits.load(folder / "split.json")

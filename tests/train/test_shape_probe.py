@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from edge_runtime.contract import ModelInfo
+from edge_runtime.metrics import roc_auc
 from tests.conftest import write_image
 from train.cli import evaluate_main
 from train.errors import TrainError
-from train.metrics import roc_auc
 from train.shape_probe import PROBES, Probe, rescale, shape_pooled, shape_probe
 
 

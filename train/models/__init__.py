@@ -49,7 +49,7 @@ class ArchSpec:
     undersample: bool = False
     head: Literal["auto", "sigmoid", "softmax"] = "auto"
     label_smoothing: float = 0.0
-    threshold_rule: str = "sensitivity:0.95"  # on validation (train.metrics.choose_threshold)
+    threshold_rule: str = "sensitivity:0.95"  # on validation (edge_runtime.metrics.choose_threshold)
     threshold_on: str = "validation"  # or "shape-pooled" (train.config.THRESHOLD_SOURCES)
     # contract scaling inside the model: x * scale + offset
     scale: float = 1.0 / 255.0

@@ -1,16 +1,14 @@
-"""train.metrics against hand-computed values; numpy only (export and benchmarks reuse it without TF)."""
+"""edge_runtime.metrics against hand-computed values; numpy only (export and benchmarks reuse it without TF)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from edge_runtime.contract import ModelInfo
-from train.metrics import (
+from edge_runtime.metrics import (
     MetricsError,
     binary_metrics,
     bootstrap_intervals,
@@ -151,13 +149,3 @@ def test_evaluate_outputs_rejects_mismatched_shapes() -> None:
         evaluate_outputs(np.array([0, 1]), np.zeros((3, 1)), info)
     with pytest.raises(MetricsError, match="columns"):
         evaluate_outputs(np.array([0, 1]), np.zeros((2, 2)), info)
-
-
-def test_metrics_module_imports_no_tensorflow() -> None:
-    code = (
-        "import sys, train.metrics, train.config, train.models, train.evaluate\n"
-        "heavy = [m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules]\n"
-        "print(heavy)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"

@@ -1,7 +1,10 @@
 """Classification metrics from model outputs: numpy only, no TensorFlow.
 
-``export`` and ``benchmarks`` reuse this module for ONNX models and TensorRT
-engines, so the same numbers come out whichever runtime produced the outputs.
+Training's evaluation, export's accuracy per precision and the benchmarks'
+accuracy on the device all score outputs here, so the same numbers come out
+whichever runtime (Keras, ONNX Runtime, a TensorRT engine) produced them. It
+lives in the edge runtime because the benchmarks run on the Jetson, where
+``train`` is not a dependency.
 
 The headline metrics are binary, *abnormal vs the negative label* (NORMAL),
 at the decision threshold recorded in :class:`~edge_runtime.contract.ModelInfo`:
@@ -22,20 +25,12 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.contract import ModelInfo
+from edge_runtime.errors import MetricsError
 from edge_runtime.predictor import abnormal_probability, predicted_labels
-from train.errors import TrainError
 
 THRESHOLD_RULES = ("sensitivity:<target>", "youden", "fixed:<value>")
 DEFAULT_THRESHOLD_RULE = "sensitivity:0.95"
 BINARY_METRICS = ("accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc")
-
-
-class MetricsError(TrainError, ValueError):
-    """Outputs and labels that cannot be scored (shapes, empty input, bad threshold rule).
-
-    A TrainError, so every CLI that catches the package's errors reports it; still a ValueError for
-    callers that predate the hierarchy. export and benchmarks wrap it in their own error types.
-    """
 
 
 # --------------------------------------------------------------------------- building blocks
