@@ -1,20 +1,30 @@
 """``pneumo bench``: benchmark a bundle, compare two results, or time the watch daemon.
 
 Exit codes: 0 the benchmark ran (targets missed are results, not failures),
-1 a failure named on stderr, 2 a usage error.
+1 a failure named on stderr, 2 a usage error (a setting out of range, checked
+before anything runs, the watch part's included). SIGTERM stops a run as
+Ctrl-C does: scratch folders are removed and ``pneumo`` exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.errors import BenchConfigError, BenchError
 from edge_runtime.errors import EdgeError
+
+if TYPE_CHECKING:
+    from benchmarks.watch_bench import WatchBenchConfig
 
 DEFAULT_OUTPUT = Path("benchmarks/results")
 
@@ -83,7 +93,11 @@ def _bench_parser(prog: str) -> argparse.ArgumentParser:
         help=f"batch sizes (default: {','.join(map(str, DEFAULT_BATCHES))})",
     )
     timing = parser.add_mutually_exclusive_group()
-    timing.add_argument("--iterations", type=int, help="timed calls per combination")
+    timing.add_argument(
+        "--iterations",
+        type=int,
+        help="timed calls per combination, at least 10 (p95/p99 need 100+; default: --duration)",
+    )
     timing.add_argument(
         "--duration", type=float, default=3.0, help="seconds timed per combination (default: 3)"
     )
@@ -95,7 +109,10 @@ def _bench_parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--keras", type=Path, help="training run folder or .h5: the Keras reference row")
     parser.add_argument(
-        "--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)"
+        "--threads",
+        type=int,
+        default=0,
+        help="intra-op threads of ONNX Runtime and TensorFlow (0: each runtime's default)",
     )
     parser.add_argument("--test-limit", type=int, help="score at most N test images (seeded, stratified)")
     parser.add_argument(
@@ -193,9 +210,33 @@ def main(argv: list[str], prog: str = "pneumo bench") -> int:
         print(f"{prog}: error: give a BUNDLE folder, --auto or --compare A.json B.json", file=sys.stderr)
         return 2
     try:
-        return _bench(args, argv, prog)
+        with sigterm_as_interrupt():
+            return _bench(args, argv, prog)
     except (BenchError, EdgeError) as exc:
         return _error(prog, exc)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Make SIGTERM (``timeout``, systemd, ``docker stop``) unwind like Ctrl-C while the run lasts.
+
+    Python's default SIGTERM ends the process on the spot, leaving /tmp/pneumo-bench-*/ scratch and
+    daemon children behind; a KeyboardInterrupt runs every ``finally`` and ``with`` on the way out, and
+    the caller exits as for Ctrl-C. Only the main thread may set handlers: elsewhere nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        # None: a handler set outside Python, which cannot be put back; the default is the closest.
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _log(quiet: bool) -> Any:
@@ -242,14 +283,13 @@ def _bench(args: argparse.Namespace, argv: list[str], prog: str) -> int:
             progress=not args.quiet,
             command=" ".join(shlex.quote(a) for a in ["pneumo", "bench", *argv]),
         )
+        watch = _watch_config(config.bundle, watch_images, args.watch_count)
     except BenchConfigError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     document = run_benchmark(config, log=log)
-    if watch_images is not None:
-        document["watch"] = _watch_section(
-            config.bundle, watch_images, args.watch_count, document, log, args.quiet
-        )
+    if watch is not None:
+        document["watch"] = _watch_section(watch, document, log, args.quiet)
     written = write_report(document, args.output, overwrite=args.overwrite)
     if args.json:
         print(json.dumps(document, indent=2, default=str))
@@ -267,16 +307,25 @@ def _bench(args: argparse.Namespace, argv: list[str], prog: str) -> int:
     return 0
 
 
-def _watch_section(
-    bundle: Path, images: Path, count: int, document: dict[str, Any], log: Any, quiet: bool
-) -> dict[str, Any] | None:
-    from benchmarks.watch_bench import WatchBenchConfig, run_watch_bench
+def _watch_config(bundle: Path, images: Path | None, count: int) -> WatchBenchConfig | None:
+    """The watch part checked before the benchmark, so a bad value costs no benchmark run first."""
+    from benchmarks.watch_bench import WatchBenchConfig, source_images
 
-    log(f"watch daemon: {count} images from {images}")
+    if images is None:
+        return None
+    config = WatchBenchConfig(bundle=bundle, images=images, count=count)
+    source_images(config.images)  # a missing or empty folder: BenchInputError, exit 1
+    return config
+
+
+def _watch_section(
+    watch: WatchBenchConfig, document: dict[str, Any], log: Any, quiet: bool
+) -> dict[str, Any] | None:
+    from benchmarks.watch_bench import run_watch_bench
+
+    log(f"watch daemon: {watch.count} images from {watch.images}")
     try:
-        return run_watch_bench(
-            WatchBenchConfig(bundle=bundle, images=images, count=count), progress=not quiet
-        )
+        return run_watch_bench(watch, progress=not quiet)
     except BenchError as exc:
         document["skipped"].append({"backend": "watch", "precision": None, "batch": None, "reason": str(exc)})
         return None
@@ -318,7 +367,8 @@ def watch_main(argv: list[str], prog: str = "pneumo bench watch") -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     try:
-        watch = run_watch_bench(config, progress=not args.quiet)
+        with sigterm_as_interrupt():
+            watch = run_watch_bench(config, progress=not args.quiet)
         facts = collect_device_facts()
     except (BenchError, EdgeError) as exc:
         return _error(prog, exc)

@@ -51,13 +51,14 @@ class ColdStartSpec:
     threads: int = 0
 
     def argv(self) -> list[str]:
+        """The child's command line, every path absolute: the child runs in the checkout, not the caller's cwd."""
         args = [
             sys.executable,
             "-m",
             "benchmarks.coldstart",
             self.kind,
             "--bundle",
-            str(self.bundle),
+            str(Path(self.bundle).resolve()),
             "--backend",
             self.backend,
             "--precision",
@@ -66,9 +67,9 @@ class ColdStartSpec:
             str(self.threads),
         ]
         if self.h5 is not None:
-            args += ["--h5", str(self.h5)]
+            args += ["--h5", str(Path(self.h5).resolve())]
         if self.image is not None:
-            args += ["--image", str(self.image)]
+            args += ["--image", str(Path(self.image).resolve())]
         return args
 
 
@@ -105,10 +106,22 @@ def measure_cold_start(spec: ColdStartSpec, repeats: int = 3, timeout_s: float =
     }
 
 
+def cold_start_warnings(cold: list[dict[str, Any]]) -> list[str]:
+    """One warning per failed cold start: a missing figure must be as visible as a measured one."""
+    return [
+        f"cold start of {c['backend']} {c['precision']} failed ({c['error']}): no cold-start or peak-memory "
+        "figure for it, so the targets that need it are not measured; fix the cause and re-run"
+        for c in cold
+        if "error" in c
+    ]
+
+
 def _one_child(spec: ColdStartSpec, timeout_s: float) -> dict[str, Any]:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # The child must import this checkout's packages even when pneumo-edge is not installed.
+    # The child must import this checkout's packages even when pneumo-edge is not installed. Its cwd is
+    # the checkout too, because ``-m`` puts the cwd first on sys.path and a caller's folder holding
+    # another ``benchmarks`` or ``edge_runtime`` would shadow ours; so argv() passes absolute paths.
     repo = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
     started = time.perf_counter()
@@ -133,6 +146,11 @@ def _one_child(spec: ColdStartSpec, timeout_s: float) -> dict[str, Any]:
         proc.kill()
         proc.communicate()
         return {"error": f"fresh process did not finish within {timeout_s:.0f} s"}
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM of the benchmark: the child must not outlive it.
+        proc.kill()
+        proc.wait()
+        raise
     if report is None or proc.returncode != 0 or ready == started:
         tail = (stderr or "").strip().splitlines()[-3:]
         return {"error": f"fresh process failed (exit {proc.returncode}): {' | '.join(tail) or 'no output'}"}
@@ -177,6 +195,9 @@ def _child_keras(args: argparse.Namespace) -> dict[str, Any]:
     from edge_runtime.preprocess import preprocess_file
 
     imported = time.perf_counter()
+    if args.threads:
+        # As in the timed Keras row, so both stacks start with the same CPU thread setting.
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     contract = PreprocessContract.load(args.bundle)
     for gpu in tf.config.list_physical_devices("GPU"):
         tf.config.experimental.set_memory_growth(gpu, True)

@@ -10,7 +10,8 @@ contract, so it takes float32 pixel values 0..255; the ONNX files take uint8.
 The uint8 -> float32 cast is done once outside the timed loop
 (:attr:`KerasReference.input_dtype`) and inside the end-to-end loop.
 
-TensorFlow is imported only in :meth:`KerasReference.open`.
+TensorFlow is imported only in :meth:`KerasReference.open`, which first sets its
+intra-op threads to ``--threads`` (as ONNX Runtime's) and records what it uses.
 """
 
 from __future__ import annotations
@@ -106,11 +107,15 @@ class KerasReference(Backend):
     #: the timed loop feeds this dtype; the cast from uint8 happens before timing
     input_dtype = np.float32
 
-    def __init__(self, source: KerasSource, contract: PreprocessContract) -> None:
+    def __init__(self, source: KerasSource, contract: PreprocessContract, threads: int = 0) -> None:
         self.source = source
         self.contract = contract
+        #: intra-op threads asked for (--threads); 0 leaves TensorFlow's default
+        self.threads = threads
         self.device = "cpu"
         self.tensorflow_version = ""
+        #: what TensorFlow runs with, read back after open() (0: its default, all cores)
+        self.thread_settings: dict[str, Any] = {}
         self._model: Any = None
 
     def open(self) -> None:
@@ -120,6 +125,7 @@ class KerasReference(Backend):
             from edge_runtime.pneumo_cli import install_hint
 
             raise BenchInputError(f"TensorFlow not installed; {install_hint('train')}") from exc
+        self.thread_settings = _apply_threads(tf, self.threads)
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:
             # Without this TensorFlow takes all GPU memory and starves the TensorRT rows of the same run.
@@ -152,3 +158,25 @@ class KerasReference(Backend):
 
     def describe(self) -> str:
         return f"keras fp32 on {self.device} (TensorFlow {self.tensorflow_version})"
+
+
+def _apply_threads(tf: Any, threads: int) -> dict[str, Any]:
+    """Set TensorFlow's intra-op threads like ONNX Runtime's, and read back what it really uses.
+
+    TensorFlow takes the setting only before its runtime starts; in a process where it already ran
+    (a second benchmark in one Python) the refusal is recorded rather than hidden.
+    """
+    note = ""
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError as exc:
+            note = f"--threads {threads} not applied: TensorFlow was already running in this process ({exc})"
+    return {
+        "runtime": "tensorflow",
+        "requested": threads,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "zero_means": "TensorFlow's default (one per core)",
+        "note": note,
+    }

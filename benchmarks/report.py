@@ -17,12 +17,19 @@ bench.json, schema ``pneumo-bench/1`` (:data:`benchmarks.BENCH_SCHEMA`)::
                 import/load/first-inference split, peak_rss_mb, gpu_memory_mb
     trtexec     rows from trtexec --loadEngine on the same engines
     skipped     {backend, precision, batch, reason} for everything that did not run
-    targets     each project target as a same-run ratio: met / missed / not measured
+                tail_latency_meaningful (false below 100 calls: p95/p99 shown as "-" in bench.md),
+                threads {runtime, intra_op_threads, inter_op_threads, ...} (null for trt)
+    targets     each project target as a same-run ratio: status (met / missed / "met (unstable
+                timing)" / "missed (unstable timing)" / not measured), threshold_reached,
+                unstable_timing, detail
     warnings, notes
     watch       the watch-daemon benchmark (benchmarks.watch_bench) or null
 
 Results are written to ``OUT/<device-slug>/<YYYY-MM-DD>/`` and never over an
-earlier run of the same day (a ``-2``, ``-3`` ... suffix is added instead).
+earlier run of the same day (a ``-2``, ``-3`` ... suffix is added instead);
+with ``overwrite`` the earlier run's report files there are removed first.
+:func:`compare` adds ``same_model`` and ``warnings`` (different model,
+settings or test set; unstable rows) to the side-by-side rows.
 """
 
 from __future__ import annotations
@@ -35,12 +42,16 @@ from typing import Any
 from benchmarks import BENCH_SCHEMA
 from benchmarks.device_facts import summary_line
 from benchmarks.errors import BenchInputError
-from benchmarks.plots import write_plots
+from benchmarks.plots import LATENCY_PNG, THROUGHPUT_PNG, write_plots
+from benchmarks.stats import MIN_CALLS_FOR_TAIL, UNSTABLE_CV
 from edge_runtime.contract import SYNTHETIC_WARNING
 from edge_runtime.fileio import atomic_write_json, atomic_write_text
 
 BENCH_JSON = "bench.json"
 BENCH_MD = "bench.md"
+#: Every file write_report may write: what --overwrite clears first, so no file of an older run is left
+#: beside the new one looking like its result (a plot this run did not draw, say).
+BENCH_FILES = (BENCH_JSON, BENCH_MD, THROUGHPUT_PNG, LATENCY_PNG)
 DECISION_SUPPORT = "Model outputs are decision support for a trained clinician, not a diagnosis."
 
 
@@ -64,6 +75,7 @@ def write_report(document: dict[str, Any], out_root: Path, overwrite: bool = Fal
     render_markdown(document)
     json.dumps(document)
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_old_results(folder)
     try:
         plots = write_plots(document, folder)
     except ImportError as exc:
@@ -79,6 +91,12 @@ def write_report(document: dict[str, Any], out_root: Path, overwrite: bool = Fal
     for plot in plots:
         written[plot.stem] = plot
     return written
+
+
+def _remove_old_results(folder: Path) -> None:
+    """Only the files of a bench report: a watch.json or a user's notes in the folder stay."""
+    for name in BENCH_FILES:
+        (folder / name).unlink(missing_ok=True)
 
 
 def load_bench(path: str | Path) -> dict[str, Any]:
@@ -144,6 +162,11 @@ def _sorted_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     )
 
 
+def _tail(lat: dict[str, Any], name: str) -> str:
+    """p95/p99 from too few calls would pass the max off as a tail: "-" instead (the JSON keeps the number)."""
+    return _fmt(lat[name], 3) if lat.get("count", 0) >= MIN_CALLS_FOR_TAIL else "-"
+
+
 def performance_table(document: dict[str, Any]) -> list[str]:
     rows = []
     for r in _sorted_rows(document.get("rows", [])):
@@ -161,9 +184,9 @@ def performance_table(document: dict[str, Any]) -> list[str]:
                 _fmt(lat["mean"], 3),
                 _fmt(lat["median"], 3),
                 _fmt(lat["p90"], 3),
-                _fmt(lat["p95"], 3),
-                _fmt(lat["p99"], 3),
-                f"{lat['cv']:.0%}" + (" ⚠" if r.get("warnings") else ""),
+                _tail(lat, "p95"),
+                _tail(lat, "p99"),
+                f"{lat['cv']:.0%}" + (" ⚠" if lat["cv"] > UNSTABLE_CV else ""),
                 _fmt(gpu.get("mean"), 3),
                 _fmt(e2e.get("throughput_ips"), 1),
                 _fmt(e2e.get("preprocess_ms_per_image"), 2),
@@ -292,7 +315,13 @@ def trtexec_table(document: dict[str, Any]) -> list[str]:
 
 
 def targets_table(document: dict[str, Any]) -> list[str]:
-    marks = {"met": "met ✅", "missed": "MISSED ❌", "not measured": "not measured"}
+    marks = {
+        "met": "met ✅",
+        "missed": "MISSED ❌",
+        "met (unstable timing)": "met ⚠ unstable timing, not trustworthy",
+        "missed (unstable timing)": "MISSED ❌ ⚠ unstable timing",
+        "not measured": "not measured",
+    }
     rows = [
         [t["target"], _fmt(t.get("ratio"), 3), marks.get(t["status"], t["status"]), t.get("detail", "")]
         for t in document.get("targets", [])
@@ -323,6 +352,29 @@ def grouped_skips(skipped: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def threads_line(document: dict[str, Any]) -> str:
+    """What --threads asked for and the intra/inter-op pools each CPU runtime really used."""
+    requested = document.get("config", {}).get("threads") or 0
+    asked = f"--threads {requested}" if requested else "--threads 0 (each runtime's default)"
+    seen: dict[str, dict[str, Any]] = {}
+    for row in document.get("rows", []):
+        settings = row.get("threads")
+        if settings:
+            seen.setdefault(settings["runtime"], settings)
+    if not seen:
+        # Results written before threads were recorded: then only ONNX Runtime was given --threads.
+        return f"{asked}, applied to ONNX Runtime only (intra-op); TensorFlow and TensorRT used their own"
+    pools = "; ".join(
+        f"{runtime} intra-op {s['intra_op_threads']}, inter-op {s['inter_op_threads']}"
+        + (f" ({s['note']})" if s.get("note") else "")
+        for runtime, s in sorted(seen.items())
+    )
+    return (
+        f"{asked}, applied to the intra-op pool of ONNX Runtime and TensorFlow (TensorRT has none); "
+        f"used: {pools} (0: the runtime's default)"
+    )
+
+
 def render_markdown(document: dict[str, Any], plots: list[str] | None = None) -> str:
     bundle = document.get("bundle", {})
     config = document.get("config", {})
@@ -340,7 +392,8 @@ def render_markdown(document: dict[str, Any], plots: list[str] | None = None) ->
         f"- Device: {summary_line(device)}",
         f"- Bundle: `{bundle.get('path')}`, model {bundle.get('model_version')} ({bundle.get('arch')}), "
         f"threshold {bundle.get('threshold')} ({bundle.get('threshold_rule')}); {bundle.get('contract')}",
-        f"- Timing: {config.get('warmup_s')} s warm-up, {timing}; threads {config.get('threads') or 'runtime default'}",
+        f"- Timing: {config.get('warmup_s')} s warm-up, {timing}",
+        f"- Threads: {threads_line(document)}",
         f"- Command: `{document.get('command') or '(library call)'}`",
         "",
         "## Throughput and latency",
@@ -399,7 +452,7 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
         speed = f"{r['speedup_vs_keras']:.2f}x" if r.get("speedup_vs_keras") else "-"
         lines.append(
             f"{r['backend']:<9} {r['precision']:<5} {r['batch']:>5} {r['throughput_ips']:>10.1f} {speed:>9} "
-            f"{lat['median']:>9.3f} {lat['p99']:>9.3f} {lat['cv']:>5.0%}"
+            f"{lat['median']:>9.3f} {_tail(lat, 'p99'):>9} {lat['cv']:>5.0%}"
         )
     for a in document.get("accuracy", []):
         lines.append(
@@ -429,8 +482,65 @@ def _key(row: dict[str, Any]) -> tuple[str, str, int]:
     return (row["backend"], row["precision"], int(row["batch"]))
 
 
+#: Settings that change what a timing means; two runs that differ in one are not a device comparison.
+_COMPARED_CONFIG = ("threads", "iterations", "duration_s", "warmup_s", "min_iterations", "test_limit", "seed")
+
+
+def _unstable_row(row: dict[str, Any] | None) -> bool:
+    return row is not None and bool(row["latency_ms"]["cv"] > UNSTABLE_CV)
+
+
+def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two runs timed the same model file (sha256 when both have it, else the model version)."""
+    ba, bb = a.get("bundle", {}), b.get("bundle", {})
+    if ba.get("model_sha256") and bb.get("model_sha256"):
+        return bool(ba["model_sha256"] == bb["model_sha256"])
+    return bool(ba.get("model_version") == bb.get("model_version"))
+
+
+def _test_set(document: dict[str, Any]) -> tuple[Any, ...] | None:
+    first = (document.get("accuracy") or [None])[0]
+    return (first.get("n_images"), first.get("n_abnormal"), first.get("n_normal")) if first else None
+
+
+def compare_warnings(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Why B/A ratios of two runs are not (only) a device comparison: model, settings, test set, unstable rows."""
+    warnings: list[str] = []
+    if not same_model(a, b):
+        ba, bb = a.get("bundle", {}), b.get("bundle", {})
+        warnings.append(
+            f"different models (A: {ba.get('model_version')} sha256 {str(ba.get('model_sha256'))[:12]}, "
+            f"B: {bb.get('model_version')} sha256 {str(bb.get('model_sha256'))[:12]}): B/A ratios mix model "
+            "and device, and accuracies are of different models; compare the same bundle on both devices"
+        )
+    ca, cb = a.get("config", {}), b.get("config", {})
+    differing = [f"{k} {ca.get(k)} vs {cb.get(k)}" for k in _COMPARED_CONFIG if ca.get(k) != cb.get(k)]
+    if differing:
+        warnings.append(
+            f"different settings ({', '.join(differing)}): B/A ratios mix settings and device; "
+            "re-run one side with the other's settings"
+        )
+    if _test_set(a) != _test_set(b):
+        warnings.append(
+            f"different test sets (images, abnormal, normal: A {_test_set(a)}, B {_test_set(b)}): "
+            "accuracies are not comparable"
+        )
+    for name, document in (("A", a), ("B", b)):
+        unstable = [
+            f"{r['backend']} {r['precision']} b{r['batch']} CV {r['latency_ms']['cv']:.0%}"
+            for r in document.get("rows", [])
+            if _unstable_row(r)
+        ]
+        if unstable:
+            warnings.append(
+                f"{name} has rows with unstable timing (CV > {UNSTABLE_CV:.0%}): {', '.join(unstable)}; "
+                "their ratios are marked ⚠ and are not trustworthy"
+            )
+    return warnings
+
+
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Rows of two runs matched by backend, precision and batch; B/A throughput ratios."""
+    """Rows of two runs matched by backend, precision and batch; B/A throughput ratios and why to doubt them."""
     rows_a = {_key(r): r for r in a.get("rows", [])}
     rows_b = {_key(r): r for r in b.get("rows", [])}
     acc_a = {(x["backend"], x["precision"]): x for x in a.get("accuracy", [])}
@@ -455,6 +565,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
                 "b_median_ms": rb["latency_ms"]["median"] if rb else None,
                 "a_accuracy": (acc_a.get(key[:2]) or {}).get("accuracy"),
                 "b_accuracy": (acc_b.get(key[:2]) or {}).get("accuracy"),
+                "unstable": _unstable_row(ra) or _unstable_row(rb),
             }
         )
     cold = []
@@ -483,7 +594,15 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         }
         for t in a.get("targets", [])
     ]
-    return {"a": _run_label(a), "b": _run_label(b), "rows": rows, "cold_start": cold, "targets": targets}
+    return {
+        "a": _run_label(a),
+        "b": _run_label(b),
+        "same_model": same_model(a, b),
+        "warnings": compare_warnings(a, b),
+        "rows": rows,
+        "cold_start": cold,
+        "targets": targets,
+    }
 
 
 def _run_label(document: dict[str, Any]) -> dict[str, Any]:
@@ -509,8 +628,11 @@ def render_compare(comparison: dict[str, Any]) -> str:
         f"   {b['device_summary']}",
         "",
     ]
-    if a["model_version"] != b["model_version"]:
-        lines += ["note: the two runs used different models; compare speed, not accuracy", ""]
+    lines += [f"warning: {w}" for w in comparison.get("warnings", [])]
+    if comparison.get("warnings"):
+        lines += [""]
+    # The column says what a ratio compares, so a copied table cannot pass a model change off as a device's.
+    ratio = "B/A (device)" if comparison.get("same_model", True) else "B/A (model AND device)"
     rows = [
         [
             r["backend"],
@@ -518,7 +640,7 @@ def render_compare(comparison: dict[str, Any]) -> str:
             str(r["batch"]),
             _fmt(r["a_throughput_ips"], 1),
             _fmt(r["b_throughput_ips"], 1),
-            _fmt(r["b_over_a"], 2, "x"),
+            _fmt(r["b_over_a"], 2, "x") + (" ⚠" if r.get("unstable") else ""),
             _fmt(r["a_median_ms"], 3),
             _fmt(r["b_median_ms"], 3),
             _fmt(r["a_accuracy"], 3),
@@ -533,7 +655,7 @@ def render_compare(comparison: dict[str, Any]) -> str:
             "batch",
             "A images/s",
             "B images/s",
-            "B/A",
+            ratio,
             "A median ms",
             "B median ms",
             "A accuracy",

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import BENCH_SCHEMA
-from benchmarks.coldstart import ColdStartSpec, measure_cold_start
+from benchmarks.coldstart import ColdStartSpec, cold_start_warnings, measure_cold_start
 from benchmarks.device_facts import DeviceFacts, collect_device_facts
 from benchmarks.errors import BenchConfigError, BenchInputError
 from benchmarks.keras_reference import (
@@ -54,7 +54,7 @@ from benchmarks.labelled_images import (
     write_generated_jpegs,
 )
 from benchmarks.power import PowerMonitor
-from benchmarks.stats import UNSTABLE_CV, quantile_sketch, summarize, throughput
+from benchmarks.stats import MIN_CALLS_FOR_TAIL, UNSTABLE_CV, quantile_sketch, summarize, throughput
 from benchmarks.targets import evaluate_targets, measurement_notes
 from benchmarks.trtexec import find_trtexec, run_trtexec
 from edge_runtime.backends.base import Backend
@@ -65,6 +65,8 @@ from edge_runtime.preprocess import preprocess_file
 ALL_BACKENDS = ("trt", "ort-trt", "ort-cuda", "ort-cpu", "keras")
 ALL_PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_BATCHES = (1, 8, 32)
+#: The fewest timed calls a row may rest on, with --iterations or --duration (trtexec's default).
+MIN_ITERATIONS = 10
 _ORT_PROVIDERS = {"ort-trt": "TensorrtExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}
 _GPU_NOTE = (
     "GPU compute time is measured with CUDA events by the trt backend only; this row is host wall time"
@@ -90,7 +92,7 @@ class BenchConfig:
     duration_s: float = 3.0
     warmup_s: float = 1.0
     #: with ``duration_s``, never fewer timed calls than this (trtexec's default is 10)
-    min_iterations: int = 10
+    min_iterations: int = MIN_ITERATIONS
     end_to_end: bool = True
     #: labelled test folder (TESTDIR/<LABEL>/...); default: the Keras run's split.json test entries
     data: Path | None = None
@@ -122,14 +124,19 @@ class BenchConfig:
             )
         if not self.batches or any(not (1 <= b <= 4096) for b in self.batches):
             raise BenchConfigError(f"--batch {self.batches}: every batch size must be within 1..4096")
-        if self.iterations is not None and not (1 <= self.iterations <= 10_000_000):
-            raise BenchConfigError(f"--iterations {self.iterations}: must be at least 1")
+        if self.iterations is not None and not (MIN_ITERATIONS <= self.iterations <= 10_000_000):
+            # Fewer calls give a CV of noise (one call: CV 0, never "unstable") and a p99 that is the max.
+            raise BenchConfigError(
+                f"--iterations {self.iterations}: must be within {MIN_ITERATIONS}..10000000 timed calls "
+                f"(trtexec's default minimum); p95/p99 need {MIN_CALLS_FOR_TAIL}+, so use --duration "
+                f"or --iterations {MIN_CALLS_FOR_TAIL} for a latency tail"
+            )
         if not (0.0 < self.duration_s <= 3600.0):
             raise BenchConfigError(f"--duration {self.duration_s}: must be within (0, 3600] seconds")
         if not (0.0 <= self.warmup_s <= 600.0):
             raise BenchConfigError(f"--warmup {self.warmup_s}: must be within [0, 600] seconds")
-        if self.min_iterations < 1:
-            raise BenchConfigError("min_iterations must be at least 1")
+        if self.min_iterations < MIN_ITERATIONS:
+            raise BenchConfigError(f"min_iterations must be at least {MIN_ITERATIONS}")
         if self.threads < 0:
             raise BenchConfigError(f"--threads {self.threads}: must be 0 (runtime default) or more")
         if self.test_limit is not None and self.test_limit < 2:
@@ -278,6 +285,12 @@ def _timing_row(
             f"unstable: coefficient of variation {stats.cv:.0%} > {UNSTABLE_CV:.0%} "
             "(other load, throttling or unlocked clocks); re-run for a trustworthy number"
         )
+    row["tail_latency_meaningful"] = stats.tail_meaningful
+    if not stats.tail_meaningful:
+        row["warnings"].append(
+            f"only {stats.count} timed calls: p95/p99 need at least {MIN_CALLS_FOR_TAIL} to mean anything "
+            "(shown as - in bench.md); use a longer --duration or more --iterations for a latency tail"
+        )
     if e2e is not None and e2e.total_ms:
         row["end_to_end"] = {
             "throughput_ips": round(throughput(e2e.images, e2e.wall_s), 3),
@@ -333,7 +346,7 @@ def _artifact_facts(runner: Backend, bundle: Bundle, precision: str) -> dict[str
 def _accuracy(
     runner: Backend, labelled: LabelledImages, bundle: Bundle, config: BenchConfig
 ) -> tuple[dict[str, Any], np.ndarray]:
-    from train.metrics import MetricsError, evaluate_outputs
+    from edge_runtime.metrics import MetricsError, evaluate_outputs
 
     dtype = getattr(runner, "input_dtype", np.uint8)
     chunk = max(1, min(runner.max_batch, max(config.batches), 32))
@@ -516,7 +529,7 @@ def _open_runner(
 
     if backend == "keras":
         assert keras_source is not None
-        runner: Backend = KerasReference(keras_source, bundle.contract)
+        runner: Backend = KerasReference(keras_source, bundle.contract, threads)
     else:
         runner = create_backend(bundle, backend, precision, threads)
     try:
@@ -611,6 +624,9 @@ def run_benchmark(config: BenchConfig, log: Log = _silent) -> dict[str, Any]:
                         row.update(artifact)
                         # What actually ran (an engine's sidecar says what was built), never just what was asked.
                         row["precision_executed"] = runner.precision
+                        row["threads"] = thread_settings(runner, config.threads)
+                        if row["threads"] and row["threads"].get("note"):
+                            row["warnings"].append(row["threads"]["note"])
                         row["power"] = (
                             power.window(timing.start, timing.end, timing.images) if power.available else None
                         )
@@ -658,7 +674,7 @@ def run_benchmark(config: BenchConfig, log: Log = _silent) -> dict[str, Any]:
         "cold_start": cold,
         "trtexec": trtexec_rows,
         "skipped": skipped,
-        "warnings": warnings + _unstable_summary(rows),
+        "warnings": warnings + _unstable_summary(rows) + _few_calls_summary(rows) + cold_start_warnings(cold),
         "notes": [],
         "watch": None,
     }
@@ -681,6 +697,39 @@ def _unstable_summary(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _few_calls_summary(rows: list[dict[str, Any]]) -> list[str]:
+    few = [
+        f"{r['backend']} {r['precision']} b{r['batch']} ({r['latency_ms']['count']})"
+        for r in rows
+        if r["latency_ms"]["count"] < MIN_CALLS_FOR_TAIL
+    ]
+    if not few:
+        return []
+    return [
+        f"fewer than {MIN_CALLS_FOR_TAIL} timed calls in {len(few)} of {len(rows)} rows: {', '.join(few)}; "
+        "their p95/p99 are not meaningful (shown as - in bench.md): use a longer --duration or more --iterations"
+    ]
+
+
+def thread_settings(runner: Backend, requested: int) -> dict[str, Any] | None:
+    """The CPU thread pools a row ran with, read back from its runtime; None where there is none (trt)."""
+    if isinstance(runner, KerasReference):
+        return dict(runner.thread_settings)
+    # The live session's options, not the request: what ONNX Runtime was really given.
+    session = getattr(runner, "_session", None)
+    if session is None or not hasattr(session, "get_session_options"):
+        return None
+    options = session.get_session_options()
+    return {
+        "runtime": "onnxruntime",
+        "requested": requested,
+        "intra_op_threads": int(options.intra_op_num_threads),
+        "inter_op_threads": int(options.inter_op_num_threads),
+        "zero_means": "ONNX Runtime's default (intra: one per physical core; inter: unused in sequential mode)",
+        "note": "",
+    }
+
+
 def _engine_input(runner: Backend) -> dict[str, Any] | None:
     """Input tensor name and item shape of a TensorRT engine, for trtexec --shapes."""
     sidecar = getattr(runner, "sidecar", None)
@@ -692,6 +741,7 @@ def _engine_input(runner: Backend) -> dict[str, Any] | None:
         "name": name,
         "item_shape": list(shapes["opt"][1:]),
         "engine": str(getattr(runner, "engine_path", "")),
+        "dla_core": getattr(sidecar, "dla_core", None),
     }
 
 
@@ -767,6 +817,7 @@ def _trtexec_rows(
                 tuple(engine_input["item_shape"]),
                 config.duration_s,
                 config.warmup_s,
+                dla_core=engine_input.get("dla_core"),
             )
         except (RuntimeError, ValueError, OSError) as exc:
             skipped.append({"backend": "trtexec", "precision": precision, "batch": batch, "reason": str(exc)})

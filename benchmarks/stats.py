@@ -5,6 +5,9 @@ samples), so a report can be re-derived from raw samples with one numpy call.
 The coefficient of variation is the sample standard deviation (ddof=1) over
 the mean: a run whose CV is above :data:`UNSTABLE_CV` was disturbed (other
 processes, thermal throttling, unlocked clocks) and says so in the report.
+With fewer than :data:`MIN_CALLS_FOR_TAIL` samples p95/p99 are not a tail
+estimate, and the report says that too. A CV from very few samples is itself
+noise, which is why ``pneumo bench`` refuses ``--iterations`` below 10.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import numpy as np
 
 #: A run with a coefficient of variation above this is flagged as unstable.
 UNSTABLE_CV = 0.10
+#: Below this many samples p95/p99 are one or two samples (or an interpolation towards the max):
+#: reported in bench.json for completeness, shown as "-" in bench.md, with a warning.
+MIN_CALLS_FOR_TAIL = 100
 #: Percentiles kept in bench.json so a latency distribution can be redrawn without raw samples.
 SKETCH_POINTS = 101
 
@@ -38,6 +44,11 @@ class LatencyStats:
     @property
     def unstable(self) -> bool:
         return self.cv > UNSTABLE_CV
+
+    @property
+    def tail_meaningful(self) -> bool:
+        """Whether p95/p99 rest on enough samples to say anything about the tail."""
+        return self.count >= MIN_CALLS_FOR_TAIL
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,7 +1,9 @@
 """The project's performance targets, each judged as a ratio of two rows from the same run.
 
-A target whose rows did not run here is "not measured" with the reason,
-never "met". Ratios are always same-run: a speedup against a Keras number
+A target whose rows did not run here, or whose speed rows have no accuracy on
+test images (a fast wrong model is not a result), is "not measured" with the
+reason, never "met"; a verdict from a row with unstable timing says so in its
+status. Ratios are always same-run: a speedup against a Keras number
 from another day or machine would say nothing.
 """
 
@@ -9,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from benchmarks.stats import UNSTABLE_CV
 
 # INT8 counts as "no faster" when within this factor of FP32.
 _NO_FASTER = 1.05
@@ -107,11 +111,33 @@ _EDGE_PREFERENCE = (
 
 
 def evaluate_targets(document: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target with its ratio and status: "met", "missed" or "not measured" (with the reason)."""
+    """Each target with its ratio and status (see :data:`STATUSES`), the reason in ``detail``.
+
+    ``threshold_reached`` (bool, None when not measured) and ``unstable_timing`` (bool) carry the same
+    verdict for programs; ``status`` is never a plain "met" from a row the run itself flags.
+    """
     return [_evaluate(target, document) for target in TARGETS]
 
 
+#: Every status a target can have. "(unstable timing)": a row behind the ratio has CV > UNSTABLE_CV.
+STATUSES = ("met", "missed", "met (unstable timing)", "missed (unstable timing)", "not measured")
+
+
+@dataclass(frozen=True)
+class _Measure:
+    ratio: float | None
+    detail: str
+    #: "backend precision bN CV x%" of each row behind the ratio whose timing the run flags as unstable
+    unstable: tuple[str, ...] = ()
+
+
 def _evaluate(target: Target, document: dict[str, Any]) -> dict[str, Any]:
+    if target.kind == "throughput":
+        measure = _throughput_ratio(target, document)
+    elif target.kind in ("cold_start", "memory"):
+        measure = _Measure(*_cold_ratio(target, document))
+    else:
+        measure = _trtexec_ratio(document)
     result: dict[str, Any] = {
         "key": target.key,
         "target": target.text,
@@ -119,19 +145,24 @@ def _evaluate(target: Target, document: dict[str, Any]) -> dict[str, Any]:
         "direction": target.direction,
         "ratio": None,
         "status": "not measured",
-        "detail": "",
+        "threshold_reached": None,
+        "unstable_timing": bool(measure.unstable),
+        "detail": measure.detail,
     }
-    if target.kind == "throughput":
-        ratio, detail = _throughput_ratio(target, document)
-    elif target.kind in ("cold_start", "memory"):
-        ratio, detail = _cold_ratio(target, document)
-    else:
-        ratio, detail = _trtexec_ratio(document)
-    result["detail"] = detail
-    if ratio is not None:
-        result["ratio"] = round(ratio, 4)
-        met = ratio >= target.threshold if target.direction == ">=" else ratio <= target.threshold
-        result["status"] = "met" if met else "missed"
+    if measure.ratio is None:
+        return result
+    reached = (
+        measure.ratio >= target.threshold if target.direction == ">=" else measure.ratio <= target.threshold
+    )
+    result["ratio"] = round(measure.ratio, 4)
+    result["threshold_reached"] = reached
+    result["status"] = "met" if reached else "missed"
+    if measure.unstable:
+        result["status"] += " (unstable timing)"
+        result["detail"] += (
+            f"; unstable timing (CV > {UNSTABLE_CV:.0%}): {', '.join(measure.unstable)}; "
+            "re-run on an idle machine before trusting this verdict"
+        )
     return result
 
 
@@ -142,7 +173,22 @@ def _row(document: dict[str, Any], backend: str, precision: str, batch: int) -> 
     return None
 
 
-def _throughput_ratio(target: Target, document: dict[str, Any]) -> tuple[float | None, str]:
+def _unstable(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    flagged = []
+    for row in rows:
+        cv = (row.get("latency_ms") or {}).get("cv")
+        if cv is not None and cv > UNSTABLE_CV:
+            flagged.append(f"{row['backend']} {row['precision']} b{row['batch']} CV {cv:.0%}")
+    return tuple(flagged)
+
+
+def _without_accuracy(document: dict[str, Any], keys: tuple[tuple[str, str], ...]) -> list[str]:
+    """Which of ``keys`` (backend, precision) have no accuracy on test images in this run."""
+    scored = {(a["backend"], a["precision"]) for a in document.get("accuracy", [])}
+    return [f"{backend} {precision}" for backend, precision in keys if (backend, precision) not in scored]
+
+
+def _throughput_ratio(target: Target, document: dict[str, Any]) -> _Measure:
     assert target.batch is not None
     top = _row(document, *target.numerator, target.batch)
     bottom = _row(document, *target.denominator, target.batch)
@@ -152,27 +198,38 @@ def _throughput_ratio(target: Target, document: dict[str, Any]) -> tuple[float |
             for (b, p), row in ((target.numerator, top), (target.denominator, bottom))
             if row is None
         )
-        return None, f"{missing} did not run here"
+        return _Measure(None, f"{missing} did not run here")
     if target.where == "gpu" and bottom.get("device") != "gpu":
-        return None, "Keras ran on the CPU here (no TensorFlow GPU): no GPU reference"
+        return _Measure(None, "Keras ran on the CPU here (no TensorFlow GPU): no GPU reference")
     if target.where == "cpu" and bottom.get("device") != "cpu":
-        return None, "Keras ran on a GPU here: the CPU target needs a CPU reference"
+        return _Measure(None, "Keras ran on a GPU here: the CPU target needs a CPU reference")
+    unscored = _without_accuracy(document, (target.numerator, target.denominator))
+    if unscored:
+        # A speed whose outputs were never checked (an INT8 graph can be fast and wrong) is not a result.
+        return _Measure(
+            None,
+            f"{' and '.join(unscored)} has no accuracy on test images in this run, so its speed is not a "
+            "result; pass --data TESTDIR (or --keras RUN with split.json) and re-run",
+        )
     ratio = top["throughput_ips"] / bottom["throughput_ips"]
-    return ratio, (
+    return _Measure(
+        ratio,
         f"{top['throughput_ips']:.1f} vs {bottom['throughput_ips']:.1f} images/s "
-        f"({target.numerator[0]} {target.numerator[1]} / keras, batch {target.batch})"
+        f"({target.numerator[0]} {target.numerator[1]} / keras, batch {target.batch})",
+        _unstable([top, bottom]),
     )
 
 
 def _cold_ratio(target: Target, document: dict[str, Any]) -> tuple[float | None, str]:
-    cold = [c for c in document.get("cold_start", []) if "error" not in c]
-    keras = next((c for c in cold if c["backend"] == "keras"), None)
-    edge = None
-    for backend, precision in _EDGE_PREFERENCE:
-        edge = next((c for c in cold if c["backend"] == backend and c["precision"] == precision), None)
-        if edge:
-            break
+    entries = document.get("cold_start", [])
+    keras, keras_failed = _cold_entry(entries, [("keras", "fp32")])
+    edge, edge_failed = _cold_entry(entries, list(_EDGE_PREFERENCE))
     if keras is None or edge is None:
+        failed = [bad for bad, ok in ((edge_failed, edge), (keras_failed, keras)) if ok is None and bad]
+        if failed:
+            return None, "; ".join(
+                f"the {c['backend']} {c['precision']} cold start failed ({c['error']})" for c in failed
+            )
         return None, "needs a cold start of both the edge runtime and Keras in this run"
     key, unit, label = (
         ("cold_start_s", "s", "cold start")
@@ -186,16 +243,36 @@ def _cold_ratio(target: Target, document: dict[str, Any]) -> tuple[float | None,
     )
 
 
-def _trtexec_ratio(document: dict[str, Any]) -> tuple[float | None, str]:
+def _cold_entry(
+    entries: list[dict[str, Any]], preference: list[tuple[str, str]]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The first measured cold start in ``preference`` order, and the first failed one (the reason when none)."""
+    measured: dict[str, Any] | None = None
+    failed: dict[str, Any] | None = None
+    for backend, precision in preference:
+        for entry in entries:
+            if entry["backend"] != backend or entry["precision"] != precision:
+                continue
+            if "error" not in entry and measured is None:
+                measured = entry
+            elif "error" in entry and failed is None:
+                failed = entry
+    return measured, failed
+
+
+def _trtexec_ratio(document: dict[str, Any]) -> _Measure:
     rows = [
         r for r in document.get("trtexec", []) if r.get("precision") == "fp16" and r.get("python_vs_trtexec")
     ]
     if not rows:
-        return None, "no trtexec row for an FP16 engine in this run"
+        return _Measure(None, "no trtexec row for an FP16 engine in this run")
     worst = min(rows, key=lambda r: r["python_vs_trtexec"])
-    return float(worst["python_vs_trtexec"]), (
+    ours = _row(document, "trt", "fp16", worst["batch"])
+    return _Measure(
+        float(worst["python_vs_trtexec"]),
         f"batch {worst['batch']}: {worst['python_runtime_throughput_ips']:.1f} vs "
-        f"{worst['throughput_ips']:.1f} images/s (worst batch of {len(rows)})"
+        f"{worst['throughput_ips']:.1f} images/s (worst batch of {len(rows)})",
+        _unstable([ours]) if ours else (),
     )
 
 

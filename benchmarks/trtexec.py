@@ -81,14 +81,20 @@ def run_trtexec(
     duration_s: float,
     warmup_s: float,
     timeout_s: float = 600.0,
+    dla_core: int | None = None,
 ) -> dict[str, Any]:
-    """Run ``trtexec --loadEngine`` and return its parsed summary plus the exact command."""
+    """Run ``trtexec --loadEngine`` and return its parsed summary plus the exact command.
+
+    A DLA engine is run on the core it was built for (``--useDLACore``), as the Python runtime does.
+    """
     argv = [
         str(trtexec),
         f"--loadEngine={engine}",
         f"--duration={max(1, round(duration_s))}",
         f"--warmUp={max(0, round(warmup_s * 1000))}",
     ]
+    if dla_core is not None:
+        argv.append(f"--useDLACore={dla_core}")
     if input_name:
         argv.append(f"--shapes={input_name}:{batch}x{'x'.join(str(d) for d in input_shape)}")
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)

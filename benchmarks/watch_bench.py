@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.errors import BenchConfigError, BenchInputError
-from benchmarks.stats import summarize, throughput
+from benchmarks.stats import MIN_CALLS_FOR_TAIL, summarize, throughput
 from edge_runtime.preprocess import is_image_name
 
 RESULTS_JSONL = "results.jsonl"
@@ -67,7 +67,9 @@ class WatchBenchConfig:
         object.__setattr__(self, "bundle", Path(self.bundle))
         object.__setattr__(self, "images", Path(self.images))
         if not (1 <= self.count <= 1_000_000):
-            raise BenchConfigError(f"--count {self.count}: must be within 1..1000000")
+            raise BenchConfigError(
+                f"image count {self.count} (--count, or --watch-count of 'pneumo bench'): must be within 1..1000000"
+            )
         if self.daemon_batch is not None and self.daemon_batch < 1:
             raise BenchConfigError(f"--daemon-batch {self.daemon_batch}: must be at least 1")
         if self.warmup_images < 0 or self.timeout_s <= 0 or self.startup_timeout_s <= 0 or self.poll_s <= 0:
@@ -93,17 +95,18 @@ def source_images(folder: Path) -> list[Path]:
 
 
 def daemon_command(config: WatchBenchConfig, inbox: Path, outbox: Path) -> list[str]:
+    """The daemon's command line with absolute paths: it runs in the checkout (see run_watch_bench), not here."""
     argv = [
         sys.executable,
         "-m",
         "edge_runtime.pneumo_cli",
         "edge",
         "watch",
-        str(config.bundle),
+        str(config.bundle.resolve()),
         "--inbox",
-        str(inbox),
+        str(inbox.resolve()),
         "--outbox",
-        str(outbox),
+        str(outbox.resolve()),
         "--backend",
         config.backend,
         "--precision",
@@ -263,6 +266,8 @@ def run_watch_bench(config: WatchBenchConfig, progress: bool = True) -> dict[str
             folder.mkdir()
         argv = daemon_command(config, inbox, outbox)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        # cwd is the checkout so that ``-m`` (cwd first on sys.path) cannot pick up another package of
+        # the same name from the caller's folder; PYTHONPATH finds ours even when not installed.
         repo = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
         log_path = root / "daemon.log"
@@ -349,7 +354,9 @@ def watch_markdown(watch: dict[str, Any]) -> list[str]:
     stages = {"inbox to result line": watch.get("inbox_to_result_ms"), **watch.get("stages", {})}
     for name, stats in stages.items():
         if stats:
+            # As in bench.md: a p99 of fewer than MIN_CALLS_FOR_TAIL images would be the maximum in disguise.
+            p99 = f"{stats['p99']:.2f}" if stats.get("count", 0) >= MIN_CALLS_FOR_TAIL else "-"
             lines.append(
-                f"| {name.removesuffix('_ms').replace('_', ' ')} | {stats['mean']:.2f} | {stats['median']:.2f} | {stats['p90']:.2f} | {stats['p99']:.2f} |"
+                f"| {name.removesuffix('_ms').replace('_', ' ')} | {stats['mean']:.2f} | {stats['median']:.2f} | {stats['p90']:.2f} | {p99} |"
             )
     return lines

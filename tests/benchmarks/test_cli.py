@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from benchmarks.cli import main
 from tests.benchmarks.test_run import labelled_folder
+from tests.conftest import REPO
 
 QUICK = [
     "--iterations",
-    "3",
+    "10",
     "--warmup",
     "0",
     "--batch",
@@ -54,7 +60,19 @@ def test_compare_two_results(tiny_bundle: Path, tmp_path: Path, capsys: pytest.C
     text = capsys.readouterr().out
     assert "| ort-cpu | fp32 | 1 |" in text and "B/A" in text
     assert main(["--compare", str(first), str(second), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["rows"][0]["b_over_a"] > 0
+    comparison = json.loads(capsys.readouterr().out)
+    assert comparison["rows"][0]["b_over_a"] > 0
+    assert comparison["same_model"] is True and isinstance(comparison["warnings"], list)
+
+    other = json.loads(second.read_text())
+    other["bundle"]["model_version"], other["bundle"]["model_sha256"] = "other-model", "f" * 64
+    second.write_text(json.dumps(other))
+    assert main(["--compare", str(first), str(second), "--json"]) == 0
+    comparison = json.loads(capsys.readouterr().out)
+    assert comparison["same_model"] is False
+    assert any("B/A ratios mix model and device" in w for w in comparison["warnings"])
+    assert main(["--compare", str(first), str(second)]) == 0
+    assert "B/A (model AND device)" in capsys.readouterr().out
 
 
 def test_usage_errors_exit_2(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -65,6 +83,57 @@ def test_usage_errors_exit_2(tiny_bundle: Path, capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit) as exc:
         main([str(tiny_bundle), "--iterations", "3", "--duration", "2"])
     assert exc.value.code == 2
+    assert main([str(tiny_bundle), "--iterations", "1"]) == 2  # one call: CV 0 and p99 = the call
+    assert "--iterations 1: must be within 10" in capsys.readouterr().err
+
+
+def test_a_bad_watch_setting_is_refused_before_the_benchmark(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results"
+    missing = tmp_path / "no-images"
+    base = [str(tiny_bundle), "--backends", "ort-cpu", "-o", str(out), *QUICK, "--watch-images", str(missing)]
+    assert main([*base, "--watch-count", "0"]) == 2
+    assert "--watch-count" in capsys.readouterr().err
+    assert main([*base, "--watch-count", "4"]) == 1
+    err = capsys.readouterr().err
+    assert str(missing) in err and "image folder not found" in err
+    assert not out.exists()  # refused before anything was measured or written
+
+
+def test_sigterm_cleans_up_like_ctrl_c(tiny_bundle: Path, tmp_path: Path) -> None:
+    """``timeout 60 pneumo bench ...`` must not leave /tmp/pneumo-bench-*/ behind."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = dict(os.environ, TMPDIR=str(scratch), PYTHONPATH=str(REPO))
+    argv = [
+        sys.executable,
+        "-m",
+        "edge_runtime.pneumo_cli",
+        "bench",
+        str(tiny_bundle),
+        "--backends",
+        "ort-cpu",
+    ]
+    argv += ["--batch", "1", "--duration", "600", "--warmup", "0", "--cold-start-repeats", "0"]
+    argv += ["--no-e2e", "--no-trtexec", "-o", str(tmp_path / "out"), "--quiet"]
+    proc = subprocess.Popen(argv, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120  # a wait for the run to start, not a timing
+        while (
+            not list(scratch.glob("pneumo-bench-*")) and proc.poll() is None and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        assert list(scratch.glob("pneumo-bench-*")), "the benchmark never made its scratch folder"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err  # what Ctrl-C gives
+    assert "interrupted" in err
+    assert list(scratch.glob("pneumo-*")) == []
 
 
 def test_a_file_name_as_results_root_is_refused_before_the_run(

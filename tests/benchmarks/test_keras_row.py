@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.report import threads_line
 from benchmarks.run import BenchConfig, run_benchmark
 from edge_runtime.bundle import write_manifest
 from tests.benchmarks.test_run import labelled_folder
@@ -45,11 +46,12 @@ def test_keras_reference_row(tiny_bundle: Path, tmp_path: Path) -> None:
         backends=("ort-cpu", "keras"),
         precisions=("fp32", "fp16"),
         batches=(1, 2),
-        iterations=3,
+        iterations=10,
         warmup_s=0.0,
         data=data,
         bootstrap=10,
         cold_start_repeats=1,
+        threads=1,
         progress=False,
     )
     document = run_benchmark(config)
@@ -62,6 +64,15 @@ def test_keras_reference_row(tiny_bundle: Path, tmp_path: Path) -> None:
         ort["throughput_ips"] / keras_rows[0]["throughput_ips"], rel=1e-2
     )
     assert keras_rows[0]["speedup_vs_keras"] == 1.0
+    tf_threads = keras_rows[0]["threads"]
+    assert tf_threads["runtime"] == "tensorflow" and tf_threads["requested"] == 1
+    if tf_threads["note"]:  # TensorFlow already ran in this pytest process: said, not hidden
+        assert "not applied" in tf_threads["note"] and tf_threads["note"] in keras_rows[0]["warnings"]
+    else:
+        assert tf_threads["intra_op_threads"] == 1
+    assert "tensorflow intra-op" in threads_line(document) and "onnxruntime intra-op 1," in threads_line(
+        document
+    )
 
     accuracy = {a["backend"]: a for a in document["accuracy"]}
     assert accuracy["keras"]["accuracy"] == 1.0 and accuracy["ort-cpu"]["accuracy"] == 1.0
@@ -74,7 +85,8 @@ def test_keras_reference_row(tiny_bundle: Path, tmp_path: Path) -> None:
     assert cold["keras"]["versions"]  # TensorFlow's version from the child
     targets = {t["key"]: t for t in document["targets"]}
     for key in ("cpu_ort_fp32_vs_keras_b1", "cold_start_vs_tensorflow", "peak_memory_vs_tensorflow"):
-        assert targets[key]["status"] in ("met", "missed") and targets[key]["ratio"] > 0
+        # "met"/"missed", with "(unstable timing)" where this shared machine disturbed 10 calls
+        assert targets[key]["status"].split(" (")[0] in ("met", "missed") and targets[key]["ratio"] > 0
     skipped = {(s["backend"], s["precision"]): s["reason"] for s in document["skipped"]}
     assert "not a Keras precision" in skipped[("keras", "fp16")]
 
@@ -86,7 +98,7 @@ def test_keras_model_of_another_shape_is_skipped_with_the_reason(tiny_bundle: Pa
         backends=("keras",),
         precisions=("fp32",),
         batches=(1,),
-        iterations=2,
+        iterations=10,
         warmup_s=0.0,
         keras=run,
         accuracy=False,

@@ -33,7 +33,7 @@ def quick_config(bundle: Path, data: Path | None, **overrides: object) -> BenchC
         "bundle": bundle,
         "backends": ("trt", "ort-cuda", "ort-cpu", "keras"),
         "batches": (1, 2),
-        "iterations": 5,
+        "iterations": 10,
         "warmup_s": 0.0,
         "data": data,
         "bootstrap": 20,
@@ -68,7 +68,7 @@ def test_bench_document_on_the_tiny_bundle(tiny_bundle: Path, tmp_path: Path) ->
     ]
     for row in rows:
         lat = row["latency_ms"]
-        assert lat["count"] == 5
+        assert lat["count"] == 10
         assert 0 < lat["min"] <= lat["median"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
         assert row["throughput_ips"] > 0
         assert row["gpu_compute_ms"] is None and "CUDA events" in row["gpu_compute_note"]
@@ -76,6 +76,9 @@ def test_bench_document_on_the_tiny_bundle(tiny_bundle: Path, tmp_path: Path) ->
         assert row["model_file"] == "model.onnx" and row["model_bytes"] > 0
         assert len(row["latency_quantiles_ms"]) == 101
         assert row["speedup_vs_keras"] is None  # no Keras row in this run
+        assert row["tail_latency_meaningful"] is False  # 10 calls: p95/p99 are not a tail
+        assert any("only 10 timed calls: p95/p99" in w for w in row["warnings"])
+    assert any(w.startswith("fewer than 100 timed calls in 2 of 2 rows") for w in document["warnings"])
 
     accuracy = document["accuracy"]
     assert len(accuracy) == 1 and accuracy[0]["n_images"] == 8
@@ -131,9 +134,27 @@ def test_without_test_images_the_report_says_accuracy_is_missing(tiny_bundle: Pa
     assert "generated" in document["rows"][0]["end_to_end"]["files"]
 
 
+def test_relative_paths_from_another_folder(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cold-start child runs in the checkout: relative bundle and image paths must reach it resolved."""
+    labelled_folder(tmp_path / "test", per_class=2)
+    monkeypatch.chdir(tmp_path)
+    document = run_benchmark(
+        quick_config(Path("bundle"), Path("test"), backends=("ort-cpu",), batches=(1,), end_to_end=False)
+    )
+    (cold,) = document["cold_start"]
+    assert "error" not in cold, cold
+    assert cold["cold_start_s"] > 0
+    assert not any("cold start" in w for w in document["warnings"])
+
+
 def test_report_files_and_compare(tiny_bundle: Path, tmp_path: Path) -> None:
     data = labelled_folder(tmp_path / "test", per_class=2)
-    document = run_benchmark(quick_config(tiny_bundle, data, cold_start_repeats=0))
+    document = run_benchmark(quick_config(tiny_bundle, data, cold_start_repeats=0, threads=1))
+    ort = next(r for r in document["rows"] if r["backend"] == "ort-cpu")
+    assert ort["threads"]["runtime"] == "onnxruntime"
+    assert (ort["threads"]["requested"], ort["threads"]["intra_op_threads"]) == (1, 1)
     first = write_report(document, tmp_path / "results")
     second = write_report(document, tmp_path / "results")
     assert first["json"].parent.parent.name == document["device"]["slug"]
@@ -141,6 +162,11 @@ def test_report_files_and_compare(tiny_bundle: Path, tmp_path: Path) -> None:
     assert second["json"].parent.name == f"{document['date']}-2"  # never over an earlier run
     markdown = first["markdown"].read_text()
     assert first["markdown"].name == BENCH_MD and first["json"].name == BENCH_JSON
+    line = next(x for x in markdown.splitlines() if x.startswith("| ort-cpu | fp32 | 1 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[7] != "-" and cells[8:10] == ["-", "-"]  # p90 shown; p95/p99 of 10 calls are not
+    assert "- Threads: --threads 1, applied to the intra-op pool of ONNX Runtime and TensorFlow" in markdown
+    assert "onnxruntime intra-op 1," in markdown
     for text in (
         "| ort-cpu | fp32 | 1 |",
         "## Accuracy on the test split",
@@ -164,6 +190,38 @@ def test_report_files_and_compare(tiny_bundle: Path, tmp_path: Path) -> None:
     assert (row["backend"], row["precision"], row["batch"]) == ("ort-cpu", "fp32", 1)
     assert row["b_over_a"] == pytest.approx(2.0, rel=1e-3)
     assert "ort-cpu | fp32 | 1" in render_compare(comparison)
+    assert comparison["same_model"] is True
+    assert not any(w.startswith("different") for w in comparison["warnings"])
+
+    b["bundle"]["model_sha256"] = "0" * 64
+    b["config"]["threads"] = 4
+    for r in b["rows"]:
+        r["latency_ms"]["cv"] = 0.5
+    comparison = compare(a, b)
+    assert comparison["same_model"] is False
+    warnings = comparison["warnings"]
+    assert any(w.startswith("different models") and "mix model and device" in w for w in warnings)
+    assert any(w.startswith("different settings (threads 1 vs 4)") for w in warnings)
+    assert any(
+        w.startswith("B has rows with unstable timing") and "ort-cpu fp32 b1 CV 50%" in w for w in warnings
+    )
+    assert all(r["unstable"] for r in comparison["rows"])
+    text = render_compare(comparison)
+    assert "| B/A (model AND device) |" in text and "warning: different models" in text
+    assert "2.00x ⚠" in text
+
+
+def test_overwrite_leaves_no_file_of_the_earlier_run(tiny_bundle: Path, tmp_path: Path) -> None:
+    document = run_benchmark(
+        quick_config(tiny_bundle, None, backends=("ort-cpu",), batches=(1,), cold_start_repeats=0)
+    )
+    first = write_report(document, tmp_path / "results")
+    assert first["throughput"].is_file() and first["latency"].is_file()
+    (first["json"].parent / "watch.json").write_text("{}")  # another kind of result: not ours to remove
+    again = write_report({**document, "rows": []}, tmp_path / "results", overwrite=True)
+    assert again["json"] == first["json"]
+    assert not first["throughput"].exists() and not first["latency"].exists()  # no plot of the old rows
+    assert sorted(p.name for p in first["json"].parent.iterdir()) == ["bench.json", "bench.md", "watch.json"]
 
 
 def test_load_bench_refuses_other_json(tmp_path: Path) -> None:
@@ -182,6 +240,8 @@ def test_config_bounds(tiny_bundle: Path) -> None:
         BenchConfig(bundle=tiny_bundle, batches=(0,))
     with pytest.raises(BenchConfigError, match="--duration"):
         BenchConfig(bundle=tiny_bundle, duration_s=0)
+    with pytest.raises(BenchConfigError, match="--iterations 9: must be within 10"):
+        BenchConfig(bundle=tiny_bundle, iterations=9)
 
 
 def test_make_batch_cycles_the_pool() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.stats import UNSTABLE_CV, quantile_sketch, summarize, throughput
+from benchmarks.stats import MIN_CALLS_FOR_TAIL, UNSTABLE_CV, quantile_sketch, summarize, throughput
 
 FIXED = [
     np.array([1.0, 2.0, 3.0, 4.0, 100.0]),
@@ -67,3 +67,10 @@ def test_throughput() -> None:
     assert throughput(320, 2.0) == 160.0
     with pytest.raises(ValueError):
         throughput(1, 0.0)
+
+
+def test_tail_percentiles_need_a_hundred_calls() -> None:
+    assert MIN_CALLS_FOR_TAIL == 100
+    assert not summarize([3.25]).tail_meaningful  # one call: p99 is that call
+    assert not summarize([1.0] * 99).tail_meaningful
+    assert summarize([1.0] * 100).tail_meaningful

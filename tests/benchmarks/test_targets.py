@@ -1,20 +1,35 @@
-"""Targets as same-run ratios: met, missed, not measured; the INT8-on-CPU note."""
+"""Targets as same-run ratios: met, missed, not measured, never "met" from a flagged row; the INT8-on-CPU note."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from benchmarks.targets import evaluate_targets, measurement_notes
+from benchmarks.coldstart import ColdStartSpec, cold_start_warnings, measure_cold_start
+from benchmarks.report import render_markdown, summary_lines
+from benchmarks.targets import STATUSES, evaluate_targets, measurement_notes
 
 
-def row(backend: str, precision: str, batch: int, ips: float, device: str = "cpu") -> dict[str, Any]:
+def row(
+    backend: str, precision: str, batch: int, ips: float, device: str = "cpu", cv: float = 0.02
+) -> dict[str, Any]:
     return {
         "backend": backend,
         "precision": precision,
         "batch": batch,
         "throughput_ips": ips,
         "device": device,
+        "latency_ms": {
+            "count": 200,
+            **{k: 1.0 for k in ("min", "mean", "median", "p90", "p95", "p99", "max")},
+            "std": cv,
+            "cv": cv,
+        },
     }
+
+
+def scored(backend: str, precision: str) -> dict[str, Any]:
+    return {"backend": backend, "precision": precision, "accuracy": 0.9}
 
 
 def cold(backend: str, precision: str, seconds: float, rss: float) -> dict[str, Any]:
@@ -30,6 +45,12 @@ def document() -> dict[str, Any]:
             row("ort-cpu", "fp32", 1, 68.0),
             row("ort-cpu", "int8", 1, 43.0),
             row("ort-cpu", "fp16", 1, 20.0),
+        ],
+        "accuracy": [
+            scored("keras", "fp32"),
+            scored("ort-cpu", "fp32"),
+            scored("ort-cpu", "int8"),
+            scored("ort-cpu", "fp16"),
         ],
         "cold_start": [cold("ort-cpu", "fp32", 0.5, 90.0), cold("keras", "fp32", 6.0, 300.0)],
         "trtexec": [],
@@ -47,6 +68,57 @@ def test_statuses() -> None:
     assert targets["gpu_trt_fp16_vs_keras_b32"]["status"] == "not measured"
     assert "did not run" in targets["gpu_trt_fp16_vs_keras_b32"]["detail"]
     assert targets["trt_python_vs_trtexec"]["status"] == "not measured"
+
+
+def test_a_speed_without_accuracy_is_not_measured() -> None:
+    doc = document()
+    doc["accuracy"] = [a for a in doc["accuracy"] if a["precision"] != "int8"]
+    targets = {t["key"]: t for t in evaluate_targets(doc)}
+    int8 = targets["cpu_ort_int8_vs_keras_b1"]
+    assert (int8["status"], int8["ratio"], int8["threshold_reached"]) == ("not measured", None, None)
+    assert "ort-cpu int8 has no accuracy on test images" in int8["detail"] and "--data" in int8["detail"]
+    assert targets["cpu_ort_fp32_vs_keras_b1"]["status"] == "met"  # its rows were scored
+
+    doc["accuracy"] = []  # no labelled test images at all: no speed row is a result
+    statuses = {t["key"]: t["status"] for t in evaluate_targets(doc)}
+    assert statuses["cpu_ort_fp32_vs_keras_b1"] == "not measured"
+
+
+def test_a_verdict_from_an_unstable_row_says_so() -> None:
+    doc = document()
+    doc["rows"][1] = row("ort-cpu", "fp32", 1, 68.0, cv=0.25)
+    target = next(t for t in evaluate_targets(doc) if t["key"] == "cpu_ort_fp32_vs_keras_b1")
+    assert target["status"] == "met (unstable timing)" and target["status"] in STATUSES
+    assert target["threshold_reached"] is True and target["unstable_timing"] is True
+    assert "ort-cpu fp32 b1 CV 25%" in target["detail"]
+    stable = next(t for t in evaluate_targets(doc) if t["key"] == "cpu_ort_int8_vs_keras_b1")
+    assert (stable["status"], stable["unstable_timing"]) == ("met", False)
+
+    doc["targets"] = evaluate_targets(doc)
+    doc["cold_start"] = []  # this sketch of a document has no full cold-start entries to render
+    markdown = render_markdown(doc)
+    line = next(x for x in markdown.splitlines() if x.startswith("| ONNX Runtime FP32 >= 5x"))
+    assert "met ⚠ unstable timing" in line and "✅" not in line
+    assert any(
+        line.startswith("target: ONNX Runtime FP32 >= 5x Keras throughput at batch 1 (CPU): met (unstable")
+        for line in summary_lines(doc)
+    )
+
+
+def test_a_failed_cold_start_is_named_in_the_targets_and_warnings(tmp_path: Path) -> None:
+    failed = measure_cold_start(
+        ColdStartSpec(kind="edge", backend="ort-cpu", precision="fp32", bundle=tmp_path / "no-bundle"),
+        repeats=1,
+    )
+    assert "error" in failed  # a real fresh process that could not open the bundle
+    doc = document()
+    doc["cold_start"] = [failed, cold("keras", "fp32", 6.0, 300.0)]
+    targets = {t["key"]: t for t in evaluate_targets(doc)}
+    for key in ("cold_start_vs_tensorflow", "peak_memory_vs_tensorflow"):
+        assert targets[key]["status"] == "not measured"
+        assert "the ort-cpu fp32 cold start failed (fresh process failed" in targets[key]["detail"]
+    (warning,) = cold_start_warnings(doc["cold_start"])
+    assert warning.startswith("cold start of ort-cpu fp32 failed") and "not measured" in warning
 
 
 def test_gpu_target_needs_a_gpu_reference() -> None:

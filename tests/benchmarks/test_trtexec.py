@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import pytest
 
-from benchmarks.trtexec import parse_performance_summary
+from benchmarks.trtexec import parse_performance_summary, run_trtexec
 
 SUMMARY = """\
 [08/11/2022-06:55:33] [I] === Performance summary ===
@@ -46,3 +50,28 @@ def test_scientific_notation_throughput() -> None:
 def test_output_without_summary_is_an_error() -> None:
     with pytest.raises(ValueError, match="performance summary"):
         parse_performance_summary("[E] Error[1]: engine deserialization failed\n&&&& FAILED\n")
+
+
+def _fake_trtexec(folder: Path) -> Path:
+    """An executable that records its argv and prints the summary, in place of the real trtexec."""
+    tool = folder / "trtexec"
+    tool.write_text(
+        f"#!{sys.executable}\n"
+        "import json, pathlib, sys\n"
+        f"pathlib.Path({str(folder / 'argv.json')!r}).write_text(json.dumps(sys.argv[1:]))\n"
+        f"print({SUMMARY!r})\n"
+    )
+    tool.chmod(0o755)
+    return tool
+
+
+@pytest.mark.parametrize(("dla_core", "expected"), [(None, None), (1, "--useDLACore=1")])
+def test_a_dla_engine_is_timed_on_the_core_it_was_built_for(
+    tmp_path: Path, dla_core: int | None, expected: str | None
+) -> None:
+    tool = _fake_trtexec(tmp_path)
+    summary = run_trtexec(tool, tmp_path / "m.engine", 4, "input", (160, 160, 1), 1.0, 0.2, dla_core=dla_core)
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert f"--loadEngine={tmp_path / 'm.engine'}" in argv and "--shapes=input:4x160x160x1" in argv
+    assert [a for a in argv if a.startswith("--useDLACore")] == ([expected] if expected else [])
+    assert summary["throughput_ips"] == pytest.approx(233.689 * 4)
