@@ -1,19 +1,29 @@
 """Decode a data set once into uint8 arrays, keyed by the preprocessing contract and file hashes.
 
 Decoding 5,856 JPEGs costs far more than an epoch of a small CNN, so every
-image is decoded **once** per contract with the runtime's own
-:func:`edge_runtime.preprocess.preprocess_file` (the one preprocessing
-implementation) and stored as ``uint8`` ``.npy`` shards. A small JSON index
-maps each file's SHA-256 (the MANIFEST.csv digest when the folder has one,
-else the digest of the file's bytes) to a shard row. Later runs, seeds,
-splits and epochs read the shards (memory-mapped) and never decode again.
+image is decoded **once** per contract with the runtime's own decoder and
+contract (:func:`edge_runtime.preprocess.decode_bytes` and
+:func:`~edge_runtime.preprocess.apply_contract`, what
+:func:`~edge_runtime.preprocess.preprocess_file` runs) and stored as ``uint8``
+``.npy`` shards. A small JSON index maps each file's SHA-256 **of the bytes on
+disk** to a shard row. Later runs, seeds, splits and epochs read the shards
+(memory-mapped) and never decode again.
+
+The key is always the digest of the file's own bytes, never a MANIFEST.csv
+digest: a manifest row is a claim about a file, and trusting it served stale
+pixels for replaced files. Hashing every file on every run would cost a full
+read of the data set, so the index also remembers, per path, the file's stamp
+(size, mtime, ctime, inode) next to the digest that was computed from its
+bytes; a file is read and hashed again only when its stamp changed (or it
+changed too recently for the stamp to be trusted, see ``RACY_NS``).
 
 Layout: ``CACHE_DIR/arrays/<contract key>/{index.json, contract.json, shard-*.npy}``.
 The key hashes the contract, the OpenCV version (its resize kernels define the
 pixels) and the cache schema, so a new contract or OpenCV never reuses old
 pixels. Files that fail to decode are skipped with their reason, remembered
-in the index (so they are not retried), counted, and never touched: the cache
-only ever reads the data folder.
+in the index under their content digest (so the same bytes are not retried,
+but a replaced file is), counted, and never touched: the cache only ever
+reads the data folder.
 """
 
 from __future__ import annotations
@@ -25,10 +35,12 @@ import io
 import json
 import logging
 import os
+import stat
 import sys
+import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,18 +52,27 @@ from tqdm import tqdm
 
 from edge_runtime.contract import PreprocessContract
 from edge_runtime.errors import ImageDecodeError
-from edge_runtime.fileio import atomic_write_bytes, atomic_write_json, sha256_file
-from edge_runtime.preprocess import preprocess_file
+from edge_runtime.fileio import atomic_write_bytes, atomic_write_json
+from edge_runtime.preprocess import MAX_FILE_BYTES, apply_contract, decode_bytes
 from train.data import Sample
 from train.errors import DataError
 
 CACHE_ENV = "PNEUMO_CACHE"
-CACHE_SCHEMA = 1
+# 2: keys are digests of the bytes on disk. Schema 1 keyed by MANIFEST.csv digests and could hold
+# another file's pixels under a key, so its stores are never reused (the contract key includes this).
+CACHE_SCHEMA = 2
 INDEX_FILE = "index.json"
 # Rows per shard: a crash loses at most one shard of decoding work.
 SHARD_ROWS = 1024
+# A file changed less than this long before it was hashed may change again within the same
+# timestamp tick without its stamp changing (the "racy git" problem), so its stamp is not recorded
+# and it is hashed again next time, until it is older.
+RACY_NS = 2_000_000_000
+_READ_CHUNK = 1 << 20
 
 log = logging.getLogger(__name__)
+
+Stamp = tuple[int, int, int, int]  # (size, mtime_ns, ctime_ns, inode)
 
 
 @dataclass
@@ -65,9 +86,22 @@ class ArraySet:
     decoded: int = 0  # files this call had to decode (0 when everything came from the cache)
     from_cache: int = 0  # files this call read from the cache
     cache_dir: str = ""
+    hashed: int = 0  # files this call read and hashed because their stamp was new or changed
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One file read and hashed by a worker: its digest, and its pixels when they had to be decoded."""
+
+    path: Path
+    stamp: Stamp | None = None
+    digest: str | None = None
+    array: np.ndarray | None = None
+    reason: str = ""  # why it could not be read (no digest) or decoded (digest set, no array)
+    decoded: bool = False
 
 
 def default_cache_dir() -> Path:
@@ -94,7 +128,7 @@ def load_arrays(
     progress: bool = True,
     workers: int = 2,
 ) -> ArraySet:
-    """Model inputs for ``samples`` under ``contract``, decoding only files the cache has not seen."""
+    """Model inputs for ``samples`` under ``contract``, decoding only content the cache has not seen."""
     index_of = {label: i for i, label in enumerate(labels)}
     for sample in samples:
         if sample.label not in index_of:
@@ -107,30 +141,40 @@ def load_arrays(
             f"{store}: cannot create the decode cache ({exc}); set ${CACHE_ENV} to a writable folder"
         ) from exc
 
-    skipped: list[tuple[str, str]] = []
-    digests: list[str | None] = []
-    for sample in samples:
-        digest, reason = _digest(sample)
-        digests.append(digest)
-        if reason:
-            skipped.append((str(sample.path), reason))
-
     with _locked(store):
         index = _read_index(store, contract)
-    todo: dict[str, Path] = {}
-    for sample, digest in zip(samples, digests):
-        if digest and digest not in index["entries"] and digest not in index["failed"]:
-            todo.setdefault(digest, sample.path)
-    decoded = _decode_into_store(store, contract, todo, progress, workers) if todo else 0
-    if decoded:
+    digest_of: dict[Path, str] = {}
+    unreadable: dict[Path, str] = {}  # path -> why it could not be read (no digest, nothing recorded)
+    unread: list[Path] = []
+    for path in dict.fromkeys(s.path for s in samples):
+        stamp, reason = _stamp_path(path)
+        known = None if stamp is None else _known_digest(index, path, stamp)
+        if reason:
+            unreadable[path] = reason
+        elif known is None:
+            unread.append(path)
+        else:
+            digest_of[path] = known
+    fresh: set[str] = set()  # contents decoded by this call (failures included)
+    hashed = 0
+    if unread:
+        reads = _read_into_store(store, contract, unread, index, progress, workers)
+        hashed = sum(r.digest is not None for r in reads)
+        fresh = {r.digest for r in reads if r.decoded and r.digest is not None}
+        digest_of.update({r.path: r.digest for r in reads if r.digest is not None})
+        unreadable.update({r.path: r.reason for r in reads if r.digest is None})
+        _warn_manifest_mismatch(samples, digest_of)
         with _locked(store):
             index = _read_index(store, contract)
 
+    skipped: list[tuple[str, str]] = []
     rows: list[tuple[int, str, int]] = []  # (output position, shard, row)
     kept: list[Sample] = []
     from_cache = 0
-    for sample, digest in zip(samples, digests):
+    for sample in samples:
+        digest = digest_of.get(sample.path)
         if digest is None:
+            skipped.append((str(sample.path), unreadable.get(sample.path, "file not found")))
             continue
         if digest in index["failed"]:
             skipped.append((str(sample.path), index["failed"][digest]))
@@ -138,7 +182,7 @@ def load_arrays(
         shard, row = index["entries"][digest]
         rows.append((len(kept), shard, int(row)))
         kept.append(sample)
-        from_cache += digest not in todo
+        from_cache += digest not in fresh
     x = np.empty((len(kept), *contract.input_shape), dtype=np.uint8)
     by_shard: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for position, shard, row in rows:
@@ -157,73 +201,157 @@ def load_arrays(
         y=y,
         paths=[str(s.path) for s in kept],
         skipped=skipped,
-        decoded=decoded,
+        decoded=len(fresh),
         from_cache=from_cache,
         cache_dir=str(store),
+        hashed=hashed,
     )
 
 
-def _digest(sample: Sample) -> tuple[str | None, str]:
-    if sample.sha256:
-        return sample.sha256.lower(), ""
+def _stamp(st: os.stat_result) -> Stamp:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _stamp_path(path: Path) -> tuple[Stamp | None, str]:
+    """The file's stamp, or None and why it cannot be read."""
     try:
-        return sha256_file(sample.path), ""
+        st = path.stat()
     except FileNotFoundError:
         return None, "file not found"
-    except IsADirectoryError:
-        return None, "is a directory, not an image file"
     except OSError as exc:
         return None, f"cannot read file: {exc.strerror or exc}"
+    if stat.S_ISDIR(st.st_mode):
+        return None, "is a directory, not an image file"
+    if not stat.S_ISREG(st.st_mode):
+        return None, "not a regular file (a pipe or device?); pass image files"  # opening a FIFO would block
+    return _stamp(st), ""
 
 
-def _decode_one(path: Path, contract: PreprocessContract) -> tuple[np.ndarray | None, str]:
+def _file_key(path: Path) -> str:
+    # Absolute but not resolved: a symlink's target changing changes the stamp (stat follows it).
+    return os.path.abspath(path)
+
+
+def _known_digest(index: dict[str, Any], path: Path, stamp: Stamp) -> str | None:
+    """The recorded digest of ``path`` when its stamp is unchanged and the cache holds that content."""
+    record = index["files"].get(_file_key(path))
+    if not isinstance(record, list) or len(record) != 5 or tuple(record[:4]) != stamp:
+        return None
+    digest = str(record[4])
+    return digest if digest in index["entries"] or digest in index["failed"] else None
+
+
+def _read_one(path: Path, contract: PreprocessContract, cached: Container[str]) -> _Read:
+    """Hash the file's bytes and, unless the cache holds that content, decode those same bytes.
+
+    Decoding the bytes that were hashed (not re-opening the path) means a file replaced meanwhile
+    can never put its pixels under another content's key.
+    """
     try:
-        return preprocess_file(path, contract), ""
+        with open(path, "rb") as handle:
+            stamp = _stamp(os.fstat(handle.fileno()))
+            digest = hashlib.sha256()
+            if stamp[0] > MAX_FILE_BYTES:  # hashed in chunks (so the key is right), never held or decoded
+                data = b""
+                for chunk in iter(lambda: handle.read(_READ_CHUNK), b""):
+                    digest.update(chunk)
+            else:
+                data = handle.read()
+                digest.update(data)
+    except FileNotFoundError:
+        return _Read(path, reason="file not found")
+    except IsADirectoryError:
+        return _Read(path, reason="is a directory, not an image file")
+    except OSError as exc:
+        return _Read(path, reason=f"cannot read file: {exc.strerror or exc}")
+    hexdigest = digest.hexdigest()
+    if hexdigest in cached:
+        return _Read(path, stamp, hexdigest)
+    if stamp[0] > MAX_FILE_BYTES:
+        # the runtime's load_image refuses such a file before reading it; same reason here
+        reason = f"file is {stamp[0]:,} bytes, over the {MAX_FILE_BYTES:,} byte limit"
+        return _Read(path, stamp, hexdigest, reason=reason, decoded=True)
+    try:
+        array = apply_contract(decode_bytes(data, name=str(path)), contract)
     except ImageDecodeError as exc:
-        return None, exc.reason
+        return _Read(path, stamp, hexdigest, reason=exc.reason, decoded=True)
+    return _Read(path, stamp, hexdigest, array, decoded=True)
 
 
-def _decode_into_store(
-    store: Path, contract: PreprocessContract, todo: dict[str, Path], progress: bool, workers: int
-) -> int:
-    """Decode ``todo`` (digest -> a path with that content) into new shards; return files decoded."""
-    items = sorted(todo.items(), key=lambda item: str(item[1]))
+def _read_into_store(
+    store: Path,
+    contract: PreprocessContract,
+    paths: list[Path],
+    index: dict[str, Any],
+    progress: bool,
+    workers: int,
+) -> list[_Read]:
+    """Hash ``paths``, decode content the cache lacks into new shards, record stamps; every read."""
+    cached = set(index["entries"]) | set(index["failed"])
     bar = tqdm(
-        total=len(items),
-        desc=f"decoding into {store.name}",
+        total=len(paths),
+        desc=f"reading into {store.name}",
         unit="img",
         disable=not progress,
         file=sys.stderr,
     )
-    done = 0
+    reads: list[_Read] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, bar:
-        for start in range(0, len(items), SHARD_ROWS):
-            chunk = items[start : start + SHARD_ROWS]
-            arrays: list[np.ndarray] = []
-            entries: dict[str, list[Any]] = {}
-            failed: dict[str, str] = {}
-            shard = f"shard-{uuid.uuid4().hex[:16]}.npy"
-            for (digest, _), (array, reason) in zip(
-                chunk, pool.map(lambda item: _decode_one(item[1], contract), chunk)
-            ):
-                if array is None:
-                    failed[digest] = reason
-                else:
-                    entries[digest] = [shard, len(arrays)]
-                    arrays.append(array)
+        for start in range(0, len(paths), SHARD_ROWS):
+            chunk = sorted(paths[start : start + SHARD_ROWS], key=str)
+            done: list[_Read] = []
+            for read in pool.map(lambda path: _read_one(path, contract, cached), chunk):
+                done.append(read)
                 bar.update(1)
-            if arrays:
-                buffer = io.BytesIO()
-                np.save(buffer, np.stack(arrays), allow_pickle=False)
-                atomic_write_bytes(store / shard, buffer.getvalue())
-            with _locked(store):
-                index = _read_index(store, contract)
-                index["entries"].update(entries)
-                index["failed"].update(failed)
-                atomic_write_json(store / INDEX_FILE, index)
-            done += len(chunk)
-    log.info("decoded %d files into %s", done, store)
-    return done
+            _store_chunk(store, contract, done, cached)
+            reads.extend(done)
+    decoded = sum(r.decoded for r in reads)
+    log.info("read %d files, decoded %d into %s", len(reads), decoded, store)
+    return reads
+
+
+def _store_chunk(store: Path, contract: PreprocessContract, reads: list[_Read], cached: set[str]) -> None:
+    """Write one chunk's new pixels as a shard and merge its entries, failures and stamps into the index."""
+    arrays: list[np.ndarray] = []
+    entries: dict[str, list[Any]] = {}
+    failed: dict[str, str] = {}
+    files: dict[str, list[Any]] = {}
+    shard = f"shard-{uuid.uuid4().hex[:16]}.npy"
+    racy_after = time.time_ns() - RACY_NS
+    for read in reads:
+        if read.digest is None or read.stamp is None:
+            continue  # unreadable: reported, never recorded
+        if read.decoded and read.digest not in cached:
+            if read.array is None:
+                failed[read.digest] = read.reason
+            else:
+                entries[read.digest] = [shard, len(arrays)]
+                arrays.append(read.array)
+            cached.add(read.digest)  # the same content under another name is stored once
+        if max(read.stamp[1], read.stamp[2]) < racy_after:
+            files[_file_key(read.path)] = [*read.stamp, read.digest]
+    if arrays:
+        buffer = io.BytesIO()
+        np.save(buffer, np.stack(arrays), allow_pickle=False)
+        atomic_write_bytes(store / shard, buffer.getvalue())
+    with _locked(store):
+        index = _read_index(store, contract)
+        index["entries"].update(entries)
+        index["failed"].update(failed)
+        index["files"].update(files)
+        atomic_write_json(store / INDEX_FILE, index)
+
+
+def _warn_manifest_mismatch(samples: Sequence[Sample], digest_of: dict[Path, str]) -> None:
+    """Say when files differ from their MANIFEST.csv digests: the cache used the files, not the manifest."""
+    differ = [s.path for s in samples if s.sha256 and s.path in digest_of and s.sha256 != digest_of[s.path]]
+    if differ:
+        log.warning(
+            "%d file(s) differ from their MANIFEST.csv sha256 (first: %s); the pixels come from the files "
+            "as they are on disk. If the files were replaced on purpose, update MANIFEST.csv",
+            len(differ),
+            differ[0],
+        )
 
 
 @contextlib.contextmanager
@@ -244,6 +372,7 @@ def _read_index(store: Path, contract: PreprocessContract) -> dict[str, Any]:
         "contract": contract.to_dict(),
         "entries": {},
         "failed": {},
+        "files": {},
     }
     path = store / INDEX_FILE
     if not path.is_file():
@@ -264,4 +393,5 @@ def _read_index(store: Path, contract: PreprocessContract) -> dict[str, Any]:
         log.warning("%s: %d cache shard(s) missing; their images will be decoded again", store, len(missing))
         index["entries"] = {k: v for k, v in index["entries"].items() if v[0] not in missing}
     index.setdefault("failed", {})
+    index.setdefault("files", {})
     return index

@@ -58,7 +58,7 @@ average runs that share a split into one graph (a run folder export takes as is)
   pneumo train ensemble runs/a runs/b runs/c --out runs/ens   (see 'pneumo train ensemble --help')
 
 choose between finished runs on their shared validation split (never the test split):
-  pneumo train select runs/a runs/b runs/ens --data DATA      (see 'pneumo train select --help')
+  pneumo train select runs/a runs/b runs/ens                  (see 'pneumo train select --help')
 
 architectures (defaults follow each seed study): {archs}
 Results are decision support, not a diagnosis. Models trained on SYNTHETIC phantoms say so everywhere.
@@ -66,9 +66,14 @@ Results are decision support, not a diagnosis. Models trained on SYNTHETIC phant
 
 EVALUATE_EXAMPLES = """examples:
   pneumo evaluate runs/lhu-seed --data ../shared/data/chest_xray            # official test split
-  pneumo evaluate runs/lhu-seed/model.h5 --data DATA --split val --json
+  pneumo evaluate runs/lhu-seed/model.h5 --data DATA --split run-val --json  # the run's held-out validation
   pneumo evaluate bundles/lhu-seed --data DATA                               # the bundle's ONNX model
   pneumo evaluate runs/lhu-seed --data DATA --split run-val --shape-probe    # does it read chest shape?
+
+Images the run trained on are refused (checked against the split.json beside the model): the default
+patient-wise split folds the official val/ folder into training, so '--split val' scores training images;
+use '--split run-val' for the run's own held-out validation images. --allow-train-overlap scores them anyway
+and the report then says the figures include training images.
 """
 
 log = logging.getLogger("pneumo")
@@ -119,7 +124,11 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     run.add_argument(
         "-o", "--out", "--output", dest="out", type=Path, metavar="DIR", help="run folder to create"
     )
-    run.add_argument("--overwrite", action="store_true", help="write into an existing run folder")
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing run folder once the new run has finished",
+    )
     run.add_argument("--seed", type=int, help="seed of splits, init, shuffling and augmentation (default 0)")
     run.add_argument(
         "--split-seed",
@@ -239,7 +248,10 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
         "(same contract and split)",
     )
     recipe.add_argument(
-        "--distill-weight", type=float, metavar="W", help="target = (1-W)*label + W*teacher (default 0.5)"
+        "--distill-weight",
+        type=float,
+        metavar="W",
+        help="target = (1-W)*label + W*teacher (default 0.5; needs --teacher)",
     )
     recipe.add_argument(
         "--threshold-rule",
@@ -254,6 +266,31 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
         "x0.85/x1.15, pooled: a threshold that holds under other acquisition geometry)",
     )
     return parser
+
+
+def folders_to_create(out: Path) -> list[Path]:
+    """The folders of ``out`` (itself and its parents) that do not exist yet, deepest first."""
+    missing: list[Path] = []
+    folder = out.expanduser().absolute()
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) where a failed run left them empty; anything with a file stays.
+
+    train_run creates the run folder (or, building in a hidden sibling, its parents) before it reads the
+    data, so a bad --data would otherwise leave empty folders behind that look like a run.
+    """
+    for folder in folders:
+        try:
+            folder.rmdir()  # fails on a folder with anything in it: nothing is ever deleted
+        except FileNotFoundError:
+            continue  # never made, or already cleaned up by train_run
+        except OSError:
+            return
 
 
 def train_main(argv: list[str], prog: str = "pneumo train") -> int:
@@ -289,9 +326,14 @@ def train_main(argv: list[str], prog: str = "pneumo train") -> int:
         from train.fit import train_run
         from train.report import summary_table
 
-        # Keras writes its progress bars to stdout; stdout is for the result only.
-        with contextlib.redirect_stdout(sys.stderr):
-            result = train_run(config)
+        new_folders = folders_to_create(config.out)
+        try:
+            # Keras writes its progress bars to stdout; stdout is for the result only.
+            with contextlib.redirect_stdout(sys.stderr):
+                result = train_run(config)
+        except BaseException:
+            remove_if_empty(new_folders)
+            raise
     except _errors() as exc:
         return _report(prog, exc)
     if json_out:
@@ -320,13 +362,24 @@ def evaluate_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "model", type=Path, help="run folder, model.h5, model.keras, bundle folder or model.onnx"
     )
-    parser.add_argument("--data", type=Path, required=True, help="labelled folder (split or flat layout)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="labelled folder (split or flat layout); with --split run-val, where the run's data set is now",
+    )
     parser.add_argument(
         "--split",
         default="test",
         choices=(*EVAL_SPLITS, RUN_VAL),
         help="which split folder (default test); run-val: the patient-wise validation images recorded in "
         "the run folder's split.json, where its threshold was chosen (use it for diagnostics, never test)",
+    )
+    parser.add_argument(
+        "--allow-train-overlap",
+        action="store_true",
+        help="score images that are in the run's training list (split.json) instead of refusing; the report "
+        "then says the figures include training images (optimistic, not validation or test)",
     )
     parser.add_argument(
         "--shape-probe",
@@ -353,6 +406,8 @@ def evaluation_table(report: dict[str, Any]) -> str:
     lines = []
     if report["synthetic_model"] or report["synthetic_data"]:
         lines.append(f"*** SYNTHETIC model or data: {SYNTHETIC_WARNING} ***")
+    if report.get("train_overlap"):
+        lines.append(f"*** TRAINING IMAGES: {report['train_overlap_warning']} ***")
     skipped = f", {len(report['skipped'])} unreadable skipped" if report["skipped"] else ""
     lines += [
         f"model      {report['model']}  ({report['model_version']}, {report['runner']})",
@@ -360,8 +415,10 @@ def evaluation_table(report: dict[str, Any]) -> str:
         f"({m['n_abnormal']} abnormal, {m['n_normal']} normal"
         f"{skipped})",
         f"threshold  {m['threshold']:.4f}  ({m['threshold_rule']})",
-        "",
     ]
+    if report.get("train_overlap", 0) is None:
+        lines.append("           overlap with training images not checked: no split.json beside the model")
+    lines.append("")
     for key, name in (
         ("accuracy", "accuracy"),
         ("sensitivity", "sensitivity"),
@@ -409,6 +466,7 @@ def evaluate_main(argv: list[str], prog: str = "pneumo evaluate") -> int:
                 progress=not args.quiet,
                 workers=args.workers,
                 probe_shape=args.shape_probe,
+                allow_train_overlap=args.allow_train_overlap,
             )
         if args.output:
             atomic_write_json(args.output, report)

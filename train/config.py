@@ -355,11 +355,43 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     table = data.get("train", data)
     if not isinstance(table, dict):
         raise ConfigError(f"--config {source}: [train] must be a table of settings")
+    outside = sorted(key for key in data if key != "train") if "train" in data else []
+    if outside:
+        # Only the [train] table is read when there is one; keys above its header would be lost.
+        raise ConfigError(
+            f"--config {source}: setting(s) {', '.join(outside)} sit above the [train] table and would be "
+            "ignored; move them below the [train] header, or remove the header to keep every setting at the "
+            "top level"
+        )
     return dict(table)
 
 
 def merge(toml_values: dict[str, Any], flag_values: dict[str, Any], source: str = "config") -> TrainConfig:
     """Flags override the TOML file, which overrides the defaults."""
     merged = {str(k).replace("-", "_"): v for k, v in toml_values.items()}
-    merged.update({k: v for k, v in flag_values.items() if v is not None})
+    flags = {k: v for k, v in flag_values.items() if v is not None}
+    merged.update(flags)
+    check_distillation(merged, source, flag_given="distill_weight" in flags)
     return TrainConfig.from_dict(merged, source=source)
+
+
+DEFAULT_DISTILL_WEIGHT = next(f.default for f in fields(TrainConfig) if f.name == "distill_weight")
+
+
+def check_distillation(values: dict[str, Any], source: str = "config", flag_given: bool = False) -> None:
+    """ConfigError when ``values`` set a distillation weight but no teacher: the weight would do nothing.
+
+    ``distill_weight`` has a plain default (0.5), and the sweep's configs/NAME.toml and config.json
+    write every setting out, the default included, without a teacher. So a weight counts as set when
+    the --distill-weight flag was given (``flag_given``: argparse leaves absent flags out), or when a
+    file gives a value other than the default.
+    """
+    named = {str(k).replace("-", "_"): v for k, v in values.items()}
+    weight = named.get("distill_weight")
+    if weight is None or named.get("teacher") not in (None, ""):
+        return
+    if flag_given or weight != DEFAULT_DISTILL_WEIGHT:
+        raise ConfigError(
+            f"{source}: --distill-weight {weight} has no effect without --teacher; add --teacher RUN (a run or "
+            "'pneumo train ensemble' folder to distil from) or drop --distill-weight"
+        )

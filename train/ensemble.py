@@ -198,10 +198,11 @@ def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
         CARD_FILE,
         METRICS_FILE,
         SPLIT_FILE,
+        building_run_folder,
+        check_run_folder,
         choose_validation_threshold,
         negative_label,
         predict_arrays,
-        prepare_run_folder,
         reload_check,
         save_model,
         threshold_record,
@@ -212,7 +213,9 @@ def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
     require_keras("an ensemble", ("h5py",))
     members = [Member.open(Path(folder)) for folder in config.members]
     splits = check_compatible(members)
-    prepare_run_folder(config.out, config.overwrite)
+    # --overwrite replaces the whole folder (built aside, swapped in at the end): never an old run's
+    # config.json or history beside the ensemble, and never a member's own files deleted.
+    check_run_folder(config.out, config.overwrite, {f"the member run {m.folder}": m.folder for m in members})
     contract, first = members[0].contract, members[0].info
     model = build_ensemble([load_keras(m.folder / "model.h5") for m in members], contract, config.tta)
     complexity = model_complexity(model)
@@ -256,44 +259,45 @@ def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
     )
     test_out = predict_arrays(model, arrays["test"].x)
     test = evaluate_outputs(arrays["test"].y, test_out, info, bootstrap=config.bootstrap, seed=config.seed)
-    saved = save_model(model, config.out)
-    reload = reload_check(model, saved["model"], arrays["test"].x)
-    metrics = {
-        "model_version": info.model_version,
-        "synthetic": synthetic,
-        "threshold": threshold_record(choice),
-        "test": test,
-        "validation": validation,
-        "members": [_member_row(m) for m in members],
-        "reload_check": reload,
-    }
-    contract.save(config.out)
-    info.save(config.out)
-    splits.save(config.out / SPLIT_FILE)
-    atomic_write_json(config.out / METRICS_FILE, metrics)
-    atomic_write_json(config.out / ENSEMBLE_FILE, _config_record(config))
-    card = {
-        "model_version": info.model_version,
-        "created": stamp,
-        "architecture": {
-            "name": "ensemble",
-            "summary": f"mean of {len(members)} runs' outputs in one graph"
-            + (f", each on {len(TTA_CROPS)} test-time crops" if config.tta != "none" else ""),
-            "tta": config.tta,
-            "members": metrics["members"],
-            "head": first.head,
-            "labels": list(splits.labels),
-            "negative_label": negative,
-            **complexity.to_dict(),
-        },
-        "preprocessing": contract.to_dict(),
-        "threshold": metrics["threshold"],
-        "metrics": {"validation": validation, "test": test},
-        "intended_use": info.intended_use,
-        "decision_support_not_diagnosis": True,
-        "synthetic": synthetic,
-    }
-    atomic_write_json(config.out / CARD_FILE, card)
+    with building_run_folder(config.out, config.overwrite) as work:
+        saved = save_model(model, work)
+        reload = reload_check(model, saved["model"], arrays["test"].x)
+        metrics = {
+            "model_version": info.model_version,
+            "synthetic": synthetic,
+            "threshold": threshold_record(choice),
+            "test": test,
+            "validation": validation,
+            "members": [_member_row(m) for m in members],
+            "reload_check": reload,
+        }
+        contract.save(work)
+        info.save(work)
+        splits.save(work / SPLIT_FILE)
+        atomic_write_json(work / METRICS_FILE, metrics)
+        atomic_write_json(work / ENSEMBLE_FILE, _config_record(config))
+        card = {
+            "model_version": info.model_version,
+            "created": stamp,
+            "architecture": {
+                "name": "ensemble",
+                "summary": f"mean of {len(members)} runs' outputs in one graph"
+                + (f", each on {len(TTA_CROPS)} test-time crops" if config.tta != "none" else ""),
+                "tta": config.tta,
+                "members": metrics["members"],
+                "head": first.head,
+                "labels": list(splits.labels),
+                "negative_label": negative,
+                **complexity.to_dict(),
+            },
+            "preprocessing": contract.to_dict(),
+            "threshold": metrics["threshold"],
+            "metrics": {"validation": validation, "test": test},
+            "intended_use": info.intended_use,
+            "decision_support_not_diagnosis": True,
+            "synthetic": synthetic,
+        }
+        atomic_write_json(work / CARD_FILE, card)
     return {"out": str(config.out), "info": info, "metrics": metrics, "card": card}
 
 
@@ -385,7 +389,11 @@ def ensemble_parser(prog: str) -> Any:
         choices=THRESHOLD_SOURCES,
         help="validation, or shape-pooled: validation plus its width/height rescales (default: the first member's)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="write into an existing folder")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing run folder once the ensemble is built (the old folder is swapped out whole)",
+    )
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     parser.add_argument("--json", action="store_true", help="print metrics as JSON")
     parser.add_argument(

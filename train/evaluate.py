@@ -13,6 +13,8 @@ this path needs no TensorFlow; Keras models are loaded in safe mode.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,27 +140,92 @@ def _label_mode(info: ModelInfo) -> str:
     return "kind" if {"BACTERIA", "VIRUS"} & {label.upper() for label in info.labels} else "binary"
 
 
-def run_validation_samples(model_path: Path) -> list[Any]:
-    """The validation images recorded in the run folder's split.json (where the threshold was chosen)."""
+def _run_folder(model_path: Path) -> Path:
+    return model_path if model_path.is_dir() else model_path.parent
+
+
+def run_splits(model_path: Path) -> Any | None:
+    """The :class:`train.data.Splits` of the run MODEL came from (its split.json), or None without one."""
     from train.data import Splits
 
-    folder = model_path if model_path.is_dir() else model_path.parent
-    split_file = folder / RUN_SPLIT_FILE
-    if not split_file.is_file():
+    split_file = _run_folder(model_path) / RUN_SPLIT_FILE
+    return Splits.load(split_file) if split_file.is_file() else None
+
+
+def reroot(samples: list[Any], old_root: Path, new_root: Path) -> list[Any]:
+    """``samples`` with paths under ``old_root`` moved under ``new_root`` (where the data set is now)."""
+    from dataclasses import replace
+
+    # discover() records resolved paths; the root may be recorded as typed (relative, via a symlink)
+    bases = (old_root, old_root.resolve())
+    moved = []
+    for sample in samples:
+        for base in bases:
+            with contextlib.suppress(ValueError):
+                moved.append(replace(sample, path=new_root / sample.path.relative_to(base)))
+                break
+        else:  # recorded outside the old root: keep it as it was
+            moved.append(sample)
+    return moved
+
+
+def run_validation_samples(model_path: Path, data_root: Path | None = None) -> list[Any]:
+    """The validation images recorded in the run folder's split.json (where the threshold was chosen).
+
+    ``data_root`` re-roots them: the data set's folder now, when it has moved since training.
+    """
+    split_file = _run_folder(model_path) / RUN_SPLIT_FILE
+    splits = run_splits(model_path)
+    if splits is None:
         raise TrainError(
             f"{split_file}: not found; --split run-val needs a run folder (or its model.h5) written by "
             "pneumo train, which records its validation split there"
         )
-    samples = Splits.load(split_file).val
+    samples = splits.val
     if not samples:
         raise DataError(f"{split_file}: the run has no validation images")
+    if data_root is not None:
+        if not data_root.is_dir():
+            raise DataError(
+                f"{data_root}: data folder not found; pass --data where the run's data set is now "
+                f"(it was {splits.config.root} at training time)"
+            )
+        samples = reroot(samples, splits.config.root, data_root)
     missing = [s.path for s in samples if not s.path.is_file()]
     if missing:
+        where = (
+            f"under --data {data_root}"
+            if data_root is not None
+            else f"at {splits.config.root} (training time)"
+        )
         raise DataError(
-            f"{split_file}: {len(missing)} validation images are gone (first: {missing[0]}); "
-            "is the data folder where it was at training time?"
+            f"{split_file}: {len(missing)} of {len(samples)} validation images are not {where} "
+            f"(first: {missing[0]}); pass --data ROOT where the data set the run was trained on is now"
         )
     return samples
+
+
+def _refs(sample: Any, roots: tuple[Path, ...]) -> set[str]:
+    """How a sample is recognised in another listing: its path relative to its data root (the data set
+    may have moved), its absolute path, and its MANIFEST.csv digest (a copy under another name)."""
+    refs = {"abs:" + os.path.abspath(sample.path)}
+    for base in roots:
+        with contextlib.suppress(ValueError):
+            refs.add("rel:" + sample.path.relative_to(base).as_posix())
+    if sample.sha256:
+        refs.add("sha:" + sample.sha256.lower())
+    return refs
+
+
+def training_overlap(samples: list[Any], data_root: Path, splits: Any) -> list[Any]:
+    """The ``samples`` (under ``data_root``) that are in ``splits``' training list."""
+    # discover() lists resolved paths; a split.json root may be recorded as typed (relative, a symlink)
+    train_roots = (splits.config.root, splits.config.root.resolve())
+    train: set[str] = set()
+    for sample in splits.train:
+        train |= _refs(sample, train_roots)
+    roots = (data_root, data_root.resolve())
+    return [s for s in samples if _refs(s, roots) & train]
 
 
 def select_samples(data: Path, info: ModelInfo, split: str) -> list[Any]:
@@ -185,9 +252,36 @@ def select_samples(data: Path, info: ModelInfo, split: str) -> list[Any]:
     return samples
 
 
+def overlap_refusal(overlap: list[Any], samples: list[Any], data: Path, split: str, model: Path) -> str:
+    split_file = _run_folder(model) / RUN_SPLIT_FILE
+    return (
+        f"{data} (--split {split}): {len(overlap)} of {len(samples)} images are in the training list of "
+        f"{split_file} (first: {overlap[0].path}); the default patient-wise split folds the official val/ "
+        "folder into the training pool, and --split random mixes every folder. Scores on training images are "
+        "optimistic, not validation or test results. Use --split run-val for the run's own held-out "
+        f"validation images{'' if split == 'test' else ', or --split test'}; pass --allow-train-overlap "
+        "to score them anyway (the report then says the figures include training images)"
+    )
+
+
+def overlap_fields(overlap: list[Any] | None, scored: list[str]) -> dict[str, Any]:
+    """Report fields saying whether the scored images include training images (None: not checked)."""
+    if overlap is None:
+        return {"train_overlap": None}
+    scored_paths = set(scored)
+    n = sum(1 for s in overlap if str(s.path) in scored_paths)
+    fields: dict[str, Any] = {"train_overlap": n}
+    if n:
+        fields["train_overlap_warning"] = (
+            f"{n} of the {len(scored)} scored images are in the model's training set: these figures include "
+            "training images and are optimistic, not a validation or test result"
+        )
+    return fields
+
+
 def evaluate_model(
     model_path: str | Path,
-    data: str | Path,
+    data: str | Path | None,
     split: str = "test",
     bootstrap: int = 1000,
     seed: int = 0,
@@ -195,21 +289,38 @@ def evaluate_model(
     progress: bool = True,
     workers: int = 2,
     probe_shape: bool = False,
+    allow_train_overlap: bool = False,
 ) -> dict[str, Any]:
     """Metrics of MODEL on the labelled images of ``data`` (JSON-ready).
 
-    ``split="run-val"`` scores the run's own validation split (from its split.json; ``data`` is then
-    only reported); ``probe_shape`` adds the one-axis rescale probe of train/shape_probe.py.
+    ``split="run-val"`` scores the run's own validation split (from its split.json), re-rooted onto
+    ``data`` when given (the data set may have moved since training); ``probe_shape`` adds the
+    one-axis rescale probe of train/shape_probe.py. Any other split that shares images with the
+    run's training list (split.json) is refused unless ``allow_train_overlap``, and then reported
+    as such (``train_overlap``; None where no split.json sits beside the model to check against).
     """
     from train.cache import load_arrays
 
-    data_path = Path(data).expanduser()
+    model_file = Path(model_path).expanduser()
+    data_path = None if data is None else Path(data).expanduser()
     model = open_model(model_path)
     try:
+        overlap: list[Any] | None = None
         if split == RUN_VAL:
-            samples = run_validation_samples(Path(model_path).expanduser())
+            samples = run_validation_samples(model_file, data_path)
+            recorded = run_splits(model_file)
+            if data_path is None and recorded is not None:
+                data_path = recorded.config.root  # where the images were read from
+            overlap = []  # held out of training by construction
         else:
+            if data_path is None:
+                raise DataError(f"--split {split} needs --data: the labelled folder to score")
             samples = select_samples(data_path, model.info, split)
+            splits = run_splits(model_file)
+            if splits is not None:
+                overlap = training_overlap(samples, data_path, splits)
+                if overlap and not allow_train_overlap:
+                    raise DataError(overlap_refusal(overlap, samples, data_path, split, model_file))
         arrays = load_arrays(samples, model.info.labels, model.contract, cache_dir, progress, workers)
         if len(arrays) == 0:
             raise DataError(f"{data_path}: none of the {len(samples)} images could be decoded")
@@ -235,8 +346,9 @@ def evaluate_model(
         "data": str(data_path),
         "split": split,
         "synthetic_model": model.info.synthetic,
-        "synthetic_data": is_synthetic(data_path),
+        "synthetic_data": data_path is not None and is_synthetic(data_path),
         "images": len(arrays),
+        **overlap_fields(overlap, arrays.paths),
         "skipped": [{"path": p, "reason": r} for p, r in arrays.skipped],
         "seconds": round(seconds, 3),
         "note": "Decision support, not a diagnosis.",

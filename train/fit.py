@@ -17,23 +17,34 @@ threshold is fixed. The run folder it writes::
       plots/              loss and accuracy curves, confusion matrix, ROC
       metrics.json        test (at the chosen threshold and at 0.5) and validation metrics with 95% CIs
       model_card.json     what this model is, how it was made and measured, and what it is for
+
+The run is built in a hidden sibling folder (``.NAME.building-PID-K``) and
+renamed to ``NAME`` only when every file is written, so a run folder is either
+complete or absent: a run that fails is removed, one that is killed leaves only
+its hidden sibling. ``--overwrite`` swaps a finished new run in for the old one
+(moved aside, then removed), never a mix of the two, and refuses a folder that
+holds anything a run does not write or any input of the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import glob
 import logging
 import math
+import os
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from edge_runtime.contract import ModelInfo, PreprocessContract
-from edge_runtime.fileio import atomic_write_json, atomic_write_via
+from edge_runtime.contract import CONTRACT_FILE, MODEL_INFO_FILE, ModelInfo, PreprocessContract
+from edge_runtime.fileio import atomic_write_json, atomic_write_via, fsync_dir
 from edge_runtime.metrics import choose_threshold, evaluate_outputs
 from train.compute import RUN_FOLDER_MODULES, require_keras
 from train.config import CONFIG_FILE, TrainConfig
@@ -71,19 +82,130 @@ class RunResult:
 # --------------------------------------------------------------------------- small pieces
 
 
-def prepare_run_folder(out: Path, overwrite: bool) -> None:
-    """Refuse to write into an existing, non-empty run folder unless ``overwrite``; never delete anything."""
+# What `pneumo train` and `pneumo train ensemble` write into a run folder (ensemble.json is
+# train.ensemble.ENSEMBLE_FILE); --overwrite replaces a folder holding only these, nothing else.
+RUN_FOLDER_ENTRIES = frozenset(
+    {
+        MODEL_H5, MODEL_KERAS, CONTRACT_FILE, MODEL_INFO_FILE, CONFIG_FILE, SPLIT_FILE, HISTORY_FILE,
+        METRICS_FILE, CARD_FILE, "logs", "plots", "ensemble.json",
+    }
+)  # fmt: skip
+STAGING_TAG = "building"
+
+
+def _run_entry(name: str) -> bool:
+    """A file a run writes, or a temporary file of an atomic write that a kill left behind."""
+    return name in RUN_FOLDER_ENTRIES or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or path.is_relative_to(folder)
+
+
+def check_run_folder(out: Path, overwrite: bool, inputs: Mapping[str, Path | None] | None = None) -> None:
+    """TrainError unless ``out`` can take a new run: absent or empty, or (``overwrite``) an old run folder.
+
+    Nothing is written. ``inputs`` (what -> path) must lie outside ``out``: the finished run
+    replaces the whole folder, so an input there would be deleted.
+    """
     if out.exists() and not out.is_dir():
         raise TrainError(f"--out {out}: exists and is not a folder; choose another run folder name")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    resolved = out.resolve()
+    for what, path in (inputs or {}).items():
+        if path is not None and _inside(Path(path).expanduser().resolve(), resolved):
+            raise TrainError(
+                f"--out {out}: holds {what} {path}; a finished run replaces its whole folder, "
+                "so choose an --out apart from the run's inputs"
+            )
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not overwrite:
         raise TrainError(
             f"--out {out}: run folder already exists and is not empty; choose a new name or pass --overwrite "
-            "(files of the same name are replaced, nothing else is deleted)"
+            "(the old run is replaced once the new one has finished)"
         )
+    foreign = sorted(entry.name for entry in out.iterdir() if not _run_entry(entry.name))
+    if foreign:
+        raise TrainError(
+            f"--out {out}: holds files a run does not write ({', '.join(foreign[:5])}); --overwrite "
+            "replaces a run folder only, so move them out or choose another --out"
+        )
+
+
+def staging_folders(out: Path) -> list[Path]:
+    """The hidden ``.NAME.building-*`` siblings of ``out``: runs being built, or left by a killed run."""
+    pattern = f".{glob.escape(out.name)}.{STAGING_TAG}-*"
+    return sorted(path for path in out.parent.glob(pattern) if path.is_dir())
+
+
+def _sibling(out: Path, tag: str) -> Path:
+    """An unused hidden sibling name of ``out``: ``.NAME.TAG-PID-K``."""
+    k = 1
+    while (path := out.parent / f".{out.name}.{tag}-{os.getpid()}-{k}").exists():
+        k += 1
+    return path
+
+
+def _new_staging(out: Path) -> Path:
+    """A fresh hidden sibling of ``out`` to build in (a leftover of an earlier process is kept)."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            staging = _sibling(out, STAGING_TAG)
+            with contextlib.suppress(FileExistsError):
+                staging.mkdir()
+                return staging
     except OSError as exc:
         raise TrainError(f"--out {out}: cannot create the run folder ({exc})") from exc
+
+
+def install_run_folder(staging: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished run ``staging`` to ``out``; an old run there is moved aside, then removed.
+
+    ``out`` is checked again: something written there while the run trained is never removed;
+    the finished run then stays in ``staging``, named in the error.
+    """
+    try:
+        check_run_folder(out, overwrite)
+    except TrainError as exc:
+        raise TrainError(
+            f"{exc}. It changed while this run trained; the finished run is in {staging}"
+        ) from None
+    old: Path | None = None
+    if out.exists():
+        old = _sibling(out, "replaced")
+        os.replace(out, old)
+    # a crash between the two renames leaves no NAME, the old run hidden: never a mix of two runs
+    os.replace(staging, out)
+    fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        if old.exists():
+            log.warning("the replaced run could not be removed completely; delete %s", old)
+
+
+@contextlib.contextmanager
+def building_run_folder(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A hidden sibling of ``out`` to write the run into, installed as ``out`` when the block succeeds.
+
+    A run that fails (an exception, Ctrl-C) is removed: a half run must never be read as one.
+    Check ``out`` with :func:`check_run_folder` before the expensive work starts.
+    """
+    out = Path(os.path.abspath(out))  # "." or "runs/x/..": the sibling must lie beside the folder itself
+    leftovers = staging_folders(out)
+    if leftovers:
+        log.warning(
+            "%s: left by an interrupted run of %s (or one still running); delete it when you no longer need it",
+            leftovers[0],
+            out,
+        )
+    staging = _new_staging(out)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    install_run_folder(staging, out, overwrite)
 
 
 # Cosine decay ends at this fraction of the initial learning rate.
@@ -370,9 +492,6 @@ def _load_split_arrays(splits: Any, contract: PreprocessContract, config: TrainC
 
 def train_run(config: TrainConfig) -> RunResult:
     """Train ``config.arch`` on ``config.data`` and write the run folder ``config.out``."""
-    from train.data import DataConfig, make_splits
-    from train.synth import is_synthetic
-
     cfg = config.resolved()
     spec = get_arch(cfg.arch)
     if cfg.data is None:
@@ -380,8 +499,20 @@ def train_run(config: TrainConfig) -> RunResult:
     if cfg.out is None:
         raise TrainError("--out is required: the run folder to create, e.g. runs/lhu-seed")
     require_keras("training", RUN_FOLDER_MODULES)
-    out = cfg.out
-    prepare_run_folder(out, cfg.overwrite)
+    inputs = {"the data folder": cfg.data, "the cache folder": cfg.cache_dir, "the teacher run": cfg.teacher,
+              "the weights file": cfg.weights}  # fmt: skip
+    check_run_folder(cfg.out, cfg.overwrite, inputs)
+    with building_run_folder(cfg.out, cfg.overwrite) as work:
+        result = _train_into(cfg, spec, work)
+    return replace(result, out=cfg.out)
+
+
+def _train_into(cfg: TrainConfig, spec: ArchSpec, out: Path) -> RunResult:
+    """The run of the resolved ``cfg``, its files written into ``out`` (the folder being built)."""
+    from train.data import DataConfig, make_splits
+    from train.synth import is_synthetic
+
+    assert cfg.data is not None and cfg.out is not None
     started = time.perf_counter()
 
     data_config = DataConfig(
@@ -480,7 +611,7 @@ def train_run(config: TrainConfig) -> RunResult:
         head=head.kind,
         synthetic=synthetic,
         threshold_rule=f"{choice.rule}: {choice.description}",
-        extra={"params": complexity.params, "flops": complexity.flops, "run_folder": out.name},
+        extra={"params": complexity.params, "flops": complexity.flops, "run_folder": cfg.out.name},
     )
     validation = evaluate_outputs(arrays["val"].y, val_out, info, bootstrap=cfg.bootstrap, seed=cfg.seed)
     test_out = predict_arrays(model, arrays["test"].x)

@@ -1,4 +1,4 @@
-"""Choose between finished runs on validation only: ``pneumo train select RUN... --data DATA``.
+"""Choose between finished runs on validation only: ``pneumo train select RUN... [--data DATA]``.
 
 The rule of issue 6, as code, so that a choice can be re-run and audited:
 
@@ -11,6 +11,10 @@ The rule of issue 6, as code, so that a choice can be re-run and audited:
 * a run within ``tie`` (0.001) of the best score ties with it, and among ties the cheapest wins
   (fewest FLOPs, then fewest parameters): validation AUCs this close are inside each other's
   intervals, and the Jetson pays for every FLOP.
+
+The validation images are read from the paths the runs' split.json recorded, or, with ``--data``,
+from the same paths under DATA (a data set that moved since training). A ranking of runs trained on
+SYNTHETIC phantoms carries the synthetic warning, in the table and in the JSON.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from train.errors import ConfigError, TrainError
+from train.errors import ConfigError, DataError, TrainError
 
 CRITERIA = ("shape-pooled", "val-auc")
 DEFAULT_TIE = 0.001
@@ -30,7 +34,7 @@ DEFAULT_TIE = 0.001
 @dataclass(frozen=True)
 class SelectConfig:
     runs: tuple[Path, ...]
-    data: Path
+    data: Path | None = None  # where the runs' data set is now; None: the paths split.json recorded
     criterion: str = "shape-pooled"
     tie: float = DEFAULT_TIE
     cache_dir: Path | None = None
@@ -56,6 +60,7 @@ class Candidate:
     flops: int
     val_auc: float
     shape_pooled_auc: float
+    synthetic: bool = False  # trained (model_info) or scored on SYNTHETIC phantoms
 
     def score(self, criterion: str) -> float:
         return self.shape_pooled_auc if criterion == "shape-pooled" else self.val_auc
@@ -70,7 +75,12 @@ def choose(candidates: list[Candidate], criterion: str, tie: float = DEFAULT_TIE
     ties = [c for c in candidates if best - c.score(criterion) <= tie + 1e-12]
     winner = min(ties, key=lambda c: (c.flops, c.params, -c.score(criterion), c.run))
     ranked = sorted(candidates, key=lambda c: -c.score(criterion))
+    synthetic = any(c.synthetic for c in candidates)
+    from edge_runtime.contract import SYNTHETIC_WARNING
+
     return {
+        **({"warning": SYNTHETIC_WARNING} if synthetic else {}),
+        "synthetic": synthetic,
         "criterion": criterion,
         "tie": tie,
         "best_score": best,
@@ -121,19 +131,26 @@ def score_run(run: Path, config: SelectConfig) -> Candidate:
         flops=int(info.extra.get("flops") or 0),
         val_auc=float(report["metrics"]["roc_auc"]),
         shape_pooled_auc=float(report["shape_probe"]["pooled"]["roc_auc"]),
+        synthetic=bool(info.synthetic or report["synthetic_data"]),
     )
 
 
 def select_runs(config: SelectConfig) -> dict[str, Any]:
     runs = tuple(Path(r).expanduser() for r in config.runs)
+    if config.data is not None and not config.data.is_dir():
+        raise DataError(
+            f"--data {config.data}: folder not found; pass the folder the runs' data set is in now, or leave "
+            "--data out to read the validation images where the runs' split.json recorded them"
+        )
     require_shared_validation(runs)
     return choose([score_run(run, config) for run in runs], config.criterion, config.tie)
 
 
 def selection_table(result: dict[str, Any]) -> str:
-    lines = [
-        f"{'run':<44}{'params':>10}{'GFLOPs':>8}{'val AUC':>9}{'shape-pooled':>14}",
-    ]
+    from edge_runtime.contract import SYNTHETIC_WARNING
+
+    lines = [f"*** {SYNTHETIC_WARNING} ***"] if result.get("synthetic") else []
+    lines.append(f"{'run':<44}{'params':>10}{'GFLOPs':>8}{'val AUC':>9}{'shape-pooled':>14}")
     for c in result["candidates"]:
         mark = "  <- chosen" if c["chosen"] else ("  (tie)" if c["tied"] else "")
         lines.append(
@@ -150,8 +167,9 @@ def selection_table(result: dict[str, Any]) -> str:
 
 
 EXAMPLES = """examples:
-  pneumo train select runs/a runs/b runs/ens --data ../shared/data/chest_xray
-  pneumo train select runs/* --data DATA --criterion val-auc --json
+  pneumo train select runs/a runs/b runs/ens
+  pneumo train select runs/* --criterion val-auc --json
+  pneumo train select runs/a runs/b --data /mnt/new/chest_xray   # the data set moved since training
 
 Candidates should be declared before they are trained; this command only applies the rule.
 """
@@ -165,7 +183,14 @@ def select_parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders sharing one split")
-    parser.add_argument("--data", type=Path, required=True, help="the data root the runs were trained on")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="where the runs' data set is now, when it moved since training: the validation images listed in "
+        "split.json are read from the same relative paths under DIR (every one must exist). Default: the "
+        "paths split.json recorded",
+    )
     parser.add_argument(
         "--criterion",
         choices=CRITERIA,

@@ -36,20 +36,31 @@ folder::
       experiments.toml      the experiment file as last run
       configs/NAME.toml     the exact settings of each run (``pneumo train --config`` reproduces it)
       logs/NAME.attempt-K.log
-      runs/NAME/            a run folder (complete when metrics.json and model_card.json exist)
-      runs/NAME.incomplete-K/   an interrupted or failed attempt, moved aside, never deleted
+      runs/NAME/            a run folder, renamed into place only when complete (pneumo train builds it
+                            in a hidden runs/.NAME.building-PID-K and removes that when the run fails)
+      runs/NAME.incomplete-K/   an interrupted attempt (a killed run's hidden folder), moved aside, never deleted
       runs/NAME.superseded-K/   a complete run whose settings no longer match the file, moved aside
-      state.json            attempts, status and wall time per run
+      state.json            attempts, status, wall time and the training pid per run
+      .sweep.lock           the pid of the sweep; locked (flock) by the sweep and its training child
       results.csv results.md results.json results.png
 
 Resuming is running the same command again: complete runs with unchanged
-settings are skipped, anything else starts again in a fresh folder.
+settings are skipped, anything else starts again in a fresh folder. A run
+that was "running" when its sweep was killed is recorded as "interrupted".
+
+The training child dies with the sweep, even when the sweep is killed with
+SIGKILL (Linux: ``PR_SET_PDEATHSIG``), and runs in a session of its own so that
+a terminal's Ctrl-C reaches the sweep alone, which then stops the child. The
+child inherits the sweep's lock, so where it could outlive the sweep (no
+``prctl``) a resumed sweep refuses to start while it still runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import fcntl
 import json
 import logging
 import math
@@ -61,13 +72,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge_runtime.fileio import atomic_write_json, atomic_write_text, atomic_write_via, read_json
-from train.config import TrainConfig, flag
+from train.config import TrainConfig, check_distillation, flag
 from train.errors import ConfigError, TrainError
 from train.sweep_results import (
     blinded_row,
@@ -94,6 +105,7 @@ STATE_FILE = "state.json"
 # state.json entry of the sweep itself (run names start with a letter or digit, so it cannot clash)
 SWEEP_KEY = "_sweep"
 LOCK_FILE = ".sweep.lock"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class SweepError(TrainError):
@@ -307,6 +319,7 @@ def _reductions(full: TrainConfig, reduced: TrainConfig) -> tuple[str, ...]:
 
 def _resolve(values: dict[str, Any], source: str) -> TrainConfig:
     try:
+        check_distillation(values, source)
         return TrainConfig.from_dict(values, source=source).resolved()
     except TrainError as exc:
         message = str(exc)
@@ -360,13 +373,35 @@ def sweep_root(run: PlannedRun) -> Path:
     return run.config.out.parent.parent
 
 
-def move_aside(folder: Path, why: str) -> Path:
-    """Rename ``folder`` to ``folder.WHY-K`` (first free K); nothing is deleted."""
+def move_aside(folder: Path, why: str, source: Path | None = None) -> Path:
+    """Rename ``source`` (default ``folder``) to ``folder.WHY-K`` (first free K); nothing is deleted."""
     k = 1
     while (target := folder.with_name(f"{folder.name}.{why}-{k}")).exists():
         k += 1
-    folder.rename(target)
+    (source or folder).rename(target)
     return target
+
+
+def settle_interrupted(state: dict[str, Any]) -> bool:
+    """Record runs left "running" by a sweep that was killed as "interrupted"; True when any was.
+
+    Call it holding the lock: no sweep and no training child is then left to finish them.
+    """
+    changed = False
+    for name, entry in state.items():
+        if name != SWEEP_KEY and isinstance(entry, dict) and entry.get("status") == "running":
+            entry.update(status="interrupted", error="its sweep was killed while it trained")
+            entry.pop("pid", None)
+            changed = True
+    return changed
+
+
+def load_settled_state(root: Path) -> dict[str, Any]:
+    """state.json with stale "running" entries settled (and written back); call it holding the lock."""
+    state = load_state(root)
+    if settle_interrupted(state):
+        atomic_write_json(root / STATE_FILE, state)
+    return state
 
 
 def load_state(root: Path) -> dict[str, Any]:
@@ -431,18 +466,61 @@ def train_command(config: SweepConfig, config_file: Path) -> list[str]:
     return [config.python, "-m", "edge_runtime.pneumo_cli", "train", "--config", str(config_file), "--json"]
 
 
-def launch(command: list[str], log_path: Path) -> int:
+def _die_with_parent() -> Callable[[], None] | None:
+    """Linux: a ``preexec_fn`` asking the kernel to SIGKILL the child when the sweep dies, SIGKILL included.
+
+    Without it a killed sweep's child trains on as an orphan while the resumed sweep starts the
+    same run again. None where ``prctl`` is missing (the inherited lock then blocks a resume).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+
+    def preexec() -> None:
+        # Resolved before the fork, so the forked child calls one C function and takes no lock.
+        # The signal follows the forking thread: launch is called from the sweep's main thread.
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the sweep died before the request took effect
+            os._exit(1)
+
+    return preexec
+
+
+def launch(
+    command: list[str],
+    log_path: Path,
+    keep_fds: tuple[int, ...] = (),
+    on_start: Callable[[int], None] | None = None,
+) -> int:
     """Run one training subprocess, its stdout and stderr into ``log_path``; the exit code.
 
-    On Ctrl-C / SIGTERM the child is asked to stop (SIGTERM), then killed after 30 s.
+    The child gets the fds ``keep_fds`` (the sweep lock) and dies with the sweep; ``on_start``
+    receives its pid. On Ctrl-C / SIGTERM the child is asked to stop (SIGTERM), then killed after 30 s.
     """
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with open(log_path, "ab") as handle:
         handle.write(f"$ {' '.join(command)}\n".encode())
         handle.flush()
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        # A session of its own: a terminal's Ctrl-C goes to the sweep, which stops the child below.
+        process = subprocess.Popen(
+            command,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(),  # one pre-resolved C call: safe after fork, see there
+            pass_fds=keep_fds,
+        )
         try:
+            if on_start is not None:
+                on_start(process.pid)
             return process.wait()
         except BaseException:
             process.terminate()
@@ -454,8 +532,14 @@ def launch(command: list[str], log_path: Path) -> int:
             raise
 
 
-def execute(run: PlannedRun, config: SweepConfig, state: dict[str, Any]) -> RunOutcome:
-    """Bring one planned run to a complete run folder (or record why not)."""
+def execute(
+    run: PlannedRun, config: SweepConfig, state: dict[str, Any], lock_fd: int | None = None
+) -> RunOutcome:
+    """Bring one planned run to a complete run folder (or record why not).
+
+    ``lock_fd`` (the sweep lock) is handed to the training child, so that the lock stays
+    held for as long as the child runs, even should it outlive the sweep.
+    """
     name = run.spec.name
     folder = run.config.out
     assert folder is not None
@@ -476,6 +560,12 @@ def execute(run: PlannedRun, config: SweepConfig, state: dict[str, Any]) -> RunO
     elif folder.exists():
         moved = move_aside(folder, "incomplete")
         log.warning("%s: incomplete attempt moved to %s; starting again", name, moved.name)
+    from train.fit import staging_folders
+
+    # a killed attempt's hidden build folder; the lock proves no process writes there any more
+    for leftover in staging_folders(folder):
+        moved = move_aside(folder, "incomplete", leftover)
+        log.warning("%s: interrupted attempt moved to %s; starting again", name, moved.name)
     root = sweep_root(run)
     (root / "configs").mkdir(parents=True, exist_ok=True)
     (root / "logs").mkdir(parents=True, exist_ok=True)
@@ -492,12 +582,21 @@ def execute(run: PlannedRun, config: SweepConfig, state: dict[str, Any]) -> RunO
     entry.update(status="running", log=str(log_path.relative_to(root)), started=utc_now())
     atomic_write_json(root / STATE_FILE, state)
     started = time.perf_counter()
+
+    def record_pid(pid: int) -> None:
+        # names the child should it ever outlive a killed sweep (see sweep_lock)
+        entry["pid"] = pid
+        atomic_write_json(root / STATE_FILE, state)
+
+    keep = () if lock_fd is None else (lock_fd,)
     try:
-        code = launch(train_command(config, config_file), log_path)
+        code = launch(train_command(config, config_file), log_path, keep, record_pid)
     except (KeyboardInterrupt, SweepInterrupted):
+        entry.pop("pid", None)
         entry.update(status="interrupted", wall_seconds=round(time.perf_counter() - started, 1))
         atomic_write_json(root / STATE_FILE, state)
         raise
+    entry.pop("pid", None)
     wall = round(time.perf_counter() - started, 1)
     if code == 0 and is_complete(folder):
         entry.update(status="done", wall_seconds=wall, error="")
@@ -537,51 +636,87 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def sweep_lock(root: Path) -> Iterator[None]:
-    """One sweep at a time per folder: two would train the same run twice and race on state.json."""
-    lock = root / LOCK_FILE
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and _pid_alive(pid):
-                raise SweepError(
-                    f"{root}: another sweep (pid {pid}) is running in this folder; wait for it or stop it"
-                ) from None
-            # a sweep that was killed left its lock behind
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
-        break
-    else:
-        raise SweepError(f"{lock}: cannot take the sweep lock; remove it if no sweep is running")
+def _read_pid(path: Path) -> int:
     try:
-        yield
+        return int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _lock_held_message(root: Path) -> str:
+    """Why the lock of ``root`` is held: another sweep, or the training child of a killed one."""
+    holder = _read_pid(root / LOCK_FILE)
+    if holder and _pid_alive(holder):
+        return f"{root}: another sweep (pid {holder}) is running in this folder; wait for it or stop it"
+    try:
+        state = load_state(root)
+    except SweepError:
+        state = {}
+    children = [
+        f"{name} (pid {entry['pid']})"
+        for name, entry in state.items()
+        if isinstance(entry, dict) and entry.get("status") == "running" and entry.get("pid")
+    ]
+    which = ", ".join(children) or "see 'ps'"
+    return (
+        f"{root}: the sweep that used this folder (pid {holder or '?'}) is gone, but a training process it "
+        f"started still runs and holds {LOCK_FILE}: {which}. Wait for it to end or stop it, then run the "
+        "same command again"
+    )
+
+
+def _open_lock(lock: Path) -> int:
+    """An fd of ``lock`` holding its flock; SweepError when another process holds it."""
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SweepError(_lock_held_message(lock.parent)) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # a finishing sweep removed the file between our open and flock: take the new one
+
+
+@contextlib.contextmanager
+def sweep_lock(root: Path) -> Iterator[int]:
+    """One sweep at a time per folder: two would train the same run twice and race on state.json.
+
+    The lock is an flock, held by the sweep and by each training child it starts (the fd is
+    inherited), so a killed sweep's lock is free again exactly when none of its processes is
+    left; the file holds the sweep's pid, for the messages. Yields the locked fd.
+    """
+    lock = root / LOCK_FILE
+    fd = _open_lock(lock)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield fd
     finally:
         lock.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def run_sweep(experiment: Experiment, plan: list[PlannedRun], config: SweepConfig) -> list[RunOutcome]:
     """Run every selected, not yet complete run in order; write the results after each one."""
     root = sweep_root(plan[0])
     root.mkdir(parents=True, exist_ok=True)
-    with sweep_lock(root):
-        return _run_locked(experiment, plan, config, root)
+    with sweep_lock(root) as lock_fd:
+        return _run_locked(experiment, plan, config, root, lock_fd)
 
 
 def _run_locked(
-    experiment: Experiment, plan: list[PlannedRun], config: SweepConfig, root: Path
+    experiment: Experiment, plan: list[PlannedRun], config: SweepConfig, root: Path, lock_fd: int
 ) -> list[RunOutcome]:
     from tqdm import tqdm
 
     atomic_write_via(root / "experiments.toml", lambda tmp: shutil.copyfile(experiment.path, tmp))
-    state = load_state(root)
+    state = load_settled_state(root)
     if config.command:
         state[SWEEP_KEY] = {"command": config.command, "updated": utc_now()}
     outcomes: dict[str, RunOutcome] = {}
@@ -597,7 +732,7 @@ def _run_locked(
         for run in plan:
             if run.selected and not run.spec.skip:
                 bar.set_postfix_str(run.spec.name)
-            outcome = execute(run, config, state)
+            outcome = execute(run, config, state, lock_fd)
             outcomes[run.spec.name] = outcome
             if run.selected and not run.spec.skip:
                 bar.update(1)
@@ -700,6 +835,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def plan_table(plan: list[PlannedRun]) -> str:
+    from train.fit import staging_folders
+
     width = max(len(run.spec.name) for run in plan)
     lines = []
     for run in plan:
@@ -709,7 +846,7 @@ def plan_table(plan: list[PlannedRun]) -> str:
             state = "not run: " + run.spec.skip
         elif folder.is_dir() and is_complete(folder):
             state = "complete" if not settings_changed(run) else "complete, settings changed: will rerun"
-        elif folder.exists():
+        elif folder.exists() or staging_folders(folder):
             state = "incomplete: will move aside and rerun"
         else:
             state = "to run" if run.selected else "not selected"
@@ -762,7 +899,7 @@ def main(argv: list[str], prog: str = "pneumo train sweep") -> int:
     if args.results_only:
         try:
             with sweep_lock(root):
-                write_results(experiment, plan, root, load_state(root))
+                write_results(experiment, plan, root, load_settled_state(root))
         except (TrainError, OSError) as exc:
             _echo(f"{prog}: error: {exc}", err=True)
             return 1

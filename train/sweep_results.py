@@ -42,9 +42,21 @@ def utc_now() -> str:
 
 
 def is_complete(folder: Path) -> bool:
-    """A run folder is complete when its metrics.json and model_card.json exist and parse."""
-    from train.fit import CARD_FILE, METRICS_FILE
+    """A run folder is complete when every file a finished ``pneumo train`` run writes is there.
 
+    ``metrics.json`` and ``model_card.json`` must parse; the model and the records that
+    ``pneumo export bundle`` reads (and config.json, which tells whether the settings changed)
+    must exist. Partial folders of old versions, written in place, miss one of them.
+    """
+    from edge_runtime.contract import CONTRACT_FILE, MODEL_INFO_FILE
+    from train.config import CONFIG_FILE
+    from train.fit import CARD_FILE, METRICS_FILE, MODEL_H5, SPLIT_FILE
+
+    if not all(
+        (folder / name).is_file()
+        for name in (MODEL_H5, CONTRACT_FILE, MODEL_INFO_FILE, SPLIT_FILE, CONFIG_FILE)
+    ):
+        return False
     try:
         return isinstance(read_json(folder / METRICS_FILE), dict) and isinstance(
             read_json(folder / CARD_FILE), dict
@@ -428,17 +440,36 @@ def blinded_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary_table(rows: list[dict[str, Any]], blind: bool = False) -> str:
-    """The console table; ``blind``: validation ROC AUC only, no test figure (``--blind``)."""
+    """The console table; ``blind``: validation ROC AUC only, no test figure (``--blind``).
+
+    Any row trained on synthetic images puts a SYNTHETIC banner above and below the table
+    (the project's contract: a synthetic result says so wherever it is shown).
+    """
+    table = _blind_table(rows) if blind else _test_table(rows)
+    synthetic = [row["run"] for row in rows if "SYNTHETIC" in str(row.get("mode", ""))]
+    if not synthetic:
+        return table
+    banner = (
+        f"SYNTHETIC data ({len(synthetic)} of {len(rows)} rows: {', '.join(synthetic)}): "
+        "these figures say nothing about chest X-rays"
+    )
+    return "\n".join([banner, table, banner])
+
+
+def _blind_table(rows: list[dict[str, Any]]) -> str:
     width = max(len(row["run"]) for row in rows)
-    if blind:
-        lines = [f"{'run'.ljust(width)}  {'status':<10} {'val AUC':>8} {'fit s':>7}"]
-        lines += [
-            f"{row['run'].ljust(width)}  {row['status'][:10]:<10} {_fmt(row.get('val_roc_auc'), 4):>8} "
-            f"{_fmt(row.get('fit_seconds'), 0):>7}"
-            for row in rows
-        ]
-        lines.append("test figures hidden (--blind): choose first, then read results.md")
-        return "\n".join(lines)
+    lines = [f"{'run'.ljust(width)}  {'status':<10} {'val AUC':>8} {'fit s':>7}"]
+    lines += [
+        f"{row['run'].ljust(width)}  {row['status'][:10]:<10} {_fmt(row.get('val_roc_auc'), 4):>8} "
+        f"{_fmt(row.get('fit_seconds'), 0):>7}"
+        for row in rows
+    ]
+    lines.append("test figures hidden (--blind): choose first, then read results.md")
+    return "\n".join(lines)
+
+
+def _test_table(rows: list[dict[str, Any]]) -> str:
+    width = max(len(row["run"]) for row in rows)
     lines = [
         f"{'run'.ljust(width)}  {'status':<10} {'accuracy':>8} {'sens':>6} {'spec':>6} {'AUC':>6} {'fit s':>7}  test split"
     ]

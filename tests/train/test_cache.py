@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import train.cache as cache_module
 from edge_runtime.contract import PreprocessContract
 from edge_runtime.preprocess import preprocess_file
 from tests.conftest import write_image
@@ -94,16 +96,112 @@ def test_corrupt_files_are_skipped_counted_and_untouched(tmp_path: Path, gray_im
     assert again.decoded == 0 and len(again.skipped) == 2  # failures are remembered, not retried
 
 
-def test_manifest_digest_is_the_key(tmp_path: Path, gray_image: np.ndarray) -> None:
+def _with_digest(sample: Sample, sha256: str) -> Sample:
+    return Sample(sample.path, sample.label, sample.split, sample.patient_id, sha256=sha256)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_correct_manifest_digest_shares_the_entry(tmp_path: Path, gray_image: np.ndarray) -> None:
     samples = _samples(tmp_path / "data", gray_image, n=2)
-    with_digest = [
-        Sample(s.path, s.label, s.split, s.patient_id, sha256=hashlib.sha256(s.path.read_bytes()).hexdigest())
-        for s in samples
-    ]
+    with_digest = [_with_digest(s, _sha(s.path)) for s in samples]
     cache = tmp_path / "cache"
     contract = PreprocessContract(height=32, width=32)
     load_arrays(samples, LABELS, contract, cache_dir=cache, progress=False)
     assert load_arrays(with_digest, LABELS, contract, cache_dir=cache, progress=False).decoded == 0
+
+
+def test_a_replaced_file_is_decoded_again_though_the_manifest_is_stale(
+    tmp_path: Path, gray_image: np.ndarray
+) -> None:
+    """The manifest digest is a claim; the pixels are always those of the bytes on disk."""
+    samples = [_with_digest(s, _sha(s.path)) for s in _samples(tmp_path / "data", gray_image, n=2)]
+    cache = tmp_path / "cache"
+    contract = PreprocessContract(height=32, width=32)
+    before = load_arrays(samples, LABELS, contract, cache_dir=cache, progress=False)
+    write_image(samples[0].path, 255 - gray_image)  # MANIFEST.csv (samples[0].sha256) not updated
+    after = load_arrays(samples, LABELS, contract, cache_dir=cache, progress=False)
+    assert after.decoded == 1 and after.from_cache == 1
+    assert np.array_equal(after.x[0], preprocess_file(samples[0].path, contract))
+    assert not np.array_equal(after.x[0], before.x[0])
+
+
+def test_a_file_that_failed_is_retried_once_replaced(tmp_path: Path, gray_image: np.ndarray) -> None:
+    path = tmp_path / "data" / "NORMAL" / "IM-0001-0001.jpeg"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\xff\xd8\xff\xe0 a truncated download")
+    sample = Sample(path, "NORMAL", "test", "IM-0001", sha256=_sha(path))
+    cache = tmp_path / "cache"
+    contract = PreprocessContract(height=32, width=32)
+    first = load_arrays([sample], LABELS, contract, cache_dir=cache, progress=False)
+    assert len(first) == 0 and len(first.skipped) == 1
+    write_image(path, gray_image)  # downloaded again; the manifest row still names the broken bytes
+    again = load_arrays([sample], LABELS, contract, cache_dir=cache, progress=False)
+    assert len(again) == 1 and again.skipped == [] and again.decoded == 1
+    assert np.array_equal(again.x[0], preprocess_file(path, contract))
+
+
+def test_a_fresh_cache_stores_each_files_own_pixels(tmp_path: Path, gray_image: np.ndarray) -> None:
+    """A manifest row claiming another file's digest must not make two files share one entry."""
+    a, b = _samples(tmp_path / "data", gray_image, n=2)
+    wrong = [_with_digest(a, _sha(a.path)), _with_digest(b, _sha(a.path))]
+    contract = PreprocessContract(height=32, width=32)
+    arrays = load_arrays(wrong, LABELS, contract, cache_dir=tmp_path / "cache", progress=False)
+    assert arrays.decoded == 2
+    for row, sample in zip(arrays.x, wrong, strict=True):
+        assert np.array_equal(row, preprocess_file(sample.path, contract))
+
+
+def test_unchanged_files_are_not_read_again(
+    tmp_path: Path, gray_image: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stamp (size, mtime, ctime, inode) beside each digest spares re-hashing a data set every run."""
+    samples = _samples(tmp_path / "data", gray_image, n=4)
+    cache = tmp_path / "cache"
+    contract = PreprocessContract(height=32, width=32)
+    # Files written a moment ago may change again within one timestamp tick: hashed until older.
+    assert load_arrays(samples, LABELS, contract, cache_dir=cache, progress=False).hashed == 4
+    again = load_arrays(samples, LABELS, contract, cache_dir=cache, progress=False)
+    assert again.hashed == 4 and again.decoded == 0
+    monkeypatch.setattr(cache_module, "RACY_NS", 0)  # as if the files were old
+    load_arrays(samples, LABELS, contract, cache_dir=cache, progress=False)
+    quiet = load_arrays(samples, LABELS, contract, cache_dir=cache, progress=False)
+    assert quiet.hashed == 0 and quiet.decoded == 0 and quiet.from_cache == 4
+    write_image(samples[2].path, 255 - gray_image)
+    changed = load_arrays(samples, LABELS, contract, cache_dir=cache, progress=False)
+    assert changed.hashed == 1 and changed.decoded == 1
+    assert np.array_equal(changed.x[2], preprocess_file(samples[2].path, contract))
+
+
+@pytest.mark.data
+def test_a_replaced_image_in_the_real_data_set(real_data: Path, tmp_path: Path) -> None:
+    """The audit's case: test/NORMAL/IM-0022-0001.jpeg replaced, MANIFEST.csv left as it was."""
+    from train.data import discover
+
+    names = [
+        "test/NORMAL/IM-0022-0001.jpeg",
+        "test/NORMAL/IM-0001-0001.jpeg",
+        "test/PNEUMONIA/person100_bacteria_475.jpeg",
+    ]
+    root = tmp_path / "chest_xray"
+    lines = (real_data / "MANIFEST.csv").read_text(encoding="utf-8").splitlines()
+    rows = [line for line in lines[1:] if line.split(",", 1)[0] in names]
+    assert len(rows) == len(names)
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(real_data / name, root / name)
+    (root / "MANIFEST.csv").write_text("\n".join([lines[0], *rows]) + "\n", encoding="utf-8")
+    contract = PreprocessContract(height=64, width=64)
+    cache = tmp_path / "cache"
+    samples = discover(root)
+    assert all(s.sha256 for s in samples)
+    load_arrays(samples, LABELS, contract, cache_dir=cache, progress=False)
+    shutil.copyfile(root / names[1], root / names[0])
+    after = load_arrays(discover(root), LABELS, contract, cache_dir=cache, progress=False)
+    for row, path in zip(after.x, after.paths, strict=True):
+        assert np.array_equal(row, preprocess_file(path, contract)), path
 
 
 def test_missing_shard_is_rebuilt(tmp_path: Path, gray_image: np.ndarray) -> None:

@@ -221,3 +221,19 @@ def test_evaluate_keras_model_without_keras_names_the_fix(tmp_path: Path) -> Non
     assert done.returncode == 1, done.stderr
     assert "evaluating the Keras model" in done.stderr and INSTALL_TRAIN in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.tf
+def test_a_failed_data_check_leaves_no_empty_run_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train_run creates --out before it reads --data; the CLI removes what it created when that fails."""
+    out = tmp_path / "runs" / "new" / "run"
+    argv = ["--arch", "lhu", "--data", str(tmp_path / "no_such_data"), "--out", str(out)]
+    assert train_main(argv) == 1
+    assert "data folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    # A folder that was there before stays, empty or not.
+    (tmp_path / "mine").mkdir()
+    assert train_main([*argv[:4], "--out", str(tmp_path / "mine")]) == 1
+    assert (tmp_path / "mine").is_dir()

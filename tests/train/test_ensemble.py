@@ -116,6 +116,34 @@ def test_ensemble_refuses_members_that_do_not_share_split_or_contract(
     assert not out.exists()  # nothing written before the members are checked
 
 
+@pytest.mark.tf
+@pytest.mark.slow
+def test_overwrite_replaces_a_trained_run_whole_and_never_a_member(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """An ensemble written --overwrite over a single run keeps none of that run's files (its config.json
+    would be read as the ensemble's), and a member is never the folder replaced."""
+    import shutil
+
+    from train.ensemble import EnsembleConfig, Member, make_ensemble
+
+    out = tmp_path / "old-run"
+    shutil.copytree(runs["a"], out)
+    members = (runs["a"], runs["b"])
+    make_ensemble(EnsembleConfig(members=members, out=out, overwrite=True, bootstrap=10, progress=False))
+    assert sorted(p.name for p in out.iterdir()) == [
+        "contract.json", "ensemble.json", "metrics.json", "model.h5", "model.keras", "model_card.json",
+        "model_info.json", "split.json",
+    ]  # fmt: skip
+    assert Member.open(out).config == {}, "the old run's config.json would pass for the ensemble's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old-run"]
+
+    before = sorted(p.name for p in runs["a"].iterdir())
+    with pytest.raises(TrainError, match="holds the member run"):
+        make_ensemble(EnsembleConfig(members=members, out=runs["a"], overwrite=True, progress=False))
+    assert sorted(p.name for p in runs["a"].iterdir()) == before
+
+
 def test_ensemble_needs_two_distinct_members(tmp_path: Path) -> None:
     from train.ensemble import EnsembleConfig
 

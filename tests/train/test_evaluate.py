@@ -99,3 +99,95 @@ def test_open_model_needs_its_sidecars(tiny_bundle: Path, tmp_path: Path) -> Non
 
     with pytest.raises(TrainError, match="contract.json and model_info.json"):
         open_model(lone)
+
+
+def _split_data(root: Path) -> Path:
+    """train/, val/ and test/ of dark normals and bright pneumonias, one image per patient."""
+    rng = np.random.default_rng(1)
+    for split, first in (("train", 0), ("val", 40), ("test", 80)):
+        for i in range(first, first + 4):
+            write_image(
+                root / split / "NORMAL" / f"IM-{i:04d}-0001.png", rng.integers(10, 60, (48, 48), np.uint8)
+            )
+            write_image(
+                root / split / "PNEUMONIA" / f"person{i}_bacteria_{i}.png",
+                rng.integers(200, 250, (48, 48), np.uint8),
+            )
+    return root
+
+
+def _run(tiny_bundle: Path, data: Path, folder: Path, split_mode: str = "patient") -> Path:
+    """A run folder (the tiny ONNX model + a split.json made by train.data, as 'pneumo train' writes it)."""
+    from train.data import DataConfig, make_splits
+
+    folder.mkdir()
+    for name in ("model.onnx", "contract.json", "model_info.json"):
+        shutil.copy(tiny_bundle / name, folder / name)
+    make_splits(DataConfig(data, split_mode=split_mode, val_fraction=0.25)).save(folder / "split.json")  # type: ignore[arg-type]
+    return folder
+
+
+def test_official_val_is_refused_where_the_run_trained_on_it(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Patient-wise mode folds val/ into the training pool: scoring it is not a validation result."""
+    data = _split_data(tmp_path / "data")
+    run = _run(tiny_bundle, data, tmp_path / "run")
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match="--split run-val") as refused:
+        evaluate_model(run, data, split="val", progress=False, cache_dir=cache)
+    assert "training list" in str(refused.value) and "--allow-train-overlap" in str(refused.value)
+    argv = [str(run / "model.onnx"), "--data", str(data), "--quiet", "--cache-dir", str(cache)]
+    assert evaluate_main([*argv, "--split", "val"]) == 1
+    assert "--split run-val" in capsys.readouterr().err
+    # A copy of the data set elsewhere is recognised too (paths relative to the data root).
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    with pytest.raises(DataError, match="training list"):
+        evaluate_model(run, moved, split="all", progress=False, cache_dir=cache)
+    # Allowed explicitly: scored, and the report says the figures include training images.
+    assert evaluate_main([*argv, "--split", "val", "--allow-train-overlap", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    trained_on = [e for e in json.loads((run / "split.json").read_text())["train"] if "/val/" in e["path"]]
+    assert report["images"] == 8 and report["train_overlap"] == len(trained_on) > 0
+    assert "training images" in report["train_overlap_warning"]
+    assert evaluate_main([*argv, "--split", "val", "--allow-train-overlap"]) == 0
+    assert "*** TRAINING IMAGES:" in capsys.readouterr().out
+    # The test split shares no image with training: scored as before, and says it was checked.
+    test = evaluate_model(run, data, split="test", progress=False, cache_dir=cache, bootstrap=0)
+    assert test["train_overlap"] == 0 and "train_overlap_warning" not in test
+
+
+def test_random_split_runs_may_not_score_the_test_folder(tiny_bundle: Path, tmp_path: Path) -> None:
+    data = _split_data(tmp_path / "data")
+    run = _run(tiny_bundle, data, tmp_path / "run", split_mode="random")
+    with pytest.raises(DataError, match="training list"):
+        evaluate_model(run, data, split="test", progress=False, cache_dir=tmp_path / "cache")
+
+
+def test_a_model_without_split_json_says_overlap_was_not_checked(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _labelled(tmp_path / "data")
+    argv = [str(tiny_bundle), "--data", str(data), "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    assert evaluate_main([*argv, "--json", "--bootstrap", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["train_overlap"] is None
+    assert evaluate_main([*argv, "--bootstrap", "0"]) == 0
+    assert "overlap with training images not checked" in capsys.readouterr().out
+
+
+def test_run_val_follows_a_data_set_that_moved(tiny_bundle: Path, tmp_path: Path) -> None:
+    """--data re-roots the run's split.json: the validation images are read where the data set is now."""
+    data = _split_data(tmp_path / "data")
+    run = _run(tiny_bundle, data, tmp_path / "run")
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    report = evaluate_model(
+        run, moved, split="run-val", progress=False, cache_dir=tmp_path / "c", bootstrap=0
+    )
+    assert report["images"] == len(json.loads((run / "split.json").read_text())["val"])
+    assert report["data"] == str(moved) and report["train_overlap"] == 0
+    with pytest.raises(DataError, match="not under --data"):
+        evaluate_model(run, tmp_path / "run", split="run-val", progress=False, cache_dir=tmp_path / "c")
+    with pytest.raises(DataError, match="data folder not found"):
+        evaluate_model(run, tmp_path / "nowhere", split="run-val", progress=False, cache_dir=tmp_path / "c")

@@ -144,16 +144,77 @@ def test_toml_errors_name_the_file_and_setting(tmp_path: Path) -> None:
         load_toml(tmp_path / "missing.toml")
 
 
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _old_run(out: Path) -> dict[str, bytes]:
+    """A finished run's files (enough of them for the folder checks), as a snapshot."""
+    (out / "plots").mkdir(parents=True)
+    for name, data in {"model.h5": b"old model", "metrics.json": b"{}", "history.csv": b"old history",
+                       "config.json": b"{}", "plots/curves.png": b"old plot"}.items():  # fmt: skip
+        (out / name).write_bytes(data)
+    return _snapshot(out)
+
+
 def test_run_folder_is_never_overwritten_without_the_flag(tmp_path: Path) -> None:
-    from train.fit import prepare_run_folder
+    from train.fit import check_run_folder
 
     out = tmp_path / "run"
-    prepare_run_folder(out, overwrite=False)  # new: created
-    (out / "model.h5").write_bytes(b"precious")
+    check_run_folder(out, overwrite=False)  # new: fine, and nothing is created before the run starts
+    assert not out.exists()
+    before = _old_run(out)
     with pytest.raises(TrainError, match="--overwrite"):
-        prepare_run_folder(out, overwrite=False)
-    prepare_run_folder(out, overwrite=True)
-    assert (out / "model.h5").read_bytes() == b"precious"  # --overwrite deletes nothing by itself
+        check_run_folder(out, overwrite=False)
+    check_run_folder(out, overwrite=True)
+    assert _snapshot(out) == before  # checking deletes nothing
+
+
+def test_overwrite_swaps_in_a_whole_run_only_once_it_finished(tmp_path: Path) -> None:
+    from train.fit import building_run_folder
+
+    out = tmp_path / "run"
+    before = _old_run(out)
+    # stopped mid-run: the old run is untouched (no new history.csv beside the old model)
+    with pytest.raises(KeyboardInterrupt), building_run_folder(out, overwrite=True) as work:
+        (work / "history.csv").write_bytes(b"new history")
+        raise KeyboardInterrupt
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "a failed run leaves nothing behind"
+    # finished: the new run alone, no file of the old one (its plots) left beside it
+    with building_run_folder(out, overwrite=True) as work:
+        assert not work.is_relative_to(out)
+        (work / "model.h5").write_bytes(b"new model")
+        (work / "history.csv").write_bytes(b"new history")
+    assert _snapshot(out) == {"model.h5": b"new model", "history.csv": b"new history"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "the old run is removed once replaced"
+
+
+def test_overwrite_never_removes_what_a_run_did_not_write(tmp_path: Path) -> None:
+    from train.fit import building_run_folder, check_run_folder
+
+    mixed = tmp_path / "mixed"
+    _old_run(mixed)
+    (mixed / "notes.txt").write_text("mine")
+    with pytest.raises(TrainError, match=r"does not write \(notes.txt\)"):
+        check_run_folder(mixed, overwrite=True)
+    # an input of the run inside --out would be deleted with the old run: refused
+    data = tmp_path / "run" / "data"
+    data.mkdir(parents=True)
+    with pytest.raises(TrainError, match="holds the data folder"):
+        check_run_folder(tmp_path / "run", overwrite=True, inputs={"the data folder": data})
+    # something written into --out while the run trained is kept, and so is the finished run
+    out = tmp_path / "late"
+    with (
+        pytest.raises(TrainError, match="changed while this run trained"),
+        building_run_folder(out, False) as work,
+    ):
+        (work / "model.h5").write_bytes(b"new model")
+        out.mkdir()
+        (out / "model.h5").write_bytes(b"someone else's")
+    assert (out / "model.h5").read_bytes() == b"someone else's"
+    [kept] = tmp_path.glob(".late.building-*")
+    assert (kept / "model.h5").read_bytes() == b"new model"
 
 
 def test_class_weights_follow_seed_004() -> None:
@@ -398,3 +459,50 @@ def test_training_metrics_score_soft_targets_against_the_label_they_lean_to() ->
     accuracy.reset_state()
     accuracy.update_state(hard, pred)
     assert float(accuracy.result()) == pytest.approx(0.5)  # hard labels: unchanged
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_overwrite_killed_mid_run_leaves_the_old_run_whole(tmp_path: Path, synth_small: Path) -> None:
+    """`pneumo train --out OLD --overwrite` killed while training: OLD is still the old run, file for file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from train.fit import train_run
+
+    out = tmp_path / "run"
+    settings: dict = dict(
+        arch="lhu", data=synth_small, height=32, width=32, epochs=1, cache_dir=tmp_path / "cache",
+        progress=False, bootstrap=10,
+    )  # fmt: skip
+    train_run(TrainConfig(out=out, tensorboard=True, **settings))
+    before = _snapshot(out)
+    assert "logs" in {Path(name).parts[0] for name in before}
+    old_history = before["history.csv"]
+
+    command = [sys.executable, "-m", "edge_runtime.pneumo_cli", "train", "--arch", "lhu", "--data", str(synth_small),
+               "--out", str(out), "--overwrite", "--image-size", "32", "--epochs", "2000", "--bootstrap", "10",
+               "--cache-dir", str(tmp_path / "cache"), "--quiet"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+
+        def training() -> bool:  # Keras's CSVLogger opens history.csv when fitting starts
+            fresh = [p / "history.csv" for p in tmp_path.glob(".run.building-*")] + [out / "history.csv"]
+            return any(p.is_file() and p.read_bytes() != old_history for p in fresh)
+
+        while process.poll() is None and not training():
+            time.sleep(0.05)  # polling for fitting to start, not a timing
+        assert process.poll() is None, "the run ended before it was killed"
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert _snapshot(out) == before, "a killed --overwrite run changed the old run folder"
+
+    # finished, it replaces the whole folder: the old run's TensorBoard logs do not linger
+    result = train_run(TrainConfig(out=out, overwrite=True, tensorboard=False, **settings))
+    assert result.out == out and (out / "model.h5").is_file() and not (out / "logs").exists()
+    assert result.info.extra["run_folder"] == "run" and "-run-" in result.info.model_version

@@ -86,3 +86,53 @@ def test_select_scores_runs_on_their_shared_validation_split(
     (other / "split.json").write_text(json.dumps(split))
     assert select_main([str(runs[0]), str(other), "--data", str(data), "-q"]) == 1
     assert "validation split differs" in capsys.readouterr().err
+
+
+def _runs(tiny_bundle: Path, data: Path, root: Path, synthetic: bool) -> list[Path]:
+    root.mkdir(exist_ok=True)
+    runs = [_run_folder(tiny_bundle, data, root / name) for name in ("a", "b")]
+    for run in runs:
+        info = ModelInfo.load(run)
+        ModelInfo(**{**info.__dict__, "synthetic": synthetic}).save(run)
+    return runs
+
+
+def test_a_ranking_of_synthetic_runs_says_so(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_runtime.contract import SYNTHETIC_WARNING
+
+    data = _data(tmp_path / "data")
+    cache = ["--cache-dir", str(tmp_path / "c"), "-q"]
+    synthetic = [str(r) for r in _runs(tiny_bundle, data, tmp_path / "synth", synthetic=True)]
+    assert select_main([*synthetic, *cache]) == 0
+    assert capsys.readouterr().out.startswith(f"*** {SYNTHETIC_WARNING} ***")
+    assert select_main([*synthetic, *cache, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["synthetic"] is True and result["warning"] == SYNTHETIC_WARNING
+    assert all(c["synthetic"] for c in result["candidates"])
+    real = [str(r) for r in _runs(tiny_bundle, data, tmp_path / "real", synthetic=False)]
+    assert select_main([*real, *cache]) == 0
+    assert "SYNTHETIC" not in capsys.readouterr().out
+    assert select_main([*real, *cache, "--json"]) == 0
+    assert "warning" not in json.loads(capsys.readouterr().out)
+
+
+def test_data_is_optional_and_follows_a_data_set_that_moved(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _data(tmp_path / "data")
+    runs = [str(r) for r in _runs(tiny_bundle, data, tmp_path, synthetic=False)]
+    cache = ["--cache-dir", str(tmp_path / "c"), "-q", "--json"]
+    assert select_main([*runs, *cache]) == 0  # no --data: the paths split.json recorded
+    before = json.loads(capsys.readouterr().out)
+    assert select_main([*runs, "--data", str(tmp_path / "nonexistent"), *cache]) == 1
+    assert "nonexistent: folder not found" in capsys.readouterr().err
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    assert select_main([*runs, *cache]) == 1  # the recorded paths are gone, and it says where to look
+    assert "--data" in capsys.readouterr().err
+    assert select_main([*runs, "--data", str(moved), *cache]) == 0
+    assert json.loads(capsys.readouterr().out)["candidates"] == before["candidates"]
+    assert select_main([*runs, "--data", str(tmp_path / "a"), *cache]) == 1  # a folder without the images
+    assert "validation images are not under --data" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -130,6 +131,11 @@ def test_bad_experiment_files_name_the_run_and_key(tmp_path: Path) -> None:
     wrong_arch = _write(tmp_path / "e.toml", '[[run]]\nname = "three"\narch = "lhu"\nactivation = "relu"\n')
     with pytest.raises(SweepError, match=r"run 'three'.*--activation does not apply to --arch lhu"):
         plan_sweep(load_experiment(wrong_arch), SweepConfig(experiments=wrong_arch, data=tmp_path))
+    no_teacher = _write(
+        tmp_path / "d.toml", '[[run]]\nname = "four"\narch = "dsconv"\ndistill_weight = 0.3\n'
+    )
+    with pytest.raises(SweepError, match=r"run 'four'.*--distill-weight 0.3 has no effect without --teacher"):
+        plan_sweep(load_experiment(no_teacher), SweepConfig(experiments=no_teacher, data=tmp_path))
     twice = _write(tmp_path / "c.toml", '[[run]]\nname = "x"\n[[run]]\nname = "x"\n')
     with pytest.raises(SweepError, match="used twice"):
         load_experiment(twice)
@@ -238,7 +244,11 @@ def test_tiny_sweep_killed_then_resumed_skips_finished_runs(tmp_path: Path) -> N
     first = out / "runs" / "first"
     second = out / "runs" / "second"
 
-    def start_and_wait_for(folder: Path) -> subprocess.Popen[bytes]:
+    def building(name: str) -> list[Path]:
+        """The hidden folders pneumo train builds run ``name`` in (renamed to runs/NAME when complete)."""
+        return sorted((out / "runs").glob(f".{name}.building-*"))
+
+    def start_and_wait_for(started: Callable[[], bool]) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
             _sweep_command(experiment, out),
             stdout=subprocess.DEVNULL,
@@ -247,32 +257,35 @@ def test_tiny_sweep_killed_then_resumed_skips_finished_runs(tmp_path: Path) -> N
             env=env,
         )
         deadline = time.monotonic() + 240
-        while not folder.exists() and process.poll() is None and time.monotonic() < deadline:
+        while not started() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert folder.exists(), f"{folder.name} never started"
+        assert started(), "the run never started"
         return process
 
     # 1. SIGTERM (``kill PID``) while the second run trains: the sweep stops its child and exits 130
-    process = start_and_wait_for(second)
+    process = start_and_wait_for(lambda: bool(building("second")))
     children = psutil.Process(process.pid).children(recursive=True)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 130
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, "the training child outlived the sweep"
-    assert (first / "metrics.json").is_file() and not (second / "metrics.json").exists()
+    assert (first / "metrics.json").is_file() and not second.exists()
     first_mtime = (first / "metrics.json").stat().st_mtime_ns
     state = json.loads((out / "state.json").read_text())
     assert state["first"]["attempts"] == 1 and state["second"]["status"] == "interrupted"
     assert "| second |" in (out / "results.md").read_text()
     assert not (out / ".sweep.lock").exists()
 
-    # 2. SIGKILL of the whole process group during the restarted second run: no cleanup at all
-    process = start_and_wait_for(out / "runs" / "second.incomplete-1")
-    deadline = time.monotonic() + 60
-    while not second.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # 2. SIGKILL of the sweep's process group during the restarted second run: no cleanup at all. The
+    # child runs in a session of its own, so it is not in that group: it must die with the sweep.
+    process = start_and_wait_for(
+        lambda: (out / "runs" / "second.incomplete-1").is_dir() and bool(building("second"))
+    )
+    children = psutil.Process(process.pid).children(recursive=True)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, "the training child outlived the killed sweep"
     assert (out / ".sweep.lock").exists(), "a killed sweep leaves its lock behind"
     assert json.loads((out / "state.json").read_text())["second"]["status"] == "running"
 
@@ -285,7 +298,7 @@ def test_tiny_sweep_killed_then_resumed_skips_finished_runs(tmp_path: Path) -> N
     assert (first / "metrics.json").stat().st_mtime_ns == first_mtime, "the finished run was retrained"
     assert not (out / "runs" / "first.incomplete-1").exists()
     assert (out / "runs" / "second.incomplete-1").is_dir(), "interrupted attempts must be kept, moved aside"
-    assert (out / "runs" / "second.incomplete-2").is_dir()
+    assert (out / "runs" / "second.incomplete-2").is_dir() and not building("second")
     assert (second / "metrics.json").is_file() and (second / "model.h5").is_file()
     state = json.loads((out / "state.json").read_text())
     assert state["first"]["attempts"] == 1
@@ -515,7 +528,7 @@ def test_one_sweep_per_folder_and_stale_locks_are_taken_over(tmp_path: Path) -> 
         assert (tmp_path / LOCK_FILE).read_text() == str(os.getpid())
 
 
-def test_only_leaves_other_runs_as_they_are_and_a_failed_run_is_moved_aside_on_retry(tmp_path: Path) -> None:
+def test_only_leaves_other_runs_as_they_are_and_a_failed_run_leaves_no_run_folder(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     experiment = _write(
@@ -530,9 +543,14 @@ def test_only_leaves_other_runs_as_they_are_and_a_failed_run_is_moved_aside_on_r
     assert main([str(experiment), "--out", str(out), "--only", "broken"]) == 1
     assert partial.read_text() == "an interrupted attempt", "--only must not touch other runs"
     assert not (out / "runs" / "other.incomplete-1").exists()
-    assert (out / "runs" / "broken").is_dir() and (out / "logs" / "broken.attempt-1.log").is_file()
+    # a run folder is complete or absent: the failed run removed its half-built folder, its log stays
+    assert not (out / "runs" / "broken").exists() and (out / "logs" / "broken.attempt-1.log").is_file()
+    assert [p.name for p in (out / "runs").iterdir()] == ["other"]
     assert main([str(experiment), "--out", str(out), "--only", "broken"]) == 1
-    assert (out / "runs" / "broken.incomplete-1").is_dir(), "the failed attempt is kept, moved aside"
+    assert (
+        not (out / "runs" / "broken.incomplete-1").exists()
+        and (out / "logs" / "broken.attempt-2.log").is_file()
+    )
     state = json.loads((out / "state.json").read_text())
     assert state["broken"] == {**state["broken"], "attempts": 2, "status": "failed"}
     assert "other" not in state or state["other"]["attempts"] == 0
@@ -540,3 +558,33 @@ def test_only_leaves_other_runs_as_they_are_and_a_failed_run_is_moved_aside_on_r
         rows = {row["run"]: row for row in csv.DictReader(handle)}
     assert rows["other"]["status"] == "pending" and rows["broken"]["status"] == "failed"
     assert "the folder is empty" in rows["broken"]["detail"]
+
+
+def test_a_run_folder_without_its_model_is_not_complete(tmp_path: Path) -> None:
+    """A folder a killed run was writing can hold metrics.json and model_card.json but no model."""
+    from train.sweep_results import is_complete
+
+    for name in (
+        "metrics.json",
+        "model_card.json",
+        "contract.json",
+        "model_info.json",
+        "config.json",
+        "split.json",
+    ):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "model.h5").write_bytes(b"h5")
+    assert is_complete(tmp_path)
+    (tmp_path / "model.h5").unlink()
+    assert not is_complete(tmp_path)
+
+
+def test_the_console_table_says_synthetic_when_a_row_is(tmp_path: Path) -> None:
+    from train.sweep_results import summary_table
+
+    real = {"run": "real", "status": "done", "mode": "full", "accuracy": 0.9, "val_roc_auc": 0.95}
+    fake = {**real, "run": "phantom", "mode": "reduced SYNTHETIC"}
+    for blind in (False, True):
+        assert "SYNTHETIC" not in summary_table([real], blind=blind)
+        lines = summary_table([real, fake], blind=blind).splitlines()
+        assert lines[0] == lines[-1] and lines[0].startswith("SYNTHETIC data (1 of 2 rows: phantom)")
