@@ -17,7 +17,7 @@ import pytest
 
 from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edge_runtime.bundle import Bundle
-from edge_runtime.camera import CameraConfig, Window, csi_pipeline, open_capture, run_camera
+from edge_runtime.camera import CameraConfig, CameraSummary, Window, csi_pipeline, open_capture, run_camera
 from edge_runtime.cli import main
 from edge_runtime.device import opencv_capture_backends
 from edge_runtime.errors import CameraError
@@ -39,6 +39,21 @@ def make_video(path: Path, frames: int, fps: float = 10.0, fourcc: str = "mp4v")
         writer.write(np.full((48, 64, 3), 235 if (i // 5) % 2 else 20, np.uint8))
     writer.release()
     return path
+
+
+def run_headless(bundle_root: Path, config: CameraConfig) -> CameraSummary:
+    """``run_camera`` on ``config.source`` with the bundle's FP32 ONNX model, as the CLI wires it."""
+    bundle = Bundle.open(bundle_root)
+    source = parse_camera_source(config.source)
+    with OnnxRuntimeBackend(bundle.onnx_path("fp32")) as backend:
+        return run_camera(
+            open_capture(source, config),
+            Predictor(backend, bundle.info, "sha"),
+            bundle.contract,
+            config,
+            threading.Event(),
+            source.describe(),
+        )
 
 
 def test_csi_pipeline_is_built_from_the_flags() -> None:
@@ -83,18 +98,8 @@ def test_headless_run_on_a_video_file(tiny_bundle: Path, tmp_path: Path) -> None
     jsonl = tmp_path / "out" / "frames.jsonl"
     jsonl.parent.mkdir()
     jsonl.write_text('{"earlier": "run"}\n')
-    bundle = Bundle.open(tiny_bundle)
     config = CameraConfig(source=str(video), headless=True, jsonl=jsonl, snapshot_every_s=1e-6)
-    source = parse_camera_source(str(video))
-    with OnnxRuntimeBackend(bundle.onnx_path("fp32")) as backend:
-        summary = run_camera(
-            open_capture(source, config),
-            Predictor(backend, bundle.info, "sha"),
-            bundle.contract,
-            config,
-            threading.Event(),
-            source.describe(),
-        )
+    summary = run_headless(tiny_bundle, config)
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert lines[0] == {"earlier": "run"}, "an existing JSONL is appended to, never truncated"
     frames = lines[1:]

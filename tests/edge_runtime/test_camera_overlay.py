@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
-from edge_runtime.bundle import Bundle
 from edge_runtime.camera import (
     TEXT_MARGIN,
     CameraConfig,
     draw_outlined,
     last_line_start,
     layout_text,
-    open_capture,
     outline_radius,
     overlay,
-    run_camera,
 )
 from edge_runtime.contract import SYNTHETIC_WARNING
-from edge_runtime.predictor import Prediction, Predictor
-from edge_runtime.sources import parse_camera_source
-from tests.edge_runtime.test_camera import make_video
+from edge_runtime.predictor import Prediction
+from tests.edge_runtime.test_camera import make_video, run_headless
 
 GREY = 128
 
@@ -95,18 +89,7 @@ def test_jsonl_torn_by_a_crash_is_repaired_before_appending(tiny_bundle: Path, t
     video = make_video(tmp_path / "clip.mp4", 3)
     jsonl = tmp_path / "frames.jsonl"
     jsonl.write_bytes(b'{"earlier": "run"}\n{"frame": 7, "probabil')  # power cut mid-line
-    bundle = Bundle.open(tiny_bundle)
-    config = CameraConfig(source=str(video), headless=True, jsonl=jsonl)
-    source = parse_camera_source(str(video))
-    with OnnxRuntimeBackend(bundle.onnx_path("fp32")) as backend:
-        run_camera(
-            open_capture(source, config),
-            Predictor(backend, bundle.info, "sha"),
-            bundle.contract,
-            config,
-            threading.Event(),
-            source.describe(),
-        )
+    run_headless(tiny_bundle, CameraConfig(source=str(video), headless=True, jsonl=jsonl))
     raw = jsonl.read_bytes()
     assert raw.endswith(b"\n")
     lines = [json.loads(line) for line in raw.splitlines()]
