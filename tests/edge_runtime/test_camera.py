@@ -41,6 +41,11 @@ def make_video(path: Path, frames: int, fps: float = 10.0, fourcc: str = "mp4v")
     return path
 
 
+def headless_argv(bundle_root: Path, source: str, jsonl: Path) -> list[str]:
+    """``pneumo edge camera`` arguments for a headless run that logs every frame to ``jsonl``."""
+    return ["camera", str(bundle_root), "--source", source, "--headless", "--jsonl", str(jsonl)]
+
+
 def run_headless(bundle_root: Path, config: CameraConfig) -> CameraSummary:
     """``run_camera`` on ``config.source`` with the bundle's FP32 ONNX model, as the CLI wires it."""
     bundle = Bundle.open(bundle_root)
@@ -124,20 +129,7 @@ def test_max_frames_and_cli_summary(
 ) -> None:
     video = make_video(tmp_path / "clip.avi", 30, fourcc="MJPG")
     jsonl = tmp_path / "frames.jsonl"
-    code = main(
-        [
-            "camera",
-            str(tiny_bundle),
-            "--source",
-            str(video),
-            "--headless",
-            "--jsonl",
-            str(jsonl),
-            "--max-frames",
-            "7",
-            "--json",
-        ]
-    )
+    code = main([*headless_argv(tiny_bundle, str(video), jsonl), "--max-frames", "7", "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
     summary = json.loads(out)
@@ -157,10 +149,7 @@ def test_window_mode_on_headless_opencv_fails_clearly(
 
 
 def test_missing_device_fails_clearly(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert (
-        main(["camera", str(tiny_bundle), "--source", "/dev/video97", "--headless", "--jsonl", "/dev/null"])
-        == 1
-    )
+    assert main(headless_argv(tiny_bundle, "/dev/video97", Path("/dev/null"))) == 1
     assert "could not open USB/V4L2 camera /dev/video97" in capsys.readouterr().err
 
 
@@ -174,13 +163,7 @@ def test_signal_stops_a_real_process_cleanly(tiny_bundle: Path, tmp_path: Path, 
             "-m",
             "edge_runtime.pneumo_cli",
             "edge",
-            "camera",
-            str(tiny_bundle),
-            "--source",
-            str(video),
-            "--headless",
-            "--jsonl",
-            str(jsonl),
+            *headless_argv(tiny_bundle, str(video), jsonl),
             "--realtime",
             "--json",
         ],
