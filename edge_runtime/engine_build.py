@@ -366,7 +366,8 @@ def _primary_context(device_index: int = 0) -> Iterator[None]:
 
     TensorRT works in the primary context through the runtime API, but pycuda's
     driver calls (the calibrator's mem_alloc and memcpy) need a context current
-    on this thread; pushing the primary one keeps both in the same context.
+    on the calling thread; pushing the primary one keeps both in the same context.
+    Pushes nest, so the calibrator pushes it again on whatever thread calls it.
     """
     import pycuda.driver as cuda
 
@@ -491,10 +492,12 @@ def _make_entropy_calibrator(
             batch = next(self._batches, None)
             if batch is None:
                 return None
-            if self._device_input is None:
-                # Allocated here, during the build, where the primary context is current.
-                self._device_input = cuda.mem_alloc(batch.nbytes)
-            cuda.memcpy_htod(self._device_input, batch)
+            # TensorRT may call this on a builder thread of its own, where no context is
+            # current: pycuda's driver calls need the primary context pushed on this thread.
+            with _primary_context():
+                if self._device_input is None:
+                    self._device_input = cuda.mem_alloc(batch.nbytes)
+                cuda.memcpy_htod(self._device_input, batch)
             state.images_used += len(batch)
             return [int(self._device_input)]
 
@@ -513,7 +516,8 @@ def _make_entropy_calibrator(
 
         def free(self) -> None:
             if self._device_input is not None:
-                self._device_input.free()
+                with _primary_context():
+                    self._device_input.free()
                 self._device_input = None
 
     return EntropyCalibrator()

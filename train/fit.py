@@ -146,6 +146,20 @@ def _sibling(out: Path, tag: str) -> Path:
     return path
 
 
+def _missing_parents(out: Path) -> list[Path]:
+    """The folders above ``out`` that do not exist yet, deepest first."""
+    return [parent for parent in out.parents if not parent.exists()]
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) that are still empty; a folder with anything in it stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def _new_staging(out: Path) -> Path:
     """A fresh hidden sibling of ``out`` to build in (a leftover of an earlier process is kept)."""
     try:
@@ -199,11 +213,13 @@ def building_run_folder(out: Path, overwrite: bool) -> Iterator[Path]:
             leftovers[0],
             out,
         )
+    created = _missing_parents(out)
     staging = _new_staging(out)
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created)  # a failed run leaves no empty runs/a/b/ behind either
         raise
     install_run_folder(staging, out, overwrite)
 
@@ -502,19 +518,19 @@ def train_run(config: TrainConfig) -> RunResult:
     inputs = {"the data folder": cfg.data, "the cache folder": cfg.cache_dir, "the teacher run": cfg.teacher,
               "the weights file": cfg.weights}  # fmt: skip
     check_run_folder(cfg.out, cfg.overwrite, inputs)
+    started = time.perf_counter()
+    # the data is checked before any folder exists: a bad --data leaves nothing behind
+    splits = _make_splits(cfg)
     with building_run_folder(cfg.out, cfg.overwrite) as work:
-        result = _train_into(cfg, spec, work)
+        result = _train_into(cfg, spec, splits, work, started)
     return replace(result, out=cfg.out)
 
 
-def _train_into(cfg: TrainConfig, spec: ArchSpec, out: Path) -> RunResult:
-    """The run of the resolved ``cfg``, its files written into ``out`` (the folder being built)."""
+def _make_splits(cfg: TrainConfig) -> Any:
+    """The train/val/test splits of the resolved ``cfg`` (a TrainError/DataError on bad data)."""
     from train.data import DataConfig, make_splits
-    from train.synth import is_synthetic
 
-    assert cfg.data is not None and cfg.out is not None
-    started = time.perf_counter()
-
+    assert cfg.data is not None
     data_config = DataConfig(
         root=cfg.data,
         label_mode=cfg.label_mode,  # type: ignore[arg-type]
@@ -526,7 +542,14 @@ def _train_into(cfg: TrainConfig, spec: ArchSpec, out: Path) -> RunResult:
         exclude_test_patients=cfg.exclude_test_patients,
         seed=cfg.seed if cfg.split_seed is None else cfg.split_seed,
     )
-    splits = make_splits(data_config)
+    return make_splits(data_config)
+
+
+def _train_into(cfg: TrainConfig, spec: ArchSpec, splits: Any, out: Path, started: float) -> RunResult:
+    """The run of the resolved ``cfg`` on ``splits``, its files written into ``out`` (the folder being built)."""
+    from train.synth import is_synthetic
+
+    assert cfg.data is not None and cfg.out is not None
     synthetic = is_synthetic(cfg.data)
     contract = spec.contract(cfg.height, cfg.width, cfg.color, cfg.interpolation, cfg.resize)
     head = resolve_head(cfg.head if cfg.head != "auto" else spec.head, len(splits.labels))

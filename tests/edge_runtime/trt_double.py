@@ -20,9 +20,9 @@ What it can prove (the wiring):
   network; INT8 without Q/DQ needs a calibrator; DLA needs a core that exists);
 * the calibrator protocol: cache read first, otherwise batches copied to
   device memory through ``get_batch`` until it returns None, then the cache
-  written;
-* the execution buffer flow: a CUDA context current around every pycuda
-  call (as pycuda requires), page-locked host buffers (async copies from
+  written; ``get_batch`` is called on a thread of the builder's own;
+* the execution buffer flow: a CUDA context current, on the calling thread,
+  around every pycuda call (as pycuda requires), page-locked host buffers (async copies from
   pageable memory are refused here), device allocations, tensor addresses,
   input shapes, ``execute_async_v3`` on a live stream with a pushed context,
   events around it, every allocation freed on close. The "engine" runs the
@@ -42,6 +42,7 @@ import enum
 import itertools
 import json
 import sys
+import threading
 import time
 import types
 from dataclasses import dataclass, field
@@ -88,9 +89,18 @@ class TrtDouble:
     memory: dict[int, bytearray] = field(default_factory=dict)
     pagelocked: list[np.ndarray] = field(default_factory=list)
     streams: dict[int, Any] = field(default_factory=dict)
-    context_depth: int = 0
     executions: list[dict[str, Any]] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+    #: CUDA context stack depth per thread: a context is current only on the thread that pushed it
+    context_depths: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def context_depth(self) -> int:
+        return self.context_depths.get(threading.get_ident(), 0)
+
+    @context_depth.setter
+    def context_depth(self, depth: int) -> None:
+        self.context_depths[threading.get_ident()] = depth
 
     @property
     def live_allocations(self) -> int:
@@ -129,6 +139,28 @@ def install(
 
 
 # ----------------------------------------------------------------------------- tensorrt
+
+
+def _on_builder_thread(call: Any, *args: Any) -> Any:
+    """``call(*args)`` on a thread of the builder's own, where no CUDA context is current.
+
+    TensorRT does not promise to call the calibrator on the thread that started the build;
+    the double takes the stricter case, so a calibrator relying on the caller's context fails.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call(*args)
+        except BaseException as exc:  # re-raised on the calling thread, as TensorRT reports it
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="trt-builder")
+    worker.start()
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
 
 
 class _Severity(enum.IntEnum):
@@ -479,7 +511,7 @@ def _build(double: TrtDouble, network: _Network, config: Any) -> bytes | None:
             nbytes = int(np.prod(shape))
             checksum = 0
             while True:
-                pointers = calibrator.get_batch([name])
+                pointers = _on_builder_thread(calibrator.get_batch, [name])
                 if not pointers:
                     break
                 data = double.memory.get(int(pointers[0]))

@@ -217,6 +217,28 @@ def test_overwrite_never_removes_what_a_run_did_not_write(tmp_path: Path) -> Non
     assert (kept / "model.h5").read_bytes() == b"new model"
 
 
+def test_a_failed_run_removes_the_empty_folders_it_created(tmp_path: Path) -> None:
+    from train.fit import building_run_folder
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "keep.txt").write_text("mine")
+    with pytest.raises(RuntimeError), building_run_folder(tmp_path / "runs" / "a" / "b" / "run", False):
+        raise RuntimeError("training failed")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.tf
+def test_bad_data_is_refused_before_any_folder_is_created(tmp_path: Path) -> None:
+    from train.fit import train_run
+
+    empty = tmp_path / "empty-data"
+    empty.mkdir()
+    out = tmp_path / "runs" / "sweep" / "run"
+    with pytest.raises(Exception, match="empty-data"):
+        train_run(TrainConfig(arch="lhu", data=empty, out=out, progress=False, tensorboard=False))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty-data"]
+
+
 def test_class_weights_follow_seed_004() -> None:
     from train.pipeline import class_weights, sample_weights
 
