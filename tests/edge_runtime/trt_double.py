@@ -152,7 +152,7 @@ def _on_builder_thread(call: Any, *args: Any) -> Any:
     def run() -> None:
         try:
             box["value"] = call(*args)
-        except BaseException as exc:  # re-raised on the calling thread, as TensorRT reports it
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread below
             box["error"] = exc
 
     worker = threading.Thread(target=run, name="trt-builder")
