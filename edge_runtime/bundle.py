@@ -34,6 +34,7 @@ from edge_runtime.fileio import atomic_write_json, read_json, sha256_file
 MANIFEST_FILE = "manifest.json"
 BUNDLE_SCHEMA = 1
 ENGINES_DIR = "engines"
+GOLDEN_DIR = "golden"
 
 # Which ONNX file serves which precision. TensorRT builds FP16 from the FP32
 # graph (10.x builder flag) or the typed FP16 graph (11.x strongly typed), and
@@ -111,12 +112,18 @@ def verify_manifest(root: str | Path) -> dict[str, Any]:
             raise BundleError(f"{manifest_path}: required file {required} is not listed")
     for rel, entry in sorted(files.items()):
         path = root / rel
+        if not _well_formed(entry):
+            raise BundleError(
+                f'{manifest_path}: entry {rel!r} is malformed (expected {{"sha256": 64 hex digits, '
+                f"\"bytes\": an integer}}, got {entry!r:.120}); re-copy the bundle or re-run 'pneumo export bundle'"
+            )
         if not path.is_file():
             raise BundleError(f"{path}: listed in the manifest but missing; re-copy the bundle")
         size = path.stat().st_size
         if size != entry["bytes"]:
+            how = "smaller (truncated copy?)" if size < entry["bytes"] else "larger (changed or appended to?)"
             raise BundleError(
-                f"{path}: {size} bytes, manifest says {entry['bytes']} (truncated copy?); re-copy the bundle"
+                f"{path}: {size} bytes, manifest says {entry['bytes']}: {how}; re-copy the bundle"
             )
         if sha256_file(path) != entry["sha256"]:
             raise BundleError(f"{path}: sha256 does not match the manifest (modified or corrupt); re-copy it")
@@ -124,6 +131,21 @@ def verify_manifest(root: str | Path) -> dict[str, Any]:
     if extra:
         raise BundleError(f"{root / extra[0]}: file is not in the manifest (added after export?)")
     return manifest
+
+
+def _well_formed(entry: Any) -> bool:
+    """A manifest entry: ``{"sha256": 64 hex digits, "bytes": int}``."""
+    if not isinstance(entry, dict):
+        return False
+    digest, size = entry.get("sha256"), entry.get("bytes")
+    return (
+        isinstance(digest, str)
+        and len(digest) == 64
+        and all(c in "0123456789abcdef" for c in digest)
+        and isinstance(size, int)
+        and not isinstance(size, bool)
+        and size >= 0
+    )
 
 
 def _looks_like_images(root: Path) -> str:
@@ -153,12 +175,49 @@ def _check_manifest_agrees(root: Path, manifest: dict[str, Any], info: ModelInfo
         problems.append(
             f"model version: manifest {manifest['model_version']!r}, model_info.json {info.model_version!r}"
         )
+    problems.extend(_records_disagree(root, info))
     if problems:
         raise BundleError(
             f"{root / MANIFEST_FILE}: disagrees with {MODEL_INFO_FILE} on "
             + "; ".join(problems)
             + ". Re-copy the bundle or re-run 'pneumo export bundle'"
         )
+
+
+# The bundle's other records of the safety-relevant facts (both written by export, both in the manifest).
+MODEL_CARD_FILE = "model_card.json"
+EXPORT_REPORT_FILE = "export_report.json"
+
+
+def _records_disagree(root: Path, info: ModelInfo) -> list[str]:
+    """Where model_card.json or export_report.json contradict model_info.json.
+
+    The manifest is unsigned: it catches a damaged copy, not a hand edit that re-hashes.
+    A model_info.json edited to drop the SYNTHETIC flag or move the threshold still
+    contradicts the two records written beside it, so that edit is caught here.
+    """
+    problems = []
+    for name in (MODEL_CARD_FILE, EXPORT_REPORT_FILE):
+        path = root / name
+        if not path.is_file():
+            continue
+        try:
+            record = read_json(path)
+        except (OSError, ValueError) as exc:
+            problems.append(f"{name} unreadable ({exc})")
+            continue
+        if not isinstance(record, dict):
+            continue
+        if bool(record.get("synthetic")) and not info.synthetic:
+            problems.append(f"SYNTHETIC flag: {name} says the model was trained on synthetic images")
+        if "model_version" in record and record["model_version"] != info.model_version:
+            problems.append(
+                f"model version: {name} {record['model_version']!r}, model_info.json {info.model_version!r}"
+            )
+        threshold = record.get("decision_threshold")
+        if isinstance(threshold, (int, float)) and abs(float(threshold) - info.threshold) > 1e-9:
+            problems.append(f"decision threshold: {name} {threshold}, model_info.json {info.threshold}")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -201,6 +260,13 @@ class Bundle:
     @property
     def engines_dir(self) -> Path:
         return self.root / ENGINES_DIR
+
+    def golden_sha256(self) -> dict[str, str]:
+        """sha256 of each golden-set file: what an engine's recorded self-test is tied to."""
+        listed = self.manifest.get("files") or {
+            path.relative_to(self.root).as_posix(): None for path in (self.root / GOLDEN_DIR).glob("*")
+        }
+        return {rel: self.file_sha256(rel) for rel in sorted(listed) if rel.startswith(f"{GOLDEN_DIR}/")}
 
     def file_sha256(self, rel: str) -> str:
         entry = self.manifest.get("files", {}).get(rel)

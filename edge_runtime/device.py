@@ -95,6 +95,42 @@ def tensorrt_version() -> str:
     return str(trt.__version__)
 
 
+def tensorrt_and_gpu(index: int = 0) -> tuple[str, CudaDevice]:
+    """The TensorRT version and the GPU; one error naming everything missing, not just the first."""
+    problems: list[str] = []
+    version: str | None = None
+    gpu: CudaDevice | None = None
+    try:
+        version = tensorrt_version()
+    except BackendUnavailableError as exc:
+        problems.append(str(exc))
+    try:
+        gpu = cuda_device(index)
+    except BackendUnavailableError as exc:
+        problems.append(str(exc))
+    if version is None or gpu is None:
+        raise BackendUnavailableError(" AND ".join(problems))
+    return version, gpu
+
+
+#: pneumo-edge builds engines with TensorRT 10.x (JetPack 6.1+) or 11.x; see engine_build's table.
+MIN_TENSORRT_MAJOR = 10
+
+
+def tensorrt_too_old(version: str) -> str | None:
+    """Why engines cannot be built with this TensorRT version, or None when they can."""
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        return None  # unreadable: the builder's own version check reports it
+    if major >= MIN_TENSORRT_MAJOR:
+        return None
+    return (
+        f"TensorRT {version} is older than {MIN_TENSORRT_MAJOR}.0; pneumo-edge builds with TensorRT 10.x "
+        "(JetPack 6.1 or later) or 11.x. Upgrade JetPack, or run the ONNX models with --backend ort-cpu"
+    )
+
+
 def device_key(gpu_name: str, compute_capability: str, trt_version: str) -> str:
     """Folder name engines are kept under: GPU, compute capability and TensorRT version.
 
@@ -377,6 +413,8 @@ def precision_readiness(facts: DeviceFacts) -> list[PrecisionReadiness]:
     common: list[tuple[str, str]] = []
     if facts.tensorrt_version is None:
         common.append(("TensorRT", TENSORRT_HINT))
+    elif too_old := tensorrt_too_old(facts.tensorrt_version):
+        common.append(("TensorRT 10 or later", too_old))
     if facts.pycuda_version is None:
         common.append(("pycuda", PYCUDA_HINT))
     if facts.gpu_source != "pycuda" and facts.pycuda_version is not None:

@@ -21,17 +21,18 @@ any machine; engines themselves are only ever built on the device.
 
 from __future__ import annotations
 
+import datetime as _dt
 import shlex
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_runtime.backends.base import Backend
-from edge_runtime.bundle import Bundle
+from edge_runtime.bundle import GOLDEN_DIR, Bundle
 from edge_runtime.contract import ModelInfo
 from edge_runtime.engine_build import (
     PRECISIONS,
@@ -50,7 +51,6 @@ from edge_runtime.errors import BackendUnavailableError, BundleError, EdgeError,
 from edge_runtime.fileio import read_json, sha256_file
 from edge_runtime.predictor import abnormal_probability, predicted_labels
 
-GOLDEN_DIR = "golden"
 CALIBRATION_NPY = "calibration/calib.npy"
 SELF_TEST_BACKENDS = ("trt", "ort-trt", "ort-cuda", "ort-cpu")
 
@@ -384,11 +384,10 @@ def run_edge_build(
     gpu: Any = None
     trt_version = ""
     if config.backend == "trt":
-        from edge_runtime.device import cuda_device, device_key, tensorrt_version
+        from edge_runtime.device import device_key, tensorrt_and_gpu
 
         try:
-            trt_version = tensorrt_version()
-            gpu = cuda_device()
+            trt_version, gpu = tensorrt_and_gpu()
         except BackendUnavailableError as exc:
             raise BackendUnavailableError(
                 f"{exc}. Engines can only be built on the device that runs them. To verify this bundle "
@@ -436,6 +435,7 @@ def _one_precision(
     say: Callable[[str], None],
 ) -> PrecisionResult:
     result = PrecisionResult(precision, config.backend, "error")
+    engine: tuple[EngineFiles, EngineSidecar] | None = None
     try:
         backend: Backend
         if config.backend == "trt":
@@ -443,6 +443,7 @@ def _one_precision(
             from edge_runtime.backends.tensorrt import TensorRTBackend
 
             files, sidecar, action = _build_or_reuse(bundle, precision, config, key, gpu, trt_version, say)
+            engine = files, sidecar
             result.engine, result.engine_action = str(files.engine), action
             result.build_seconds = sidecar.build_seconds if action == "built" else None
             backend = TensorRTBackend(
@@ -458,15 +459,19 @@ def _one_precision(
             backend = create_backend(bundle, config.backend, precision)
         with backend:
             outputs = run_golden(backend, golden)
-        comparison = compare_golden(outputs, golden, bundle.info, precision)
+        _fill_comparison(result, compare_golden(outputs, golden, bundle.info, precision))
     except EdgeError as exc:
         result.message = str(exc)
         say(f"{precision}: ERROR {exc}")
-        return result
     except OSError as exc:  # disk full or removed mid-build: this precision fails, the others still run
         result.message = f"{exc.filename or bundle.engines_dir}: {exc.strerror or exc}"
         say(f"{precision}: ERROR {result.message}")
-        return result
+    if engine is not None:
+        _record_self_test(bundle, result, *engine)
+    return result
+
+
+def _fill_comparison(result: PrecisionResult, comparison: GoldenComparison) -> None:
     result.status = "pass" if comparison.passed else "fail"
     result.max_abs_diff, result.tolerance = comparison.max_abs_diff, comparison.tolerance
     result.decision_agreement, result.flipped = comparison.decision_agreement, comparison.flipped
@@ -478,4 +483,24 @@ def _one_precision(
         if comparison.flipped_outside_tolerance:
             reasons.append(f"decisions flipped on {', '.join(comparison.flipped_outside_tolerance[:5])}")
         result.message = "; ".join(reasons)
-    return result
+
+
+def _record_self_test(
+    bundle: Bundle, result: PrecisionResult, files: EngineFiles, sidecar: EngineSidecar
+) -> None:
+    """Write the self-test outcome into the engine's sidecar: the runtime refuses an engine without a pass."""
+    record = {
+        "status": result.status,
+        "message": result.message,
+        "max_abs_diff": result.max_abs_diff,
+        "tolerance": result.tolerance,
+        "decision_agreement": result.decision_agreement,
+        "golden_sha256": bundle.golden_sha256(),
+        "checked": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        replace(sidecar, self_test=record).save(files.sidecar)
+    except OSError as exc:
+        # unrecorded, the runtime refuses the engine: safe, and said here
+        result.status = "error"
+        result.message = f"{files.sidecar}: cannot record the self-test ({exc.strerror or exc})"

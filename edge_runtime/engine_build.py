@@ -50,7 +50,7 @@ import numpy as np
 
 from edge_runtime import __version__
 from edge_runtime.bundle import ONNX_FOR_PRECISION, Bundle
-from edge_runtime.device import TENSORRT_HINT, cuda_device, device_key
+from edge_runtime.device import TENSORRT_HINT, cuda_device, device_key, tensorrt_too_old
 from edge_runtime.engine_sidecar import (
     CalibrationCacheInfo,
     EngineSidecar,
@@ -284,11 +284,8 @@ def plan_build(
     major = tensorrt_major(trt_version)
     if precision not in PRECISIONS:
         raise EngineBuildError(f"precision {precision!r}: expected one of {PRECISIONS}")
-    if major < 10:
-        raise EngineBuildError(
-            f"TensorRT {trt_version} is older than 10.0; pneumo-edge builds with TensorRT 10.x "
-            "(JetPack 6.1 or later) or 11.x. Upgrade JetPack, or run the ONNX models with --backend ort-cpu"
-        )
+    if too_old := tensorrt_too_old(trt_version):
+        raise EngineBuildError(too_old)
     if major >= 11:
         if precision == "int8" and int8_source == "calibrator":
             raise EngineBuildError(

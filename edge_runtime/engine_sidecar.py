@@ -102,6 +102,8 @@ class EngineSidecar:
     pneumo_edge_version: str = ""
     schema: int = SIDECAR_SCHEMA
     notes: list[str] = field(default_factory=list)
+    #: the golden self-test ``pneumo edge build`` ran on this engine (:func:`self_test_problem`)
+    self_test: dict[str, Any] | None = None
 
     @property
     def max_batch(self) -> int:
@@ -209,6 +211,24 @@ def check_engine_matches(
             + "; ".join(problems)
             + f". Rebuild it on this device with: {command}"
         )
+
+
+def self_test_problem(sidecar: EngineSidecar, golden_sha256: dict[str, str]) -> str | None:
+    """Why the engine must not classify images: it failed, or never passed, the bundle's golden self-test.
+
+    ``golden_sha256`` maps the bundle's golden files to their manifest sha256; a pass
+    recorded against other golden files (an updated bundle) does not count.
+    """
+    record = sidecar.self_test
+    if not isinstance(record, dict):
+        return "it has not been through the golden self-test"
+    status = record.get("status")
+    if status != "pass":
+        detail = record.get("message") or "no detail"
+        return f"it did not pass the golden self-test ({status}: {detail})"
+    if record.get("golden_sha256") != golden_sha256:
+        return "its golden self-test ran on other golden files than this bundle's"
+    return None
 
 
 @dataclass

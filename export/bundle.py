@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.bundle import MANIFEST_FILE, ONNX_FOR_PRECISION, verify_manifest, write_manifest
+from edge_runtime.bundle import GOLDEN_DIR, MANIFEST_FILE, ONNX_FOR_PRECISION, verify_manifest, write_manifest
 from edge_runtime.contract import SYNTHETIC_WARNING
 from edge_runtime.errors import EdgeError
 from edge_runtime.fileio import atomic_write_via, fsync_dir, sha256_file
@@ -45,7 +45,7 @@ from export.accuracy import (
 from export.calibration import CALIBRATION_DIR, build_calibration_set, save_calibration
 from export.config import BundleConfig
 from export.errors import ExportError, OutputExistsError, ParityError, RunFolderError
-from export.golden import GOLDEN_DIR, golden_check, golden_tolerances, write_golden
+from export.golden import golden_check, golden_tolerances, write_golden
 from export.onnx_from_keras import CONVERSION_MODULES, export_onnx, require_modules
 from export.parity import ParityResult, compare_outputs, onnx_outputs
 from export.precision import fp16_from_onnx, qdq_summary

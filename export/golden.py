@@ -35,7 +35,6 @@ from export.errors import ExportError
 from export.parity import ParityResult
 from export.run_folder import LabelledImage
 
-GOLDEN_DIR = "golden"
 IMAGES_FILE = "images.npy"
 META_FILE = "golden.json"
 GOLDEN_SCHEMA = 1

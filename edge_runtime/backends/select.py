@@ -66,10 +66,11 @@ def rebuild_command(bundle: Bundle, precision: str, dla_core: int | None = None)
 
 def _tensorrt_backend(bundle: Bundle, precision: str, dla_core: int | None = None) -> Backend:
     from edge_runtime.backends.tensorrt import TensorRTBackend
-    from edge_runtime.device import cuda_device, device_key, tensorrt_version
-    from edge_runtime.engine_sidecar import EngineSidecar, engine_files
+    from edge_runtime.device import device_key, tensorrt_and_gpu
+    from edge_runtime.engine_sidecar import EngineSidecar, engine_files, self_test_problem
 
-    key = device_key(*_gpu_facts(cuda_device()), tensorrt_version())
+    trt_version, gpu = tensorrt_and_gpu()
+    key = device_key(gpu.name, gpu.compute_capability, trt_version)
     files = engine_files(bundle.engines_dir, key, precision, dla_core)
     command = rebuild_command(bundle, precision, dla_core)
     if not files.engine.is_file():
@@ -86,6 +87,17 @@ def _tensorrt_backend(bundle: Bundle, precision: str, dla_core: int | None = Non
             + (dla_hint or f"; build it with: {command}")
         )
     sidecar = EngineSidecar.load(files.sidecar)
+    if sidecar.dla_core != dla_core:
+        raise EngineMismatchError(
+            f"{files.engine}: its sidecar says it runs on {_placement(sidecar.dla_core)}, "
+            f"{_placement(dla_core)} was "
+            f"asked for (a renamed or copied engine?); refusing it. Rebuild it with: {command}"
+        )
+    if problem := self_test_problem(sidecar, bundle.golden_sha256()):
+        raise EngineMismatchError(
+            f"{files.engine}: refusing to classify images with this engine: {problem}. Run "
+            f"{command} and read its self-test line"
+        )
     if (
         sidecar.onnx_file not in ONNX_FOR_PRECISION.values()
         or not (bundle.root / sidecar.onnx_file).is_file()
@@ -105,6 +117,10 @@ def _tensorrt_backend(bundle: Bundle, precision: str, dla_core: int | None = Non
     )
 
 
+def _placement(dla_core: int | None) -> str:
+    return "the GPU" if dla_core is None else f"DLA core {dla_core}"
+
+
 def _dla_hint(built: list[str], precision: str) -> str:
     """Point at ``--dla N`` when the only engine for this precision was built for a DLA core."""
     for name in built:
@@ -113,10 +129,6 @@ def _dla_hint(built: list[str], precision: str) -> str:
         if stem.startswith(prefix) and stem[len(prefix) :].isdigit():
             return f"; that engine runs on DLA core {stem[len(prefix) :]}: add --dla {stem[len(prefix) :]}"
     return ""
-
-
-def _gpu_facts(device: Any) -> tuple[str, str]:
-    return device.name, device.compute_capability
 
 
 def _onnxruntime_backend(bundle: Bundle, name: str, precision: str, threads: int) -> Backend:

@@ -104,6 +104,43 @@ def test_manifest_and_model_info_must_agree_on_synthetic_and_threshold(tiny_bund
         Bundle.open(tiny_bundle)
 
 
+def test_a_hand_edit_that_re_hashes_cannot_drop_the_synthetic_flag(tiny_bundle: Path) -> None:
+    info = json.loads((tiny_bundle / "model_info.json").read_text())
+    info["synthetic"] = False  # model_info.json and the manifest agree; model_card.json still says synthetic
+    (tiny_bundle / "model_info.json").write_text(json.dumps(info))
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    manifest["synthetic"] = False
+    (tiny_bundle / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest_without_checks(tiny_bundle)
+    with pytest.raises(BundleError, match=r"model_card\.json says the model was trained on synthetic images"):
+        Bundle.open(tiny_bundle)
+
+
+@pytest.mark.parametrize(
+    ("entry", "shown"),
+    [
+        ({"sha256": "ab" * 32}, "'sha256': 'abab"),
+        ("not a table", "not a table"),
+        ({"sha256": "x", "bytes": "12"}, "'12'"),
+    ],
+)
+def test_a_malformed_manifest_entry_is_named_not_a_traceback(
+    tiny_bundle: Path, entry: object, shown: str
+) -> None:
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    manifest["files"]["model.onnx"] = entry
+    (tiny_bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=rf"manifest\.json: entry 'model\.onnx' is malformed .*{shown}"):
+        Bundle.open(tiny_bundle)
+
+
+def test_a_grown_file_is_not_called_truncated(tiny_bundle: Path) -> None:
+    with (tiny_bundle / "contract.json").open("a") as handle:
+        handle.write("\n\n")
+    with pytest.raises(BundleError, match=r"contract\.json: .*larger"):
+        verify_manifest(tiny_bundle)
+
+
 def test_a_manifest_that_is_not_an_object_is_named(tiny_bundle: Path) -> None:
     (tiny_bundle / "manifest.json").write_text("[1, 2]")
     with pytest.raises(BundleError, match=r"manifest\.json: not a bundle manifest"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -19,7 +20,9 @@ from edge_runtime.device import (
     parse_nvpmodel,
     precision_readiness,
     read_l4t_release,
+    tensorrt_and_gpu,
 )
+from edge_runtime.errors import BackendUnavailableError
 from tests.edge_runtime import trt_double
 
 
@@ -85,6 +88,23 @@ def test_facts_with_tensorrt_and_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert facts.platform_fast_fp16 is None, "TensorRT 11 removed platform_has_fast_fp16: unknown, not False"
     notes = {r.precision: r.notes for r in precision_readiness(facts)}
     assert any("Q/DQ" in n for n in notes["int8"]) and any("strongly typed" in n for n in notes["fp16"])
+
+
+def test_a_tensorrt_too_old_to_build_is_not_called_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    trt_double.install(monkeypatch, version="8.6.2")  # JetPack 6.0
+    readiness = precision_readiness(collect_device_facts(check_providers=False))
+    assert not any(r.tensorrt_ready for r in readiness)
+    assert readiness[0].missing == ("TensorRT 10 or later",) and "JetPack 6.1" in readiness[0].fixes[0]
+
+
+def test_every_missing_tensorrt_piece_is_named_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "pycuda", None)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+    with pytest.raises(
+        BackendUnavailableError, match="TensorRT is not installed.* AND pycuda is not installed"
+    ):
+        tensorrt_and_gpu()
 
 
 def test_doctor_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:

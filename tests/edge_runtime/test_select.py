@@ -151,6 +151,50 @@ def test_a_dla_engine_is_run_with_dla_and_pointed_at_without(
         create_backend(bundle, "trt", "int8", dla_core=0)
 
 
+def test_an_engine_renamed_to_another_placement_is_refused(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    complete_bundle(tiny_bundle)
+    trt_double.install(monkeypatch, dla_cores=2)
+    assert run_edge_build(tiny_bundle, EdgeBuildConfig(precisions=("fp16",))).passed
+    folder = next((tiny_bundle / "engines").iterdir())
+    for suffix in ("", ".json"):  # the GPU engine copied under the DLA core 1 name
+        (folder / f"model_fp16_dla1.engine{suffix}").write_bytes(
+            (folder / f"model_fp16.engine{suffix}").read_bytes()
+        )
+    with pytest.raises(EngineMismatchError, match=r"runs on the GPU, DLA core 1 was asked for"):
+        create_backend(Bundle.open(tiny_bundle), "trt", "fp16", dla_core=1)
+
+
+def test_an_engine_without_a_passed_self_test_never_classifies(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the Q/DQ int8 graph cannot meet a 1e-9 tolerance: the engine is built and fails its self-test
+    complete_bundle(tiny_bundle, tolerance={"fp32": 1e-5, "fp16": 5e-3, "int8": 1e-9})
+    trt_double.install(monkeypatch)
+    report = run_edge_build(tiny_bundle, EdgeBuildConfig(precisions=("fp32", "int8"), int8_source="qdq"))
+    assert [r.status for r in report.results] == ["pass", "fail"]
+    bundle = Bundle.open(tiny_bundle)
+    with pytest.raises(EngineMismatchError, match=r"did not pass the golden self-test \(fail: max \|diff\|"):
+        create_backend(bundle, "trt", "int8")
+    choice = select_backend(bundle, "auto", "int8")
+    assert choice.name != "trt" and "golden self-test" in choice.skipped["trt"]
+    with create_backend(bundle, "trt", "fp32") as backend:  # the engine that passed runs
+        assert backend.infer(images(2)).shape[0] == 2
+    # an engine from before self-tests were recorded is refused until 'edge build' tests it
+    sidecar = next((tiny_bundle / "engines").iterdir()) / "model_fp32.engine.json"
+    data = json.loads(sidecar.read_text())
+    del data["self_test"]
+    sidecar.write_text(json.dumps(data))
+    with pytest.raises(EngineMismatchError, match="has not been through the golden self-test"):
+        create_backend(bundle, "trt", "fp32")
+    assert (
+        run_edge_build(tiny_bundle, EdgeBuildConfig(precisions=("fp32",))).results[0].engine_action
+        == "reused"
+    )
+    create_backend(Bundle.open(tiny_bundle), "trt", "fp32")
+
+
 def test_a_contract_that_does_not_fit_the_model_is_refused_at_open(tiny_bundle: Path) -> None:
     contract = json.loads((tiny_bundle / "contract.json").read_text())
     contract.update(height=48, width=48)
