@@ -23,9 +23,11 @@ ARCH   ?= lite0
 SEEDS  ?= 0
 EPOCHS ?=
 EXTRAS ?= train,dev,bench,dicom
-# On a Jetson: make test-trt VENV=.venv-jetson VENV_FLAGS=--system-site-packages EXTRAS=dev,dicom
-# (TensorRT, pycuda and GStreamer OpenCV come from JetPack, not the package index).
 VENV_FLAGS ?=
+# make test-trt runs in the Python that sees TensorRT, never in make install's venv: on a Jetson,
+# activate the --system-site-packages venv of deploy/JETSON.md step 2 first (TensorRT, pycuda and
+# GStreamer OpenCV come from JetPack, not the package index). TRT_PYTHON=... picks another Python.
+TRT_PYTHON ?= python3
 
 .PHONY: install demo test test-fast test-trt lint bench clean
 
@@ -65,8 +67,9 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not trt" -q
 
-test-trt: install
-	PNEUMO_REQUIRE_TRT=1 $(BIN)/python -m pytest -m "trt or gpu" -q -rs
+test-trt:
+	@$(TRT_PYTHON) -c "import pytest, numpy, cv2, edge_runtime" 2>/dev/null || { echo "make test-trt: $(TRT_PYTHON) lacks pytest or pneumo-edge; activate the venv of deploy/JETSON.md step 2 and run: pip install -e '.[dev]'" >&2; exit 2; }
+	PNEUMO_REQUIRE_TRT=1 $(TRT_PYTHON) -m pytest -m "trt or gpu" -q -rs
 
 lint: install
 	$(BIN)/ruff check train export edge_runtime benchmarks tests
