@@ -135,21 +135,23 @@ def _onnxruntime_backend(bundle: Bundle, name: str, precision: str, threads: int
     options: dict[str, Any] = {}
     model = bundle.onnx_path(precision)
     if name == "ort-trt":
-        # The TensorRT EP builds its own engine from the ONNX; cache it beside ours so
-        # the next start does not rebuild it (minutes on a Jetson).
-        cache = bundle.engines_dir / "onnxruntime-trt"
-        options = {
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(cache),
-            "trt_timing_cache_enable": True,
-            "trt_timing_cache_path": str(cache),
-        }
         if precision == "fp16":
             # The EP takes FP16 as a flag on the FP32 graph, like TensorRT 10's builder.
             model = bundle.onnx_path("fp32")
             options["trt_fp16_enable"] = True
         elif precision == "int8":
             options["trt_int8_enable"] = True  # explicit Q/DQ scales from model_int8_qdq.onnx
+        # The TensorRT EP builds its own engine from the ONNX; cache it beside ours so the next
+        # start does not rebuild it (minutes on a Jetson). ONNX Runtime does not invalidate that
+        # cache when the model changes, so each model file and precision gets a folder of its own.
+        model_sha = bundle.file_sha256(model.relative_to(bundle.root).as_posix())
+        cache = bundle.engines_dir / "onnxruntime-trt" / f"{precision}-{model_sha[:16]}"
+        options.update(
+            trt_engine_cache_enable=True,
+            trt_engine_cache_path=str(cache),
+            trt_timing_cache_enable=True,
+            trt_timing_cache_path=str(cache),
+        )
     backend = OnnxRuntimeBackend(
         model,
         name=name,

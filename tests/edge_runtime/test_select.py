@@ -195,6 +195,23 @@ def test_an_engine_without_a_passed_self_test_never_classifies(
     create_backend(Bundle.open(tiny_bundle), "trt", "fp32")
 
 
+def test_onnxruntime_trt_caches_each_model_and_precision_apart(tiny_bundle: Path) -> None:
+    complete_bundle(tiny_bundle)
+    bundle = Bundle.open(tiny_bundle)
+    caches = {}
+    for precision in ("fp32", "fp16", "int8"):
+        backend = create_backend(bundle, "ort-trt", precision)  # not opened: no TensorRT needed
+        assert isinstance(backend, OnnxRuntimeBackend)
+        caches[precision] = Path(backend.provider_options["trt_engine_cache_path"])
+    assert caches["fp16"].name == f"fp16-{bundle.file_sha256('model.onnx')[:16]}", (
+        "fp16 = the fp32 graph + flag"
+    )
+    assert caches["int8"].name == f"int8-{bundle.file_sha256('model_int8_qdq.onnx')[:16]}"
+    assert len(set(caches.values())) == 3 and all(
+        c.parent == bundle.engines_dir / "onnxruntime-trt" for c in caches.values()
+    )
+
+
 def test_a_contract_that_does_not_fit_the_model_is_refused_at_open(tiny_bundle: Path) -> None:
     contract = json.loads((tiny_bundle / "contract.json").read_text())
     contract.update(height=48, width=48)
