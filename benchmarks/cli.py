@@ -347,7 +347,7 @@ def _compare(args: argparse.Namespace, prog: str) -> int:
 
 
 def watch_main(argv: list[str], prog: str = "pneumo bench watch") -> int:
-    from benchmarks.device_facts import collect_device_facts
+    from benchmarks.device_facts import collect_device_stamp
     from benchmarks.report import result_folder
     from benchmarks.watch_bench import WatchBenchConfig, run_watch_bench, watch_markdown
     from edge_runtime.fileio import atomic_write_json, atomic_write_text
@@ -369,7 +369,7 @@ def watch_main(argv: list[str], prog: str = "pneumo bench watch") -> int:
     try:
         with sigterm_as_interrupt():
             watch = run_watch_bench(config, progress=not args.quiet)
-        facts = collect_device_facts()
+        facts = collect_device_stamp()
     except (BenchError, EdgeError) as exc:
         return _error(prog, exc)
     import datetime as _dt

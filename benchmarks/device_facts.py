@@ -47,7 +47,6 @@ NOTABLE_CPU_FLAGS = (
     "i8mm",
     "bf16",
 )
-INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 # Distribution names differ by platform (tensorflow-cpu on x86, tensorflow on aarch64, Jetson wheels).
 _DISTRIBUTIONS = {
     "numpy": ("numpy",),
@@ -68,8 +67,8 @@ _COMMAND_TIMEOUT_S = 10.0
 
 
 @dataclass
-class DeviceFacts:
-    """Hostname-free facts about the machine a benchmark ran on."""
+class DeviceStamp:
+    """Hostname-free facts about the machine a benchmark ran on (not edge_runtime.device.DeviceFacts, which it extends)."""
 
     slug: str
     kind: str  # "jetson", "gpu" or "cpu"
@@ -99,12 +98,8 @@ class DeviceFacts:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @property
-    def has_int8_cpu_path(self) -> bool:
-        return any(flag in self.cpu_flags for flag in INT8_CPU_FLAGS)
 
-
-def collect_device_facts() -> DeviceFacts:
+def collect_device_stamp() -> DeviceStamp:
     """Read the device state (a few seconds at most; runs no benchmark)."""
     from edge_runtime.device import collect_device_facts as runtime_facts
 
@@ -118,7 +113,7 @@ def collect_device_facts() -> DeviceFacts:
     cuda = runtime.get("cuda_toolkit_version") or (
         f"{runtime['cuda_driver_version']} (driver API)" if runtime.get("cuda_driver_version") else None
     )
-    facts = DeviceFacts(
+    facts = DeviceStamp(
         slug="",
         kind="jetson" if jetson else ("gpu" if runtime.get("gpu_name") else "cpu"),
         cpu_model=cpu_model,
@@ -159,7 +154,7 @@ def summary_line(device: dict[str, Any]) -> str:
     )
 
 
-def device_slug(facts: DeviceFacts) -> str:
+def device_slug(facts: DeviceStamp) -> str:
     """Folder name for results: the Jetson model, else the GPU, else the CPU and its core count."""
     if facts.jetson and facts.jetson.get("model"):
         return slugify(str(facts.jetson["model"]))
@@ -273,7 +268,7 @@ def clock_state(sysfs: Path = Path("/sys")) -> dict[str, Any]:
     return {"cpu_locked": cpu_locked, "gpu_locked": gpu_locked, "cpus": cpus, "gpu_devfreq": gpus}
 
 
-def clock_warnings(facts: DeviceFacts) -> list[str]:
+def clock_warnings(facts: DeviceStamp) -> list[str]:
     warnings = []
     clocks = facts.clocks
     hint = "'sudo jetson_clocks'" if facts.jetson else "the 'performance' CPU governor"

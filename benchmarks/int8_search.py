@@ -26,7 +26,7 @@ from export.config import QuantConfig
 
 def compare(source: Path, images: np.ndarray, config: QuantConfig) -> dict[str, Any]:
     """Both ways of building the INT8 graph of ``source``, timed in this order: reused, then fresh."""
-    from export.sensitivity import int8_qdq_within_target
+    from export.mixed_precision import int8_qdq_within_target
 
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="pneumo-int8-bench-") as tmp:

@@ -122,7 +122,7 @@ class KerasReference(Backend):
         try:
             import tensorflow as tf
         except ImportError as exc:
-            from edge_runtime.pneumo_cli import install_hint
+            from edge_runtime.extras import install_hint
 
             raise BenchInputError(f"TensorFlow not installed; {install_hint('train')}") from exc
         self.thread_settings = _apply_threads(tf, self.threads)

@@ -79,7 +79,7 @@ def write_report(document: dict[str, Any], out_root: Path, overwrite: bool = Fal
     try:
         plots = write_plots(document, folder)
     except ImportError as exc:
-        from edge_runtime.pneumo_cli import install_hint
+        from edge_runtime.extras import install_hint
 
         plots = []
         document.setdefault("warnings", []).append(

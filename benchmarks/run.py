@@ -36,7 +36,7 @@ import numpy as np
 
 from benchmarks import BENCH_SCHEMA
 from benchmarks.coldstart import ColdStartSpec, cold_start_warnings, measure_cold_start
-from benchmarks.device_facts import DeviceFacts, collect_device_facts
+from benchmarks.device_facts import DeviceStamp, collect_device_stamp
 from benchmarks.errors import BenchConfigError, BenchInputError
 from benchmarks.keras_reference import (
     KerasReference,
@@ -478,7 +478,7 @@ def _precheck(
     backend: str,
     precision: str,
     bundle: Bundle,
-    facts: DeviceFacts,
+    facts: DeviceStamp,
     keras_source: KerasSource | None,
     keras_reason: str,
 ) -> str:
@@ -488,7 +488,7 @@ def _precheck(
             return f"{precision} is not a Keras precision (the reference is the FP32 .h5)"
         if keras_source is None:
             return keras_reason
-        from edge_runtime.pneumo_cli import install_hint, missing_modules
+        from edge_runtime.extras import install_hint, missing_modules
 
         missing = missing_modules(("keras", "tensorflow"))
         if missing:
@@ -549,7 +549,7 @@ def run_benchmark(config: BenchConfig, log: Log = _silent) -> dict[str, Any]:
     log(
         f"bundle {bundle.root} (model {bundle.info.model_version}, precisions {', '.join(bundle.precisions)})"
     )
-    facts = collect_device_facts()
+    facts = collect_device_stamp()
     log(f"device {facts.slug}")
     warnings: list[str] = list(facts.warnings)
     skipped: list[dict[str, Any]] = []

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import glob
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -113,7 +112,7 @@ def tensorrt_and_gpu(index: int = 0) -> tuple[str, CudaDevice]:
     return version, gpu
 
 
-#: pneumo-edge builds engines with TensorRT 10.x (JetPack 6.1+) or 11.x; see engine_build's table.
+#: pneumo-edge builds engines with TensorRT 10.x (JetPack 6.1+) or 11.x; see engine_from_onnx's table.
 MIN_TENSORRT_MAJOR = 10
 
 
@@ -455,17 +454,3 @@ def precision_readiness(facts: DeviceFacts) -> list[PrecisionReadiness]:
             )
         )
     return result
-
-
-def environment_summary() -> dict[str, str | None]:
-    """Short facts for result files and benchmark headers (cheap: no provider probing)."""
-    facts = collect_device_facts(check_providers=False)
-    return {
-        "gpu": facts.gpu_name,
-        "compute_capability": facts.compute_capability,
-        "tensorrt": facts.tensorrt_version,
-        "l4t": facts.l4t_release,
-        "power_mode": facts.power_mode,
-        "device_key": facts.device_key,
-        "hostname": os.uname().nodename,
-    }

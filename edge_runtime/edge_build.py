@@ -34,7 +34,7 @@ import numpy as np
 from edge_runtime.backends.base import Backend
 from edge_runtime.bundle import GOLDEN_DIR, Bundle
 from edge_runtime.contract import ModelInfo
-from edge_runtime.engine_build import (
+from edge_runtime.engine_from_onnx import (
     PRECISIONS,
     CalibrationData,
     EngineBuildConfig,
@@ -71,7 +71,7 @@ class EdgeBuildConfig:
     """``pneumo edge build`` settings."""
 
     precisions: tuple[str, ...] = ("fp32",)
-    #: empty: 1,8,32 on the GPU, 1 on a DLA core (:func:`edge_runtime.engine_build.default_batch_sizes`)
+    #: empty: 1,8,32 on the GPU, 1 on a DLA core (:func:`edge_runtime.engine_from_onnx.default_batch_sizes`)
     batch_sizes: tuple[int, ...] = ()
     workspace_mib: int = 1024
     dla_core: int | None = None

@@ -570,9 +570,6 @@ class InboxWatcher:
             except queue.Empty:
                 break
 
-    def inbox_present(self) -> bool:
-        return self.inbox.is_dir()
-
 
 # -- reading ---------------------------------------------------------------
 @dataclass

@@ -340,13 +340,3 @@ class AppendLog:
         if keep_after_cut:
             self.write_bytes(b"".join(keep_after_cut))
         return present
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All complete records of a ``results.jsonl`` (skipping a torn last line), for tools and tests."""
-    records = []
-    with open(path, "rb") as handle:
-        for line in handle:
-            if line.endswith(b"\n"):
-                records.append(json.loads(line))
-    return records

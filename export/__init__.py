@@ -3,6 +3,6 @@ calibration and golden sets, parity checks, and the deployment bundle a Jetson b
 
 Importing ``export`` imports nothing heavy: TensorFlow, Keras, tf2onnx, onnx and
 ONNX Runtime are imported inside the functions that need them. The TensorRT
-engine build lives in :mod:`edge_runtime.engine_build` (a Jetson builds its own
+engine build lives in :mod:`edge_runtime.engine_from_onnx` (a Jetson builds its own
 engine without TensorFlow); ``pneumo export engine`` only wraps it.
 """

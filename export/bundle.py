@@ -46,6 +46,7 @@ from export.calibration import CALIBRATION_DIR, build_calibration_set, save_cali
 from export.config import BundleConfig
 from export.errors import ExportError, OutputExistsError, ParityError, RunFolderError
 from export.golden import golden_check, golden_tolerances, write_golden
+from export.mixed_precision import int8_qdq_within_target
 from export.onnx_from_keras import CONVERSION_MODULES, export_onnx, require_modules
 from export.parity import ParityResult, compare_outputs, onnx_outputs
 from export.precision import fp16_from_onnx, qdq_summary
@@ -58,7 +59,6 @@ from export.run_folder import (
     label_indices,
     load_images,
 )
-from export.sensitivity import int8_qdq_within_target
 
 
 @dataclass

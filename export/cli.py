@@ -388,7 +388,7 @@ def _cmd_engine(args: argparse.Namespace) -> int:
             "build them, so build the engine on the target: copy the bundle there and run "
             "'pneumo edge build bundle/ --precision fp16' (TensorRT comes with JetPack)"
         )
-    from edge_runtime.engine_build import CalibrationData, EngineBuildConfig, OnnxSources, build_engine
+    from edge_runtime.engine_from_onnx import CalibrationData, EngineBuildConfig, OnnxSources, build_engine
 
     sources = OnnxSources.beside(args.onnx)
     precision = args.precision

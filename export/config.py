@@ -15,7 +15,7 @@ from export.errors import ExportConfigError
 
 Precision = Literal["fp32", "fp16", "int8"]
 CalibrateMethod = Literal["auto", "entropy", "minmax", "percentile"]
-# What "auto" tries, in order (export/sensitivity.py): percentile, and minmax only when percentile's graph
+# What "auto" tries, in order (export/mixed_precision.py): percentile, and minmax only when percentile's graph
 # still misses the mixed-precision target.
 AUTO_CALIBRATE_METHODS: tuple[CalibrateMethod, ...] = ("percentile", "minmax")
 
@@ -104,7 +104,7 @@ class QuantConfig:
     keep_head: bool = False
     # The build fails when INT8 sensitivity on the test split is this many points below FP32.
     max_sensitivity_drop: float = 2.0
-    # Layers kept in float by name (set by the mixed-precision search, export/sensitivity.py).
+    # Layers kept in float by name (set by the mixed-precision search, export/mixed_precision.py).
     float_nodes: tuple[str, ...] = ()
     # Mixed precision: when the fully quantized graph's outputs differ from FP32 by more than this on the
     # calibration images, keep the most sensitive layers in float (None: never). 0.05 keeps the golden

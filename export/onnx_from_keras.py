@@ -37,7 +37,7 @@ def require_modules(what: str, modules: tuple[str, ...] = CONVERSION_MODULES) ->
     Export steps call it before reading the run or creating an output, so the lean edge install
     fails at once with the fix instead of a traceback from ``import keras`` half way through.
     """
-    from edge_runtime.pneumo_cli import missing_message, missing_modules
+    from edge_runtime.extras import missing_message, missing_modules
 
     missing = missing_modules(modules)
     if missing:

@@ -127,7 +127,7 @@ def int8_qdq_from_onnx(
     calibration images: random scales give an engine that looks fine and is not.
     ``ranges``: a JSON file of activation ranges (ONNX Runtime's calibration cache)
     for exactly this ``source``, ``calibration`` and method; read when it exists,
-    written when it does not (see :class:`export.sensitivity.RangeCache`).
+    written when it does not (see :class:`export.mixed_precision.RangeCache`).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -138,7 +138,7 @@ def int8_qdq_from_onnx(
     graph_input = model.graph.input[0]
     _check_calibration(calibration, graph_input, source)
     options = quantization_options(config)
-    # One graph has one method; "auto" chooses between graphs (export/sensitivity.py) and starts here.
+    # One graph has one method; "auto" chooses between graphs (export/mixed_precision.py) and starts here.
     method = AUTO_CALIBRATE_METHODS[0] if config.calibrate_method == "auto" else config.calibrate_method
     with prepared_model(source) as prepared:
         quantized = prepared.with_name("quantized.onnx")

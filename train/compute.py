@@ -68,7 +68,7 @@ def require_keras(what: str, also: tuple[str, ...] = ()) -> None:
     Called after the command line is parsed and before any data is read or folder created: on the
     lean edge install (no TensorFlow) a training command then fails at once, leaving nothing behind.
     """
-    from edge_runtime.pneumo_cli import missing_message, missing_modules
+    from edge_runtime.extras import missing_message, missing_modules
 
     missing = missing_modules(("keras", keras_backend_name(), *also))
     if missing:

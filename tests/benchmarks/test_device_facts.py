@@ -6,7 +6,7 @@ import json
 import socket
 from pathlib import Path
 
-from benchmarks.device_facts import clock_state, collect_device_facts, cpu_model_and_flags, slugify
+from benchmarks.device_facts import clock_state, collect_device_stamp, cpu_model_and_flags, slugify
 
 X86_CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -21,7 +21,7 @@ CPU implementer\t: 0x41
 
 
 def test_stamp_of_this_machine() -> None:
-    facts = collect_device_facts()
+    facts = collect_device_stamp()
     data = facts.to_dict()
     assert data["cpu_model"]
     assert data["onnxruntime"]  # ONNX Runtime is a runtime dependency
@@ -72,7 +72,7 @@ def test_clock_state_unlocked_and_locked(tmp_path: Path) -> None:
 
 
 def test_jetson_stamp_from_runtime_facts() -> None:
-    from benchmarks.device_facts import DeviceFacts, device_slug, jetson_facts
+    from benchmarks.device_facts import DeviceStamp, device_slug, jetson_facts
 
     runtime = {
         "jetson_model": "NVIDIA Jetson Orin Nano Developer Kit",
@@ -82,7 +82,7 @@ def test_jetson_stamp_from_runtime_facts() -> None:
     }
     jetson = jetson_facts(runtime)
     assert jetson is not None and jetson["l4t"] == "R36.3.0" and jetson["power_mode"] == "15W (mode 0)"
-    facts = DeviceFacts(
+    facts = DeviceStamp(
         slug="",
         kind="jetson",
         cpu_model="ARMv8",

@@ -46,7 +46,7 @@ def test_every_edge_runtime_module_imports_without_heavy_frameworks() -> None:
     body = """
 import importlib, pkgutil, edge_runtime
 names = [m.name for m in pkgutil.walk_packages(edge_runtime.__path__, "edge_runtime.")]
-for required in ("edge_runtime.cli", "edge_runtime.watch", "edge_runtime.camera", "edge_runtime.engine_build",
+for required in ("edge_runtime.cli", "edge_runtime.watch", "edge_runtime.camera", "edge_runtime.engine_from_onnx",
                  "edge_runtime.backends.tensorrt", "edge_runtime.backends.select", "edge_runtime.edge_build"):
     assert required in names, required
 for name in names:

@@ -15,7 +15,7 @@ import pytest
 
 from edge_runtime.backends.tensorrt import TensorRTBackend
 from edge_runtime.bundle import Bundle
-from edge_runtime.engine_build import EngineBuildConfig, OnnxSources, build_engine
+from edge_runtime.engine_from_onnx import EngineBuildConfig, OnnxSources, build_engine
 from edge_runtime.engine_sidecar import sidecar_path
 from edge_runtime.errors import EngineMismatchError, InferenceError
 from edge_runtime.fileio import sha256_file

@@ -3,7 +3,7 @@
 TensorRT and pycuda cannot be installed on the machines this project is built
 and tested on, so :func:`install` puts two small fake modules into
 ``sys.modules`` (through pytest's ``monkeypatch``) that offer exactly the API
-surface ``edge_runtime.engine_build``, ``edge_runtime.backends.tensorrt`` and
+surface ``edge_runtime.engine_from_onnx``, ``edge_runtime.backends.tensorrt`` and
 ``edge_runtime.device`` call, as documented for TensorRT 10.x and 11.x and
 pycuda. Other packages (export) may import it for the same purpose.
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.bundle import Bundle
-from edge_runtime.engine_build import (
+from edge_runtime.engine_from_onnx import (
     BatchProfile,
     CalibrationData,
     EngineBuildConfig,

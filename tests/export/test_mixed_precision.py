@@ -11,14 +11,14 @@ import pytest
 
 from export.config import QuantConfig
 from export.errors import ExportError
-from export.parity import onnx_outputs
-from export.precision import qdq_summary
-from export.sensitivity import (
+from export.mixed_precision import (
     RangeCache,
     int8_qdq_within_target,
     layer_sensitivity,
     quantizable_layers,
 )
+from export.parity import onnx_outputs
+from export.precision import qdq_summary
 
 pytestmark = pytest.mark.tf
 
