@@ -29,11 +29,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge_runtime.backends.base import Backend
 from edge_runtime.bundle import GOLDEN_DIR, Bundle
-from edge_runtime.contract import ModelInfo
 from edge_runtime.engine_from_onnx import (
     PRECISIONS,
     CalibrationData,
@@ -48,8 +45,8 @@ from edge_runtime.engine_from_onnx import (
 )
 from edge_runtime.engine_sidecar import EngineFiles, EngineSidecar, engine_files, engine_mismatches
 from edge_runtime.errors import BackendUnavailableError, BundleError, EdgeError, UsageError
-from edge_runtime.fileio import read_json, sha256_file
-from edge_runtime.predictor import abnormal_probability, predicted_labels
+from edge_runtime.fileio import sha256_file
+from edge_runtime.golden import GoldenComparison, GoldenSet, compare_golden, run_golden
 
 CALIBRATION_NPY = "calibration/calib.npy"
 SELF_TEST_BACKENDS = ("trt", "ort-trt", "ort-cuda", "ort-cpu")
@@ -124,113 +121,6 @@ def edge_build_command(bundle_root: str | Path, config: EdgeBuildConfig, precisi
     if config.int8_source != "auto":
         args += ["--int8-source", config.int8_source]
     return shlex.join(args)
-
-
-@dataclass(frozen=True)
-class GoldenSet:
-    """The bundle's golden images and the FP32 outputs export measured on them."""
-
-    images: np.ndarray
-    files: list[str]
-    true_labels: list[Any]
-    fp32_outputs: np.ndarray
-    tolerance: dict[str, float]
-    decision_threshold: float
-
-    @classmethod
-    def load(cls, bundle: Bundle) -> GoldenSet:
-        folder = bundle.root / GOLDEN_DIR
-        images_path, meta_path = folder / "images.npy", folder / "golden.json"
-        if not images_path.is_file() or not meta_path.is_file():
-            raise BundleError(
-                f"{folder}: the bundle has no golden set (images.npy + golden.json), so it cannot be "
-                "self-tested; re-run 'pneumo export bundle'"
-            )
-        try:
-            images = np.load(images_path, allow_pickle=False)
-            meta = read_json(meta_path)
-            outputs = np.asarray(meta["fp32_outputs"], dtype=np.float32)
-            tolerance = {str(k): float(v) for k, v in meta["tolerance"].items()}
-            threshold = float(meta.get("decision_threshold", bundle.info.threshold))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise BundleError(f"{folder}: malformed golden set ({type(exc).__name__}: {exc})") from exc
-        if (
-            images.dtype != np.uint8
-            or images.ndim != 4
-            or tuple(images.shape[1:]) != bundle.contract.input_shape
-        ):
-            raise BundleError(
-                f"{images_path}: golden images are {images.dtype} {images.shape}, the contract says uint8 "
-                f"(N, {', '.join(map(str, bundle.contract.input_shape))})"
-            )
-        if len(outputs) != len(images):
-            raise BundleError(f"{meta_path}: {len(outputs)} fp32_outputs for {len(images)} golden images")
-        files = list(meta.get("files") or [f"golden[{i}]" for i in range(len(images))])
-        return cls(
-            images,
-            files,
-            list(meta.get("true_labels") or []),
-            outputs.reshape(len(images), -1),
-            tolerance,
-            threshold,
-        )
-
-
-@dataclass
-class GoldenComparison:
-    """One backend's outputs on the golden set against the FP32 reference."""
-
-    n: int
-    max_abs_diff: float
-    tolerance: float
-    decision_agreement: float
-    flipped: list[str]
-    flipped_outside_tolerance: list[str]
-    accuracy: float | None
-
-    @property
-    def passed(self) -> bool:
-        return self.max_abs_diff <= self.tolerance and not self.flipped_outside_tolerance
-
-
-def compare_golden(
-    outputs: np.ndarray, golden: GoldenSet, info: ModelInfo, precision: str
-) -> GoldenComparison:
-    """Max abs difference and decision agreement of ``outputs`` against the golden FP32 outputs."""
-    outputs = np.asarray(outputs, dtype=np.float32).reshape(golden.fp32_outputs.shape)
-    tolerance = golden.tolerance.get(precision)
-    if tolerance is None:
-        raise BundleError(f"golden.json has no tolerance for {precision} (it has {sorted(golden.tolerance)})")
-    diff = float(np.max(np.abs(outputs - golden.fp32_outputs))) if outputs.size else 0.0
-    threshold = golden.decision_threshold
-    prob, ref_prob = abnormal_probability(outputs, info), abnormal_probability(golden.fp32_outputs, info)
-    decision, ref_decision = prob >= threshold, ref_prob >= threshold
-    flipped = [golden.files[i] for i in np.flatnonzero(decision != ref_decision)]
-    # An image whose reference probability is within the tolerance of the threshold may
-    # legitimately flip; any other flip fails the test.
-    far = np.abs(ref_prob - threshold) > tolerance
-    flipped_far = [golden.files[i] for i in np.flatnonzero((decision != ref_decision) & far)]
-    accuracy = None
-    if len(golden.true_labels) == len(outputs) and len(outputs):
-        labels = predicted_labels(outputs, info)
-        truth = [info.labels[t] if isinstance(t, int) else str(t) for t in golden.true_labels]
-        accuracy = float(np.mean([p == t for p, t in zip(labels, truth)]))
-    return GoldenComparison(
-        n=len(outputs),
-        max_abs_diff=diff,
-        tolerance=tolerance,
-        decision_agreement=float(np.mean(decision == ref_decision)) if len(outputs) else 1.0,
-        flipped=flipped,
-        flipped_outside_tolerance=flipped_far,
-        accuracy=accuracy,
-    )
-
-
-def run_golden(backend: Backend, golden: GoldenSet) -> np.ndarray:
-    """All golden images through an opened backend, in batches it accepts."""
-    step = max(1, min(backend.max_batch, 64))
-    chunks = [backend.infer(golden.images[i : i + step]) for i in range(0, len(golden.images), step)]
-    return np.concatenate(chunks, axis=0) if chunks else np.zeros_like(golden.fp32_outputs)
 
 
 @dataclass
@@ -379,7 +269,7 @@ def run_edge_build(
     say = progress or (lambda _message: None)
     bundle = Bundle.open(bundle_root)
     say(f"manifest verified: {len(bundle.manifest.get('files', {}))} files match their sha256")
-    golden = GoldenSet.load(bundle)
+    golden = GoldenSet.load(bundle.root / GOLDEN_DIR, bundle.contract.input_shape, bundle.info.threshold)
     key = None
     gpu: Any = None
     trt_version = ""

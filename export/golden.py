@@ -28,15 +28,14 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.contract import ModelInfo, PreprocessContract
-from edge_runtime.fileio import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes
+from edge_runtime.fileio import atomic_write_bytes, atomic_write_json, sha256_bytes
+from edge_runtime.golden import IMAGES_FILE, META_FILE, GoldenSet, compare_golden
 from edge_runtime.predictor import abnormal_probability
 from export.config import GoldenConfig
 from export.errors import ExportError
 from export.parity import ParityResult
 from export.run_folder import LabelledImage
 
-IMAGES_FILE = "images.npy"
-META_FILE = "golden.json"
 GOLDEN_SCHEMA = 1
 # Floors for TensorRT vs ONNX Runtime: FP16 kernels differ in accumulation order, INT8 in fusion and rounding.
 FP16_FLOOR, FP16_HEADROOM = 1e-2, 4.0
@@ -125,33 +124,16 @@ def write_golden(
     return images_path, meta_path
 
 
-def load_golden(folder: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read ``golden/`` back, checking the images against their recorded hash."""
-    data = (folder / IMAGES_FILE).read_bytes()
-    meta = read_json(folder / META_FILE)
-    if meta.get("images_sha256") != sha256_bytes(data):
-        raise ExportError(f"{folder / IMAGES_FILE}: sha256 does not match {folder / META_FILE}")
-    return np.load(io.BytesIO(data), allow_pickle=False), meta
-
-
 def golden_check(
     outputs: np.ndarray, meta: dict[str, Any], precision: str, info: ModelInfo
 ) -> dict[str, Any]:
-    """Apply golden.json's rule to ``outputs`` of one precision (the rule the Jetson self-test applies)."""
-    reference = np.asarray(meta["fp32_outputs"], dtype=np.float64)
-    outputs = np.asarray(outputs, dtype=np.float64).reshape(reference.shape)
-    tolerance = float(meta["tolerance"][precision])
-    threshold = float(meta["decision_threshold"])
-    ref_prob = abnormal_probability(reference, info)
-    out_prob = abnormal_probability(outputs, info)
-    clear = np.abs(ref_prob - threshold) > tolerance
-    flipped = clear & ((ref_prob >= threshold) != (out_prob >= threshold))
-    max_diff = float(np.abs(reference - outputs).max())
+    """golden.json's rule applied to ``outputs`` of one precision: the very rule the Jetson self-test applies."""
+    comparison = compare_golden(outputs, GoldenSet.from_meta(meta), info, precision)
     return {
         "precision": precision,
-        "max_abs_diff": max_diff,
-        "tolerance": tolerance,
-        "clear_images": int(clear.sum()),
-        "clear_decisions_flipped": int(flipped.sum()),
-        "passed": bool(max_diff <= tolerance and not flipped.any()),
+        "max_abs_diff": comparison.max_abs_diff,
+        "tolerance": comparison.tolerance,
+        "clear_images": comparison.clear_images,
+        "clear_decisions_flipped": len(comparison.flipped_outside_tolerance),
+        "passed": comparison.passed,
     }

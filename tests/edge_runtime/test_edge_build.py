@@ -13,13 +13,12 @@ from edge_runtime.bundle import Bundle, write_manifest
 from edge_runtime.cli import main
 from edge_runtime.edge_build import (
     EdgeBuildConfig,
-    GoldenSet,
-    compare_golden,
     edge_build_command,
     parse_precisions,
     run_edge_build,
 )
 from edge_runtime.errors import BackendUnavailableError, BundleError, EdgeError
+from edge_runtime.golden import GoldenSet, compare_golden
 from tests.edge_runtime import trt_double
 from tests.edge_runtime.bundle_kit import complete_bundle
 
@@ -67,7 +66,7 @@ def test_report_figures_are_measured(bundle_root: Path) -> None:
 
 def test_golden_comparison_fails_on_real_disagreement(bundle_root: Path) -> None:
     bundle = Bundle.open(bundle_root)
-    golden = GoldenSet.load(bundle)
+    golden = GoldenSet.load(bundle.root / "golden", bundle.contract.input_shape, bundle.info.threshold)
     shifted = golden.fp32_outputs.copy()
     far = int(np.argmax(np.abs(golden.fp32_outputs.reshape(-1) - 0.5)))
     shifted[far] = 1.0 - shifted[far]
@@ -106,6 +105,16 @@ def test_tampered_bundle_is_refused_naming_the_file(
     target.write_bytes(bytes(data))
     assert main(["build", str(bundle_root), "--backend", "ort-cpu"]) == 1
     assert "golden/images.npy: sha256 does not match" in capsys.readouterr().err
+
+
+def test_golden_images_must_match_their_recorded_hash(bundle_root: Path) -> None:
+    bundle = Bundle.open(bundle_root)
+    folder = bundle_root / "golden"
+    meta = json.loads((folder / "golden.json").read_text())
+    meta["images_sha256"] = "0" * 64
+    (folder / "golden.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"images\.npy: sha256 does not match the images_sha256"):
+        GoldenSet.load(folder, bundle.contract.input_shape, bundle.info.threshold)
 
 
 def test_bundle_without_golden_set_cannot_be_self_tested(tiny_bundle: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 from edge_runtime.bundle import Bundle, verify_manifest
 from edge_runtime.contract import ModelInfo
 from edge_runtime.errors import BundleError
+from edge_runtime.golden import GoldenSet
 from export.accuracy import require_int8_sensitivity
 from export.bundle import make_bundle
 from export.cli import main
@@ -28,7 +29,6 @@ from export.golden import (
     INT8_FLOOR,
     golden_check,
     golden_tolerances,
-    load_golden,
 )
 from export.parity import ParityResult, onnx_outputs
 from tests.export.conftest import TinyRun
@@ -119,8 +119,9 @@ def test_bundle_is_complete_and_verifies(made: tuple[Path, dict, str]) -> None:
 @pytest.mark.tf
 def test_golden_set_matches_its_own_onnx(made: tuple[Path, dict, str]) -> None:
     root, _, _ = made
-    images, meta = load_golden(root / "golden")
     info = ModelInfo.load(root)
+    golden = GoldenSet.load(root / "golden", (32, 32, 1), info.threshold)  # checks images_sha256 too
+    images, meta = golden.images, json.loads((root / "golden" / "golden.json").read_text())
     assert images.dtype == np.uint8 and images.shape == (12, 32, 32, 1)
     assert meta["split"] == "test" and sorted(set(meta["true_labels"])) == ["NORMAL", "PNEUMONIA"]
     assert meta["true_labels"].count("NORMAL") == 6
