@@ -105,7 +105,11 @@ def verify_manifest(root: str | Path) -> dict[str, Any]:
             "re-copy the bundle or re-run 'pneumo export bundle'"
         )
     if manifest.get("schema") != BUNDLE_SCHEMA:
-        raise BundleError(f"{manifest_path}: bundle schema {manifest.get('schema')!r} is not {BUNDLE_SCHEMA}")
+        raise BundleError(
+            f"{manifest_path}: bundle schema {manifest.get('schema')!r} is not {BUNDLE_SCHEMA}, the one this "
+            "pneumo-edge reads; re-export the bundle with this version ('pneumo export bundle') or install the "
+            "pneumo-edge version that made it"
+        )
     files = manifest["files"]
     for required in REQUIRED_FILES:
         if required not in files:

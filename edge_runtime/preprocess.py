@@ -32,12 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# OpenCV's own pixel limit (default 2**30) is read once, when cv2 is first
-# imported, so this only helps where nothing imported cv2 earlier; the header
-# checks in decode_bytes are what actually protect memory. 40 MP is MAX_PIXELS.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "40000000")
-
-import cv2  # after the environment default above
+import cv2
 import numpy as np
 
 from edge_runtime.contract import PreprocessContract

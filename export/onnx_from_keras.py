@@ -149,7 +149,10 @@ def onnx_from_keras(model: Any, contract: PreprocessContract, info: ModelInfo, c
     try:
         proto, _ = tf2onnx.convert.from_function(uint8_model, input_signature=spec, opset=config.opset)
     except Exception as exc:  # tf2onnx raises bare Exceptions from its rewriters; wrapped, not swallowed
-        raise ConversionError(f"tf2onnx could not convert the model ({type(exc).__name__}: {exc})") from exc
+        raise ConversionError(
+            f"tf2onnx could not convert the model ({type(exc).__name__}: {exc}); try another --opset "
+            f"(now {config.opset}), or replace the layer the message names"
+        ) from exc
     for value in (*proto.graph.input, *proto.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
     proto.doc_string = f"pneumo-edge {info.model_version}: uint8 NHWC in, scaling inside, {info.head} out"
@@ -165,7 +168,10 @@ def onnx_from_keras(model: Any, contract: PreprocessContract, info: ModelInfo, c
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise ConversionError(f"the converted graph fails onnx.checker: {exc}") from exc
+        raise ConversionError(
+            f"the converted graph fails onnx.checker ({exc}); a converter fault, not the model's: try another "
+            f"--opset (now {config.opset})"
+        ) from exc
     return proto
 
 
@@ -254,7 +260,10 @@ def export_onnx(
     if len(parity_batch) == 0:
         raise ExportError("no images for the parity check; pass --data ROOT with labelled images")
     model = load_keras_model(h5_path, contract, info)
-    proto = onnx_from_keras(model, contract, info, config)
+    try:
+        proto = onnx_from_keras(model, contract, info, config)
+    except ConversionError as exc:
+        raise ConversionError(f"{h5_path}: {exc}") from exc
     note = "simplification disabled (--no-simplify)"
     simplified = False
     if config.simplify:

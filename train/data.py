@@ -212,14 +212,17 @@ class Splits:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Splits:
+    def from_json(cls, data: dict[str, Any], source: str = "split JSON") -> Splits:
         try:
             config = DataConfig.from_dict(dict(data["config"]))
             root = Path(str(data.get("root", config.root)))
             lists = {name: [Sample.from_dict(item, root) for item in data[name]] for name in OFFICIAL_SPLITS}
             labels = tuple(str(label) for label in data["labels"])
         except (KeyError, TypeError) as exc:
-            raise DataError(f"split JSON is missing or has a malformed field: {exc}") from exc
+            raise DataError(
+                f"{source}: split JSON is missing or has a malformed field ({exc}); it is written by "
+                "'pneumo train': re-run the training, or restore the file from the run folder's copy"
+            ) from exc
         return cls(labels=labels, config=config, notes=[str(n) for n in data.get("notes", [])], **lists)
 
     def save(self, path: str | Path) -> Path:
@@ -235,8 +238,8 @@ class Splits:
         except (OSError, ValueError) as exc:
             raise DataError(f"{source}: cannot read split JSON ({exc})") from exc
         if not isinstance(data, dict):
-            raise DataError(f"{source}: split JSON must be an object")
-        return cls.from_json(data)
+            raise DataError(f"{source}: split JSON must be an object; it is written by 'pneumo train'")
+        return cls.from_json(data, str(source))
 
 
 # --------------------------------------------------------------------------- discovery

@@ -1,4 +1,8 @@
-"""Run a TensorRT engine with pycuda: the only module that executes on CUDA.
+"""Run a TensorRT engine with pycuda: the module that runs engines on the GPU.
+
+(The other pycuda users: ``engine_from_onnx``, whose INT8 calibrator copies
+calibration batches to the GPU while building, and ``device``, which only
+reads the GPU's name and compute capability.)
 
 On ``open`` (in the manner of Polygraphy's runners) the backend
 
@@ -103,7 +107,9 @@ class TensorRTBackend(Backend):
             major, minor = device.compute_capability()
             gpu_name = str(device.name())
         except cuda.Error as exc:
-            raise BackendUnavailableError(f"trt: no usable CUDA GPU ({exc})") from exc
+            raise BackendUnavailableError(
+                f"trt: no usable CUDA GPU ({exc}); 'pneumo edge doctor' shows what this machine has"
+            ) from exc
         check_engine_matches(
             self.engine_path,
             sidecar,
