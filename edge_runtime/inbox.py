@@ -193,6 +193,8 @@ class InboxWatcher:
         self.pending: dict[str, Candidate] = {}
         #: files seen by the last scan that did not fit in the window
         self.beyond_window = 0
+        #: the backlog when the window was dropped, reported until the next scan
+        self._backlog_before_forget: int | None = None
         self.mode = "polling"
         self.watch_error = ""
         #: inputs the daemon could not remove from the inbox: skipped while their signature holds
@@ -270,9 +272,13 @@ class InboxWatcher:
         try:
             st = os.stat(self.inbox)
         except OSError as exc:
-            raise InboxUnavailableError(f"{self.inbox}: inbox is missing ({exc.strerror or exc})") from exc
+            raise InboxUnavailableError(
+                f"{self.inbox}: inbox is missing ({exc.strerror or exc}); create or mount it"
+            ) from exc
         if not stat.S_ISDIR(st.st_mode):
-            raise InboxUnavailableError(f"{self.inbox}: inbox is not a folder")
+            raise InboxUnavailableError(
+                f"{self.inbox}: inbox is not a folder; replace it with the inbox folder"
+            )
         if not self.use_watchdog:
             return
         alive = self._observer is not None and self._observer.is_alive()
@@ -387,11 +393,17 @@ class InboxWatcher:
             )
         self._more_waiting = waiting > len(oldest)
         self.beyond_window = waiting - len(oldest)
+        self._backlog_before_forget = None
         return len(oldest)
 
     @property
     def backlog(self) -> int:
-        """Files known to be waiting: the window plus what the last scan could not fit."""
+        """Files known to be waiting: the window plus what the last scan could not fit.
+
+        While the window is dropped (outbox or inbox trouble, no scans), the count from before.
+        """
+        if self._backlog_before_forget is not None:
+            return self._backlog_before_forget
         return len(self.pending) + self.beyond_window
 
     def _apply_event(self, cand: Candidate, event: str) -> None:
@@ -561,6 +573,8 @@ class InboxWatcher:
 
     def forget_all(self) -> None:
         """Drop the window (after an outbox or inbox error); the next scan rebuilds it."""
+        if self._backlog_before_forget is None:
+            self._backlog_before_forget = self.backlog
         self.pending.clear()
         self.beyond_window = 0
         self._next_scan = 0.0

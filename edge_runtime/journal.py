@@ -197,9 +197,14 @@ class FileLock:
         except OSError:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            # A full disk must not cost the lock (the pid is only for the "held by" message);
+            # an fd leaked here would hold the flock and turn every later start into "busy".
+            pass
 
     def is_current(self) -> bool:
         """Held, and on the file that is at ``path`` now (not on one removed or on an unmounted disk)."""

@@ -61,6 +61,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_runtime.fileio import fsync_dir, sha256_file
+from edge_runtime.inbox import InboxUnavailableError
 from edge_runtime.journal import STATE_DIR, Claim, Journal, JournalEntry
 from edge_runtime.results import (
     RESULTS_CSV,
@@ -111,6 +112,10 @@ class OutboxReplacedError(OSError):
     """The outbox path is now another folder (disk unmounted, folder replaced): never written into."""
 
 
+class InboxGoneError(InboxUnavailableError):
+    """A claimed batch cannot be finished while its inbox is missing or unmounted: the claim waits."""
+
+
 def left_signature(st: os.stat_result) -> LeftSignature:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns)
 
@@ -150,9 +155,9 @@ class Failpoint:
 
     ``spec`` is ``STEP`` or ``STEP:N`` (the N-th time that step is reached,
     default 1); the daemon reads it from ``PNEUMO_WATCH_FAILPOINT``. Steps:
-    ``after-claim``, ``after-move``, ``after-result-json``, ``torn-jsonl``
-    (half of the batch's lines written), ``after-jsonl``, ``torn-csv``,
-    ``after-csv``. An empty spec never fires. It exists so tests can stop
+    ``decoding`` (an input about to be decoded), ``after-claim``, ``after-move``,
+    ``after-result-json``, ``torn-jsonl`` (half of the batch's lines written),
+    ``after-jsonl``, ``torn-csv``, ``after-csv``. An empty spec never fires. It exists so tests can stop
     the real daemon between any two durable steps instead of hoping a timed
     ``kill -9`` lands there.
     """
@@ -413,6 +418,20 @@ class Outbox:
         path = Path(target)
         return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
 
+    def _require_inbox(self, entry: JournalEntry) -> None:
+        """InboxGoneError when the inbox is missing, or not on the filesystem ``entry`` was claimed on."""
+        st = _lstat(self.inbox)
+        if st is None:
+            raise InboxGoneError(
+                f"{self.inbox}: inbox is missing, so the claimed input {entry.name} cannot be found; "
+                "the interrupted batch is finished when the inbox is back"
+            )
+        if entry.dev and st.st_dev != entry.dev:
+            raise InboxGoneError(
+                f"{self.inbox}: inbox is on another filesystem than when {entry.name} was claimed (a share "
+                "not mounted yet?); the interrupted batch is finished when it is back"
+            )
+
     def finish(
         self,
         claim: Claim,
@@ -420,9 +439,11 @@ class Outbox:
         failpoint: Failpoint | None = None,
         stuck: Stuck | None = None,
         verify_content: bool = False,
+        require_inbox: bool = True,
     ) -> None:
         """Complete every step of ``claim`` that has not happened yet, then clear the journal.
 
+        Raises :class:`InboxGoneError` (the journal untouched) while the inbox is not there.
         ``stuck`` decides about an input that cannot be moved (:class:`InputStuckError`):
         it returns None to leave the input in the inbox unclaimed (tried again later),
         or the entry to finish instead (a failure record, nothing to move). Without it
@@ -436,7 +457,7 @@ class Outbox:
         for entry in claim.entries:
             before = (entry.target, entry.left_in_inbox)
             try:
-                touched.update(self._move(entry, warn, verify_content))
+                touched.update(self._move(entry, warn, verify_content, require_inbox))
             except InputStuckError as exc:
                 if stuck is None:
                     raise
@@ -503,12 +524,17 @@ class Outbox:
             return InputStuckError(exc.errno or 0, exc.strerror or str(exc), str(source))
         return exc
 
-    def _move(self, entry: JournalEntry, warn: Warn, verify_content: bool = False) -> set[Path]:
+    def _move(
+        self, entry: JournalEntry, warn: Warn, verify_content: bool = False, require_inbox: bool = True
+    ) -> set[Path]:
         """Move one input to its target unless that already happened; return folders to fsync.
 
         When the inbox no longer holds the input (gone, replaced, changed), the
         entry is updated to say nothing was moved; a new file of that name is
-        processed on its own later.
+        processed on its own later. When the inbox itself is gone, or is another
+        filesystem than the input's (a share not mounted yet), nothing is decided:
+        :class:`InboxGoneError`, and the claim waits (``require_inbox=False``
+        decides anyway, after the caller has waited long enough).
         """
         if not entry.target:
             return set()
@@ -522,6 +548,8 @@ class Outbox:
                 self._unlink_copied(source, entry, warn)
                 return {source.parent}
             return set()
+        if at_source is None and require_inbox:
+            self._require_inbox(entry)
         if not source_is_entry:
             warn(
                 "input left the inbox, or was replaced or changed, before it was moved; its result "

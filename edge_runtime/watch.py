@@ -41,6 +41,7 @@ JSON) says every few seconds that the daemon lives and what it has done.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as _dt
 import errno
@@ -64,6 +65,7 @@ from edge_runtime import __version__
 from edge_runtime.backends.base import Backend
 from edge_runtime.bundle import ONNX_FOR_PRECISION, Bundle
 from edge_runtime.contract import PreprocessContract
+from edge_runtime.decode_guard import CRASH_LIMIT, DecodeGuard, input_key
 from edge_runtime.errors import EdgeError
 from edge_runtime.inbox import Candidate, InboxUnavailableError, InboxWatcher, InputRead, read_input
 from edge_runtime.journal import (
@@ -216,6 +218,11 @@ class WatchDaemon:
         self._outbox_ready = False
         self._outbox_trouble = False
         self._outbox_prepared_once = False
+        self.decode_guard = DecodeGuard(self.outbox.state_dir)
+        self._hangups = 0
+        self._hangups_logged = 0
+        #: when a claimed batch first found its inbox missing (monotonic), None while it is there
+        self._inbox_gone_since: float | None = None
         self._inbox_trouble = False
         self._backend_failures = 0
         self._next_beat = 0.0
@@ -309,9 +316,15 @@ class WatchDaemon:
         self.stop.set()
         self.inbox.wake.set()
 
+    def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
+        self._hangups += 1  # logged by the loop: logging from a signal handler can deadlock
+
     def _install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        # SIGHUP's default kills without cleanup, and systemd does not restart a service that
+        # SIGHUP stopped; a closed terminal or a stray 'reload' must not stop the clinic's inbox.
+        signal.signal(signal.SIGHUP, self._on_hangup)
 
     # -- startup --------------------------------------------------------
     def open_model(self) -> tuple[Bundle, Backend] | None:
@@ -359,12 +372,30 @@ class WatchDaemon:
             self.lock.ensure()
             if not self._outbox_prepared_once:
                 self.inbox.left = self.outbox.load_left()
+                died = self.decode_guard.recover()
+                if died is not None:
+                    name, deaths = died[0].split("\t", 1)[0], died[1]
+                    self._emit(
+                        logging.WARNING,
+                        "decode_crash",
+                        f"the last run died while decoding {name} ({deaths} of {CRASH_LIMIT} times"
+                        + (
+                            ": it gets a failed record instead of another try"
+                            if deaths >= CRASH_LIMIT
+                            else ""
+                        )
+                        + "); out of memory? see MemoryMax in deploy/pneumo-watch.service",
+                        name=name,
+                        deaths=deaths,
+                    )
                 removed = self.outbox.remove_stale_temp_files()
                 if removed:
                     self._emit(logging.INFO, "cleanup", f"removed {removed} temp files of interrupted writes")
                 settings = {"config": self.config.to_dict(), "version": __version__, "started": self.started}
                 write_json_files([(self.outbox.root / CONFIG_FILE, {**settings, "pid": os.getpid()})])
-            self._finish_claimed_batch()
+                self._outbox_prepared_once = True
+            if not self._finish_claimed_batch():
+                return False
         except OutboxBusyError:
             raise
         except OSError as exc:
@@ -383,21 +414,44 @@ class WatchDaemon:
             return False
         # Backoff is reset, and recovery announced, only after a batch is written
         # (_committed): a full disk still lets folders be listed and created.
-        self._outbox_prepared_once = True
         self._outbox_ready = True
         return True
 
-    def _finish_claimed_batch(self) -> None:
+    def _finish_claimed_batch(self) -> bool:
+        """Finish a batch a crash or an outbox error left claimed. False while its inbox is not there."""
         try:
             claim = self.outbox.journal.read()
         except ValueError as exc:
             self._trouble("journal_corrupt", str(exc))
-            return
+            return True
         if claim is None:
-            return
+            return True
         self._parked.clear()
-        # after a crash any time may have passed: inputs are also compared by sha256 before moving
-        self.outbox.finish(claim, self._warn, stuck=self._stuck, verify_content=True)
+        # Waited for, not decided: a claim finished without its inbox (a share not yet mounted
+        # at boot) would record "moved to nothing" and the images would be classified twice.
+        waited = 0.0 if self._inbox_gone_since is None else time.monotonic() - self._inbox_gone_since
+        require_inbox = waited < self.config.inbox_wait_seconds
+        try:
+            if require_inbox:
+                self._lock_inbox()
+            # after a crash any time may have passed: inputs are also compared by sha256 before moving
+            self.outbox.finish(
+                claim, self._warn, stuck=self._stuck, verify_content=True, require_inbox=require_inbox
+            )
+        except InboxUnavailableError as exc:
+            if self._inbox_gone_since is None:
+                self._inbox_gone_since = time.monotonic()
+            self._inbox_unavailable(exc)
+            return False
+        if not require_inbox:
+            self._emit(
+                logging.WARNING,
+                "claim_finished_without_inbox",
+                f"the inbox was not back within {self.config.inbox_wait_seconds:g} s: the interrupted batch "
+                "was finished with the inputs it could not find recorded as not moved",
+                batch_id=claim.batch_id,
+            )
+        self._inbox_gone_since = None
         self._parked.clear()  # nothing is in the window yet: a scan finds them again
         self._after_finish(claim)
         self._outbox_writable_again()
@@ -412,6 +466,7 @@ class WatchDaemon:
             batch_id=claim.batch_id,
             names=[e.name for e in claim.entries],
         )
+        return True
 
     # -- the loop -------------------------------------------------------
     def run(self) -> int:
@@ -485,6 +540,14 @@ class WatchDaemon:
     def _loop(self) -> int:
         while not self.stop.is_set():
             self._beat()
+            if self._hangups != self._hangups_logged:
+                self._hangups_logged = self._hangups
+                self._emit(
+                    logging.INFO,
+                    "hangup_ignored",
+                    "SIGHUP ignored: the daemon keeps running (settings are read at start; restart the "
+                    "service to apply new ones, SIGTERM to stop it)",
+                )
             if not self._outbox_ready and not self.prepare_outbox():
                 continue
             try:
@@ -520,10 +583,13 @@ class WatchDaemon:
         """Hold INBOX/.pneumo-inbox.lock (again, if the inbox was recreated). InboxBusyError if taken."""
         try:
             self.inbox_lock.ensure()
-        except OSError as exc:
+        except FileNotFoundError as exc:
             raise InboxUnavailableError(
-                f"{self.config.inbox}: cannot lock the inbox ({exc.strerror or exc})"
+                f"{self.config.inbox}: inbox is missing (create or mount it)"
             ) from exc
+        except OSError as exc:
+            _, text = describe_os_error(exc, str(self.inbox_lock.path))
+            raise InboxUnavailableError(f"{self.config.inbox}: cannot lock the inbox: {text}") from exc
 
     def _after_scan(self) -> None:
         """Report sub-folders once; keep the list of inputs left in the inbox up to date."""
@@ -551,10 +617,26 @@ class WatchDaemon:
         self.state = "backoff"
         self._trouble(
             "inbox_unavailable",
-            f"{exc}; waiting for it to come back (create or mount it), retrying in {delay:g} s",
+            f"{exc}; retrying in {delay:g} s",
             retry_in_s=delay,
         )
         self._sleep(delay)
+
+    def _read_guarded(self, cand: Candidate) -> InputRead:
+        """read_input, unless this input already killed the daemon while it was decoded."""
+        key = input_key(cand.name, cand.size, cand.mtime_ns, cand.ino, cand.dev)
+        deaths = self.decode_guard.given_up(key)
+        if deaths:
+            reason = (
+                f"the daemon died {deaths} times while decoding this file (out of memory? see MemoryMax "
+                "in deploy/pneumo-watch.service); it is not decoded again"
+            )
+            return InputRead(cand, str(self.config.inbox / cand.name), "rejected", reason=reason, kind="file")
+        with contextlib.suppress(OSError):  # best effort: a full outbox disk must not stop reading
+            self.decode_guard.decoding(key)
+        self.failpoint.hit("decoding")  # tests: the process dies on this input, as under the OOM killer
+        assert self.contract is not None
+        return read_input(self.config.inbox, cand, self.contract)
 
     def process_batch(self, batch: Sequence[Any]) -> str:
         """Read, infer and commit one batch. Returns "done", "requeued", "backend_failed" or "outbox_failed"."""
@@ -565,8 +647,10 @@ class WatchDaemon:
                 self._requeue([c.name for c in batch])
                 return "requeued"
             try:
-                read = read_input(self.config.inbox, cand, self.contract)
+                read = self._read_guarded(cand)
             except InboxUnavailableError as exc:
+                with contextlib.suppress(OSError):
+                    self.decode_guard.clear()
                 self._inbox_unavailable(exc)
                 return "requeued"
             if read.outcome == "changed":
@@ -588,6 +672,8 @@ class WatchDaemon:
             if read.outcome == "retry":
                 read.outcome = "rejected"  # given up after input_retries tries
             reads.append(read)
+        with contextlib.suppress(OSError):
+            self.decode_guard.clear()  # a crash from here on is not one input's fault
         if not reads:
             return "requeued"
         images = [r for r in reads if r.outcome == "image"]
@@ -630,6 +716,11 @@ class WatchDaemon:
             self.outbox.journal.write(claim)
             self.failpoint.hit("after-claim")
             self.outbox.finish(claim, self._warn, self.failpoint, stuck=self._stuck)
+        except InboxUnavailableError as exc:
+            # the claim is on disk and waits for the inbox; prepare_outbox finishes it then
+            self._outbox_ready = False
+            self._inbox_unavailable(exc)
+            return "requeued"
         except OSError as exc:
             # The claim may be on disk; prepare_outbox finishes it before anything new.
             self.inbox.forget_all()
@@ -935,6 +1026,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         metavar="N",
         help="tries of one input after a read or move error that may pass, before it fails (default 5)",
     )
+    parser.add_argument(
+        "--inbox-wait-seconds",
+        type=float,
+        metavar="S",
+        help="a batch interrupted by a crash waits this long for a missing or unmounted inbox before "
+        "inputs it cannot find are recorded as not moved (default 3600)",
+    )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved settings as JSON and exit"
@@ -964,6 +1062,7 @@ def config_from_args(args: argparse.Namespace) -> WatchConfig:
             "dla_core",
             "settle_seconds",
             "input_retries",
+            "inbox_wait_seconds",
             "log_level",
         )
     }

@@ -74,6 +74,9 @@ class WatchConfig:
     #: tries of one input after a read error that may pass (EIO, ESTALE) or a failed move
     #: (immutable or locked file) before it is given up as failed
     input_retries: int = 5
+    #: a batch a crash left claimed waits this long for its inbox to come back (a share not yet
+    #: mounted after a reboot) before inputs it cannot find are recorded as not moved
+    inbox_wait_seconds: float = 3600.0
     backoff_initial_seconds: float = 1.0
     backoff_max_seconds: float = 60.0
     #: glob patterns of inbox names never touched
@@ -98,6 +101,7 @@ class WatchConfig:
         if self.dla_core is not None:
             _check_int("dla_core", self.dla_core, 0, 15)
         _check_float("settle_seconds", self.settle_seconds, 0.0, 86400.0)
+        _check_float("inbox_wait_seconds", self.inbox_wait_seconds, 0.0, 30 * 86400.0)
         _check_float("quiet_seconds", self.quiet_seconds, 0.0, 3600.0)
         _check_float("poll_interval", self.poll_interval, 0.01, 600.0)
         _check_float("rescan_seconds", self.rescan_seconds, 0.01, 86400.0)

@@ -9,6 +9,7 @@ writing results.jsonl or results.csv.
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -98,5 +99,67 @@ def test_crash_between_durable_steps_is_finished_on_restart(
         assert not log.read_bytes().endswith(b"\n"), "the failpoint did not leave a torn line"
     with Daemon(tiny_bundle, inbox, outbox, *args, config=fast, log_name="restart").start() as daemon:
         daemon.wait_event("recovered_batch")
+        _finish(daemon, outbox, inbox, len(inputs))
+    assert_exactly_once(outbox, inputs, failed={"bad 1.jpg", "bad 2.png"})
+
+
+def test_a_claim_waits_for_its_missing_inbox_instead_of_recording_nothing_moved(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """A share not mounted yet at boot: the interrupted batch waits, then ends with one result per image."""
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    inputs = _fill(inbox, 10)
+    args = ("--batch", "4")
+    fast = {"quiet-seconds": 0.0}
+    crashing = Daemon(
+        tiny_bundle, inbox, outbox, *args, config=fast, env={"PNEUMO_WATCH_FAILPOINT": "after-claim:2"},
+        log_name="crash",
+    ).start()  # fmt: skip
+    assert crashing.proc is not None and crashing.proc.wait(timeout=120) == -signal.SIGKILL, crashing.tail()
+    before = result_count(outbox)
+    away = tmp_path / "share-not-mounted"
+    inbox.rename(away)
+    with Daemon(tiny_bundle, inbox, outbox, *args, config=fast, log_name="restart").start() as daemon:
+        daemon.wait_event("inbox_unavailable", count=2)
+        assert result_count(outbox) == before, "a claim was finished without its inbox"
+        assert not any(e.get("event") == "recovered_batch" for e in daemon.events())
+        away.rename(inbox)
+        daemon.wait_event("recovered_batch")
+        _finish(daemon, outbox, inbox, len(inputs))
+    assert_exactly_once(outbox, inputs, failed={"bad 1.jpg", "bad 2.png"})
+
+
+def test_an_input_that_kills_the_daemon_while_decoding_fails_alone(tiny_bundle: Path, tmp_path: Path) -> None:
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    inputs = _fill(inbox, 6)
+    poison = "xray 0000.png"
+    os.utime(inbox / poison, (1_000_000, 1_000_000))  # the oldest: read first after every restart
+    fast = {"quiet-seconds": 0.0}
+    for round_ in range(2):  # dies on it twice, as under the OOM killer
+        dying = Daemon(
+            tiny_bundle, inbox, outbox, config=fast, env={"PNEUMO_WATCH_FAILPOINT": "decoding"},
+            log_name=f"dies{round_}",
+        ).start()  # fmt: skip
+        assert dying.proc is not None and dying.proc.wait(timeout=120) == -signal.SIGKILL, dying.tail()
+        assert result_count(outbox) == 0
+    with Daemon(tiny_bundle, inbox, outbox, config=fast, log_name="final").start() as daemon:
+        _finish(daemon, outbox, inbox, len(inputs))
+        crash = [e for e in daemon.events() if e.get("event") == "decode_crash"]
+        assert crash and crash[0]["name"] == poison and crash[0]["deaths"] == 2
+    records = assert_exactly_once(outbox, inputs, failed={poison, "bad 1.jpg", "bad 2.png"})
+    assert "died 2 times while decoding this file" in records[poison]["reason"]
+
+
+def test_sighup_is_logged_and_ignored(tiny_bundle: Path, tmp_path: Path) -> None:
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    with Daemon(tiny_bundle, inbox, outbox).start() as daemon:
+        daemon.wait_started()
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_event("hangup_ignored")
+        inputs = _fill(inbox, 3)
         _finish(daemon, outbox, inbox, len(inputs))
     assert_exactly_once(outbox, inputs, failed={"bad 1.jpg", "bad 2.png"})

@@ -232,6 +232,43 @@ def test_window_is_bounded_oldest_first_and_waits_for_quiet(tmp_path: Path) -> N
     assert len(watcher.pending) <= 4
 
 
+def test_backlog_is_still_reported_while_the_window_is_dropped(tmp_path: Path) -> None:
+    for i in range(10):
+        (tmp_path / f"f{i}.png").write_bytes(b"x")
+    watcher = _watcher(tmp_path, [100.0])
+    watcher.poll(limit=10)
+    assert watcher.backlog == 10
+    watcher.forget_all()  # an outbox outage: no scans until it is back
+    assert watcher.pending == {} and watcher.backlog == 10, "the heartbeat must not say 0 waiting"
+    (tmp_path / "f0.png").unlink()
+    watcher.poll(limit=10)  # the next scan counts again
+    assert watcher.backlog == 9
+
+
+def test_a_claim_is_not_decided_while_its_inbox_is_missing_or_another_disk(tmp_path: Path) -> None:
+    from edge_runtime.journal import JournalEntry
+    from edge_runtime.outbox import InboxGoneError
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    outbox = Outbox(tmp_path / "out", inbox)
+    outbox.ensure_layout()
+    st = os.stat(inbox)
+    entry = JournalEntry(
+        id="a" * 32, name="x.png", kind="file", status="done", source=str(inbox / "x.png"),
+        target=str(outbox.done / "x.png"), result_path=str(outbox.done / "x.png.json"), record={},
+        ino=1, dev=st.st_dev + 1,
+    )  # fmt: skip
+    with pytest.raises(InboxGoneError, match="another filesystem"):  # an empty mount point
+        outbox._move(entry, lambda *_: None)
+    shutil.rmtree(inbox)
+    with pytest.raises(InboxGoneError, match="inbox is missing"):
+        outbox._move(entry, lambda *_: None)
+    # waited long enough: decided as before, "nothing moved"
+    assert outbox._move(entry, lambda *_: None, require_inbox=False) == set()
+    assert entry.record["moved_to"] is None
+
+
 def test_created_file_waits_for_close_write_up_to_the_settle_time(tmp_path: Path) -> None:
     clock = [100.0]
     watcher = _watcher(tmp_path, clock, quiet_seconds=0.5, settle_seconds=10.0)
