@@ -105,12 +105,10 @@ def test_manifest_and_model_info_must_agree_on_synthetic_and_threshold(tiny_bund
 
 
 def test_a_hand_edit_that_re_hashes_cannot_drop_the_synthetic_flag(tiny_bundle: Path) -> None:
-    info = json.loads((tiny_bundle / "model_info.json").read_text())
-    info["synthetic"] = False  # model_info.json and the manifest agree; model_card.json still says synthetic
-    (tiny_bundle / "model_info.json").write_text(json.dumps(info))
-    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
-    manifest["synthetic"] = False
-    (tiny_bundle / "manifest.json").write_text(json.dumps(manifest))
+    # model_info.json and the manifest agree; model_card.json still says synthetic
+    for name in ("model_info.json", "manifest.json"):
+        data = json.loads((tiny_bundle / name).read_text())
+        (tiny_bundle / name).write_text(json.dumps({**data, "synthetic": False}))
     write_manifest_without_checks(tiny_bundle)
     with pytest.raises(BundleError, match=r"model_card\.json says the model was trained on synthetic images"):
         Bundle.open(tiny_bundle)

@@ -44,6 +44,14 @@ def _finish(daemon: Daemon, outbox: Path, inbox: Path, total: int) -> None:
     assert daemon.signal(signal.SIGTERM) == 0
 
 
+def _crash(bundle: Path, inbox: Path, outbox: Path, failpoint: str, log_name: str, *args: str) -> None:
+    """Run the daemon until its failpoint SIGKILLs it."""
+    fast = {"quiet-seconds": 0.0}
+    env = {"PNEUMO_WATCH_FAILPOINT": failpoint}
+    crashing = Daemon(bundle, inbox, outbox, *args, config=fast, env=env, log_name=log_name).start()
+    assert crashing.proc is not None and crashing.proc.wait(timeout=120) == -signal.SIGKILL, crashing.tail()
+
+
 @pytest.mark.parametrize("kill_points", [(1, 90), (40, 41), (150, 250)])
 def test_sigkill_twice_mid_flow_then_restart(
     tiny_bundle: Path, tmp_path: Path, kill_points: tuple[int, int]
@@ -83,16 +91,7 @@ def test_crash_between_durable_steps_is_finished_on_restart(
     inputs = _fill(inbox, 22)
     args = ("--batch", "4")
     fast = {"quiet-seconds": 0.0}
-    crashing = Daemon(
-        tiny_bundle,
-        inbox,
-        outbox,
-        *args,
-        config=fast,
-        env={"PNEUMO_WATCH_FAILPOINT": f"{step}:3"},
-        log_name="crash",
-    ).start()
-    assert crashing.proc is not None and crashing.proc.wait(timeout=120) == -signal.SIGKILL, crashing.tail()
+    _crash(tiny_bundle, inbox, outbox, f"{step}:3", "crash", *args)
     assert (outbox / ".pneumo" / "journal.json").exists(), "the crash left no claim to finish"
     if step.startswith("torn-"):
         log = outbox / ("results.jsonl" if step == "torn-jsonl" else "results.csv")
@@ -112,11 +111,7 @@ def test_a_claim_waits_for_its_missing_inbox_instead_of_recording_nothing_moved(
     inputs = _fill(inbox, 10)
     args = ("--batch", "4")
     fast = {"quiet-seconds": 0.0}
-    crashing = Daemon(
-        tiny_bundle, inbox, outbox, *args, config=fast, env={"PNEUMO_WATCH_FAILPOINT": "after-claim:2"},
-        log_name="crash",
-    ).start()  # fmt: skip
-    assert crashing.proc is not None and crashing.proc.wait(timeout=120) == -signal.SIGKILL, crashing.tail()
+    _crash(tiny_bundle, inbox, outbox, "after-claim:2", "crash", *args)
     before = result_count(outbox)
     away = tmp_path / "share-not-mounted"
     inbox.rename(away)
@@ -138,11 +133,7 @@ def test_an_input_that_kills_the_daemon_while_decoding_fails_alone(tiny_bundle: 
     os.utime(inbox / poison, (1_000_000, 1_000_000))  # the oldest: read first after every restart
     fast = {"quiet-seconds": 0.0}
     for round_ in range(2):  # dies on it twice, as under the OOM killer
-        dying = Daemon(
-            tiny_bundle, inbox, outbox, config=fast, env={"PNEUMO_WATCH_FAILPOINT": "decoding"},
-            log_name=f"dies{round_}",
-        ).start()  # fmt: skip
-        assert dying.proc is not None and dying.proc.wait(timeout=120) == -signal.SIGKILL, dying.tail()
+        _crash(tiny_bundle, inbox, outbox, "decoding", f"dies{round_}")
         assert result_count(outbox) == 0
     with Daemon(tiny_bundle, inbox, outbox, config=fast, log_name="final").start() as daemon:
         _finish(daemon, outbox, inbox, len(inputs))
