@@ -31,8 +31,13 @@ _REMEMBERED = 1000
 
 
 def input_key(name: str, size: int, mtime_ns: int, ino: int, dev: int) -> str:
-    """One file's identity: the same name with other content is another input."""
-    return f"{name}\t{size}\t{mtime_ns}\t{ino}\t{dev}"
+    """One file's identity: the same name with other content is another input.
+
+    A name that is not valid UTF-8 (its bytes arrive as surrogate escapes) is written
+    with backslash escapes, so the key is always valid UTF-8 for the marker and JSON.
+    """
+    readable = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return f"{readable}\t{size}\t{mtime_ns}\t{ino}\t{dev}"
 
 
 class DecodeGuard:

@@ -26,3 +26,13 @@ def test_a_batch_read_to_the_end_accuses_no_input(tmp_path: Path) -> None:
     guard.decoding(input_key("a.png", 1, 2, 3, 4))
     guard.clear()  # every input of the batch decoded; a crash in inference is nobody's fault
     assert DecodeGuard(tmp_path).recover() is None
+
+
+def test_a_name_that_is_not_utf8_is_a_valid_key(tmp_path: Path) -> None:
+    name = b"caf\xe9 x-ray.png".decode("utf-8", "surrogateescape")  # Latin-1 bytes from a Windows share
+    key = input_key(name, 1, 2, 3, 4)
+    guard = DecodeGuard(tmp_path)
+    guard.recover()
+    guard.decoding(key)
+    assert DecodeGuard(tmp_path).recover() == (key, 1)
+    assert key.startswith("caf\\xe9 x-ray.png\t")
