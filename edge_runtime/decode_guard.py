@@ -40,6 +40,11 @@ def input_key(name: str, size: int, mtime_ns: int, ino: int, dev: int) -> str:
     return f"{readable}\t{size}\t{mtime_ns}\t{ino}\t{dev}"
 
 
+def key_name(key: str) -> str:
+    """The file name an :func:`input_key` was made from (as written there), for messages."""
+    return key.split("\t", 1)[0]
+
+
 class DecodeGuard:
     """The marker and the crash counts of one outbox's state folder."""
 

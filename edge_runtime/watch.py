@@ -65,7 +65,7 @@ from edge_runtime import __version__
 from edge_runtime.backends.base import Backend
 from edge_runtime.bundle import ONNX_FOR_PRECISION, Bundle
 from edge_runtime.contract import PreprocessContract
-from edge_runtime.decode_guard import CRASH_LIMIT, DecodeGuard, input_key
+from edge_runtime.decode_guard import CRASH_LIMIT, DecodeGuard, input_key, key_name
 from edge_runtime.errors import EdgeError
 from edge_runtime.inbox import Candidate, InboxUnavailableError, InboxWatcher, InputRead, read_input
 from edge_runtime.journal import (
@@ -372,22 +372,7 @@ class WatchDaemon:
             self.lock.ensure()
             if not self._outbox_prepared_once:
                 self.inbox.left = self.outbox.load_left()
-                died = self.decode_guard.recover()
-                if died is not None:
-                    name, deaths = died[0].split("\t", 1)[0], died[1]
-                    self._emit(
-                        logging.WARNING,
-                        "decode_crash",
-                        f"the last run died while decoding {name} ({deaths} of {CRASH_LIMIT} times"
-                        + (
-                            ": it gets a failed record instead of another try"
-                            if deaths >= CRASH_LIMIT
-                            else ""
-                        )
-                        + "); out of memory? see MemoryMax in deploy/pneumo-watch.service",
-                        name=name,
-                        deaths=deaths,
-                    )
+                self._recover_decode_guard()
                 removed = self.outbox.remove_stale_temp_files()
                 if removed:
                     self._emit(logging.INFO, "cleanup", f"removed {removed} temp files of interrupted writes")
@@ -416,6 +401,22 @@ class WatchDaemon:
         # (_committed): a full disk still lets folders be listed and created.
         self._outbox_ready = True
         return True
+
+    def _recover_decode_guard(self) -> None:
+        """Count the input the last process died decoding, if it did, and say so."""
+        died = self.decode_guard.recover()
+        if died is None:
+            return
+        name, deaths = key_name(died[0]), died[1]
+        outcome = ": it gets a failed record instead of another try" if deaths >= CRASH_LIMIT else ""
+        self._emit(
+            logging.WARNING,
+            "decode_crash",
+            f"the last run died while decoding {name} ({deaths} of {CRASH_LIMIT} times{outcome}); out of "
+            "memory? see MemoryMax in deploy/pneumo-watch.service",
+            name=name,
+            deaths=deaths,
+        )
 
     def _finish_claimed_batch(self) -> bool:
         """Finish a batch a crash or an outbox error left claimed. False while its inbox is not there."""
