@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.errors import BenchInputError
-from benchmarks.keras_reference import MODEL_FILE, SPLIT_FILE, run_dir_from_bundle
+from benchmarks.keras_reference import run_dir_from_bundle
 from edge_runtime.bundle import MANIFEST_FILE, Bundle
 from edge_runtime.contract import ModelInfo
 from edge_runtime.errors import EdgeError
+from edge_runtime.run_layout import MODEL_FILE, SPLIT_FILE
 
 BUNDLE_PARENTS = ("bundles", "demo")
 RUN_PARENTS = ("runs", "demo")

@@ -17,11 +17,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from export.config import QuantConfig
+if TYPE_CHECKING:
+    # Only for the annotation: ``export`` is imported when the comparison runs, like every heavy import here.
+    from export.config import QuantConfig
 
 
 def compare(source: Path, images: np.ndarray, config: QuantConfig) -> dict[str, Any]:
@@ -51,6 +53,7 @@ def compare(source: Path, images: np.ndarray, config: QuantConfig) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     from export.calibration import load_calibration
+    from export.config import QuantConfig
     from export.errors import ExportError
 
     parser = argparse.ArgumentParser(

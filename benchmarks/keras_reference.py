@@ -24,11 +24,12 @@ import numpy as np
 
 from benchmarks.errors import BenchInputError
 from edge_runtime.backends.base import Backend
-from edge_runtime.contract import PreprocessContract
+from edge_runtime.bundle import EXPORT_REPORT_FILE
+from edge_runtime.bundle import MODEL_CARD_FILE as BUNDLE_MODEL_CARD_FILE
+from edge_runtime.contract import CONTRACT_FILE, PreprocessContract
 from edge_runtime.fileio import read_json
+from edge_runtime.run_layout import MODEL_FILE, SPLIT_FILE
 
-MODEL_FILE = "model.h5"
-SPLIT_FILE = "split.json"
 # Keys under which a bundle's model_card.json may name the training run folder.
 _RUN_KEYS = ("run_dir", "run_folder", "run_path", "run")
 
@@ -59,7 +60,7 @@ def resolve_keras_source(run_or_h5: str | Path) -> KerasSource:
     if path.is_file():
         if path.suffix.lower() not in (".h5", ".hdf5", ".keras"):
             raise BenchInputError(f"{path}: --keras expects a run folder or a .h5/.keras file")
-        run_dir = path.parent if (path.parent / "contract.json").is_file() else None
+        run_dir = path.parent if (path.parent / CONTRACT_FILE).is_file() else None
         return KerasSource(path, run_dir)
     raise BenchInputError(f"{path}: no such run folder or Keras file (--keras)")
 
@@ -71,12 +72,12 @@ def run_dir_from_bundle(bundle_root: Path) -> Path | None:
     export_report.json's ``source.run``, which ``pneumo export bundle`` writes.
     """
     candidates: list[Any] = []
-    card = _read_object(bundle_root / "model_card.json")
+    card = _read_object(bundle_root / BUNDLE_MODEL_CARD_FILE)
     candidates += [card.get(key) for key in _RUN_KEYS]
     for section in ("run", "training", "provenance"):
         if isinstance(card.get(section), dict):
             candidates += [card[section].get(key) for key in (*_RUN_KEYS, "dir", "path")]
-    source = _read_object(bundle_root / "export_report.json").get("source")
+    source = _read_object(bundle_root / EXPORT_REPORT_FILE).get("source")
     if isinstance(source, dict):
         candidates.append(source.get("run"))
     for value in candidates:

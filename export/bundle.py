@@ -31,8 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.bundle import GOLDEN_DIR, MANIFEST_FILE, ONNX_FOR_PRECISION, verify_manifest, write_manifest
-from edge_runtime.contract import SYNTHETIC_WARNING
+from edge_runtime import run_layout
+from edge_runtime.bundle import (
+    GOLDEN_DIR,
+    MANIFEST_FILE,
+    MODEL_CARD_FILE,
+    ONNX_FOR_PRECISION,
+    verify_manifest,
+    write_manifest,
+)
+from edge_runtime.contract import SYNTHETIC_WARNING, ModelInfo
 from edge_runtime.errors import EdgeError
 from edge_runtime.fileio import atomic_write_via, fsync_dir, sha256_file
 from export.accuracy import (
@@ -42,7 +50,7 @@ from export.accuracy import (
     require_int8_sensitivity,
     sensitivity_drop_points,
 )
-from export.calibration import CALIBRATION_DIR, build_calibration_set, save_calibration
+from export.calibration import CALIBRATION_DIR, CalibrationSet, build_calibration_set, save_calibration
 from export.config import BundleConfig
 from export.errors import ExportError, OutputExistsError, ParityError, RunFolderError
 from export.golden import golden_check, golden_tolerances, write_golden
@@ -52,7 +60,6 @@ from export.parity import ParityResult, compare_outputs, onnx_outputs
 from export.precision import fp16_from_onnx, qdq_summary
 from export.report import REPORT_FILE, new_report, write_report
 from export.run_folder import (
-    MODEL_CARD_FILE,
     LabelledImage,
     RunFolder,
     balanced_sample,
@@ -151,13 +158,11 @@ def make_bundle(
     run = RunFolder.resolve(run_or_h5)
     output = Path(output)
     check_output(output, run, config.overwrite)
-    staging = output.parent / f".{output.name}.building-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = _empty_staging_folder(output)
     steps = _Steps(staging, on_step)
     try:
         report = _build(run, staging, config, steps)
-        _install(staging, output)
+        _move_into_place(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -188,7 +193,19 @@ def check_output(output: Path, run: RunFolder, overwrite: bool) -> None:
             )
 
 
-def _install(staging: Path, output: Path) -> None:
+def _empty_staging_folder(output: Path) -> Path:
+    """A hidden sibling of ``output`` (same file system, so the final rename is atomic), left empty.
+
+    Its name carries this process's id, so it is never a folder the user made; a leftover of a
+    killed build with the same id is removed first.
+    """
+    staging = output.parent / f".{output.name}.building-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _move_into_place(staging: Path, output: Path) -> None:
     """Rename the finished bundle into place; an old bundle there is moved aside, then removed."""
     old = output.parent / f".{output.name}.old-{os.getpid()}"
     if output.exists():
@@ -216,10 +233,254 @@ def _skip_engines(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
     return None if len(parts) > 1 and parts[1] == "engines" else member
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """The images every step measures on, preprocessed once: the test batch and the rows parity and golden use."""
+
+    evaluated: list[LabelledImage]
+    train: list[LabelledImage]
+    batch: np.ndarray
+    y_true: np.ndarray
+    parity_batch: np.ndarray
+    golden_idx: np.ndarray
+
+
 def _build(run: RunFolder, root: Path, config: BundleConfig, steps: _Steps) -> dict[str, Any]:
-    info, contract = run.info, run.contract
-    report = new_report(
-        info,
+    """Every step of the module docstring, in order, into ``root`` (the staging folder); returns the report."""
+    return _BundleBuilder(run, root, config, steps).build()
+
+
+class _BundleBuilder:
+    """One bundle build: each method is one reported step and adds its section to :attr:`report`.
+
+    Only ``root`` (the staging folder) is written; the run folder and the data are only read.
+    """
+
+    def __init__(self, run: RunFolder, root: Path, config: BundleConfig, steps: _Steps) -> None:
+        self.run = run
+        self.root = root
+        self.config = config
+        self.steps = steps
+        self.info = run.info
+        self.contract = run.contract
+        self.paths = {p: root / ONNX_FOR_PRECISION[p] for p in config.precisions}
+        self.report = _new_bundle_report(run, config)
+
+    def build(self) -> dict[str, Any]:
+        precisions = self.config.precisions
+        inputs = self.read_inputs()
+        self.convert_to_onnx(inputs.parity_batch)
+        fp32_parity = onnx_outputs(self.paths["fp32"], inputs.parity_batch)
+        calibration = self.calibrate(inputs.train) if "int8" in precisions else None
+        if "fp16" in precisions:
+            self.make_fp16(fp32_parity, inputs.parity_batch)
+        if calibration is not None:
+            self.make_int8(calibration, fp32_parity, inputs.parity_batch)
+        outputs = self.measure_accuracy(inputs)
+        self.write_golden_set(inputs, outputs)
+        self.write_records()
+        self.write_manifest()
+        return self.report
+
+    def read_inputs(self) -> _Inputs:
+        """Step ``inputs``: the test images preprocessed once, the training list only when INT8 needs it."""
+        config, info, contract = self.config, self.info, self.contract
+        with self.steps.step("inputs") as record:
+            evaluated = _evaluated_test_images(self.run, config)
+            train = self.run.split_images("train", config.data_root) if "int8" in config.precisions else []
+            batch = load_images(evaluated, contract)
+            parity = balanced_sample(evaluated, info.labels, config.onnx.parity_images, seed=0)
+            golden = balanced_sample(evaluated, info.labels, config.golden.size, config.golden.seed)
+            inputs = _Inputs(
+                evaluated=evaluated,
+                train=train,
+                batch=batch,
+                y_true=label_indices(evaluated, info.labels),
+                parity_batch=batch[_subset(evaluated, parity)],
+                golden_idx=_subset(evaluated, golden),
+            )
+            record.detail = (
+                f"{len(evaluated)} test images preprocessed to {contract.height}x{contract.width} "
+                f"{contract.color}, {len(train)} training images listed"
+            )
+        return inputs
+
+    def convert_to_onnx(self, parity_batch: np.ndarray) -> None:
+        """Step ``onnx``: model.h5 -> model.onnx, parity-checked against Keras (fails above the tolerance)."""
+        fp32 = self.paths["fp32"]
+        with self.steps.step("onnx") as record:
+            record.files.append(fp32)
+            exported = export_onnx(
+                self.run.h5_path,
+                self.contract,
+                self.info,
+                fp32,
+                parity_batch,
+                "test split, class-balanced",
+                self.config.onnx,
+            )
+            self.report["onnx"] = exported.to_dict()
+            record.detail = f"opset {exported.opset}, {exported.parity.describe()}"
+
+    def calibrate(self, train: list[LabelledImage]) -> CalibrationSet:
+        """Step ``calibration``: class-balanced training images -> calibration/ (INT8 only)."""
+        with self.steps.step("calibration") as record:
+            calibration = build_calibration_set(train, self.contract, self.info, self.config.calibration)
+            record.files.extend(save_calibration(calibration, self.root / CALIBRATION_DIR))
+            self.report["calibration"] = {k: v for k, v in calibration.meta.items() if k != "files"}
+            counts = ", ".join(f"{k} {v}" for k, v in calibration.meta["class_counts"].items())
+            record.detail = (
+                f"{calibration.n} training images ({counts}), sha256 {calibration.file_list_sha256[:12]}"
+            )
+        return calibration
+
+    def make_fp16(self, fp32_parity: np.ndarray, parity_batch: np.ndarray) -> None:
+        """Step ``fp16``: model_fp16.onnx; refused when it strays from FP32 beyond the sanity bound."""
+        path, bound = self.paths["fp16"], self.config.fp16.max_abs_diff
+        with self.steps.step("fp16") as record:
+            record.files.append(fp16_from_onnx(self.paths["fp32"], path))
+            candidate = onnx_outputs(path, parity_batch, precision="fp16")
+            result = _compare(fp32_parity, candidate, "fp16", self.info)
+            self.report["fp16"] = {"file": path.name, "parity": result.to_dict(), "bound": bound}
+            record.detail = result.describe()
+            if result.max_abs_diff > bound:
+                raise ParityError(
+                    f"{path}: FP16 differs from FP32 by {result.max_abs_diff:.3g} (bound "
+                    f"{bound:g}): the model overflows or underflows in float16; ship fp32/int8"
+                )
+
+    def make_int8(
+        self, calibration: CalibrationSet, fp32_parity: np.ndarray, parity_batch: np.ndarray
+    ) -> None:
+        """Step ``int8``: the Q/DQ graph calibrated on the calibration set, compared with FP32."""
+        path = self.paths["int8"]
+        with self.steps.step("int8") as record:
+            settings = int8_qdq_within_target(self.paths["fp32"], path, calibration.images, self.config.quant)
+            record.files.append(path)
+            candidate = onnx_outputs(path, parity_batch, precision="int8")
+            result = _compare(fp32_parity, candidate, "int8", self.info)
+            summary = qdq_summary(path)
+            self.report["int8"] = {
+                "file": path.name,
+                "quantization": settings,
+                "qdq": summary,
+                "parity": result.to_dict(),
+            }
+            record.detail = _int8_detail(settings, summary, result)
+
+    def measure_accuracy(self, inputs: _Inputs) -> dict[str, np.ndarray]:
+        """Step ``accuracy``: every precision on the test split; the INT8 sensitivity gate. Returns the outputs."""
+        precisions = self.config.precisions
+        with self.steps.step("accuracy") as record:
+            results, outputs = evaluate_precisions(
+                self.paths, inputs.batch, inputs.y_true, self.info, bootstrap=self.config.bootstrap, seed=0
+            )
+            accuracy = _accuracy_section(results, outputs, precisions, len(inputs.evaluated), self.info)
+            accuracy["max_int8_sensitivity_drop_points"] = self.config.quant.max_sensitivity_drop
+            self.report["accuracy"] = accuracy
+            record.detail = "  ".join(
+                f"{p} acc {results[p]['accuracy']:.3f} sens {results[p]['sensitivity']:.3f}"
+                for p in precisions
+            )
+            if "int8" in precisions:
+                # Recorded as failed first: the report section says so if the gate raises.
+                accuracy["int8_gate_passed"] = False
+                require_int8_sensitivity(results, self.config.quant.max_sensitivity_drop, self.paths["int8"])
+                accuracy["int8_gate_passed"] = True
+        return outputs
+
+    def write_golden_set(self, inputs: _Inputs, outputs: dict[str, np.ndarray]) -> None:
+        """Step ``golden``: golden/ with FP32 outputs and per-precision tolerances, then ONNX Runtime's self-check."""
+        idx, info = inputs.golden_idx, self.info
+        with self.steps.step("golden") as record:
+            chosen = [inputs.evaluated[i] for i in idx]
+            fp32_golden = outputs["fp32"][idx]
+            measured = {
+                p: _compare(fp32_golden, outputs[p][idx], p, info, "golden set")
+                for p in self.config.precisions
+                if p != "fp32"
+            }
+            tolerance = golden_tolerances(self.config.golden, measured)
+            record.files.extend(
+                write_golden(
+                    self.root / GOLDEN_DIR,
+                    inputs.batch[idx],
+                    chosen,
+                    info,
+                    self.contract,
+                    fp32_golden,
+                    tolerance,
+                    _ort_reference(measured, outputs, idx),
+                )
+            )
+            self.report["golden"] = {
+                "n": len(chosen),
+                "class_counts": {
+                    label: sum(1 for im in chosen if im.label == label) for label in info.labels
+                },
+                "tolerance": tolerance,
+                "onnxruntime_self_check": self._golden_self_check(outputs, idx, fp32_golden, tolerance),
+            }
+            record.detail = f"{len(chosen)} test images, tolerances " + ", ".join(
+                f"{k} {v:g}" for k, v in tolerance.items()
+            )
+
+    def _golden_self_check(
+        self,
+        outputs: dict[str, np.ndarray],
+        idx: np.ndarray,
+        fp32_golden: np.ndarray,
+        tolerance: dict[str, float],
+    ) -> dict[str, dict[str, Any]]:
+        """Each precision's own ONNX Runtime outputs against the golden set, as the device will check them."""
+        meta = {
+            "fp32_outputs": fp32_golden.tolist(),
+            "tolerance": tolerance,
+            "decision_threshold": self.info.threshold,
+        }
+        return {p: golden_check(outputs[p][idx], meta, p, self.info) for p in self.config.precisions}
+
+    def write_records(self) -> None:
+        """Step ``records``: contract, model info, the run's model card (copied) and the export report."""
+        with self.steps.step("records") as record:
+            record.files.append(self.contract.save(self.root))
+            record.files.append(self.info.save(self.root))
+            self._copy_model_card(record)
+            self.report["steps"] = [s.to_dict() for s in self.steps.results]
+            record.files.append(write_report(self.root / REPORT_FILE, self.report))
+
+    def _copy_model_card(self, record: _StepRecord) -> None:
+        """The run's model card is copied, never moved: no input file is deleted or overwritten."""
+        card = self.run.folder / run_layout.MODEL_CARD_FILE
+        if not card.is_file():
+            self.report["model_card"] = None
+            record.detail = f"no {run_layout.MODEL_CARD_FILE} in {self.run.folder}; the bundle has none"
+            return
+        shutil.copyfile(card, self.root / MODEL_CARD_FILE)
+        record.files.append(self.root / MODEL_CARD_FILE)
+        self.report["model_card"] = MODEL_CARD_FILE
+
+    def write_manifest(self) -> None:
+        """Step ``manifest``: hash every file into manifest.json, then verify the folder against it."""
+        with self.steps.step("manifest") as record:
+            extra = {
+                "precisions": list(self.config.precisions),
+                "export_report": REPORT_FILE,
+                "source_h5_sha256": self.report["source"]["h5_sha256"],
+                "decision_threshold": self.info.threshold,
+            }
+            if self.info.synthetic:
+                extra["warning"] = SYNTHETIC_WARNING
+            write_manifest(self.root, extra=extra)
+            verify_manifest(self.root)
+            record.files.append(self.root / MANIFEST_FILE)
+            record.detail = "every file hashed and verified"
+
+
+def _new_bundle_report(run: RunFolder, config: BundleConfig) -> dict[str, Any]:
+    """The export report's header: which run, which .h5 (by hash), which data, which settings."""
+    return new_report(
+        run.info,
         source={
             "run": str(run.folder),
             "h5": run.h5_path.name,
@@ -229,194 +490,69 @@ def _build(run: RunFolder, root: Path, config: BundleConfig, steps: _Steps) -> d
         },
         config=config.to_dict(),
     )
-    with steps.step("inputs") as record:
-        test_all = run.split_images("test", config.data_root)
-        if not test_all:
-            raise RunFolderError(
-                f"{run.split_path}: the test list is empty; export measures every precision on it"
-            )
-        train = run.split_images("train", config.data_root) if "int8" in config.precisions else []
-        evaluated = (
-            balanced_sample(test_all, info.labels, config.eval_limit, seed=0)
-            if config.eval_limit
-            else test_all
-        )
-        test_batch = load_images(evaluated, contract)
-        y_true = label_indices(evaluated, info.labels)
-        parity_idx = _subset(
-            evaluated, balanced_sample(evaluated, info.labels, config.onnx.parity_images, seed=0)
-        )
-        golden_idx = _subset(
-            evaluated, balanced_sample(evaluated, info.labels, config.golden.size, config.golden.seed)
-        )
-        record.detail = (
-            f"{len(evaluated)} test images preprocessed to {contract.height}x{contract.width} {contract.color}, "
-            f"{len(train)} training images listed"
-        )
-    parity_batch, parity_source = test_batch[parity_idx], "test split, class-balanced"
-    paths = {p: root / ONNX_FOR_PRECISION[p] for p in config.precisions}
 
-    with steps.step("onnx") as record:
-        record.files.append(paths["fp32"])
-        exported = export_onnx(
-            run.h5_path, contract, info, paths["fp32"], parity_batch, parity_source, config.onnx
+
+def _evaluated_test_images(run: RunFolder, config: BundleConfig) -> list[LabelledImage]:
+    """The test split, or a class-balanced ``--eval-limit`` sample of it; an empty list is an error."""
+    test_all = run.split_images("test", config.data_root)
+    if not test_all:
+        raise RunFolderError(
+            f"{run.split_path}: the test list is empty; export measures every precision on it"
         )
-        report["onnx"] = exported.to_dict()
-        record.detail = f"opset {exported.opset}, {exported.parity.describe()}"
-    fp32_parity = onnx_outputs(paths["fp32"], parity_batch)
+    if not config.eval_limit:
+        return test_all
+    return balanced_sample(test_all, run.info.labels, config.eval_limit, seed=0)
 
-    if "int8" in config.precisions:
-        with steps.step("calibration") as record:
-            calibration = build_calibration_set(train, contract, info, config.calibration)
-            record.files.extend(save_calibration(calibration, root / CALIBRATION_DIR))
-            report["calibration"] = {k: v for k, v in calibration.meta.items() if k != "files"}
-            counts = ", ".join(f"{k} {v}" for k, v in calibration.meta["class_counts"].items())
-            record.detail = (
-                f"{calibration.n} training images ({counts}), sha256 {calibration.file_list_sha256[:12]}"
-            )
 
-    if "fp16" in config.precisions:
-        with steps.step("fp16") as record:
-            record.files.append(fp16_from_onnx(paths["fp32"], paths["fp16"]))
-            result = _compare(
-                fp32_parity, onnx_outputs(paths["fp16"], parity_batch, precision="fp16"), "fp16", info
-            )
-            report["fp16"] = {
-                "file": paths["fp16"].name,
-                "parity": result.to_dict(),
-                "bound": config.fp16.max_abs_diff,
+def _int8_detail(settings: dict[str, Any], summary: dict[str, Any], result: ParityResult) -> str:
+    """The int8 step line: Q/DQ node counts, parity, and what the float-layer and calibration searches did."""
+    detail = f"{summary['quantize_linear']} Q / {summary['dequantize_linear']} DQ nodes, {result.describe()}"
+    mixed = settings["mixed_precision"]
+    if mixed:
+        detail += (
+            f"; {len(mixed['float_layers'])} layer(s) kept in float took the calibration-set diff from "
+            f"{mixed['initial_max_diff']:.3g} to {mixed['final_max_diff']:.3g}"
+            + ("" if mixed["target_met"] else f" (target {mixed['target_max_diff']:g} NOT met)")
+        )
+    tried = (settings.get("auto_calibration") or {}).get("tried", {})
+    if len(tried) > 1:
+        detail += "; calibration " + ", ".join(f"{m} {d:.3g}" for m, d in tried.items())
+        detail += f", kept {settings['calibrate_method']}"
+    return detail
+
+
+def _accuracy_section(
+    results: dict[str, dict[str, Any]],
+    outputs: dict[str, np.ndarray],
+    precisions: tuple[str, ...],
+    n_images: int,
+    info: ModelInfo,
+) -> dict[str, Any]:
+    """The report's accuracy section: each precision's metrics, and each reduced one's drop against FP32."""
+    accuracy: dict[str, Any] = {"split": "test", "n_images": n_images, "backend": "onnxruntime cpu"}
+    accuracy.update({p: results[p] for p in precisions})
+    for p in precisions:
+        if p != "fp32":
+            accuracy[f"{p}_vs_fp32"] = {
+                "accuracy_drop_points": round(accuracy_drop_points(results, p), 3),
+                "sensitivity_drop_points": round(sensitivity_drop_points(results, p), 3),
+                "outputs": _compare(outputs["fp32"], outputs[p], p, info, "test split").to_dict(),
             }
-            record.detail = result.describe()
-            if result.max_abs_diff > config.fp16.max_abs_diff:
-                raise ParityError(
-                    f"{paths['fp16']}: FP16 differs from FP32 by {result.max_abs_diff:.3g} (bound "
-                    f"{config.fp16.max_abs_diff:g}): the model overflows or underflows in float16; ship fp32/int8"
-                )
+    return accuracy
 
-    if "int8" in config.precisions:
-        with steps.step("int8") as record:
-            settings = int8_qdq_within_target(paths["fp32"], paths["int8"], calibration.images, config.quant)
-            record.files.append(paths["int8"])
-            result = _compare(
-                fp32_parity, onnx_outputs(paths["int8"], parity_batch, precision="int8"), "int8", info
-            )
-            summary = qdq_summary(paths["int8"])
-            report["int8"] = {
-                "file": paths["int8"].name,
-                "quantization": settings,
-                "qdq": summary,
-                "parity": result.to_dict(),
-            }
-            record.detail = f"{summary['quantize_linear']} Q / {summary['dequantize_linear']} DQ nodes, {result.describe()}"
-            mixed = settings["mixed_precision"]
-            if mixed:
-                record.detail += (
-                    f"; {len(mixed['float_layers'])} layer(s) kept in float took the calibration-set diff from "
-                    f"{mixed['initial_max_diff']:.3g} to {mixed['final_max_diff']:.3g}"
-                    + ("" if mixed["target_met"] else f" (target {mixed['target_max_diff']:g} NOT met)")
-                )
-            tried = (settings.get("auto_calibration") or {}).get("tried", {})
-            if len(tried) > 1:
-                record.detail += "; calibration " + ", ".join(f"{m} {d:.3g}" for m, d in tried.items())
-                record.detail += f", kept {settings['calibrate_method']}"
 
-    with steps.step("accuracy") as record:
-        results, outputs = evaluate_precisions(
-            paths, test_batch, y_true, info, bootstrap=config.bootstrap, seed=0
-        )
-        accuracy: dict[str, Any] = {"split": "test", "n_images": len(evaluated), "backend": "onnxruntime cpu"}
-        accuracy.update({p: results[p] for p in config.precisions})
-        for p in config.precisions:
-            if p != "fp32":
-                accuracy[f"{p}_vs_fp32"] = {
-                    "accuracy_drop_points": round(accuracy_drop_points(results, p), 3),
-                    "sensitivity_drop_points": round(sensitivity_drop_points(results, p), 3),
-                    "outputs": _compare(outputs["fp32"], outputs[p], p, info, "test split").to_dict(),
-                }
-        accuracy["max_int8_sensitivity_drop_points"] = config.quant.max_sensitivity_drop
-        report["accuracy"] = accuracy
-        record.detail = "  ".join(
-            f"{p} acc {results[p]['accuracy']:.3f} sens {results[p]['sensitivity']:.3f}"
-            for p in config.precisions
-        )
-        if "int8" in config.precisions:
-            accuracy["int8_gate_passed"] = False
-            require_int8_sensitivity(results, config.quant.max_sensitivity_drop, paths["int8"])
-            accuracy["int8_gate_passed"] = True
-
-    with steps.step("golden") as record:
-        chosen = [evaluated[i] for i in golden_idx]
-        fp32_golden = outputs["fp32"][golden_idx]
-        measured = {
-            p: _compare(fp32_golden, outputs[p][golden_idx], p, info, "golden set")
-            for p in config.precisions
-            if p != "fp32"
+def _ort_reference(
+    measured: dict[str, ParityResult], outputs: dict[str, np.ndarray], idx: np.ndarray
+) -> dict[str, dict[str, Any]]:
+    """What ONNX Runtime itself gave for each reduced precision on the golden images, kept for the device's report."""
+    return {
+        p: {
+            "max_abs_diff": r.max_abs_diff,
+            "decision_agreement": r.decision_agreement,
+            "outputs": np.asarray(outputs[p][idx], dtype=np.float64).round(8).tolist(),
         }
-        tolerance = golden_tolerances(config.golden, measured)
-        ort_reference = {
-            p: {
-                "max_abs_diff": r.max_abs_diff,
-                "decision_agreement": r.decision_agreement,
-                "outputs": np.asarray(outputs[p][golden_idx], dtype=np.float64).round(8).tolist(),
-            }
-            for p, r in measured.items()
-        }
-        record.files.extend(
-            write_golden(
-                root / GOLDEN_DIR,
-                test_batch[golden_idx],
-                chosen,
-                info,
-                contract,
-                fp32_golden,
-                tolerance,
-                ort_reference,
-            )
-        )
-        meta = {
-            "fp32_outputs": fp32_golden.tolist(),
-            "tolerance": tolerance,
-            "decision_threshold": info.threshold,
-        }
-        self_check = {p: golden_check(outputs[p][golden_idx], meta, p, info) for p in config.precisions}
-        report["golden"] = {
-            "n": len(chosen),
-            "class_counts": {label: sum(1 for im in chosen if im.label == label) for label in info.labels},
-            "tolerance": tolerance,
-            "onnxruntime_self_check": self_check,
-        }
-        record.detail = f"{len(chosen)} test images, tolerances " + ", ".join(
-            f"{k} {v:g}" for k, v in tolerance.items()
-        )
-
-    with steps.step("records") as record:
-        record.files.append(contract.save(root))
-        record.files.append(info.save(root))
-        card = run.folder / MODEL_CARD_FILE
-        if card.is_file():
-            shutil.copyfile(card, root / MODEL_CARD_FILE)
-            record.files.append(root / MODEL_CARD_FILE)
-            report["model_card"] = MODEL_CARD_FILE
-        else:
-            report["model_card"] = None
-            record.detail = f"no {MODEL_CARD_FILE} in {run.folder}; the bundle has none"
-        report["steps"] = [s.to_dict() for s in steps.results]
-        record.files.append(write_report(root / REPORT_FILE, report))
-
-    with steps.step("manifest") as record:
-        extra = {
-            "precisions": list(config.precisions),
-            "export_report": REPORT_FILE,
-            "source_h5_sha256": report["source"]["h5_sha256"],
-            "decision_threshold": info.threshold,
-        }
-        if info.synthetic:
-            extra["warning"] = SYNTHETIC_WARNING
-        write_manifest(root, extra=extra)
-        verify_manifest(root)
-        record.files.append(root / MANIFEST_FILE)
-        record.detail = "every file hashed and verified"
-    return report
+        for p, r in measured.items()
+    }
 
 
 def _subset(pool: list[LabelledImage], chosen: list[LabelledImage]) -> np.ndarray:

@@ -62,7 +62,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         prog=prog, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{onnx,calib,bundle,engine}")
+    _add_onnx_command(sub)
+    _add_calib_command(sub)
+    _add_bundle_command(sub)
+    _add_engine_command(sub)
+    return parser
 
+
+def _add_onnx_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``pneumo export onnx``: one ONNX file, parity-checked against Keras."""
     onnx = sub.add_parser(
         "onnx",
         help="Keras .h5 -> ONNX (uint8 in, scaling inside), parity-checked vs Keras",
@@ -84,6 +92,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     onnx.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     onnx.set_defaults(handler=_cmd_onnx)
 
+
+def _add_calib_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``pneumo export calib``: the INT8 calibration set on its own."""
     calib = sub.add_parser(
         "calib",
         help="INT8 calibration set: class-balanced training images -> calib.npy + calib.json",
@@ -99,6 +110,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     calib.add_argument("--json", action="store_true", help="print calib.json on stdout")
     calib.set_defaults(handler=_cmd_calib)
 
+
+def _add_bundle_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``pneumo export bundle``: the whole deployment bundle."""
     bundle = sub.add_parser(
         "bundle",
         help="the whole deployment bundle: ONNX, FP16, INT8 Q/DQ, calibration, golden set, manifest",
@@ -122,45 +136,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     bundle.add_argument(
         "--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (default 1000)"
     )
-    bundle.add_argument(
-        "--max-int8-drop",
-        type=float,
-        default=QuantConfig.max_sensitivity_drop,
-        help="fail when INT8 sensitivity is this many points below FP32 (default 2)",
-    )
-    bundle.add_argument(
-        "--calib-method",
-        choices=("auto", "entropy", "minmax", "percentile"),
-        default=QuantConfig.calibrate_method,
-        help="INT8 activation range method (default auto: percentile, and minmax too when percentile "
-        "misses --int8-target after the float-layer search; the graph closer to FP32 is kept)",
-    )
-    bundle.add_argument(
-        "--quantize-first-layer",
-        action="store_true",
-        help="INT8 for the first conv too (default: kept in float)",
-    )
-    bundle.add_argument("--keep-head", action="store_true", help="keep the final classifier layer in float")
-    bundle.add_argument(
-        "--int8-target",
-        type=_target,
-        default=QuantConfig.target_max_diff,
-        metavar="DIFF|off",
-        help="mixed precision: if INT8 outputs differ from FP32 by more than DIFF on the calibration images, "
-        "keep the most sensitive layers in float until within it (default %(default)s; off: never)",
-    )
-    bundle.add_argument(
-        "--int8-max-float-layers",
-        type=int,
-        default=QuantConfig.max_float_layers,
-        metavar="N",
-        help="at most N layers kept in float by that search (default %(default)s)",
-    )
+    _int8_flags(bundle)
     bundle.add_argument("--tar", action="store_true", help="also write BUNDLE.tar.gz beside the folder")
     bundle.add_argument("--overwrite", action="store_true", help="replace an existing bundle at -o")
     bundle.add_argument("--json", action="store_true", help="print the export report as JSON on stdout")
     bundle.set_defaults(handler=_cmd_bundle)
 
+
+def _add_engine_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``pneumo export engine``: a TensorRT engine where TensorRT is installed."""
     engine = sub.add_parser(
         "engine",
         help="TensorRT engine from ONNX (needs TensorRT: on the Jetson prefer 'pneumo edge build')",
@@ -190,7 +174,44 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     engine.add_argument("--verbose", action="store_true", help="TensorRT builder log")
     engine.add_argument("--json", action="store_true", help="print the engine sidecar as JSON on stdout")
     engine.set_defaults(handler=_cmd_engine)
-    return parser
+
+
+def _int8_flags(parser: argparse.ArgumentParser) -> None:
+    """How the bundle's INT8 Q/DQ graph is calibrated, searched and gated."""
+    parser.add_argument(
+        "--max-int8-drop",
+        type=float,
+        default=QuantConfig.max_sensitivity_drop,
+        help="fail when INT8 sensitivity is this many points below FP32 (default 2)",
+    )
+    parser.add_argument(
+        "--calib-method",
+        choices=("auto", "entropy", "minmax", "percentile"),
+        default=QuantConfig.calibrate_method,
+        help="INT8 activation range method (default auto: percentile, and minmax too when percentile "
+        "misses --int8-target after the float-layer search; the graph closer to FP32 is kept)",
+    )
+    parser.add_argument(
+        "--quantize-first-layer",
+        action="store_true",
+        help="INT8 for the first conv too (default: kept in float)",
+    )
+    parser.add_argument("--keep-head", action="store_true", help="keep the final classifier layer in float")
+    parser.add_argument(
+        "--int8-target",
+        type=_target,
+        default=QuantConfig.target_max_diff,
+        metavar="DIFF|off",
+        help="mixed precision: if INT8 outputs differ from FP32 by more than DIFF on the calibration images, "
+        "keep the most sensitive layers in float until within it (default %(default)s; off: never)",
+    )
+    parser.add_argument(
+        "--int8-max-float-layers",
+        type=int,
+        default=QuantConfig.max_float_layers,
+        metavar="N",
+        help="at most N layers kept in float by that search (default %(default)s)",
+    )
 
 
 def _onnx_flags(parser: argparse.ArgumentParser) -> None:

@@ -20,11 +20,8 @@ from edge_runtime.contract import CONTRACT_FILE, MODEL_INFO_FILE, ModelInfo, Pre
 from edge_runtime.errors import ContractError, ImageDecodeError, LabelledSetError
 from edge_runtime.labelled import LabelledImage, image_files
 from edge_runtime.preprocess import preprocess_file
+from edge_runtime.run_layout import MODEL_FILE, SPLIT_FILE
 from export.errors import ExportError, RunFolderError
-
-MODEL_FILE = "model.h5"
-SPLIT_FILE = "split.json"
-MODEL_CARD_FILE = "model_card.json"
 
 
 @dataclass(frozen=True)
