@@ -1,32 +1,34 @@
-"""The daemon's parts in-process: settings, log repair, unique names, discovery window, reading races.
+"""The daemon's parts in-process: settings, log lines, retries, log repair, journal, a reading race.
 
 The subprocess tests (test_watch*.py) show the behaviour end to end; these
 pin down the pieces whose edge cases cannot be timed from outside, such as
-a file vanishing in the instant between discovery and reading.
+a file vanishing in the instant between discovery and reading. The inbox and
+the outbox have their own files (test_inbox.py, test_outbox.py).
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edge_runtime.contract import PreprocessContract
-from edge_runtime.inbox import Candidate, InboxUnavailableError, InboxWatcher, read_input
+from edge_runtime.inbox import InboxWatcher
 from edge_runtime.journal import Claim, Journal, OutboxBusyError, OutboxLock
-from edge_runtime.outbox import Failpoint, Outbox, OutboxReplacedError, fit_name
-from edge_runtime.results import CSV_COLUMNS, AppendLog
-from edge_runtime.watch import Backoff, WatchDaemon, json_logger
+from edge_runtime.outbox import Outbox
+from edge_runtime.results import CSV_COLUMNS, AppendLog, ModelStamp
+from edge_runtime.watch import WatchDaemon
+from edge_runtime.watch_cli import FAILPOINT_ENV
+from edge_runtime.watch_cli import main as watch_main
 from edge_runtime.watch_config import WatchConfig, WatchConfigError, load_config_file, resolve_config
+from edge_runtime.watch_log import EventLog, describe_os_error, json_logger
+from edge_runtime.watch_retries import Backoff, InputRetries
 from tests.edge_runtime.watch_harness import png_bytes
-
-CONTRACT = PreprocessContract(height=32, width=32)
 
 
 def _record(i: int) -> dict:
@@ -69,6 +71,60 @@ def test_backoff_doubles_and_caps() -> None:
     assert backoff.next() == 0.5
 
 
+def test_a_bad_failpoint_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(FAILPOINT_ENV, "after-move:0")
+    argv = [str(tmp_path / "b"), "--inbox", str(tmp_path / "in"), "--outbox", str(tmp_path / "out")]
+    assert watch_main(argv, prog="pneumo edge watch") == 2
+    assert (
+        f"pneumo edge watch: error: {FAILPOINT_ENV}: failpoint count must be >= 1" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "out").exists()  # refused before anything was created
+
+
+# -- log lines ----------------------------------------------------------------
+def test_events_are_one_json_line_each_and_errors_are_kept_for_the_heartbeat() -> None:
+    stream = io.StringIO()
+    events = EventLog(json_logger("info", stream))
+    undecodable = b"caf\xe9.png".decode("utf-8", "surrogateescape")
+    events.emit(logging.INFO, "result", f"{undecodable}: done", name=undecodable, probability=0.25)
+    events.trouble("outbox_unavailable", "disk full", errno="ENOSPC")
+    logging.getLogger("pneumo.watch").handlers.clear()
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (first["level"], first["event"], first["probability"]) == ("info", "result", 0.25)
+    assert first["name"] == "caf\udce9.png" and first["ts"].endswith("+00:00")
+    assert (second["level"], second["event"], second["errno"]) == ("error", "outbox_unavailable", "ENOSPC")
+    assert events.last_error is not None and events.last_error["event"] == "outbox_unavailable"
+
+
+def test_an_os_error_is_described_with_its_path_and_what_to_do() -> None:
+    name, text = describe_os_error(OSError(errno.ENOSPC, "No space left on device", "/srv/out/x.json"))
+    assert name == "ENOSPC"
+    assert text == "No space left on device (/srv/out/x.json); the disk is full: free space"
+    name, text = describe_os_error(OSError(errno.ENOTCONN, "not connected"), default_where="/srv/in")
+    assert (name, text) == ("ENOTCONN", "not connected (/srv/in)")
+
+
+def test_one_input_is_retried_with_growing_delays_then_given_up(tmp_path: Path) -> None:
+    config = WatchConfig(
+        tmp_path / "b", tmp_path / "in", tmp_path / "out",
+        input_retries=4, backoff_initial_seconds=1.0, backoff_max_seconds=3.0,
+    )  # fmt: skip
+    stamp = ModelStamp("v1", "0" * 64, "ort-cpu", "fp32", 0.5, synthetic=False)
+    inbox = InboxWatcher(
+        config.inbox, quiet_seconds=0, max_pending=4, poll_interval=1, rescan_seconds=5, ignore=()
+    )
+    counters = {"requeued": 0}
+    outbox = Outbox(config.outbox, config.inbox)
+    retries = InputRetries(config, inbox, outbox, EventLog(logging.getLogger("t")), counters, stamp)
+    tries = [retries.count_try("eio.png", 1, 2) for _ in range(4)]
+    assert tries == [1, 2, 3, None]  # the 4th try of 4 gives it up
+    assert [retries.delay(t) for t in (1, 2, 3)] == [1.0, 2.0, 3.0]
+    assert retries.count_try("eio.png", 1, 2) == 1  # given up once: a new file starts over
+    assert retries.count_try("eio.png", 1, 3) == 1  # another device: another input
+
+
 # -- append-only logs -------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_repair_cuts_a_torn_line_and_reports_present_ids(tmp_path: Path, fmt: str) -> None:
@@ -99,67 +155,7 @@ def test_repair_keeps_good_lines_after_garbage(tmp_path: Path) -> None:
     assert log.repair_tail(0) == {f"{1:032x}", f"{2:032x}"}  # a rotated (shorter) file is read whole
 
 
-# -- outbox names, journal, lock --------------------------------------------
-def test_unique_names_never_collide_with_inputs_or_jsons(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "out", tmp_path / "in")
-    outbox.ensure_layout()
-    (outbox.done / "a.png").write_bytes(b"x")
-    (outbox.done / "b.png.json").write_text("{}")
-    reserved: set[str] = set()
-    assert outbox.unique_name(outbox.done, "a.png", "done", reserved, "t") == "a (2).png"
-    assert outbox.unique_name(outbox.done, "b.png", "done", reserved, "t") == "b (2).png"
-    target, result = outbox.plan("c.png", "file", "done", reserved, "t")
-    assert target.endswith("done/c.png") and result.endswith("done/c.png.json")
-    assert outbox.plan("c.png", "file", "done", reserved, "t")[0].endswith("done/c (2).png")
-    assert outbox.plan("gone.png", "missing", "failed", reserved, "t") == (
-        "",
-        str(outbox.failed / "gone.png.error.json"),
-    )
-
-
-def test_names_are_shortened_to_fit_with_their_json(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "out", tmp_path / "in")
-    outbox.ensure_layout()
-    assert fit_name("short", ".png", "", "done", "abcd1234", 255) == "short.png"
-    # multi-byte characters are cut whole: the result is valid UTF-8 and fits with ".error.json"
-    name = fit_name("é" * 200, ".jpeg", " (2)", "failed", "abcd1234", 255)
-    assert name.endswith("~abcd1234 (2).jpeg") and len(os.fsencode(name + ".error.json")) <= 255
-    name.encode("utf-8")
-    long = "y" * 247 + ".png"
-    reserved: set[str] = set()
-    target, result = outbox.plan(long, "file", "done", reserved, "t0t0t0t0")
-    assert Path(target).name == "y" * 237 + "~t0t0t0t0.png" and len(Path(result).name) == 255
-    second, _ = outbox.plan(long, "file", "done", reserved, "t1t1t1t1")
-    assert Path(second).name == "y" * 237 + "~t1t1t1t1.png"  # each cut name carries its own id
-    # an extension of absurd length is part of the name, not something to keep
-    odd = "a." + "b" * 250
-    assert len(os.fsencode(Path(outbox.plan(odd, "file", "done", reserved, "t2")[1]).name)) <= 255
-
-
-def test_outbox_root_is_never_recreated_and_a_remount_is_recognised(tmp_path: Path) -> None:
-    root = tmp_path / "out"
-    outbox = Outbox(root, tmp_path / "in")
-    outbox.ensure_layout()
-    assert outbox.root_is_current()
-    os.rename(root, tmp_path / "away")
-    with pytest.raises(FileNotFoundError):
-        outbox.ensure_layout()
-    assert not root.exists()
-    root.mkdir()  # an empty folder where the outbox was: not it
-    with pytest.raises(OutboxReplacedError):
-        outbox.ensure_layout()
-    assert os.listdir(root) == []
-    root.rmdir()
-    # the same outbox back under another inode (a disk remounted): adopted by its id
-    shutil.copytree(tmp_path / "away", root)
-    outbox.ensure_layout()
-    assert outbox.root_is_current()
-    # a first start creates the root, never its parents
-    with pytest.raises(FileNotFoundError):
-        Outbox(tmp_path / "no" / "such" / "out", tmp_path / "in").ensure_layout()
-    assert not (tmp_path / "no").exists()
-
-
+# -- paths, journal, lock -------------------------------------------------------
 def test_relative_paths_are_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     config = resolve_config({}, {"bundle": Path("b"), "inbox": Path("in"), "outbox": Path("out")})
@@ -187,147 +183,7 @@ def test_outbox_lock_is_exclusive(tmp_path: Path) -> None:
     second.release()
 
 
-def test_failpoint_counts_to_the_nth_time() -> None:
-    point = Failpoint("after-move:3")
-    assert [point.wants("after-move") for _ in range(3)] == [False, False, True]
-    assert not Failpoint("").wants("after-move")
-    with pytest.raises(ValueError):
-        Failpoint("after-move:0")
-
-
-# -- discovery --------------------------------------------------------------
-def _watcher(inbox: Path, clock: list[float], **kw: object) -> InboxWatcher:
-    settings: dict = {
-        "quiet_seconds": 2.0,
-        "max_pending": 4,
-        "poll_interval": 1.0,
-        "rescan_seconds": 5.0,
-        "ignore": (".*", "*.part"),
-        "use_watchdog": False,
-    }
-    settings.update(kw)
-    return InboxWatcher(inbox, clock=lambda: clock[0], **settings)
-
-
-def test_window_is_bounded_oldest_first_and_waits_for_quiet(tmp_path: Path) -> None:
-    for i in range(10):
-        path = tmp_path / f"f{i}.png"
-        path.write_bytes(b"x")
-        os.utime(path, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
-    (tmp_path / "skip.png.part").write_bytes(b"x")
-    (tmp_path / "sub").mkdir()
-    clock = [100.0]
-    watcher = _watcher(tmp_path, clock)
-    assert watcher.poll(limit=10) == []  # seen, not yet quiet
-    assert sorted(watcher.pending) == ["f0.png", "f1.png", "f2.png", "f3.png"]
-    assert watcher.backlog == 10
-    (tmp_path / "f1.png").write_bytes(b"xy")  # still being written
-    clock[0] += 2.5
-    ready = watcher.poll(limit=10)
-    assert [c.name for c in ready] == ["f0.png", "f2.png", "f3.png"]
-    for cand in ready:
-        watcher.done(cand.name)
-    clock[0] += 2.5
-    assert [c.name for c in watcher.poll(limit=10)] == ["f1.png"]
-    assert len(watcher.pending) <= 4
-
-
-def test_backlog_is_still_reported_while_the_window_is_dropped(tmp_path: Path) -> None:
-    for i in range(10):
-        (tmp_path / f"f{i}.png").write_bytes(b"x")
-    watcher = _watcher(tmp_path, [100.0])
-    watcher.poll(limit=10)
-    assert watcher.backlog == 10
-    watcher.forget_all()  # an outbox outage: no scans until it is back
-    assert watcher.pending == {} and watcher.backlog == 10, "the heartbeat must not say 0 waiting"
-    (tmp_path / "f0.png").unlink()
-    watcher.poll(limit=10)  # the next scan counts again
-    assert watcher.backlog == 9
-
-
-def test_a_claim_is_not_decided_while_its_inbox_is_missing_or_another_disk(tmp_path: Path) -> None:
-    from edge_runtime.journal import JournalEntry
-    from edge_runtime.outbox import InboxGoneError
-
-    inbox = tmp_path / "in"
-    inbox.mkdir()
-    outbox = Outbox(tmp_path / "out", inbox)
-    outbox.ensure_layout()
-    st = os.stat(inbox)
-    entry = JournalEntry(
-        id="a" * 32, name="x.png", kind="file", status="done", source=str(inbox / "x.png"),
-        target=str(outbox.done / "x.png"), result_path=str(outbox.done / "x.png.json"), record={},
-        ino=1, dev=st.st_dev + 1,
-    )  # fmt: skip
-    with pytest.raises(InboxGoneError, match="another filesystem"):  # an empty mount point
-        outbox._move(entry, lambda *_: None)
-    shutil.rmtree(inbox)
-    with pytest.raises(InboxGoneError, match="inbox is missing"):
-        outbox._move(entry, lambda *_: None)
-    # waited long enough: decided as before, "nothing moved"
-    assert outbox._move(entry, lambda *_: None, require_inbox=False) == set()
-    assert entry.record["moved_to"] is None
-
-
-def test_created_file_waits_for_close_write_up_to_the_settle_time(tmp_path: Path) -> None:
-    clock = [100.0]
-    watcher = _watcher(tmp_path, clock, quiet_seconds=0.5, settle_seconds=10.0)
-    (tmp_path / "open.png").write_bytes(b"half")
-    watcher._hints.queue.put(("open.png", "created"))  # what inotify reports for a new file
-    assert watcher.poll(limit=4) == []
-    clock[0] += 5.0  # far past the quiet period: still open for writing
-    assert watcher.poll(limit=4) == []
-    watcher._hints.queue.put(("open.png", "closed"))
-    assert [c.name for c in watcher.poll(limit=4)] == ["open.png"]
-    # without a close, the settle time is the upper limit
-    (tmp_path / "never closed.png").write_bytes(b"x")
-    watcher._hints.queue.put(("never closed.png", "created"))
-    assert watcher.poll(limit=4) == []
-    clock[0] += 10.5
-    assert [c.name for c in watcher.poll(limit=4)] == ["never closed.png"]
-
-
-def test_daemons_own_names_are_never_inputs(tmp_path: Path) -> None:
-    clock = [0.0]
-    watcher = _watcher(tmp_path, clock, quiet_seconds=0.0, ignore=())
-    for name in (".pneumo-inbox.lock", ".pneumo-probe-x", "image.png"):
-        (tmp_path / name).write_bytes(b"x")
-    assert [c.name for c in watcher.poll(limit=8)] == ["image.png"]
-
-
-def test_missing_inbox_raises(tmp_path: Path) -> None:
-    watcher = _watcher(tmp_path / "absent", [0.0])
-    with pytest.raises(InboxUnavailableError, match="missing"):
-        watcher.poll(limit=4)
-
-
-# -- reading races ----------------------------------------------------------
-def _candidate(path: Path) -> Candidate:
-    st = os.lstat(path)
-    return Candidate(path.name, "file", st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, 0.0, hinted=True)
-
-
-def test_file_changed_after_discovery_is_not_read_as_complete(tmp_path: Path) -> None:
-    path = tmp_path / "growing.png"
-    path.write_bytes(png_bytes(200)[:50])
-    cand = _candidate(path)
-    path.write_bytes(png_bytes(200))
-    assert read_input(tmp_path, cand, CONTRACT).outcome == "changed"
-
-
-def test_file_vanished_between_discovery_and_reading(tmp_path: Path) -> None:
-    path = tmp_path / "gone.png"
-    path.write_bytes(png_bytes(200))
-    cand = _candidate(path)
-    path.unlink()
-    read = read_input(tmp_path, cand, CONTRACT)
-    assert read.outcome == "rejected" and read.kind == "missing" and "vanished" in read.reason
-    path.write_bytes(png_bytes(200))
-    os.rename(tmp_path, tmp_path.with_name("moved away"))
-    with pytest.raises(InboxUnavailableError):
-        read_input(tmp_path, cand, CONTRACT)
-
-
+# -- a reading race, in the daemon ----------------------------------------------
 def test_daemon_records_a_vanished_file_once(tiny_bundle: Path, tmp_path: Path) -> None:
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     inbox.mkdir()
@@ -353,19 +209,3 @@ def test_daemon_records_a_vanished_file_once(tiny_bundle: Path, tmp_path: Path) 
     assert [e["event"] for e in events] == ["result", "failed_input"]
     logging.getLogger("pneumo.watch").handlers.clear()
     assert np.isfinite(records["kept.png"]["probability"])
-
-
-def test_stale_temp_files_of_a_crash_are_removed_and_nothing_else(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "out", tmp_path / "in")
-    outbox.ensure_layout()
-    stale = [
-        outbox.done / ".pneumo-result-abc.tmp",
-        outbox.done / ".pneumo-copy-0123.tmp",
-        outbox.root / ".pneumo-result-hb.tmp",
-        outbox.state_dir / ".journal.json.x1y2.tmp",
-    ]
-    kept = [outbox.done / "x.png", outbox.done / ".operator-note.tmp", outbox.failed / "y.tmp"]
-    for path in stale + kept:
-        path.write_bytes(b"x")
-    assert outbox.remove_stale_temp_files() == len(stale)
-    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
