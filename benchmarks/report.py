@@ -618,8 +618,21 @@ def _run_label(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_compare(comparison: dict[str, Any]) -> str:
-    a, b = comparison["a"], comparison["b"]
-    lines = [
+    lines = _compare_heading(comparison["a"], comparison["b"])
+    lines += [f"warning: {w}" for w in comparison.get("warnings", [])]
+    if comparison.get("warnings"):
+        lines += [""]
+    lines += _compare_rows_table(comparison)
+    if comparison["cold_start"]:
+        lines += ["", *_compare_cold_start_table(comparison["cold_start"])]
+    if comparison["targets"]:
+        lines += ["", *_compare_targets_table(comparison["targets"])]
+    return "\n".join(lines) + "\n"
+
+
+def _compare_heading(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Which run is A and which is B: device, date, model and the device summary under each."""
+    return [
         f"A: {a['device']} {a['created']} model {a['model_version']}"
         + (" SYNTHETIC" if a.get("synthetic") else ""),
         f"   {a['device_summary']}",
@@ -628,9 +641,9 @@ def render_compare(comparison: dict[str, Any]) -> str:
         f"   {b['device_summary']}",
         "",
     ]
-    lines += [f"warning: {w}" for w in comparison.get("warnings", [])]
-    if comparison.get("warnings"):
-        lines += [""]
+
+
+def _compare_rows_table(comparison: dict[str, Any]) -> list[str]:
     # The column says what a ratio compares, so a copied table cannot pass a model change off as a device's.
     ratio = "B/A (device)" if comparison.get("same_model", True) else "B/A (model AND device)"
     rows = [
@@ -648,7 +661,7 @@ def render_compare(comparison: dict[str, Any]) -> str:
         ]
         for r in comparison["rows"]
     ]
-    lines += _table(
+    return _table(
         [
             "backend",
             "precision",
@@ -663,33 +676,34 @@ def render_compare(comparison: dict[str, Any]) -> str:
         ],
         rows,
     )
-    if comparison["cold_start"]:
-        lines += [""]
-        lines += _table(
-            ["runtime", "precision", "A cold start s", "B cold start s", "A peak RSS MB", "B peak RSS MB"],
-            (
-                [
-                    c["backend"],
-                    c["precision"],
-                    _fmt(c["a_cold_start_s"]),
-                    _fmt(c["b_cold_start_s"]),
-                    _fmt(c["a_peak_rss_mb"], 0),
-                    _fmt(c["b_peak_rss_mb"], 0),
-                ]
-                for c in comparison["cold_start"]
-            ),
-        )
-    if comparison["targets"]:
-        lines += [""]
-        lines += _table(
-            ["target", "A", "B"],
-            (
-                [
-                    t["target"],
-                    f"{t['a_status']} {_fmt(t['a_ratio'], 2)}",
-                    f"{t['b_status'] or '-'} {_fmt(t['b_ratio'], 2)}",
-                ]
-                for t in comparison["targets"]
-            ),
-        )
-    return "\n".join(lines) + "\n"
+
+
+def _compare_cold_start_table(cold_start: list[dict[str, Any]]) -> list[str]:
+    return _table(
+        ["runtime", "precision", "A cold start s", "B cold start s", "A peak RSS MB", "B peak RSS MB"],
+        (
+            [
+                c["backend"],
+                c["precision"],
+                _fmt(c["a_cold_start_s"]),
+                _fmt(c["b_cold_start_s"]),
+                _fmt(c["a_peak_rss_mb"], 0),
+                _fmt(c["b_peak_rss_mb"], 0),
+            ]
+            for c in cold_start
+        ),
+    )
+
+
+def _compare_targets_table(targets: list[dict[str, Any]]) -> list[str]:
+    return _table(
+        ["target", "A", "B"],
+        (
+            [
+                t["target"],
+                f"{t['a_status']} {_fmt(t['a_ratio'], 2)}",
+                f"{t['b_status'] or '-'} {_fmt(t['b_ratio'], 2)}",
+            ]
+            for t in targets
+        ),
+    )

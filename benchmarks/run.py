@@ -542,8 +542,6 @@ def _open_runner(
 
 def run_benchmark(config: BenchConfig, log: Log = _silent) -> dict[str, Any]:
     """Run the whole plan and return the bench.json document."""
-    from tqdm import tqdm
-
     started = _dt.datetime.now(_dt.timezone.utc)
     bundle = Bundle.open(config.bundle)
     log(
@@ -552,114 +550,18 @@ def run_benchmark(config: BenchConfig, log: Log = _silent) -> dict[str, Any]:
     facts = collect_device_stamp()
     log(f"device {facts.slug}")
     warnings: list[str] = list(facts.warnings)
-    skipped: list[dict[str, Any]] = []
     # Resolved even without a Keras row: the run's split.json is where the test images are listed.
     keras_source, keras_reason = _resolve_keras(config, bundle)
-    rows: list[dict[str, Any]] = []
-    accuracy: list[dict[str, Any]] = []
-    outputs: dict[tuple[str, str], np.ndarray] = {}
-    ran: list[tuple[str, str]] = []
-    engines: dict[tuple[str, int], dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="pneumo-bench-") as tmp:
         inputs = _prepare_inputs(config, bundle, keras_source, Path(tmp), warnings, log)
-        # Keras last: TensorFlow in the process must not disturb the edge rows' timings.
-        order = [b for b in config.backends if b != "keras"] + [b for b in config.backends if b == "keras"]
-        plan = [(b, p) for b in order for p in config.precisions]
-        dead_backends: dict[str, str] = {}
-        with PowerMonitor() as power:
-            progress = tqdm(plan, desc="bench", unit="combo", disable=not config.progress, leave=False)
-            for backend, precision in progress:
-                progress.set_postfix_str(f"{backend} {precision}")
-                reason = dead_backends.get(backend) or _precheck(
-                    backend, precision, bundle, facts, keras_source, keras_reason
-                )
-                if reason:
-                    skipped.append(
-                        {"backend": backend, "precision": precision, "batch": None, "reason": reason}
-                    )
-                    continue
-                try:
-                    runner = _open_runner(backend, precision, bundle, keras_source, config.threads)
-                except (EdgeError, BenchInputError, ImportError) as exc:
-                    skipped.append(
-                        {"backend": backend, "precision": precision, "batch": None, "reason": str(exc)}
-                    )
-                    if _backend_wide(backend, exc):
-                        dead_backends[backend] = str(exc)
-                    continue
-                except Exception as exc:  # noqa: BLE001 - a runtime failing to load is a skip with its reason
-                    skipped.append(
-                        {
-                            "backend": backend,
-                            "precision": precision,
-                            "batch": None,
-                            "reason": f"{type(exc).__name__}: {exc}",
-                        }
-                    )
-                    continue
-                try:
-                    log(f"running {runner.describe()}")
-                    ran.append((backend, precision))
-                    artifact = _artifact_facts(runner, bundle, precision)
-                    for batch in config.batches:
-                        if batch > runner.max_batch:
-                            skipped.append(
-                                {
-                                    "backend": backend,
-                                    "precision": precision,
-                                    "batch": batch,
-                                    "reason": f"batch {batch} is over this runner's maximum {runner.max_batch} "
-                                    "(engine profile); rebuild with a larger --batch",
-                                }
-                            )
-                            continue
-                        x = make_batch(inputs.pool, batch, getattr(runner, "input_dtype", np.uint8))
-                        timing = time_inference(runner, x, config)
-                        e2e = (
-                            time_end_to_end(runner, inputs.files, bundle, batch, config)
-                            if config.end_to_end and inputs.files
-                            else None
-                        )
-                        row = _timing_row(runner, precision, batch, timing, e2e, inputs)
-                        row.update(artifact)
-                        # What actually ran (an engine's sidecar says what was built), never just what was asked.
-                        row["precision_executed"] = runner.precision
-                        row["threads"] = thread_settings(runner, config.threads)
-                        if row["threads"] and row["threads"].get("note"):
-                            row["warnings"].append(row["threads"]["note"])
-                        row["power"] = (
-                            power.window(timing.start, timing.end, timing.images) if power.available else None
-                        )
-                        row["power_note"] = "" if power.available else power.reason
-                        rows.append(row)
-                        if backend == "trt" and artifact.get("engine_file"):
-                            engines[(precision, batch)] = {"runner": runner.describe(), "row": row}
-                    if inputs.labelled is not None:
-                        metrics, out = _accuracy(runner, inputs.labelled, bundle, config)
-                        outputs[(backend, precision)] = out
-                        accuracy.append(
-                            {
-                                "backend": backend,
-                                "precision": precision,
-                                "test_images": inputs.labelled.source,
-                                **metrics,
-                            }
-                        )
-                    elif precision == "int8":
-                        warnings.append(f"{backend} int8 has no accuracy on test images: it is not a result")
-                    engine_input = _engine_input(runner)
-                    if engine_input:
-                        for batch in config.batches:
-                            if (precision, batch) in engines:
-                                engines[(precision, batch)]["input"] = engine_input
-                finally:
-                    runner.close()
-        agreement = _agreement(outputs, bundle)
-        for item in accuracy:
+        run = _PlanRun(config, bundle, facts, (keras_source, keras_reason), inputs, warnings, log)
+        run.run()
+        agreement = _agreement(run.outputs, bundle)
+        for item in run.accuracy:
             item["agreement"] = agreement.get((item["backend"], item["precision"]))
-        cold = _cold_starts(config, bundle, ran, keras_source, inputs, log)
-        trtexec_rows = _trtexec_rows(config, bundle, engines, skipped, log)
-    _fill_speedups(rows)
+        cold = _cold_starts(config, bundle, run.ran, keras_source, inputs, log)
+        trtexec_rows = _trtexec_rows(config, bundle, run.engines, run.skipped, log)
+    _fill_speedups(run.rows)
     document: dict[str, Any] = {
         "schema": BENCH_SCHEMA,
         "created": started.isoformat(timespec="seconds"),
@@ -669,18 +571,147 @@ def run_benchmark(config: BenchConfig, log: Log = _silent) -> dict[str, Any]:
         "config": config.to_dict(),
         "bundle": _bundle_facts(bundle, keras_source),
         "device": facts.to_dict(),
-        "rows": rows,
-        "accuracy": accuracy,
+        "rows": run.rows,
+        "accuracy": run.accuracy,
         "cold_start": cold,
         "trtexec": trtexec_rows,
-        "skipped": skipped,
-        "warnings": warnings + _unstable_summary(rows) + _few_calls_summary(rows) + cold_start_warnings(cold),
+        "skipped": run.skipped,
+        "warnings": warnings
+        + _unstable_summary(run.rows)
+        + _few_calls_summary(run.rows)
+        + cold_start_warnings(cold),
         "notes": [],
         "watch": None,
     }
     document["targets"] = evaluate_targets(document)
     document["notes"] = measurement_notes(document)
     return document
+
+
+class _PlanRun:
+    """The timing loops over every (backend, precision) of the plan, and what they gather."""
+
+    def __init__(
+        self,
+        config: BenchConfig,
+        bundle: Bundle,
+        facts: DeviceStamp,
+        keras: tuple[KerasSource | None, str],
+        inputs: _Inputs,
+        warnings: list[str],
+        log: Log,
+    ) -> None:
+        self.config, self.bundle, self.facts, self.inputs, self.log = config, bundle, facts, inputs, log
+        self.keras_source, self.keras_reason = keras
+        self.warnings = warnings
+        self.rows: list[dict[str, Any]] = []
+        self.accuracy: list[dict[str, Any]] = []
+        self.outputs: dict[tuple[str, str], np.ndarray] = {}
+        self.ran: list[tuple[str, str]] = []
+        self.engines: dict[tuple[str, int], dict[str, Any]] = {}
+        self.skipped: list[dict[str, Any]] = []
+        #: backends whose failure to open means no precision of theirs can run (see _backend_wide)
+        self.dead_backends: dict[str, str] = {}
+
+    def run(self) -> None:
+        from tqdm import tqdm
+
+        backends = self.config.backends
+        # Keras last: TensorFlow in the process must not disturb the edge rows' timings.
+        order = [b for b in backends if b != "keras"] + [b for b in backends if b == "keras"]
+        plan = [(b, p) for b in order for p in self.config.precisions]
+        with PowerMonitor() as power:
+            progress = tqdm(plan, desc="bench", unit="combo", disable=not self.config.progress, leave=False)
+            for backend, precision in progress:
+                progress.set_postfix_str(f"{backend} {precision}")
+                runner = self._open(backend, precision)
+                if runner is None:
+                    continue
+                try:
+                    self._measure(runner, backend, precision, power)
+                finally:
+                    runner.close()
+
+    def _skip(self, backend: str, precision: str, batch: int | None, reason: str) -> None:
+        self.skipped.append({"backend": backend, "precision": precision, "batch": batch, "reason": reason})
+
+    def _open(self, backend: str, precision: str) -> Backend | None:
+        """The opened runner, or None with the reason recorded in ``skipped``."""
+        reason = self.dead_backends.get(backend) or _precheck(
+            backend, precision, self.bundle, self.facts, self.keras_source, self.keras_reason
+        )
+        if reason:
+            self._skip(backend, precision, None, reason)
+            return None
+        try:
+            return _open_runner(backend, precision, self.bundle, self.keras_source, self.config.threads)
+        except (EdgeError, BenchInputError, ImportError) as exc:
+            self._skip(backend, precision, None, str(exc))
+            if _backend_wide(backend, exc):
+                self.dead_backends[backend] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a runtime failing to load is a skip with its reason
+            self._skip(backend, precision, None, f"{type(exc).__name__}: {exc}")
+        return None
+
+    def _measure(self, runner: Backend, backend: str, precision: str, power: PowerMonitor) -> None:
+        """Every batch size's row, the accuracy on the test images, and what trtexec needs of an engine."""
+        self.log(f"running {runner.describe()}")
+        self.ran.append((backend, precision))
+        artifact = _artifact_facts(runner, self.bundle, precision)
+        for batch in self.config.batches:
+            if batch > runner.max_batch:
+                self._skip(
+                    backend,
+                    precision,
+                    batch,
+                    f"batch {batch} is over this runner's maximum {runner.max_batch} "
+                    "(engine profile); rebuild with a larger --batch",
+                )
+                continue
+            row = self._batch_row(runner, precision, batch, artifact, power)
+            self.rows.append(row)
+            if backend == "trt" and artifact.get("engine_file"):
+                self.engines[(precision, batch)] = {"runner": runner.describe(), "row": row}
+        self._score(runner, backend, precision)
+        engine_input = _engine_input(runner)
+        if engine_input:
+            for batch in self.config.batches:
+                if (precision, batch) in self.engines:
+                    self.engines[(precision, batch)]["input"] = engine_input
+
+    def _batch_row(
+        self, runner: Backend, precision: str, batch: int, artifact: dict[str, Any], power: PowerMonitor
+    ) -> dict[str, Any]:
+        config, inputs = self.config, self.inputs
+        x = make_batch(inputs.pool, batch, getattr(runner, "input_dtype", np.uint8))
+        timing = time_inference(runner, x, config)
+        e2e = (
+            time_end_to_end(runner, inputs.files, self.bundle, batch, config)
+            if config.end_to_end and inputs.files
+            else None
+        )
+        row = _timing_row(runner, precision, batch, timing, e2e, inputs)
+        row.update(artifact)
+        # What actually ran (an engine's sidecar says what was built), never just what was asked.
+        row["precision_executed"] = runner.precision
+        row["threads"] = thread_settings(runner, config.threads)
+        if row["threads"] and row["threads"].get("note"):
+            row["warnings"].append(row["threads"]["note"])
+        row["power"] = power.window(timing.start, timing.end, timing.images) if power.available else None
+        row["power_note"] = "" if power.available else power.reason
+        return row
+
+    def _score(self, runner: Backend, backend: str, precision: str) -> None:
+        """Accuracy on the labelled test images; an INT8 row without it is flagged as no result."""
+        labelled = self.inputs.labelled
+        if labelled is not None:
+            metrics, out = _accuracy(runner, labelled, self.bundle, self.config)
+            self.outputs[(backend, precision)] = out
+            self.accuracy.append(
+                {"backend": backend, "precision": precision, "test_images": labelled.source, **metrics}
+            )
+        elif precision == "int8":
+            self.warnings.append(f"{backend} int8 has no accuracy on test images: it is not a result")
 
 
 def _unstable_summary(rows: list[dict[str, Any]]) -> list[str]:

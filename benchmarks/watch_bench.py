@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from benchmarks.errors import BenchConfigError, BenchInputError
 from benchmarks.stats import MIN_CALLS_FOR_TAIL, summarize, throughput
@@ -155,12 +155,27 @@ def _wait_ready(proc: subprocess.Popen[bytes], outbox: Path, timeout_s: float) -
             raise BenchInputError(
                 f"the watch daemon exited with status {proc.returncode} before it was ready"
             )
-        if any((outbox / name).exists() for name in _READY_FILES):
+        if _looks_ready(outbox):
             return time.perf_counter() - started
         time.sleep(0.05)
     raise BenchInputError(
         f"the watch daemon was not ready after {timeout_s:.0f} s (no heartbeat in {outbox})"
     )
+
+
+def _looks_ready(outbox: Path) -> bool:
+    """A heartbeat or config file, unless the heartbeat says the daemon failed at start.
+
+    A daemon whose model will not open writes a last heartbeat with state "failed" and exits:
+    without this check that file raced its exit and the bench waited for a warm-up result instead.
+    """
+    if not any((outbox / name).exists() for name in _READY_FILES):
+        return False
+    try:
+        beat = json.loads((outbox / "heartbeat.json").read_text())
+    except (OSError, ValueError):
+        return True  # no heartbeat yet, or one being replaced: the config file stands
+    return not (isinstance(beat, dict) and beat.get("state") == "failed")
 
 
 def _drop(source: Path, staging: Path, inbox: Path, name: str) -> float:
@@ -254,8 +269,6 @@ def analyse(
 
 def run_watch_bench(config: WatchBenchConfig, progress: bool = True) -> dict[str, Any]:
     """Run the daemon on ``count`` real images and return the ``watch`` section of a bench document."""
-    from tqdm import tqdm
-
     if importlib.util.find_spec("edge_runtime.watch") is None:
         raise BenchInputError("the watch daemon (edge_runtime.watch) is not part of this installation")
     files = source_images(config.images)
@@ -265,46 +278,14 @@ def run_watch_bench(config: WatchBenchConfig, progress: bool = True) -> dict[str
         for folder in (inbox, outbox, staging):
             folder.mkdir()
         argv = daemon_command(config, inbox, outbox)
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        # cwd is the checkout so that ``-m`` (cwd first on sys.path) cannot pick up another package of
-        # the same name from the caller's folder; PYTHONPATH finds ours even when not installed.
-        repo = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
         log_path = root / "daemon.log"
         with open(log_path, "wb") as daemon_log:
-            proc = subprocess.Popen(argv, stdout=daemon_log, stderr=subprocess.STDOUT, env=env, cwd=repo)
+            proc = _start_daemon(argv, daemon_log)
             try:
-                try:
-                    startup_s = _wait_ready(proc, outbox, config.startup_timeout_s)
-                except BenchInputError as exc:
-                    tail_text = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
-                    raise BenchInputError(f"{exc}; daemon log: {tail_text or '(empty)'}") from exc
+                startup_s = _wait_ready_or_explain(proc, outbox, config.startup_timeout_s, log_path)
                 tail = _ResultTail(outbox / RESULTS_JSONL)
-                warm = [f"warmup{i:03d}_{files[i % len(files)].name}" for i in range(config.warmup_images)]
-                for i, name in enumerate(warm):
-                    _drop(files[i % len(files)], staging, inbox, name)
-                _wait_for(tail, warm, config.startup_timeout_s, config.poll_s, proc)
-                if not set(warm).issubset(tail.seen):
-                    tail_text = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
-                    state = (
-                        f"exited with status {proc.returncode}"
-                        if proc.poll() is not None
-                        else "is still silent"
-                    )
-                    raise BenchInputError(
-                        f"the watch daemon {state} without a result for the warm-up image; daemon log: {tail_text or '(empty)'}"
-                    )
-                drops: dict[str, float] = {}
-                first_drop = time.time()
-                for i in tqdm(
-                    range(config.count), desc="drop", unit="img", disable=not progress, leave=False
-                ):
-                    source = files[i % len(files)]
-                    name = f"wb{i:06d}_{source.name}"
-                    drops[name] = _drop(source, staging, inbox, name)
-                    if i % 64 == 0:
-                        tail.poll()
-                drop_s = time.time() - first_drop
+                _warm_up(files, staging, inbox, tail, config, proc, log_path)
+                drops, first_drop, drop_s = _drop_burst(files, staging, inbox, tail, config.count, progress)
                 _wait_for(tail, list(drops), config.timeout_s, config.poll_s, proc)
             finally:
                 exit_code = _stop(proc)
@@ -334,6 +315,70 @@ def run_watch_bench(config: WatchBenchConfig, progress: bool = True) -> dict[str
     if result["missing"]:
         result["daemon_log_tail"] = log_tail
     return result
+
+
+def _start_daemon(argv: list[str], daemon_log: IO[bytes]) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    # cwd is the checkout so that ``-m`` (cwd first on sys.path) cannot pick up another package of
+    # the same name from the caller's folder; PYTHONPATH finds ours even when not installed.
+    repo = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
+    return subprocess.Popen(argv, stdout=daemon_log, stderr=subprocess.STDOUT, env=env, cwd=repo)
+
+
+def _log_lines(log_path: Path) -> str:
+    """The daemon log's last three lines on one line, for an error message."""
+    return " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
+
+
+def _wait_ready_or_explain(
+    proc: subprocess.Popen[bytes], outbox: Path, timeout_s: float, log_path: Path
+) -> float:
+    """Seconds until the daemon was ready; a daemon that never was is an error quoting its log."""
+    try:
+        return _wait_ready(proc, outbox, timeout_s)
+    except BenchInputError as exc:
+        raise BenchInputError(f"{exc}; daemon log: {_log_lines(log_path) or '(empty)'}") from exc
+
+
+def _warm_up(
+    files: list[Path],
+    staging: Path,
+    inbox: Path,
+    tail: _ResultTail,
+    config: WatchBenchConfig,
+    proc: subprocess.Popen[bytes],
+    log_path: Path,
+) -> None:
+    """Drop the warm-up images and wait for their results, so the burst times a daemon at speed."""
+    warm = [f"warmup{i:03d}_{files[i % len(files)].name}" for i in range(config.warmup_images)]
+    for i, name in enumerate(warm):
+        _drop(files[i % len(files)], staging, inbox, name)
+    _wait_for(tail, warm, config.startup_timeout_s, config.poll_s, proc)
+    if set(warm).issubset(tail.seen):
+        return
+    tail_text = _log_lines(log_path)
+    state = f"exited with status {proc.returncode}" if proc.poll() is not None else "is still silent"
+    raise BenchInputError(
+        f"the watch daemon {state} without a result for the warm-up image; daemon log: {tail_text or '(empty)'}"
+    )
+
+
+def _drop_burst(
+    files: list[Path], staging: Path, inbox: Path, tail: _ResultTail, count: int, progress: bool
+) -> tuple[dict[str, float], float, float]:
+    """Drop ``count`` images as fast as possible: drop time per name, first drop time, seconds dropping."""
+    from tqdm import tqdm
+
+    drops: dict[str, float] = {}
+    first_drop = time.time()
+    for i in tqdm(range(count), desc="drop", unit="img", disable=not progress, leave=False):
+        source = files[i % len(files)]
+        name = f"wb{i:06d}_{source.name}"
+        drops[name] = _drop(source, staging, inbox, name)
+        if i % 64 == 0:
+            tail.poll()
+    return drops, first_drop, time.time() - first_drop
 
 
 def watch_markdown(watch: dict[str, Any]) -> list[str]:

@@ -351,6 +351,105 @@ def _snapshot(folder: Path, frame_index: int, image: np.ndarray) -> Path:
     return path
 
 
+@dataclass
+class _InferredFrame:
+    """One captured frame, its prediction and how long each stage took."""
+
+    image: np.ndarray
+    prediction: Prediction
+    capture_ms: float
+    preprocess_ms: float
+    infer_ms: float
+    #: perf_counter() when inference finished
+    done: float
+
+
+class _RecentRate:
+    """Frames per second over the last 30 frames: what the overlay shows as the live rate."""
+
+    def __init__(self) -> None:
+        self.recent: list[float] = []
+
+    def tick(self, now: float) -> float:
+        self.recent = [*self.recent[-29:], now]
+        first, last = self.recent[0], self.recent[-1]
+        return (len(self.recent) - 1) / (last - first) if len(self.recent) > 1 and last > first else 0.0
+
+
+class _FrameOutputs:
+    """Where each inferred frame goes, in order: a snapshot, the JSONL, ``on_frame``, the window."""
+
+    def __init__(
+        self,
+        config: CameraConfig,
+        synthetic: bool,
+        window: Window | None,
+        on_frame: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        self.snapshot_dir = config.snapshots
+        self.snapshot_every_s = config.snapshot_every_s
+        self.synthetic = synthetic
+        self.window = window
+        self.on_frame = on_frame
+        self.snapshots: list[str] = []
+        self.last_snapshot = -float("inf")
+        self.results: AppendLog | None = None
+        if config.jsonl is not None:
+            config.jsonl.parent.mkdir(parents=True, exist_ok=True)
+            # Append, never truncate: a previous run's results are someone's record. A last line torn
+            # by a crash or power cut in that run is cut first, so every line stays one JSON record.
+            self.results = AppendLog(config.jsonl, "jsonl")
+            self.results.repair_tail(last_line_start(config.jsonl))
+
+    def deliver(self, frame: _InferredFrame, index: int, fps: float) -> bool:
+        """Send ``frame`` everywhere it goes; False when the user closed the window."""
+        record = frame.prediction.to_dict()
+        record.update(
+            frame=index,
+            capture_ms=round(frame.capture_ms, 3),
+            preprocess_ms=round(frame.preprocess_ms, 3),
+            infer_ms=round(frame.infer_ms, 3),
+            fps=round(fps, 2),
+        )
+        shown = None
+        if self.snapshot_dir is not None and frame.done - self.last_snapshot >= self.snapshot_every_s:
+            shown = overlay(frame.image, frame.prediction, fps, self.synthetic)
+            path = _snapshot(self.snapshot_dir, index, shown)
+            self.snapshots.append(str(path))
+            record["snapshot"] = str(path)
+            self.last_snapshot = frame.done
+        if self.results is not None:
+            # One write and an fsync per frame: a crash loses at most the frame being written.
+            self.results.append([record])
+        if self.on_frame is not None:
+            self.on_frame(record)
+        if self.window is None:
+            return True
+        if shown is None:
+            shown = overlay(frame.image, frame.prediction, fps, self.synthetic)
+        return self.window.show(shown)
+
+
+def _capture_and_infer(
+    capture: Any, predictor: Predictor, contract: PreprocessContract, source_name: str, first: bool
+) -> _InferredFrame | None:
+    """Read, preprocess and infer one frame, timing each stage; None at the end of the stream."""
+    t0 = time.perf_counter()
+    ok, frame = capture.read()
+    t1 = time.perf_counter()
+    if not ok or frame is None:
+        if first:
+            raise CameraError(
+                f"{source_name}: opened, but delivered no frame (check the camera and pipeline)"
+            )
+        return None
+    model_input = apply_contract(frame, contract)
+    t2 = time.perf_counter()
+    prediction = predictor.predict(model_input[np.newaxis], [source_name])[0]
+    t3 = time.perf_counter()
+    return _InferredFrame(frame, prediction, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, t3)
+
+
 def run_camera(
     capture: Any,
     predictor: Predictor,
@@ -363,19 +462,10 @@ def run_camera(
 ) -> CameraSummary:
     """Capture -> preprocess -> infer until ``stop`` is set, the stream ends or ``max_frames``."""
     times = StageTimes()
-    snapshots: list[str] = []
-    snapshot_dir = config.snapshots
-    results: AppendLog | None = None
-    if config.jsonl is not None:
-        config.jsonl.parent.mkdir(parents=True, exist_ok=True)
-        # Append, never truncate: a previous run's results are someone's record. A last line torn
-        # by a crash or power cut in that run is cut first, so every line stays one JSON record.
-        results = AppendLog(config.jsonl, "jsonl")
-        results.repair_tail(last_line_start(config.jsonl))
+    outputs = _FrameOutputs(config, predictor.info.synthetic, window, on_frame)
+    rate = _RecentRate()
     frames, stop_reason = 0, "stopped by signal"
     started = time.perf_counter()
-    last_snapshot = -float("inf")
-    recent: list[float] = []
     pace = _frame_interval(capture) if config.realtime else 0.0
     try:
         while not stop.is_set():
@@ -384,56 +474,15 @@ def run_camera(
                 stop.wait(max(0.0, started + frames * pace - time.perf_counter()))
                 if stop.is_set():
                     break
-            t0 = time.perf_counter()
-            ok, frame = capture.read()
-            t1 = time.perf_counter()
-            if not ok or frame is None:
-                if frames == 0:
-                    raise CameraError(
-                        f"{source_name}: opened, but delivered no frame (check the camera and pipeline)"
-                    )
+            frame = _capture_and_infer(capture, predictor, contract, source_name, first=frames == 0)
+            if frame is None:
                 stop_reason = "end of stream"
                 break
-            model_input = apply_contract(frame, contract)
-            t2 = time.perf_counter()
-            prediction = predictor.predict(model_input[np.newaxis], [source_name])[0]
-            t3 = time.perf_counter()
             frames += 1
-            capture_ms, preprocess_ms, infer_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
-            times.add(capture=capture_ms, preprocess=preprocess_ms, infer=infer_ms)
-            recent = [*recent[-29:], t3]
-            fps = (
-                (len(recent) - 1) / (recent[-1] - recent[0])
-                if len(recent) > 1 and recent[-1] > recent[0]
-                else 0.0
-            )
-            record = prediction.to_dict()
-            record.update(
-                frame=frames - 1,
-                capture_ms=round(capture_ms, 3),
-                preprocess_ms=round(preprocess_ms, 3),
-                infer_ms=round(infer_ms, 3),
-                fps=round(fps, 2),
-            )
-            shown = None
-            if snapshot_dir is not None and t3 - last_snapshot >= config.snapshot_every_s:
-                shown = overlay(frame, prediction, fps, predictor.info.synthetic)
-                path = _snapshot(snapshot_dir, frames - 1, shown)
-                snapshots.append(str(path))
-                record["snapshot"] = str(path)
-                last_snapshot = t3
-            if results is not None:
-                # One write and an fsync per frame: a crash loses at most the frame being written.
-                results.append([record])
-            if on_frame is not None:
-                on_frame(record)
-            if window is not None:
-                shown = (
-                    shown if shown is not None else overlay(frame, prediction, fps, predictor.info.synthetic)
-                )
-                if not window.show(shown):
-                    stop_reason = "window closed (q/Esc)"
-                    break
+            times.add(capture=frame.capture_ms, preprocess=frame.preprocess_ms, infer=frame.infer_ms)
+            if not outputs.deliver(frame, frames - 1, rate.tick(frame.done)):
+                stop_reason = "window closed (q/Esc)"
+                break
             if config.max_frames and frames >= config.max_frames:
                 stop_reason = f"--max-frames {config.max_frames} reached"
                 break
@@ -452,7 +501,7 @@ def run_camera(
         stages=times.summary(),
         stop_reason=stop_reason,
         jsonl=str(config.jsonl) if config.jsonl is not None else None,
-        snapshots=snapshots,
+        snapshots=outputs.snapshots,
     )
 
 

@@ -20,10 +20,15 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.contract import SYNTHETIC_WARNING
 from edge_runtime.errors import EdgeError, UsageError
+
+if TYPE_CHECKING:
+    from edge_runtime.contract import PreprocessContract
+    from edge_runtime.device import DeviceFacts, PrecisionReadiness
+    from edge_runtime.predictor import Prediction, Predictor
 
 DISCLAIMER = "Decision support for a trained clinician, not a diagnosis."
 BACKEND_CHOICES = ("auto", "trt", "ort-trt", "ort-cuda", "ort-cpu")
@@ -239,14 +244,9 @@ def _header_lines(info: Any, backend_name: str, precision: str) -> list[str]:
 
 
 def _predict(args: argparse.Namespace, prog: str) -> int:
-    from tqdm import tqdm
-
     from edge_runtime.backends.select import select_backend
     from edge_runtime.bundle import Bundle
-    from edge_runtime.errors import ImageDecodeError
-    from edge_runtime.fileio import sha256_file
-    from edge_runtime.predictor import NonFiniteOutputError, Prediction, Predictor
-    from edge_runtime.preprocess import preprocess_file
+    from edge_runtime.predictor import Predictor
     from edge_runtime.sources import expand_inputs
 
     if args.batch < 1:
@@ -256,65 +256,109 @@ def _predict(args: argparse.Namespace, prog: str) -> int:
         _require_output_file(args.output)
     bundle = Bundle.open(args.bundle)
     inputs = expand_inputs(args.paths)
-    if args.output is not None:
-        target = args.output.resolve()
-        if any(target == f.resolve() for f in inputs.files):
-            print(
-                f"{prog}: -o {args.output} is one of the inputs; refusing to overwrite an input",
-                file=sys.stderr,
-            )
-            return 2
+    if args.output is not None and _is_one_of(args.output, inputs.files):
+        print(
+            f"{prog}: -o {args.output} is one of the inputs; refusing to overwrite an input",
+            file=sys.stderr,
+        )
+        return 2
     failures: list[tuple[str, str]] = list(inputs.failures)
     choice = select_backend(bundle, args.backend, args.precision, args.threads, args.dla)
     if args.backend != "auto":  # select_backend logs the auto choice itself
         logging.getLogger(__name__).info("backend %s (%s)", choice.name, choice.precision)
-    results: list[Prediction] = []
     with choice.backend as backend:
         predictor = Predictor(backend, bundle.info, _model_sha256(bundle, backend))
-        progress = tqdm(total=len(inputs.files), unit="img", file=sys.stderr, disable=None, desc="predict")
-        for start in range(0, len(inputs.files), args.batch):
-            chunk = inputs.files[start : start + args.batch]
-            arrays, names, hashes = [], [], []
-            for path in chunk:
-                try:
-                    arrays.append(preprocess_file(path, bundle.contract))
-                    names.append(str(path))
-                    hashes.append(sha256_file(path))
-                except ImageDecodeError as exc:
-                    failures.append((str(path), exc.reason))
-                except OSError as exc:
-                    failures.append((str(path), f"cannot read: {exc}"))
-            if arrays:
-                import numpy as np
-
-                try:
-                    batch_results = predictor.predict(np.stack(arrays), names)
-                except NonFiniteOutputError as exc:  # only the inputs it names fail
-                    batch_results = exc.results
-                    failures.extend(exc.failed.items())
-                digests = dict(zip(names, hashes))
-                for prediction in batch_results:
-                    prediction.input_sha256 = digests[prediction.source]
-                    results.append(prediction)
-            progress.update(len(chunk))
-        progress.close()
+        results = _classify_files(inputs.files, args.batch, predictor, bundle.contract, failures)
     text = _format_predictions(args, bundle.info, choice.name, args.precision, results, failures)
-    if args.output is not None:
-        from edge_runtime.fileio import atomic_write_text
+    _write_predictions(text, args.output, prog, len(results), failures)
+    return _predict_outcome(prog, results, failures)
 
+
+def _is_one_of(output: Path, files: Sequence[Path]) -> bool:
+    target = output.resolve()
+    return any(target == f.resolve() for f in files)
+
+
+def _classify_files(
+    files: Sequence[Path],
+    batch: int,
+    predictor: Predictor,
+    contract: PreprocessContract,
+    failures: list[tuple[str, str]],
+) -> list[Prediction]:
+    """Predict ``files`` ``batch`` at a time; an unreadable file or non-finite output joins ``failures``."""
+    from tqdm import tqdm
+
+    results: list[Prediction] = []
+    progress = tqdm(total=len(files), unit="img", file=sys.stderr, disable=None, desc="predict")
+    for start in range(0, len(files), batch):
+        chunk = files[start : start + batch]
+        results += _classify_chunk(chunk, predictor, contract, failures)
+        progress.update(len(chunk))
+    progress.close()
+    return results
+
+
+def _classify_chunk(
+    chunk: Sequence[Path],
+    predictor: Predictor,
+    contract: PreprocessContract,
+    failures: list[tuple[str, str]],
+) -> list[Prediction]:
+    from edge_runtime.errors import ImageDecodeError
+    from edge_runtime.fileio import sha256_file
+    from edge_runtime.predictor import NonFiniteOutputError
+    from edge_runtime.preprocess import preprocess_file
+
+    arrays, names, hashes = [], [], []
+    for path in chunk:
         try:
-            atomic_write_text(args.output, text)
-            print(f"{prog}: wrote {len(results)} results to {args.output}", file=sys.stderr)
+            arrays.append(preprocess_file(path, contract))
+            names.append(str(path))
+            hashes.append(sha256_file(path))
+        except ImageDecodeError as exc:
+            failures.append((str(path), exc.reason))
         except OSError as exc:
-            # The images are classified; losing the results to a full disk helps nobody.
-            print(
-                f"{prog}: cannot write {args.output} ({exc.strerror or exc}); the results follow on stdout",
-                file=sys.stderr,
-            )
-            sys.stdout.write(text)
-            failures.append((str(args.output), f"results not written: {exc.strerror or exc}"))
-    else:
+            failures.append((str(path), f"cannot read: {exc}"))
+    if not arrays:
+        return []
+    import numpy as np
+
+    try:
+        batch_results = predictor.predict(np.stack(arrays), names)
+    except NonFiniteOutputError as exc:  # only the inputs it names fail
+        batch_results = exc.results
+        failures.extend(exc.failed.items())
+    digests = dict(zip(names, hashes))
+    for prediction in batch_results:
+        prediction.input_sha256 = digests[prediction.source]
+    return list(batch_results)
+
+
+def _write_predictions(
+    text: str, output: Path | None, prog: str, count: int, failures: list[tuple[str, str]]
+) -> None:
+    """To ``-o`` atomically, or stdout; results that cannot be written go to stdout and count as failed."""
+    if output is None:
         sys.stdout.write(text)
+        return
+    from edge_runtime.fileio import atomic_write_text
+
+    try:
+        atomic_write_text(output, text)
+        print(f"{prog}: wrote {count} results to {output}", file=sys.stderr)
+    except OSError as exc:
+        # The images are classified; losing the results to a full disk helps nobody.
+        print(
+            f"{prog}: cannot write {output} ({exc.strerror or exc}); the results follow on stdout",
+            file=sys.stderr,
+        )
+        sys.stdout.write(text)
+        failures.append((str(output), f"results not written: {exc.strerror or exc}"))
+
+
+def _predict_outcome(prog: str, results: list[Prediction], failures: list[tuple[str, str]]) -> int:
+    """Name every failure, summarise on stderr and pick the exit status."""
     for name, reason in failures:
         print(f"{prog}: FAILED {name}: {reason}", file=sys.stderr)
     abnormal = sum(1 for r in results if r.decision == "abnormal")
@@ -333,7 +377,13 @@ def _predict(args: argparse.Namespace, prog: str) -> int:
 
 def _require_output_file(path: Path) -> None:
     """-o must name a file in an existing, writable folder: checked before any inference runs."""
-    if path.is_dir():
+    try:
+        is_folder = path.is_dir()
+    except OSError as exc:  # Path.is_dir lets ENAMETOOLONG and EACCES through
+        raise UsageError(
+            f"-o {path}: cannot be used as a file name ({exc.strerror}); choose a shorter or reachable path"
+        ) from exc
+    if is_folder:
         raise UsageError(f"-o {path}: is a folder; give a file name, e.g. {path / 'results.csv'}")
     folder = path.parent
     if not folder.is_dir():
@@ -353,82 +403,103 @@ def _model_sha256(bundle: Any, backend: Any) -> str:
     return str(bundle.file_sha256(Path(model_path).name)) if model_path is not None else ""
 
 
+# The CSV of ``predict``; the watch daemon's results.csv has its own (edge_runtime.results).
+_PREDICTION_CSV_COLUMNS = (
+    "file",
+    "probability",
+    "label",
+    "decision",
+    "threshold",
+    "latency_ms",
+    "model_version",
+    "backend",
+    "precision",
+    "input_sha256",
+    "synthetic",
+    "error",
+    "note",
+)
+
+
 def _format_predictions(
     args: argparse.Namespace,
     info: Any,
     backend_name: str,
     precision: str,
-    results: list[Any],
+    results: list[Prediction],
     failures: list[tuple[str, str]],
 ) -> str:
     if args.json:
-        document = {
-            "model_version": info.model_version,
-            "threshold": info.threshold,
-            "backend": backend_name,
-            "precision": precision,
-            "intended_use": info.intended_use,
-            "note": DISCLAIMER,
-            "synthetic": info.synthetic,
-            **({"warning": SYNTHETIC_WARNING} if info.synthetic else {}),
-            "results": [r.to_dict() for r in results],
-            "failures": [{"source": name, "error": reason} for name, reason in failures],
-        }
-        return json.dumps(document, indent=2) + "\n"
-    columns = [
-        "file",
-        "probability",
-        "label",
-        "decision",
-        "threshold",
-        "latency_ms",
-        "model_version",
-        "backend",
-        "precision",
-        "input_sha256",
-        "synthetic",
-        "error",
-        "note",
-    ]
+        return _predictions_json(info, backend_name, precision, results, failures)
+    if args.csv:
+        return _predictions_csv(info, backend_name, precision, results, failures)
+    return _predictions_table(info, backend_name, precision, results, failures)
+
+
+def _predictions_json(
+    info: Any, backend_name: str, precision: str, results: list[Prediction], failures: list[tuple[str, str]]
+) -> str:
+    document = {
+        "model_version": info.model_version,
+        "threshold": info.threshold,
+        "backend": backend_name,
+        "precision": precision,
+        "intended_use": info.intended_use,
+        "note": DISCLAIMER,
+        "synthetic": info.synthetic,
+        **({"warning": SYNTHETIC_WARNING} if info.synthetic else {}),
+        "results": [r.to_dict() for r in results],
+        "failures": [{"source": name, "error": reason} for name, reason in failures],
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def _predictions_csv(
+    info: Any, backend_name: str, precision: str, results: list[Prediction], failures: list[tuple[str, str]]
+) -> str:
     # Every row carries the note (and the SYNTHETIC warning): a CSV row is read alone, in a spreadsheet.
     note = f"{SYNTHETIC_WARNING} {DISCLAIMER}" if info.synthetic else DISCLAIMER
-    if args.csv:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        for r in results:
-            writer.writerow(
-                {
-                    "file": r.source,
-                    "probability": f"{r.probability:.6f}",
-                    "label": r.label,
-                    "decision": r.decision,
-                    "threshold": r.threshold,
-                    "latency_ms": r.latency_ms,
-                    "model_version": r.model_version,
-                    "backend": r.backend,
-                    "precision": r.precision,
-                    "input_sha256": r.input_sha256,
-                    "synthetic": r.synthetic,
-                    "error": "",
-                    "note": note,
-                }
-            )
-        for name, reason in failures:
-            writer.writerow(
-                {
-                    "file": name,
-                    "decision": "FAILED",
-                    "threshold": info.threshold,
-                    "model_version": info.model_version,
-                    "backend": backend_name,
-                    "precision": precision,
-                    "synthetic": info.synthetic,
-                    "error": reason,
-                    "note": note,
-                }
-            )
-        return buffer.getvalue()
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_PREDICTION_CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in results:
+        writer.writerow(
+            {
+                "file": r.source,
+                "probability": f"{r.probability:.6f}",
+                "label": r.label,
+                "decision": r.decision,
+                "threshold": r.threshold,
+                "latency_ms": r.latency_ms,
+                "model_version": r.model_version,
+                "backend": r.backend,
+                "precision": r.precision,
+                "input_sha256": r.input_sha256,
+                "synthetic": r.synthetic,
+                "error": "",
+                "note": note,
+            }
+        )
+    for name, reason in failures:
+        writer.writerow(
+            {
+                "file": name,
+                "decision": "FAILED",
+                "threshold": info.threshold,
+                "model_version": info.model_version,
+                "backend": backend_name,
+                "precision": precision,
+                "synthetic": info.synthetic,
+                "error": reason,
+                "note": note,
+            }
+        )
+    return buffer.getvalue()
+
+
+def _predictions_table(
+    info: Any, backend_name: str, precision: str, results: list[Prediction], failures: list[tuple[str, str]]
+) -> str:
     rows = [[r.source, f"{r.probability:.4f}", r.label, r.decision, f"{r.latency_ms:.2f}"] for r in results]
     rows += [[name, "-", "-", "FAILED", "-"] for name, _ in failures]
     reasons = "".join(f"FAILED {name}: {reason}\n" for name, reason in failures)
@@ -619,86 +690,12 @@ def _doctor(args: argparse.Namespace, prog: str) -> int:
     facts = collect_device_facts(disk_path=args.disk)
     readiness = precision_readiness(facts)
     if args.json:
-        document = facts.to_dict()
-        document["precisions"] = [
-            {
-                "precision": r.precision,
-                "tensorrt_ready": r.tensorrt_ready,
-                "missing": list(r.missing),
-                "onnxruntime_fallback": r.onnxruntime_fallback,
-                "notes": list(r.notes),
-                "fixes": list(r.fixes),
-            }
-            for r in readiness
-        ]
-        print(json.dumps(document, indent=2))
+        print(json.dumps(_doctor_document(facts, readiness), indent=2))
         return 0
-
-    def show(value: Any, missing: str = "not found") -> str:
-        if value is None or value == [] or value == {}:
-            return missing
-        return str(value)
-
-    backends = facts.opencv_backends
-    rows = [
-        [
-            "GPU",
-            show(
-                facts.gpu_name
-                and f"{facts.gpu_name} (compute {facts.compute_capability}, "
-                f"{facts.gpu_memory_mib} MiB, via {facts.gpu_source})",
-                facts.gpu_error or "none found",
-            ),
-        ],
-        ["TensorRT", show(facts.tensorrt_version, facts.tensorrt_error or "not installed")],
-        ["pycuda", show(facts.pycuda_version, facts.pycuda_error or "not installed")],
-        [
-            "CUDA",
-            f"driver {show(facts.cuda_driver_version, '?')}, toolkit {show(facts.cuda_toolkit_version, '?')}",
-        ],
-        ["DLA cores", show(facts.dla_cores, "unknown (needs TensorRT and a GPU)")],
-        [
-            "ONNX Runtime",
-            f"{show(facts.onnxruntime_version, 'not installed')}; loads: "
-            f"{', '.join(facts.onnxruntime_providers) or 'nothing'}",
-        ],
-    ]
-    rows += [["  not loading", f"{name}: {why}"] for name, why in facts.onnxruntime_failed.items()]
-    rows += [
-        ["Jetson", show(facts.jetson_model, "not a Jetson (no /proc/device-tree/model)")],
-        [
-            "L4T / JetPack",
-            f"{show(facts.l4t_release, 'no /etc/nv_tegra_release')}"
-            + (f" ({facts.jetpack})" if facts.jetpack else ""),
-        ],
-        ["power mode", show(facts.power_mode, "nvpmodel not present")],
-        ["disk free", f"{show(facts.disk_free_mib, '?')} MiB at {facts.disk_path}"],
-        [
-            "memory",
-            f"{show(facts.memory_available_mib, '?')} MiB available of {show(facts.memory_total_mib, '?')} MiB",
-        ],
-        ["cameras", show(facts.cameras and ", ".join(facts.cameras), "none (/dev/video*)")],
-        [
-            "OpenCV",
-            f"{show(facts.opencv_version, 'not installed')}; capture: "
-            + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in backends.items())
-            + f"; GUI {'yes' if facts.opencv_gui else 'NO (headless build: use --headless)'}",
-        ],
-        ["engine key", show(facts.device_key, "needs TensorRT + pycuda + GPU")],
-    ]
-    print(_table(["item", "this device"], rows), end="")
+    print(_table(["item", "this device"], _gpu_rows(facts) + _platform_rows(facts)), end="")
     print()
-    precision_rows = []
-    for r in readiness:
-        status = "ready" if r.tensorrt_ready else "missing: " + ", ".join(r.missing)
-        precision_rows.append([r.precision, status, r.onnxruntime_fallback])
-    print(_table(["precision", "TensorRT engine", "ONNX Runtime fallback"], precision_rows), end="")
-    for fix in dict.fromkeys(f for r in readiness for f in r.fixes):
-        print(f"to fix: {fix}")
-    for r in readiness:
-        for note in r.notes:
-            print(f"note ({r.precision}): {note}")
-    if backends and not backends.get("gstreamer"):
+    _print_readiness(readiness)
+    if facts.opencv_backends and not facts.opencv_backends.get("gstreamer"):
         print(
             "note: this OpenCV has no GStreamer, so CSI cameras (csi://N) will not open; USB cameras work via V4L2. "
             "On a Jetson use JetPack's OpenCV through a --system-site-packages venv (deploy/JETSON.md)."
@@ -708,3 +705,95 @@ def _doctor(args: argparse.Namespace, prog: str) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _doctor_document(facts: DeviceFacts, readiness: list[PrecisionReadiness]) -> dict[str, Any]:
+    """``doctor --json``: the device facts plus what each precision needs here."""
+    document = facts.to_dict()
+    document["precisions"] = [
+        {
+            "precision": r.precision,
+            "tensorrt_ready": r.tensorrt_ready,
+            "missing": list(r.missing),
+            "onnxruntime_fallback": r.onnxruntime_fallback,
+            "notes": list(r.notes),
+            "fixes": list(r.fixes),
+        }
+        for r in readiness
+    ]
+    return document
+
+
+def _shown(value: Any, missing: str = "not found") -> str:
+    """A fact as text, or what its absence means on this device."""
+    if value is None or value == [] or value == {}:
+        return missing
+    return str(value)
+
+
+def _gpu_rows(facts: DeviceFacts) -> list[list[str]]:
+    """Doctor rows for the GPU and the runtimes that use it."""
+    rows = [
+        [
+            "GPU",
+            _shown(
+                facts.gpu_name
+                and f"{facts.gpu_name} (compute {facts.compute_capability}, "
+                f"{facts.gpu_memory_mib} MiB, via {facts.gpu_source})",
+                facts.gpu_error or "none found",
+            ),
+        ],
+        ["TensorRT", _shown(facts.tensorrt_version, facts.tensorrt_error or "not installed")],
+        ["pycuda", _shown(facts.pycuda_version, facts.pycuda_error or "not installed")],
+        [
+            "CUDA",
+            f"driver {_shown(facts.cuda_driver_version, '?')}, toolkit {_shown(facts.cuda_toolkit_version, '?')}",
+        ],
+        ["DLA cores", _shown(facts.dla_cores, "unknown (needs TensorRT and a GPU)")],
+        [
+            "ONNX Runtime",
+            f"{_shown(facts.onnxruntime_version, 'not installed')}; loads: "
+            f"{', '.join(facts.onnxruntime_providers) or 'nothing'}",
+        ],
+    ]
+    return rows + [["  not loading", f"{name}: {why}"] for name, why in facts.onnxruntime_failed.items()]
+
+
+def _platform_rows(facts: DeviceFacts) -> list[list[str]]:
+    """Doctor rows for the board, its resources, cameras and OpenCV."""
+    return [
+        ["Jetson", _shown(facts.jetson_model, "not a Jetson (no /proc/device-tree/model)")],
+        [
+            "L4T / JetPack",
+            f"{_shown(facts.l4t_release, 'no /etc/nv_tegra_release')}"
+            + (f" ({facts.jetpack})" if facts.jetpack else ""),
+        ],
+        ["power mode", _shown(facts.power_mode, "nvpmodel not present")],
+        ["disk free", f"{_shown(facts.disk_free_mib, '?')} MiB at {facts.disk_path}"],
+        [
+            "memory",
+            f"{_shown(facts.memory_available_mib, '?')} MiB available of {_shown(facts.memory_total_mib, '?')} MiB",
+        ],
+        ["cameras", _shown(facts.cameras and ", ".join(facts.cameras), "none (/dev/video*)")],
+        [
+            "OpenCV",
+            f"{_shown(facts.opencv_version, 'not installed')}; capture: "
+            + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in facts.opencv_backends.items())
+            + f"; GUI {'yes' if facts.opencv_gui else 'NO (headless build: use --headless)'}",
+        ],
+        ["engine key", _shown(facts.device_key, "needs TensorRT + pycuda + GPU")],
+    ]
+
+
+def _print_readiness(readiness: list[PrecisionReadiness]) -> None:
+    """Per precision: whether a TensorRT engine can be built here, the fixes and notes."""
+    rows = []
+    for r in readiness:
+        status = "ready" if r.tensorrt_ready else "missing: " + ", ".join(r.missing)
+        rows.append([r.precision, status, r.onnxruntime_fallback])
+    print(_table(["precision", "TensorRT engine", "ONNX Runtime fallback"], rows), end="")
+    for fix in dict.fromkeys(f for r in readiness for f in r.fixes):
+        print(f"to fix: {fix}")
+    for r in readiness:
+        for note in r.notes:
+            print(f"note ({r.precision}): {note}")

@@ -50,7 +50,7 @@ import numpy as np
 
 from edge_runtime import __version__
 from edge_runtime.bundle import ONNX_FOR_PRECISION, Bundle
-from edge_runtime.device import TENSORRT_HINT, cuda_device, device_key, tensorrt_too_old
+from edge_runtime.device import TENSORRT_HINT, CudaDevice, cuda_device, device_key, tensorrt_too_old
 from edge_runtime.engine_sidecar import (
     CalibrationCacheInfo,
     EngineSidecar,
@@ -616,6 +616,22 @@ def _check_platform(builder: Any, plan: BuildPlan) -> None:
         )
 
 
+@dataclass
+class _BuildSetup:
+    """What one build is, settled before TensorRT builds anything."""
+
+    trt: Any
+    trt_version: str
+    gpu: CudaDevice
+    #: where an entropy calibrator's cache is read and written
+    cache_path: Path
+    plan: BuildPlan
+    onnx_path: Path
+    onnx_sha256: str
+    #: what the sidecar records about choices made along the way
+    notes: list[str] = field(default_factory=list)
+
+
 def build_engine(
     sources: OnnxSources,
     engine_path: str | Path,
@@ -633,6 +649,47 @@ def build_engine(
     :class:`BackendUnavailableError` when TensorRT, pycuda or a GPU is missing.
     """
     engine_path = Path(engine_path)
+    setup = _set_up_build(sources, engine_path, config, calibration)
+    trt = setup.trt
+    logger = trt.Logger(trt.Logger.VERBOSE if config.verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    _check_platform(builder, setup.plan)
+    # The parser stays referenced until the build: the network's weights live in its memory.
+    network, _parser = _parse_onnx(trt, builder, logger, setup.onnx_path, setup.plan.strongly_typed)
+    profile = _profile_shapes(network, config.profile, setup.onnx_path)
+    builder_config = _builder_config(builder, setup, config, profile)
+    timing_cache, timing_reused = _attach_timing_cache(builder_config, config.timing_cache, setup.notes)
+    calibrator, calibration_state = _calibrator_if_planned(
+        builder, builder_config, setup, config, profile, calibration
+    )
+    data, seconds = _serialize(builder, network, builder_config, calibrator, setup.onnx_path, config)
+    atomic_write_bytes(engine_path, data)
+    if timing_cache is not None and config.timing_cache is not None:
+        atomic_write_bytes(
+            config.timing_cache, bytes(memoryview(builder_config.get_timing_cache().serialize()))
+        )
+    sidecar = _engine_sidecar(
+        setup,
+        config,
+        engine_path,
+        data,
+        seconds,
+        profile,
+        _calibration_record(setup, config, calibration_state),
+        timing_reused,
+        rebuild_command,
+    )
+    sidecar.save(sidecar_path(engine_path))
+    log.info(
+        "built %s engine %s in %.1f s (%s)", config.precision, engine_path, seconds, setup.plan.build_path
+    )
+    return sidecar
+
+
+def _set_up_build(
+    sources: OnnxSources, engine_path: Path, config: EngineBuildConfig, calibration: CalibrationData | None
+) -> _BuildSetup:
+    """TensorRT, the GPU, the build path for this TensorRT version and the ONNX file it starts from."""
     trt = _import_tensorrt()
     trt_version = str(trt.__version__)
     gpu = cuda_device()
@@ -642,15 +699,14 @@ def build_engine(
     )
     plan = plan_build(trt_version, config.precision, config.int8_source, available)
     onnx_path = sources.path_for(plan.onnx_role)
-    onnx_sha256 = sha256_file(onnx_path)
-    notes: list[str] = []
+    return _BuildSetup(trt, trt_version, gpu, cache_path, plan, onnx_path, sha256_file(onnx_path))
 
-    logger = trt.Logger(trt.Logger.VERBOSE if config.verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    _check_platform(builder, plan)
-    network, _parser = _parse_onnx(trt, builder, logger, onnx_path, plan.strongly_typed)
-    profile = _profile_shapes(network, config.profile, onnx_path)
 
+def _builder_config(
+    builder: Any, setup: _BuildSetup, config: EngineBuildConfig, profile: dict[str, dict[str, list[int]]]
+) -> Any:
+    """Workspace, precision flags, the batch profile and DLA placement."""
+    trt, plan, notes = setup.trt, setup.plan, setup.notes
     builder_config = builder.create_builder_config()
     builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mib << 20)
     for flag in plan.builder_flags:
@@ -665,25 +721,46 @@ def build_engine(
     builder_config.add_optimization_profile(trt_profile)
     if config.dla_core is not None:
         _configure_dla(trt, builder, builder_config, config.dla_core, config.precision, config.profile.max)
-    timing_cache, timing_reused = _attach_timing_cache(builder_config, config.timing_cache, notes)
+    return builder_config
 
-    calibrator, calibration_state = None, None
-    if plan.calibrator:
-        input_name = next(iter(profile))
-        calibrator, calibration_state = _prepare_calibrator(
-            trt,
-            builder,
-            builder_config,
-            input_name,
-            profile[input_name]["min"][1:],
-            config,
-            calibration,
-            cache_path,
-            trt_version,
-            onnx_sha256,
-        )
-        notes.extend(calibration_state.notes)
 
+def _calibrator_if_planned(
+    builder: Any,
+    builder_config: Any,
+    setup: _BuildSetup,
+    config: EngineBuildConfig,
+    profile: dict[str, dict[str, list[int]]],
+    calibration: CalibrationData | None,
+) -> tuple[Any, _CalibrationState | None]:
+    """The entropy calibrator the plan asks for, attached to ``builder_config``; (None, None) without."""
+    if not setup.plan.calibrator:
+        return None, None
+    input_name = next(iter(profile))
+    calibrator, calibration_state = _prepare_calibrator(
+        setup.trt,
+        builder,
+        builder_config,
+        input_name,
+        profile[input_name]["min"][1:],
+        config,
+        calibration,
+        setup.cache_path,
+        setup.trt_version,
+        setup.onnx_sha256,
+    )
+    setup.notes.extend(calibration_state.notes)
+    return calibrator, calibration_state
+
+
+def _serialize(
+    builder: Any,
+    network: Any,
+    builder_config: Any,
+    calibrator: Any,
+    onnx_path: Path,
+    config: EngineBuildConfig,
+) -> tuple[bytes, float]:
+    """Build the serialized engine; its bytes and the seconds the build took."""
     started = time.perf_counter()
     with _primary_context():
         try:
@@ -697,27 +774,40 @@ def build_engine(
             f"{onnx_path}: TensorRT returned no engine for {config.precision}; re-run with --verbose for the "
             f"builder log (out of memory? raise --workspace, now {config.workspace_mib} MiB)"
         )
-    data = bytes(memoryview(serialized))
-    atomic_write_bytes(engine_path, data)
-    if timing_cache is not None and config.timing_cache is not None:
-        atomic_write_bytes(
-            config.timing_cache, bytes(memoryview(builder_config.get_timing_cache().serialize()))
-        )
+    return bytes(memoryview(serialized)), seconds
 
-    calibration_record: dict[str, Any] | None = None
+
+def _calibration_record(
+    setup: _BuildSetup, config: EngineBuildConfig, calibration_state: _CalibrationState | None
+) -> dict[str, Any] | None:
+    """How an INT8 engine got its scales: the entropy calibrator's data and cache, or the Q/DQ model."""
     if calibration_state is not None:
-        calibration_record = {
+        return {
             "source": "entropy-calibrator-2",
             "calibration_sha256": calibration_state.calibration_sha256,
-            "cache_file": str(cache_path),
+            "cache_file": str(setup.cache_path),
             "cache_reused": calibration_state.cache_reused,
             "images": calibration_state.images_used,
             "batch_size": config.calibration_batch_size,
         }
-    elif config.precision == "int8":
-        calibration_record = {"source": "qdq-onnx", "onnx_file": onnx_path.name}
+    if config.precision == "int8":
+        return {"source": "qdq-onnx", "onnx_file": setup.onnx_path.name}
+    return None
 
-    sidecar = EngineSidecar(
+
+def _engine_sidecar(
+    setup: _BuildSetup,
+    config: EngineBuildConfig,
+    engine_path: Path,
+    data: bytes,
+    seconds: float,
+    profile: dict[str, dict[str, list[int]]],
+    calibration_record: dict[str, Any] | None,
+    timing_reused: bool,
+    rebuild_command: str,
+) -> EngineSidecar:
+    plan, gpu, trt_version = setup.plan, setup.gpu, setup.trt_version
+    return EngineSidecar(
         engine_file=engine_path.name,
         engine_sha256=hashlib.sha256(data).hexdigest(),
         engine_bytes=len(data),
@@ -729,8 +819,8 @@ def build_engine(
         requested_precision=config.precision,
         build_path=plan.build_path,
         builder_flags=list(plan.builder_flags) + (["GPU_FALLBACK"] if config.dla_core is not None else []),
-        onnx_file=onnx_path.name,
-        onnx_sha256=onnx_sha256,
+        onnx_file=setup.onnx_path.name,
+        onnx_sha256=setup.onnx_sha256,
         profile=profile,
         workspace_mib=config.workspace_mib,
         build_time=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -742,11 +832,8 @@ def build_engine(
         timing_cache_reused=timing_reused,
         rebuild_command=rebuild_command,
         trtexec_equivalent=trtexec_equivalent(
-            plan, onnx_path, engine_path, profile, config, cache_path if plan.calibrator else None
+            plan, setup.onnx_path, engine_path, profile, config, setup.cache_path if plan.calibrator else None
         ),
         pneumo_edge_version=__version__,
-        notes=notes,
+        notes=setup.notes,
     )
-    sidecar.save(sidecar_path(engine_path))
-    log.info("built %s engine %s in %.1f s (%s)", config.precision, engine_path, seconds, plan.build_path)
-    return sidecar

@@ -249,3 +249,26 @@ def test_make_batch_cycles_the_pool() -> None:
     batch = make_batch(pool, 5, np.float32)
     assert batch.shape == (5, 2, 2, 1) and batch.dtype == np.float32 and batch.flags.c_contiguous
     np.testing.assert_array_equal(batch[3], pool[0])
+
+
+def test_a_model_that_will_not_load_is_skipped_and_int8_without_accuracy_is_flagged(
+    all_precision_bundle: Path,
+) -> None:
+    (all_precision_bundle / "model_fp16.onnx").write_bytes(b"not an onnx graph")
+    write_manifest(all_precision_bundle)
+    document = run_benchmark(
+        quick_config(
+            all_precision_bundle,
+            None,
+            backends=("ort-cpu",),
+            batches=(1,),
+            cold_start_repeats=0,
+            end_to_end=False,
+            accuracy=False,
+        )
+    )
+    assert [(r["precision"], r["batch"]) for r in document["rows"]] == [("fp32", 1), ("int8", 1)]
+    (skip,) = [s for s in document["skipped"] if s["backend"] == "ort-cpu"]
+    assert (skip["precision"], skip["batch"]) == ("fp16", None) and "model_fp16.onnx" in skip["reason"]
+    assert "ort-cpu int8 has no accuracy on test images: it is not a result" in document["warnings"]
+    assert document["accuracy"] == [] and document["cold_start"] == []

@@ -108,3 +108,12 @@ def test_watch_section_in_the_main_report(tiny_bundle: Path, tmp_path: Path) -> 
     document = json.loads(next(out.rglob("bench.json")).read_text())
     assert document["watch"]["done"] == 4
     assert "## Watch daemon: inbox to result file" in next(out.rglob("bench.md")).read_text()
+
+
+def test_a_daemon_that_exits_at_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    images = labelled_folder(tmp_path / "images", per_class=1)
+    (tmp_path / "not_a_bundle").mkdir()
+    config = WatchBenchConfig(bundle=tmp_path / "not_a_bundle", images=images, count=2, startup_timeout_s=60)
+    # Its last heartbeat (state "failed") is written before it exits: that is not "ready".
+    with pytest.raises(BenchInputError, match=r"exited with status 1 before it was ready; daemon log: \S"):
+        run_watch_bench(config, progress=False)

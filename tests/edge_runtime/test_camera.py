@@ -191,3 +191,69 @@ def test_signal_stops_a_real_process_cleanly(tiny_bundle: Path, tmp_path: Path, 
     assert len(lines) == summary["frames"] and all(
         json.loads(line)["frame"] == i for i, line in enumerate(lines)
     )
+
+
+class ClosingWindow(Window):
+    """Stands in for the GUI window (this OpenCV may have none): shows frames, then is closed by the user."""
+
+    def __init__(self, close_after: int) -> None:
+        self.title = "test"
+        self.close_after = close_after
+        self.shown: list[tuple[int, ...]] = []
+        self.closed = False
+
+    def show(self, image: np.ndarray) -> bool:
+        self.shown.append(image.shape)
+        return len(self.shown) < self.close_after
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_closing_the_window_stops_and_every_frame_reaches_on_frame(tiny_bundle: Path, tmp_path: Path) -> None:
+    video = make_video(tmp_path / "clip.mp4", 10)
+    config = CameraConfig(source=str(video))
+    bundle = Bundle.open(tiny_bundle)
+    source = parse_camera_source(config.source)
+    window = ClosingWindow(close_after=4)
+    records: list[dict[str, object]] = []
+    with OnnxRuntimeBackend(bundle.onnx_path("fp32")) as backend:
+        summary = run_camera(
+            open_capture(source, config),
+            Predictor(backend, bundle.info, "sha"),
+            bundle.contract,
+            config,
+            threading.Event(),
+            source.describe(),
+            window=window,
+            on_frame=records.append,
+        )
+    assert summary.frames == 4 and summary.stop_reason == "window closed (q/Esc)"
+    assert window.closed and window.shown == [(48, 64, 3)] * 4
+    assert [r["frame"] for r in records] == [0, 1, 2, 3] and "snapshot" not in records[0]
+    assert summary.jsonl is None and summary.snapshots == []
+
+
+def test_a_capture_that_delivers_no_frame_is_an_error(tiny_bundle: Path) -> None:
+    bundle = Bundle.open(tiny_bundle)
+    capture = cv2.VideoCapture()  # opened on nothing: read() gives no frame
+    with (
+        OnnxRuntimeBackend(bundle.onnx_path("fp32")) as backend,
+        pytest.raises(CameraError, match="nowhere: opened, but delivered no frame"),
+    ):
+        run_camera(
+            capture,
+            Predictor(backend, bundle.info, "sha"),
+            bundle.contract,
+            CameraConfig(source="0"),
+            threading.Event(),
+            "nowhere",
+        )
+
+
+def test_realtime_plays_a_file_at_its_frame_rate(tiny_bundle: Path, tmp_path: Path) -> None:
+    video = make_video(tmp_path / "clip.mp4", 6, fps=20.0)
+    config = CameraConfig(source=str(video), headless=True, jsonl=tmp_path / "f.jsonl", realtime=True)
+    summary = run_headless(tiny_bundle, config)
+    assert summary.frames == 6 and summary.stop_reason == "end of stream"
+    assert summary.seconds >= 5 / 20.0  # five waits of 50 ms between six frames

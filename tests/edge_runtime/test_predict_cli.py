@@ -177,6 +177,10 @@ def test_an_unusable_output_is_refused_before_any_inference(
     assert main(["predict", str(tiny_bundle), str(inbox), "--csv", "-o", str(missing)]) == 2
     err = capsys.readouterr().err
     assert f"folder {missing.parent} does not exist" in err and "images classified" not in err
+    too_long = tmp_path / ("r" * 300 + ".csv")  # is_dir() itself fails: ENAMETOOLONG
+    assert main(["predict", str(tiny_bundle), str(inbox), "--csv", "-o", str(too_long)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be used as a file name (File name too long)" in err and "Traceback" not in err
 
 
 def test_swapped_arguments_get_a_hint(
@@ -258,3 +262,30 @@ def test_a_non_finite_output_fails_that_image_and_keeps_the_others(
     assert all(r["input_sha256"] == sha256_file(r["source"]) for r in document["results"])
     [failure] = document["failures"]
     assert failure["source"] == str(scans / "b-dark.png") and "not a finite number" in failure["error"]
+
+
+def test_a_batch_below_one_is_a_usage_error(
+    tiny_bundle: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["predict", str(tiny_bundle), str(inbox), "--batch", "0"]) == 2
+    assert "--batch must be 1 or more" in capsys.readouterr().err
+
+
+def test_an_empty_folder_classifies_nothing_and_fails(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(tiny_bundle), str(tmp_path / "empty")]) == 1
+    assert "0 images classified (0 abnormal, 0 normal)" in capsys.readouterr().err
+
+
+def test_results_that_cannot_be_written_go_to_stdout(
+    tiny_bundle: Path, inbox: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 250 characters pass the -o check, but the temporary file beside it gets a name over 255: the write fails.
+    target = tmp_path / ("r" * 246 + ".csv")
+    assert main(["predict", str(tiny_bundle), str(inbox / "dark.png"), "--csv", "-o", str(target)]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("file,probability,label,decision") and str(inbox / "dark.png") in out
+    assert f"cannot write {target}" in err and "the results follow on stdout" in err
+    assert f"FAILED {target}: results not written" in err and "1 images classified" in err
