@@ -1,24 +1,28 @@
-"""``pneumo train`` and ``pneumo evaluate``.
+"""``pneumo train`` (and its ``sweep``, ``ensemble`` and ``select`` subcommands) and ``pneumo evaluate``.
 
-Flags -> :class:`train.config.TrainConfig` (over an optional ``--config``
-TOML file) -> :func:`train.fit.train_run`. Exit codes: 0 success, 1 a failure
-(the message names the file and what to do), 2 a usage error: a malformed
-command line, or a setting (flag or ``--config`` value) that is unknown or out
-of range (:class:`train.errors.ConfigError`). Logs and Keras' progress go to
-stderr; stdout carries the summary table, or JSON with ``--json``.
+Every command line of training lives here: flags -> a typed config (for ``pneumo train``,
+:class:`train.config.TrainConfig` over an optional ``--config`` TOML file) -> one library call
+(:func:`train.fit.train_run`, :func:`train.sweep.run_sweep`, :func:`train.ensemble.make_ensemble`,
+:func:`train.select.select_runs`, :func:`train.evaluate.evaluate_model`) -> a table or JSON on stdout.
+The library modules never see argparse. :func:`train.command.run_command` runs each one the same way:
+exit codes 0 success, 1 a failure (the message names the file and what to do), 2 a usage error: a
+malformed command line, or a setting (flag or ``--config`` value) that is unknown or out of range
+(:class:`train.errors.ConfigError`). Logs and Keras' progress go to stderr; stdout carries the summary
+table, or JSON with ``--json``. Heavy modules (TensorFlow) are imported only once a command runs, so
+``--help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
-import os
+import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from train.command import library_output_on_stderr, run_command
 from train.config import (
     ACTIVATIONS,
     AUGMENTATIONS,
@@ -35,9 +39,11 @@ from train.config import (
     SPLIT_MODES,
     STRATEGIES,
     THRESHOLD_SOURCES,
+    flag,
     load_toml,
     merge,
 )
+from train.errors import ConfigError
 
 TRAIN_EXAMPLES = """examples:
   pneumo train --arch lhu --data ../shared/data/chest_xray --out runs/lhu-seed
@@ -75,31 +81,6 @@ patient-wise split folds the official val/ folder into training, so '--split val
 use '--split run-val' for the run's own held-out validation images. --allow-train-overlap scores them anyway
 and the report then says the figures include training images.
 """
-
-log = logging.getLogger("pneumo")
-
-
-def _setup_logging(quiet: bool) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr
-    )
-
-
-def _errors() -> tuple[type[BaseException], ...]:
-    from edge_runtime.errors import EdgeError
-    from train.errors import TrainError
-
-    return (TrainError, EdgeError)
-
-
-def _report(prog: str, exc: BaseException) -> int:
-    """Print a library error; its exit code: 2 for a bad setting (usage), 1 for any other failure."""
-    from train.errors import ConfigError
-
-    print(f"{prog}: error: {exc}", file=sys.stderr)
-    return 2 if isinstance(exc, ConfigError) else 1
-
 
 # --------------------------------------------------------------------------- train
 
@@ -294,52 +275,43 @@ def remove_if_empty(folders: list[Path]) -> None:
 
 
 def train_main(argv: list[str], prog: str = "pneumo train") -> int:
-    if argv and argv[0] == "sweep":
-        from train import sweep
-
-        return sweep.main(argv[1:], prog + " sweep")
-    if argv and argv[0] == "ensemble":
-        from train import ensemble
-
-        return ensemble.main(argv[1:], prog + " ensemble")
-    if argv and argv[0] == "select":
-        from train import select
-
-        return select.main(argv[1:], prog + " select")
+    """``pneumo train [sweep|ensemble|select] ...``; the exit code."""
+    if argv and argv[0] in TRAIN_SUBCOMMANDS:
+        return TRAIN_SUBCOMMANDS[argv[0]](argv[1:], f"{prog} {argv[0]}")
     parser = train_parser(prog)
-    args = vars(parser.parse_args(argv))
-    json_out = bool(args.pop("json", False))
-    quiet = bool(args.pop("quiet", False))
-    config_path = args.pop("config", None)
-    if "image_size" in args:
-        size = args.pop("image_size")
-        args.setdefault("height", size)
-        args.setdefault("width", size)
-    if quiet:
-        args["progress"] = False
-    _setup_logging(quiet)
-    try:
-        toml_values = load_toml(config_path) if config_path else {}
-        config = merge(toml_values, args, source=str(config_path or "flags"))
-        if config.data is None or config.out is None:
-            parser.error("--data and --out are required (or set data and out in the --config file)")
-        from train.fit import train_run
-        from train.report import summary_table
+    return run_command(prog, parser, argv, lambda args: _train(parser, args))
 
-        new_folders = folders_to_create(config.out)
-        try:
-            # Keras writes its progress bars to stdout; stdout is for the result only.
-            with contextlib.redirect_stdout(sys.stderr):
-                result = train_run(config)
-        except BaseException:
-            remove_if_empty(new_folders)
-            raise
-    except _errors() as exc:
-        return _report(prog, exc)
-    if json_out:
-        print(json.dumps(result.metrics, indent=2))
-    else:
-        print(summary_table(result.card, result.metrics, result.out))
+
+def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    values = vars(args)
+    json_out = bool(values.pop("json", False))
+    quiet = bool(values.pop("quiet", False))
+    config_path = values.pop("config", None)
+    if "image_size" in values:
+        size = values.pop("image_size")
+        values.setdefault("height", size)
+        values.setdefault("width", size)
+    if quiet:
+        values["progress"] = False
+    toml_values = load_toml(config_path) if config_path else {}
+    config = merge(toml_values, values, source=str(config_path or "flags"))
+    if config.data is None or config.out is None:
+        parser.error("--data and --out are required (or set data and out in the --config file)")
+    from train.fit import train_run
+    from train.report import summary_table
+
+    new_folders = folders_to_create(config.out)
+    try:
+        with library_output_on_stderr():
+            result = train_run(config)
+    except BaseException:
+        remove_if_empty(new_folders)
+        raise
+    print(
+        json.dumps(result.metrics, indent=2)
+        if json_out
+        else summary_table(result.card, result.metrics, result.out)
+    )
     return 0
 
 
@@ -443,34 +415,343 @@ def evaluation_table(report: dict[str, Any]) -> str:
 
 
 def evaluate_main(argv: list[str], prog: str = "pneumo evaluate") -> int:
-    args = evaluate_parser(prog).parse_args(argv)
-    _setup_logging(args.quiet)
-    if args.bootstrap < 0:
-        print(f"{prog}: error: --bootstrap {args.bootstrap}: must be 0 or more", file=sys.stderr)
-        return 2
-    if args.workers < 1:
-        print(f"{prog}: error: --workers {args.workers}: must be 1 or more", file=sys.stderr)
-        return 2
-    try:
-        from edge_runtime.fileio import atomic_write_json
-        from train.evaluate import evaluate_model
+    """``pneumo evaluate MODEL --data DATA ...``; the exit code."""
+    return run_command(prog, evaluate_parser(prog), argv, _evaluate)
 
-        with contextlib.redirect_stdout(sys.stderr):
-            report = evaluate_model(
-                args.model,
-                args.data,
-                split=args.split,
-                bootstrap=args.bootstrap,
-                seed=args.seed,
-                cache_dir=args.cache_dir,
-                progress=not args.quiet,
-                workers=args.workers,
-                probe_shape=args.shape_probe,
-                allow_train_overlap=args.allow_train_overlap,
-            )
-        if args.output:
-            atomic_write_json(args.output, report)
-    except _errors() as exc:
-        return _report(prog, exc)
+
+def _evaluate(args: argparse.Namespace) -> int:
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap {args.bootstrap}: must be 0 or more")
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: must be 1 or more")
+    from edge_runtime.fileio import atomic_write_json
+    from train.evaluate import evaluate_model
+
+    with library_output_on_stderr():
+        report = evaluate_model(
+            args.model,
+            args.data,
+            split=args.split,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            cache_dir=args.cache_dir,
+            progress=not args.quiet,
+            workers=args.workers,
+            probe_shape=args.shape_probe,
+            allow_train_overlap=args.allow_train_overlap,
+        )
+    if args.output:
+        atomic_write_json(args.output, report)
     print(json.dumps(report, indent=2) if args.json else evaluation_table(report))
     return 0
+
+
+# --------------------------------------------------------------------------- train sweep
+
+SWEEP_EXAMPLES = """examples:
+  pneumo train sweep experiments/seed000_lhu_optimizers.toml --data ../shared/data/chest_xray
+  pneumo train sweep experiments/seed002_roskilde_adjustments.toml --data DATA --reduced
+  pneumo train sweep experiments/seed004_sutd.toml --data DATA --only cnn2-r2,resnet50
+  pneumo train sweep experiments/best_model.toml --dry-run          # validate every run, train nothing
+  pneumo train sweep experiments/x.toml --data DATA --set bootstrap=200 --set cache_dir=/tmp/c
+
+Interrupted? Run the same command again: complete runs are skipped, the rest start afresh
+(incomplete attempts are moved aside to runs/NAME.incomplete-K, never deleted).
+--reduced applies {reduction} and the file's [reduced] table, and marks every row 'reduced'.
+"""
+
+
+def sweep_parser(prog: str) -> argparse.ArgumentParser:
+    from train.sweep import REDUCTION
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run the training configurations of an experiment file, resumably, into one results table "
+        "(results.csv, results.md, results.png).",
+        epilog=SWEEP_EXAMPLES.format(reduction=", ".join(f"{flag(k)} {v}" for k, v in REDUCTION.items())),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "experiments", type=Path, help="experiment file (TOML), e.g. experiments/seed000_lhu_leak.toml"
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        "--output",
+        dest="out",
+        type=Path,
+        help="sweep folder (default runs/sweeps/NAME[-reduced])",
+    )
+    parser.add_argument("--data", type=Path, help="chest X-ray folder for every run (overrides the file)")
+    parser.add_argument(
+        "--reduced", action="store_true", help="CPU budget: fewer images and epochs; rows say 'reduced'"
+    )
+    parser.add_argument(
+        "--only", default="", metavar="NAME,...", help="run only these runs (others stay as they are)"
+    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of every run (TOML value, e.g. --set epochs=2)")  # fmt: skip
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
+    parser.add_argument(
+        "--results-only",
+        action="store_true",
+        help="rewrite results.csv/.md/.json/.png from the run folders; train nothing (a --data other "
+        "than the runs' marks them stale, no --data marks none)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the results rows as JSON on stdout")
+    parser.add_argument(
+        "--blind",
+        action="store_true",
+        help="print validation ROC AUC only, no test figure (results.md/csv/json still hold them): "
+        "for a choice declared in advance, made before anyone reads the test rows",
+    )
+    parser.add_argument("--quiet", action="store_true", help="warnings only on stderr")
+    return parser
+
+
+def sweep_main(argv: list[str], prog: str = "pneumo train sweep") -> int:
+    """``pneumo train sweep EXPERIMENTS.toml ...``; the exit code (130 when interrupted)."""
+    # OSError: the sweep folder, its lock and its results are files; a full disk is a failure, not a bug
+    return run_command(prog, sweep_parser(prog), argv, lambda args: _sweep(args, prog, argv), (OSError,))
+
+
+def _sweep(args: argparse.Namespace, prog: str, argv: list[str]) -> int:
+    from edge_runtime.fileio import read_json
+    from train.sweep import (
+        SweepConfig,
+        SweepInterrupted,
+        load_experiment,
+        load_settled_state,
+        parse_overrides,
+        plan_sweep,
+        plan_table,
+        run_sweep,
+        sigterm_interrupts,
+        sweep_lock,
+        sweep_root,
+    )
+    from train.sweep_results import blinded_row, summary_table, write_results
+
+    config = SweepConfig(
+        experiments=args.experiments,
+        out=args.out,
+        data=args.data,
+        reduced=args.reduced,
+        only=tuple(name.strip() for name in args.only.split(",") if name.strip()),
+        overrides=parse_overrides(args.overrides),
+        dry_run=args.dry_run or args.results_only,
+        command=" ".join([prog, *(shlex.quote(a) for a in argv)]),
+    )
+    experiment = load_experiment(config.experiments)
+    plan = plan_sweep(experiment, config)
+    root = sweep_root(plan[0])
+    if args.dry_run:
+        reduced = " (REDUCED)" if config.reduced else ""
+        _echo(f"sweep {experiment.name}: {len(plan)} runs -> {root}{reduced}")
+        _echo(plan_table(plan))
+        _echo(f"\nall {len(plan)} run configs are valid; drop --dry-run to train")
+        return 0
+    if args.results_only:
+        with sweep_lock(root):
+            write_results(experiment, plan, root, load_settled_state(root))
+        _echo(summary_table(read_json(root / "results.json")["rows"], blind=args.blind))
+        _echo(f"\nresults: {root}/results.md, results.csv, results.png")
+        return 0
+    try:
+        with sigterm_interrupts():
+            outcomes = run_sweep(experiment, plan, config)
+    except (KeyboardInterrupt, SweepInterrupted):
+        _echo(
+            f"{prog}: interrupted; results so far in {root}/results.md. Run the same command again to resume.",
+            err=True,
+        )
+        return 130
+    rows = read_json(root / "results.json")["rows"]
+    if args.json:
+        _echo(json.dumps([blinded_row(row) for row in rows] if args.blind else rows, indent=2))
+    else:
+        _echo(summary_table(rows, blind=args.blind))
+        _echo(f"\nresults: {root}/results.md, results.csv, results.png")
+    failed = [o.name for o in outcomes if o.status == "failed"]
+    if failed:
+        _echo(
+            f"{prog}: {len(failed)} run(s) failed: {', '.join(failed)}; see {root}/logs/. "
+            "Fix the cause and run the same command again (finished runs are kept).",
+            err=True,
+        )
+        return 1
+    _echo(f"next: pneumo export bundle {root}/runs/NAME -o bundles/NAME   # package a run for the edge")
+    return 0
+
+
+def _echo(text: str, err: bool = False) -> None:
+    """A line of the sweep's own output, flushed: it interleaves with the progress bar on stderr."""
+    print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+# --------------------------------------------------------------------------- train ensemble
+
+ENSEMBLE_EXAMPLES = """examples:
+  pneumo train ensemble runs/dsconv runs/dsconv-focal runs/dsconv-smooth --out runs/dsconv-ens3
+  pneumo train ensemble runs/dsconv --tta crops --out runs/dsconv-tta   # one run, 4 views averaged
+  pneumo export bundle runs/dsconv-ens3 -o bundles/dsconv-ens3     # one graph, exported like any run
+
+Members must share the contract, labels and split (same --data, --val-fraction, --image-size
+and --split-seed, or --seed when no --split-seed was given): vary them by loss, augmentation,
+width, or by --seed with a fixed --split-seed. The threshold is chosen on validation (the first
+member's rule and --threshold-on unless given);
+the test split is scored once. Results are decision support, not a diagnosis.
+"""
+
+
+def ensemble_parser(prog: str) -> argparse.ArgumentParser:
+    from train.ensemble import TTA_CROPS, TTA_MODES
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Average trained runs into one model (one graph) and evaluate it like a run.",
+        epilog=ENSEMBLE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "members", nargs="+", type=Path, metavar="RUN", help="run folders to average (2 or more)"
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        "--output",
+        dest="out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="run folder to create for the ensemble",
+    )
+    parser.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default="none",
+        help=f"test-time augmentation in the graph: 'crops' averages {len(TTA_CROPS)} views "
+        "(whole, a 6%% zoom, two 8%% corner crops); one RUN is then enough",
+    )
+    parser.add_argument(
+        "--threshold-rule", help="sensitivity:T, youden or fixed:P (default: the first member's)"
+    )
+    parser.add_argument(
+        "--threshold-on",
+        choices=THRESHOLD_SOURCES,
+        help="validation, or shape-pooled: validation plus its width/height rescales (default: the first member's)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing run folder once the ensemble is built (the old folder is swapped out whole)",
+    )
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    parser.add_argument("--json", action="store_true", help="print metrics as JSON")
+    parser.add_argument(
+        "--blind",
+        action="store_true",
+        help="print validation figures only: the test split is still scored once into metrics.json, "
+        "but neither the members' nor the ensemble's test figures are shown, so a choice declared in "
+        "advance (pneumo train select) is made before anyone reads them",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress or log lines")
+    return parser
+
+
+def ensemble_main(argv: list[str], prog: str = "pneumo train ensemble") -> int:
+    """``pneumo train ensemble RUN RUN ... --out DIR``; the exit code."""
+    return run_command(prog, ensemble_parser(prog), argv, _ensemble)
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    from train.ensemble import EnsembleConfig, blinded, make_ensemble, summary
+
+    config = EnsembleConfig(
+        members=tuple(args.members),
+        out=args.out,
+        tta=args.tta,
+        threshold_rule=args.threshold_rule,
+        threshold_on=args.threshold_on,
+        overwrite=args.overwrite,
+        bootstrap=args.bootstrap,
+        progress=not args.quiet,
+    )
+    with library_output_on_stderr():
+        result = make_ensemble(config)
+    metrics = blinded(result.metrics) if args.blind else result.metrics
+    print(json.dumps(metrics, indent=2, default=str) if args.json else summary(result, metrics))
+    return 0
+
+
+# --------------------------------------------------------------------------- train select
+
+SELECT_EXAMPLES = """examples:
+  pneumo train select runs/a runs/b runs/ens
+  pneumo train select runs/* --criterion val-auc --json
+  pneumo train select runs/a runs/b --data /mnt/new/chest_xray   # the data set moved since training
+
+Candidates should be declared before they are trained; this command only applies the rule.
+"""
+
+
+def select_parser(prog: str) -> argparse.ArgumentParser:
+    from train.select import CRITERIA, DEFAULT_TIE
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Choose between finished runs (or ensembles) on their shared validation split.",
+        epilog=SELECT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders sharing one split")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="where the runs' data set is now, when it moved since training: the validation images listed in "
+        "split.json are read from the same relative paths under DIR (every one must exist). Default: the "
+        "paths split.json recorded",
+    )
+    parser.add_argument(
+        "--criterion",
+        choices=CRITERIA,
+        default="shape-pooled",
+        help="shape-pooled (default): validation ROC AUC pooled over the shape probe's rescales; "
+        "val-auc: plain validation ROC AUC",
+    )
+    parser.add_argument(
+        "--tie", type=float, default=DEFAULT_TIE, help="scores this close to the best tie (default 0.001)"
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, help="decode cache (default $PNEUMO_CACHE or ~/.cache/pneumo-edge)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def select_main(argv: list[str], prog: str = "pneumo train select") -> int:
+    """``pneumo train select RUN RUN ...``; the exit code."""
+    # OSError: a run folder's files unreadable is a failure the message explains
+    return run_command(prog, select_parser(prog), argv, _select, (OSError,))
+
+
+def _select(args: argparse.Namespace) -> int:
+    from train.select import SelectConfig, select_runs, selection_table
+
+    config = SelectConfig(
+        runs=tuple(args.runs), data=args.data, criterion=args.criterion, tie=args.tie,
+        cache_dir=args.cache_dir, progress=not args.quiet,
+    )  # fmt: skip
+    with library_output_on_stderr():
+        result = select_runs(config)
+    print(json.dumps(result, indent=2) if args.json else selection_table(result))
+    return 0
+
+
+TRAIN_SUBCOMMANDS: dict[str, Callable[[list[str], str], int]] = {
+    "sweep": sweep_main,
+    "ensemble": ensemble_main,
+    "select": select_main,
+}

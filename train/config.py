@@ -12,10 +12,12 @@ from __future__ import annotations
 import inspect
 import math
 import sys
+import types
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from edge_runtime.contract import ColorMode, Interpolation, ResizeMode
 from train.errors import ConfigError, TrainError
 
 CONFIG_FILE = "config.json"
@@ -32,20 +34,33 @@ AUGMENTATIONS = (
     "seed001",
     "seed004",
 )
-LOSSES = ("crossentropy", "focal")
-LR_SCHEDULES = ("constant", "cosine")
+# The enumerated settings: each a Literal (what the type checker sees) and the tuple of its values
+# (what the flags' choices and the checks of a --config file use), taken from the Literal.
+LossName = Literal["crossentropy", "focal"]
+LrSchedule = Literal["constant", "cosine"]
 # Where the threshold rule looks: the validation outputs, or those pooled with the shape probe's variants.
-THRESHOLD_SOURCES = ("validation", "shape-pooled")
-HEADS = ("auto", "sigmoid", "softmax")
-COLORS = ("grayscale", "rgb")
-INTERPOLATIONS = ("area", "linear", "cubic", "nearest", "lanczos")
-RESIZES = ("stretch", "letterbox", "center_crop")
-LABEL_MODES = ("binary", "kind")
-SPLIT_MODES = ("patient", "random")
-SOURCES = ("all", "original")
-STRATEGIES = ("default", "mirrored")
-MIXED_PRECISION = ("auto", "on", "off")
-ACTIVATIONS = ("relu", "sigmoid")
+ThresholdSource = Literal["validation", "shape-pooled"]
+HeadChoice = Literal["auto", "sigmoid", "softmax"]
+LabelMode = Literal["binary", "kind"]
+SplitMode = Literal["patient", "random"]
+SourcesMode = Literal["all", "original"]
+Strategy = Literal["default", "mirrored"]
+MixedPrecision = Literal["auto", "on", "off"]
+Activation = Literal["relu", "sigmoid"]
+
+LOSSES: tuple[LossName, ...] = get_args(LossName)
+LR_SCHEDULES: tuple[LrSchedule, ...] = get_args(LrSchedule)
+THRESHOLD_SOURCES: tuple[ThresholdSource, ...] = get_args(ThresholdSource)
+HEADS: tuple[HeadChoice, ...] = get_args(HeadChoice)
+COLORS: tuple[ColorMode, ...] = get_args(ColorMode)
+INTERPOLATIONS: tuple[Interpolation, ...] = get_args(Interpolation)
+RESIZES: tuple[ResizeMode, ...] = get_args(ResizeMode)
+LABEL_MODES: tuple[LabelMode, ...] = get_args(LabelMode)
+SPLIT_MODES: tuple[SplitMode, ...] = get_args(SplitMode)
+SOURCES: tuple[SourcesMode, ...] = get_args(SourcesMode)
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+MIXED_PRECISION: tuple[MixedPrecision, ...] = get_args(MixedPrecision)
+ACTIVATIONS: tuple[Activation, ...] = get_args(Activation)
 
 # Model settings -> the keyword of the builders (train/models) that take them. Which architectures
 # accept a setting is read from the builders' signatures, so a builder gaining an argument is all it takes.
@@ -76,25 +91,25 @@ class TrainConfig:
     out: Path | None = None
     overwrite: bool = False
     # --- model
-    head: str = "auto"
+    head: HeadChoice = "auto"
     weights: Path | None = None  # local ImageNet file: *_notop.h5 (vgg16_transfer, resnet50), .pth (lite0)
     freeze_base: bool | None = None
     dropout: float | None = None
     width_multiplier: float = 1.0  # dsconv channel multiplier
-    activation: str | None = None  # sutd_cnn1/2/3 hidden activation (their default: sigmoid/sigmoid/relu)
+    activation: Activation | None = None  # sutd_cnn1/2/3 hidden (default: sigmoid/sigmoid/relu)
     last_conv_filters: int | None = None  # roskilde's last convolution (default 128; study rows 4-7: 256)
     pool_dropout: float | None = None  # roskilde: Dropout after every pooling layer (default 0 = none)
     # --- preprocessing contract
     height: int | None = None
     width: int | None = None
-    color: str | None = None
-    interpolation: str = "area"
-    resize: str = "stretch"
+    color: ColorMode | None = None
+    interpolation: Interpolation = "area"
+    resize: ResizeMode = "stretch"
     # --- data and splits
-    label_mode: str = "binary"
-    split_mode: str = "patient"
+    label_mode: LabelMode = "binary"
+    split_mode: SplitMode = "patient"
     val_fraction: float = 0.1
-    sources: str = "all"
+    sources: SourcesMode = "all"
     undersample: bool | None = None
     max_per_class: int | None = None
     exclude_test_patients: bool = False
@@ -103,13 +118,13 @@ class TrainConfig:
     learning_rate: float | None = None
     # "cosine": decay from learning_rate to 1% of it over all planned steps (Loshchilov & Hutter 2017,
     # without restarts), so the last epochs take small steps and the final weights are settled.
-    lr_schedule: str = "constant"
+    lr_schedule: LrSchedule = "constant"
     batch_size: int | None = None
     epochs: int | None = None
     early_stopping: int | None = None  # patience in epochs, 0 = off
     class_weights: bool | None = None
     augment: str | None = None
-    loss: str = "crossentropy"
+    loss: LossName = "crossentropy"
     focal_gamma: float = 2.0
     label_smoothing: float | None = None
     # Mixup (Zhang et al. 2018): blend image pairs within a batch, and their targets and weights, with
@@ -120,15 +135,15 @@ class TrainConfig:
     teacher: Path | None = None
     distill_weight: float = 0.5
     threshold_rule: str | None = None  # on validation; None: the architecture's (sensitivity:0.95 for all)
-    threshold_on: str | None = None  # validation | shape-pooled; None: the architecture's
+    threshold_on: ThresholdSource | None = None  # None: the architecture's
     # --- run
     seed: int = 0
     # The patient-wise validation split's own seed; None: follow ``seed``. Fixing it lets repeats of a
     # recipe with other seeds be judged (and ensembled) on the same validation images.
     split_seed: int | None = None
     deterministic: bool = True
-    strategy: str = "default"
-    mixed_precision: str = "auto"
+    strategy: Strategy = "default"
+    mixed_precision: MixedPrecision = "auto"
     cache_dir: Path | None = None
     workers: int = 2
     bootstrap: int = 1000
@@ -308,19 +323,34 @@ def builder_keywords(builder: Any) -> dict[str, Any]:
 
 def _check_types(values: dict[str, Any], source: str) -> None:
     """Reject wrong value types from a TOML file with the setting's name (flags are typed by argparse)."""
-    hints = {f.name: str(f.type) for f in fields(TrainConfig)}
     for name, value in values.items():
-        hint = hints[name]
-        if value is None:
+        kind = _FIELD_KINDS.get(name)
+        if value is None or kind is None:
             continue
-        if hint.startswith("bool") and not isinstance(value, bool):
+        if kind is bool and not isinstance(value, bool):
             raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
-        if hint.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"{source}: {name} must be an integer, got {value!r}")
-        if hint.startswith("float") and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if kind is float and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise ConfigError(f"{source}: {name} must be a number, got {value!r}")
-        if hint.startswith("str") and not isinstance(value, str):
+        if kind is str and not isinstance(value, str):
             raise ConfigError(f"{source}: {name} must be a string, got {value!r}")
+
+
+def _value_kind(hint: Any) -> type | None:
+    """The plain type a value of a field typed ``hint`` has (``X | None`` -> X, a Literal of str -> str)."""
+    if get_origin(hint) in (Union, types.UnionType):
+        args = [arg for arg in get_args(hint) if arg is not type(None)]
+        hint = args[0] if len(args) == 1 else None
+    if get_origin(hint) is Literal:
+        return str
+    return hint if hint in (bool, int, float, str) else None
+
+
+# Field -> the plain type a --config value must have; Path fields take any value (made a Path).
+_FIELD_KINDS: dict[str, type | None] = {
+    name: _value_kind(hint) for name, hint in get_type_hints(TrainConfig).items()
+}
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

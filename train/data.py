@@ -30,11 +30,8 @@ from typing import Any, Literal, get_args
 from edge_runtime.fileio import atomic_write_json, read_json
 from edge_runtime.labelled import image_files
 from edge_runtime.preprocess import IMAGE_SUFFIXES
+from train.config import LabelMode, SourcesMode, SplitMode
 from train.errors import DataError
-
-LabelMode = Literal["binary", "kind"]
-SplitMode = Literal["patient", "random"]
-SourcesMode = Literal["all", "original"]
 
 OFFICIAL_SPLITS = ("train", "val", "test")
 MANIFEST_FILE = "MANIFEST.csv"

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success (``check``: the data is usable, warnings only), 1 a
 failure or unusable data (the message or report on stdout/stderr says which
-file and what to do), 2 a usage error.
+file and what to do), 2 a usage error; :func:`train.command.run_command` maps
+errors to them as for every train subcommand.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from edge_runtime.contract import SYNTHETIC_WARNING
 from edge_runtime.fileio import atomic_write_json
-from train.errors import TrainError
+from train.command import run_command
 
 EPILOG = """examples:
   pneumo data check ../shared/data/chest_xray -o data_check.json
@@ -120,19 +121,16 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str], prog: str = "pneumo data") -> int:
+    """``pneumo data {check,split,synth} ...``; the exit code (train.command.run_command maps errors)."""
     parser = build_parser(prog)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
-        return exc.code if isinstance(exc.code, int) else 2
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    try:
+
+    def command(args: argparse.Namespace) -> int:
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
         return int(args.func(args))
-    except TrainError as exc:
-        print(f"{prog} {args.command}: {exc}", file=sys.stderr)
-        return 1
+
+    return run_command(prog, parser, argv, command)
 
 
 def _check(args: argparse.Namespace) -> int:

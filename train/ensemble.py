@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.contract import ModelInfo, PreprocessContract
+from edge_runtime.contract import CONTRACT_FILE, MODEL_INFO_FILE, ModelInfo, PreprocessContract
 from edge_runtime.errors import EdgeError
 from edge_runtime.fileio import atomic_write_json, read_json
+from edge_runtime.run_layout import METRICS_FILE, MODEL_CARD_FILE, MODEL_FILE, SPLIT_FILE
 from train.config import THRESHOLD_SOURCES
 from train.errors import ConfigError, TrainError
 
@@ -73,6 +74,17 @@ class EnsembleConfig:
             raise ConfigError("the same run folder is given twice; each member must be a different run")
 
 
+@dataclass(frozen=True)
+class EnsembleResult:
+    """What :func:`make_ensemble` produced (everything is also on disk in ``out``), like ``fit.RunResult``."""
+
+    out: Path
+    config: EnsembleConfig
+    info: ModelInfo
+    metrics: dict[str, Any]
+    card: dict[str, Any]
+
+
 @dataclass
 class Member:
     """One run folder to average: its records and its (trained) configuration."""
@@ -86,7 +98,7 @@ class Member:
     def open(cls, folder: Path) -> Member:
         from train.config import CONFIG_FILE
 
-        for name in ("model.h5", "split.json", "contract.json", "model_info.json"):
+        for name in (MODEL_FILE, SPLIT_FILE, CONTRACT_FILE, MODEL_INFO_FILE):
             if not (folder / name).is_file():
                 raise TrainError(
                     f"{folder / name}: missing; an ensemble member must be a run folder written by 'pneumo train'"
@@ -110,7 +122,7 @@ def check_compatible(members: list[Member]) -> Any:
     from train.data import Splits
 
     first = members[0]
-    splits = Splits.load(first.folder / "split.json")
+    splits = Splits.load(first.folder / SPLIT_FILE)
     key = split_key(splits)
     for member in members[1:]:
         require_compatible(
@@ -144,7 +156,7 @@ def require_compatible(
         raise TrainError(
             f"{run.folder}: labels/head {run.info.labels}/{run.info.head} differ from {whose} ({labels}/{head})"
         )
-    other = split_key(Splits.load(run.folder / "split.json"))
+    other = split_key(Splits.load(run.folder / SPLIT_FILE))
     for name in ("train", "val", "test"):
         if other[name] != key[name]:
             raise TrainError(
@@ -188,16 +200,13 @@ def _crop_view(
     return keras.layers.Resizing(h, w, interpolation="bilinear", name=f"tta_resize_{k}")(cropped)
 
 
-def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
+def make_ensemble(config: EnsembleConfig) -> EnsembleResult:
     """Average the member runs, choose the threshold on validation, score test once; write a run folder."""
     from edge_runtime.metrics import evaluate_outputs
     from train.cache import load_arrays
     from train.compute import require_keras
     from train.evaluate import load_keras
     from train.fit import (
-        CARD_FILE,
-        METRICS_FILE,
-        SPLIT_FILE,
         building_run_folder,
         check_run_folder,
         choose_validation_threshold,
@@ -217,7 +226,7 @@ def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
     # config.json or history beside the ensemble, and never a member's own files deleted.
     check_run_folder(config.out, config.overwrite, {f"the member run {m.folder}": m.folder for m in members})
     contract, first = members[0].contract, members[0].info
-    model = build_ensemble([load_keras(m.folder / "model.h5") for m in members], contract, config.tta)
+    model = build_ensemble([load_keras(m.folder / MODEL_FILE) for m in members], contract, config.tta)
     complexity = model_complexity(model)
     if config.tta != "none":  # layer counting sees each member once; it runs once per view
         complexity = replace(complexity, macs=complexity.macs * len(TTA_CROPS))
@@ -297,8 +306,8 @@ def make_ensemble(config: EnsembleConfig) -> dict[str, Any]:
             "decision_support_not_diagnosis": True,
             "synthetic": synthetic,
         }
-        atomic_write_json(work / CARD_FILE, card)
-    return {"out": str(config.out), "info": info, "metrics": metrics, "card": card}
+        atomic_write_json(work / MODEL_CARD_FILE, card)
+    return EnsembleResult(out=config.out, config=config, info=info, metrics=metrics, card=card)
 
 
 def _member_rule(member: Member) -> str:
@@ -309,7 +318,7 @@ def _member_rule(member: Member) -> str:
 
 
 def _member_row(member: Member) -> dict[str, Any]:
-    metrics_path = member.folder / "metrics.json"
+    metrics_path = member.folder / METRICS_FILE
     scores = read_json(metrics_path) if metrics_path.is_file() else {}
     val, test = scores.get("validation", {}), scores.get("test", {})
     return {
@@ -334,112 +343,10 @@ def member_outputs(member: Member, x: np.ndarray) -> np.ndarray:
     from train.evaluate import load_keras
     from train.fit import predict_arrays
 
-    return predict_arrays(load_keras(member.folder / "model.h5"), x)
+    return predict_arrays(load_keras(member.folder / MODEL_FILE), x)
 
 
-# --------------------------------------------------------------------------- command line
-
-EXAMPLES = """examples:
-  pneumo train ensemble runs/dsconv runs/dsconv-focal runs/dsconv-smooth --out runs/dsconv-ens3
-  pneumo train ensemble runs/dsconv --tta crops --out runs/dsconv-tta   # one run, 4 views averaged
-  pneumo export bundle runs/dsconv-ens3 -o bundles/dsconv-ens3     # one graph, exported like any run
-
-Members must share the contract, labels and split (same --data, --val-fraction, --image-size
-and --split-seed, or --seed when no --split-seed was given): vary them by loss, augmentation,
-width, or by --seed with a fixed --split-seed. The threshold is chosen on validation (the first
-member's rule and --threshold-on unless given);
-the test split is scored once. Results are decision support, not a diagnosis.
-"""
-
-
-def ensemble_parser(prog: str) -> Any:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Average trained runs into one model (one graph) and evaluate it like a run.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "members", nargs="+", type=Path, metavar="RUN", help="run folders to average (2 or more)"
-    )
-    parser.add_argument(
-        "-o",
-        "--out",
-        "--output",
-        dest="out",
-        type=Path,
-        required=True,
-        metavar="DIR",
-        help="run folder to create for the ensemble",
-    )
-    parser.add_argument(
-        "--tta",
-        choices=TTA_MODES,
-        default="none",
-        help=f"test-time augmentation in the graph: 'crops' averages {len(TTA_CROPS)} views "
-        "(whole, a 6%% zoom, two 8%% corner crops); one RUN is then enough",
-    )
-    parser.add_argument(
-        "--threshold-rule", help="sensitivity:T, youden or fixed:P (default: the first member's)"
-    )
-    parser.add_argument(
-        "--threshold-on",
-        choices=THRESHOLD_SOURCES,
-        help="validation, or shape-pooled: validation plus its width/height rescales (default: the first member's)",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing run folder once the ensemble is built (the old folder is swapped out whole)",
-    )
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
-    parser.add_argument("--json", action="store_true", help="print metrics as JSON")
-    parser.add_argument(
-        "--blind",
-        action="store_true",
-        help="print validation figures only: the test split is still scored once into metrics.json, "
-        "but neither the members' nor the ensemble's test figures are shown, so a choice declared in "
-        "advance (pneumo train select) is made before anyone reads them",
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress or log lines")
-    return parser
-
-
-def main(argv: list[str], prog: str = "pneumo train ensemble") -> int:
-    import contextlib
-    import json
-    import os
-    import sys
-
-    args = ensemble_parser(prog).parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
-    )
-    try:
-        config = EnsembleConfig(
-            members=tuple(args.members),
-            out=args.out,
-            tta=args.tta,
-            threshold_rule=args.threshold_rule,
-            threshold_on=args.threshold_on,
-            overwrite=args.overwrite,
-            bootstrap=args.bootstrap,
-            progress=not args.quiet,
-        )
-        with contextlib.redirect_stdout(sys.stderr):
-            result = make_ensemble(config)
-    except (TrainError, EdgeError) as exc:
-        sys.stderr.write(f"{prog}: error: {exc}\n")
-        return 2 if isinstance(exc, ConfigError) else 1
-    metrics = blinded(result["metrics"]) if args.blind else result["metrics"]
-    if args.json:
-        sys.stdout.write(json.dumps(metrics, indent=2, default=str) + "\n")
-    else:
-        sys.stdout.write(summary({**result, "metrics": metrics}) + "\n")
-    return 0
+# --------------------------------------------------------------------------- the summary of a result
 
 
 def blinded(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -453,13 +360,17 @@ def blinded(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def summary(result: dict[str, Any]) -> str:
-    """A short table: each member's stored scores, then the ensemble's (validation only if blinded)."""
-    metrics, card = result["metrics"], result["card"]
+def summary(result: EnsembleResult, metrics: dict[str, Any] | None = None) -> str:
+    """A short table: each member's stored scores, then the ensemble's.
+
+    ``metrics``: the figures to show, default ``result.metrics``; :func:`blinded` ones show validation only.
+    """
+    metrics = result.metrics if metrics is None else metrics
+    card = result.card
     synthetic = " (SYNTHETIC phantoms: not a medical result)" if metrics["synthetic"] else ""
     blind = metrics.get("test") is None
     header = f"{'model':<40} {'val AUC':>8}" + ("" if blind else f" {'test AUC':>9} {'test acc':>9}")
-    lines = [f"ensemble {metrics['model_version']} -> {result['out']}{synthetic}", header]
+    lines = [f"ensemble {metrics['model_version']} -> {result.out}{synthetic}", header]
     val, test = metrics["validation"], metrics.get("test") or {}
     rows = [(Path(row["folder"]).name, row) for row in metrics["members"]]
     rows.append(
@@ -477,7 +388,7 @@ def summary(result: dict[str, Any]) -> str:
         lines.append(f"{name:<40} {_fmt(row.get('val_roc_auc')):>8}{tail}")
     threshold = metrics["threshold"]
     scored = (
-        f"test figures hidden (--blind); they are in {result['out']}/metrics.json"
+        f"test figures hidden (--blind); they are in {result.out}/metrics.json"
         if blind
         else f"test sensitivity {_fmt(test.get('sensitivity'))}, specificity {_fmt(test.get('specificity'))}"
     )

@@ -26,13 +26,14 @@ import numpy as np
 from edge_runtime.contract import ModelInfo, PreprocessContract
 from edge_runtime.errors import EdgeError
 from edge_runtime.metrics import evaluate_outputs
+from edge_runtime.run_layout import MODEL_FILE, MODEL_KERAS_FILE, SPLIT_FILE
+from train.config import LabelMode
 from train.errors import DataError, TrainError
 
 KERAS_SUFFIXES = (".h5", ".keras")
 EVAL_SPLITS = ("test", "val", "train", "all")
 # Not a folder: the validation images listed in a run folder's split.json.
 RUN_VAL = "run-val"
-RUN_SPLIT_FILE = "split.json"
 _BATCH = 64
 
 
@@ -114,7 +115,7 @@ def open_model(path: str | Path) -> LoadedModel:
             except EdgeError as exc:
                 raise TrainError(f"{source}: bundle failed verification ({exc})") from exc
             return _onnx_model(onnx_path, bundle.contract, bundle.info, source)
-        for name in ("model.h5", "model.keras"):
+        for name in (MODEL_FILE, MODEL_KERAS_FILE):
             if (source / name).is_file():
                 return _keras_model(source / name)
         if (source / "model.onnx").is_file():
@@ -136,7 +137,7 @@ def predict_batches(model: LoadedModel, x: np.ndarray, batch: int = _BATCH) -> n
     return np.concatenate(chunks).reshape(len(x), -1)
 
 
-def _label_mode(info: ModelInfo) -> str:
+def _label_mode(info: ModelInfo) -> LabelMode:
     return "kind" if {"BACTERIA", "VIRUS"} & {label.upper() for label in info.labels} else "binary"
 
 
@@ -148,7 +149,7 @@ def run_splits(model_path: Path) -> Any | None:
     """The :class:`train.data.Splits` of the run MODEL came from (its split.json), or None without one."""
     from train.data import Splits
 
-    split_file = _run_folder(model_path) / RUN_SPLIT_FILE
+    split_file = _run_folder(model_path) / SPLIT_FILE
     return Splits.load(split_file) if split_file.is_file() else None
 
 
@@ -174,7 +175,7 @@ def run_validation_samples(model_path: Path, data_root: Path | None = None) -> l
 
     ``data_root`` re-roots them: the data set's folder now, when it has moved since training.
     """
-    split_file = _run_folder(model_path) / RUN_SPLIT_FILE
+    split_file = _run_folder(model_path) / SPLIT_FILE
     splits = run_splits(model_path)
     if splits is None:
         raise TrainError(
@@ -234,7 +235,7 @@ def select_samples(data: Path, info: ModelInfo, split: str) -> list[Any]:
 
     if split not in EVAL_SPLITS:
         raise TrainError(f"--split {split!r}: expected one of {', '.join(EVAL_SPLITS)}")
-    samples = discover(data, _label_mode(info))  # type: ignore[arg-type]
+    samples = discover(data, _label_mode(info))
     flat = all(s.split == "" for s in samples)
     if split != "all" and not flat:
         samples = [s for s in samples if s.split == split]
@@ -253,7 +254,7 @@ def select_samples(data: Path, info: ModelInfo, split: str) -> list[Any]:
 
 
 def overlap_refusal(overlap: list[Any], samples: list[Any], data: Path, split: str, model: Path) -> str:
-    split_file = _run_folder(model) / RUN_SPLIT_FILE
+    split_file = _run_folder(model) / SPLIT_FILE
     return (
         f"{data} (--split {split}): {len(overlap)} of {len(samples)} images are in the training list of "
         f"{split_file} (first: {overlap[0].path}); the default patient-wise split folds the official val/ "

@@ -18,12 +18,13 @@ threshold is fixed. The run folder it writes::
       metrics.json        test (at the chosen threshold and at 0.5) and validation metrics with 95% CIs
       model_card.json     what this model is, how it was made and measured, and what it is for
 
-The run is built in a hidden sibling folder (``.NAME.building-PID-K``) and
+The run is built in a hidden sibling folder (``.NAME.building-HOST-PID-K``) and
 renamed to ``NAME`` only when every file is written, so a run folder is either
 complete or absent: a run that fails is removed, one that is killed leaves only
-its hidden sibling. ``--overwrite`` swaps a finished new run in for the old one
-(moved aside, then removed), never a mix of the two, and refuses a folder that
-holds anything a run does not write or any input of the run.
+its hidden sibling, which the next run to the same folder removes once that
+process is gone (same host, pid not alive). ``--overwrite`` swaps a finished new
+run in for the old one (moved aside, then removed), never a mix of the two, and
+refuses a folder that holds anything a run does not write or any input of the run.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ import glob
 import logging
 import math
 import os
+import re
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -46,6 +49,14 @@ import numpy as np
 from edge_runtime.contract import CONTRACT_FILE, MODEL_INFO_FILE, ModelInfo, PreprocessContract
 from edge_runtime.fileio import atomic_write_json, atomic_write_via, fsync_dir
 from edge_runtime.metrics import choose_threshold, evaluate_outputs
+from edge_runtime.run_layout import (
+    HISTORY_FILE,
+    METRICS_FILE,
+    MODEL_CARD_FILE,
+    MODEL_FILE,
+    MODEL_KERAS_FILE,
+    SPLIT_FILE,
+)
 from train.compute import RUN_FOLDER_MODULES, require_keras
 from train.config import CONFIG_FILE, TrainConfig
 from train.errors import DataError, TrainError
@@ -57,12 +68,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODEL_H5 = "model.h5"
-MODEL_KERAS = "model.keras"
-SPLIT_FILE = "split.json"
-METRICS_FILE = "metrics.json"
-CARD_FILE = "model_card.json"
-HISTORY_FILE = "history.csv"
 PREDICT_BATCH = 64
 # A model reloaded from its own .h5 must give the same outputs; anything above this is a saving bug.
 RELOAD_TOLERANCE = 1e-5
@@ -86,8 +91,8 @@ class RunResult:
 # train.ensemble.ENSEMBLE_FILE); --overwrite replaces a folder holding only these, nothing else.
 RUN_FOLDER_ENTRIES = frozenset(
     {
-        MODEL_H5, MODEL_KERAS, CONTRACT_FILE, MODEL_INFO_FILE, CONFIG_FILE, SPLIT_FILE, HISTORY_FILE,
-        METRICS_FILE, CARD_FILE, "logs", "plots", "ensemble.json",
+        MODEL_FILE, MODEL_KERAS_FILE, CONTRACT_FILE, MODEL_INFO_FILE, CONFIG_FILE, SPLIT_FILE, HISTORY_FILE,
+        METRICS_FILE, MODEL_CARD_FILE, "logs", "plots", "ensemble.json",
     }
 )  # fmt: skip
 STAGING_TAG = "building"
@@ -139,11 +144,75 @@ def staging_folders(out: Path) -> list[Path]:
 
 
 def _sibling(out: Path, tag: str) -> Path:
-    """An unused hidden sibling name of ``out``: ``.NAME.TAG-PID-K``."""
+    """An unused hidden sibling name of ``out``: ``.NAME.TAG-HOST-PID-K``, naming the process that builds it."""
     k = 1
-    while (path := out.parent / f".{out.name}.{tag}-{os.getpid()}-{k}").exists():
+    while (path := out.parent / f".{out.name}.{tag}-{_this_host()}-{os.getpid()}-{k}").exists():
         k += 1
     return path
+
+
+def staging_builder(staging: Path, out: Path) -> tuple[str, int] | None:
+    """The (host, pid) a staging folder of ``out`` records in its name; None for an unknown name.
+
+    Hosts may hold '-', so the pid and counter are split off from the right. Folders of earlier
+    versions (``.NAME.building-PID-K``) name no host: None.
+    """
+    prefix = f".{out.name}.{STAGING_TAG}-"
+    if not staging.name.startswith(prefix):
+        return None
+    parts = staging.name[len(prefix) :].rsplit("-", 2)
+    if len(parts) != 3 or not parts[0] or not (parts[1].isdigit() and parts[2].isdigit()):
+        return None
+    return parts[0], int(parts[1])
+
+
+def builder_gone(host: str, pid: int) -> bool:
+    """True only when the process ``pid`` on ``host`` has certainly ended: this host, pid not alive.
+
+    Any doubt keeps a staging folder: another host (its pids mean nothing here), this very
+    process, or a pid that is alive (possibly reused by an unrelated process: still kept). Hosts
+    are told apart by name: machines or containers of one hostname that share a run folder and
+    not their process table would defeat the rule, so give them distinct hostnames.
+    """
+    return host == _this_host() and pid != os.getpid() and not pid_alive(pid)
+
+
+def _this_host() -> str:
+    """This machine's name as a folder name records it (characters a path cannot hold become '_')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one of another user counts: it is alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove the staging folders of ``out`` whose builder is gone (:func:`builder_gone`); those removed.
+
+    A killed ``pneumo train`` cannot clean up after itself; without this its folders would pile
+    up beside every rerun. A name without host and pid (an earlier version's) is kept.
+    """
+    removed = []
+    for staging in staging_folders(out):
+        builder = staging_builder(staging, out)
+        if builder is None or not builder_gone(*builder):
+            continue
+        shutil.rmtree(staging, ignore_errors=True)
+        if staging.exists():
+            log.warning("%s: left by a killed run; could not remove it completely, delete it", staging)
+            continue
+        log.warning(
+            "removed %s: left by a killed run of %s (pid %d, no longer running)", staging, out, builder[1]
+        )
+        removed.append(staging)
+    return removed
 
 
 def _missing_parents(out: Path) -> list[Path]:
@@ -206,6 +275,7 @@ def building_run_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     Check ``out`` with :func:`check_run_folder` before the expensive work starts.
     """
     out = Path(os.path.abspath(out))  # "." or "runs/x/..": the sibling must lie beside the folder itself
+    remove_stale_staging(out)
     leftovers = staging_folders(out)
     if leftovers:
         log.warning(
@@ -438,10 +508,10 @@ def save_model(model: Any, out: Path) -> dict[str, Any]:
     """Write model.h5 and model.keras atomically; reload the .h5 in safe mode and compare outputs."""
     import keras
 
-    for name in (MODEL_H5, MODEL_KERAS):
+    for name in (MODEL_FILE, MODEL_KERAS_FILE):
         # Keras picks the format from the suffix; atomic_write_via's temporary name keeps it.
         atomic_write_via(out / name, lambda tmp: model.save(str(tmp)))
-    reloaded = keras.models.load_model(str(out / MODEL_H5), safe_mode=True, compile=False)
+    reloaded = keras.models.load_model(str(out / MODEL_FILE), safe_mode=True, compile=False)
     return {"h5_safe_mode_load": True, "model": reloaded}
 
 
@@ -453,7 +523,7 @@ def reload_check(model: Any, reloaded: Any, x: np.ndarray) -> dict[str, Any]:
     diff = float(np.max(np.abs(predict_arrays(model, sample) - predict_arrays(reloaded, sample))))
     if not diff <= RELOAD_TOLERANCE:
         raise TrainError(
-            f"model.h5 reloaded in safe mode differs from the trained model by {diff:.2e} "
+            f"{MODEL_FILE} reloaded in safe mode differs from the trained model by {diff:.2e} "
             f"(> {RELOAD_TOLERANCE:.0e}); the saved file is not trustworthy"
         )
     return {"images": len(sample), "max_abs_diff": diff, "tolerance": RELOAD_TOLERANCE, "safe_mode": True}
@@ -533,10 +603,10 @@ def _make_splits(cfg: TrainConfig) -> Any:
     assert cfg.data is not None
     data_config = DataConfig(
         root=cfg.data,
-        label_mode=cfg.label_mode,  # type: ignore[arg-type]
-        split_mode=cfg.split_mode,  # type: ignore[arg-type]
+        label_mode=cfg.label_mode,
+        split_mode=cfg.split_mode,
         val_fraction=cfg.val_fraction,
-        sources=cfg.sources,  # type: ignore[arg-type]
+        sources=cfg.sources,
         undersample=bool(cfg.undersample),
         max_per_class=cfg.max_per_class,
         exclude_test_patients=cfg.exclude_test_patients,
@@ -697,7 +767,7 @@ def _train_into(cfg: TrainConfig, spec: ArchSpec, splits: Any, out: Path, starte
         class_weights=weights,
         plots=plots,
     )
-    atomic_write_json(out / CARD_FILE, card)
+    atomic_write_json(out / MODEL_CARD_FILE, card)
     if not math.isfinite(float(history.history.get("loss", [0.0])[-1])):
         log.warning("the training loss ended as %s: lower --learning-rate", history.history["loss"][-1])
     return RunResult(out=out, config=cfg, info=info, metrics=metrics, card=card)

@@ -15,10 +15,25 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.contract import INTENDED_USE, SYNTHETIC_WARNING, ModelInfo, PreprocessContract
+from edge_runtime.contract import (
+    CONTRACT_FILE,
+    INTENDED_USE,
+    MODEL_INFO_FILE,
+    SYNTHETIC_WARNING,
+    ModelInfo,
+    PreprocessContract,
+)
 from edge_runtime.fileio import atomic_write_via, sha256_file
 from edge_runtime.metrics import BINARY_METRICS, format_with_ci
-from train.config import TrainConfig
+from edge_runtime.run_layout import (
+    HISTORY_FILE,
+    METRICS_FILE,
+    MODEL_CARD_FILE,
+    MODEL_FILE,
+    MODEL_KERAS_FILE,
+    SPLIT_FILE,
+)
+from train.config import CONFIG_FILE, TrainConfig
 
 CARD_SCHEMA = 1
 PLOTS_DIR = "plots"
@@ -277,14 +292,14 @@ def build_model_card(
         "limitations": _limitations(config, summary, info),
         "plots": plots,
         "files": {
-            "model": "model.h5",
-            "model_keras": "model.keras",
-            "contract": "contract.json",
-            "model_info": "model_info.json",
-            "config": "config.json",
-            "split": "split.json",
-            "metrics": "metrics.json",
-            "history": "history.csv",
+            "model": MODEL_FILE,
+            "model_keras": MODEL_KERAS_FILE,
+            "contract": CONTRACT_FILE,
+            "model_info": MODEL_INFO_FILE,
+            "config": CONFIG_FILE,
+            "split": SPLIT_FILE,
+            "metrics": METRICS_FILE,
+            "history": HISTORY_FILE,
         },
     }
     if info.synthetic:
@@ -358,7 +373,7 @@ def summary_table(card: dict[str, Any], metrics: dict[str, Any], out: Path) -> s
     lines += [
         "",
         "Decision support, not a diagnosis. 95% bootstrap intervals in brackets.",
-        f"files      {out}/model.h5, model_card.json, metrics.json, plots/",
+        f"files      {out}/{MODEL_FILE}, {MODEL_CARD_FILE}, {METRICS_FILE}, plots/",
         f"next       pneumo export bundle {out} -o bundles/{out.name}",
     ]
     return "\n".join(lines)

@@ -19,12 +19,12 @@ SYNTHETIC phantoms carries the synthetic warning, in the table and in the JSON.
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.run_layout import SPLIT_FILE
 from train.errors import ConfigError, DataError, TrainError
 
 CRITERIA = ("shape-pooled", "val-auc")
@@ -100,7 +100,7 @@ def require_shared_validation(runs: tuple[Path, ...]) -> None:
     from train.ensemble import split_key
 
     def val_of(run: Path) -> list[tuple[str, str]]:
-        path = run / "split.json"
+        path = run / SPLIT_FILE
         if not path.is_file():
             raise TrainError(f"{path}: not found; select takes run folders written by 'pneumo train'")
         return sorted(split_key(Splits.load(path))["val"])
@@ -164,70 +164,3 @@ def selection_table(result: dict[str, Any]) -> str:
         "Chosen on the runs' shared validation split only; the test split was not read.",
     ]
     return "\n".join(lines)
-
-
-EXAMPLES = """examples:
-  pneumo train select runs/a runs/b runs/ens
-  pneumo train select runs/* --criterion val-auc --json
-  pneumo train select runs/a runs/b --data /mnt/new/chest_xray   # the data set moved since training
-
-Candidates should be declared before they are trained; this command only applies the rule.
-"""
-
-
-def select_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Choose between finished runs (or ensembles) on their shared validation split.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders sharing one split")
-    parser.add_argument(
-        "--data",
-        type=Path,
-        metavar="DIR",
-        help="where the runs' data set is now, when it moved since training: the validation images listed in "
-        "split.json are read from the same relative paths under DIR (every one must exist). Default: the "
-        "paths split.json recorded",
-    )
-    parser.add_argument(
-        "--criterion",
-        choices=CRITERIA,
-        default="shape-pooled",
-        help="shape-pooled (default): validation ROC AUC pooled over the shape probe's rescales; "
-        "val-auc: plain validation ROC AUC",
-    )
-    parser.add_argument(
-        "--tie", type=float, default=DEFAULT_TIE, help="scores this close to the best tie (default 0.001)"
-    )
-    parser.add_argument(
-        "--cache-dir", type=Path, help="decode cache (default $PNEUMO_CACHE or ~/.cache/pneumo-edge)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the ranking as JSON")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    return parser
-
-
-def main(argv: list[str], prog: str = "pneumo train select") -> int:
-    import contextlib
-    import json
-    import os
-    import sys
-
-    args = select_parser(prog).parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from edge_runtime.errors import EdgeError
-
-    try:
-        config = SelectConfig(
-            runs=tuple(args.runs), data=args.data, criterion=args.criterion, tie=args.tie,
-            cache_dir=args.cache_dir, progress=not args.quiet,
-        )  # fmt: skip
-        with contextlib.redirect_stdout(sys.stderr):
-            result = select_runs(config)
-    except (TrainError, EdgeError, OSError) as exc:
-        sys.stderr.write(f"{prog}: error: {exc}\n")
-        return 2 if isinstance(exc, ConfigError) else 1
-    sys.stdout.write((json.dumps(result, indent=2) if args.json else selection_table(result)) + "\n")
-    return 0

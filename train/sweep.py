@@ -37,7 +37,7 @@ folder::
       configs/NAME.toml     the exact settings of each run (``pneumo train --config`` reproduces it)
       logs/NAME.attempt-K.log
       runs/NAME/            a run folder, renamed into place only when complete (pneumo train builds it
-                            in a hidden runs/.NAME.building-PID-K and removes that when the run fails)
+                            in a hidden runs/.NAME.building-HOST-PID-K and removes that when the run fails)
       runs/NAME.incomplete-K/   an interrupted attempt (a killed run's hidden folder), moved aside, never deleted
       runs/NAME.superseded-K/   a complete run whose settings no longer match the file, moved aside
       state.json            attempts, status, wall time and the training pid per run
@@ -57,7 +57,6 @@ child inherits the sweep's lock, so where it could outlive the sweep (no
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import fcntl
@@ -66,7 +65,6 @@ import logging
 import math
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -78,14 +76,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.fileio import atomic_write_json, atomic_write_text, atomic_write_via, read_json
-from train.config import TrainConfig, check_distillation, flag
+from train.config import TrainConfig, check_distillation
 from train.errors import ConfigError, TrainError
 from train.sweep_results import (
-    blinded_row,
     is_complete,
     settings_changed,
     settings_summary,
-    summary_table,
     utc_now,
     write_results,
 )
@@ -609,7 +605,7 @@ def execute(
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
+def sigterm_interrupts() -> Iterator[None]:
     """SIGTERM (``kill PID``, a scheduler's stop) ends the sweep like Ctrl-C: child stopped, results written."""
 
     def handler(signum: int, frame: Any) -> None:
@@ -626,16 +622,6 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _read_pid(path: Path) -> int:
     try:
         return int(path.read_text().strip() or 0)
@@ -645,8 +631,10 @@ def _read_pid(path: Path) -> int:
 
 def _lock_held_message(root: Path) -> str:
     """Why the lock of ``root`` is held: another sweep, or the training child of a killed one."""
+    from train.fit import pid_alive
+
     holder = _read_pid(root / LOCK_FILE)
-    if holder and _pid_alive(holder):
+    if holder and pid_alive(holder):
         return f"{root}: another sweep (pid {holder}) is running in this folder; wait for it or stop it"
     try:
         state = load_state(root)
@@ -757,65 +745,7 @@ def _run_locked(
 # --------------------------------------------------------------------------- results
 
 
-# --------------------------------------------------------------------------- CLI
-
-EXAMPLES = """examples:
-  pneumo train sweep experiments/seed000_lhu_optimizers.toml --data ../shared/data/chest_xray
-  pneumo train sweep experiments/seed002_roskilde_adjustments.toml --data DATA --reduced
-  pneumo train sweep experiments/seed004_sutd.toml --data DATA --only cnn2-r2,resnet50
-  pneumo train sweep experiments/best_model.toml --dry-run          # validate every run, train nothing
-  pneumo train sweep experiments/x.toml --data DATA --set bootstrap=200 --set cache_dir=/tmp/c
-
-Interrupted? Run the same command again: complete runs are skipped, the rest start afresh
-(incomplete attempts are moved aside to runs/NAME.incomplete-K, never deleted).
---reduced applies {reduction} and the file's [reduced] table, and marks every row 'reduced'.
-"""
-
-
-def sweep_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Run the training configurations of an experiment file, resumably, into one results table "
-        "(results.csv, results.md, results.png).",
-        epilog=EXAMPLES.format(reduction=", ".join(f"{flag(k)} {v}" for k, v in REDUCTION.items())),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "experiments", type=Path, help="experiment file (TOML), e.g. experiments/seed000_lhu_leak.toml"
-    )
-    parser.add_argument(
-        "-o",
-        "--out",
-        "--output",
-        dest="out",
-        type=Path,
-        help="sweep folder (default runs/sweeps/NAME[-reduced])",
-    )
-    parser.add_argument("--data", type=Path, help="chest X-ray folder for every run (overrides the file)")
-    parser.add_argument(
-        "--reduced", action="store_true", help="CPU budget: fewer images and epochs; rows say 'reduced'"
-    )
-    parser.add_argument(
-        "--only", default="", metavar="NAME,...", help="run only these runs (others stay as they are)"
-    )
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting of every run (TOML value, e.g. --set epochs=2)")  # fmt: skip
-    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
-    parser.add_argument(
-        "--results-only",
-        action="store_true",
-        help="rewrite results.csv/.md/.json/.png from the run folders; train nothing (a --data other "
-        "than the runs' marks them stale, no --data marks none)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the results rows as JSON on stdout")
-    parser.add_argument(
-        "--blind",
-        action="store_true",
-        help="print validation ROC AUC only, no test figure (results.md/csv/json still hold them): "
-        "for a choice declared in advance, made before anyone reads the test rows",
-    )
-    parser.add_argument("--quiet", action="store_true", help="warnings only on stderr")
-    return parser
+# --------------------------------------------------------------------------- plans and overrides (the CLI's inputs and output)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -855,82 +785,3 @@ def plan_table(plan: list[PlannedRun]) -> str:
         if run.reductions:
             lines.append(f"{''.ljust(width)}     reduced: {'; '.join(run.reductions)}")
     return "\n".join(lines)
-
-
-def _echo(text: str, err: bool = False) -> None:
-    """The command's own output: results on stdout, messages on stderr."""
-    stream = sys.stderr if err else sys.stdout
-    stream.write(text + "\n")
-    stream.flush()
-
-
-def main(argv: list[str], prog: str = "pneumo train sweep") -> int:
-    parser = sweep_parser(prog)
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
-    )
-    only = tuple(name.strip() for name in args.only.split(",") if name.strip())
-    try:
-        config = SweepConfig(
-            experiments=args.experiments,
-            out=args.out,
-            data=args.data,
-            reduced=args.reduced,
-            only=only,
-            overrides=parse_overrides(args.overrides),
-            dry_run=args.dry_run or args.results_only,
-            command=" ".join([prog, *(shlex.quote(a) for a in argv)]),
-        )
-        experiment = load_experiment(config.experiments)
-        plan = plan_sweep(experiment, config)
-    except TrainError as exc:
-        _echo(f"{prog}: error: {exc}", err=True)
-        return 2 if isinstance(exc, ConfigError) else 1
-    root = sweep_root(plan[0])
-    if args.dry_run:
-        _echo(
-            f"sweep {experiment.name}: {len(plan)} runs -> {root}" + (" (REDUCED)" if config.reduced else "")
-        )
-        _echo(plan_table(plan))
-        _echo(f"\nall {len(plan)} run configs are valid; drop --dry-run to train")
-        return 0
-    if args.results_only:
-        try:
-            with sweep_lock(root):
-                write_results(experiment, plan, root, load_settled_state(root))
-        except (TrainError, OSError) as exc:
-            _echo(f"{prog}: error: {exc}", err=True)
-            return 1
-        _echo(summary_table(read_json(root / "results.json")["rows"], blind=args.blind))
-        _echo(f"\nresults: {root}/results.md, results.csv, results.png")
-        return 0
-    try:
-        with _sigterm_interrupts():
-            outcomes = run_sweep(experiment, plan, config)
-    except (KeyboardInterrupt, SweepInterrupted):
-        _echo(
-            f"{prog}: interrupted; results so far in {root}/results.md. Run the same command again to resume.",
-            err=True,
-        )
-        return 130
-    except (TrainError, OSError) as exc:
-        _echo(f"{prog}: error: {exc}", err=True)
-        return 1
-    rows = read_json(root / "results.json")["rows"]
-    if args.json:
-        _echo(json.dumps([blinded_row(row) for row in rows] if args.blind else rows, indent=2))
-    else:
-        _echo(summary_table(rows, blind=args.blind))
-        _echo(f"\nresults: {root}/results.md, results.csv, results.png")
-    failed = [o.name for o in outcomes if o.status == "failed"]
-    if failed:
-        _echo(
-            f"{prog}: {len(failed)} run(s) failed: {', '.join(failed)}; see {root}/logs/. "
-            "Fix the cause and run the same command again (finished runs are kept).",
-            err=True,
-        )
-        return 1
-    _echo(f"next: pneumo export bundle {root}/runs/NAME -o bundles/NAME   # package a run for the edge")
-    return 0

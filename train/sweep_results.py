@@ -20,7 +20,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime.fileio import atomic_write_json, atomic_write_text, atomic_write_via, read_json, sha256_file
-from train.config import TrainConfig
+from edge_runtime.run_layout import METRICS_FILE, MODEL_CARD_FILE, MODEL_FILE, SPLIT_FILE
+from train.config import CONFIG_FILE, TrainConfig
 from train.errors import TrainError
 
 if TYPE_CHECKING:
@@ -49,17 +50,15 @@ def is_complete(folder: Path) -> bool:
     must exist. Partial folders of old versions, written in place, miss one of them.
     """
     from edge_runtime.contract import CONTRACT_FILE, MODEL_INFO_FILE
-    from train.config import CONFIG_FILE
-    from train.fit import CARD_FILE, METRICS_FILE, MODEL_H5, SPLIT_FILE
 
     if not all(
         (folder / name).is_file()
-        for name in (MODEL_H5, CONTRACT_FILE, MODEL_INFO_FILE, SPLIT_FILE, CONFIG_FILE)
+        for name in (MODEL_FILE, CONTRACT_FILE, MODEL_INFO_FILE, SPLIT_FILE, CONFIG_FILE)
     ):
         return False
     try:
         return isinstance(read_json(folder / METRICS_FILE), dict) and isinstance(
-            read_json(folder / CARD_FILE), dict
+            read_json(folder / MODEL_CARD_FILE), dict
         )
     except (OSError, ValueError):
         return False
@@ -71,8 +70,6 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 def settings_changed(run: PlannedRun) -> list[str]:
     """Fields whose saved value in the run's config.json differs from the plan (empty: same run)."""
-    from train.config import CONFIG_FILE
-
     assert run.config.out is not None
     try:
         saved = read_json(run.config.out / CONFIG_FILE)
@@ -181,7 +178,6 @@ def _test_split(card: dict[str, Any]) -> str:
 
 def result_row(run: PlannedRun, state: dict[str, Any], sweep_name: str) -> dict[str, Any]:
     """One row of the results table: the run's plan, and its metrics when its folder is complete."""
-    from train.fit import CARD_FILE, METRICS_FILE
 
     folder = run.config.out
     assert folder is not None
@@ -208,7 +204,7 @@ def result_row(run: PlannedRun, state: dict[str, Any], sweep_name: str) -> dict[
         row.update(status="pending" if status == "running" else status, detail=entry.get("error", ""))
         return row
     metrics = read_json(folder / METRICS_FILE)
-    card = read_json(folder / CARD_FILE)
+    card = read_json(folder / MODEL_CARD_FILE)
     test = metrics.get("test", {})
     arch = card.get("architecture", {})
     timing = metrics.get("timing", {})
@@ -217,7 +213,7 @@ def result_row(run: PlannedRun, state: dict[str, Any], sweep_name: str) -> dict[
     if changed:
         # the folder holds an older run: show what it actually ran, and say it is stale
         with contextlib.suppress(TrainError, OSError, ValueError, TypeError):
-            row["settings"] = settings_summary(TrainConfig.from_dict(read_json(folder / "config.json")))
+            row["settings"] = settings_summary(TrainConfig.from_dict(read_json(folder / CONFIG_FILE)))
         row.update(
             status="stale", detail=f"finished with other settings ({', '.join(changed)}); rerun the sweep"
         )

@@ -91,7 +91,7 @@ def test_ensemble_is_the_mean_of_its_members_in_one_graph(runs: dict[str, Path],
     assert metrics["threshold"]["value"] == pytest.approx(info.threshold)
     assert len(metrics["members"]) == 2 and 0.0 <= metrics["test"]["roc_auc"] <= 1.0
     one_member = json.loads((runs["a"] / "model_card.json").read_text())["architecture"]["params"]
-    assert result["card"]["architecture"]["params"] == 2 * one_member
+    assert result.card["architecture"]["params"] == 2 * one_member
     # `pneumo evaluate` opens the folder like any run
     from train.evaluate import open_model
 

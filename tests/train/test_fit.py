@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -225,6 +226,92 @@ def test_a_failed_run_removes_the_empty_folders_it_created(tmp_path: Path) -> No
     with pytest.raises(RuntimeError), building_run_folder(tmp_path / "runs" / "a" / "b" / "run", False):
         raise RuntimeError("training failed")
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["keep.txt"]
+
+
+# A builder that starts a run folder the way `pneumo train` does, says so, and waits to be killed.
+BUILDER = """\
+import sys, time
+from pathlib import Path
+
+from train.fit import building_run_folder
+
+with building_run_folder(Path(sys.argv[1]), overwrite=False) as work:
+    (work / "history.csv").write_text("epoch,loss\\n")
+    print(work, flush=True)
+    time.sleep(600)
+"""
+
+
+def _start_builder(out: Path) -> tuple[Any, Path]:
+    """A real process building ``out``; it and its hidden staging folder."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", BUILDER, str(out)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    return process, Path(process.stdout.readline().strip())
+
+
+def test_the_next_run_removes_the_folder_of_a_killed_one_and_keeps_a_live_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import signal
+
+    from train.fit import building_run_folder, staging_folders
+
+    out = tmp_path / "run"
+    killed, killed_staging = _start_builder(out)
+    live, live_staging = _start_builder(out)
+    try:
+        assert killed_staging.is_dir() and live_staging.is_dir()
+        killed.send_signal(signal.SIGKILL)  # no cleanup: exactly what a killed `pneumo train` leaves
+        killed.wait()
+        assert killed_staging.is_dir()
+        with caplog.at_level(logging.WARNING), building_run_folder(out, overwrite=False) as work:
+            (work / "model.h5").write_bytes(b"model")
+        assert not killed_staging.exists(), "its builder is gone: removed"
+        assert f"removed {killed_staging}" in caplog.text and f"pid {killed.pid}" in caplog.text
+        assert live_staging.is_dir() and staging_folders(out) == [live_staging], "a running build is kept"
+        assert (out / "model.h5").read_bytes() == b"model"
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_staging_folder_is_removed_only_when_its_builder_is_certainly_gone(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    from train.fit import remove_stale_staging, staging_builder
+
+    out = tmp_path / "run"
+    host = socket.gethostname()
+    dead_pid = _a_finished_pid()
+    names = {
+        "dead here": f".run.building-{host}-{dead_pid}-1",
+        "alive here": f".run.building-{host}-{os.getpid()}-2",
+        "other host": f".run.building-not-{host}-{dead_pid}-1",
+        "no host (older name)": f".run.building-{dead_pid}-1",
+    }
+    for name in names.values():
+        (tmp_path / name).mkdir()
+    assert staging_builder(tmp_path / names["other host"], out) == (f"not-{host}", dead_pid)
+    assert staging_builder(tmp_path / names["no host (older name)"], out) is None
+    assert remove_stale_staging(out) == [tmp_path / names["dead here"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        name for what, name in names.items() if what != "dead here"
+    )
+
+
+def _a_finished_pid() -> int:
+    """The pid of a process that has exited (and been reaped): certainly not alive."""
+    import subprocess
+    import sys
+
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    return done.pid
 
 
 @pytest.mark.tf

@@ -9,9 +9,9 @@ import pytest
 
 from edge_runtime.contract import ModelInfo
 from tests.train.test_shape_probe import _data, _run_folder
+from train.cli import select_main
 from train.errors import TrainError
 from train.select import Candidate, SelectConfig, choose
-from train.select import main as select_main
 
 
 def _c(run: str, flops: int, val: float, pooled: float) -> Candidate:

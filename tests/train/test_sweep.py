@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from train.cli import sweep_main as main
 from train.config import OPTIMIZERS, TrainConfig, load_toml, merge
 from train.sweep import (
     REDUCTION,
@@ -22,7 +23,6 @@ from train.sweep import (
     SweepError,
     config_toml,
     load_experiment,
-    main,
     plan_sweep,
 )
 from train.synth import SynthConfig, generate

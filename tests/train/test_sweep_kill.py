@@ -20,7 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from train.sweep import LOCK_FILE, main
+from train.cli import sweep_main as main
+from train.sweep import LOCK_FILE
 
 # Stands in for `python -m edge_runtime.pneumo_cli train --config FILE --json`: blocks until killed,
 # or (no FAKE_BLOCK file) exits 1 at once like a run that failed.

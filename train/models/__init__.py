@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from edge_runtime.contract import PreprocessContract
+from edge_runtime.contract import ColorMode, Interpolation, PreprocessContract, ResizeMode
+from train.config import HeadChoice, ThresholdSource
 from train.errors import ConfigError, TrainError
 from train.models.blocks import Head
 from train.models.dsconv import build_dsconv
@@ -38,7 +39,7 @@ class ArchSpec:
     builder: Builder
     height: int
     width: int
-    color: Literal["grayscale", "rgb"]
+    color: ColorMode
     optimizer: str
     learning_rate: float
     batch_size: int
@@ -47,10 +48,10 @@ class ArchSpec:
     class_weights: bool = False
     augment: str = "none"
     undersample: bool = False
-    head: Literal["auto", "sigmoid", "softmax"] = "auto"
+    head: HeadChoice = "auto"
     label_smoothing: float = 0.0
     threshold_rule: str = "sensitivity:0.95"  # on validation (edge_runtime.metrics.choose_threshold)
-    threshold_on: str = "validation"  # or "shape-pooled" (train.config.THRESHOLD_SOURCES)
+    threshold_on: ThresholdSource = "validation"
     # contract scaling inside the model: x * scale + offset
     scale: float = 1.0 / 255.0
     offset: float = 0.0
@@ -62,16 +63,16 @@ class ArchSpec:
         self,
         height: int | None = None,
         width: int | None = None,
-        color: str | None = None,
-        interpolation: str = "area",
-        resize: str = "stretch",
+        color: ColorMode | None = None,
+        interpolation: Interpolation = "area",
+        resize: ResizeMode = "stretch",
     ) -> PreprocessContract:
         return PreprocessContract(
             height=height or self.height,
             width=width or self.width,
-            color=color or self.color,  # type: ignore[arg-type]
-            interpolation=interpolation,  # type: ignore[arg-type]
-            resize=resize,  # type: ignore[arg-type]
+            color=color or self.color,
+            interpolation=interpolation,
+            resize=resize,
             scale=self.scale,
             offset=self.offset,
         )
@@ -203,12 +204,15 @@ def resolve_head(head: str, n_classes: int) -> Head:
         raise TrainError(f"--head {head!r}: expected auto, sigmoid or softmax")
     if n_classes < 2:
         raise TrainError(f"a classifier needs at least two classes, got {n_classes}")
-    kind = ("sigmoid" if n_classes == 2 else "softmax") if head == "auto" else head
-    if kind == "sigmoid" and n_classes != 2:
+    if head == "auto":
+        head = "sigmoid" if n_classes == 2 else "softmax"
+    if head == "softmax":
+        return Head("softmax", n_classes)
+    if n_classes != 2:
         raise TrainError(
             f"--head sigmoid needs exactly two classes; the data has {n_classes}: use --head softmax"
         )
-    return Head(kind, n_classes)  # type: ignore[arg-type]
+    return Head("sigmoid", n_classes)
 
 
 def build_model(
