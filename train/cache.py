@@ -120,6 +120,27 @@ def store_dir(contract: PreprocessContract, cache_dir: Path | None = None) -> Pa
     return (cache_dir or default_cache_dir()) / "arrays" / contract_key(contract)
 
 
+@dataclass
+class _Lookup:
+    """The content digest of each sample's file, once any content the cache lacked was read into it."""
+
+    index: dict[str, Any]
+    digest_of: dict[Path, str]
+    unreadable: dict[Path, str]  # path -> why it could not be read (no digest, nothing recorded)
+    fresh: set[str] = field(default_factory=set)  # contents decoded by this call (failures included)
+    hashed: int = 0
+
+
+@dataclass
+class _Selection:
+    """The samples whose pixels the cache holds, where those pixels are, and the samples skipped."""
+
+    kept: list[Sample] = field(default_factory=list)
+    rows: list[tuple[int, str, int]] = field(default_factory=list)  # (output position, shard, row)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    from_cache: int = 0
+
+
 def load_arrays(
     samples: Sequence[Sample],
     labels: Sequence[str],
@@ -129,10 +150,41 @@ def load_arrays(
     workers: int = 2,
 ) -> ArraySet:
     """Model inputs for ``samples`` under ``contract``, decoding only content the cache has not seen."""
+    index_of = _label_indices(samples, labels)
+    store = _open_store(contract, cache_dir)
+    lookup = _lookup(store, contract, samples, progress, workers)
+    selection = _select(samples, lookup)
+    x = _gather(store, selection.rows, len(selection.kept), contract)
+    y = np.array([index_of[s.label] for s in selection.kept], dtype=np.int64)
+    if selection.skipped:
+        log.warning(
+            "%d of %d files skipped (could not be decoded); nothing was deleted",
+            len(selection.skipped),
+            len(samples),
+        )
+    return ArraySet(
+        x=x,
+        y=y,
+        paths=[str(s.path) for s in selection.kept],
+        skipped=selection.skipped,
+        decoded=len(lookup.fresh),
+        from_cache=selection.from_cache,
+        cache_dir=str(store),
+        hashed=lookup.hashed,
+    )
+
+
+def _label_indices(samples: Sequence[Sample], labels: Sequence[str]) -> dict[str, int]:
+    """Each label's index; a DataError for a sample whose label is not one of ``labels``."""
     index_of = {label: i for i, label in enumerate(labels)}
     for sample in samples:
         if sample.label not in index_of:
             raise DataError(f"{sample.path}: label {sample.label!r} is not one of {list(labels)}")
+    return index_of
+
+
+def _open_store(contract: PreprocessContract, cache_dir: Path | None) -> Path:
+    """The store of ``contract`` under ``cache_dir``, created when missing."""
     store = store_dir(contract, cache_dir)
     try:
         store.mkdir(parents=True, exist_ok=True)
@@ -140,11 +192,39 @@ def load_arrays(
         raise DataError(
             f"{store}: cannot create the decode cache ({exc}); set ${CACHE_ENV} to a writable folder"
         ) from exc
+    return store
 
+
+def _lookup(
+    store: Path, contract: PreprocessContract, samples: Sequence[Sample], progress: bool, workers: int
+) -> _Lookup:
+    """The digests of the samples' files: from the index where a file's stamp is unchanged, else read."""
     with _locked(store):
         index = _read_index(store, contract)
+    digest_of, unreadable, unread = _indexed_digests(index, samples)
+    if not unread:
+        return _Lookup(index, digest_of, unreadable)
+    reads = _read_into_store(store, contract, unread, index, progress, workers)
+    digest_of.update({r.path: r.digest for r in reads if r.digest is not None})
+    unreadable.update({r.path: r.reason for r in reads if r.digest is None})
+    _warn_manifest_mismatch(samples, digest_of)
+    with _locked(store):
+        index = _read_index(store, contract)
+    return _Lookup(
+        index,
+        digest_of,
+        unreadable,
+        fresh={r.digest for r in reads if r.decoded and r.digest is not None},
+        hashed=sum(r.digest is not None for r in reads),
+    )
+
+
+def _indexed_digests(
+    index: dict[str, Any], samples: Sequence[Sample]
+) -> tuple[dict[Path, str], dict[Path, str], list[Path]]:
+    """(digest of each file the index knows unchanged, why each unreadable file is, the files to read)."""
     digest_of: dict[Path, str] = {}
-    unreadable: dict[Path, str] = {}  # path -> why it could not be read (no digest, nothing recorded)
+    unreadable: dict[Path, str] = {}
     unread: list[Path] = []
     for path in dict.fromkeys(s.path for s in samples):
         stamp, reason = _stamp_path(path)
@@ -155,35 +235,33 @@ def load_arrays(
             unread.append(path)
         else:
             digest_of[path] = known
-    fresh: set[str] = set()  # contents decoded by this call (failures included)
-    hashed = 0
-    if unread:
-        reads = _read_into_store(store, contract, unread, index, progress, workers)
-        hashed = sum(r.digest is not None for r in reads)
-        fresh = {r.digest for r in reads if r.decoded and r.digest is not None}
-        digest_of.update({r.path: r.digest for r in reads if r.digest is not None})
-        unreadable.update({r.path: r.reason for r in reads if r.digest is None})
-        _warn_manifest_mismatch(samples, digest_of)
-        with _locked(store):
-            index = _read_index(store, contract)
+    return digest_of, unreadable, unread
 
-    skipped: list[tuple[str, str]] = []
-    rows: list[tuple[int, str, int]] = []  # (output position, shard, row)
-    kept: list[Sample] = []
-    from_cache = 0
+
+def _select(samples: Sequence[Sample], lookup: _Lookup) -> _Selection:
+    """Where each sample's pixels lie in the store, in the samples' order; why the others are skipped."""
+    index = lookup.index
+    selection = _Selection()
     for sample in samples:
-        digest = digest_of.get(sample.path)
+        digest = lookup.digest_of.get(sample.path)
         if digest is None:
-            skipped.append((str(sample.path), unreadable.get(sample.path, "file not found")))
+            selection.skipped.append((str(sample.path), lookup.unreadable.get(sample.path, "file not found")))
             continue
         if digest in index["failed"]:
-            skipped.append((str(sample.path), index["failed"][digest]))
+            selection.skipped.append((str(sample.path), index["failed"][digest]))
             continue
         shard, row = index["entries"][digest]
-        rows.append((len(kept), shard, int(row)))
-        kept.append(sample)
-        from_cache += digest not in fresh
-    x = np.empty((len(kept), *contract.input_shape), dtype=np.uint8)
+        selection.rows.append((len(selection.kept), shard, int(row)))
+        selection.kept.append(sample)
+        selection.from_cache += digest not in lookup.fresh
+    return selection
+
+
+def _gather(
+    store: Path, rows: list[tuple[int, str, int]], n: int, contract: PreprocessContract
+) -> np.ndarray:
+    """The ``n`` images at ``rows`` (output position, shard, row), reading each shard once."""
+    x = np.empty((n, *contract.input_shape), dtype=np.uint8)
     by_shard: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for position, shard, row in rows:
         by_shard[shard].append((position, row))
@@ -191,21 +269,7 @@ def load_arrays(
         data = np.load(store / shard, mmap_mode="r")
         positions = np.array([p for p, _ in pairs], dtype=np.int64)
         x[positions] = data[np.array([r for _, r in pairs], dtype=np.int64)]
-    y = np.array([index_of[s.label] for s in kept], dtype=np.int64)
-    if skipped:
-        log.warning(
-            "%d of %d files skipped (could not be decoded); nothing was deleted", len(skipped), len(samples)
-        )
-    return ArraySet(
-        x=x,
-        y=y,
-        paths=[str(s.path) for s in kept],
-        skipped=skipped,
-        decoded=len(fresh),
-        from_cache=from_cache,
-        cache_dir=str(store),
-        hashed=hashed,
-    )
+    return x
 
 
 def _stamp(st: os.stat_result) -> Stamp:

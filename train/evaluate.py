@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from edge_runtime.metrics import evaluate_outputs
 from edge_runtime.run_layout import MODEL_FILE, MODEL_KERAS_FILE, SPLIT_FILE
 from train.config import LabelMode
 from train.errors import DataError, TrainError
+
+if TYPE_CHECKING:
+    from train.cache import ArraySet
 
 KERAS_SUFFIXES = (".h5", ".keras")
 EVAL_SPLITS = ("test", "val", "train", "all")
@@ -306,38 +309,75 @@ def evaluate_model(
     data_path = None if data is None else Path(data).expanduser()
     model = open_model(model_path)
     try:
-        overlap: list[Any] | None = None
         if split == RUN_VAL:
-            samples = run_validation_samples(model_file, data_path)
-            recorded = run_splits(model_file)
-            if data_path is None and recorded is not None:
-                data_path = recorded.config.root  # where the images were read from
-            overlap = []  # held out of training by construction
+            samples, data_path = _run_val_samples(model_file, data_path)
+            overlap: list[Any] | None = []  # held out of training by construction
         else:
-            if data_path is None:
-                raise DataError(f"--split {split} needs --data: the labelled folder to score")
-            samples = select_samples(data_path, model.info, split)
-            splits = run_splits(model_file)
-            if splits is not None:
-                overlap = training_overlap(samples, data_path, splits)
-                if overlap and not allow_train_overlap:
-                    raise DataError(overlap_refusal(overlap, samples, data_path, split, model_file))
+            samples, overlap = _split_samples(model, model_file, data_path, split, allow_train_overlap)
         arrays = load_arrays(samples, model.info.labels, model.contract, cache_dir, progress, workers)
         if len(arrays) == 0:
             raise DataError(f"{data_path}: none of the {len(samples)} images could be decoded")
-        started = time.perf_counter()
-        outputs = predict_batches(model, arrays.x)
-        seconds = time.perf_counter() - started
-        probe = None
-        if probe_shape:
-            from train.shape_probe import shape_probe
-
-            probe = shape_probe(
-                lambda batch: predict_batches(model, batch), arrays.x, arrays.y, model.info, outputs
-            )
+        outputs, seconds, probe = _predict(model, arrays, probe_shape)
     finally:
         model.close()
     metrics = evaluate_outputs(arrays.y, outputs, model.info, bootstrap=bootstrap, seed=seed)
+    return _report(model, data_path, split, arrays, overlap, seconds, metrics, probe)
+
+
+def _run_val_samples(model_file: Path, data_path: Path | None) -> tuple[list[Any], Path | None]:
+    """The run's validation images and the folder they are read from (``data_path`` or the recorded root)."""
+    samples = run_validation_samples(model_file, data_path)
+    recorded = run_splits(model_file)
+    if data_path is None and recorded is not None:
+        data_path = recorded.config.root  # where the images were read from
+    return samples, data_path
+
+
+def _split_samples(
+    model: LoadedModel, model_file: Path, data_path: Path | None, split: str, allow_train_overlap: bool
+) -> tuple[list[Any], list[Any] | None]:
+    """The images of ``split`` under ``data_path`` and those of them the run trained on (None: not checked).
+
+    A DataError when they include training images, unless ``allow_train_overlap``.
+    """
+    if data_path is None:
+        raise DataError(f"--split {split} needs --data: the labelled folder to score")
+    samples = select_samples(data_path, model.info, split)
+    splits = run_splits(model_file)
+    if splits is None:
+        return samples, None
+    overlap = training_overlap(samples, data_path, splits)
+    if overlap and not allow_train_overlap:
+        raise DataError(overlap_refusal(overlap, samples, data_path, split, model_file))
+    return samples, overlap
+
+
+def _predict(
+    model: LoadedModel, arrays: ArraySet, probe_shape: bool
+) -> tuple[np.ndarray, float, dict[str, Any] | None]:
+    """The model's outputs on ``arrays``, the seconds they took, and the shape probe when asked for."""
+    started = time.perf_counter()
+    outputs = predict_batches(model, arrays.x)
+    seconds = time.perf_counter() - started
+    if not probe_shape:
+        return outputs, seconds, None
+    from train.shape_probe import shape_probe
+
+    probe = shape_probe(lambda batch: predict_batches(model, batch), arrays.x, arrays.y, model.info, outputs)
+    return outputs, seconds, probe
+
+
+def _report(
+    model: LoadedModel,
+    data_path: Path | None,
+    split: str,
+    arrays: ArraySet,
+    overlap: list[Any] | None,
+    seconds: float,
+    metrics: dict[str, Any],
+    probe: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The JSON-ready report of one evaluation."""
     from train.synth import is_synthetic
 
     return {

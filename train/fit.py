@@ -48,7 +48,7 @@ import numpy as np
 
 from edge_runtime.contract import CONTRACT_FILE, MODEL_INFO_FILE, ModelInfo, PreprocessContract
 from edge_runtime.fileio import atomic_write_json, atomic_write_via, fsync_dir
-from edge_runtime.metrics import choose_threshold, evaluate_outputs
+from edge_runtime.metrics import ThresholdChoice, choose_threshold, evaluate_outputs
 from edge_runtime.run_layout import (
     HISTORY_FILE,
     METRICS_FILE,
@@ -65,6 +65,8 @@ from train.models.complexity import model_complexity
 
 if TYPE_CHECKING:
     from train.cache import ArraySet
+    from train.compute import ComputeSession
+    from train.models.complexity import Complexity
 
 log = logging.getLogger(__name__)
 
@@ -615,55 +617,70 @@ def _make_splits(cfg: TrainConfig) -> Any:
     return make_splits(data_config)
 
 
+@dataclass
+class _Fitted:
+    """A trained model (float32 weights) and what training reported about it."""
+
+    model: Any
+    history: dict[str, list[Any]]  # Keras's History.history: per-epoch loss, metrics, epoch_seconds
+    fit_seconds: float
+    complexity: Complexity
+    class_weights: dict[int, float] | None
+    session: ComputeSession
+
+
+@dataclass
+class _Scores:
+    """The decision threshold chosen on validation, and the metrics measured with it."""
+
+    choice: ThresholdChoice
+    info: ModelInfo
+    validation: dict[str, Any]
+    test: dict[str, Any]
+    test_at_half: dict[str, Any]
+
+
 def _train_into(cfg: TrainConfig, spec: ArchSpec, splits: Any, out: Path, started: float) -> RunResult:
     """The run of the resolved ``cfg`` on ``splits``, its files written into ``out`` (the folder being built)."""
     from train.synth import is_synthetic
 
-    assert cfg.data is not None and cfg.out is not None
+    assert cfg.data is not None
     synthetic = is_synthetic(cfg.data)
     contract = spec.contract(cfg.height, cfg.width, cfg.color, cfg.interpolation, cfg.resize)
     head = resolve_head(cfg.head if cfg.head != "auto" else spec.head, len(splits.labels))
     log.info("data: %s", "; ".join(splits.notes))
     arrays = _load_split_arrays(splits, contract, cfg)
     decode_seconds = time.perf_counter() - started
+    fitted = _fit(cfg, spec, splits, contract, head, arrays, out)
+    scores = _score(cfg, fitted, splits, head, arrays, synthetic)
+    saved = save_model(fitted.model, out)
+    reload = reload_check(fitted.model, saved["model"], arrays["test"].x)
+    metrics = _run_metrics(scores, fitted, arrays, len(splits.labels), decode_seconds, reload)
+    card = _write_run_files(out, cfg, spec, contract, splits, arrays, fitted, scores.info, metrics)
+    if not math.isfinite(float(fitted.history.get("loss", [0.0])[-1])):
+        log.warning("the training loss ended as %s: lower --learning-rate", fitted.history["loss"][-1])
+    return RunResult(out=out, config=cfg, info=scores.info, metrics=metrics, card=card)
 
-    from train.augment import Mixup, build_augmenter
+
+def _fit(
+    cfg: TrainConfig,
+    spec: ArchSpec,
+    splits: Any,
+    contract: PreprocessContract,
+    head: Head,
+    arrays: dict[str, ArraySet],
+    out: Path,
+) -> _Fitted:
+    """Build, compile and fit the model in its compute session; history.csv and logs/ go into ``out``."""
     from train.compute import compute_session
-    from train.pipeline import class_weights, evaluation_data, training_data
+    from train.pipeline import evaluation_data
 
+    assert cfg.batch_size is not None and cfg.epochs is not None
     opts = cfg.model_options()
-    assert cfg.batch_size is not None and cfg.epochs is not None and cfg.learning_rate is not None
-    assert cfg.optimizer is not None and cfg.augment is not None
-    assert cfg.label_smoothing is not None and cfg.threshold_rule is not None
-
     with compute_session(cfg.seed, cfg.deterministic, cfg.mixed_precision, cfg.strategy) as session:
         with session.scope:
-            model = build_model(cfg.arch, contract, len(splits.labels), head.kind, **opts)
-            model.compile(
-                optimizer=make_optimizer(
-                    cfg.optimizer,
-                    cfg.learning_rate,
-                    cfg.lr_schedule,
-                    cfg.epochs * math.ceil(len(arrays["train"].y) / cfg.batch_size),
-                ),
-                loss=make_loss(head, cfg.loss, cfg.focal_gamma, cfg.label_smoothing),
-                metrics=training_metrics(head),
-            )
-        weights = class_weights(arrays["train"].y, len(splits.labels)) if cfg.class_weights else None
-        negative_index = splits.labels.index(negative_label(splits.labels))
-        augmenter = build_augmenter(cfg.augment, cfg.seed, negative_index)
-        soft = teacher_targets(cfg, splits, contract, arrays["train"], head) if cfg.teacher else None
-        train_data = training_data(
-            arrays["train"].x,
-            arrays["train"].y,
-            head,
-            cfg.batch_size,
-            augmenter,
-            weights,
-            seed=cfg.seed,
-            soft_targets=soft,
-            mixup=Mixup(cfg.mixup, cfg.seed) if cfg.mixup > 0 else None,
-        )
+            model = _compiled_model(cfg, contract, head, opts, len(splits.labels), len(arrays["train"].y))
+        weights, train_data = _training_data(cfg, splits, contract, head, arrays["train"])
         val_data = evaluation_data(arrays["val"].x, arrays["val"].y, head, cfg.batch_size)
         complexity = model_complexity(model)
         log.info(
@@ -686,20 +703,77 @@ def _train_into(cfg: TrainConfig, spec: ArchSpec, splits: Any, out: Path, starte
         fit_seconds = time.perf_counter() - fit_started
         if session.mixed_precision:
             model = float32_copy(spec, contract, head, opts, model)
+    return _Fitted(model, history.history, fit_seconds, complexity, weights, session)
 
-    # Threshold on validation only; then the test split, once.
-    n_labels = len(splits.labels)
-    negative = negative_label(splits.labels)
+
+def _compiled_model(
+    cfg: TrainConfig,
+    contract: PreprocessContract,
+    head: Head,
+    opts: dict[str, Any],
+    n_labels: int,
+    n_train: int,
+) -> Any:
+    """The model of ``cfg.arch`` compiled with its optimizer, loss and training metrics."""
+    assert cfg.batch_size is not None and cfg.epochs is not None and cfg.learning_rate is not None
+    assert cfg.optimizer is not None and cfg.label_smoothing is not None
+    model = build_model(cfg.arch, contract, n_labels, head.kind, **opts)
+    model.compile(
+        optimizer=make_optimizer(
+            cfg.optimizer,
+            cfg.learning_rate,
+            cfg.lr_schedule,
+            cfg.epochs * math.ceil(n_train / cfg.batch_size),
+        ),
+        loss=make_loss(head, cfg.loss, cfg.focal_gamma, cfg.label_smoothing),
+        metrics=training_metrics(head),
+    )
+    return model
+
+
+def _training_data(
+    cfg: TrainConfig, splits: Any, contract: PreprocessContract, head: Head, train: ArraySet
+) -> tuple[dict[int, float] | None, Any]:
+    """The class weights (None when off) and the augmented, shuffled training batches."""
+    from train.augment import Mixup, build_augmenter
+    from train.pipeline import class_weights, training_data
+
+    assert cfg.batch_size is not None and cfg.augment is not None
+    weights = class_weights(train.y, len(splits.labels)) if cfg.class_weights else None
+    negative_index = splits.labels.index(negative_label(splits.labels))
+    augmenter = build_augmenter(cfg.augment, cfg.seed, negative_index)
+    soft = teacher_targets(cfg, splits, contract, train, head) if cfg.teacher else None
+    batches = training_data(
+        train.x,
+        train.y,
+        head,
+        cfg.batch_size,
+        augmenter,
+        weights,
+        seed=cfg.seed,
+        soft_targets=soft,
+        mixup=Mixup(cfg.mixup, cfg.seed) if cfg.mixup > 0 else None,
+    )
+    return weights, batches
+
+
+def _score(
+    cfg: TrainConfig, fitted: _Fitted, splits: Any, head: Head, arrays: dict[str, ArraySet], synthetic: bool
+) -> _Scores:
+    """Threshold on validation only; then the test split, once."""
+    assert cfg.out is not None and cfg.threshold_rule is not None
+    model = fitted.model
     val_out = predict_arrays(model, arrays["val"].x)
     choice = choose_validation_threshold(
         lambda x: predict_arrays(model, x), arrays["val"], val_out, splits.labels, head.kind,
         cfg.threshold_rule, cfg.threshold_on,
     )  # fmt: skip
+    complexity = fitted.complexity
     info = ModelInfo(
         model_version=model_version(cfg),
         arch=cfg.arch,
         labels=splits.labels,
-        negative_label=negative,
+        negative_label=negative_label(splits.labels),
         threshold=float(choice.threshold),
         head=head.kind,
         synthetic=synthetic,
@@ -712,14 +786,15 @@ def _train_into(cfg: TrainConfig, spec: ArchSpec, splits: Any, out: Path, starte
     test_half = evaluate_outputs(
         arrays["test"].y, test_out, info, bootstrap=cfg.bootstrap, seed=cfg.seed, threshold=0.5
     )
+    return _Scores(choice, info, validation, test, test_half)
 
-    saved = save_model(model, out)
-    reload = reload_check(model, saved["model"], arrays["test"].x)
 
-    epoch_seconds = [float(s) for s in history.history.get("epoch_seconds", [])]
-    timing = {
+def _timing(fitted: _Fitted, arrays: dict[str, ArraySet], decode_seconds: float) -> dict[str, Any]:
+    """Where the run's time went, as metrics.json records it."""
+    epoch_seconds = [float(s) for s in fitted.history.get("epoch_seconds", [])]
+    return {
         "decode_and_split_seconds": round(decode_seconds, 2),
-        "fit_seconds": round(fit_seconds, 2),
+        "fit_seconds": round(fitted.fit_seconds, 2),
         "epochs_run": len(epoch_seconds),
         "epoch_seconds": [round(s, 2) for s in epoch_seconds],
         "mean_epoch_seconds": round(float(np.mean(epoch_seconds)), 2) if epoch_seconds else None,
@@ -728,24 +803,49 @@ def _train_into(cfg: TrainConfig, spec: ArchSpec, splits: Any, out: Path, starte
         if len(epoch_seconds) > 1
         else None,
         "train_images": len(arrays["train"]),
-        "devices": session.devices,
+        "devices": fitted.session.devices,
     }
+
+
+def _run_metrics(
+    scores: _Scores,
+    fitted: _Fitted,
+    arrays: dict[str, ArraySet],
+    n_labels: int,
+    decode_seconds: float,
+    reload: dict[str, Any],
+) -> dict[str, Any]:
+    """The content of metrics.json."""
     metrics = {
-        "model_version": info.model_version,
-        "synthetic": synthetic,
-        "threshold": threshold_record(choice),
-        "test": test,
-        "test_at_0.5": test_half,
-        "validation": validation,
-        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
-        "timing": timing,
+        "model_version": scores.info.model_version,
+        "synthetic": scores.info.synthetic,
+        "threshold": threshold_record(scores.choice),
+        "test": scores.test,
+        "test_at_0.5": scores.test_at_half,
+        "validation": scores.validation,
+        "history": {k: [float(v) for v in vals] for k, vals in fitted.history.items()},
+        "timing": _timing(fitted, arrays, decode_seconds),
         "reload_check": reload,
     }
     if n_labels != len(set(arrays["test"].y.tolist())):
         metrics["note"] = (
             "the test split does not hold every class; per-class figures of absent classes are empty"
         )
+    return metrics
 
+
+def _write_run_files(
+    out: Path,
+    cfg: TrainConfig,
+    spec: ArchSpec,
+    contract: PreprocessContract,
+    splits: Any,
+    arrays: dict[str, ArraySet],
+    fitted: _Fitted,
+    info: ModelInfo,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """Write the sidecars, config, split, metrics, plots and model card into ``out``; the card."""
     from train.report import build_model_card, write_plots
 
     contract.save(out)
@@ -759,18 +859,16 @@ def _train_into(cfg: TrainConfig, spec: ArchSpec, splits: Any, out: Path, starte
         spec=spec,
         contract=contract,
         info=info,
-        complexity=complexity.to_dict(),
+        complexity=fitted.complexity.to_dict(),
         splits=splits,
         arrays=arrays,
         metrics=metrics,
-        session=session.to_dict(),
-        class_weights=weights,
+        session=fitted.session.to_dict(),
+        class_weights=fitted.class_weights,
         plots=plots,
     )
     atomic_write_json(out / MODEL_CARD_FILE, card)
-    if not math.isfinite(float(history.history.get("loss", [0.0])[-1])):
-        log.warning("the training loss ended as %s: lower --learning-rate", history.history["loss"][-1])
-    return RunResult(out=out, config=cfg, info=info, metrics=metrics, card=card)
+    return card
 
 
 def _interactive() -> bool:

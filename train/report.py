@@ -199,11 +199,7 @@ def build_model_card(
     plots: dict[str, str],
 ) -> dict[str, Any]:
     """The model card of a run (JSON-ready)."""
-    import keras
-
     summary = splits.summary()
-    skipped = {name: [{"path": p, "reason": r} for p, r in arrays[name].skipped] for name in arrays}
-    timing = metrics["timing"]
     card: dict[str, Any] = {
         "schema": CARD_SCHEMA,
         "model_version": info.model_version,
@@ -211,83 +207,12 @@ def build_model_card(
         "synthetic": info.synthetic,
         "intended_use": INTENDED_USE,
         "decision_support_not_diagnosis": True,
-        "architecture": {
-            "name": config.arch,
-            "from": spec.source,
-            "summary": spec.summary,
-            # the model settings it was built with (the builder's default where none was given)
-            "options": config.model_settings(),
-            "head": info.head,
-            "labels": list(info.labels),
-            "negative_label": info.negative_label,
-            "weights": _weights_note(config, spec),
-            **complexity,
-        },
-        "preprocessing": {
-            "contract": contract.to_dict(),
-            "description": contract.describe(),
-            "why": contract_rationale(contract, summary),
-            "model_input": (
-                f"float32 pixel values 0..255 of shape {list(contract.input_shape)} (NHWC); the first layer "
-                "rescales; exported models take uint8"
-            ),
-        },
-        "data": {
-            "root": str(config.data),
-            "split_mode": config.split_mode,
-            "label_mode": config.label_mode,
-            "split": summary,
-            "images_used": {name: len(arrays[name]) for name in arrays},
-            "skipped_unreadable": {name: len(items) for name, items in skipped.items()},
-            "skipped_files": skipped,
-        },
-        "training": {
-            "optimizer": config.optimizer,
-            "learning_rate": config.learning_rate,
-            "lr_schedule": config.lr_schedule,
-            "batch_size": config.batch_size,
-            "epochs_requested": config.epochs,
-            "epochs_run": timing["epochs_run"],
-            "early_stopping_patience": config.early_stopping,
-            "loss": config.loss if config.loss == "crossentropy" else f"focal (gamma {config.focal_gamma})",
-            "label_smoothing": config.label_smoothing,
-            "mixup_alpha": config.mixup or None,
-            "class_weights": (
-                {info.labels[i]: round(w, 4) for i, w in class_weights.items()} if class_weights else None
-            ),
-            "augmentation": config.augment,
-            "undersample": config.undersample,
-            "seed": config.seed,
-            "split_seed": config.seed if config.split_seed is None else config.split_seed,
-            "compute": session,
-            "seconds_per_epoch": timing["mean_epoch_seconds"],
-            "steady_seconds_per_epoch": timing["steady_epoch_seconds"],
-            "fit_seconds": timing["fit_seconds"],
-            "versions": {
-                "keras": keras.__version__,
-                "python": platform.python_version(),
-                **_framework_versions(),
-            },
-        },
-        "threshold": {
-            "value": info.threshold,
-            "rule": metrics["threshold"]["rule"],
-            "how_chosen": metrics["threshold"]["how"],
-            "chosen_on": (
-                f"the validation split only ({metrics['validation']['n_images']} images, "
-                f"{summary['splits']['val']['patients']} patients); the test split was predicted once, afterwards"
-            ),
-        },
-        "metrics": {
-            "test": _metric_block(metrics["test"]),
-            "test_at_threshold_0.5": _metric_block(metrics["test_at_0.5"]),
-            "validation": _metric_block(metrics["validation"]),
-            "confidence_intervals": (
-                f"95% percentile bootstrap over images, {metrics['test']['bootstrap_resamples']} resamples, "
-                f"seed {config.seed}"
-            ),
-            "positive_class": metrics["test"]["positive"],
-        },
+        "architecture": _architecture_section(config, spec, info, complexity),
+        "preprocessing": _preprocessing_section(contract, summary),
+        "data": _data_section(config, summary, arrays),
+        "training": _training_section(config, info, metrics["timing"], session, class_weights),
+        "threshold": _threshold_section(info, metrics, summary),
+        "metrics": _metrics_section(config, metrics),
         "reload_check": metrics["reload_check"],
         "limitations": _limitations(config, summary, info),
         "plots": plots,
@@ -305,6 +230,112 @@ def build_model_card(
     if info.synthetic:
         card = {"warning": SYNTHETIC_WARNING, **card}
     return card
+
+
+def _architecture_section(
+    config: TrainConfig, spec: Any, info: ModelInfo, complexity: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "name": config.arch,
+        "from": spec.source,
+        "summary": spec.summary,
+        # the model settings it was built with (the builder's default where none was given)
+        "options": config.model_settings(),
+        "head": info.head,
+        "labels": list(info.labels),
+        "negative_label": info.negative_label,
+        "weights": _weights_note(config, spec),
+        **complexity,
+    }
+
+
+def _preprocessing_section(contract: PreprocessContract, summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "contract": contract.to_dict(),
+        "description": contract.describe(),
+        "why": contract_rationale(contract, summary),
+        "model_input": (
+            f"float32 pixel values 0..255 of shape {list(contract.input_shape)} (NHWC); the first layer "
+            "rescales; exported models take uint8"
+        ),
+    }
+
+
+def _data_section(config: TrainConfig, summary: dict[str, Any], arrays: dict[str, Any]) -> dict[str, Any]:
+    skipped = {name: [{"path": p, "reason": r} for p, r in arrays[name].skipped] for name in arrays}
+    return {
+        "root": str(config.data),
+        "split_mode": config.split_mode,
+        "label_mode": config.label_mode,
+        "split": summary,
+        "images_used": {name: len(arrays[name]) for name in arrays},
+        "skipped_unreadable": {name: len(items) for name, items in skipped.items()},
+        "skipped_files": skipped,
+    }
+
+
+def _training_section(
+    config: TrainConfig,
+    info: ModelInfo,
+    timing: dict[str, Any],
+    session: dict[str, Any],
+    class_weights: dict[int, float] | None,
+) -> dict[str, Any]:
+    import keras
+
+    return {
+        "optimizer": config.optimizer,
+        "learning_rate": config.learning_rate,
+        "lr_schedule": config.lr_schedule,
+        "batch_size": config.batch_size,
+        "epochs_requested": config.epochs,
+        "epochs_run": timing["epochs_run"],
+        "early_stopping_patience": config.early_stopping,
+        "loss": config.loss if config.loss == "crossentropy" else f"focal (gamma {config.focal_gamma})",
+        "label_smoothing": config.label_smoothing,
+        "mixup_alpha": config.mixup or None,
+        "class_weights": (
+            {info.labels[i]: round(w, 4) for i, w in class_weights.items()} if class_weights else None
+        ),
+        "augmentation": config.augment,
+        "undersample": config.undersample,
+        "seed": config.seed,
+        "split_seed": config.seed if config.split_seed is None else config.split_seed,
+        "compute": session,
+        "seconds_per_epoch": timing["mean_epoch_seconds"],
+        "steady_seconds_per_epoch": timing["steady_epoch_seconds"],
+        "fit_seconds": timing["fit_seconds"],
+        "versions": {
+            "keras": keras.__version__,
+            "python": platform.python_version(),
+            **_framework_versions(),
+        },
+    }
+
+
+def _threshold_section(info: ModelInfo, metrics: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "value": info.threshold,
+        "rule": metrics["threshold"]["rule"],
+        "how_chosen": metrics["threshold"]["how"],
+        "chosen_on": (
+            f"the validation split only ({metrics['validation']['n_images']} images, "
+            f"{summary['splits']['val']['patients']} patients); the test split was predicted once, afterwards"
+        ),
+    }
+
+
+def _metrics_section(config: TrainConfig, metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "test": _metric_block(metrics["test"]),
+        "test_at_threshold_0.5": _metric_block(metrics["test_at_0.5"]),
+        "validation": _metric_block(metrics["validation"]),
+        "confidence_intervals": (
+            f"95% percentile bootstrap over images, {metrics['test']['bootstrap_resamples']} resamples, "
+            f"seed {config.seed}"
+        ),
+        "positive_class": metrics["test"]["positive"],
+    }
 
 
 def _framework_versions() -> dict[str, str]:

@@ -548,6 +548,16 @@ def execute(
         return RunOutcome(name, "skipped-complete", "complete run folder with the same settings")
     if not run.selected:
         return RunOutcome(name, "pending", "not selected by --only; left as it is")
+    _move_earlier_attempts(name, folder, complete, changed)
+    root = sweep_root(run)
+    config_file = _write_run_config(run, root)
+    log_path = _begin_attempt(root, name, entry, state)
+    keep = () if lock_fd is None else (lock_fd,)
+    return _attempt(name, folder, train_command(config, config_file), log_path, keep, root, state)
+
+
+def _move_earlier_attempts(name: str, folder: Path, complete: bool, changed: list[str]) -> None:
+    """Move aside the run folder of other settings or of an unfinished attempt, and killed attempts' builds."""
     if complete:
         moved = move_aside(folder, "superseded")
         log.warning(
@@ -562,7 +572,11 @@ def execute(
     for leftover in staging_folders(folder):
         moved = move_aside(folder, "incomplete", leftover)
         log.warning("%s: interrupted attempt moved to %s; starting again", name, moved.name)
-    root = sweep_root(run)
+
+
+def _write_run_config(run: PlannedRun, root: Path) -> Path:
+    """Create the sweep's folders and write the run's config file, which says how to reproduce it."""
+    name = run.spec.name
     (root / "configs").mkdir(parents=True, exist_ok=True)
     (root / "logs").mkdir(parents=True, exist_ok=True)
     (root / "runs").mkdir(parents=True, exist_ok=True)
@@ -573,10 +587,29 @@ def execute(
         + f"\nreproduce: pneumo train --config {config_file}"
     )
     atomic_write_text(config_file, config_toml(run.config, header))
+    return config_file
+
+
+def _begin_attempt(root: Path, name: str, entry: dict[str, Any], state: dict[str, Any]) -> Path:
+    """Record a new attempt of ``name`` as running in the sweep state; the attempt's log file."""
     entry["attempts"] = int(entry.get("attempts", 0)) + 1
     log_path = root / "logs" / f"{name}.attempt-{entry['attempts']}.log"
     entry.update(status="running", log=str(log_path.relative_to(root)), started=utc_now())
     atomic_write_json(root / STATE_FILE, state)
+    return log_path
+
+
+def _attempt(
+    name: str,
+    folder: Path,
+    command: list[str],
+    log_path: Path,
+    keep: tuple[int, ...],
+    root: Path,
+    state: dict[str, Any],
+) -> RunOutcome:
+    """Run the training ``command`` of ``name`` and record how it ended in the sweep state."""
+    entry = state[name]
     started = time.perf_counter()
 
     def record_pid(pid: int) -> None:
@@ -584,9 +617,8 @@ def execute(
         entry["pid"] = pid
         atomic_write_json(root / STATE_FILE, state)
 
-    keep = () if lock_fd is None else (lock_fd,)
     try:
-        code = launch(train_command(config, config_file), log_path, keep, record_pid)
+        code = launch(command, log_path, keep, record_pid)
     except (KeyboardInterrupt, SweepInterrupted):
         entry.pop("pid", None)
         entry.update(status="interrupted", wall_seconds=round(time.perf_counter() - started, 1))

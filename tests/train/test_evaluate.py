@@ -92,6 +92,17 @@ def test_split_and_label_checks(tiny_bundle: Path, tmp_path: Path) -> None:
         evaluate_model(tiny_bundle, other, progress=False, cache_dir=tmp_path / "cache")
 
 
+def test_a_folder_split_needs_data_and_one_decodable_image(tiny_bundle: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="--split test needs --data: the labelled folder to score"):
+        evaluate_model(tiny_bundle, None, split="test", progress=False, cache_dir=tmp_path / "cache")
+    broken = tmp_path / "broken"
+    for name in ("NORMAL/a.png", "PNEUMONIA/b.png"):
+        (broken / name).parent.mkdir(parents=True, exist_ok=True)
+        (broken / name).write_bytes(b"not an image")
+    with pytest.raises(DataError, match=f"{broken}: none of the 2 images could be decoded"):
+        evaluate_model(tiny_bundle, broken, progress=False, cache_dir=tmp_path / "cache")
+
+
 def test_open_model_needs_its_sidecars(tiny_bundle: Path, tmp_path: Path) -> None:
     lone = tmp_path / "lone.onnx"
     shutil.copy(tiny_bundle / "model.onnx", lone)

@@ -615,3 +615,29 @@ def test_overwrite_killed_mid_run_leaves_the_old_run_whole(tmp_path: Path, synth
     result = train_run(TrainConfig(out=out, overwrite=True, tensorboard=False, **settings))
     assert result.out == out and (out / "model.h5").is_file() and not (out / "logs").exists()
     assert result.info.extra["run_folder"] == "run" and "-run-" in result.info.model_version
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_a_test_split_without_every_class_is_noted_in_metrics_json(tmp_path: Path, synth_small: Path) -> None:
+    import json
+    import shutil
+
+    from train.fit import train_run
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_small, data)
+    for image in (data / "test" / "PNEUMONIA").iterdir():
+        image.write_bytes(b"unreadable")  # skipped, so the test split holds NORMAL images only
+    cfg = TrainConfig(
+        arch="lhu", data=data, out=tmp_path / "run", height=32, width=32, epochs=1,
+        cache_dir=tmp_path / "cache", progress=False, bootstrap=10, tensorboard=False,
+    )  # fmt: skip
+    result = train_run(cfg)
+    note = "the test split does not hold every class; per-class figures of absent classes are empty"
+    assert result.metrics["note"] == note
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["note"] == note
+    assert result.metrics["test"]["n_abnormal"] == 0 and result.card["data"]["images_used"]["test"] > 0
+    assert result.card["data"]["skipped_unreadable"]["test"] == len(
+        list((data / "test" / "PNEUMONIA").iterdir())
+    )

@@ -19,6 +19,7 @@ from train.cli import sweep_main as main
 from train.config import OPTIMIZERS, TrainConfig, load_toml, merge
 from train.sweep import (
     REDUCTION,
+    RunOutcome,
     SweepConfig,
     SweepError,
     config_toml,
@@ -588,3 +589,77 @@ def test_the_console_table_says_synthetic_when_a_row_is(tmp_path: Path) -> None:
         assert "SYNTHETIC" not in summary_table([real], blind=blind)
         lines = summary_table([real, fake], blind=blind).splitlines()
         assert lines[0] == lines[-1] and lines[0].startswith("SYNTHETIC data (1 of 2 rows: phantom)")
+
+
+def test_execute_moves_earlier_attempts_aside_and_records_each_attempt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A complete run of other settings is superseded, a half folder and a killed build are moved aside
+    (nothing deleted), every attempt gets its config, log and state entry; a `skip` row is not run."""
+    from train.sweep import execute
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    experiment = _write(
+        tmp_path / "x.toml",
+        f'[defaults]\narch = "lhu"\ndata = "{empty}"\n[[run]]\nname = "changed"\n[[run]]\nname = "unfinished"\n'
+        '[[run]]\nname = "later"\nskip = "waits for the GPU study"\n',
+    )
+    out = tmp_path / "sweep"
+    config = SweepConfig(experiments=experiment, out=out)
+    changed, unfinished, later = plan_sweep(load_experiment(experiment), config)
+    assert changed.config.out is not None and unfinished.config.out is not None
+    done = changed.config.out
+    done.mkdir(parents=True)
+    for name in (
+        "model.h5",
+        "contract.json",
+        "model_info.json",
+        "split.json",
+        "metrics.json",
+        "model_card.json",
+    ):
+        (done / name).write_text("{}")
+    (done / "config.json").write_text(json.dumps({**changed.config.to_dict(), "optimizer": "another"}))
+    unfinished.config.out.mkdir(parents=True)
+    (unfinished.config.out / "partial.txt").write_text("half a run")
+    killed_build = out / "runs" / ".unfinished.building-elsewhere-1-1"
+    killed_build.mkdir()
+    state: dict = {}
+
+    with caplog.at_level("WARNING", logger="train.sweep"):
+        outcomes = [execute(run, config, state) for run in (changed, unfinished, later)]
+
+    runs = out / "runs"
+    assert (runs / "changed.superseded-1" / "model_card.json").is_file() and not done.exists()
+    assert (runs / "unfinished.incomplete-1" / "partial.txt").read_text() == "half a run"
+    assert (runs / "unfinished.incomplete-2").is_dir() and not killed_build.exists()
+    assert caplog.messages == [
+        "changed: settings changed (optimizer); previous run moved to changed.superseded-1",
+        "unfinished: incomplete attempt moved to unfinished.incomplete-1; starting again",
+        "unfinished: interrupted attempt moved to unfinished.incomplete-2; starting again",
+    ]
+    for outcome, name in zip(outcomes[:2], ("changed", "unfinished")):
+        log_path = out / "logs" / f"{name}.attempt-1.log"
+        assert outcome.name == name and outcome.status == "failed"
+        assert outcome.detail.startswith("exit 1: ") and outcome.detail.endswith(f"(log: {log_path})")
+        assert "the folder is empty" in outcome.detail and outcome.wall_seconds is not None
+        config_file = out / "configs" / f"{name}.toml"
+        assert log_path.read_text().startswith(
+            f"$ {sys.executable} -m edge_runtime.pneumo_cli train --config "
+        )
+        assert config_file.read_text().startswith(
+            f"# run {name!r} of sweep sweep (); full settings\n# reproduce: pneumo train --config {config_file}\n"
+            "[train]\n"
+        )
+        assert state[name] == {
+            "attempts": 1,
+            "status": "failed",
+            "log": f"logs/{name}.attempt-1.log",
+            "started": state[name]["started"],
+            "wall_seconds": outcome.wall_seconds,
+            "error": outcome.detail,
+        }
+    assert outcomes[2] == RunOutcome("later", "not-run", "waits for the GPU study")
+    assert state["later"] == {"attempts": 0}
+    assert json.loads((out / "state.json").read_text()) == {k: state[k] for k in ("changed", "unfinished")}
