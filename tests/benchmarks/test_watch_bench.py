@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -46,9 +45,6 @@ def test_missing_image_folder(tiny_bundle: Path, tmp_path: Path) -> None:
         )
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("edge_runtime.watch") is None, reason="watch daemon not in this checkout"
-)
 def test_real_daemon_on_a_few_images(
     tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -71,9 +67,6 @@ def test_real_daemon_on_a_few_images(
     assert sorted(p.name for p in images.rglob("*")) == before  # the source folder is only read
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("edge_runtime.watch") is None, reason="watch daemon not in this checkout"
-)
 def test_watch_section_in_the_main_report(tiny_bundle: Path, tmp_path: Path) -> None:
     import json
 
