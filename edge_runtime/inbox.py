@@ -212,6 +212,8 @@ class InboxWatcher:
         self._last_scan = -1e9
         self._more_waiting = False
         self._inbox_id: tuple[int, int] | None = None
+        #: the inbox has been seen as a mount point (a share): from then on it must be one
+        self._was_mount_point = False
 
     # -- watchdog -------------------------------------------------------
     def start(self) -> None:
@@ -267,18 +269,52 @@ class InboxWatcher:
             except Exception:  # noqa: BLE001 - stopping a dead observer must not stop the daemon
                 pass
 
-    def _check_inbox(self) -> None:
-        """Raise when the inbox is gone; re-arm inotify when it was replaced or the observer died."""
+    def present(self) -> os.stat_result:
+        """The inbox folder's stat; InboxUnavailableError when it is missing, not a folder, or its share is gone.
+
+        A share unmounted from the inbox leaves the empty mount-point folder behind: it exists,
+        but it is not the inbox, and whatever is written into it is hidden once the share is back.
+        So once the inbox has been a mount point it must stay one (mounted again, on any device).
+        """
         try:
             st = os.stat(self.inbox)
         except OSError as exc:
+            self._lost()
             raise InboxUnavailableError(
                 f"{self.inbox}: inbox is missing ({exc.strerror or exc}); create or mount it"
             ) from exc
         if not stat.S_ISDIR(st.st_mode):
+            self._lost()
             raise InboxUnavailableError(
                 f"{self.inbox}: inbox is not a folder; replace it with the inbox folder"
             )
+        if self._is_mount_point(st):
+            self._was_mount_point = True
+        elif self._was_mount_point:
+            self._lost()
+            raise InboxUnavailableError(
+                f"{self.inbox}: the share mounted on the inbox is gone (the folder is now the empty "
+                f"mount point, on the filesystem of {self.inbox.parent}); mount the share back: inputs "
+                "wait, and nothing is read from or written into the mount point (to use a local folder "
+                "there instead, restart the service)"
+            )
+        return st
+
+    def _is_mount_point(self, st: os.stat_result) -> bool:
+        """Another filesystem is mounted on the inbox (its device is not its parent folder's)."""
+        try:
+            return st.st_dev != os.stat(self.inbox.parent).st_dev
+        except OSError:
+            return False
+
+    def _lost(self) -> None:
+        # inotify is re-armed once the inbox is back: the watch may have died with the old
+        # folder or share (IN_UNMOUNT), even when the same device and inode come back
+        self._inbox_id = None
+
+    def _check_inbox(self) -> None:
+        """Raise when the inbox is gone; re-arm inotify when it came back, was replaced, or the observer died."""
+        st = self.present()
         if not self.use_watchdog:
             return
         alive = self._observer is not None and self._observer.is_alive()
@@ -616,6 +652,27 @@ def _os_failure(cand: Candidate, source: str, what: str, exc: OSError, size: int
     return _rejected(cand, source, "file", reason, size=size)
 
 
+def _require_inbox_of(inbox: Path, cand: Candidate) -> None:
+    """InboxUnavailableError unless ``inbox`` is still the folder ``cand`` was found in.
+
+    Called when the candidate's file is missing: a share unmounted under the inbox leaves the
+    empty mount point, a folder on another filesystem, and the file is not "vanished" then.
+    """
+    try:
+        st = os.stat(inbox)
+    except OSError:
+        raise InboxUnavailableError(f"{inbox}: inbox disappeared while reading; create or mount it") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise InboxUnavailableError(
+            f"{inbox}: inbox is not a folder any more; replace it with the inbox folder"
+        )
+    if st.st_dev != cand.dev:
+        raise InboxUnavailableError(
+            f"{inbox}: inbox is now on another filesystem than when {cand.name} was found in it "
+            "(a share unmounted?); mount it back: the input waits"
+        )
+
+
 def _unchanged(path: Path, cand: Candidate) -> bool:
     try:
         st = os.lstat(path)
@@ -627,16 +684,15 @@ def _unchanged(path: Path, cand: Candidate) -> bool:
 def read_input(inbox: Path, cand: Candidate, contract: PreprocessContract) -> InputRead:
     """Read, hash and decode one candidate with the one preprocessing implementation.
 
-    Raises InboxUnavailableError when the inbox itself is gone (a file is not
-    "vanished" because its share was unmounted).
+    Raises InboxUnavailableError when the inbox itself is gone, or its share was
+    unmounted (a file is not "vanished" because its share is away).
     """
     path = inbox / cand.name
     source = str(path)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        if not inbox.is_dir():
-            raise InboxUnavailableError(f"{inbox}: inbox disappeared while reading") from None
+        _require_inbox_of(inbox, cand)
         return _rejected(cand, source, "missing", "file vanished before it could be read")
     except OSError as exc:
         return _os_failure(cand, source, "examine", exc)
@@ -664,8 +720,7 @@ def read_input(inbox: Path, cand: Candidate, contract: PreprocessContract) -> In
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        if not inbox.is_dir():
-            raise InboxUnavailableError(f"{inbox}: inbox disappeared while reading") from None
+        _require_inbox_of(inbox, cand)
         return _rejected(cand, source, "missing", "file vanished before it could be read")
     except OSError as exc:
         return _os_failure(cand, source, "open", exc, st.st_size)

@@ -38,6 +38,7 @@ disk underneath it.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -183,11 +184,25 @@ class FileLock:
         return OutboxBusyError(f"{self.path}: another pneumo edge watch (pid {holder}) holds this lock")
 
     def acquire(self) -> None:
-        import fcntl
-
         if self._fd is not None:
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        # Held read-only: a file open for writing for months makes 'mount -o remount,ro' of the
+        # disk fail ("mount point is busy"), as an operator does to protect a failing disk.
+        try:
+            self._fd = self._locked(os.O_RDONLY)
+            self._write_pid(None)
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                raise
+            # NFS turns flock into a POSIX write lock, which needs a descriptor open for writing
+            self._fd = self._locked(os.O_RDWR)
+            self._write_pid(self._fd)
+
+    def _locked(self, mode: int) -> int:
+        """A descriptor of the lock file holding the exclusive flock; busy_error if another holds it."""
+        import fcntl
+
+        fd = os.open(self.path, mode | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -197,14 +212,25 @@ class FileLock:
         except OSError:
             os.close(fd)
             raise
-        self._fd = fd
+        return fd
+
+    def _write_pid(self, fd: int | None) -> None:
+        """Record the holder's pid (only for the "held by" message); through ``fd``, or a short-lived one."""
+        # A full or read-only disk must not cost the lock; an fd leaked here would hold the flock
+        # and turn every later start into "busy". The short-lived descriptor is only used where
+        # the lock is a real flock: closing it does not release a POSIX lock that is not there.
         try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            writer = fd if fd is not None else os.open(self.path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
-            # A full disk must not cost the lock (the pid is only for the "held by" message);
-            # an fd leaked here would hold the flock and turn every later start into "busy".
+            return
+        try:
+            os.ftruncate(writer, 0)
+            os.pwrite(writer, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
             pass
+        finally:
+            if writer != fd:
+                os.close(writer)
 
     def is_current(self) -> bool:
         """Held, and on the file that is at ``path`` now (not on one removed or on an unmounted disk)."""

@@ -28,7 +28,8 @@ Failure handling, so that an operator can leave it alone:
   exponential backoff (``backoff_initial_seconds`` doubling up to
   ``backoff_max_seconds``); the daemon never spins and never exits for them.
   An outbox that was unmounted or replaced is never recreated or written
-  into: inputs wait until the same outbox is back;
+  into: inputs wait until the same outbox is back; a share unmounted from the
+  inbox (only the empty mount point left) counts as a vanished inbox;
 * a second daemon on the same outbox or the same inbox refuses to start;
 * the backend failing five batches in a row ends the process with status 1, so
   the service manager restarts it with a fresh device context;
@@ -439,6 +440,9 @@ class WatchDaemon:
 
     def _lock_inbox(self) -> None:
         """Hold INBOX/.pneumo-inbox.lock (again, if the inbox was recreated). InboxBusyError if taken."""
+        # first: a lock file created in the empty mount point of an unmounted share would be an
+        # inbox that looks healthy while the real one is away
+        self.inbox.present()
         try:
             self.inbox_lock.ensure()
         except FileNotFoundError as exc:

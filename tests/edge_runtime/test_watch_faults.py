@@ -37,29 +37,11 @@ from tests.edge_runtime.watch_harness import (
     by_name,
     drop,
     inbox_files,
+    mount,
     png_bytes,
     result_count,
+    umount,
 )
-
-
-def _mount(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
-
-
-def _umount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
-
-
-@pytest.fixture
-def can_mount(tmp_path: Path) -> None:
-    probe = tmp_path / "mount-probe"
-    probe.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command: cannot make a read-only or full filesystem here")
-    result = _mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe))
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount here (needs CAP_SYS_ADMIN): {result.stderr.strip()}")
-    _umount(probe)
 
 
 def _outage(
@@ -134,20 +116,20 @@ def test_read_only_outbox_recovers(tiny_bundle: Path, boxes: tuple[Path, Path], 
     inbox, outbox = boxes
     inputs: dict[str, bytes] = {}
     with _start_with_one_result(tiny_bundle, inbox, outbox, inputs) as daemon:
-        assert _mount("--bind", str(outbox), str(outbox)).returncode == 0
+        assert mount("--bind", str(outbox), str(outbox)).returncode == 0
         try:
-            result = _mount("-o", "remount,bind,ro", str(outbox))
+            result = mount("-o", "remount,bind,ro", str(outbox))
             assert result.returncode == 0, result.stderr
-            _outage(daemon, inbox, outbox, inputs, "EROFS", lambda: _umount(outbox))
+            _outage(daemon, inbox, outbox, inputs, "EROFS", lambda: umount(outbox))
         finally:
-            _umount(outbox)
+            umount(outbox)
     assert not os.path.ismount(outbox)
 
 
 def test_disk_full_recovers(tiny_bundle: Path, boxes: tuple[Path, Path], can_mount: None) -> None:
     inbox, outbox = boxes
     outbox.mkdir()
-    assert _mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(outbox)).returncode == 0
+    assert mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(outbox)).returncode == 0
     try:
         inputs: dict[str, bytes] = {}
         # the inbox is on another filesystem now: moves are verified copies
@@ -165,7 +147,7 @@ def test_disk_full_recovers(tiny_bundle: Path, boxes: tuple[Path, Path], can_mou
 
             _outage(daemon, inbox, outbox, inputs, "ENOSPC", clear)
     finally:
-        _umount(outbox)
+        umount(outbox)
 
 
 def test_unwritable_outbox_recovers(tiny_bundle: Path, boxes: tuple[Path, Path]) -> None:

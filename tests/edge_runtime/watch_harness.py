@@ -182,6 +182,25 @@ class Daemon:
         self.kill()
 
 
+def mount(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``mount ARGS`` (tests run as root in CI); the caller checks the return code."""
+    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
+
+
+def umount(path: Path) -> None:
+    """Lazy unmount: what a share that drops away does to files still open on it. Never raises."""
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+def is_mounted(path: Path) -> bool:
+    """Something is mounted on ``path`` (also a bind mount within one filesystem, unlike os.path.ismount)."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        # field 5 is the mount point, with spaces and such escaped as octal
+        points = {line.split()[4].encode().decode("unicode_escape") for line in handle}
+    return target in points
+
+
 def inbox_files(inbox: Path) -> list[str]:
     """What is in the inbox besides the daemon's own lock file (``.pneumo-inbox.lock``)."""
     return sorted(name for name in os.listdir(inbox) if name != ".pneumo-inbox.lock")

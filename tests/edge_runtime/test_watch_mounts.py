@@ -1,0 +1,333 @@
+"""A share that drops away and comes back, a reboot before the share is mounted, a disk remounted read-only.
+
+Made with real mounts, not renamed folders (tests run as root in CI; each
+test is skipped with the reason where mounting is not possible):
+
+* the share: a tmpfs at ``share/`` (its own filesystem, as a server keeps it)
+  bind-mounted onto ``inbox/``. "The share drops away" is ``umount -l inbox``:
+  the inbox path is then the empty mount-point directory underneath, on
+  another filesystem (another ``st_dev``); what is written to the server
+  meanwhile lands in ``share/``. "The share is back" mounts it again;
+* the outbox disk: a tmpfs mounted on ``outbox/`` and remounted ``ro`` and
+  then ``rw``, as the kernel does after disk errors and an operator after
+  fsck.
+
+Every mount is undone in ``finally``, so a failing test leaves none behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from edge_runtime.contract import PreprocessContract
+from edge_runtime.inbox import Candidate, InboxUnavailableError, InboxWatcher, read_input
+from tests.edge_runtime.watch_harness import (
+    Daemon,
+    assert_exactly_once,
+    inbox_files,
+    is_mounted,
+    jsonl_records,
+    mount,
+    png_bytes,
+    result_count,
+    umount,
+)
+
+BAD = {"bad 1.jpg": b"text, not an image", "bad 2.png": b""}
+
+
+class Share:
+    """``share/`` (a tmpfs: the server's side) bind-mounted onto ``inbox/`` (the mount point)."""
+
+    def __init__(self, root: Path) -> None:
+        self.export = root / "share"
+        self.inbox = root / "inbox"
+
+    def setup(self) -> None:
+        self.export.mkdir()
+        self.inbox.mkdir(exist_ok=True)
+        result = mount("-t", "tmpfs", "-o", "size=16m", "tmpfs", str(self.export))
+        assert result.returncode == 0, result.stderr
+        self.mount()
+
+    def mount(self) -> None:
+        result = mount("--bind", str(self.export), str(self.inbox))
+        assert result.returncode == 0, result.stderr
+
+    def unmount(self) -> None:
+        umount(self.inbox)
+        assert not is_mounted(self.inbox), "the share is still mounted on the inbox"
+
+    def teardown(self) -> None:
+        for path in (self.inbox, self.export):
+            for _ in range(4):  # a test may have mounted the share more than once
+                if not is_mounted(path):
+                    break
+                umount(path)
+
+
+@pytest.fixture
+def share(tmp_path: Path, can_mount: None) -> Iterator[Share]:
+    share = Share(tmp_path)
+    try:
+        share.setup()
+        yield share
+    finally:
+        share.teardown()
+    assert not is_mounted(share.inbox) and not is_mounted(share.export)
+
+
+def deliver(folder: Path, name: str, data: bytes) -> None:
+    """Write under a hidden name in ``folder`` and rename it in (a rename never crosses the share)."""
+    tmp = folder / f".{name}.part"
+    tmp.write_bytes(data)
+    os.rename(tmp, folder / name)
+
+
+def fill(folder: Path, count: int, prefix: str = "xray") -> dict[str, bytes]:
+    inputs = {f"{prefix} {i:03d}.png": png_bytes(200 if i % 3 else 30, seed=i) for i in range(count)}
+    inputs.update(BAD)
+    for name, data in inputs.items():
+        deliver(folder, name, data)
+    return inputs
+
+
+def assert_idle(daemon: Daemon, seconds: float = 2.0) -> None:
+    """The daemon does not spin while it waits (CPU time well under the wall time)."""
+    process = psutil.Process(daemon.pid)
+    cpu0, wall0 = sum(process.cpu_times()[:2]), time.monotonic()
+    time.sleep(seconds)
+    cpu, wall = sum(process.cpu_times()[:2]) - cpu0, time.monotonic() - wall0
+    assert cpu < 0.5 * wall, f"daemon spins while it waits: {cpu:.2f} s CPU in {wall:.2f} s"
+
+
+def crash_with_a_claimed_batch(bundle: Path, inbox: Path, outbox: Path) -> list[str]:
+    """Run until the second batch is claimed, SIGKILLed there (failpoint); the claimed names."""
+    env = {"PNEUMO_WATCH_FAILPOINT": "after-claim:2"}
+    config = {"quiet-seconds": 0.0}
+    crashing = Daemon(bundle, inbox, outbox, "--batch", "4", config=config, env=env, log_name="crash").start()
+    assert crashing.proc is not None and crashing.proc.wait(timeout=120) == -signal.SIGKILL, crashing.tail()
+    claim = json.loads((outbox / ".pneumo" / "journal.json").read_text())
+    names = [entry["name"] for entry in claim["entries"]]
+    assert len(names) == 4 and result_count(outbox) == 4
+    return names
+
+
+def test_share_unmounted_mid_run_waits_and_resumes_when_mounted_back(
+    tiny_bundle: Path, tmp_path: Path, share: Share
+) -> None:
+    inbox, outbox = share.inbox, tmp_path / "outbox"
+    inputs = {"before.png": png_bytes(30, seed=1)}
+    # a long rescan interval: after the share is back only a re-armed inotify watch, or a scan the
+    # daemon makes because the inbox changed, finds files quickly
+    config = {"rescan-seconds": 120}
+    with Daemon(tiny_bundle, inbox, outbox, config=config).start() as daemon:
+        daemon.wait_started()
+        deliver(inbox, "before.png", inputs["before.png"])
+        daemon.wait_until(lambda: result_count(outbox) >= 1, 60, "the first result")
+
+        share.unmount()
+        daemon.wait_until(
+            lambda: any(e["event"] == "inbox_unavailable" for e in daemon.events()),
+            30,
+            "an inbox_unavailable line for the unmounted share",
+        )
+        away = [e for e in daemon.events() if e["event"] == "inbox_unavailable"]
+        assert "mount" in away[0]["msg"] and str(inbox) in away[0]["msg"], away[0]
+        # written on the server while this machine has the share unmounted
+        for i in range(3):
+            name = f"while away {i}.png"
+            inputs[name] = png_bytes(200, seed=10 + i)
+            deliver(share.export, name, inputs[name])
+        assert_idle(daemon)
+        assert result_count(outbox) == 1
+        # the empty mount point is not taken for the inbox: nothing is written into it
+        assert os.listdir(inbox) == [], "the daemon wrote into the empty mount point"
+        errors = sum(e["event"] == "inbox_unavailable" for e in daemon.events())
+        assert errors < 40, f"{errors} inbox_unavailable lines in a short outage: backoff is not working"
+
+        share.mount()
+        daemon.wait_event("inbox_recovered")
+        daemon.wait_until(lambda: result_count(outbox) >= 4, 30, "the files written while the share was away")
+        inputs["after.png"] = png_bytes(200, seed=20)
+        deliver(inbox, "after.png", inputs["after.png"])
+        daemon.wait_until(lambda: result_count(outbox) >= 5, 30, "a file delivered after the share is back")
+        assert not inbox_files(inbox)
+        assert daemon.signal(signal.SIGTERM) == 0
+    assert_exactly_once(outbox, inputs)
+
+
+def test_reboot_before_the_share_is_mounted_finishes_the_claim_once_it_is(
+    tiny_bundle: Path, tmp_path: Path, share: Share
+) -> None:
+    inbox, outbox = share.inbox, tmp_path / "outbox"
+    inputs = fill(inbox, 10)
+    claimed = crash_with_a_claimed_batch(tiny_bundle, inbox, outbox)
+    share.unmount()  # the machine reboots; the share is not mounted yet
+    config = {"quiet-seconds": 0.0}
+    with Daemon(tiny_bundle, inbox, outbox, "--batch", "4", config=config, log_name="boot").start() as daemon:
+        daemon.wait_event("inbox_unavailable", count=3)
+        waiting = [e for e in daemon.events() if e["event"] == "inbox_unavailable"]
+        assert "another filesystem" in waiting[-1]["msg"], waiting[-1]
+        assert_idle(daemon)
+        # nothing was recorded as "moved to nothing", and nothing new was taken
+        assert result_count(outbox) == 4
+        assert (outbox / ".pneumo" / "journal.json").exists()
+        assert not any(e["event"] in ("recovered_batch", "outbox_warning") for e in daemon.events())
+        share.mount()
+        daemon.wait_event("recovered_batch")
+        recovered = next(e for e in daemon.events() if e["event"] == "recovered_batch")
+        assert sorted(recovered["names"]) == sorted(claimed)
+        daemon.wait_until(
+            lambda: result_count(outbox) >= len(inputs) and not inbox_files(inbox), 90, "every result"
+        )
+        assert daemon.signal(signal.SIGTERM) == 0
+    records = assert_exactly_once(outbox, inputs, failed=set(BAD))
+    for name in claimed:
+        assert records[name]["moved_to"], f"{name}: the claimed input was not moved"
+
+
+def test_reboot_with_the_share_away_longer_than_inbox_wait_seconds(
+    tiny_bundle: Path, tmp_path: Path, share: Share
+) -> None:
+    """What deploy/WATCH.md says of claim_finished_without_inbox: recorded as not moved, classified again later."""
+    inbox, outbox = share.inbox, tmp_path / "outbox"
+    inputs = fill(inbox, 10)
+    claimed = crash_with_a_claimed_batch(tiny_bundle, inbox, outbox)
+    share.unmount()
+    config = {"quiet-seconds": 0.0, "inbox-wait-seconds": 1.0}
+    with Daemon(tiny_bundle, inbox, outbox, "--batch", "4", config=config, log_name="boot").start() as daemon:
+        daemon.wait_event("claim_finished_without_inbox")
+        daemon.wait_event("recovered_batch")
+        assert not (outbox / ".pneumo" / "journal.json").exists()
+        gave_up = [r for r in jsonl_records(outbox) if r["original_name"] in claimed]
+        assert len(gave_up) == 4 and all(r["moved_to"] is None for r in gave_up), gave_up
+        assert result_count(outbox) == 8
+        share.mount()
+        daemon.wait_until(
+            lambda: not inbox_files(inbox) and result_count(outbox) >= len(inputs) + 4, 90, "every result"
+        )
+        assert daemon.signal(signal.SIGTERM) == 0
+    records = jsonl_records(outbox)
+    counts = Counter(r["original_name"] for r in records)
+    assert set(counts) == set(inputs), "an input was lost"
+    assert {n for n, c in counts.items() if c > 1} == set(claimed), counts
+    assert all(c <= 2 for c in counts.values()), counts
+    for name in claimed:
+        first, second = (r for r in records if r["original_name"] == name)
+        assert first["moved_to"] is None and second["moved_to"], (first, second)
+        assert (outbox / second["moved_to"]).read_bytes() == inputs[name]
+    assert not inbox_files(share.export)
+
+
+def test_outbox_disk_remounted_read_only_recovers_after_remount_rw(
+    tiny_bundle: Path, tmp_path: Path, can_mount: None
+) -> None:
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    outbox.mkdir()
+    assert mount("-t", "tmpfs", "-o", "size=16m", "tmpfs", str(outbox)).returncode == 0
+    try:
+        inputs = {"before.png": png_bytes(30, seed=1)}
+        with Daemon(tiny_bundle, inbox, outbox).start() as daemon:
+            daemon.wait_started()
+            deliver(inbox, "before.png", inputs["before.png"])
+            daemon.wait_until(lambda: result_count(outbox) >= 1, 60, "the first result")
+            result = mount("-o", "remount,ro", str(outbox))
+            assert result.returncode == 0, (
+                f"remount ro: {result.stderr} (the daemon holds a file open for writing?)"
+            )
+            for i in range(3):
+                name = f"during outage {i}.png"
+                inputs[name] = png_bytes(200, seed=500 + i)
+                deliver(inbox, name, inputs[name])
+            daemon.wait_until(
+                lambda: any(e.get("errno") == "EROFS" for e in daemon.events()), 60, "a log line naming EROFS"
+            )
+            assert_idle(daemon)
+            trouble = [e for e in daemon.events() if e.get("level") == "error"]
+            assert len(trouble) < 40, f"{len(trouble)} error lines in a short outage: backoff is not working"
+            assert all("remount it read-write" in e["msg"] for e in trouble if e.get("errno") == "EROFS")
+            # nothing half-delivered: the inputs wait in the inbox, unchanged; no result, no moved file
+            assert result_count(outbox) == 1
+            assert sorted(os.listdir(outbox / "done")) == ["before.png", "before.png.json"]
+            for i in range(3):
+                name = f"during outage {i}.png"
+                assert (inbox / name).read_bytes() == inputs[name]
+            result = mount("-o", "remount,rw", str(outbox))
+            assert result.returncode == 0, result.stderr
+            daemon.wait_until(
+                lambda: result_count(outbox) >= 4 and not inbox_files(inbox), 60, "recovery after remount rw"
+            )
+            daemon.wait_event("outbox_recovered")
+            assert daemon.signal(signal.SIGTERM) == 0
+        assert_exactly_once(outbox, inputs)
+    finally:
+        umount(outbox)
+    assert not is_mounted(outbox)
+
+
+def test_a_file_of_an_unmounted_share_is_not_read_as_vanished(tmp_path: Path, share: Share) -> None:
+    """Unmounted between being found and being read: the inbox is unavailable, not the file "vanished"."""
+    deliver(share.inbox, "chest.png", png_bytes(200))
+    st = os.lstat(share.inbox / "chest.png")
+    cand = Candidate("chest.png", "file", st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, 0.0, hinted=True)
+    share.unmount()
+    assert share.inbox.is_dir()  # the empty mount point
+    with pytest.raises(InboxUnavailableError, match="mount"):
+        read_input(share.inbox, cand, PreprocessContract(height=32, width=32))
+    share.mount()
+    assert read_input(share.inbox, cand, PreprocessContract(height=32, width=32)).outcome == "image"
+
+
+def test_inotify_is_re_armed_when_a_share_comes_back_as_the_same_device_and_inode(
+    tmp_path: Path, can_mount: None
+) -> None:
+    """A share unmounted for real (its inotify watch dies) and mounted again often has the same
+    device number and root inode (a freed device number is reused; a tmpfs or NFS root keeps its
+    inode): only a watch armed anew sees files delivered after it is back."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    watcher = InboxWatcher(
+        inbox,
+        quiet_seconds=0.0,
+        max_pending=16,
+        poll_interval=0.05,
+        rescan_seconds=3600.0,  # no scan finds the file: only inotify does
+        ignore=(".*",),
+        use_watchdog=True,
+    )
+    assert mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(inbox)).returncode == 0
+    try:
+        watcher.start()
+        assert watcher.mode == "inotify", watcher.watch_error
+        watcher.poll(10)
+        before = os.stat(inbox)
+        subprocess.run(["umount", str(inbox)], check=True, capture_output=True, timeout=30)
+        with pytest.raises(InboxUnavailableError, match="mount the share back"):
+            watcher.poll(10)
+        assert mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(inbox)).returncode == 0
+        after = os.stat(inbox)
+        if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+            pytest.skip("the share came back under another device number: re-armed in any case")
+        assert watcher.poll(10) == []
+        deliver(inbox, "after.png", png_bytes(200))
+        deadline = time.monotonic() + 10
+        found: list[Candidate] = []
+        while not found and time.monotonic() < deadline:
+            found = watcher.poll(10)
+            time.sleep(0.05)
+        assert [c.name for c in found] == ["after.png"], "inotify was not re-armed when the share came back"
+    finally:
+        watcher.stop()
+        umount(inbox)
