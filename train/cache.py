@@ -17,7 +17,9 @@ read of the data set, so the index also remembers, per path, the file's stamp
 bytes; a file is read and hashed again only when its stamp changed (or it
 changed too recently for the stamp to be trusted, see ``RACY_NS``).
 
-Layout: ``CACHE_DIR/arrays/<contract key>/{index.json, contract.json, shard-*.npy}``.
+Layout: ``CACHE_DIR/arrays/<contract key>/{index.json, contract.json, shard-*.npy}``. The caller
+names ``CACHE_DIR`` (the command line resolves ``--cache-dir`` / ``$PNEUMO_CACHE`` in
+:func:`train.cli.cache_root`); this module never reads the environment.
 The key hashes the contract, the OpenCV version (its resize kernels define the
 pixels) and the cache schema, so a new contract or OpenCV never reuses old
 pixels. Files that fail to decode are skipped with their reason, remembered
@@ -54,10 +56,10 @@ from edge_runtime.contract import PreprocessContract
 from edge_runtime.errors import ImageDecodeError
 from edge_runtime.fileio import atomic_write_bytes, atomic_write_json
 from edge_runtime.preprocess import MAX_FILE_BYTES, apply_contract, decode_bytes
+from train.config import DEFAULT_CACHE_DIR
 from train.data import Sample
 from train.errors import DataError
 
-CACHE_ENV = "PNEUMO_CACHE"
 # 2: keys are digests of the bytes on disk. Schema 1 keyed by MANIFEST.csv digests and could hold
 # another file's pixels under a key, so its stores are never reused (the contract key includes this).
 CACHE_SCHEMA = 2
@@ -104,20 +106,15 @@ class _Read:
     decoded: bool = False
 
 
-def default_cache_dir() -> Path:
-    """``$PNEUMO_CACHE`` or ``~/.cache/pneumo-edge``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "pneumo-edge"
-
-
 def contract_key(contract: PreprocessContract) -> str:
     """Stable key of everything that defines the cached pixels."""
     payload = {"contract": contract.to_dict(), "opencv": cv2.__version__, "schema": CACHE_SCHEMA}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def store_dir(contract: PreprocessContract, cache_dir: Path | None = None) -> Path:
-    return (cache_dir or default_cache_dir()) / "arrays" / contract_key(contract)
+def store_dir(contract: PreprocessContract, cache_dir: Path) -> Path:
+    """The folder of ``contract``'s pixels under the cache root ``cache_dir``."""
+    return cache_dir / "arrays" / contract_key(contract)
 
 
 @dataclass
@@ -149,9 +146,12 @@ def load_arrays(
     progress: bool = True,
     workers: int = 2,
 ) -> ArraySet:
-    """Model inputs for ``samples`` under ``contract``, decoding only content the cache has not seen."""
+    """Model inputs for ``samples`` under ``contract``, decoding only content the cache has not seen.
+
+    ``cache_dir``: the cache root, as the caller resolved it; None is :data:`DEFAULT_CACHE_DIR`.
+    """
     index_of = _label_indices(samples, labels)
-    store = _open_store(contract, cache_dir)
+    store = _open_store(contract, DEFAULT_CACHE_DIR.expanduser() if cache_dir is None else cache_dir)
     lookup = _lookup(store, contract, samples, progress, workers)
     selection = _select(samples, lookup)
     x = _gather(store, selection.rows, len(selection.kept), contract)
@@ -183,14 +183,15 @@ def _label_indices(samples: Sequence[Sample], labels: Sequence[str]) -> dict[str
     return index_of
 
 
-def _open_store(contract: PreprocessContract, cache_dir: Path | None) -> Path:
+def _open_store(contract: PreprocessContract, cache_dir: Path) -> Path:
     """The store of ``contract`` under ``cache_dir``, created when missing."""
     store = store_dir(contract, cache_dir)
     try:
         store.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(
-            f"{store}: cannot create the decode cache ({exc}); set ${CACHE_ENV} to a writable folder"
+            f"{store}: cannot create the decode cache ({exc}); pass --cache-dir (or set $PNEUMO_CACHE) "
+            "to a writable folder"
         ) from exc
     return store
 

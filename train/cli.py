@@ -1,9 +1,10 @@
-"""``pneumo train`` (and its ``sweep``, ``ensemble`` and ``select`` subcommands) and ``pneumo evaluate``.
+"""``pneumo train`` (its ``sweep``, ``ensemble``, ``select`` and ``report-seeds`` subcommands) and ``evaluate``.
 
 Every command line of training lives here: flags -> a typed config (for ``pneumo train``,
 :class:`train.config.TrainConfig` over an optional ``--config`` TOML file) -> one library call
 (:func:`train.fit.train_run`, :func:`train.sweep.run_sweep`, :func:`train.ensemble.make_ensemble`,
-:func:`train.select.select_runs`, :func:`train.evaluate.evaluate_model`) -> a table or JSON on stdout.
+:func:`train.select.select_runs`, :func:`train.report_seeds.report_seeds`,
+:func:`train.evaluate.evaluate_model`) -> a table or JSON on stdout.
 The library modules never see argparse. :func:`train.command.run_command` runs each one the same way:
 exit codes 0 success, 1 a failure (the message names the file and what to do), 2 a usage error: a
 malformed command line, or a setting (flag or ``--config`` value) that is unknown or out of range
@@ -16,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from train.config import (
     ACTIVATIONS,
     AUGMENTATIONS,
     COLORS,
+    DEFAULT_CACHE_DIR,
     HEADS,
     INTERPOLATIONS,
     LABEL_MODES,
@@ -66,6 +70,9 @@ average runs that share a split into one graph (a run folder export takes as is)
 choose between finished runs on their shared validation split (never the test split):
   pneumo train select runs/a runs/b runs/ens                  (see 'pneumo train select --help')
 
+refresh the generated tables of reports/seeds.md from the sweeps' results:
+  pneumo train report-seeds                                   (see 'pneumo train report-seeds --help')
+
 architectures (defaults follow each seed study): {archs}
 Results are decision support, not a diagnosis. Models trained on SYNTHETIC phantoms say so everywhere.
 """
@@ -81,6 +88,25 @@ patient-wise split folds the official val/ folder into training, so '--split val
 use '--split run-val' for the run's own held-out validation images. --allow-train-overlap scores them anyway
 and the report then says the figures include training images.
 """
+
+# The decode cache root when no --cache-dir is given; read by cache_root alone.
+CACHE_ENV = "PNEUMO_CACHE"
+CACHE_DIR_HELP = "decode cache (default $PNEUMO_CACHE or ~/.cache/pneumo-edge)"
+
+
+def cache_root(given: Path | None) -> Path:
+    """The decode cache root: ``given``, else ``$PNEUMO_CACHE``, else ``~/.cache/pneumo-edge``.
+
+    ``given``: --cache-dir, or a --config file's cache_dir. The environment is read here, where flags
+    become a config, so the library (:mod:`train.cache`) gets its root as an argument. The root is never
+    part of a cache key (the contract key folder) or of a sweep's identity: sweep_results.NOT_COMPARED
+    leaves cache_dir out of the settings it compares.
+    """
+    if given is not None:
+        return given
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else DEFAULT_CACHE_DIR.expanduser()
+
 
 # --------------------------------------------------------------------------- train
 
@@ -122,9 +148,7 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     run.add_argument(
         "--mixed-precision", choices=MIXED_PRECISION, help="auto: float16 compute when a GPU is present"
     )
-    run.add_argument(
-        "--cache-dir", type=Path, help="decode cache (default $PNEUMO_CACHE or ~/.cache/pneumo-edge)"
-    )
+    run.add_argument("--cache-dir", type=Path, help=CACHE_DIR_HELP)
     run.add_argument("--workers", type=int, help="decoding threads (default 2)")
     run.add_argument("--bootstrap", type=int, help="bootstrap resamples for the 95%% CIs (default 1000)")
     run.add_argument("--tensorboard", action=bool_flag, help="TensorBoard logs in RUN/logs (default on)")
@@ -275,7 +299,7 @@ def remove_if_empty(folders: list[Path]) -> None:
 
 
 def train_main(argv: list[str], prog: str = "pneumo train") -> int:
-    """``pneumo train [sweep|ensemble|select] ...``; the exit code."""
+    """``pneumo train [sweep|ensemble|select|report-seeds] ...``; the exit code."""
     if argv and argv[0] in TRAIN_SUBCOMMANDS:
         return TRAIN_SUBCOMMANDS[argv[0]](argv[1:], f"{prog} {argv[0]}")
     parser = train_parser(prog)
@@ -295,6 +319,8 @@ def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         values["progress"] = False
     toml_values = load_toml(config_path) if config_path else {}
     config = merge(toml_values, values, source=str(config_path or "flags"))
+    # lowest precedence: a --cache-dir flag or the --config file's cache_dir wins over the environment
+    config = replace(config, cache_dir=cache_root(config.cache_dir))
     if config.data is None or config.out is None:
         parser.error("--data and --out are required (or set data and out in the --config file)")
     from train.fit import train_run
@@ -362,7 +388,7 @@ def evaluate_parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--cache-dir", type=Path, default=None, help=CACHE_DIR_HELP)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("-o", "--output", type=Path, default=None, help="also write the JSON report here")
     parser.add_argument("--json", action="store_true", help="JSON on stdout instead of the table")
@@ -434,7 +460,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             split=args.split,
             bootstrap=args.bootstrap,
             seed=args.seed,
-            cache_dir=args.cache_dir,
+            cache_dir=cache_root(args.cache_dir),
             progress=not args.quiet,
             workers=args.workers,
             probe_shape=args.shape_probe,
@@ -647,6 +673,7 @@ def ensemble_parser(prog: str) -> argparse.ArgumentParser:
         help="replace an existing run folder once the ensemble is built (the old folder is swapped out whole)",
     )
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    parser.add_argument("--cache-dir", type=Path, help=CACHE_DIR_HELP)
     parser.add_argument("--json", action="store_true", help="print metrics as JSON")
     parser.add_argument(
         "--blind",
@@ -675,6 +702,7 @@ def _ensemble(args: argparse.Namespace) -> int:
         threshold_on=args.threshold_on,
         overwrite=args.overwrite,
         bootstrap=args.bootstrap,
+        cache_dir=cache_root(args.cache_dir),
         progress=not args.quiet,
     )
     with library_output_on_stderr():
@@ -723,9 +751,7 @@ def select_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--tie", type=float, default=DEFAULT_TIE, help="scores this close to the best tie (default 0.001)"
     )
-    parser.add_argument(
-        "--cache-dir", type=Path, help="decode cache (default $PNEUMO_CACHE or ~/.cache/pneumo-edge)"
-    )
+    parser.add_argument("--cache-dir", type=Path, help=CACHE_DIR_HELP)
     parser.add_argument("--json", action="store_true", help="print the ranking as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return parser
@@ -742,7 +768,7 @@ def _select(args: argparse.Namespace) -> int:
 
     config = SelectConfig(
         runs=tuple(args.runs), data=args.data, criterion=args.criterion, tie=args.tie,
-        cache_dir=args.cache_dir, progress=not args.quiet,
+        cache_dir=cache_root(args.cache_dir), progress=not args.quiet,
     )  # fmt: skip
     with library_output_on_stderr():
         result = select_runs(config)
@@ -750,8 +776,57 @@ def _select(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- train report-seeds
+
+REPORT_SEEDS_EXAMPLES = """examples:
+  pneumo train report-seeds                                   # runs/sweeps -> reports/, reports/seeds.md
+  pneumo train report-seeds --sweeps /mnt/gpu-box/runs/sweeps --reports reports
+
+Rewrites only the blocks between '<!-- sweep-table: NAME[,NAME...] [runs=RUN,...] -->' and
+'<!-- end sweep-table -->'; the prose around them is kept.
+"""
+
+
+def report_seeds_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Copy sweep results into REPORTS/sweeps/ and refresh the tables of REPORTS/seeds.md.",
+        epilog=REPORT_SEEDS_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--sweeps",
+        type=Path,
+        default=Path("runs/sweeps"),
+        metavar="DIR",
+        help="folder of sweep folders whose results to copy; skipped when absent (default runs/sweeps)",
+    )
+    parser.add_argument(
+        "--reports",
+        type=Path,
+        default=Path("reports"),
+        metavar="DIR",
+        help="reports folder holding seeds.md (default reports)",
+    )
+    return parser
+
+
+def report_seeds_main(argv: list[str], prog: str = "pneumo train report-seeds") -> int:
+    """``pneumo train report-seeds [--sweeps DIR] [--reports DIR]``; the exit code."""
+    # OSError: copying results or rewriting seeds.md is file work; a full disk is a failure, not a bug
+    return run_command(prog, report_seeds_parser(prog), argv, _report_seeds, (OSError,))
+
+
+def _report_seeds(args: argparse.Namespace) -> int:
+    from train.report_seeds import ReportSeedsConfig, report_seeds
+
+    report_seeds(ReportSeedsConfig(sweeps=args.sweeps, reports=args.reports))
+    return 0
+
+
 TRAIN_SUBCOMMANDS: dict[str, Callable[[list[str], str], int]] = {
     "sweep": sweep_main,
     "ensemble": ensemble_main,
     "select": select_main,
+    "report-seeds": report_seeds_main,
 }

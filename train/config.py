@@ -21,6 +21,9 @@ from edge_runtime.contract import ColorMode, Interpolation, ResizeMode
 from train.errors import ConfigError, TrainError
 
 CONFIG_FILE = "config.json"
+# Where the decode cache lives when nothing names a folder: the command line passes --cache-dir, else
+# $PNEUMO_CACHE, else this (train.cli.cache_root); a library caller that passes no folder gets this too.
+DEFAULT_CACHE_DIR = Path("~/.cache/pneumo-edge")
 
 OPTIMIZERS = ("adagrad", "adam", "adamw", "adamax", "rmsprop", "sgd", "adadelta")
 AUGMENTATIONS = (

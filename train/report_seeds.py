@@ -1,6 +1,7 @@
 """Refresh the generated tables of ``reports/seeds.md`` from sweep results.
 
-``python -m train.report_seeds [--sweeps runs/sweeps] [--reports reports]``
+``pneumo train report-seeds [--sweeps runs/sweeps] [--reports reports]`` (its flags live in
+:mod:`train.cli`; ``python -m train.report_seeds`` runs the same command):
 
 1. copies ``results.{csv,md,json,png}`` of every sweep folder under ``--sweeps``
    into ``REPORTS/sweeps/FOLDER/`` (small files, committed);
@@ -20,16 +21,20 @@ Runs still pending get a row saying so and the sweep command that finishes them
 
 from __future__ import annotations
 
-import argparse
+import logging
 import re
 import shutil
 import sys
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from edge_runtime.fileio import atomic_write_text, atomic_write_via, read_json
+from train.errors import TrainError
 from train.sweep_results import RESULT_FILES, with_ci
+
+log = logging.getLogger(__name__)
 
 BLOCK = re.compile(r"(<!-- sweep-table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- end sweep-table -->)", re.S)
 
@@ -114,28 +119,32 @@ def refresh(markdown: str, reports: Path) -> str:
     return BLOCK.sub(replace, markdown)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m train.report_seeds",
-        description="Copy sweep results into reports/sweeps/ and refresh the tables of reports/seeds.md.",
-    )
-    parser.add_argument(
-        "--sweeps", type=Path, default=Path("runs/sweeps"), help="sweep folders (default runs/sweeps)"
-    )
-    parser.add_argument(
-        "--reports", type=Path, default=Path("reports"), help="reports folder (default reports)"
-    )
-    args = parser.parse_args(argv)
-    if args.sweeps.is_dir():
-        copied = collect(args.sweeps, args.reports)
-        sys.stderr.write(f"copied results of {len(copied)} sweeps: {', '.join(copied)}\n")
-    seeds = args.reports / "seeds.md"
+@dataclass(frozen=True)
+class ReportSeedsConfig:
+    """Where the sweep folders are, and the reports folder whose ``seeds.md`` is refreshed."""
+
+    sweeps: Path = Path("runs/sweeps")
+    reports: Path = Path("reports")
+
+
+def report_seeds(config: ReportSeedsConfig) -> Path:
+    """Copy the sweeps' results (when ``config.sweeps`` is a folder) and rewrite the tables; ``seeds.md``."""
+    if config.sweeps.is_dir():
+        copied = collect(config.sweeps, config.reports)
+        log.info("copied results of %d sweeps: %s", len(copied), ", ".join(copied))
+    seeds = config.reports / "seeds.md"
     if not seeds.is_file():
-        sys.stderr.write(f"{seeds}: not found\n")
-        return 1
-    atomic_write_text(seeds, refresh(seeds.read_text(encoding="utf-8"), args.reports))
-    sys.stderr.write(f"refreshed the sweep tables of {seeds}\n")
-    return 0
+        raise TrainError(f"{seeds}: not found; pass --reports DIR, the folder that holds seeds.md")
+    atomic_write_text(seeds, refresh(seeds.read_text(encoding="utf-8"), config.reports))
+    log.info("refreshed the sweep tables of %s", seeds)
+    return seeds
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m train.report_seeds``: the command ``pneumo train report-seeds``, under its old name."""
+    from train.cli import report_seeds_main  # the command line stays in train.cli, as for every command
+
+    return report_seeds_main(sys.argv[1:] if argv is None else argv, "python -m train.report_seeds")
 
 
 if __name__ == "__main__":

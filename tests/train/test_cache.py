@@ -13,7 +13,7 @@ import train.cache as cache_module
 from edge_runtime.contract import PreprocessContract
 from edge_runtime.preprocess import preprocess_file
 from tests.conftest import write_image
-from train.cache import default_cache_dir, load_arrays, store_dir
+from train.cache import load_arrays, store_dir
 from train.data import Sample
 from train.errors import DataError
 
@@ -226,8 +226,80 @@ def test_unknown_label_and_empty_input(tmp_path: Path, gray_image: np.ndarray) -
     assert empty.x.shape == (0, 32, 32, 1) and empty.y.shape == (0,)
 
 
-def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cache_root_is_resolved_at_the_command_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--cache-dir, else $PNEUMO_CACHE, else ~/.cache/pneumo-edge: read by the CLI, never by train.cache."""
+    from train.cli import cache_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PNEUMO_CACHE", str(tmp_path / "elsewhere"))
-    assert default_cache_dir() == tmp_path / "elsewhere"
+    assert cache_root(None) == tmp_path / "elsewhere"
+    assert cache_root(tmp_path / "flag") == tmp_path / "flag"
+    monkeypatch.setenv("PNEUMO_CACHE", "")  # set but empty: the default, as an unset variable
+    assert cache_root(None) == tmp_path / "home" / ".cache" / "pneumo-edge"
     monkeypatch.delenv("PNEUMO_CACHE")
-    assert default_cache_dir() == Path.home() / ".cache" / "pneumo-edge"
+    assert (
+        cache_root(None) == tmp_path / "home" / ".cache" / "pneumo-edge" == Path.home() / ".cache/pneumo-edge"
+    )
+
+
+def test_the_cache_takes_its_root_as_an_argument(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gray_image: np.ndarray
+) -> None:
+    """$PNEUMO_CACHE no longer steers the library: a caller passing no root gets the fixed default."""
+    samples = _samples(tmp_path / "data", gray_image, n=2)
+    contract = PreprocessContract(height=32, width=32)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PNEUMO_CACHE", str(tmp_path / "env"))
+    given = load_arrays(samples, LABELS, contract, cache_dir=tmp_path / "given", progress=False)
+    assert Path(given.cache_dir) == store_dir(contract, tmp_path / "given")
+    default = load_arrays(samples, LABELS, contract, progress=False)
+    assert Path(default.cache_dir) == store_dir(contract, tmp_path / "home" / ".cache" / "pneumo-edge")
+    assert not (tmp_path / "env").exists()
+    # the root never enters the key: the same contract is the same folder name under every root
+    assert Path(given.cache_dir).name == Path(default.cache_dir).name == cache_module.contract_key(contract)
+
+
+@pytest.mark.parametrize(
+    ("flag", "in_config", "env", "expected"),
+    [
+        (None, None, "env", "env"),
+        (None, None, None, "home/.cache/pneumo-edge"),
+        (None, "toml", "env", "toml"),
+        ("flag", "toml", "env", "flag"),
+    ],
+)
+def test_pneumo_train_gives_the_run_the_resolved_cache_root(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    flag: str | None,
+    in_config: str | None,
+    env: str | None,
+    expected: str,
+) -> None:
+    """Precedence of the cache root: --cache-dir > the --config file's cache_dir > $PNEUMO_CACHE > default."""
+    import train.fit
+    from train.cli import train_main
+    from train.config import TrainConfig
+    from train.errors import TrainError
+
+    seen: list[TrainConfig] = []
+
+    def fake_train_run(config: TrainConfig) -> None:
+        seen.append(config)
+        raise TrainError("stopped before training")
+
+    monkeypatch.setattr(train.fit, "train_run", fake_train_run)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    if env is None:
+        monkeypatch.delenv("PNEUMO_CACHE", raising=False)
+    else:
+        monkeypatch.setenv("PNEUMO_CACHE", str(tmp_path / env))
+    argv = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]
+    if flag is not None:
+        argv += ["--cache-dir", str(tmp_path / flag)]
+    if in_config is not None:
+        config = tmp_path / "run.toml"
+        config.write_text(f'cache_dir = "{tmp_path / in_config}"\n')
+        argv += ["--config", str(config)]
+    assert train_main(argv) == 1
+    assert [c.cache_dir for c in seen] == [tmp_path / expected]

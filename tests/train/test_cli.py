@@ -226,3 +226,79 @@ def test_a_failed_data_check_leaves_no_empty_run_folder(
     (tmp_path / "mine").mkdir()
     assert train_main([*argv[:4], "--out", str(tmp_path / "mine")]) == 1
     assert (tmp_path / "mine").is_dir()
+
+
+# --------------------------------------------------------------------------- train report-seeds
+
+SEEDS_MD = "intro\n<!-- sweep-table: tiny,absent -->\nstale\n<!-- end sweep-table -->\nprose kept\n"
+
+
+def _reports_and_sweeps(root: Path) -> tuple[Path, Path]:
+    """A reports folder whose seeds.md names sweep 'tiny', and a sweeps folder holding its results."""
+    import json
+
+    sweep = root / "sweeps" / "tiny"
+    sweep.mkdir(parents=True)
+    row = {"run": "a", "mode": "full", "settings": "adam", "status": "not run", "detail": "no GPU"}
+    results = {"experiments": "experiments/tiny.toml", "rows": [{**row, "claim": "c"}]}
+    (sweep / "results.json").write_text(json.dumps(results))
+    (sweep / "results.md").write_text("| a |\n")
+    reports = root / "reports"
+    reports.mkdir()
+    (reports / "seeds.md").write_text(SEEDS_MD)
+    return root / "sweeps", reports
+
+
+def test_report_seeds_help_through_pneumo_train() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_runtime.pneumo_cli", "train", "report-seeds", "--help"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage: pneumo train report-seeds" in result.stdout and "--sweeps DIR" in result.stdout
+
+
+def test_report_seeds_is_listed_in_pneumo_train_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert train_main(["--help"], prog="pneumo train") == 0
+    assert "pneumo train report-seeds" in capsys.readouterr().out
+
+
+def test_report_seeds_usage_and_failure_exit_codes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train_main(["report-seeds", "--no-such-flag"]) == 2
+    assert "report-seeds: error: unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    assert train_main(["report-seeds", "--reports"]) == 2, "a flag without its value"
+    capsys.readouterr()
+    absent = tmp_path / "absent"
+    assert train_main(["report-seeds", "--sweeps", str(absent), "--reports", str(absent)]) == 1
+    err = capsys.readouterr().err
+    assert f"pneumo train report-seeds: error: {absent / 'seeds.md'}: not found" in err
+    assert "Traceback" not in err
+
+
+def test_report_seeds_copies_results_and_rewrites_the_tables_only(tmp_path: Path) -> None:
+    sweeps, reports = _reports_and_sweeps(tmp_path)
+    assert train_main(["report-seeds", "--sweeps", str(sweeps), "--reports", str(reports)]) == 0
+    assert (reports / "sweeps" / "tiny" / "results.md").read_text() == "| a |\n"
+    seeds = (reports / "seeds.md").read_text()
+    assert seeds.startswith("intro\n<!-- sweep-table: tiny,absent -->\n| run | mode |")
+    assert seeds.endswith("<!-- end sweep-table -->\nprose kept\n") and "stale" not in seeds
+    assert "| a | full | adam | not run: no GPU |" in seeds and "*absent: no results yet*" in seeds
+
+
+def test_python_m_train_report_seeds_runs_the_same_command(tmp_path: Path) -> None:
+    """The old entry point still works, and writes what 'pneumo train report-seeds' writes."""
+    old_sweeps, old_reports = _reports_and_sweeps(tmp_path / "old")
+    new_sweeps, new_reports = _reports_and_sweeps(tmp_path / "new")
+    module = [sys.executable, "-m", "train.report_seeds"]
+    argv = ["--sweeps", str(old_sweeps), "--reports", str(old_reports)]
+    old = subprocess.run([*module, *argv], capture_output=True, text=True)
+    assert old.returncode == 0, old.stderr
+    assert "copied results of 1 sweeps: tiny" in old.stderr and "refreshed the sweep tables" in old.stderr
+    assert train_main(["report-seeds", "--sweeps", str(new_sweeps), "--reports", str(new_reports)]) == 0
+    for name in ("seeds.md", "sweeps/tiny/results.json", "sweeps/tiny/results.md"):
+        assert (old_reports / name).read_bytes() == (new_reports / name).read_bytes(), name
+    bad = subprocess.run([*module, "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage: python -m train.report_seeds" in bad.stderr
