@@ -105,7 +105,8 @@ def test_sigterm_cleans_up_like_ctrl_c(tiny_bundle: Path, tmp_path: Path) -> Non
     """``timeout 60 pneumo bench ...`` must not leave /tmp/pneumo-bench-*/ behind."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    env = dict(os.environ, TMPDIR=str(scratch), PYTHONPATH=str(REPO))
+    # PYTHONFAULTHANDLER: if it ever hangs after SIGTERM, SIGABRT makes it print every thread's stack
+    env = dict(os.environ, TMPDIR=str(scratch), PYTHONPATH=str(REPO), PYTHONFAULTHANDLER="1")
     argv = [
         sys.executable,
         "-m",
@@ -126,7 +127,12 @@ def test_sigterm_cleans_up_like_ctrl_c(tiny_bundle: Path, tmp_path: Path) -> Non
             time.sleep(0.1)
         assert list(scratch.glob("pneumo-bench-*")), "the benchmark never made its scratch folder"
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=30)
+            pytest.fail(f"still running 60 s after SIGTERM; its stacks at SIGABRT:\n{err[-6000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
