@@ -44,6 +44,11 @@ rest of the batch goes on.
 JSON, results.jsonl, results.csv, clear the journal); each step first checks
 whether it already happened, so running it again after a crash at any point
 completes the batch without duplicating anything.
+
+A network share gets a new device number (and, with CIFS ``noserverino``, new
+inode numbers) each time it is mounted. A recovery therefore also accepts,
+once the inbox is evidently that share mounted again (:func:`share_remounted`),
+a regular file at the claimed path with the claimed size, mtime and sha256.
 """
 
 from __future__ import annotations
@@ -192,6 +197,55 @@ def _lstat(path: Path) -> os.stat_result | None:
         return None
 
 
+def _stat(path: Path) -> os.stat_result | None:
+    """``os.stat`` (a symlinked inbox is its target, as the inbox watcher sees it); None when missing."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+
+def share_remounted(entry_dev: int, inbox_dev: int, parent_dev: int) -> bool:
+    """Is the inbox a share mounted again, under a new device number, since the input was claimed?
+
+    CIFS and NFS get an anonymous device number at mount time, in mount order, so after a
+    reboot the same share often comes back with another ``st_dev`` (and, with CIFS
+    ``noserverino``, other inode numbers). The evidence, all three needed:
+
+    * ``entry_dev != inbox_dev``: the inbox is not the filesystem the input was claimed on;
+    * ``inbox_dev != parent_dev``: something is mounted on the inbox now, so it is not the
+      empty mount point of a share not mounted yet (that one waits);
+    * ``entry_dev != parent_dev``: the input was not on the parent's filesystem either, so the
+      inbox was not a plain local folder then, now hidden under something mounted over it
+      (its files are still there underneath: that waits too).
+
+    This only says where the input may be; whether a file is it is decided by its bytes
+    (:func:`_same_content`).
+    """
+    return bool(entry_dev) and entry_dev not in (inbox_dev, parent_dev) and inbox_dev != parent_dev
+
+
+def _same_content(entry: JournalEntry, st: os.stat_result, path: Path) -> bool:
+    """A regular file with the claimed input's size, mtime and sha256, whatever its inode and device.
+
+    Only used once the share is known to have been remounted: there the inode and device
+    numbers say nothing, and size, mtime (to the nanosecond) and the sha256 of the bytes that
+    were inferred still tell the claimed file from another one of that name.
+    """
+    if entry.kind != "file" or not entry.sha256 or not stat.S_ISREG(st.st_mode):
+        return False
+    if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+        return False
+    try:
+        return sha256_file(path) == entry.sha256
+    except OSError:
+        return False
+
+
 def _same_input(entry: JournalEntry, st: os.stat_result, path: Path, verify_content: bool) -> bool:
     """Is the file at ``path`` (stat ``st``) the input of ``entry``?
 
@@ -232,6 +286,8 @@ class Outbox:
         self.root_id: tuple[int, int] | None = None
         self.outbox_id = ""
         self._name_max: dict[str, int] = {}
+        #: names of claimed inputs decided by the share-remount rule in the current finish
+        self._remount_decided: list[str] = []
 
     def ensure_layout(self) -> None:
         """Check the root is ours, create the sub-folders; raise OSError (with errno) when unusable."""
@@ -320,12 +376,13 @@ class Outbox:
     def save_left(self, left: dict[str, LeftSignature]) -> None:
         write_json_files([(self.left_path, {"inputs": {name: list(sig) for name, sig in left.items()}})])
 
-    def _remember_left(self, entries: list[JournalEntry]) -> None:
+    def _remember_left(self, entries: list[JournalEntry], verify_content: bool) -> None:
         left = self.load_left()
         for entry in entries:
-            st = _lstat(Path(entry.source))
-            if st is not None and (st.st_ino, st.st_dev) == (entry.ino, entry.dev):
-                left[entry.name] = left_signature(st)
+            source = Path(entry.source)
+            st = _lstat(source)
+            if st is not None and self._identifies(entry, st, source, verify_content):
+                left[entry.name] = left_signature(st)  # as it is now: maybe under a new device number
         self.save_left(left)
 
     def remove_stale_temp_files(self) -> int:
@@ -418,19 +475,51 @@ class Outbox:
         path = Path(target)
         return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
 
+    def _share_remounted(self, entry: JournalEntry) -> bool:
+        """:func:`share_remounted` for the inbox as it is now (its parent as the inbox watcher takes it)."""
+        st, parent = _stat(self.inbox), _stat(self.inbox.parent)
+        if st is None or parent is None or not stat.S_ISDIR(st.st_mode):
+            return False
+        return share_remounted(entry.dev, st.st_dev, parent.st_dev)
+
+    def _identifies(self, entry: JournalEntry, st: os.stat_result, path: Path, verify_content: bool) -> bool:
+        """Is the file at ``path`` (stat ``st``) the input of ``entry``?
+
+        The same file (:func:`_same_input`); or, in a recovery (``verify_content``) once the
+        inbox share is back under a new device number, a regular file with the same size,
+        mtime and sha256 (:func:`_same_content`). Folders, links and entries without a
+        sha256 have no such proof: they are never matched across a remount.
+        """
+        if _same_input(entry, st, path, verify_content):
+            return True
+        if not (verify_content and st.st_dev != entry.dev and self._share_remounted(entry)):
+            return False
+        if not _same_content(entry, st, path):
+            return False
+        self._remount_decided.append(entry.name)
+        return True
+
     def _require_inbox(self, entry: JournalEntry) -> None:
-        """InboxGoneError when the inbox is missing, or not on the filesystem ``entry`` was claimed on."""
-        st = _lstat(self.inbox)
+        """InboxGoneError when the inbox is missing, or not on the filesystem ``entry`` was claimed on.
+
+        Except when that filesystem is the inbox share back under a new device number
+        (:func:`share_remounted`): then the inbox is there, and the input is not in it.
+        """
+        st = _stat(self.inbox)
         if st is None:
             raise InboxGoneError(
                 f"{self.inbox}: inbox is missing, so the claimed input {entry.name} cannot be found; "
                 "the interrupted batch is finished when the inbox is back"
             )
-        if entry.dev and st.st_dev != entry.dev:
-            raise InboxGoneError(
-                f"{self.inbox}: inbox is on another filesystem than when {entry.name} was claimed (a share "
-                "not mounted yet?); the interrupted batch is finished when it is back"
-            )
+        if not entry.dev or st.st_dev == entry.dev:
+            return
+        if self._share_remounted(entry):
+            self._remount_decided.append(entry.name)
+            return
+        raise InboxGoneError(
+            f"{self.inbox}: inbox is on another filesystem than when {entry.name} was claimed (a share "
+            "not mounted yet?); the interrupted batch is finished when it is back"
+        )
 
     def finish(
         self,
@@ -451,6 +540,7 @@ class Outbox:
         (a recovery after a crash).
         """
         failpoint = failpoint or Failpoint()
+        self._remount_decided = []
         touched: set[Path] = set()
         kept: list[JournalEntry] = []
         changed = False
@@ -468,6 +558,13 @@ class Outbox:
                 entry = replacement
             changed = changed or (entry.target, entry.left_in_inbox) != before
             kept.append(entry)
+        if self._remount_decided:
+            warn(
+                "the inbox is a share mounted again under a new device number since this batch was "
+                "claimed (a reboot or remount): its inputs were recognised by name, size, mtime and "
+                "sha256, and those no longer in it recorded as not moved; nothing to do",
+                {"inbox": str(self.inbox), "names": sorted(set(self._remount_decided))},
+            )
         if changed:
             # what was decided about stuck or replaced inputs holds if we crash from here on
             claim.entries = kept
@@ -496,7 +593,7 @@ class Outbox:
             failpoint.hit(f"after-{step}")
         left = [e for e in claim.entries if e.left_in_inbox]
         if left:
-            self._remember_left(left)
+            self._remember_left(left, verify_content)
         self.journal.clear()
 
     def _is_ours(self, entry: JournalEntry, st: os.stat_result, target: Path) -> bool:
@@ -534,22 +631,42 @@ class Outbox:
         processed on its own later. When the inbox itself is gone, or is another
         filesystem than the input's (a share not mounted yet), nothing is decided:
         :class:`InboxGoneError`, and the claim waits (``require_inbox=False``
-        decides anyway, after the caller has waited long enough).
+        decides anyway, after the caller has waited long enough). A share mounted
+        again under a new device number is the inbox (:func:`share_remounted`): a
+        recovery recognises its inputs by size, mtime and sha256, and decides at once
+        about those that are not there.
         """
         if not entry.target:
             return set()
         source, target = Path(entry.source), Path(entry.target)
         at_target = _lstat(target)
         at_source = _lstat(source)
-        source_is_entry = at_source is not None and _same_input(entry, at_source, source, verify_content)
+        source_is_entry = at_source is not None and self._identifies(entry, at_source, source, verify_content)
         if at_target is not None and self._is_ours(entry, at_target, target):
-            if source_is_entry and at_target.st_dev != entry.dev:
-                # crash between a verified copy and the unlink of the inbox original
+            if at_source is not None and source_is_entry and not _same_file(at_source, at_target):
+                # crash between a verified copy and the unlink of the inbox original. Compared with
+                # the original itself, not with entry.dev: after a reboot the share has a new number
+                # and the outbox may even have the one the share had (anonymous numbers are reused)
                 self._unlink_copied(source, entry, warn)
                 return {source.parent}
             return set()
         if at_source is None and require_inbox:
             self._require_inbox(entry)
+        if (
+            not source_is_entry
+            and at_source is not None
+            and require_inbox
+            and not verify_content
+            and at_source.st_dev != entry.dev
+            and self._share_remounted(entry)
+        ):
+            # live batch, share remounted between the claim and the move: only the recovery's
+            # sha256 check can tell the input from a new file, so the claim waits for it
+            raise InboxGoneError(
+                f"{self.inbox}: the inbox share was mounted again under a new device number while "
+                f"{entry.name} was being moved; the batch is finished at once by the recovery step, "
+                "which compares each input's sha256"
+            )
         if not source_is_entry:
             warn(
                 "input left the inbox, or was replaced or changed, before it was moved; its result "

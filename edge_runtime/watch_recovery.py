@@ -7,7 +7,9 @@ Two things can be left:
   sha256 check of every input, since any time may have passed. It waits for
   a missing inbox (a share not yet mounted at boot) up to
   ``inbox_wait_seconds``: finished without its inbox it would record
-  "moved to nothing" and the images would be classified twice;
+  "moved to nothing" and the images would be classified twice. A share back
+  under a new device number (a reboot) is not missing: its inputs are
+  recognised by size, mtime and sha256 (``edge_runtime.outbox.share_remounted``);
 * the marker of an input the last process died decoding
   (``edge_runtime.decode_guard``): counted, and reported as ``decode_crash``.
 """

@@ -32,9 +32,10 @@ from edge_runtime.outbox import (
     Warn,
     fit_name,
     left_signature,
+    share_remounted,
 )
 from edge_runtime.results import CSV_COLUMNS
-from tests.edge_runtime.watch_harness import png_bytes
+from tests.edge_runtime.watch_harness import is_mounted, mount, png_bytes, umount
 
 Warnings = list[tuple[str, dict[str, object]]]
 
@@ -364,6 +365,217 @@ def test_a_finish_without_its_inbox_keeps_the_journal(outbox: Outbox) -> None:
     with pytest.raises(InboxGoneError):
         outbox.finish(claim, _collect([]))
     assert outbox.journal.read() is not None and not outbox.jsonl.path.exists()
+
+
+# -- a share back under a new device number ---------------------------------------------
+@pytest.mark.parametrize(
+    ("entry_dev", "inbox_dev", "parent_dev", "remounted"),
+    [
+        (50, 51, 8, True),  # the share, mounted again under another anonymous number
+        (50, 50, 8, False),  # the same number: the inode decides, as always
+        (50, 8, 8, False),  # the empty mount point of a share not mounted yet: wait
+        (8, 51, 8, False),  # a plain local folder then, something mounted over it now: wait
+        (0, 51, 8, False),  # no device recorded: no evidence
+    ],
+)
+def test_a_share_counts_as_remounted_only_on_all_the_evidence(
+    entry_dev: int, inbox_dev: int, parent_dev: int, remounted: bool
+) -> None:
+    assert share_remounted(entry_dev, inbox_dev, parent_dev) is remounted
+
+
+class Mounts:
+    """tmpfs mounts made by a test, undone (lazily, innermost first) whatever happens."""
+
+    def __init__(self) -> None:
+        self.points: list[Path] = []
+
+    def tmpfs(self, path: Path) -> Path:
+        path.mkdir(exist_ok=True)
+        result = mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path))
+        assert result.returncode == 0, result.stderr
+        self.points.append(path)
+        return path
+
+    def bind(self, source: Path, path: Path) -> Path:
+        path.mkdir(exist_ok=True)
+        result = mount("--bind", str(source), str(path))
+        assert result.returncode == 0, result.stderr
+        self.points.append(path)
+        return path
+
+    def undo(self) -> None:
+        for path in reversed(self.points):
+            for _ in range(4):  # a path may have more than one mount on it
+                if not is_mounted(path):
+                    break
+                umount(path)
+
+
+@pytest.fixture
+def mounts(can_mount: None) -> Iterator[Mounts]:
+    made = Mounts()
+    try:
+        yield made
+    finally:
+        made.undo()
+
+
+@pytest.fixture
+def share_box(tmp_path: Path, mounts: Mounts) -> Outbox:
+    """An outbox under tmp_path whose inbox ``in/`` is a share (a tmpfs mounted on it)."""
+    mounts.tmpfs(tmp_path / "in")
+    box = Outbox(tmp_path / "out", tmp_path / "in")
+    box.ensure_layout()
+    return box
+
+
+def _reboot_share(box: Outbox, mounts: Mounts, keep: dict[str, bytes] | None = None) -> None:
+    """The share comes back after a reboot: another filesystem (a new device number, other inode
+    numbers) holding the same files with the same bytes and mtimes; ``keep`` narrows them."""
+    saved = {p.name: (p.read_bytes(), os.lstat(p).st_mtime_ns) for p in box.inbox.iterdir()}
+    before = os.stat(box.inbox).st_dev
+    # mounted over the old one, which keeps its number: a number freed by umount is reused at once
+    mounts.tmpfs(box.inbox)
+    assert os.stat(box.inbox).st_dev != before
+    for i in range(5):  # other inode numbers than the first mount gave
+        (box.inbox / f".filler{i}").write_bytes(b"")
+        (box.inbox / f".filler{i}").unlink()
+    for name, (data, mtime_ns) in saved.items():
+        if keep is not None and name not in keep:
+            continue
+        path = box.inbox / name
+        path.write_bytes(data if keep is None else keep[name])
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def _remount_warnings(warnings: Warnings) -> list[dict[str, object]]:
+    return [fields for msg, fields in warnings if "new device number" in msg]
+
+
+def test_after_a_reboot_a_share_under_a_new_device_number_is_finished_from_it(
+    share_box: Outbox, mounts: Mounts
+) -> None:
+    data = {"a.png": png_bytes(200, seed=1), "b.png": png_bytes(30, seed=2)}
+    for name, content in data.items():
+        (share_box.inbox / name).write_bytes(content)
+    claim = _claim(share_box, {"a.png": "done", "b.png": "done"})
+    old = {e.name: (e.ino, e.dev) for e in claim.entries}
+    _reboot_share(share_box, mounts)
+    now = {p.name: (os.lstat(p).st_ino, os.lstat(p).st_dev) for p in share_box.inbox.iterdir()}
+    assert all(now[n][1] != old[n][1] and now[n][0] != old[n][0] for n in old)
+    recovered = share_box.journal.read()
+    assert recovered is not None
+    warnings: Warnings = []
+    share_box.finish(recovered, _collect(warnings), verify_content=True)
+    assert os.listdir(share_box.inbox) == []
+    assert all((share_box.done / name).read_bytes() == content for name, content in data.items())
+    assert [r["moved_to"] for r in _jsonl(share_box)] == ["done/a.png", "done/b.png"]
+    assert _remount_warnings(warnings) == [{"inbox": str(share_box.inbox), "names": ["a.png", "b.png"]}]
+    assert len(warnings) == 1
+
+
+def test_a_live_batch_whose_share_was_remounted_waits_for_the_sha256_check(
+    share_box: Outbox, mounts: Mounts
+) -> None:
+    """Without a sha256 check (a live batch) the claim is left to the recovery, never decided."""
+    (share_box.inbox / "a.png").write_bytes(png_bytes(200, seed=1))
+    claim = _claim(share_box, {"a.png": "done"})
+    _reboot_share(share_box, mounts)
+    with pytest.raises(InboxGoneError, match="new device number"):
+        share_box.finish(claim, _collect([]))
+    assert share_box.journal.read() is not None and not share_box.jsonl.path.exists()
+    share_box.finish(claim, _collect([]), verify_content=True)
+    assert (share_box.done / "a.png").exists() and os.listdir(share_box.inbox) == []
+
+
+def test_a_remounted_share_without_the_input_is_decided_at_once(share_box: Outbox, mounts: Mounts) -> None:
+    for name in ("gone.png", "kept.png"):
+        (share_box.inbox / name).write_bytes(png_bytes(200, seed=len(name)))
+    claim = _claim(share_box, {"gone.png": "done", "kept.png": "done"})
+    _reboot_share(share_box, mounts, keep={"kept.png": (share_box.inbox / "kept.png").read_bytes()})
+    warnings: Warnings = []
+    share_box.finish(claim, _collect(warnings), verify_content=True)  # no InboxGoneError: no wait
+    assert {r["original_name"]: r["moved_to"] for r in _jsonl(share_box)} == {
+        "gone.png": None,
+        "kept.png": "done/kept.png",
+    }
+    assert _remount_warnings(warnings)[0]["names"] == ["gone.png", "kept.png"]
+
+
+def test_a_remounted_share_never_passes_off_another_file_as_the_input(
+    share_box: Outbox, mounts: Mounts
+) -> None:
+    names = ("other bytes.png", "other mtime.png", "no sha.png")
+    for i, name in enumerate(names):
+        (share_box.inbox / name).write_bytes(png_bytes(200, seed=i))
+    claim = _claim(share_box, {name: "done" for name in names})
+    claim.entries[2].sha256 = ""  # as a failed read may leave it: nothing to prove the bytes with
+    keep = {name: (share_box.inbox / name).read_bytes() for name in names}
+    flipped = bytearray(keep["other bytes.png"])
+    flipped[-1] ^= 0xFF  # same size and mtime, other bytes
+    keep["other bytes.png"] = bytes(flipped)
+    _reboot_share(share_box, mounts, keep=keep)
+    later = os.lstat(share_box.inbox / "other mtime.png").st_mtime_ns + 1_000_000_000
+    os.utime(share_box.inbox / "other mtime.png", ns=(later, later))
+    warnings: Warnings = []
+    share_box.finish(claim, _collect(warnings), verify_content=True)
+    assert [r["moved_to"] for r in _jsonl(share_box)] == [None, None, None]
+    assert sorted(os.listdir(share_box.inbox)) == sorted(names)  # each processed later on its own
+    assert {name: (share_box.inbox / name).read_bytes() for name in names} == keep
+    assert sorted(os.listdir(share_box.done)) == sorted(f"{name}.json" for name in names)
+    assert _remount_warnings(warnings) == []
+
+
+def test_a_local_inbox_with_something_mounted_over_it_still_waits(tmp_path: Path, mounts: Mounts) -> None:
+    """A plain folder at claim time, a filesystem mounted over it now: its files are hidden, not gone."""
+    (tmp_path / "in").mkdir()
+    box = Outbox(tmp_path / "out", tmp_path / "in")
+    box.ensure_layout()
+    (box.inbox / "hidden.png").write_bytes(png_bytes(200, seed=1))
+    (box.inbox / "copied.png").write_bytes(png_bytes(200, seed=2))
+    claim = _claim(box, {"hidden.png": "done", "copied.png": "done"})
+    _reboot_share(box, mounts, keep={"copied.png": (box.inbox / "copied.png").read_bytes()})
+    with pytest.raises(InboxGoneError, match="another filesystem"):
+        box.finish(claim, _collect([]), verify_content=True)
+    assert box.journal.read() is not None and not box.jsonl.path.exists()
+    umount(box.inbox)  # the folder itself again: finished from it
+    box.finish(claim, _collect([]), verify_content=True)
+    assert sorted(os.listdir(box.done)) == ["copied.png", "copied.png.json", "hidden.png", "hidden.png.json"]
+
+
+def test_a_verified_copy_whose_original_was_not_yet_removed_is_completed_after_a_remount(
+    share_box: Outbox, mounts: Mounts
+) -> None:
+    """Killed between the copy into done/ and the unlink from the share, then rebooted."""
+    data = png_bytes(200, seed=1)
+    (share_box.inbox / "a.png").write_bytes(data)
+    claim = _claim(share_box, {"a.png": "done"})
+    shutil.copy2(share_box.inbox / "a.png", share_box.done / "a.png")
+    _reboot_share(share_box, mounts)
+    share_box.finish(claim, _collect([]), verify_content=True)
+    assert os.listdir(share_box.inbox) == [] and (share_box.done / "a.png").read_bytes() == data
+    assert [r["moved_to"] for r in _jsonl(share_box)] == ["done/a.png"]
+
+
+def test_a_verified_copy_on_the_inbox_device_has_its_original_removed(tmp_path: Path, mounts: Mounts) -> None:
+    """Inbox and outbox on one filesystem through two mounts: a rename is EXDEV, so the input is
+    copied, and the copy has the original's device number; the original must still go."""
+    disk = mounts.tmpfs(tmp_path / "disk")
+    (disk / "in").mkdir()
+    inbox = mounts.bind(disk / "in", tmp_path / "in")
+    box = Outbox(disk / "out", inbox)
+    box.ensure_layout()
+    data = png_bytes(200, seed=1)
+    (inbox / "a.png").write_bytes(data)
+    claim = _claim(box, {"a.png": "done"})
+    with pytest.raises(OSError) as crossed:
+        os.link(inbox / "a.png", box.done / "probe")  # across two mounts, as a rename would be
+    assert crossed.value.errno == errno.EXDEV
+    shutil.copy2(inbox / "a.png", box.done / "a.png")  # killed before the unlink
+    assert os.stat(box.done / "a.png").st_dev == claim.entries[0].dev
+    box.finish(claim, _collect([]), verify_content=True)
+    assert os.listdir(inbox) == [] and (box.done / "a.png").read_bytes() == data
 
 
 # -- across filesystems --------------------------------------------------------------

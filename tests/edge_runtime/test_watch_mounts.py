@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -40,6 +42,7 @@ from tests.edge_runtime.watch_harness import (
     mount,
     png_bytes,
     result_count,
+    sha256,
     umount,
 )
 
@@ -331,3 +334,147 @@ def test_inotify_is_re_armed_when_a_share_comes_back_as_the_same_device_and_inod
     finally:
         watcher.stop()
         umount(inbox)
+
+
+# -- a reboot that brings the share back under a new device number ---------------------------
+#: inbox-wait-seconds for these tests: a claim that waited for the share would time a test out
+LONG_WAIT = {"quiet-seconds": 0.0, "inbox-wait-seconds": 600}
+#: a recovery of a share that is back must not wait at all: well under LONG_WAIT
+PROMPT_S = 60.0
+
+
+def share_back_under_a_new_device_number(share: Share) -> None:
+    """The machine reboots; the share is mounted again as another filesystem.
+
+    A CIFS or NFS mount gets an anonymous device number in mount order, and CIFS
+    ``noserverino`` makes up inode numbers: here a new tmpfs mounted on the inbox, holding
+    what the server has (``share/``, changed meanwhile as a test likes) copied with its mtimes.
+    """
+    share.unmount()
+    old_dev = os.stat(share.export).st_dev  # still mounted: the new tmpfs cannot reuse its number
+    result = mount("-t", "tmpfs", "-o", "size=16m", "tmpfs", str(share.inbox))
+    assert result.returncode == 0, result.stderr
+    assert os.stat(share.inbox).st_dev != old_dev
+    for i in range(8):  # other inode numbers than the first mount gave
+        (share.inbox / f".filler {i}").write_bytes(b"")
+        (share.inbox / f".filler {i}").unlink()
+    for name in os.listdir(share.export):
+        shutil.copy2(share.export / name, share.inbox / name)
+        before, after = os.lstat(share.export / name), os.lstat(share.inbox / name)
+        assert after.st_mtime_ns == before.st_mtime_ns, f"{name}: tmpfs lost the nanoseconds of the mtime"
+        assert (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino)
+
+
+def remount_warnings(daemon: Daemon) -> list[dict[str, Any]]:
+    return [e for e in daemon.events() if e["event"] == "outbox_warning" and "new device number" in e["msg"]]
+
+
+def assert_no_stall(daemon: Daemon, started: float) -> None:
+    took = time.monotonic() - started
+    assert took < PROMPT_S, f"recovery took {took:.0f} s: it waited for a share that was there"
+    stalls = [
+        e["event"]
+        for e in daemon.events()
+        if e["event"] in ("inbox_unavailable", "claim_finished_without_inbox")
+    ]
+    assert not stalls, stalls
+
+
+def test_reboot_with_the_share_back_under_a_new_device_number_finishes_the_claim_from_it(
+    tiny_bundle: Path, tmp_path: Path, share: Share
+) -> None:
+    inbox, outbox = share.inbox, tmp_path / "outbox"
+    inputs = fill(inbox, 10)
+    claimed = crash_with_a_claimed_batch(tiny_bundle, inbox, outbox)
+    share_back_under_a_new_device_number(share)
+    started = time.monotonic()
+    with Daemon(
+        tiny_bundle, inbox, outbox, "--batch", "4", config=LONG_WAIT, log_name="boot"
+    ).start() as daemon:
+        daemon.wait_event("recovered_batch", PROMPT_S)
+        daemon.wait_until(
+            lambda: result_count(outbox) >= len(inputs) and not inbox_files(inbox), PROMPT_S, "every result"
+        )
+        assert_no_stall(daemon, started)
+        assert daemon.signal(signal.SIGTERM) == 0
+    records = assert_exactly_once(outbox, inputs, failed=set(BAD))
+    assert Counter(r["original_name"] for r in jsonl_records(outbox)) == Counter(list(inputs))
+    for name in claimed:
+        assert records[name]["moved_to"], f"{name}: the claimed input was not moved"
+        assert (outbox / records[name]["moved_to"]).read_bytes() == inputs[name]
+    (warning,) = remount_warnings(daemon)
+    assert warning["names"] == sorted(claimed) and warning["inbox"] == str(inbox), warning
+
+
+def test_reboot_with_the_share_back_without_a_claimed_file_decides_it_at_once(
+    tiny_bundle: Path, tmp_path: Path, share: Share
+) -> None:
+    inbox, outbox = share.inbox, tmp_path / "outbox"
+    inputs = fill(inbox, 10)
+    claimed = crash_with_a_claimed_batch(tiny_bundle, inbox, outbox)
+    gone = claimed[0]
+    (share.export / gone).unlink()  # deleted on the server while this machine was down
+    share_back_under_a_new_device_number(share)
+    started = time.monotonic()
+    with Daemon(
+        tiny_bundle, inbox, outbox, "--batch", "4", config=LONG_WAIT, log_name="boot"
+    ).start() as daemon:
+        daemon.wait_event("recovered_batch", PROMPT_S)
+        daemon.wait_until(
+            lambda: result_count(outbox) >= len(inputs) and not inbox_files(inbox), PROMPT_S, "every result"
+        )
+        assert_no_stall(daemon, started)
+        assert daemon.signal(signal.SIGTERM) == 0
+    records = jsonl_records(outbox)
+    assert Counter(r["original_name"] for r in records) == Counter(list(inputs)), "lost or duplicated"
+    for record in records:
+        name = record["original_name"]
+        assert record["status"] == ("failed" if name in BAD else "done"), record
+        if name == gone:
+            assert record["moved_to"] is None, record
+            continue
+        assert (outbox / record["moved_to"]).read_bytes() == inputs[name], name
+    assert not (outbox / ".pneumo" / "journal.json").exists()
+    (warning,) = remount_warnings(daemon)
+    assert warning["names"] == sorted(claimed), warning
+
+
+def test_reboot_with_a_claimed_file_replaced_on_the_share_processes_the_new_file_on_its_own(
+    tiny_bundle: Path, tmp_path: Path, share: Share
+) -> None:
+    """Under a new device number only the same bytes with the same mtime count as the claimed input."""
+    inbox, outbox = share.inbox, tmp_path / "outbox"
+    inputs = fill(inbox, 10)
+    claimed = crash_with_a_claimed_batch(tiny_bundle, inbox, outbox)
+    other_bytes, other_mtime = claimed[0], claimed[1]
+    replaced = {other_bytes: png_bytes(30, seed=777), other_mtime: inputs[other_mtime]}
+    mtime_ns = os.lstat(share.export / other_bytes).st_mtime_ns
+    deliver(share.export, other_bytes, replaced[other_bytes])
+    os.utime(share.export / other_bytes, ns=(mtime_ns, mtime_ns))  # only the bytes differ
+    later = os.lstat(share.export / other_mtime).st_mtime_ns + 5_000_000_000
+    os.utime(share.export / other_mtime, ns=(later, later))  # only the mtime differs (touched)
+    share_back_under_a_new_device_number(share)
+    started = time.monotonic()
+    with Daemon(
+        tiny_bundle, inbox, outbox, "--batch", "4", config=LONG_WAIT, log_name="boot"
+    ).start() as daemon:
+        daemon.wait_event("recovered_batch", PROMPT_S)
+        daemon.wait_until(
+            lambda: result_count(outbox) >= len(inputs) + 2 and not inbox_files(inbox),
+            PROMPT_S,
+            "every result",
+        )
+        assert_no_stall(daemon, started)
+        assert daemon.signal(signal.SIGTERM) == 0
+    records = jsonl_records(outbox)
+    counts = Counter(r["original_name"] for r in records)
+    assert counts == Counter([*inputs, *replaced]), counts
+    for name in replaced:
+        first, second = (r for r in records if r["original_name"] == name)
+        assert first["moved_to"] is None and first["input_sha256"] == sha256(inputs[name]), first
+        assert second["status"] == "done" and second["input_sha256"] == sha256(replaced[name]), second
+        assert (outbox / second["moved_to"]).read_bytes() == replaced[name]
+    for name in set(claimed) - set(replaced):
+        (record,) = (r for r in records if r["original_name"] == name)
+        assert (outbox / record["moved_to"]).read_bytes() == inputs[name]
+    assert not (outbox / ".pneumo" / "journal.json").exists()
