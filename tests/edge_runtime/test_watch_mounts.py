@@ -380,6 +380,19 @@ def assert_no_stall(daemon: Daemon, started: float) -> None:
     assert not stalls, stalls
 
 
+def boot_and_finish(bundle: Path, inbox: Path, outbox: Path, results: int) -> Daemon:
+    """Start the daemon after the "reboot"; it must finish the claim and reach ``results`` without a stall."""
+    started = time.monotonic()
+    with Daemon(bundle, inbox, outbox, "--batch", "4", config=LONG_WAIT, log_name="boot").start() as daemon:
+        daemon.wait_event("recovered_batch", PROMPT_S)
+        daemon.wait_until(
+            lambda: result_count(outbox) >= results and not inbox_files(inbox), PROMPT_S, "every result"
+        )
+        assert_no_stall(daemon, started)
+        assert daemon.signal(signal.SIGTERM) == 0
+    return daemon
+
+
 def test_reboot_with_the_share_back_under_a_new_device_number_finishes_the_claim_from_it(
     tiny_bundle: Path, tmp_path: Path, share: Share
 ) -> None:
@@ -387,16 +400,7 @@ def test_reboot_with_the_share_back_under_a_new_device_number_finishes_the_claim
     inputs = fill(inbox, 10)
     claimed = crash_with_a_claimed_batch(tiny_bundle, inbox, outbox)
     share_back_under_a_new_device_number(share)
-    started = time.monotonic()
-    with Daemon(
-        tiny_bundle, inbox, outbox, "--batch", "4", config=LONG_WAIT, log_name="boot"
-    ).start() as daemon:
-        daemon.wait_event("recovered_batch", PROMPT_S)
-        daemon.wait_until(
-            lambda: result_count(outbox) >= len(inputs) and not inbox_files(inbox), PROMPT_S, "every result"
-        )
-        assert_no_stall(daemon, started)
-        assert daemon.signal(signal.SIGTERM) == 0
+    daemon = boot_and_finish(tiny_bundle, inbox, outbox, len(inputs))
     records = assert_exactly_once(outbox, inputs, failed=set(BAD))
     assert Counter(r["original_name"] for r in jsonl_records(outbox)) == Counter(list(inputs))
     for name in claimed:
@@ -415,16 +419,7 @@ def test_reboot_with_the_share_back_without_a_claimed_file_decides_it_at_once(
     gone = claimed[0]
     (share.export / gone).unlink()  # deleted on the server while this machine was down
     share_back_under_a_new_device_number(share)
-    started = time.monotonic()
-    with Daemon(
-        tiny_bundle, inbox, outbox, "--batch", "4", config=LONG_WAIT, log_name="boot"
-    ).start() as daemon:
-        daemon.wait_event("recovered_batch", PROMPT_S)
-        daemon.wait_until(
-            lambda: result_count(outbox) >= len(inputs) and not inbox_files(inbox), PROMPT_S, "every result"
-        )
-        assert_no_stall(daemon, started)
-        assert daemon.signal(signal.SIGTERM) == 0
+    daemon = boot_and_finish(tiny_bundle, inbox, outbox, len(inputs))
     records = jsonl_records(outbox)
     assert Counter(r["original_name"] for r in records) == Counter(list(inputs)), "lost or duplicated"
     for record in records:
@@ -454,18 +449,7 @@ def test_reboot_with_a_claimed_file_replaced_on_the_share_processes_the_new_file
     later = os.lstat(share.export / other_mtime).st_mtime_ns + 5_000_000_000
     os.utime(share.export / other_mtime, ns=(later, later))  # only the mtime differs (touched)
     share_back_under_a_new_device_number(share)
-    started = time.monotonic()
-    with Daemon(
-        tiny_bundle, inbox, outbox, "--batch", "4", config=LONG_WAIT, log_name="boot"
-    ).start() as daemon:
-        daemon.wait_event("recovered_batch", PROMPT_S)
-        daemon.wait_until(
-            lambda: result_count(outbox) >= len(inputs) + 2 and not inbox_files(inbox),
-            PROMPT_S,
-            "every result",
-        )
-        assert_no_stall(daemon, started)
-        assert daemon.signal(signal.SIGTERM) == 0
+    boot_and_finish(tiny_bundle, inbox, outbox, len(inputs) + 2)
     records = jsonl_records(outbox)
     counts = Counter(r["original_name"] for r in records)
     assert counts == Counter([*inputs, *replaced]), counts
