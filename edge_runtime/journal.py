@@ -38,7 +38,6 @@ disk underneath it.
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -190,13 +189,15 @@ class FileLock:
         # disk fail ("mount point is busy"), as an operator does to protect a failing disk.
         try:
             self._fd = self._locked(os.O_RDONLY)
-            self._write_pid(None)
-        except OSError as exc:
-            if exc.errno != errno.EBADF:
-                raise
-            # NFS turns flock into a POSIX write lock, which needs a descriptor open for writing
+        except OSError:
+            # Some filesystems refuse an exclusive lock through a read-only descriptor (NFS turns
+            # flock into a POSIX write lock: EBADF; network and FUSE filesystems vary): the lock
+            # matters more than the remount, so take it the old way. A real problem (no folder,
+            # no permission) fails again here, with its own errno.
             self._fd = self._locked(os.O_RDWR)
             self._write_pid(self._fd)
+            return
+        self._write_pid(None)
 
     def _locked(self, mode: int) -> int:
         """A descriptor of the lock file holding the exclusive flock; busy_error if another holds it."""
