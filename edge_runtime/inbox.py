@@ -177,9 +177,12 @@ class InboxWatcher:
         use_watchdog: bool = True,
         trust_close_write: bool = True,
         settle_seconds: float = 60.0,
+        require_mount: bool = False,
         clock: Clock = time.monotonic,
     ) -> None:
         self.inbox = Path(inbox)
+        #: a filesystem must be mounted on the inbox before it is used (``inbox-mount = true``)
+        self.require_mount = require_mount
         self.quiet_seconds = quiet_seconds
         self.settle_seconds = settle_seconds
         self.trust_close_write = trust_close_write
@@ -274,7 +277,8 @@ class InboxWatcher:
 
         A share unmounted from the inbox leaves the empty mount-point folder behind: it exists,
         but it is not the inbox, and whatever is written into it is hidden once the share is back.
-        So once the inbox has been a mount point it must stay one (mounted again, on any device).
+        So once the inbox has been a mount point it must stay one (mounted again, on any device),
+        and with ``require_mount`` it must be one from the start.
         """
         try:
             st = os.stat(self.inbox)
@@ -290,6 +294,13 @@ class InboxWatcher:
             )
         if self._is_mount_point(st):
             self._was_mount_point = True
+        elif self.require_mount and not self._was_mount_point:
+            self._lost()
+            raise InboxUnavailableError(
+                f"{self.inbox}: nothing is mounted on the inbox yet (inbox-mount = true: it is a share "
+                f"mounted on this folder, which is now on the filesystem of {self.inbox.parent}); mount "
+                "the share: inputs wait, and nothing is read from or written into the empty folder"
+            )
         elif self._was_mount_point:
             self._lost()
             raise InboxUnavailableError(

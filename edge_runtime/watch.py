@@ -62,6 +62,7 @@ from edge_runtime.decode_guard import DecodeGuard
 from edge_runtime.errors import EdgeError
 from edge_runtime.inbox import Candidate, InboxUnavailableError, InboxWatcher
 from edge_runtime.journal import InboxBusyError, InboxLock, OutboxBusyError, OutboxLock
+from edge_runtime.mountinfo import read_mount_of, share_advice
 from edge_runtime.outbox import CONFIG_FILE, Failpoint, Outbox
 from edge_runtime.predictor import Predictor
 from edge_runtime.results import ModelStamp, write_json_files
@@ -110,6 +111,7 @@ class WatchDaemon:
             use_watchdog=config.watchdog,
             trust_close_write=config.trust_close_write,
             settle_seconds=config.settle_seconds,
+            require_mount=config.inbox_mount,
         )
         self.outbox_health = OutboxHealth(
             Backoff(config.backoff_initial_seconds, config.backoff_max_seconds), self.events
@@ -358,6 +360,9 @@ class WatchDaemon:
                 synthetic=bundle.info.synthetic,
                 watch_mode=self.inbox.mode,
             )
+            advice = share_advice(config.inbox, read_mount_of(config.inbox), config.inbox_mount)
+            if advice:
+                self.events.emit(logging.WARNING, "inbox_warning", advice)
             return self._loop()
         except InboxBusyError as exc:
             self.events.trouble("inbox_busy", str(exc))

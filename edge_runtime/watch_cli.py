@@ -118,6 +118,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="a batch interrupted by a crash waits this long for a missing or unmounted inbox before "
         "inputs it cannot find are recorded as not moved (default 3600)",
     )
+    parser.add_argument(
+        "--inbox-mount",
+        dest="inbox_mount",
+        action="store_const",
+        const=True,
+        help="the inbox is a share mounted on the inbox folder: until it is mounted there, inputs "
+        "wait and the empty folder is never read or written (inbox-mount = true in --config)",
+    )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved settings as JSON and exit"
@@ -148,6 +156,7 @@ def config_from_args(args: argparse.Namespace) -> WatchConfig:
             "settle_seconds",
             "input_retries",
             "inbox_wait_seconds",
+            "inbox_mount",
             "log_level",
         )
     }

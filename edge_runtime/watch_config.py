@@ -77,6 +77,10 @@ class WatchConfig:
     #: a batch a crash left claimed waits this long for its inbox to come back (a share not yet
     #: mounted after a reboot) before inputs it cannot find are recorded as not moved
     inbox_wait_seconds: float = 3600.0
+    #: the inbox is a share mounted on the inbox folder: the folder is not the inbox until a
+    #: filesystem is mounted on it (a daemon started before the share waits instead of reading
+    #: the empty mount point)
+    inbox_mount: bool = False
     backoff_initial_seconds: float = 1.0
     backoff_max_seconds: float = 60.0
     #: glob patterns of inbox names never touched
@@ -98,6 +102,8 @@ class WatchConfig:
         _check_int("max_pending", self.max_pending, 1, 1_000_000)
         _check_int("threads", self.threads, 0, 256)
         _check_int("input_retries", self.input_retries, 1, 1000)
+        for name in ("watchdog", "trust_close_write", "inbox_mount"):
+            _check_bool(name, getattr(self, name))
         if self.dla_core is not None:
             _check_int("dla_core", self.dla_core, 0, 15)
         _check_float("settle_seconds", self.settle_seconds, 0.0, 86400.0)
@@ -144,6 +150,11 @@ def _absolute(path: Path) -> Path:
 def _check_int(name: str, value: object, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not (low <= value <= high):
         raise WatchConfigError(f"{name} = {value!r}: expected a whole number within {low}..{high}")
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise WatchConfigError(f"{name} = {value!r}: expected true or false")
 
 
 def _check_float(name: str, value: object, low: float, high: float) -> None:

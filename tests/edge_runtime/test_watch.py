@@ -373,6 +373,9 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
     )  # fmt: skip
     resolved = json.loads(result.stdout)
     assert (resolved["dla_core"], resolved["settle_seconds"], resolved["input_retries"]) == (1, 5.0, 3)
+    assert resolved["inbox_mount"] is False
+    resolved = json.loads(_cli("--config", str(config), "--inbox-mount", "--print-config").stdout)
+    assert resolved["inbox_mount"] is True
 
 
 @pytest.mark.parametrize(

@@ -200,6 +200,36 @@ def test_reboot_before_the_share_is_mounted_finishes_the_claim_once_it_is(
         assert records[name]["moved_to"], f"{name}: the claimed input was not moved"
 
 
+def test_inbox_mount_started_before_the_share_waits_and_never_reads_the_empty_folder(
+    tiny_bundle: Path, tmp_path: Path, share: Share
+) -> None:
+    """inbox-mount = true: a daemon that starts before the share is mounted (a boot where the
+    network came up late) waits for it; a file left in the bare mount-point folder is not the
+    share's and is neither read nor moved."""
+    inbox, outbox = share.inbox, tmp_path / "outbox"
+    share.unmount()
+    local = png_bytes(200, seed=99)
+    deliver(inbox, "under the mount point.png", local)
+    inputs = fill(share.export, 6)  # on the server, waiting for this machine to mount it
+    config = {"quiet-seconds": 0.0, "inbox-mount": True}
+    with Daemon(tiny_bundle, inbox, outbox, "--batch", "4", config=config, log_name="boot").start() as daemon:
+        daemon.wait_started()
+        daemon.wait_event("inbox_unavailable", count=2)
+        waiting = [e for e in daemon.events() if e["event"] == "inbox_unavailable"]
+        assert "nothing is mounted on the inbox yet" in waiting[-1]["msg"], waiting[-1]
+        assert_idle(daemon)
+        assert result_count(outbox) == 0
+        assert os.listdir(inbox) == ["under the mount point.png"], "the daemon wrote into the mount point"
+        share.mount()
+        daemon.wait_event("inbox_recovered")
+        daemon.wait_until(lambda: not inbox_files(inbox), 90, "every input on the share")
+        assert daemon.signal(signal.SIGTERM) == 0
+    assert_exactly_once(outbox, inputs, failed=set(BAD))
+    assert not any(e["event"] == "inbox_warning" for e in daemon.events())  # a tmpfs is no network share
+    share.unmount()
+    assert (inbox / "under the mount point.png").read_bytes() == local
+
+
 def test_reboot_with_the_share_away_longer_than_inbox_wait_seconds(
     tiny_bundle: Path, tmp_path: Path, share: Share
 ) -> None:
@@ -291,6 +321,21 @@ def test_a_file_of_an_unmounted_share_is_not_read_as_vanished(tmp_path: Path, sh
         read_input(share.inbox, cand, PreprocessContract(height=32, width=32))
     share.mount()
     assert read_input(share.inbox, cand, PreprocessContract(height=32, width=32)).outcome == "image"
+
+
+def test_inbox_mount_refuses_a_folder_nothing_is_mounted_on(tmp_path: Path, share: Share) -> None:
+    share.unmount()
+    watcher = InboxWatcher(
+        share.inbox, quiet_seconds=0.0, max_pending=4, poll_interval=0.05, rescan_seconds=1.0,
+        ignore=(".*",), use_watchdog=False, require_mount=True,
+    )  # fmt: skip
+    with pytest.raises(InboxUnavailableError, match="nothing is mounted on the inbox yet"):
+        watcher.present()
+    share.mount()
+    assert watcher.present().st_dev == os.stat(share.export).st_dev
+    share.unmount()
+    with pytest.raises(InboxUnavailableError, match="mount the share back"):
+        watcher.present()
 
 
 def test_inotify_is_re_armed_when_a_share_comes_back_as_the_same_device_and_inode(

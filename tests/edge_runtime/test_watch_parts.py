@@ -59,6 +59,12 @@ def test_config_bounds_and_precedence(tmp_path: Path) -> None:
         WatchConfig(Path("b"), Path("x"), Path("x/y"))
     with pytest.raises(WatchConfigError, match="quiet_seconds"):
         WatchConfig(Path("b"), Path("i"), Path("o"), quiet_seconds=float("nan"))
+    with pytest.raises(WatchConfigError, match="inbox_mount = 'yes': expected true or false"):
+        WatchConfig(Path("b"), Path("i"), Path("o"), inbox_mount="yes")  # type: ignore[arg-type]
+    (tmp_path / "share.toml").write_text(
+        '[watch]\nbundle = "b"\ninbox = "in"\noutbox = "out"\ninbox-mount = true\n'
+    )
+    assert resolve_config(load_config_file(tmp_path / "share.toml"), {}).inbox_mount is True
     (tmp_path / "bad.toml").write_text("[watch]\nbatch = \n")
     with pytest.raises(WatchConfigError, match="not valid TOML"):
         load_config_file(tmp_path / "bad.toml")
