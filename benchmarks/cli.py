@@ -35,6 +35,7 @@ BENCH_EXAMPLES = """examples:
   pneumo bench --auto -o benchmarks/results                    # what 'make bench' runs
   pneumo bench --compare benchmarks/results/A/2025-01-01/bench.json benchmarks/results/B/2025-01-02/bench.json
   pneumo bench watch bundles/seed000 --images ../shared/data/chest_xray/test --count 1000
+  pneumo bench decode bundles/seed000 --images ../shared/data/chest_xray/test --workers 0,1,2,4
 
 Writes OUTPUT/<device>/<date>/bench.json, bench.md and PNG plots. What this
 machine cannot run (e.g. trt without TensorRT) is listed with the reason.
@@ -46,6 +47,15 @@ WATCH_EXAMPLES = """example:
 Starts 'pneumo edge watch' on a temporary inbox/outbox, drops COUNT copies of
 real images and times them from inbox to results.jsonl, split by stage.
 The source folder is only read.
+"""
+
+DECODE_EXAMPLES = """example:
+  pneumo bench decode bundles/seed000 --images ../shared/data/chest_xray/test --workers 0,1,2,4
+
+Images per second that 'pneumo edge predict --workers N' reaches for each N,
+with and without the model, in one run (N = 0: decoded in the main thread).
+Full-size X-rays decode far slower than the model runs on a Jetson: this
+says how many decode threads keep it busy. The images are only read.
 """
 
 
@@ -178,6 +188,49 @@ def _watch_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _decode_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Images per second by decode threads: read + decode + preprocess, alone and with the model.",
+        epilog=DECODE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument(
+        "--images", type=Path, required=True, help="folder of real images (read only, recursive)"
+    )
+    parser.add_argument(
+        "--workers", type=_csv(int), default=(0, 1, 2, 4), help="decode thread counts (default: 0,1,2,4)"
+    )
+    parser.add_argument("--count", type=int, default=200, help="images per pass, files cycled (default: 200)")
+    parser.add_argument("--batch", type=int, default=8, help="images per inference call (default: 8)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved rounds; medians reported (default: 3)"
+    )
+    parser.add_argument("--backend", default="auto", help="auto (default) or a backend name, e.g. ort-cpu")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
+    parser.add_argument(
+        "--full-size",
+        type=_size,
+        metavar="WxH",
+        help="decode 16-bit PNG copies upscaled to WxH (e.g. 2500x2048, a detector's size) instead of "
+        "the files themselves; the shared data set is downsampled",
+    )
+    _add_output(parser)
+    parser.add_argument("--json", action="store_true", help="print the result JSON on stdout")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 2500x2048") from exc
+    return width, height
+
+
 RESULT_SUFFIXES = (".json", ".md", ".csv", ".png")
 
 
@@ -201,6 +254,8 @@ def _error(prog: str, exc: Exception) -> int:
 def main(argv: list[str], prog: str = "pneumo bench") -> int:
     if argv and argv[0] == "watch":
         return watch_main(argv[1:], prog=f"{prog} watch")
+    if argv and argv[0] == "decode":
+        return decode_main(argv[1:], prog=f"{prog} decode")
     parser = _bench_parser(prog)
     args = parser.parse_args(argv)
     if args.compare:
@@ -401,3 +456,57 @@ def watch_main(argv: list[str], prog: str = "pneumo bench watch") -> int:
     print("\n".join(watch_markdown(watch)), file=out)
     print(f"\nwrote {folder / 'watch.json'} and watch.md", file=out)
     return 0 if not watch.get("missing") else 1
+
+
+def decode_main(argv: list[str], prog: str = "pneumo bench decode") -> int:
+    from benchmarks.decode_bench import DecodeBenchConfig, decode_markdown, run_decode_bench
+    from benchmarks.device_facts import collect_device_stamp
+    from benchmarks.report import result_folder
+    from edge_runtime.fileio import atomic_write_json, atomic_write_text
+
+    args = _decode_parser(prog).parse_args(argv)
+    try:
+        config = DecodeBenchConfig(
+            bundle=args.bundle,
+            images=args.images,
+            workers=args.workers,
+            count=args.count,
+            batch=args.batch,
+            repeats=args.repeats,
+            backend=args.backend,
+            precision=args.precision,
+            threads=args.threads,
+            full_size=args.full_size,
+        )
+    except BenchConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with sigterm_as_interrupt():
+            result = run_decode_bench(config, log=_log(args.quiet))
+        facts = collect_device_stamp()
+    except (BenchError, EdgeError) as exc:
+        return _error(prog, exc)
+    import datetime as _dt
+
+    now = _dt.datetime.now(_dt.timezone.utc)
+    document = {
+        "schema": "pneumo-bench-decode/1",
+        "created": now.isoformat(timespec="seconds"),
+        "date": now.date().isoformat(),
+        "command": " ".join(shlex.quote(a) for a in ["pneumo", "bench", "decode", *argv]),
+        "device": facts.to_dict(),
+        "decode": result,
+    }
+    folder = result_folder(args.output, document, marker="decode.json")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "decode.json", document)
+    table = decode_markdown(result)
+    body = [f"# pneumo bench decode on {facts.slug}", "", f"- Command: `{document['command']}`", *table, ""]
+    atomic_write_text(folder / "decode.md", "\n".join(body))
+    if args.json:
+        print(json.dumps(document, indent=2, default=str))
+    out = sys.stderr if args.json else sys.stdout
+    print("\n".join(table), file=out)
+    print(f"\nwrote {folder / 'decode.json'} and decode.md", file=out)
+    return 0

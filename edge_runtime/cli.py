@@ -26,9 +26,8 @@ from edge_runtime.contract import SYNTHETIC_WARNING
 from edge_runtime.errors import EdgeError, UsageError
 
 if TYPE_CHECKING:
-    from edge_runtime.contract import PreprocessContract
     from edge_runtime.device import DeviceFacts, PrecisionReadiness
-    from edge_runtime.predictor import Prediction, Predictor
+    from edge_runtime.predictor import Prediction
 
 DISCLAIMER = "Decision support for a trained clinician, not a diagnosis."
 BACKEND_CHOICES = ("auto", "trt", "ort-trt", "ort-cuda", "ort-cpu")
@@ -83,6 +82,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
     _backend_flags(p)
     p.add_argument("--batch", type=int, default=8, help="images per inference batch (default 8)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads reading and decoding images ahead of the model (default: the cores, at most "
+        "4; 0 decodes in the main thread, without overlap)",
+    )
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="JSON on stdout (or -o) instead of a table")
     out.add_argument("--csv", action="store_true", help="CSV on stdout (or -o) instead of a table")
@@ -246,11 +253,15 @@ def _header_lines(info: Any, backend_name: str, precision: str) -> list[str]:
 def _predict(args: argparse.Namespace, prog: str) -> int:
     from edge_runtime.backends.select import select_backend
     from edge_runtime.bundle import Bundle
-    from edge_runtime.predictor import Predictor
+    from edge_runtime.decode_pool import default_workers
+    from edge_runtime.predictor import Predictor, predict_files
     from edge_runtime.sources import expand_inputs
 
     if args.batch < 1:
         print(f"{prog}: --batch must be 1 or more", file=sys.stderr)
+        return 2
+    if args.workers is not None and not 0 <= args.workers <= 64:
+        print(f"{prog}: --workers {args.workers}: expected 0..64 decode threads", file=sys.stderr)
         return 2
     if args.output is not None:
         _require_output_file(args.output)
@@ -268,7 +279,8 @@ def _predict(args: argparse.Namespace, prog: str) -> int:
         logging.getLogger(__name__).info("backend %s (%s)", choice.name, choice.precision)
     with choice.backend as backend:
         predictor = Predictor(backend, bundle.info, _model_sha256(bundle, backend))
-        results = _classify_files(inputs.files, args.batch, predictor, bundle.contract, failures)
+        workers = default_workers() if args.workers is None else args.workers
+        results = predict_files(predictor, inputs.files, bundle.contract, args.batch, workers, failures)
     text = _format_predictions(args, bundle.info, choice.name, args.precision, results, failures)
     _write_predictions(text, args.output, prog, len(results), failures)
     return _predict_outcome(prog, results, failures)
@@ -277,62 +289,6 @@ def _predict(args: argparse.Namespace, prog: str) -> int:
 def _is_one_of(output: Path, files: Sequence[Path]) -> bool:
     target = output.resolve()
     return any(target == f.resolve() for f in files)
-
-
-def _classify_files(
-    files: Sequence[Path],
-    batch: int,
-    predictor: Predictor,
-    contract: PreprocessContract,
-    failures: list[tuple[str, str]],
-) -> list[Prediction]:
-    """Predict ``files`` ``batch`` at a time; an unreadable file or non-finite output joins ``failures``."""
-    from tqdm import tqdm
-
-    results: list[Prediction] = []
-    progress = tqdm(total=len(files), unit="img", file=sys.stderr, disable=None, desc="predict")
-    for start in range(0, len(files), batch):
-        chunk = files[start : start + batch]
-        results += _classify_chunk(chunk, predictor, contract, failures)
-        progress.update(len(chunk))
-    progress.close()
-    return results
-
-
-def _classify_chunk(
-    chunk: Sequence[Path],
-    predictor: Predictor,
-    contract: PreprocessContract,
-    failures: list[tuple[str, str]],
-) -> list[Prediction]:
-    from edge_runtime.errors import ImageDecodeError
-    from edge_runtime.fileio import sha256_file
-    from edge_runtime.predictor import NonFiniteOutputError
-    from edge_runtime.preprocess import preprocess_file
-
-    arrays, names, hashes = [], [], []
-    for path in chunk:
-        try:
-            arrays.append(preprocess_file(path, contract))
-            names.append(str(path))
-            hashes.append(sha256_file(path))
-        except ImageDecodeError as exc:
-            failures.append((str(path), exc.reason))
-        except OSError as exc:
-            failures.append((str(path), f"cannot read: {exc}"))
-    if not arrays:
-        return []
-    import numpy as np
-
-    try:
-        batch_results = predictor.predict(np.stack(arrays), names)
-    except NonFiniteOutputError as exc:  # only the inputs it names fail
-        batch_results = exc.results
-        failures.extend(exc.failed.items())
-    digests = dict(zip(names, hashes))
-    for prediction in batch_results:
-        prediction.input_sha256 = digests[prediction.source]
-    return list(batch_results)
 
 
 def _write_predictions(

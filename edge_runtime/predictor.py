@@ -8,15 +8,17 @@ the intended use: decision support, not a diagnosis.
 from __future__ import annotations
 
 import datetime as _dt
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_runtime.backends.base import Backend
-from edge_runtime.contract import SYNTHETIC_WARNING, ModelInfo
+from edge_runtime.contract import SYNTHETIC_WARNING, ModelInfo, PreprocessContract
 from edge_runtime.errors import EdgeError
 
 
@@ -159,3 +161,58 @@ class Predictor:
         if failed:
             raise NonFiniteOutputError(failed, results)
         return results
+
+
+def predict_files(
+    predictor: Predictor,
+    files: Sequence[Path],
+    contract: PreprocessContract,
+    batch: int,
+    workers: int,
+    failures: list[tuple[str, str]],
+    progress: bool | None = None,
+) -> list[Prediction]:
+    """What ``pneumo edge predict`` does with files: decoded ahead on ``workers`` threads, in order.
+
+    Full batches of ``batch`` decodable images go to the model; an unreadable file or a non-finite
+    output joins ``failures`` as (file, reason). ``progress`` None: a bar on a terminal only.
+    """
+    from tqdm import tqdm
+
+    from edge_runtime.decode_pool import decode_ahead
+
+    results: list[Prediction] = []
+    ready: list[tuple[str, np.ndarray, str]] = []  # name, model input, sha256 of its bytes
+    bar = tqdm(
+        total=len(files), unit="img", file=sys.stderr, disable=None if progress is None else not progress
+    )
+    for decoded in decode_ahead(files, contract, workers):
+        if decoded.image is None or decoded.sha256 is None:
+            failures.append((str(decoded.path), decoded.error or "not decoded"))
+            bar.update(1)
+        else:
+            ready.append((str(decoded.path), decoded.image, decoded.sha256))
+        if len(ready) == batch:
+            results += _predict_ready(predictor, ready, failures)
+            bar.update(len(ready))
+            ready = []
+    if ready:
+        results += _predict_ready(predictor, ready, failures)
+        bar.update(len(ready))
+    bar.close()
+    return results
+
+
+def _predict_ready(
+    predictor: Predictor, ready: Sequence[tuple[str, np.ndarray, str]], failures: list[tuple[str, str]]
+) -> list[Prediction]:
+    names = [name for name, _, _ in ready]
+    try:
+        results = predictor.predict(np.stack([image for _, image, _ in ready]), names)
+    except NonFiniteOutputError as exc:  # only the inputs it names fail
+        results = exc.results
+        failures.extend(exc.failed.items())
+    digests = {name: digest for name, _, digest in ready}
+    for prediction in results:
+        prediction.input_sha256 = digests[prediction.source]
+    return list(results)

@@ -469,6 +469,11 @@ def _stretch(values: np.ndarray, low: float, high: float, invert: bool) -> np.nd
 
 def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read and decode one file. Never follows the caller into writing or deleting it."""
+    return decode_bytes(read_image_file(path), name=str(path), max_pixels=max_pixels)
+
+
+def read_image_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of one image file, within the size limit; ImageDecodeError naming the file otherwise."""
     name = str(path)
     try:
         size = os.path.getsize(path)
@@ -481,7 +486,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
         raise ImageDecodeError(name, _missing_reason(path)) from exc
     except OSError as exc:
         raise ImageDecodeError(name, f"cannot read file: {exc.strerror or exc}") from exc
-    return decode_bytes(data, name=name, max_pixels=max_pixels)
+    return data
 
 
 def _missing_reason(path: str | os.PathLike[str]) -> str:

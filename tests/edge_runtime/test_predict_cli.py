@@ -289,3 +289,31 @@ def test_results_that_cannot_be_written_go_to_stdout(
     assert out.startswith("file,probability,label,decision") and str(inbox / "dark.png") in out
     assert f"cannot write {target}" in err and "the results follow on stdout" in err
     assert f"FAILED {target}: results not written" in err and "1 images classified" in err
+
+
+def test_decoding_on_threads_gives_the_serial_results(
+    tiny_bundle: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in range(9):
+        write_image(inbox / "more" / f"{i}.png", np.full((90, 60 + i), 20 * i, np.uint8))
+    (inbox / "more" / "4 bad.png").write_text("not an image")
+    documents = []
+    for workers in ("0", "3"):
+        assert (
+            main(["predict", str(tiny_bundle), str(inbox), "--batch", "4", "--workers", workers, "--json"])
+            == 1
+        )
+        documents.append(json.loads(capsys.readouterr().out))
+    serial, threaded = documents
+    assert len(serial["results"]) == 12 and serial["failures"] == threaded["failures"]
+    keys = ("source", "probability", "label", "input_sha256")
+    assert [[r[k] for k in keys] for r in threaded["results"]] == [
+        [r[k] for k in keys] for r in serial["results"]
+    ]
+
+
+def test_a_negative_worker_count_is_a_usage_error(
+    tiny_bundle: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["predict", str(tiny_bundle), str(inbox), "--workers", "-1"]) == 2
+    assert "--workers -1: expected 0..64" in capsys.readouterr().err
