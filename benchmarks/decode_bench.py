@@ -24,6 +24,7 @@ from typing import Any
 
 from benchmarks.errors import BenchConfigError, BenchInputError
 from benchmarks.watch_bench import source_images
+from edge_runtime.contract import SYNTHETIC_WARNING
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,9 @@ def _run(config: DecodeBenchConfig, found: list[Path], log: Any) -> dict[str, An
         "config": config.to_dict(),
         "backend": backend_name,
         "precision": precision,
+        "model_version": bundle.info.model_version,
+        "arch": bundle.info.arch,
+        "synthetic": bundle.info.synthetic,
         "images": len(files),
         "distinct_files": len(found),
         "classified_per_pass": classified,
@@ -210,6 +214,8 @@ def decode_markdown(result: dict[str, Any]) -> list[str]:
         f"- {result['images']} images per pass ({result['distinct_files']} distinct files from "
         f"{source}), batch {config['batch']}, backend {result['backend']} "
         f"{result['precision']}; median of {config['repeats']} interleaved rounds",
+        f"- model {result['model_version']} ({result['arch']})"
+        + (f" [{SYNTHETIC_WARNING}] Only its speed is measured here." if result["synthetic"] else ""),
         "- feed: read + decode + preprocess only; predict: with the model, as `pneumo edge predict --workers N`",
         f"- ratios are to {first} decode thread(s) in this run"
         + (" (0: decoded in the main thread, no overlap)" if first == 0 else ""),

@@ -58,6 +58,7 @@ def test_each_worker_count_gets_a_row_against_the_first(
     assert main(["decode", *argv, "--workers", "1", "--repeats", "1", "--full-size", "300x240", "-o", str(tmp_path / "s")]) == 0  # fmt: skip
     written = next((tmp_path / "s").glob("*/*/decode.md")).read_text()
     assert "upscaled to 300x240 and written as a 16-bit PNG" in written and "| 1 |" in written
+    assert "model tiny-test-1 (tiny) [SYNTHETIC" in written and "Only its speed is measured" in written
     result = json.loads(next((tmp_path / "s").glob("*/*/decode.json")).read_text())["decode"]
     assert (
         result["distinct_files"] == 5 and result["classified_per_pass"] == 12
