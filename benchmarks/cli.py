@@ -403,9 +403,7 @@ def _compare(args: argparse.Namespace, prog: str) -> int:
 
 def watch_main(argv: list[str], prog: str = "pneumo bench watch") -> int:
     from benchmarks.device_facts import collect_device_stamp
-    from benchmarks.report import result_folder
     from benchmarks.watch_bench import WatchBenchConfig, run_watch_bench, watch_markdown
-    from edge_runtime.fileio import atomic_write_json, atomic_write_text
 
     args = _watch_parser(prog).parse_args(argv)
     try:
@@ -427,42 +425,13 @@ def watch_main(argv: list[str], prog: str = "pneumo bench watch") -> int:
         facts = collect_device_stamp()
     except (BenchError, EdgeError) as exc:
         return _error(prog, exc)
-    import datetime as _dt
-
-    now = _dt.datetime.now(_dt.timezone.utc)
-    document = {
-        "schema": "pneumo-bench-watch/1",
-        "created": now.isoformat(timespec="seconds"),
-        "date": now.date().isoformat(),
-        "command": " ".join(shlex.quote(a) for a in ["pneumo", "bench", "watch", *argv]),
-        "device": facts.to_dict(),
-        "watch": watch,
-    }
-    folder = result_folder(args.output, document, marker="watch.json")
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / "watch.json", document)
-    body = [
-        f"# pneumo bench watch on {facts.slug}",
-        "",
-        f"- Command: `{document['command']}`",
-        "",
-        *watch_markdown(watch),
-        "",
-    ]
-    atomic_write_text(folder / "watch.md", "\n".join(body))
-    if args.json:
-        print(json.dumps(document, indent=2, default=str))
-    out = sys.stderr if args.json else sys.stdout
-    print("\n".join(watch_markdown(watch)), file=out)
-    print(f"\nwrote {folder / 'watch.json'} and watch.md", file=out)
+    _publish("watch", argv, args, watch, watch_markdown(watch), facts)
     return 0 if not watch.get("missing") else 1
 
 
 def decode_main(argv: list[str], prog: str = "pneumo bench decode") -> int:
     from benchmarks.decode_bench import DecodeBenchConfig, decode_markdown, run_decode_bench
     from benchmarks.device_facts import collect_device_stamp
-    from benchmarks.report import result_folder
-    from edge_runtime.fileio import atomic_write_json, atomic_write_text
 
     args = _decode_parser(prog).parse_args(argv)
     try:
@@ -487,26 +456,42 @@ def decode_main(argv: list[str], prog: str = "pneumo bench decode") -> int:
         facts = collect_device_stamp()
     except (BenchError, EdgeError) as exc:
         return _error(prog, exc)
+    _publish("decode", argv, args, result, decode_markdown(result), facts)
+    return 0
+
+
+def _publish(
+    kind: str, argv: list[str], args: argparse.Namespace, result: dict[str, Any], table: list[str], facts: Any
+) -> None:
+    """Write OUTPUT/<device>/<date>/KIND.json and KIND.md for ``pneumo bench KIND``; show the table."""
     import datetime as _dt
+
+    from benchmarks.report import result_folder
+    from edge_runtime.fileio import atomic_write_json, atomic_write_text
 
     now = _dt.datetime.now(_dt.timezone.utc)
     document = {
-        "schema": "pneumo-bench-decode/1",
+        "schema": f"pneumo-bench-{kind}/1",
         "created": now.isoformat(timespec="seconds"),
         "date": now.date().isoformat(),
-        "command": " ".join(shlex.quote(a) for a in ["pneumo", "bench", "decode", *argv]),
+        "command": " ".join(shlex.quote(a) for a in ["pneumo", "bench", kind, *argv]),
         "device": facts.to_dict(),
-        "decode": result,
+        kind: result,
     }
-    folder = result_folder(args.output, document, marker="decode.json")
+    folder = result_folder(args.output, document, marker=f"{kind}.json")
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / "decode.json", document)
-    table = decode_markdown(result)
-    body = [f"# pneumo bench decode on {facts.slug}", "", f"- Command: `{document['command']}`", *table, ""]
-    atomic_write_text(folder / "decode.md", "\n".join(body))
+    atomic_write_json(folder / f"{kind}.json", document)
+    body = [
+        f"# pneumo bench {kind} on {facts.slug}",
+        "",
+        f"- Command: `{document['command']}`",
+        "",
+        *table,
+        "",
+    ]
+    atomic_write_text(folder / f"{kind}.md", "\n".join(body))
     if args.json:
         print(json.dumps(document, indent=2, default=str))
     out = sys.stderr if args.json else sys.stdout
     print("\n".join(table), file=out)
-    print(f"\nwrote {folder / 'decode.json'} and decode.md", file=out)
-    return 0
+    print(f"\nwrote {folder / f'{kind}.json'} and {kind}.md", file=out)
