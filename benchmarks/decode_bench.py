@@ -180,19 +180,22 @@ def _rows(
     decode_ms: dict[int, list[float]],
     predict: dict[int, list[float]],
 ) -> list[dict[str, Any]]:
-    base = config.workers[0]
+    # throughput is images / median seconds, so a ratio to the first count is a ratio of seconds
+    base_feed_s, base_predict_s = (
+        statistics.median(feed[config.workers[0]]),
+        statistics.median(predict[config.workers[0]]),
+    )
     rows = []
     for workers in config.workers:
-        feed_ips = images / statistics.median(feed[workers])
-        predict_ips = images / statistics.median(predict[workers])
+        feed_s, predict_s = statistics.median(feed[workers]), statistics.median(predict[workers])
         rows.append(
             {
                 "workers": workers,
-                "feed_images_per_s": round(feed_ips, 2),
-                "predict_images_per_s": round(predict_ips, 2),
+                "feed_images_per_s": round(images / feed_s, 2),
+                "predict_images_per_s": round(images / predict_s, 2),
                 "decode_ms_per_image": round(statistics.median(decode_ms[workers]), 3),
-                "feed_vs_first": round(feed_ips / (images / statistics.median(feed[base])), 3),
-                "predict_vs_first": round(predict_ips / (images / statistics.median(predict[base])), 3),
+                "feed_vs_first": round(base_feed_s / feed_s, 3),
+                "predict_vs_first": round(base_predict_s / predict_s, 3),
                 "rounds_s": {
                     "feed": [round(s, 4) for s in feed[workers]],
                     "predict": [round(s, 4) for s in predict[workers]],
