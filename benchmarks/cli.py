@@ -287,9 +287,13 @@ def sigterm_as_interrupt() -> Iterator[None]:
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, interrupt)
+    # A parent that started us with SIGTERM blocked (its mask is inherited across exec) would keep
+    # the signal pending forever, handler or not: seen under pytest after other tests had run.
+    previous_mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         # None: a handler set outside Python, which cannot be put back; the default is the closest.
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 

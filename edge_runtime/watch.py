@@ -210,6 +210,8 @@ class WatchDaemon:
         # SIGHUP's default kills without cleanup, and systemd does not restart a service that
         # SIGHUP stopped; a closed terminal or a stray 'reload' must not stop the clinic's inbox.
         signal.signal(signal.SIGHUP, self._on_hangup)
+        # a mask inherited from whatever started us (exec keeps it) would hold these pending forever
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
     # -- startup --------------------------------------------------------
     def open_model(self) -> tuple[Bundle, Backend] | None:

@@ -101,8 +101,10 @@ def test_a_bad_watch_setting_is_refused_before_the_benchmark(
     assert not out.exists()  # refused before anything was measured or written
 
 
-def test_sigterm_cleans_up_like_ctrl_c(tiny_bundle: Path, tmp_path: Path) -> None:
-    """``timeout 60 pneumo bench ...`` must not leave /tmp/pneumo-bench-*/ behind."""
+@pytest.mark.parametrize("blocked", [False, True], ids=["plain", "sigterm-blocked-by-parent"])
+def test_sigterm_cleans_up_like_ctrl_c(tiny_bundle: Path, tmp_path: Path, blocked: bool) -> None:
+    """``timeout 60 pneumo bench ...`` must not leave /tmp/pneumo-bench-*/ behind, also when the
+    parent started it with SIGTERM blocked (an inherited mask once left it running after SIGTERM)."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     # PYTHONFAULTHANDLER: if it ever hangs after SIGTERM, SIGABRT makes it print every thread's stack
@@ -118,7 +120,18 @@ def test_sigterm_cleans_up_like_ctrl_c(tiny_bundle: Path, tmp_path: Path) -> Non
     ]
     argv += ["--batch", "1", "--duration", "600", "--warmup", "0", "--cold-start-repeats", "0"]
     argv += ["--no-e2e", "--no-trtexec", "-o", str(tmp_path / "out"), "--quiet"]
-    proc = subprocess.Popen(argv, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
+
+    def block_sigterm() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=block_sigterm if blocked else None,
+    )
     try:
         deadline = time.monotonic() + 120  # a wait for the run to start, not a timing
         while (

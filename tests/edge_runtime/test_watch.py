@@ -334,6 +334,23 @@ def test_sigterm_during_a_busy_inbox_exits_zero_and_loses_nothing(
         assert (inbox / name).read_bytes() == inputs[name]
 
 
+def test_sigterm_stops_a_daemon_started_with_sigterm_blocked(
+    tiny_bundle: Path, boxes: tuple[Path, Path]
+) -> None:
+    """A blocked-signal mask survives exec: whatever starts the daemon with SIGTERM blocked must not
+    make 'systemctl stop' or a supervisor's SIGTERM wait forever."""
+    inbox, outbox = boxes
+
+    def block_stop_signals() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})
+
+    with Daemon(tiny_bundle, inbox, outbox, preexec_fn=block_stop_signals).start() as daemon:
+        daemon.wait_started()
+        daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        daemon.wait_event("hangup_ignored", 30)
+        assert daemon.signal(signal.SIGTERM, timeout=30) == 0
+
+
 def test_second_daemon_on_the_same_outbox_is_refused(tiny_bundle: Path, boxes: tuple[Path, Path]) -> None:
     inbox, outbox = boxes
     with Daemon(tiny_bundle, inbox, outbox).start() as first:
