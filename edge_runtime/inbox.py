@@ -343,7 +343,10 @@ class InboxWatcher:
         sig = self.left.get(name)
         if sig is None:
             return False
-        if sig == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns):
+        # size, mtime and ctime, not the inode and device: a share mounted again after a reboot
+        # comes back under another device number (and, CIFS noserverino, other inodes) while the
+        # server keeps the times; a file replaced or fixed (chattr -i) has a new ctime anyway
+        if (sig[0], sig[1], sig[4]) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
             return True
         del self.left[name]  # fixed (chattr -i changes ctime), touched or delivered again: an input
         self.left_changed = True

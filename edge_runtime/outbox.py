@@ -49,6 +49,9 @@ A network share gets a new device number (and, with CIFS ``noserverino``, new
 inode numbers) each time it is mounted. A recovery therefore also accepts,
 once the inbox is evidently that share mounted again (:func:`share_remounted`),
 a regular file at the claimed path with the claimed size, mtime and sha256.
+The same proof is accepted on the claimed filesystem itself when the inode
+number changed: a ``noserverino`` share can come back under the device number
+it had, since anonymous numbers are reused.
 """
 
 from __future__ import annotations
@@ -97,7 +100,8 @@ _PROBE_PREFIX = ".pneumo-probe-"
 _CHUNK = 1 << 20
 
 Warn = Callable[[str, dict[str, object]], None]
-#: the identity of an input left in the inbox: size, mtime_ns, inode, device, ctime_ns
+#: an input left in the inbox as last seen: size, mtime_ns, inode, device, ctime_ns (the
+#: inbox watcher compares size and times only: inode and device change when a share is remounted)
 LeftSignature = tuple[int, int, int, int, int]
 
 
@@ -209,6 +213,15 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
 
 
+def _copy_of_the_input(entry: JournalEntry, st: os.stat_result) -> bool:
+    """Another inode of the claimed filesystem: maybe the original renumbered, maybe a copy.
+
+    Its bytes are the input's, so it may take the input's result; but beside a verified copy
+    in the outbox it is never unlinked, since it may be a file someone delivered again.
+    """
+    return st.st_dev == entry.dev and st.st_ino != entry.ino
+
+
 def share_remounted(entry_dev: int, inbox_dev: int, parent_dev: int) -> bool:
     """Is the inbox a share mounted again, under a new device number, since the input was claimed?
 
@@ -288,6 +301,8 @@ class Outbox:
         self._name_max: dict[str, int] = {}
         #: names of claimed inputs decided by the share-remount rule in the current finish
         self._remount_decided: list[str] = []
+        #: names of claimed inputs found under another inode of their filesystem, by content
+        self._content_decided: list[str] = []
 
     def ensure_layout(self) -> None:
         """Check the root is ours, create the sub-folders; raise OSError (with errno) when unusable."""
@@ -485,12 +500,21 @@ class Outbox:
     def _identifies(self, entry: JournalEntry, st: os.stat_result, path: Path, verify_content: bool) -> bool:
         """Is the file at ``path`` (stat ``st``) the input of ``entry``?
 
-        The same file (:func:`_same_input`); or, in a recovery (``verify_content``) once the
-        inbox share is back under a new device number, a regular file with the same size,
-        mtime and sha256 (:func:`_same_content`). Folders, links and entries without a
-        sha256 have no such proof: they are never matched across a remount.
+        The same file (:func:`_same_input`); or a regular file with the same size, mtime and
+        sha256 (:func:`_same_content`) either under another inode of the same filesystem, or,
+        in a recovery (``verify_content``) once the inbox share is back under a new device
+        number, anywhere on it. Folders, links and entries without a sha256 have no such
+        proof: they are never matched by content.
         """
         if _same_input(entry, st, path, verify_content):
+            return True
+        if entry.dev and _copy_of_the_input(entry, st):
+            # one filesystem, another inode: CIFS ``noserverino`` makes inode numbers up at each
+            # mount, and a reboot can hand the share the device number it had (anonymous numbers
+            # are reused, smallest first); or a copy of the input with its bytes and mtime
+            if not _same_content(entry, st, path):
+                return False
+            self._content_decided.append(entry.name)
             return True
         if not (verify_content and st.st_dev != entry.dev and self._share_remounted(entry)):
             return False
@@ -541,6 +565,7 @@ class Outbox:
         """
         failpoint = failpoint or Failpoint()
         self._remount_decided = []
+        self._content_decided = []
         touched: set[Path] = set()
         kept: list[JournalEntry] = []
         changed = False
@@ -564,6 +589,13 @@ class Outbox:
                 "claimed (a reboot or remount): its inputs were recognised by name, size, mtime and "
                 "sha256, and those no longer in it recorded as not moved; nothing to do",
                 {"inbox": str(self.inbox), "names": sorted(set(self._remount_decided))},
+            )
+        if self._content_decided:
+            warn(
+                "claimed inputs are now other files of the same name (other inode numbers: a share "
+                "that makes them up, such as CIFS noserverino, mounted again, or a copy): each was "
+                "recognised by its size, mtime and sha256 and moved once; nothing to do",
+                {"inbox": str(self.inbox), "names": sorted(set(self._content_decided))},
             )
         if changed:
             # what was decided about stuck or replaced inputs holds if we crash from here on
@@ -643,7 +675,12 @@ class Outbox:
         at_source = _lstat(source)
         source_is_entry = at_source is not None and self._identifies(entry, at_source, source, verify_content)
         if at_target is not None and self._is_ours(entry, at_target, target):
-            if at_source is not None and source_is_entry and not _same_file(at_source, at_target):
+            if (
+                at_source is not None
+                and source_is_entry
+                and not _copy_of_the_input(entry, at_source)
+                and not _same_file(at_source, at_target)
+            ):
                 # crash between a verified copy and the unlink of the inbox original. Compared with
                 # the original itself, not with entry.dev: after a reboot the share has a new number
                 # and the outbox may even have the one the share had (anonymous numbers are reused)

@@ -527,6 +527,95 @@ def test_a_remounted_share_never_passes_off_another_file_as_the_input(
     assert _remount_warnings(warnings) == []
 
 
+def _reboot_share_under_its_number(box: Outbox, mounts: Mounts, keep: dict[str, bytes] | None = None) -> None:
+    """The share comes back after a reboot under the device number it had (anonymous numbers are
+    reused, smallest free first) and, as with CIFS ``noserverino``, with other inode numbers."""
+    saved = {p.name: (p.read_bytes(), os.lstat(p)) for p in box.inbox.iterdir()}
+    before = os.stat(box.inbox).st_dev
+    umount(box.inbox)
+    for _ in range(16):  # each mount takes the smallest free number; held ones stack under the inbox
+        mounts.tmpfs(box.inbox)
+        if os.stat(box.inbox).st_dev == before:
+            break
+    else:
+        pytest.fail("the kernel did not hand the freed device number out again")
+    for i in range(len(saved) + 2):  # tmpfs numbers inodes per mount, from the same start
+        (box.inbox / f".filler{i}").write_bytes(b"")
+        (box.inbox / f".filler{i}").unlink()
+    for name, (data, old) in saved.items():
+        if keep is not None and name not in keep:
+            continue
+        path = box.inbox / name
+        path.write_bytes(data if keep is None else keep[name])
+        os.utime(path, ns=(old.st_mtime_ns, old.st_mtime_ns))
+        now = os.lstat(path)
+        assert now.st_dev == old.st_dev and now.st_ino != old.st_ino, name
+
+
+def _content_warnings(warnings: Warnings) -> list[dict[str, object]]:
+    return [fields for msg, fields in warnings if "other inode numbers" in msg]
+
+
+def test_after_a_reboot_a_share_under_its_old_device_number_with_new_inodes_is_finished_from_it(
+    share_box: Outbox, mounts: Mounts
+) -> None:
+    """Same device number, other inodes: the claimed inputs are recognised by their bytes, once."""
+    data = {name: png_bytes(200, seed=i) for i, name in enumerate(("a.png", "b.png", "changed.png"))}
+    for name, content in data.items():
+        (share_box.inbox / name).write_bytes(content)
+    _claim(share_box, dict.fromkeys(data, "done"))  # the journal the crash left
+    flipped = bytearray(data["changed.png"])
+    flipped[-1] ^= 0xFF  # same size and mtime, other bytes: another image
+    _reboot_share_under_its_number(share_box, mounts, keep={**data, "changed.png": bytes(flipped)})
+    recovered = share_box.journal.read()
+    assert recovered is not None
+    warnings: Warnings = []
+    share_box.finish(recovered, _collect(warnings), verify_content=True)
+    assert {r["original_name"]: r["moved_to"] for r in _jsonl(share_box)} == {
+        "a.png": "done/a.png",
+        "b.png": "done/b.png",
+        "changed.png": None,
+    }
+    assert all((share_box.done / n).read_bytes() == data[n] for n in ("a.png", "b.png"))
+    assert os.listdir(share_box.inbox) == ["changed.png"]  # processed later as a new input
+    assert (share_box.inbox / "changed.png").read_bytes() == bytes(flipped)
+    assert _content_warnings(warnings) == [{"inbox": str(share_box.inbox), "names": ["a.png", "b.png"]}]
+    assert _remount_warnings(warnings) == []
+
+
+def test_a_live_input_swapped_for_a_copy_with_its_bytes_and_mtime_is_still_the_input(outbox: Outbox) -> None:
+    data = png_bytes(200, seed=1)
+    (outbox.inbox / "a.png").write_bytes(data)
+    claim = _claim(outbox, {"a.png": "done"})
+    shutil.copy2(outbox.inbox / "a.png", outbox.inbox / "a.png.copy")
+    os.rename(outbox.inbox / "a.png.copy", outbox.inbox / "a.png")  # a new inode, the same bytes and mtime
+    assert os.lstat(outbox.inbox / "a.png").st_ino != claim.entries[0].ino
+    warnings: Warnings = []
+    outbox.finish(claim, _collect(warnings))
+    assert [r["moved_to"] for r in _jsonl(outbox)] == ["done/a.png"]
+    assert (outbox.done / "a.png").read_bytes() == data and os.listdir(outbox.inbox) == []
+    assert _content_warnings(warnings) == [{"inbox": str(outbox.inbox), "names": ["a.png"]}]
+
+
+def test_a_copy_beside_a_verified_move_is_never_unlinked(tmp_path: Path, mounts: Mounts) -> None:
+    """Killed after the copy into done/, before the unlink; the original since replaced by a copy
+    of it (a new inode of that filesystem). It may be a delivery made again: it stays."""
+    disk = mounts.tmpfs(tmp_path / "disk")
+    (disk / "in").mkdir()
+    inbox = mounts.bind(disk / "in", tmp_path / "in")
+    box = Outbox(disk / "out", inbox)
+    box.ensure_layout()
+    data = png_bytes(200, seed=1)
+    (inbox / "a.png").write_bytes(data)
+    claim = _claim(box, {"a.png": "done"})
+    shutil.copy2(inbox / "a.png", box.done / "a.png")  # the verified copy; killed before the unlink
+    shutil.copy2(inbox / "a.png", inbox / "again.tmp")
+    os.rename(inbox / "again.tmp", inbox / "a.png")
+    box.finish(claim, _collect([]), verify_content=True)
+    assert (inbox / "a.png").read_bytes() == data and (box.done / "a.png").read_bytes() == data
+    assert [r["moved_to"] for r in _jsonl(box)] == ["done/a.png"]
+
+
 def test_a_local_inbox_with_something_mounted_over_it_still_waits(tmp_path: Path, mounts: Mounts) -> None:
     """A plain folder at claim time, a filesystem mounted over it now: its files are hidden, not gone."""
     (tmp_path / "in").mkdir()

@@ -479,6 +479,52 @@ def test_reboot_with_the_share_back_without_a_claimed_file_decides_it_at_once(
     assert warning["names"] == sorted(claimed), warning
 
 
+def share_back_under_its_device_number(share: Share) -> None:
+    """The machine reboots; the share comes back under the device number it had, with other inodes.
+
+    Anonymous device numbers are handed out smallest free first, so a CIFS share mounted again
+    often gets its old number back, and with ``noserverino`` CIFS makes its inode numbers up:
+    here the server's tmpfs is unmounted (freeing its number) and a new tmpfs mounted on the
+    inbox until it gets that number, holding the server's files copied with their mtimes.
+    """
+    saved = {p.name: (p.read_bytes(), os.lstat(p)) for p in share.export.iterdir()}
+    number = os.stat(share.export).st_dev
+    share.unmount()
+    umount(share.export)
+    for _ in range(16):  # each mount takes the smallest free number; held ones stack under the inbox
+        result = mount("-t", "tmpfs", "-o", "size=16m", "tmpfs", str(share.inbox))
+        assert result.returncode == 0, result.stderr
+        if os.stat(share.inbox).st_dev == number:
+            break
+    else:
+        pytest.fail("the kernel did not hand the freed device number out again")
+    for i in range(len(saved) + 2):  # tmpfs numbers inodes per mount, from the same start
+        (share.inbox / f".filler {i}").write_bytes(b"")
+        (share.inbox / f".filler {i}").unlink()
+    for name, (data, old) in saved.items():
+        deliver(share.inbox, name, data)
+        os.utime(share.inbox / name, ns=(old.st_mtime_ns, old.st_mtime_ns))
+        now = os.lstat(share.inbox / name)
+        assert now.st_dev == old.st_dev and now.st_ino != old.st_ino, name
+
+
+def test_reboot_with_the_share_back_under_its_device_number_and_new_inodes_finishes_the_claim_once(
+    tiny_bundle: Path, tmp_path: Path, share: Share
+) -> None:
+    inbox, outbox = share.inbox, tmp_path / "outbox"
+    inputs = fill(inbox, 10)
+    claimed = crash_with_a_claimed_batch(tiny_bundle, inbox, outbox)
+    share_back_under_its_device_number(share)
+    daemon = boot_and_finish(tiny_bundle, inbox, outbox, len(inputs))
+    records = assert_exactly_once(outbox, inputs, failed=set(BAD))
+    assert Counter(r["original_name"] for r in jsonl_records(outbox)) == Counter(list(inputs))
+    for name in claimed:
+        assert (outbox / records[name]["moved_to"]).read_bytes() == inputs[name], name
+    recognised = [e for e in daemon.events() if e["event"] == "outbox_warning" and "inode" in e["msg"]]
+    assert [w["names"] for w in recognised] == [sorted(claimed)], recognised
+    assert remount_warnings(daemon) == []
+
+
 def test_reboot_with_a_claimed_file_replaced_on_the_share_processes_the_new_file_on_its_own(
     tiny_bundle: Path, tmp_path: Path, share: Share
 ) -> None:
@@ -507,3 +553,92 @@ def test_reboot_with_a_claimed_file_replaced_on_the_share_processes_the_new_file
         (record,) = (r for r in records if r["original_name"] == name)
         assert (outbox / record["moved_to"]).read_bytes() == inputs[name]
     assert not (outbox / ".pneumo" / "journal.json").exists()
+
+
+class LoopDisk:
+    """An ext4 image on a loop device mounted on ``inbox/``: a disk that keeps inode numbers and
+    ctimes, so "mounted again" can be told apart from "replaced". Attached to a second loop device
+    and mounted from there, it is the same files under another device number (an NFS share after
+    a reboot)."""
+
+    def __init__(self, root: Path) -> None:
+        self.image = root / "share.img"
+        self.inbox = root / "inbox"
+        self.devices: list[str] = []
+
+    def _attach(self) -> str:
+        result = subprocess.run(
+            ["losetup", "--find", "--show", str(self.image)], capture_output=True, text=True, timeout=30
+        )
+        if result.returncode != 0:
+            pytest.skip(f"no loop device here: {result.stderr.strip()}")
+        self.devices.append(result.stdout.strip())
+        return self.devices[-1]
+
+    def setup(self) -> None:
+        if shutil.which("mkfs.ext4") is None or shutil.which("losetup") is None:
+            pytest.skip("mkfs.ext4 and losetup are needed for a disk that keeps inodes and ctimes")
+        with open(self.image, "wb") as handle:
+            handle.truncate(16 << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(self.image)], check=True, timeout=60)
+        self.inbox.mkdir()
+        result = mount(self._attach(), str(self.inbox))
+        assert result.returncode == 0, result.stderr
+
+    def remount_under_another_number(self) -> None:
+        second = self._attach()  # while the first is still attached: surely another device
+        subprocess.run(["umount", str(self.inbox)], check=True, timeout=30)
+        result = mount(second, str(self.inbox))
+        assert result.returncode == 0, result.stderr
+
+    def teardown(self) -> None:
+        for _ in range(4):
+            if not is_mounted(self.inbox):
+                break
+            subprocess.run(["umount", str(self.inbox)], capture_output=True, timeout=30)
+        for device in self.devices:
+            subprocess.run(["losetup", "-d", device], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def loop_disk(tmp_path: Path, can_mount: None) -> Iterator[LoopDisk]:
+    disk = LoopDisk(tmp_path)
+    try:
+        disk.setup()
+        yield disk
+    finally:
+        disk.teardown()
+    assert not is_mounted(disk.inbox)
+
+
+def test_an_input_left_in_the_inbox_is_not_reread_after_the_share_comes_back_under_a_new_number(
+    tiny_bundle: Path, tmp_path: Path, loop_disk: LoopDisk
+) -> None:
+    """A file that cannot be moved (immutable) fails once and is left; a reboot that brings the
+    share back under another device number does not make it an input again."""
+    inbox, outbox = loop_disk.inbox, tmp_path / "outbox"
+    locked = inbox / "locked.png"
+    locked.write_bytes(png_bytes(200, seed=10))
+    subprocess.run(["chattr", "+i", str(locked)], check=True)
+    config = {"input-retries": 1, "quiet-seconds": 0.0}
+    try:
+        with Daemon(tiny_bundle, inbox, outbox, config=config, log_name="first").start() as daemon:
+            daemon.wait_until(lambda: result_count(outbox) >= 1, 60, "the locked file's failure")
+            assert daemon.signal(signal.SIGTERM) == 0
+        before = os.stat(locked)
+        loop_disk.remount_under_another_number()
+        after = os.stat(locked)
+        assert after.st_dev != before.st_dev
+        assert (after.st_ino, after.st_ctime_ns) == (before.st_ino, before.st_ctime_ns)
+        with Daemon(tiny_bundle, inbox, outbox, config=config, log_name="after reboot").start() as daemon:
+            daemon.wait_started()
+            deliver(inbox, "after.png", png_bytes(30, seed=11))
+            daemon.wait_until(lambda: result_count(outbox) >= 2, 60, "the new file's result")
+            time.sleep(1.5)  # several rescans: a file left in the inbox is not read again
+            assert daemon.signal(signal.SIGTERM) == 0
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], capture_output=True)
+    counts = Counter(r["original_name"] for r in jsonl_records(outbox))
+    assert counts == Counter(["locked.png", "after.png"]), counts
+    left = json.loads((outbox / ".pneumo" / "left_in_inbox.json").read_text())
+    assert list(left["inputs"]) == ["locked.png"]
