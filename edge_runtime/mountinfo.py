@@ -1,10 +1,12 @@
 """Which filesystem holds the inbox, read from the kernel's mount table (``/proc/self/mountinfo``).
 
 The watch daemon uses it once at start to tell the operator when the inbox is a network
-share set up in a way the daemon cannot protect: a share mounted on a folder *above* the
-inbox (a crash-claimed batch cannot recognise it after a remount), or a share mounted on
-the inbox without ``inbox-mount = true`` (a restart before the share is mounted would take
-the empty folder for the inbox). Linux only; elsewhere there is no advice, never an error.
+share set up in a way the daemon cannot fully protect: a share mounted on a folder *above*
+the inbox (while it is not mounted, a folder of the inbox's name on the bare mount point
+would be taken for the inbox), or a share mounted on the inbox without
+``inbox-mount = true`` (a restart before the share is mounted would take the empty folder
+for the inbox). :func:`edge_runtime.outbox.mount_point_of` also uses it, to recognise a
+share mounted above the inbox when it comes back under a new device number. Linux only; elsewhere there is no advice, never an error.
 """
 
 from __future__ import annotations
@@ -110,9 +112,9 @@ def share_advice(inbox: Path, entry: MountEntry | None, inbox_mount: bool) -> st
     if entry.mount_point != inbox:
         return (
             f"inbox {inbox} lies inside {where}, mounted on {entry.mount_point}, not on the inbox folder "
-            "itself: if the share comes back under a new device number after a crash (usual after a "
-            "reboot), the inputs of a batch the crash left claimed are classified a second time; mount "
-            "the share on the inbox folder and set inbox-mount = true (deploy/WATCH.md, section 2)"
+            "itself: while the share is not mounted (a start before the network is up, a share that "
+            "dropped away) a folder of that name on the bare mount point would be taken for the inbox; "
+            "mount the share on the inbox folder and set inbox-mount = true (deploy/WATCH.md, section 2)"
         )
     if not inbox_mount:
         return (

@@ -71,6 +71,7 @@ from pathlib import Path
 from edge_runtime.fileio import fsync_dir, sha256_file
 from edge_runtime.inbox import InboxUnavailableError
 from edge_runtime.journal import STATE_DIR, Claim, Journal, JournalEntry
+from edge_runtime.mountinfo import read_mount_of
 from edge_runtime.results import (
     RESULTS_CSV,
     RESULTS_JSONL,
@@ -222,16 +223,32 @@ def _copy_of_the_input(entry: JournalEntry, st: os.stat_result) -> bool:
     return st.st_dev == entry.dev and st.st_ino != entry.ino
 
 
+def mount_point_of(inbox: Path) -> Path:
+    """The folder the inbox's filesystem is mounted on (the inbox, or a folder above it).
+
+    The inbox itself (as the inbox watcher takes it, symlinks resolved) when the mount table
+    cannot say, or says the root filesystem: then its parent is the folder to compare with.
+    """
+    real = Path(os.path.realpath(inbox))
+    entry = read_mount_of(real)
+    if entry is None or entry.mount_point == Path("/") or not real.is_relative_to(entry.mount_point):
+        return real
+    return entry.mount_point
+
+
 def share_remounted(entry_dev: int, inbox_dev: int, parent_dev: int) -> bool:
     """Is the inbox a share mounted again, under a new device number, since the input was claimed?
 
     CIFS and NFS get an anonymous device number at mount time, in mount order, so after a
     reboot the same share often comes back with another ``st_dev`` (and, with CIFS
-    ``noserverino``, other inode numbers). The evidence, all three needed:
+    ``noserverino``, other inode numbers). ``parent_dev`` is the device of the folder holding
+    the share's mount point (:func:`mount_point_of`): the inbox's parent when the share is
+    mounted on the inbox, the parent of ``/mnt/share`` for a share mounted there holding
+    ``/mnt/share/inbox``. The evidence, all three needed:
 
     * ``entry_dev != inbox_dev``: the inbox is not the filesystem the input was claimed on;
-    * ``inbox_dev != parent_dev``: something is mounted on the inbox now, so it is not the
-      empty mount point of a share not mounted yet (that one waits);
+    * ``inbox_dev != parent_dev``: a filesystem is mounted on the inbox (or above it) now, so
+      it is not the empty mount point of a share not mounted yet (that one waits);
     * ``entry_dev != parent_dev``: the input was not on the parent's filesystem either, so the
       inbox was not a plain local folder then, now hidden under something mounted over it
       (its files are still there underneath: that waits too).
@@ -491,11 +508,13 @@ class Outbox:
         return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
 
     def _share_remounted(self, entry: JournalEntry) -> bool:
-        """:func:`share_remounted` for the inbox as it is now (its parent as the inbox watcher takes it)."""
-        st, parent = _stat(self.inbox), _stat(self.inbox.parent)
-        if st is None or parent is None or not stat.S_ISDIR(st.st_mode):
+        """:func:`share_remounted` for the inbox as it is now, and the folder its filesystem is
+        mounted on: the inbox itself, or a folder above it (a share on /mnt/share holding the inbox)."""
+        st = _stat(self.inbox)
+        if st is None or not stat.S_ISDIR(st.st_mode):
             return False
-        return share_remounted(entry.dev, st.st_dev, parent.st_dev)
+        parent = _stat(mount_point_of(self.inbox).parent)
+        return parent is not None and share_remounted(entry.dev, st.st_dev, parent.st_dev)
 
     def _identifies(self, entry: JournalEntry, st: os.stat_result, path: Path, verify_content: bool) -> bool:
         """Is the file at ``path`` (stat ``st``) the input of ``entry``?
@@ -689,6 +708,20 @@ class Outbox:
             return set()
         if at_source is None and require_inbox:
             self._require_inbox(entry)
+        elif (
+            require_inbox
+            and not source_is_entry
+            and at_source is not None
+            and entry.dev
+            and at_source.st_dev != entry.dev
+            and not self._share_remounted(entry)
+        ):
+            # another filesystem than the claim's, and not the share back: one mounted over a
+            # plain inbox folder (or above it) hides the input underneath, so wait as for a gone inbox
+            raise InboxGoneError(
+                f"{self.inbox}: inbox is on another filesystem than when {entry.name} was claimed "
+                "(something mounted over it?); the interrupted batch is finished when it is back"
+            )
         if (
             not source_is_entry
             and at_source is not None

@@ -52,7 +52,7 @@ def test_share_advice_names_what_to_change() -> None:
     local = MountEntry(Path("/"), "ext4", "/dev/root")
     advice = share_advice(inbox, above, inbox_mount=True)
     assert advice and "mounted on /srv/xray, not on the inbox folder itself" in advice
-    assert "classified a second time" in advice and "inbox-mount = true" in advice
+    assert "bare mount point" in advice and "inbox-mount = true" in advice
     advice = share_advice(inbox, on_inbox, inbox_mount=False)
     assert advice and "set inbox-mount = true" in advice and "nas:/inbox" in advice
     assert share_advice(inbox, on_inbox, inbox_mount=True) is None

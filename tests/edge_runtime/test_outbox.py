@@ -667,6 +667,38 @@ def test_a_verified_copy_on_the_inbox_device_has_its_original_removed(tmp_path: 
     assert os.listdir(inbox) == [] and (box.done / "a.png").read_bytes() == data
 
 
+def test_a_share_mounted_above_the_inbox_is_recognised_and_a_local_folder_hidden_by_one_waits(
+    tmp_path: Path, mounts: Mounts
+) -> None:
+    """``mnt/inbox``: claimed on a share mounted on ``mnt/`` and back under a new number, it is
+    finished from the share; claimed as a plain folder and now under a share, it waits."""
+    data = png_bytes(200, seed=1)
+    for case in ("share", "local"):
+        mnt = tmp_path / case / "mnt"
+        mnt.mkdir(parents=True)
+        if case == "share":
+            mounts.tmpfs(mnt)
+        (mnt / "inbox").mkdir()
+        box = Outbox(tmp_path / case / "out", mnt / "inbox")
+        box.ensure_layout()
+        (box.inbox / "a.png").write_bytes(data)
+        mtime_ns = os.lstat(box.inbox / "a.png").st_mtime_ns
+        claim = _claim(box, {"a.png": "done"})
+        mounts.tmpfs(mnt)  # over the old one, which keeps its number: surely a new one
+        (mnt / "inbox").mkdir()
+        (box.inbox / "a.png").write_bytes(data)
+        os.utime(box.inbox / "a.png", ns=(mtime_ns, mtime_ns))
+        warnings: Warnings = []
+        if case == "local":
+            with pytest.raises(InboxGoneError, match="another filesystem"):
+                box.finish(claim, _collect(warnings), verify_content=True)
+            assert box.journal.read() is not None and not box.jsonl.path.exists()
+            continue
+        box.finish(claim, _collect(warnings), verify_content=True)
+        assert [r["moved_to"] for r in _jsonl(box)] == ["done/a.png"] and os.listdir(box.inbox) == []
+        assert _remount_warnings(warnings) == [{"inbox": str(box.inbox), "names": ["a.png"]}]
+
+
 # -- across filesystems --------------------------------------------------------------
 @pytest.fixture
 def shm_inbox(tmp_path: Path) -> Iterator[Path]:

@@ -479,6 +479,42 @@ def test_reboot_with_the_share_back_without_a_claimed_file_decides_it_at_once(
     assert warning["names"] == sorted(claimed), warning
 
 
+def test_reboot_with_a_share_mounted_above_the_inbox_back_under_a_new_number_finishes_the_claim(
+    tiny_bundle: Path, tmp_path: Path, can_mount: None
+) -> None:
+    """The share is mounted on ``mnt/`` and the inbox is its folder ``mnt/inbox``: after a reboot
+    under a new device number the claimed inputs are recognised there too, at once."""
+    server, mnt = tmp_path / "server", tmp_path / "mnt"
+    for folder in (server, mnt):
+        folder.mkdir()
+    inbox, outbox = mnt / "inbox", tmp_path / "outbox"
+    try:
+        assert mount("-t", "tmpfs", "-o", "size=16m", "tmpfs", str(server)).returncode == 0
+        (server / "inbox").mkdir()
+        assert mount("--bind", str(server), str(mnt)).returncode == 0
+        inputs = fill(inbox, 10)
+        claimed = crash_with_a_claimed_batch(tiny_bundle, inbox, outbox)
+        saved = {p.name: (p.read_bytes(), os.lstat(p).st_mtime_ns) for p in inbox.iterdir()}
+        umount(mnt)  # the server's tmpfs stays mounted: the new one cannot get its number
+        assert mount("-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)).returncode == 0
+        assert os.stat(mnt).st_dev != os.stat(server).st_dev
+        inbox.mkdir()
+        for name, (data, mtime_ns) in saved.items():
+            deliver(inbox, name, data)
+            os.utime(inbox / name, ns=(mtime_ns, mtime_ns))
+        daemon = boot_and_finish(tiny_bundle, inbox, outbox, len(inputs))
+    finally:
+        for path in (mnt, mnt, server):
+            if is_mounted(path):
+                umount(path)
+    records = assert_exactly_once(outbox, inputs, failed=set(BAD))
+    for name in claimed:
+        assert (outbox / records[name]["moved_to"]).read_bytes() == inputs[name], name
+    (warning,) = remount_warnings(daemon)
+    assert warning["names"] == sorted(claimed), warning
+    assert not is_mounted(mnt) and not is_mounted(server)
+
+
 def share_back_under_its_device_number(share: Share) -> None:
     """The machine reboots; the share comes back under the device number it had, with other inodes.
 
