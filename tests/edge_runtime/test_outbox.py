@@ -35,7 +35,7 @@ from edge_runtime.outbox import (
     share_remounted,
 )
 from edge_runtime.results import CSV_COLUMNS
-from tests.edge_runtime.watch_harness import is_mounted, mount, png_bytes, umount
+from tests.edge_runtime.watch_harness import is_mounted, mount, png_bytes, tmpfs_under_number, umount
 
 Warnings = list[tuple[str, dict[str, object]]]
 
@@ -533,15 +533,7 @@ def _reboot_share_under_its_number(box: Outbox, mounts: Mounts, keep: dict[str, 
     saved = {p.name: (p.read_bytes(), os.lstat(p)) for p in box.inbox.iterdir()}
     before = os.stat(box.inbox).st_dev
     umount(box.inbox)
-    for _ in range(16):  # each mount takes the smallest free number; held ones stack under the inbox
-        mounts.tmpfs(box.inbox)
-        if os.stat(box.inbox).st_dev == before:
-            break
-    else:
-        pytest.fail("the kernel did not hand the freed device number out again")
-    for i in range(len(saved) + 2):  # tmpfs numbers inodes per mount, from the same start
-        (box.inbox / f".filler{i}").write_bytes(b"")
-        (box.inbox / f".filler{i}").unlink()
+    tmpfs_under_number(box.inbox, before, mounts.tmpfs)
     for name, (data, old) in saved.items():
         if keep is not None and name not in keep:
             continue
@@ -600,12 +592,8 @@ def test_a_live_input_swapped_for_a_copy_with_its_bytes_and_mtime_is_still_the_i
 def test_a_copy_beside_a_verified_move_is_never_unlinked(tmp_path: Path, mounts: Mounts) -> None:
     """Killed after the copy into done/, before the unlink; the original since replaced by a copy
     of it (a new inode of that filesystem). It may be a delivery made again: it stays."""
-    disk = mounts.tmpfs(tmp_path / "disk")
-    (disk / "in").mkdir()
-    inbox = mounts.bind(disk / "in", tmp_path / "in")
-    box = Outbox(disk / "out", inbox)
-    box.ensure_layout()
-    data = png_bytes(200, seed=1)
+    box = _box_on_two_mounts_of_one_disk(tmp_path, mounts)
+    inbox, data = box.inbox, png_bytes(200, seed=1)
     (inbox / "a.png").write_bytes(data)
     claim = _claim(box, {"a.png": "done"})
     shutil.copy2(inbox / "a.png", box.done / "a.png")  # the verified copy; killed before the unlink
@@ -647,15 +635,21 @@ def test_a_verified_copy_whose_original_was_not_yet_removed_is_completed_after_a
     assert [r["moved_to"] for r in _jsonl(share_box)] == ["done/a.png"]
 
 
+def _box_on_two_mounts_of_one_disk(tmp_path: Path, mounts: Mounts) -> Outbox:
+    """Inbox and outbox on one tmpfs seen through two mounts: one device number, yet a rename
+    between them is EXDEV, so inputs are copied."""
+    disk = mounts.tmpfs(tmp_path / "disk")
+    (disk / "in").mkdir()
+    box = Outbox(disk / "out", mounts.bind(disk / "in", tmp_path / "in"))
+    box.ensure_layout()
+    return box
+
+
 def test_a_verified_copy_on_the_inbox_device_has_its_original_removed(tmp_path: Path, mounts: Mounts) -> None:
     """Inbox and outbox on one filesystem through two mounts: a rename is EXDEV, so the input is
     copied, and the copy has the original's device number; the original must still go."""
-    disk = mounts.tmpfs(tmp_path / "disk")
-    (disk / "in").mkdir()
-    inbox = mounts.bind(disk / "in", tmp_path / "in")
-    box = Outbox(disk / "out", inbox)
-    box.ensure_layout()
-    data = png_bytes(200, seed=1)
+    box = _box_on_two_mounts_of_one_disk(tmp_path, mounts)
+    inbox, data = box.inbox, png_bytes(200, seed=1)
     (inbox / "a.png").write_bytes(data)
     claim = _claim(box, {"a.png": "done"})
     with pytest.raises(OSError) as crossed:

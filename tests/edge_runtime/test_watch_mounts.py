@@ -24,7 +24,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from tests.edge_runtime.watch_harness import (
     png_bytes,
     result_count,
     sha256,
+    tmpfs_under_number,
     umount,
 )
 
@@ -410,6 +411,31 @@ def share_back_under_a_new_device_number(share: Share) -> None:
         assert (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino)
 
 
+def share_back_under_its_device_number(share: Share) -> None:
+    """The machine reboots; the share comes back under the device number it had, with other inodes.
+
+    Anonymous device numbers are handed out smallest free first, so a CIFS share mounted again
+    often gets its old number back, and with ``noserverino`` CIFS makes its inode numbers up:
+    here the server's tmpfs is unmounted (freeing its number) and a new one mounted on the
+    inbox under that number, holding the server's files copied with their mtimes.
+    """
+    saved = {p.name: (p.read_bytes(), os.lstat(p)) for p in share.export.iterdir()}
+    number = os.stat(share.export).st_dev
+    share.unmount()
+    umount(share.export)
+
+    def mount_tmpfs(path: Path) -> None:
+        result = mount("-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path))
+        assert result.returncode == 0, result.stderr
+
+    tmpfs_under_number(share.inbox, number, mount_tmpfs)
+    for name, (data, old) in saved.items():
+        deliver(share.inbox, name, data)
+        os.utime(share.inbox / name, ns=(old.st_mtime_ns, old.st_mtime_ns))
+        now = os.lstat(share.inbox / name)
+        assert now.st_dev == old.st_dev and now.st_ino != old.st_ino, name
+
+
 def remount_warnings(daemon: Daemon) -> list[dict[str, Any]]:
     return [e for e in daemon.events() if e["event"] == "outbox_warning" and "new device number" in e["msg"]]
 
@@ -438,21 +464,31 @@ def boot_and_finish(bundle: Path, inbox: Path, outbox: Path, results: int) -> Da
     return daemon
 
 
-def test_reboot_with_the_share_back_under_a_new_device_number_finishes_the_claim_from_it(
-    tiny_bundle: Path, tmp_path: Path, share: Share
+@pytest.mark.parametrize(
+    ("reboot", "phrase"),
+    [
+        (share_back_under_a_new_device_number, "new device number"),
+        (share_back_under_its_device_number, "other inode numbers"),
+    ],
+    ids=["new-device-number", "same-number-new-inodes"],
+)
+def test_reboot_with_the_share_back_finishes_the_claim_from_it_once(
+    tiny_bundle: Path, tmp_path: Path, share: Share, reboot: Callable[[Share], None], phrase: str
 ) -> None:
     inbox, outbox = share.inbox, tmp_path / "outbox"
     inputs = fill(inbox, 10)
     claimed = crash_with_a_claimed_batch(tiny_bundle, inbox, outbox)
-    share_back_under_a_new_device_number(share)
+    reboot(share)
     daemon = boot_and_finish(tiny_bundle, inbox, outbox, len(inputs))
     records = assert_exactly_once(outbox, inputs, failed=set(BAD))
     assert Counter(r["original_name"] for r in jsonl_records(outbox)) == Counter(list(inputs))
     for name in claimed:
-        assert records[name]["moved_to"], f"{name}: the claimed input was not moved"
-        assert (outbox / records[name]["moved_to"]).read_bytes() == inputs[name]
-    (warning,) = remount_warnings(daemon)
-    assert warning["names"] == sorted(claimed) and warning["inbox"] == str(inbox), warning
+        assert (outbox / records[name]["moved_to"]).read_bytes() == inputs[name], name
+    warnings = [e for e in daemon.events() if e["event"] == "outbox_warning"]
+    assert [(w["names"], w["inbox"]) for w in warnings if phrase in w["msg"]] == [
+        (sorted(claimed), str(inbox))
+    ]
+    assert len(warnings) == 1, warnings
 
 
 def test_reboot_with_the_share_back_without_a_claimed_file_decides_it_at_once(
@@ -513,52 +549,6 @@ def test_reboot_with_a_share_mounted_above_the_inbox_back_under_a_new_number_fin
     (warning,) = remount_warnings(daemon)
     assert warning["names"] == sorted(claimed), warning
     assert not is_mounted(mnt) and not is_mounted(server)
-
-
-def share_back_under_its_device_number(share: Share) -> None:
-    """The machine reboots; the share comes back under the device number it had, with other inodes.
-
-    Anonymous device numbers are handed out smallest free first, so a CIFS share mounted again
-    often gets its old number back, and with ``noserverino`` CIFS makes its inode numbers up:
-    here the server's tmpfs is unmounted (freeing its number) and a new tmpfs mounted on the
-    inbox until it gets that number, holding the server's files copied with their mtimes.
-    """
-    saved = {p.name: (p.read_bytes(), os.lstat(p)) for p in share.export.iterdir()}
-    number = os.stat(share.export).st_dev
-    share.unmount()
-    umount(share.export)
-    for _ in range(16):  # each mount takes the smallest free number; held ones stack under the inbox
-        result = mount("-t", "tmpfs", "-o", "size=16m", "tmpfs", str(share.inbox))
-        assert result.returncode == 0, result.stderr
-        if os.stat(share.inbox).st_dev == number:
-            break
-    else:
-        pytest.fail("the kernel did not hand the freed device number out again")
-    for i in range(len(saved) + 2):  # tmpfs numbers inodes per mount, from the same start
-        (share.inbox / f".filler {i}").write_bytes(b"")
-        (share.inbox / f".filler {i}").unlink()
-    for name, (data, old) in saved.items():
-        deliver(share.inbox, name, data)
-        os.utime(share.inbox / name, ns=(old.st_mtime_ns, old.st_mtime_ns))
-        now = os.lstat(share.inbox / name)
-        assert now.st_dev == old.st_dev and now.st_ino != old.st_ino, name
-
-
-def test_reboot_with_the_share_back_under_its_device_number_and_new_inodes_finishes_the_claim_once(
-    tiny_bundle: Path, tmp_path: Path, share: Share
-) -> None:
-    inbox, outbox = share.inbox, tmp_path / "outbox"
-    inputs = fill(inbox, 10)
-    claimed = crash_with_a_claimed_batch(tiny_bundle, inbox, outbox)
-    share_back_under_its_device_number(share)
-    daemon = boot_and_finish(tiny_bundle, inbox, outbox, len(inputs))
-    records = assert_exactly_once(outbox, inputs, failed=set(BAD))
-    assert Counter(r["original_name"] for r in jsonl_records(outbox)) == Counter(list(inputs))
-    for name in claimed:
-        assert (outbox / records[name]["moved_to"]).read_bytes() == inputs[name], name
-    recognised = [e for e in daemon.events() if e["event"] == "outbox_warning" and "inode" in e["msg"]]
-    assert [w["names"] for w in recognised] == [sorted(claimed)], recognised
-    assert remount_warnings(daemon) == []
 
 
 def test_reboot_with_a_claimed_file_replaced_on_the_share_processes_the_new_file_on_its_own(

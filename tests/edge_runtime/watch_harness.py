@@ -286,3 +286,23 @@ def assert_exactly_once(
     )
     assert not (outbox / ".pneumo" / "journal.json").exists(), "a claimed batch was left unfinished"
     return {r["original_name"]: r for r in records}
+
+
+def tmpfs_under_number(path: Path, number: int, mount_tmpfs: Callable[[Path], None]) -> None:
+    """Mount tmpfs on ``path`` (``mount_tmpfs``) until it gets device ``number``, freed just before.
+
+    The kernel hands out anonymous device numbers smallest free first, as after a reboot a
+    share gets back the number it had; a smaller number freed meanwhile is taken by a mount
+    that stays stacked under ``path`` (the caller unmounts ``path`` until nothing is left).
+    Then a few files are made and removed, since tmpfs numbers inodes per mount from the same
+    start: what is written next has other inode numbers than the old mount gave.
+    """
+    for _ in range(16):
+        mount_tmpfs(path)
+        if os.stat(path).st_dev == number:
+            break
+    else:
+        raise AssertionError(f"the kernel did not hand device number {number} out again")
+    for i in range(64):
+        (path / f".filler {i}").write_bytes(b"")
+        (path / f".filler {i}").unlink()
