@@ -6,7 +6,8 @@ the inbox (while it is not mounted, a folder of the inbox's name on the bare mou
 would be taken for the inbox), or a share mounted on the inbox without
 ``inbox-mount = true`` (a restart before the share is mounted would take the empty folder
 for the inbox). :func:`edge_runtime.outbox.mount_point_of` also uses it, to recognise a
-share mounted above the inbox when it comes back under a new device number. Linux only; elsewhere there is no advice, never an error.
+share mounted above the inbox when it comes back under a new device number. Linux only;
+elsewhere there is no advice, never an error.
 """
 
 from __future__ import annotations

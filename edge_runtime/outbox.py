@@ -220,7 +220,7 @@ def _copy_of_the_input(entry: JournalEntry, st: os.stat_result) -> bool:
     Its bytes are the input's, so it may take the input's result; but beside a verified copy
     in the outbox it is never unlinked, since it may be a file someone delivered again.
     """
-    return st.st_dev == entry.dev and st.st_ino != entry.ino
+    return bool(entry.dev) and st.st_dev == entry.dev and st.st_ino != entry.ino
 
 
 def mount_point_of(inbox: Path) -> Path:
@@ -527,7 +527,7 @@ class Outbox:
         """
         if _same_input(entry, st, path, verify_content):
             return True
-        if entry.dev and _copy_of_the_input(entry, st):
+        if _copy_of_the_input(entry, st):
             # one filesystem, another inode: CIFS ``noserverino`` makes inode numbers up at each
             # mount, and a reboot can hand the share the device number it had (anonymous numbers
             # are reused, smallest first); or a copy of the input with its bytes and mtime
@@ -559,9 +559,13 @@ class Outbox:
         if self._share_remounted(entry):
             self._remount_decided.append(entry.name)
             return
-        raise InboxGoneError(
+        raise self._elsewhere(entry)
+
+    def _elsewhere(self, entry: JournalEntry) -> InboxGoneError:
+        return InboxGoneError(
             f"{self.inbox}: inbox is on another filesystem than when {entry.name} was claimed (a share "
-            "not mounted yet?); the interrupted batch is finished when it is back"
+            "not mounted yet, or something mounted over it?); the interrupted batch is finished when "
+            "it is back"
         )
 
     def finish(
@@ -718,10 +722,7 @@ class Outbox:
         ):
             # another filesystem than the claim's, and not the share back: one mounted over a
             # plain inbox folder (or above it) hides the input underneath, so wait as for a gone inbox
-            raise InboxGoneError(
-                f"{self.inbox}: inbox is on another filesystem than when {entry.name} was claimed "
-                "(something mounted over it?); the interrupted batch is finished when it is back"
-            )
+            raise self._elsewhere(entry)
         if (
             not source_is_entry
             and at_source is not None

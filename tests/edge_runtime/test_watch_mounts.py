@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import pytest
@@ -80,15 +80,23 @@ class Share:
                 umount(path)
 
 
+Mounted = TypeVar("Mounted", "Share", "LoopDisk")
+
+
+def set_up_and_undo(mounted: Mounted, *points: Path) -> Iterator[Mounted]:
+    """Fixture body: ``setup()``, the test, ``teardown()`` whatever happens; then nothing left mounted."""
+    try:
+        mounted.setup()
+        yield mounted
+    finally:
+        mounted.teardown()
+    assert not any(is_mounted(point) for point in points)
+
+
 @pytest.fixture
 def share(tmp_path: Path, can_mount: None) -> Iterator[Share]:
     share = Share(tmp_path)
-    try:
-        share.setup()
-        yield share
-    finally:
-        share.teardown()
-    assert not is_mounted(share.inbox) and not is_mounted(share.export)
+    yield from set_up_and_undo(share, share.inbox, share.export)
 
 
 def deliver(folder: Path, name: str, data: bytes) -> None:
@@ -629,12 +637,7 @@ class LoopDisk:
 @pytest.fixture
 def loop_disk(tmp_path: Path, can_mount: None) -> Iterator[LoopDisk]:
     disk = LoopDisk(tmp_path)
-    try:
-        disk.setup()
-        yield disk
-    finally:
-        disk.teardown()
-    assert not is_mounted(disk.inbox)
+    yield from set_up_and_undo(disk, disk.inbox)
 
 
 def test_an_input_left_in_the_inbox_is_not_reread_after_the_share_comes_back_under_a_new_number(
