@@ -66,6 +66,7 @@ from edge_runtime.mountinfo import read_mount_of, share_advice
 from edge_runtime.outbox import CONFIG_FILE, Failpoint, Outbox
 from edge_runtime.predictor import Predictor
 from edge_runtime.results import ModelStamp, write_json_files
+from edge_runtime.systemd_notify import ServiceNotifier
 from edge_runtime.watch_batch import BatchProcessor, ModelInUse
 from edge_runtime.watch_config import WatchConfig
 from edge_runtime.watch_heartbeat import HeartbeatFile
@@ -92,10 +93,13 @@ class WatchDaemon:
         logger: logging.Logger,
         failpoint: Failpoint | None = None,
         install_signals: bool = True,
+        notifier: ServiceNotifier | None = None,
     ) -> None:
         self.config = config
         self.events = EventLog(logger)
         self.failpoint = failpoint or Failpoint()
+        self.notifier = notifier or ServiceNotifier()
+        self._notify_error = ""
         self.install_signals = install_signals
         self.stop = threading.Event()
         self.outbox = Outbox(config.outbox, config.inbox)
@@ -165,6 +169,28 @@ class WatchDaemon:
 
     def _beat(self, force: bool = False) -> None:
         self.heartbeat_file.beat(self.heartbeat, force)
+        self.notifier.alive(self.status_line())
+        self._report_notify_error()
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status`` (systemd's STATUS=)."""
+        c = self.counters
+        return (
+            f"{self.state}: {c['processed']} done, {c['failed']} failed, "
+            f"{self.inbox.backlog} waiting in the inbox"
+        )
+
+    def _report_notify_error(self) -> None:
+        error = self.notifier.error
+        if error and error != self._notify_error:  # once per kind of problem, not every turn
+            self.events.emit(
+                logging.WARNING,
+                "notify_failed",
+                f"cannot reach systemd at NOTIFY_SOCKET={self.notifier.address}: {error}; "
+                "its watchdog may restart the daemon",
+                errno=error,
+            )
+        self._notify_error = error
 
     # -- waiting (edge_runtime.watch_retries.Pauses) ---------------------
     def sleep(self, seconds: float) -> None:
@@ -365,6 +391,8 @@ class WatchDaemon:
             advice = share_advice(config.inbox, read_mount_of(config.inbox), config.inbox_mount)
             if advice:
                 self.events.emit(logging.WARNING, "inbox_warning", advice)
+            self.notifier.ready(self.status_line())
+            self._report_notify_error()
             return self._loop()
         except InboxBusyError as exc:
             self.events.trouble("inbox_busy", str(exc))
@@ -378,6 +406,7 @@ class WatchDaemon:
             self.events.traceback("crashed")
             return 1
         finally:
+            self.notifier.stopping(f"stopping after {self.counters['processed']} done")
             self.inbox.stop()
             backend.close()
             self.lock.release()

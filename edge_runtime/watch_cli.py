@@ -10,12 +10,14 @@ through ``edge_runtime.watch.main``.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import sys
 from pathlib import Path
 
 from edge_runtime.outbox import Failpoint
+from edge_runtime.systemd_notify import ServiceNotifier
 from edge_runtime.watch import WatchDaemon
 from edge_runtime.watch_config import WatchConfig, WatchConfigError, load_config_file, resolve_config
 from edge_runtime.watch_log import json_logger
@@ -180,4 +182,11 @@ def main(argv: list[str], prog: str = "pneumo edge watch") -> int:
         print(f"{prog}: error: {FAILPOINT_ENV}: {exc}", file=sys.stderr)  # noqa: T201
         return 2
     logger = json_logger(config.log_level)
-    return WatchDaemon(config, logger, failpoint=failpoint).run()
+    # SIGABRT (systemd's watchdog), SIGSEGV and the like: every thread's stack on stderr, so a hang
+    # or a native-library crash months into a run says where it happened
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    notifier = ServiceNotifier.from_environment(os.environ, os.getpid())
+    try:
+        return WatchDaemon(config, logger, failpoint=failpoint, notifier=notifier).run()
+    finally:
+        notifier.close()

@@ -102,7 +102,9 @@ class Daemon:
             str(self.config_path),
             *extra,
         ]
-        inherited = {k: v for k, v in os.environ.items() if k != "PNEUMO_WATCH_FAILPOINT"}
+        # not the failpoint of another test, nor the systemd notification socket of whatever runs pytest
+        private = {"PNEUMO_WATCH_FAILPOINT", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
+        inherited = {k: v for k, v in os.environ.items() if k not in private}
         self.env = {**inherited, "PYTHONPATH": str(REPO), **(env or {})}
         self.log_path = self.work / f"{log_name}.log"
         self.preexec_fn = preexec_fn
