@@ -109,6 +109,8 @@ class Claim:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Claim:
+        if not isinstance(data, dict):
+            raise ValueError(f"a journal is a JSON object, not {type(data).__name__}")
         if data.get("schema") != JOURNAL_SCHEMA:
             raise ValueError(f"journal schema {data.get('schema')!r} is not {JOURNAL_SCHEMA}")
         entries = [JournalEntry.from_dict(e) for e in data["entries"]]
@@ -149,11 +151,20 @@ class Journal:
         try:
             return Claim.from_dict(json.loads(text))
         except (ValueError, KeyError, TypeError) as exc:
-            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-            aside = self.path.with_name(f"journal.corrupt-{stamp}.json")
+            aside = self._aside_name()
             os.replace(self.path, aside)
             fsync_dir(self.state_dir)
             raise ValueError(f"{self.path}: unreadable journal ({exc}); kept as {aside}") from exc
+
+    def _aside_name(self) -> Path:
+        """A name no earlier kept journal has: two in one second, or a clock set back, keep both."""
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        aside = self.path.with_name(f"journal.corrupt-{stamp}.json")
+        n = 1
+        while aside.exists():  # no race: only the daemon holding the outbox lock gets here
+            n += 1
+            aside = self.path.with_name(f"journal.corrupt-{stamp}-{n}.json")
+        return aside
 
     def clear(self) -> None:
         """Forget the finished batch (durably, so it is not finished twice after a power cut)."""
