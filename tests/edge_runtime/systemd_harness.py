@@ -9,8 +9,9 @@ as root it boots in new pid, mount and cgroup namespaces:
 - its cgroups are children of this process's own in every hierarchy, mounted
   afresh inside, so what it creates there is removed with it;
 - ``/etc`` is an overlay, so ``useradd`` and the unit installed into
-  ``/etc/systemd/system`` stay inside; ``/run``, ``/tmp``, ``/var/tmp``,
-  ``/var/lib``, ``/var/log``, ``/srv`` and ``/opt`` are fresh tmpfs mounts;
+  ``/etc/systemd/system`` stay inside; ``/run``, ``/var/lib``, ``/var/log``,
+  ``/srv`` and ``/opt`` are fresh tmpfs mounts (the checkout, its venv and its
+  Python stay visible where they are, even under one of those);
 - the checkout's virtual environment is bind-mounted at ``/opt/pneumo/venv``,
   the path the unit's ``ExecStart=`` names.
 
@@ -35,10 +36,13 @@ from pathlib import Path
 import pytest
 
 SYSTEMD = Path("/lib/systemd/systemd")
+REPO = Path(__file__).resolve().parents[2]
 #: the target it boots into: nothing but what a test starts
 TARGET = "pneumo-test.target"
 PR_SET_PDEATHSIG = 1  # prctl(2)
-FRESH_TMPFS = ("/run", "/tmp", "/var/tmp", "/var/lib", "/var/log", "/srv", "/opt")
+#: fresh inside; /tmp stays the machine's, since the checkout and pytest's files may be there
+#: (PrivateTmp= gives the service its own, removed when the unit stops: see shutdown())
+FRESH_TMPFS = ("/run", "/var/lib", "/var/log", "/srv", "/opt")
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,16 @@ def cgroup_mounts() -> list[CgroupMount]:
     return mounts
 
 
-def _boot_script(mounts: list[CgroupMount], stage: Path, venv: Path) -> str:
-    """What runs as PID 1 of the new namespaces, up to the exec of systemd."""
+def _under(path: Path, folders: tuple[str, ...]) -> bool:
+    return any(path.is_relative_to(folder) for folder in folders)
+
+
+def _boot_script(mounts: list[CgroupMount], stage: Path, venv: Path, keep: list[Path]) -> str:
+    """What runs as PID 1 of the new namespaces, up to the exec of systemd.
+
+    ``keep``: folders that must stay where they are (the checkout, the venv, the Python it
+    was made from) though a fresh tmpfs covers a folder above them: bound aside first, then back.
+    """
     lines = ["set -eu", "mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup"]
     for m in sorted(mounts, key=lambda m: m.point):
         if m.point == "/sys/fs/cgroup":  # a pure cgroup v2 machine
@@ -97,9 +109,19 @@ def _boot_script(mounts: list[CgroupMount], stage: Path, venv: Path) -> str:
             lines.append(f"mount -t cgroup -o {m.options} cgroup {m.point}")
     upper, work = stage / "etc-upper", stage / "etc-work"
     lines.append(f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc")
+    held = [(stage / "hold" / str(n), path) for n, path in enumerate(keep) if _under(path, FRESH_TMPFS)]
+    for hold, path in held:
+        lines += [
+            f"mkdir -p {shlex.quote(str(hold))}",
+            f"mount --bind {shlex.quote(str(path))} {shlex.quote(str(hold))}",
+        ]
     lines += [f"mount -t tmpfs -o mode=755 tmpfs {d}" for d in FRESH_TMPFS]
+    for hold, path in held:
+        lines += [
+            f"mkdir -p {shlex.quote(str(path))}",
+            f"mount --bind {shlex.quote(str(hold))} {shlex.quote(str(path))}",
+        ]
     lines += [
-        "chmod 1777 /tmp /var/tmp",
         "mkdir -p /opt/pneumo/venv /run/systemd/system",
         f"mount --bind {shlex.quote(str(venv))} /opt/pneumo/venv",
         f"printf '[Unit]\\nDescription=nothing but what a test starts\\n' > /run/systemd/system/{TARGET}",
@@ -154,7 +176,8 @@ class SystemdNamespace:
         for sub in ("etc-upper", "etc-work"):
             (self.stage / sub).mkdir(parents=True)
         script = self.stage / "boot.sh"
-        script.write_text(_boot_script(mounts, self.stage, Path(sys.prefix)))
+        keep = sorted({Path(p).resolve() for p in (REPO, sys.prefix, sys.base_prefix)})
+        script.write_text(_boot_script(mounts, self.stage, Path(sys.prefix), keep))
         log = open(self.stage / "boot.log", "wb")  # noqa: SIM115 - kept open for the child
         self.proc = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--kill-child", "--mount", "--cgroup", "--uts", "--ipc",
@@ -226,9 +249,13 @@ class SystemdNamespace:
         )
 
     def shutdown(self) -> None:
-        """Kill PID 1 (and with it everything inside), then remove the cgroups it made."""
+        """Stop the units (PrivateTmp= folders are removed then), kill PID 1, remove its cgroups."""
         if self.proc is not None and self.proc.poll() is None:
             if self.pid1:
+                try:
+                    self.sh("systemctl stop '*.service'", check=False)
+                except subprocess.TimeoutExpired:
+                    pass  # killed below all the same
                 try:
                     os.kill(self.pid1, signal.SIGKILL)
                 except ProcessLookupError:
