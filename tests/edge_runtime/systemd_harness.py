@@ -9,9 +9,12 @@ as root it boots in new pid, mount and cgroup namespaces:
 - its cgroups are children of this process's own in every hierarchy, mounted
   afresh inside, so what it creates there is removed with it;
 - ``/etc`` is an overlay, so ``useradd`` and the unit installed into
-  ``/etc/systemd/system`` stay inside; ``/run``, ``/var/lib``, ``/var/log``,
-  ``/srv`` and ``/opt`` are fresh tmpfs mounts (the checkout, its venv and its
-  Python stay visible where they are, even under one of those);
+  ``/etc/systemd/system`` stay inside; ``/run``, ``/tmp``, ``/var/tmp``,
+  ``/var/lib``, ``/var/log``, ``/srv`` and ``/opt`` are fresh tmpfs mounts (the
+  checkout, its venv and its Python stay visible where they are, even under one
+  of those);
+- nothing starts but the unit under test and journald (every wanted unit and
+  every generator masked), and ``/proc/sys`` and ``/sys`` are read-only;
 - the checkout's virtual environment is bind-mounted at ``/opt/pneumo/venv``,
   the path the unit's ``ExecStart=`` names.
 
@@ -40,9 +43,22 @@ REPO = Path(__file__).resolve().parents[2]
 #: the target it boots into: nothing but what a test starts
 TARGET = "pneumo-test.target"
 PR_SET_PDEATHSIG = 1  # prctl(2)
-#: fresh inside; /tmp stays the machine's, since the checkout and pytest's files may be there
-#: (PrivateTmp= gives the service its own, removed when the unit stops: see shutdown())
-FRESH_TMPFS = ("/run", "/var/lib", "/var/log", "/srv", "/opt")
+FRESH_TMPFS = ("/run", "/tmp", "/var/tmp", "/var/lib", "/var/log", "/srv", "/opt")
+#: Nothing starts inside but the unit under test and journald: every unit another unit "wants"
+#: (sysinit.target pulls in systemd-tmpfiles-setup, which empties /tmp at boot, and the like)
+#: and every generator is masked, and /proc/sys and /sys are read-only, as in a container.
+MASK_ALL_BUT_JOURNALD = r"""
+for unit in /lib/systemd/system/*.wants/* /usr/lib/systemd/system/*.wants/* /etc/systemd/system/*.wants/* \
+            /lib/systemd/system/local-fs.target /lib/systemd/system/swap.target; do
+  [ -e "$unit" ] || [ -L "$unit" ] || continue
+  case "${unit##*/}" in systemd-journald*) continue ;; esac
+  ln -sfn /dev/null "/run/systemd/system/${unit##*/}"
+done
+mkdir -p /run/systemd/system-generators
+for generator in /lib/systemd/system-generators/* /usr/lib/systemd/system-generators/*; do
+  [ -e "$generator" ] && ln -sfn /dev/null "/run/systemd/system-generators/${generator##*/}"
+done
+"""
 
 
 @dataclass(frozen=True)
@@ -97,7 +113,10 @@ def _boot_script(mounts: list[CgroupMount], stage: Path, venv: Path, keep: list[
     ``keep``: folders that must stay where they are (the checkout, the venv, the Python it
     was made from) though a fresh tmpfs covers a folder above them: bound aside first, then back.
     """
-    lines = ["set -eu", "mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup"]
+    lines = [
+        "set -eu",
+        "mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup",
+    ]
     for m in sorted(mounts, key=lambda m: m.point):
         if m.point == "/sys/fs/cgroup":  # a pure cgroup v2 machine
             lines[1] = "mount -t cgroup2 cgroup2 /sys/fs/cgroup"
@@ -122,7 +141,12 @@ def _boot_script(mounts: list[CgroupMount], stage: Path, venv: Path, keep: list[
             f"mount --bind {shlex.quote(str(hold))} {shlex.quote(str(path))}",
         ]
     lines += [
+        "chmod 1777 /tmp /var/tmp",
         "mkdir -p /opt/pneumo/venv /run/systemd/system",
+        MASK_ALL_BUT_JOURNALD,
+        # read-only kernel settings and devices, after the cgroup mounts below /sys are made
+        "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys",
+        "mount -o remount,bind,ro /sys",
         f"mount --bind {shlex.quote(str(venv))} /opt/pneumo/venv",
         f"printf '[Unit]\\nDescription=nothing but what a test starts\\n' > /run/systemd/system/{TARGET}",
         "export container=pneumo-test",
@@ -249,7 +273,7 @@ class SystemdNamespace:
         )
 
     def shutdown(self) -> None:
-        """Stop the units (PrivateTmp= folders are removed then), kill PID 1, remove its cgroups."""
+        """Stop the units (the daemon exits cleanly), kill PID 1, remove the cgroups it made."""
         if self.proc is not None and self.proc.poll() is None:
             if self.pid1:
                 try:
