@@ -128,7 +128,10 @@ def _boot_script(mounts: list[CgroupMount], stage: Path, venv: Path, keep: list[
             lines.append(f"mount -t cgroup -o {m.options} cgroup {m.point}")
     upper, work = stage / "etc-upper", stage / "etc-work"
     lines.append(f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc")
-    held = [(stage / "hold" / str(n), path) for n, path in enumerate(keep) if _under(path, FRESH_TMPFS)]
+    # the holds live in the /etc overlay, whose upper folder is in the stage: never on the machine
+    held = [
+        (Path("/etc/.pneumo-hold") / str(n), path) for n, path in enumerate(keep) if _under(path, FRESH_TMPFS)
+    ]
     for hold, path in held:
         lines += [
             f"mkdir -p {shlex.quote(str(hold))}",
