@@ -63,16 +63,22 @@ def settings(**extra: object) -> str:
 
 
 def python_drop_in() -> str:
-    """The drop-in WATCH.md's troubleshooting gives for a Python installed under /root or /home.
+    """The drop-in WATCH.md gives for a Python installed under /root or /home, and where this checkout is.
 
     ``ProtectHome=yes`` hides those folders from the service, and with them an interpreter
     installed there (pyenv), so the venv cannot start (status 203/EXEC). A Jetson's venv on
-    the system Python needs none of this; this machine's Python lives under /root.
+    the system Python needs none of this; this machine's Python lives under /root. The venv
+    bound at /opt/pneumo/venv still runs the checkout's files where they are (its scripts name
+    their interpreter by its path), which ``PrivateTmp=yes`` hides too if that is under /tmp.
     """
-    home = Path(sys.base_prefix).resolve()
-    if not home.is_relative_to("/root") and not home.is_relative_to("/home"):
-        return ""
-    return f"[Service]\nProtectHome=tmpfs\nBindReadOnlyPaths={home}\n"
+    lines = []
+    python = Path(sys.base_prefix).resolve()
+    if python.is_relative_to("/root") or python.is_relative_to("/home"):
+        lines += ["ProtectHome=tmpfs", f"BindReadOnlyPaths={python}"]
+    for path in sorted({REPO.resolve(), Path(sys.prefix).resolve()}):
+        if any(path.is_relative_to(hidden) for hidden in ("/tmp", "/var/tmp", "/root", "/home")):
+            lines.append(f"BindReadOnlyPaths={path}")
+    return "[Service]\n" + "".join(f"{line}\n" for line in lines) if lines else ""
 
 
 @pytest.fixture
