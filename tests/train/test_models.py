@@ -186,6 +186,35 @@ def test_transfer_weights_must_be_a_local_file(tmp_path: Path) -> None:
         build_model("vgg16_transfer", PreprocessContract(height=32, width=32), 2, weights=weights)
 
 
+def _base_trainable(model: object, arch: str) -> bool:
+    base = next(layer for layer in model.layers if layer.name == {"vgg16_transfer": "vgg16"}.get(arch, arch))
+    return bool(base.trainable) and len(base.trainable_weights) > 0
+
+
+@pytest.mark.parametrize("arch", ["vgg16_transfer", "resnet50"])
+def test_a_random_base_is_trained_and_freeze_base_freezes_it(arch: str) -> None:
+    """Freezing random filters would leave only the head to learn: without --weights the base trains."""
+    contract = PreprocessContract(height=32, width=32, color="rgb")
+    assert _base_trainable(build_model(arch, contract, 2), arch)
+    assert not _base_trainable(build_model(arch, contract, 2, freeze_base=True), arch)
+    assert _base_trainable(build_model(arch, contract, 2, freeze_base=False), arch)
+
+
+def test_over_imagenet_weights_vgg16_is_frozen_as_in_seed_003_and_resnet50_fine_tuned(tmp_path: Path) -> None:
+    import keras
+
+    contract = PreprocessContract(height=32, width=32, color="rgb")
+    # a *_notop.h5 file in the ImageNet layout (random values: only the loading and freezing are tested)
+    for arch, app in (
+        ("vgg16_transfer", keras.applications.VGG16),
+        ("resnet50", keras.applications.ResNet50),
+    ):
+        weights = tmp_path / f"{arch}_notop.weights.h5"
+        app(include_top=False, weights=None, input_shape=contract.input_shape).save_weights(weights)
+        model = build_model(arch, contract, 2, weights=weights)
+        assert _base_trainable(model, arch) == (arch == "resnet50")
+
+
 @pytest.mark.parametrize(
     ("arch", "contract"),
     [

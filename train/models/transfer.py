@@ -64,7 +64,8 @@ def build_vgg16_transfer(
     inputs, x = image_input(contract)
     x = _caffe_inputs(x, contract.channels)
     base = keras.applications.VGG16(include_top=False, weights=weights_file, input_shape=contract.input_shape)
-    base.trainable = bool(weights_file) if freeze_base is None else not freeze_base
+    # frozen by default only over ImageNet weights (seed 003): a frozen random base leaves the head alone to learn
+    base.trainable = (weights_file is None) if freeze_base is None else not freeze_base
     x = base(x)
     pool = (contract.height // 32, contract.width // 32)
     x = keras.layers.AveragePooling2D(pool_size=pool, name="average_pool")(x)
