@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 
 DEFAULT_OUTPUT = Path("benchmarks/results")
 
+BENCH_DESCRIPTION = """Throughput, latency, cold start, memory and accuracy per backend, precision and batch size.
+
+Two more benchmarks are subcommands, each with its own --help:
+  pneumo bench watch BUNDLE --images DIR    the whole watch daemon, inbox to result file
+  pneumo bench decode BUNDLE --images DIR   images per second by decode threads (edge predict --workers)
+"""
+
 BENCH_EXAMPLES = """examples:
   pneumo bench bundles/seed000 --keras runs/seed000            # everything this machine supports
   pneumo bench bundles/seed000 --keras runs/seed000 --data ../shared/data/chest_xray/test \\
@@ -77,7 +84,7 @@ def _bench_parser(prog: str) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Throughput, latency, cold start, memory and accuracy per backend, precision and batch size.",
+        description=BENCH_DESCRIPTION,
         epilog=BENCH_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -178,7 +185,13 @@ def _watch_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--count", type=int, default=1000, help="images to drop (default: 1000)")
     parser.add_argument("--backend", default="auto", help="the daemon's --backend (default: auto)")
     parser.add_argument("--precision", default="fp32", help="the daemon's --precision (default: fp32)")
-    parser.add_argument("--daemon-batch", type=int, help="the daemon's --batch")
+    from edge_runtime.watch_config import WatchConfig
+
+    parser.add_argument(
+        "--daemon-batch",
+        type=int,
+        help=f"the daemon's --batch (default: the daemon's own, {WatchConfig.batch})",
+    )
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait for all results (default: 600)"
     )

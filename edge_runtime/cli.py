@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_runtime.backends.base import BACKEND_NAMES
 from edge_runtime.contract import SYNTHETIC_WARNING
 from edge_runtime.errors import EdgeError, UsageError
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from edge_runtime.predictor import Prediction
 
 DISCLAIMER = "Decision support for a trained clinician, not a diagnosis."
-BACKEND_CHOICES = ("auto", "trt", "ort-trt", "ort-cuda", "ort-cpu")
+BACKEND_CHOICES = ("auto", *BACKEND_NAMES)
 PRECISION_CHOICES = ("fp32", "fp16", "int8")
 
 EPILOGS = {
@@ -75,6 +76,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict",
         help="classify image files, folders and globs",
+        description="Classify image files, folders and globs with a bundle: probability, label and decision "
+        "per file.",
         epilog=EPILOGS["predict"],
         formatter_class=fmt,
     )
@@ -100,6 +103,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     c = sub.add_parser(
         "camera",
         help="live inference on a camera or video stream",
+        description="Live inference on a USB or CSI camera, a video file or an RTSP stream,\n"
+        "shown in a window or written as JSON lines.",
         epilog=EPILOGS["camera"],
         formatter_class=fmt,
     )
@@ -109,9 +114,21 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         required=True,
         help="0 | /dev/video0 | v4l2:///dev/video0 | csi://0 | FILE.mp4 | rtsp://...",
     )
-    c.add_argument("--width", type=int, default=1280)
-    c.add_argument("--height", type=int, default=720)
-    c.add_argument("--fps", type=int, default=30)
+    c.add_argument(
+        "--width",
+        type=int,
+        default=1280,
+        help="capture width of a CSI or USB camera in pixels (default 1280; files and streams keep theirs)",
+    )
+    c.add_argument(
+        "--height",
+        type=int,
+        default=720,
+        help="capture height of a CSI or USB camera in pixels (default 720)",
+    )
+    c.add_argument(
+        "--fps", type=int, default=30, help="capture frame rate of a CSI or USB camera (default 30)"
+    )
     c.add_argument("--flip", type=int, default=0, help="CSI flip-method 0..7 (2 = rotate 180)")
     c.add_argument("--headless", action="store_true", help="no window: write per-frame JSONL (needs --jsonl)")
     c.add_argument("--jsonl", type=Path, help="append one JSON line per frame to this file")
@@ -133,6 +150,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     b = sub.add_parser(
         "build",
         help="verify a bundle, build/reuse engines for this device, golden self-test",
+        description="Verify a bundle, build or reuse this device's TensorRT engines and run the golden "
+        "self-test.\nThe default, --backend trt, needs TensorRT; without it, --backend ort-cpu builds "
+        "nothing\nand runs the same self-test on the bundle's ONNX models.",
         epilog=EPILOGS["build"],
         formatter_class=fmt,
     )
@@ -160,14 +180,18 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     b.add_argument(
         "--backend",
         default="trt",
-        choices=("trt", "ort-trt", "ort-cuda", "ort-cpu"),
-        help="trt builds engines; ort-* only self-tests the ONNX models (no TensorRT needed)",
+        choices=BACKEND_NAMES,
+        help="trt (default, needs TensorRT): build or reuse engines and self-test them; ort-trt, ort-cuda, "
+        "ort-cpu: build nothing, self-test the ONNX models on that ONNX Runtime provider (ort-cpu needs no "
+        "TensorRT and no GPU)",
     )
     b.add_argument(
         "--int8-source",
         default="auto",
         choices=("auto", "calibrator", "qdq"),
-        help="TensorRT 10: calibrate (auto when calibration/calib.npy exists) or use the Q/DQ model",
+        help="INT8 on TensorRT 10: auto (default) calibrates on calibration/calib.npy (or a valid "
+        "calibration cache) when there is one, else builds the Q/DQ model; calibrator or qdq forces one "
+        "(TensorRT 11 always builds the Q/DQ model)",
     )
     b.add_argument("--rebuild", action="store_true", help="rebuild even when a matching engine exists")
     b.add_argument("--verbose", action="store_true", help="TensorRT builder log at VERBOSE")
@@ -176,11 +200,18 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     d = sub.add_parser(
         "doctor",
         help="what this device has and lacks for each precision",
+        description="Show what this device has (GPU, TensorRT, ONNX Runtime providers, Jetson facts, cameras, "
+        "disk)\nand what each precision lacks here.",
         epilog=EPILOGS["doctor"],
         formatter_class=fmt,
     )
     d.add_argument("--json", action="store_true", help="facts as JSON on stdout")
-    d.add_argument("--disk", type=Path, default=Path("."), help="folder whose free disk space to report")
+    d.add_argument(
+        "--disk",
+        type=Path,
+        default=Path("."),
+        help="folder whose free disk space to report (default: the current folder)",
+    )
     return parser
 
 
@@ -191,7 +222,12 @@ def _backend_flags(parser: argparse.ArgumentParser) -> None:
         choices=BACKEND_CHOICES,
         help="auto picks the fastest that loads here: trt > ort-trt > ort-cuda > ort-cpu",
     )
-    parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES)
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISION_CHOICES,
+        help="which of the bundle's models to run (default fp32); with trt, the engine built for it",
+    )
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
     parser.add_argument(
         "--dla",

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.backends.base import Backend
+from edge_runtime.backends.base import BACKEND_NAMES, Backend
 from edge_runtime.bundle import GOLDEN_DIR, Bundle
 from edge_runtime.engine_from_onnx import (
     PRECISIONS,
@@ -49,7 +49,7 @@ from edge_runtime.fileio import sha256_file
 from edge_runtime.golden import GoldenComparison, GoldenSet, compare_golden, run_golden
 
 CALIBRATION_NPY = "calibration/calib.npy"
-SELF_TEST_BACKENDS = ("trt", "ort-trt", "ort-cuda", "ort-cpu")
+SELF_TEST_BACKENDS = BACKEND_NAMES
 
 
 def parse_precisions(text: str) -> tuple[str, ...]:

@@ -18,13 +18,19 @@ from typing import Any
 
 _CHUNK = 1 << 20
 
+#: Called between the steps of long file work (each MiB read or copied, each input moved), so
+#: that a supervisor's watchdog sees a slow share as progress and only a stuck step as a hang.
+Progress = Callable[[], None]
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+
+def sha256_file(path: str | os.PathLike[str], progress: Progress | None = None) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (``progress`` called after each)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
+            if progress is not None:
+                progress()
     return digest.hexdigest()
 
 

@@ -64,6 +64,7 @@ import numpy as np
 
 from edge_runtime.contract import PreprocessContract
 from edge_runtime.errors import EdgeError, ImageDecodeError
+from edge_runtime.fileio import Progress
 from edge_runtime.preprocess import MAX_FILE_BYTES, apply_contract, decode_bytes, is_image_name
 
 Clock = Callable[[], float]
@@ -695,8 +696,13 @@ def _unchanged(path: Path, cand: Candidate) -> bool:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev) == cand.signature
 
 
-def read_input(inbox: Path, cand: Candidate, contract: PreprocessContract) -> InputRead:
+def read_input(
+    inbox: Path, cand: Candidate, contract: PreprocessContract, progress: Progress | None = None
+) -> InputRead:
     """Read, hash and decode one candidate with the one preprocessing implementation.
+
+    ``progress`` is called after every MiB read: a large file on a slow share is progress for
+    the daemon's watchdog, not a hang.
 
     Raises InboxUnavailableError when the inbox itself is gone, or its share was
     unmounted (a file is not "vanished" because its share is away).
@@ -756,6 +762,8 @@ def read_input(inbox: Path, cand: Candidate, contract: PreprocessContract) -> In
             if not chunk:
                 break
             chunks.append(chunk)
+            if progress is not None:
+                progress()
         after = os.fstat(fd)
     except OSError as exc:
         return _os_failure(cand, source, "read", exc, st.st_size)

@@ -68,7 +68,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from edge_runtime.fileio import fsync_dir, sha256_file
+from edge_runtime.fileio import Progress, fsync_dir, sha256_file
 from edge_runtime.inbox import InboxUnavailableError
 from edge_runtime.journal import STATE_DIR, Claim, Journal, JournalEntry
 from edge_runtime.mountinfo import read_mount_of
@@ -195,6 +195,10 @@ class Failpoint:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _no_progress() -> None:
+    pass
+
+
 def _lstat(path: Path) -> os.stat_result | None:
     try:
         return os.lstat(path)
@@ -259,7 +263,9 @@ def share_remounted(entry_dev: int, inbox_dev: int, parent_dev: int) -> bool:
     return bool(entry_dev) and entry_dev not in (inbox_dev, parent_dev) and inbox_dev != parent_dev
 
 
-def _same_content(entry: JournalEntry, st: os.stat_result, path: Path) -> bool:
+def _same_content(
+    entry: JournalEntry, st: os.stat_result, path: Path, progress: Progress | None = None
+) -> bool:
     """A regular file with the claimed input's size, mtime and sha256, whatever its inode and device.
 
     Only used once the share is known to have been remounted: there the inode and device
@@ -271,12 +277,18 @@ def _same_content(entry: JournalEntry, st: os.stat_result, path: Path) -> bool:
     if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
         return False
     try:
-        return sha256_file(path) == entry.sha256
+        return sha256_file(path, progress) == entry.sha256
     except OSError:
         return False
 
 
-def _same_input(entry: JournalEntry, st: os.stat_result, path: Path, verify_content: bool) -> bool:
+def _same_input(
+    entry: JournalEntry,
+    st: os.stat_result,
+    path: Path,
+    verify_content: bool,
+    progress: Progress | None = None,
+) -> bool:
     """Is the file at ``path`` (stat ``st``) the input of ``entry``?
 
     The inode alone is not enough: a file deleted and replaced can reuse it,
@@ -292,7 +304,7 @@ def _same_input(entry: JournalEntry, st: os.stat_result, path: Path, verify_cont
         return False
     if verify_content and entry.kind == "file" and entry.sha256:
         try:
-            return sha256_file(path) == entry.sha256
+            return sha256_file(path, progress) == entry.sha256
         except OSError:
             return False
     return True
@@ -301,9 +313,11 @@ def _same_input(entry: JournalEntry, st: os.stat_result, path: Path, verify_cont
 class Outbox:
     """Where results go, and the one place that moves inputs out of the inbox."""
 
-    def __init__(self, root: Path, inbox: Path) -> None:
+    def __init__(self, root: Path, inbox: Path, progress: Progress | None = None) -> None:
         self.root = Path(root)
         self.inbox = Path(inbox)
+        #: called after every input moved and every MiB hashed or copied (the daemon's watchdog ping)
+        self.progress: Progress = progress or _no_progress
         self.done = self.root / DONE_DIR
         self.failed = self.root / FAILED_DIR
         self.state_dir = self.root / STATE_DIR
@@ -525,19 +539,19 @@ class Outbox:
         number, anywhere on it. Folders, links and entries without a sha256 have no such
         proof: they are never matched by content.
         """
-        if _same_input(entry, st, path, verify_content):
+        if _same_input(entry, st, path, verify_content, self.progress):
             return True
         if _copy_of_the_input(entry, st):
             # one filesystem, another inode: CIFS ``noserverino`` makes inode numbers up at each
             # mount, and a reboot can hand the share the device number it had (anonymous numbers
             # are reused, smallest first); or a copy of the input with its bytes and mtime
-            if not _same_content(entry, st, path):
+            if not _same_content(entry, st, path, self.progress):
                 return False
             self._content_decided.append(entry.name)
             return True
         if not (verify_content and st.st_dev != entry.dev and self._share_remounted(entry)):
             return False
-        if not _same_content(entry, st, path):
+        if not _same_content(entry, st, path, self.progress):
             return False
         self._remount_decided.append(entry.name)
         return True
@@ -593,6 +607,7 @@ class Outbox:
         kept: list[JournalEntry] = []
         changed = False
         for entry in claim.entries:
+            self.progress()
             before = (entry.target, entry.left_in_inbox)
             try:
                 touched.update(self._move(entry, warn, verify_content, require_inbox))
@@ -660,7 +675,7 @@ class Outbox:
             and stat.S_ISREG(st.st_mode)
             and st.st_size == entry.size
             and bool(entry.sha256)
-            and sha256_file(target) == entry.sha256
+            and sha256_file(target, self.progress) == entry.sha256
         )
 
     def _writable(self, folder: Path) -> bool:
@@ -810,13 +825,14 @@ class Outbox:
                 for chunk in iter(lambda: fin.read(_CHUNK), b""):
                     digest.update(chunk)
                     fout.write(chunk)
+                    self.progress()
                 fout.flush()
                 os.fsync(fout.fileno())
             try:
                 shutil.copystat(source, tmp, follow_symlinks=False)
             except OSError:
                 pass
-            if sha256_file(tmp) != digest.hexdigest():
+            if sha256_file(tmp, self.progress) != digest.hexdigest():
                 raise OSError(errno.EIO, "copy read back with a different sha256", str(target))
             os.rename(tmp, target)
         except BaseException:

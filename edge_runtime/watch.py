@@ -73,6 +73,7 @@ from edge_runtime.watch_heartbeat import HeartbeatFile
 from edge_runtime.watch_log import EventLog, describe_os_error, now_iso
 from edge_runtime.watch_recovery import CrashRecovery
 from edge_runtime.watch_retries import Backoff, InputRetries, OutboxHealth
+from edge_runtime.watch_space import OutboxSpace
 
 MAX_BACKEND_FAILURES = 5
 
@@ -102,7 +103,7 @@ class WatchDaemon:
         self._notify_error = ""
         self.install_signals = install_signals
         self.stop = threading.Event()
-        self.outbox = Outbox(config.outbox, config.inbox)
+        self.outbox = Outbox(config.outbox, config.inbox, progress=self.progress)
         self.lock = OutboxLock(self.outbox.state_dir)
         self.inbox_lock = InboxLock(config.inbox)
         self.inbox = InboxWatcher(
@@ -126,6 +127,7 @@ class WatchDaemon:
         self.started = now_iso()
         self.decode_guard = DecodeGuard(self.outbox.state_dir)
         self.heartbeat_file = HeartbeatFile(config, self.outbox, self.events)
+        self.space = OutboxSpace(config.outbox, config.low_space_mib, self.events, config.heartbeat_seconds)
         #: set by open_model: the model, and the parts that need it to write records
         self.model: ModelInUse | None = None
         self.batches: BatchProcessor | None = None
@@ -165,9 +167,12 @@ class WatchDaemon:
             "synthetic": stamp.synthetic if stamp else None,
             "last_result_at": self.batches.last_result_at if self.batches else None,
             "last_error": self.events.last_error,
+            "outbox_free_mib": self.space.free_mib,
+            "outbox_low_space": self.space.low,
         }
 
     def _beat(self, force: bool = False) -> None:
+        self.space.check()
         self.heartbeat_file.beat(self.heartbeat, force)
         self.notifier.alive(self.status_line())
         self._report_notify_error()
@@ -177,7 +182,7 @@ class WatchDaemon:
         c = self.counters
         return (
             f"{self.state}: {c['processed']} done, {c['failed']} failed, "
-            f"{self.inbox.backlog} waiting in the inbox"
+            f"{self.inbox.backlog} waiting in the inbox{self.space.status()}"
         )
 
     def _report_notify_error(self) -> None:
@@ -202,6 +207,11 @@ class WatchDaemon:
                 return
             self.stop.wait(min(left, self.config.heartbeat_seconds))
             self._beat()
+
+    def progress(self) -> None:
+        """Called between the steps of long work (each input, each MiB): the heartbeat and the
+        watchdog then stand for "no step is stuck", however slow the share or large the batch."""
+        self._beat()
 
     def back_off(self, seconds: float) -> None:
         """Say "backoff" in the heartbeat while waiting out a folder's trouble."""

@@ -114,6 +114,7 @@ class BatchProcessor:
         """The reads to claim; None when the batch was put back (stop signal, inbox gone)."""
         reads: list[InputRead] = []
         for cand in batch:
+            self.pauses.progress()  # a batch of large images may take longer than the watchdog allows
             if self.stop.is_set():
                 self._requeue([c.name for c in batch])
                 return None
@@ -144,7 +145,7 @@ class BatchProcessor:
         with contextlib.suppress(OSError):  # best effort: a full outbox disk must not stop reading
             self.decode_guard.decoding(key)
         self.failpoint.hit("decoding")  # tests: the process dies on this input, as under the OOM killer
-        return read_input(self.config.inbox, cand, self.model.contract)
+        return read_input(self.config.inbox, cand, self.model.contract, self.pauses.progress)
 
     def _put_back(self, cand: Candidate, read: InputRead) -> bool:
         """True when the input is not part of this batch after all: changed, parked or held."""

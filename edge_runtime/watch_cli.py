@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from edge_runtime.backends.base import BACKEND_NAMES
 from edge_runtime.outbox import Failpoint
 from edge_runtime.systemd_notify import ServiceNotifier
 from edge_runtime.watch import WatchDaemon
@@ -60,7 +61,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", type=Path, metavar="FILE", help="TOML or JSON settings file; flags override it"
     )
-    parser.add_argument("--backend", metavar="NAME", help="auto (default) or a backend name, e.g. ort-cpu")
+    parser.add_argument(
+        "--backend",
+        choices=("auto", *BACKEND_NAMES),
+        help="auto (default: the first that loads, in the order listed) or one backend",
+    )
     parser.add_argument(
         "--precision", choices=("fp32", "fp16", "int8"), help="model precision (default fp32)"
     )
@@ -89,7 +94,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         dest="watchdog",
         action="store_const",
         const=False,
-        help="poll instead of using inotify",
+        help="find new files by polling only, without inotify (the Python 'watchdog' package); "
+        "unrelated to systemd's WatchdogSec",
     )
     parser.add_argument(
         "--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads (default: its own choice)"
@@ -128,6 +134,20 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="the inbox is a share mounted on the inbox folder: until it is mounted there, inputs "
         "wait and the empty folder is never read or written (inbox-mount = true in --config)",
     )
+    parser.add_argument(
+        "--no-inbox-mount",
+        dest="inbox_mount",
+        action="store_const",
+        const=False,
+        help="the inbox is a plain folder, whatever --config says",
+    )
+    parser.add_argument(
+        "--low-space-mib",
+        type=int,
+        metavar="N",
+        help="warn (outbox_low_space, heartbeat, systemctl status) when the outbox disk has less than "
+        "N MiB free (default 1024; 0: never)",
+    )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved settings as JSON and exit"
@@ -159,6 +179,7 @@ def config_from_args(args: argparse.Namespace) -> WatchConfig:
             "input_retries",
             "inbox_wait_seconds",
             "inbox_mount",
+            "low_space_mib",
             "log_level",
         )
     }

@@ -28,6 +28,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.backends.base import BACKEND_NAMES
 from edge_runtime.errors import EdgeError
 
 # Names an uploader uses while a file is still being written, and hidden
@@ -85,6 +86,9 @@ class WatchConfig:
     backoff_max_seconds: float = 60.0
     #: glob patterns of inbox names never touched
     ignore: tuple[str, ...] = DEFAULT_IGNORE
+    #: warn (outbox_low_space, the heartbeat, systemctl status) once the outbox disk has less than
+    #: this many MiB free; every input is kept in done/ or failed/, so a disk nobody archives fills
+    low_space_mib: int = 1024
     #: ONNX Runtime intra-op threads (0: its default)
     threads: int = 0
     #: run the TensorRT engine built for this DLA core ('pneumo edge build --dla N')
@@ -102,6 +106,7 @@ class WatchConfig:
         _check_int("max_pending", self.max_pending, 1, 1_000_000)
         _check_int("threads", self.threads, 0, 256)
         _check_int("input_retries", self.input_retries, 1, 1000)
+        _check_int("low_space_mib", self.low_space_mib, 0, 100_000_000)
         for name in ("watchdog", "trust_close_write", "inbox_mount"):
             _check_bool(name, getattr(self, name))
         if self.dla_core is not None:
@@ -116,6 +121,11 @@ class WatchConfig:
         _check_float("backoff_max_seconds", self.backoff_max_seconds, self.backoff_initial_seconds, 86400.0)
         if self.max_pending < self.batch:
             raise WatchConfigError(f"max_pending {self.max_pending} must be at least batch {self.batch}")
+        if self.backend not in ("auto", *BACKEND_NAMES):
+            # here, not at model load: a typo must exit 2 ("fix the config"), not loop through restarts
+            raise WatchConfigError(
+                f"backend {self.backend!r}: expected auto or one of {', '.join(BACKEND_NAMES)}"
+            )
         if self.precision not in PRECISIONS:
             raise WatchConfigError(f"precision {self.precision!r}: expected one of {PRECISIONS}")
         if self.log_level not in LOG_LEVELS:

@@ -209,3 +209,6 @@ class Pauses(Protocol):
 
     def inbox_unavailable(self, exc: InboxUnavailableError) -> None:
         """Forget the window, report the inbox outage and wait with growing delays."""
+
+    def progress(self) -> None:
+        """Between the steps of a long batch: keep the heartbeat and systemd's watchdog fed."""

@@ -74,7 +74,8 @@ def _add_onnx_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     onnx = sub.add_parser(
         "onnx",
         help="Keras .h5 -> ONNX (uint8 in, scaling inside), parity-checked vs Keras",
-        description="Convert a run's model.h5 to ONNX and check it against Keras on real test images.\n\n"
+        description="Convert a run's model.h5 to ONNX and check it against Keras on real test images.\n"
+        "Writes the ONNX file and export_report.json beside it (--report to put the report elsewhere).\n\n"
         "example:\n  pneumo export onnx runs/demo -o model.onnx --opset 17",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -158,11 +159,24 @@ def _add_engine_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "onnx", type=Path, metavar="MODEL_ONNX", help="model.onnx (FP16 / Q/DQ siblings are used)"
     )
     engine.add_argument("-o", "--output", type=Path, required=True, help="engine file to write")
-    engine.add_argument("--precision", choices=(*PRECISIONS, "best"), default="fp16")
+    engine.add_argument(
+        "--precision",
+        choices=(*PRECISIONS, "best"),
+        default="fp16",
+        help="engine precision: fp32, fp16 (default) or int8; best: int8 when model_int8_qdq.onnx is "
+        "beside MODEL_ONNX or --calib / --calib-cache is given, else fp16",
+    )
     source = engine.add_mutually_exclusive_group()
     source.add_argument("--calib", type=Path, help="calibration folder (calib.npy) for INT8")
     source.add_argument("--calib-cache", type=Path, help="TensorRT calibration cache to reuse for INT8")
-    engine.add_argument("--int8-source", choices=("auto", "calibrator", "qdq"), default="auto")
+    engine.add_argument(
+        "--int8-source",
+        choices=("auto", "calibrator", "qdq"),
+        default="auto",
+        help="where INT8 scales come from on TensorRT 10: auto (default) runs the calibrator when --calib "
+        "or a valid calibration cache (--calib-cache, or calib_int8.cache beside -o) is at hand, else "
+        "builds model_int8_qdq.onnx; calibrator or qdq forces one (TensorRT 11 always builds the Q/DQ model)",
+    )
     engine.add_argument(
         "--batch",
         default=None,

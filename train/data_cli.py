@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.contract import SYNTHETIC_WARNING
 from edge_runtime.fileio import atomic_write_json
 from train.command import run_command
+
+if TYPE_CHECKING:
+    from train.data import DataConfig
 
 EPILOG = """examples:
   pneumo data check ../shared/data/chest_xray -o data_check.json
@@ -69,18 +73,50 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     split.add_argument("root", type=Path, help="data folder")
-    split.add_argument("--label-mode", choices=("binary", "kind"), default="binary")
-    split.add_argument("--split-mode", choices=("patient", "random"), default="patient")
-    split.add_argument("--val-fraction", type=float, default=0.1)
-    split.add_argument("--sources", choices=("all", "original"), default="all")
+    split.add_argument(
+        "--label-mode",
+        choices=("binary", "kind"),
+        default="binary",
+        help="binary: the class folders (default); kind: NORMAL / BACTERIA / VIRUS from the file names",
+    )
+    split.add_argument(
+        "--split-mode",
+        choices=("patient", "random"),
+        default="patient",
+        help="patient (default): validation carved from the train pool by patient; random: seed 000's "
+        "leaky image-by-image 70/20/10 split ('pneumo train --split')",
+    )
+    split.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the train pool carved out for validation, patient mode (default 0.1)",
+    )
+    split.add_argument(
+        "--sources",
+        choices=("all", "original"),
+        default="all",
+        help="all (default), or original: train and validate only on the checksum-verified originals",
+    )
     split.add_argument(
         "--undersample", action="store_true", help="undersample the majority class(es) in train"
     )
     split.add_argument(
         "--exclude-test-patients", action="store_true", help="drop train images of patients that are in test"
     )
-    split.add_argument("--max-per-class", type=_positive_int, default=None)
-    split.add_argument("--seed", type=int, default=0)
+    split.add_argument(
+        "--max-per-class",
+        type=_positive_int,
+        default=None,
+        help="cap images per class per split, a seeded choice (default: no cap)",
+    )
+    split.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the split (default 0); 'pneumo train' calls it --split-seed (without one, train "
+        "splits with its --seed)",
+    )
     split.add_argument("-o", "--output", type=Path, help="write split.json (every sample) here")
     split.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     split.set_defaults(func=_split)
@@ -103,8 +139,18 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--per-class", type=_positive_int, default=160, help="images per class, all splits (default 160)"
     )
     synth.add_argument("--size", type=_positive_int, default=256, help="image height in pixels (default 256)")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--layout", choices=("split", "flat"), default="split")
+    synth.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed (default 0): the same seed and settings, the same bytes",
+    )
+    synth.add_argument(
+        "--layout",
+        choices=("split", "flat"),
+        default="split",
+        help="split: OUT/{train,val,test}/{CLASS}/ (default); flat: OUT/{CLASS}/",
+    )
     synth.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     synth.set_defaults(func=_synth)
     return parser
@@ -173,8 +219,30 @@ def _split(args: argparse.Namespace) -> int:
     print(_format_split(summary))
     if args.output:
         print(f"split written: {args.output}")
-    print(f"next: pneumo train --data {summary['root']} --out runs/NAME")
+    print(f"next: {_train_command(config, summary['root'])}")
     return 0
+
+
+def _train_command(config: DataConfig, root: str) -> str:
+    """The ``pneumo train`` line that splits ROOT as shown: the split mode and seed always, other options when set."""
+    from train.data import DataConfig
+
+    default = DataConfig(root=config.root)
+    words = ["pneumo", "train", "--data", root, "--out", "runs/NAME"]
+    words += ["--split", config.split_mode, "--split-seed", str(config.seed)]
+    if config.label_mode != default.label_mode:
+        words += ["--label-mode", config.label_mode]
+    if config.val_fraction != default.val_fraction:
+        words += ["--val-fraction", f"{config.val_fraction:g}"]
+    if config.sources != default.sources:
+        words += ["--sources", config.sources]
+    if config.undersample:
+        words.append("--undersample")
+    if config.exclude_test_patients:
+        words.append("--exclude-test-patients")
+    if config.max_per_class is not None:
+        words += ["--max-per-class", str(config.max_per_class)]
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def _format_split(summary: dict[str, Any]) -> str:

@@ -16,6 +16,9 @@ import numpy as np
 
 from edge_runtime.errors import BundleError
 
+#: every backend a bundle can run on; "auto" picks the first that loads, in this order
+BACKEND_NAMES = ("trt", "ort-trt", "ort-cuda", "ort-cpu")
+
 
 class Backend(abc.ABC):
     """One loaded model on one device, ready to run batches."""

@@ -17,7 +17,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_runtime.backends.base import Backend
+from edge_runtime.backends.base import BACKEND_NAMES, Backend
 from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edge_runtime.bundle import ONNX_FOR_PRECISION, Bundle
 from edge_runtime.errors import (
@@ -30,8 +30,8 @@ from edge_runtime.errors import (
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "trt", "ort-trt", "ort-cuda", "ort-cpu")
-AUTO_ORDER = ("trt", "ort-trt", "ort-cuda", "ort-cpu")
+BACKENDS = ("auto", *BACKEND_NAMES)
+AUTO_ORDER = BACKEND_NAMES
 
 
 @dataclass

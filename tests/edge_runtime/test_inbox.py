@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import stat
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from edge_runtime.contract import PreprocessContract
@@ -331,6 +334,19 @@ def test_an_image_is_read_once_hashed_and_decoded_with_the_contract(tmp_path: Pa
     assert read.sha256 == hashlib.sha256(data).hexdigest() and read.size == len(data)
     assert read.image is not None and read.image.shape == (32, 32, 1)
     assert path.read_bytes() == data  # reading never changes the input
+
+
+def test_a_large_file_reports_progress_after_every_mib_and_reads_the_same(tmp_path: Path) -> None:
+    """The daemon's watchdog ping rides on these calls: a large file on a slow share is progress."""
+    noise = np.random.default_rng(0).integers(0, 256, (1100, 1100, 3), dtype=np.uint8)
+    data = cv2.imencode(".png", noise)[1].tobytes()  # incompressible: over 3 MiB
+    path = _write(tmp_path / "large.png", data)
+    calls: list[None] = []
+    read = read_input(tmp_path, _candidate(path), CONTRACT, lambda: calls.append(None))
+    assert len(calls) == math.ceil(len(data) / (1 << 20)) >= 3
+    plain = read_input(tmp_path, _candidate(path), CONTRACT)
+    assert read.outcome == plain.outcome == "image" and read.sha256 == plain.sha256
+    assert read.image is not None and plain.image is not None and np.array_equal(read.image, plain.image)
 
 
 def test_content_not_the_name_decides_the_format(tmp_path: Path) -> None:

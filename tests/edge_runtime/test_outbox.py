@@ -721,6 +721,24 @@ def test_across_filesystems_a_file_is_copied_verified_then_removed(tmp_path: Pat
     assert warnings == [] and sorted(p.name for p in box.done.iterdir()) == ["a.png", "a.png.json"]
 
 
+def test_a_finish_reports_progress_for_every_input_and_every_mib_copied_or_hashed(
+    tmp_path: Path, shm_inbox: Path
+) -> None:
+    """The daemon's watchdog ping rides on these calls: copying large inputs to another disk over
+    a slow share is progress, however long the batch, and only a stuck step goes unreported."""
+    calls: list[None] = []
+    box = Outbox(tmp_path / "out", shm_inbox, progress=lambda: calls.append(None))
+    box.ensure_layout()
+    large = os.urandom(3 * (1 << 20) + 1)  # four chunks
+    (shm_inbox / "large.png").write_bytes(large)
+    (shm_inbox / "small.png").write_bytes(png_bytes(200))
+    claim = _claim(box, {"large.png": "done", "small.png": "done"})
+    box.finish(claim, _collect([]))
+    # one per input; the large one copied (4 chunks) and read back to verify (4); the small one 1 + 1
+    assert len(calls) == 2 + 4 + 4 + 1 + 1
+    assert (box.done / "large.png").read_bytes() == large
+
+
 def test_across_filesystems_a_link_is_parked_in_the_inbox_never_copied(
     tmp_path: Path, shm_inbox: Path
 ) -> None:

@@ -6,6 +6,8 @@ message the daemon sends, which systemd only shows in part (READY, STATUS, a wat
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import signal
 import socket
@@ -14,8 +16,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
+from edge_runtime.contract import PreprocessContract
+from edge_runtime.preprocess import apply_contract, decode_bytes
 from edge_runtime.systemd_notify import ServiceNotifier
 from tests.edge_runtime.watch_harness import BRIGHT, Daemon, drop, png_bytes, result_count
 
@@ -28,6 +34,8 @@ class NotifySocket:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
         self.messages: list[list[str]] = []
+        #: time.monotonic() when each message was read, beside ``messages``
+        self.read_at: list[float] = []
 
     def read(self, timeout: float = 0.2) -> list[list[str]]:
         """Every message that arrives within ``timeout`` of the last one."""
@@ -35,6 +43,7 @@ class NotifySocket:
         while True:
             try:
                 self.messages.append(self.sock.recv(4096).decode().splitlines())
+                self.read_at.append(time.monotonic())
             except TimeoutError:
                 return self.messages
 
@@ -174,3 +183,53 @@ def test_the_daemon_runs_on_when_systemd_cannot_be_reached_and_says_so_once(
     failures = [e for e in daemon.events() if e["event"] == "notify_failed"]
     assert len(failures) == 1 and failures[0]["errno"] == "ENOENT", failures
     assert os.listdir(inbox) == [".pneumo-inbox.lock"]
+
+
+def _slow_png() -> tuple[bytes, float]:
+    """A 36-megapixel 16-bit PNG (85 kB: one grey level) and the seconds one decode takes here."""
+    data = cv2.imencode(".png", np.full((6000, 6000), 30000, np.uint16), [cv2.IMWRITE_PNG_COMPRESSION, 9])[1]
+    start = time.perf_counter()
+    for _ in range(2):
+        apply_contract(decode_bytes(data.tobytes(), "probe.png"), PreprocessContract(height=32, width=32))
+    return data.tobytes(), (time.perf_counter() - start) / 2
+
+
+def test_a_batch_that_outlasts_the_watchdog_interval_is_not_taken_for_a_hang(
+    tiny_bundle: Path, boxes: tuple[Path, Path], notify_socket: NotifySocket
+) -> None:
+    """The daemon calls in between the inputs of a batch, not only between batches: a batch of
+    large images that takes several watchdog intervals must not get it killed as hung."""
+    inbox, outbox = boxes
+    data, per_image = _slow_png()
+    watchdog = 2.0
+    count = min(96, max(16, math.ceil(4 * watchdog / per_image)))  # about four intervals of decoding
+    env = {"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": str(int(watchdog * 1e6))}
+    with Daemon(tiny_bundle, inbox, outbox, env=env, config={"batch": count}) as daemon:
+        daemon.wait_started()
+        notify_socket.wait_for("READY=1")
+        staging = inbox.parent / "staging"
+        staging.mkdir()
+        for n in range(count):
+            (staging / f"large-{n:03d}.png").write_bytes(data)
+        dropped = time.monotonic()
+        for n in range(count):  # all at once, so that one batch takes them all
+            os.rename(staging / f"large-{n:03d}.png", inbox / f"large-{n:03d}.png")
+        deadline = dropped + 300
+        while result_count(outbox) < count:  # reading all along: a message is timed as it arrives
+            assert time.monotonic() < deadline, f"{result_count(outbox)} of {count} results in 300 s"
+            notify_socket.read(0.02)
+        finished = time.monotonic()
+        notify_socket.read(0.5)
+        assert daemon.signal(signal.SIGTERM) == 0
+    stopped = next(e for e in daemon.events() if e["event"] == "stopped")
+    assert stopped["counters"]["batches"] == 1, (
+        "the inputs must form one batch for this test to mean anything"
+    )
+    took = finished - dropped
+    assert took > 2 * watchdog, f"the batch took {took:.1f} s: too short to outlast the watchdog"
+    pings = [t for t, m in zip(notify_socket.read_at, notify_socket.messages) if "WATCHDOG=1" in m]
+    during = [t for t in pings if dropped - watchdog <= t <= finished + 0.5]
+    gaps = [b - a for a, b in itertools.pairwise(during)]
+    # one batch of `took` seconds; systemd kills when a gap reaches the interval
+    assert gaps and max(gaps) < watchdog, f"longest gap {max(gaps, default=0):.2f} s in a {took:.1f} s batch"
+    assert not any(e["event"] == "notify_failed" for e in daemon.events())

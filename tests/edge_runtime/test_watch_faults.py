@@ -19,6 +19,7 @@ processes each exactly once after the condition clears.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -241,3 +242,44 @@ def test_outbox_on_another_filesystem(
     assert (outbox / "failed" / "link.png.error.json").exists() and target.exists()
     assert inbox_files(inbox) == [".pneumo-failed"]
     assert not [n for n in os.listdir(outbox / "done") if n.startswith(".")], "temp copies left behind"
+
+
+def test_a_filling_outbox_disk_is_announced_before_it_is_full_and_once(
+    tiny_bundle: Path, boxes: tuple[Path, Path], can_mount: None
+) -> None:
+    """Every input is kept, so a disk nobody archives fills: the operator hears of it first."""
+    inbox, outbox = boxes
+    outbox.mkdir()
+    assert mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(outbox)).returncode == 0
+    try:
+        inputs: dict[str, bytes] = {}
+        config = {"low-space-mib": 4}
+        with _start_with_one_result(tiny_bundle, inbox, outbox, inputs, config=config) as daemon:
+            assert _heartbeat(outbox)["outbox_low_space"] is False
+            filler = outbox / "filler.bin"  # as months of done/ would
+            filler.write_bytes(os.urandom(5 << 20))
+            daemon.wait_event("outbox_low_space")
+            low = next(e for e in daemon.events() if e["event"] == "outbox_low_space")
+            assert low["level"] == "warning" and low["free_mib"] < 4 and low["low_space_mib"] == 4
+            assert "done/ and failed/" in low["msg"]
+            daemon.wait_until(lambda: _heartbeat(outbox)["outbox_low_space"] is True, 30, "the heartbeat")
+            assert _heartbeat(outbox)["outbox_free_mib"] < 4
+            # a warning, not a stop: inputs are still processed while there is room
+            inputs["while low.png"] = png_bytes(200, seed=7)
+            drop(inbox, "while low.png", inputs["while low.png"])
+            daemon.wait_until(lambda: result_count(outbox) == 2, 60, "a result while space is low")
+            time.sleep(1.0)  # several checks more (heartbeat-seconds 0.2): still one warning
+            assert sum(e["event"] == "outbox_low_space" for e in daemon.events()) == 1
+            filler.unlink()  # archived
+            daemon.wait_event("outbox_space_ok")
+            ok = next(e for e in daemon.events() if e["event"] == "outbox_space_ok")
+            assert ok["free_mib"] >= 5
+            daemon.wait_until(lambda: _heartbeat(outbox)["outbox_low_space"] is False, 30, "the heartbeat")
+            assert daemon.signal(signal.SIGTERM) == 0
+        assert_exactly_once(outbox, inputs)
+    finally:
+        umount(outbox)
+
+
+def _heartbeat(outbox: Path) -> dict[str, object]:
+    return json.loads((outbox / "heartbeat.json").read_text())

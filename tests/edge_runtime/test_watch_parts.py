@@ -28,7 +28,8 @@ from edge_runtime.watch_cli import main as watch_main
 from edge_runtime.watch_config import WatchConfig, WatchConfigError, load_config_file, resolve_config
 from edge_runtime.watch_log import EventLog, describe_os_error, json_logger
 from edge_runtime.watch_retries import Backoff, InputRetries
-from tests.edge_runtime.watch_harness import png_bytes
+from edge_runtime.watch_space import OutboxSpace
+from tests.edge_runtime.watch_harness import mount, png_bytes, umount
 
 
 def _record(i: int) -> dict:
@@ -68,6 +69,80 @@ def test_config_bounds_and_precedence(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[watch]\nbatch = \n")
     with pytest.raises(WatchConfigError, match="not valid TOML"):
         load_config_file(tmp_path / "bad.toml")
+
+
+def test_a_misspelt_backend_is_bad_settings_not_a_restart_loop(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(WatchConfigError, match="backend 'ort_cpu': expected auto or one of trt, ort-trt"):
+        WatchConfig(Path("b"), Path("i"), Path("o"), backend="ort_cpu")
+    (tmp_path / "w.toml").write_text(
+        '[watch]\nbundle = "b"\ninbox = "in"\noutbox = "out"\nbackend = "bogus"\n'
+    )
+    assert watch_main(["--config", str(tmp_path / "w.toml"), "--print-config"]) == 2  # exit 2: not restarted
+    assert "backend 'bogus'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as flag:  # the flag is checked by argparse, also exit 2
+        watch_main(["--config", str(tmp_path / "w.toml"), "--backend", "bogus"])
+    assert flag.value.code == 2
+
+
+def test_low_space_and_inbox_mount_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(WatchConfigError, match="low_space_mib = -1"):
+        WatchConfig(Path("b"), Path("i"), Path("o"), low_space_mib=-1)
+    (tmp_path / "w.toml").write_text(
+        '[watch]\nbundle = "b"\ninbox = "in"\noutbox = "out"\ninbox-mount = true\nlow-space-mib = 2048\n'
+    )
+    assert watch_main(["--config", str(tmp_path / "w.toml"), "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["low_space_mib"] == 2048 and printed["inbox_mount"] is True
+    argv = [
+        "--config",
+        str(tmp_path / "w.toml"),
+        "--no-inbox-mount",
+        "--low-space-mib",
+        "0",
+        "--print-config",
+    ]
+    assert watch_main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["low_space_mib"] == 0 and printed["inbox_mount"] is False  # flags over the file
+
+
+def test_low_space_is_said_once_per_crossing_with_a_margin_before_it_is_withdrawn(
+    tmp_path: Path, can_mount: None
+) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    assert mount("-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)).returncode == 0
+    try:
+        stream = io.StringIO()
+        space = OutboxSpace(disk, 10, EventLog(json_logger("info", stream)), interval=0.0)
+        space.check()
+        assert (space.low, space.status()) == (False, "") and space.free_mib == 16
+        filler = disk / "filler.bin"
+        filler.write_bytes(b"\0" * (7 << 20))  # 9 MiB free: below 10
+        space.check()
+        space.check()
+        assert space.low and space.status() == "; outbox disk low: 9 MiB free"
+        filler.write_bytes(b"\0" * (6 << 20))  # 10 MiB free: not below 10, not yet 10 + 1 MiB margin
+        space.check()
+        assert space.low
+        filler.unlink()
+        space.check()
+        assert not space.low and space.free_mib == 16
+        logging.getLogger("pneumo.watch").handlers.clear()
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert [(e["event"], e["free_mib"]) for e in lines] == [
+            ("outbox_low_space", 9),
+            ("outbox_space_ok", 16),
+        ]
+        off = OutboxSpace(disk, 0, EventLog(json_logger("info", io.StringIO())), interval=0.0)
+        filler.write_bytes(b"\0" * (15 << 20))
+        off.check()
+        assert off.free_mib == 1 and not off.low  # 0: measured for the heartbeat, never a warning
+    finally:
+        logging.getLogger("pneumo.watch").handlers.clear()
+        umount(disk)
 
 
 def test_backoff_doubles_and_caps() -> None:
