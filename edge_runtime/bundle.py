@@ -218,7 +218,11 @@ def _records_disagree(root: Path, info: ModelInfo) -> list[str]:
             problems.append(
                 f"model version: {name} {record['model_version']!r}, model_info.json {info.model_version!r}"
             )
+        # export_report.json: decision_threshold; model_card.json: threshold.value (with how it was chosen)
         threshold = record.get("decision_threshold")
+        nested = record.get("threshold")
+        if threshold is None and isinstance(nested, dict):
+            threshold = nested.get("value")
         if isinstance(threshold, (int, float)) and abs(float(threshold) - info.threshold) > 1e-9:
             problems.append(f"decision threshold: {name} {threshold}, model_info.json {info.threshold}")
     return problems

@@ -158,6 +158,10 @@ def make_bundle(
     run = RunFolder.resolve(run_or_h5)
     output = Path(output)
     check_output(output, run, config.overwrite)
+    if config.tar:
+        # before building: a refusal after the new bundle is in place would leave the old model's
+        # archive beside it, for someone to copy to the clinic
+        _refuse_archive_in_the_way(archive_path(output), config.overwrite)
     staging = _empty_staging_folder(output)
     steps = _Steps(staging, on_step)
     try:
@@ -215,11 +219,20 @@ def _move_into_place(staging: Path, output: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_archive(root: Path, overwrite: bool) -> Path:
-    """``root.tar.gz`` beside the bundle, written atomically (a copy in progress is never mistaken for it)."""
-    archive = root.with_name(root.name + ".tar.gz")
+def archive_path(root: Path) -> Path:
+    """Where ``--tar`` puts the archive of the bundle at ``root``: beside it."""
+    return root.with_name(root.name + ".tar.gz")
+
+
+def _refuse_archive_in_the_way(archive: Path, overwrite: bool) -> None:
     if archive.exists() and not overwrite:
         raise OutputExistsError(f"{archive}: exists; pass --overwrite to replace it")
+
+
+def write_archive(root: Path, overwrite: bool) -> Path:
+    """``root.tar.gz`` beside the bundle, written atomically (a copy in progress is never mistaken for it)."""
+    archive = archive_path(root)
+    _refuse_archive_in_the_way(archive, overwrite)
 
     def pack(tmp: Path) -> None:
         with tarfile.open(tmp, "w:gz") as tar:

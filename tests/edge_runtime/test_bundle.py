@@ -104,6 +104,23 @@ def test_manifest_and_model_info_must_agree_on_synthetic_and_threshold(tiny_bund
         Bundle.open(tiny_bundle)
 
 
+def test_a_hand_edit_that_re_hashes_cannot_move_the_threshold_past_the_model_card(tiny_bundle: Path) -> None:
+    # as export writes it: the model card keeps the threshold with how it was chosen on validation
+    card = {"model_version": "tiny-test-1", "synthetic": True, "threshold": {"value": 0.5, "rule": "youden"}}
+    (tiny_bundle / "model_card.json").write_text(json.dumps(card))
+    write_manifest_without_checks(tiny_bundle)
+    Bundle.open(tiny_bundle)  # in agreement: opens
+    for name in ("model_info.json", "manifest.json"):
+        data = json.loads((tiny_bundle / name).read_text())
+        key = "threshold" if name == "model_info.json" else "decision_threshold"
+        (tiny_bundle / name).write_text(json.dumps({**data, key: 0.2}))
+    write_manifest_without_checks(tiny_bundle)
+    with pytest.raises(
+        BundleError, match=r"decision threshold: model_card\.json 0\.5, model_info\.json 0\.2"
+    ):
+        Bundle.open(tiny_bundle)
+
+
 def test_a_hand_edit_that_re_hashes_cannot_drop_the_synthetic_flag(tiny_bundle: Path) -> None:
     # model_info.json and the manifest agree; model_card.json still says synthetic
     for name in ("model_info.json", "manifest.json"):

@@ -21,7 +21,7 @@ from export.accuracy import require_int8_sensitivity
 from export.bundle import make_bundle
 from export.cli import main
 from export.config import BundleConfig, GoldenConfig
-from export.errors import AccuracyDropError, ExportError, RunFolderError
+from export.errors import AccuracyDropError, ExportError, OutputExistsError, RunFolderError
 from export.golden import (
     FP16_CEILING,
     FP16_FLOOR,
@@ -191,6 +191,19 @@ def test_overwrite_replaces_a_bundle_and_missing_split_is_named(
     with pytest.raises(RunFolderError, match=r"split\.json: missing"):
         make_bundle(run, tmp_path / "other", BundleConfig(precisions=("fp32",)))
     assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other.*"))
+
+
+@pytest.mark.tf
+def test_an_old_archive_in_the_way_is_refused_before_anything_is_built(
+    tiny_run: TinyRun, tmp_path: Path
+) -> None:
+    old = tmp_path / "bundle.tar.gz"
+    old.write_bytes(b"the previous model's archive")
+    with pytest.raises(OutputExistsError, match=r"bundle\.tar\.gz: exists; pass --overwrite"):
+        make_bundle(tiny_run.folder, tmp_path / "bundle", BundleConfig(precisions=("fp32",), tar=True))
+    # no new bundle beside the old archive, no staging folder, the archive untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle.tar.gz"]
+    assert old.read_bytes() == b"the previous model's archive"
 
 
 def test_int8_gate_fails_on_a_sensitivity_drop(tmp_path: Path) -> None:
