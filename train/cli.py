@@ -168,7 +168,7 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
         "--freeze-base",
         action=bool_flag,
         help="freeze the ImageNet base of vgg16_transfer or resnet50 (default: vgg16_transfer frozen over "
-        "--weights, as seed 003; resnet50 fine-tuned end to end, as seed 004; a random base always trains)",
+        "--weights, as seed 003; resnet50 fine-tuned end to end, as seed 004; a random base trains unless this flag is given)",
     )
     model.add_argument("--dropout", type=float, help="dropout rate of the architecture's dropout layer")
     model.add_argument("--width-multiplier", type=float, help="dsconv channel multiplier (default 1.0)")

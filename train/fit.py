@@ -492,6 +492,22 @@ def threshold_record(choice: Any) -> dict[str, Any]:
     }
 
 
+def _refuse_an_inverted_sigmoid(cfg: TrainConfig, labels: tuple[str, ...], head: Head) -> None:
+    """A sigmoid unit learns P(labels[1]), which everything downstream reads as P(abnormal).
+
+    Labels sort by name, so folders such as COVID / NORMAL put the normal class second: the
+    model would learn P(normal) and every probability, threshold and decision would be inverted.
+    """
+    negative = negative_label(labels)
+    if head.kind == "sigmoid" and negative != labels[0]:
+        raise TrainError(
+            f"{cfg.data}: classes {list(labels)}: a sigmoid head would learn P({labels[1]!r}), but "
+            f"{negative!r} is the normal class, so every probability would be P(normal) read as "
+            f"P(abnormal); pass --head softmax (P(abnormal) = 1 - P({negative!r})), or name the "
+            "abnormal folder so that it sorts after the normal one"
+        )
+
+
 def negative_label(labels: tuple[str, ...]) -> str:
     """The 'normal' class: NORMAL when present (any case), else the first label."""
     for label in labels:
@@ -648,6 +664,7 @@ def _train_into(cfg: TrainConfig, spec: ArchSpec, splits: Any, out: Path, starte
     synthetic = is_synthetic(cfg.data)
     contract = spec.contract(cfg.height, cfg.width, cfg.color, cfg.interpolation, cfg.resize)
     head = resolve_head(cfg.head if cfg.head != "auto" else spec.head, len(splits.labels))
+    _refuse_an_inverted_sigmoid(cfg, splits.labels, head)
     log.info("data: %s", "; ".join(splits.notes))
     arrays = _load_split_arrays(splits, contract, cfg)
     decode_seconds = time.perf_counter() - started

@@ -326,6 +326,22 @@ def test_bad_data_is_refused_before_any_folder_is_created(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty-data"]
 
 
+def test_a_sigmoid_head_that_would_learn_p_normal_is_refused(synth_small: Path, tmp_path: Path) -> None:
+    """Labels sort by name: with ABNORMAL / NORMAL folders a sigmoid unit would learn P(NORMAL)."""
+    import shutil
+
+    from train.fit import train_run
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_small, data)
+    for split in ("train", "val", "test"):
+        (data / split / "PNEUMONIA").rename(data / split / "ABNORMAL")
+    out = tmp_path / "runs" / "run"
+    with pytest.raises(TrainError, match=r"P\('NORMAL'\).*pass --head softmax"):
+        train_run(TrainConfig(arch="lhu", data=data, out=out, epochs=1, progress=False, tensorboard=False))
+    assert not out.exists()
+
+
 def test_class_weights_follow_seed_004() -> None:
     from train.pipeline import class_weights, sample_weights
 
