@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_runtime.backends.base import BACKEND_NAMES
+from edge_runtime.backends.base import BACKEND_CHOICES, BACKEND_NAMES
 from edge_runtime.contract import SYNTHETIC_WARNING
 from edge_runtime.errors import EdgeError, UsageError
 
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from edge_runtime.predictor import Prediction
 
 DISCLAIMER = "Decision support for a trained clinician, not a diagnosis."
-BACKEND_CHOICES = ("auto", *BACKEND_NAMES)
 PRECISION_CHOICES = ("fp32", "fp16", "int8")
 
 EPILOGS = {

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from edge_runtime.backends.base import BACKEND_NAMES
+from edge_runtime.backends.base import BACKEND_CHOICES
 from edge_runtime.outbox import Failpoint
 from edge_runtime.systemd_notify import ServiceNotifier
 from edge_runtime.watch import WatchDaemon
@@ -63,7 +63,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--backend",
-        choices=("auto", *BACKEND_NAMES),
+        choices=BACKEND_CHOICES,
         help="auto (default: the first that loads, in the order listed) or one backend",
     )
     parser.add_argument(

@@ -28,7 +28,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.backends.base import BACKEND_NAMES
+from edge_runtime.backends.base import BACKEND_CHOICES, BACKEND_NAMES
 from edge_runtime.errors import EdgeError
 
 # Names an uploader uses while a file is still being written, and hidden
@@ -121,7 +121,7 @@ class WatchConfig:
         _check_float("backoff_max_seconds", self.backoff_max_seconds, self.backoff_initial_seconds, 86400.0)
         if self.max_pending < self.batch:
             raise WatchConfigError(f"max_pending {self.max_pending} must be at least batch {self.batch}")
-        if self.backend not in ("auto", *BACKEND_NAMES):
+        if self.backend not in BACKEND_CHOICES:
             # here, not at model load: a typo must exit 2 ("fix the config"), not loop through restarts
             raise WatchConfigError(
                 f"backend {self.backend!r}: expected auto or one of {', '.join(BACKEND_NAMES)}"

@@ -18,6 +18,8 @@ from edge_runtime.errors import BundleError
 
 #: every backend a bundle can run on; "auto" picks the first that loads, in this order
 BACKEND_NAMES = ("trt", "ort-trt", "ort-cuda", "ort-cpu")
+#: what a --backend flag accepts
+BACKEND_CHOICES = ("auto", *BACKEND_NAMES)
 
 
 class Backend(abc.ABC):

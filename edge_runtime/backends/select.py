@@ -17,7 +17,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_runtime.backends.base import BACKEND_NAMES, Backend
+from edge_runtime.backends.base import BACKEND_CHOICES, BACKEND_NAMES, Backend
 from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edge_runtime.bundle import ONNX_FOR_PRECISION, Bundle
 from edge_runtime.errors import (
@@ -30,7 +30,6 @@ from edge_runtime.errors import (
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", *BACKEND_NAMES)
 AUTO_ORDER = BACKEND_NAMES
 
 
@@ -185,8 +184,10 @@ def select_backend(
     ``dla_core`` asks for the engine built with ``pneumo edge build --dla N``; it
     rules out every ONNX Runtime backend, so ``auto`` then means ``trt`` only.
     """
-    if backend not in BACKENDS:
-        raise BackendUnavailableError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend not in BACKEND_CHOICES:
+        raise BackendUnavailableError(
+            f"unknown backend {backend!r}: expected one of {', '.join(BACKEND_CHOICES)}"
+        )
     if backend != "auto":
         return BackendChoice(_make(bundle, backend, precision, threads, dla_core), backend, precision)
     skipped: dict[str, str] = {}
