@@ -188,9 +188,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "--int8-source",
         default="auto",
         choices=("auto", "calibrator", "qdq"),
-        help="INT8 on TensorRT 10: auto (default) calibrates on calibration/calib.npy (or a valid "
-        "calibration cache) when there is one, else builds the Q/DQ model; calibrator or qdq forces one "
-        "(TensorRT 11 always builds the Q/DQ model)",
+        help="INT8 on TensorRT 10: auto (default) builds the bundle's Q/DQ model (model_int8_qdq.onnx, the "
+        "INT8 graph export measured) and calibrates model.onnx on calibration/calib.npy (or a valid "
+        "calibration cache) only when the bundle has no Q/DQ model; calibrator forces TensorRT's entropy "
+        "calibrator (scales export never measured; the golden self-test still gates the engine), qdq forces "
+        "the Q/DQ model (TensorRT 11 always builds the Q/DQ model)",
     )
     b.add_argument("--rebuild", action="store_true", help="rebuild even when a matching engine exists")
     b.add_argument("--verbose", action="store_true", help="TensorRT builder log at VERBOSE")

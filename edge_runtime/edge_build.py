@@ -224,7 +224,10 @@ def _build_or_reuse(
     available = precision == "int8" and int8_calibration_available(
         sources, files.calibration_cache, trt_version, calibration
     )
-    plan = plan_build(trt_version, precision, config.int8_source, available)
+    # the same facts build_engine plans from, so the reuse check compares the build path it will take
+    plan = plan_build(
+        trt_version, precision, config.int8_source, available, qdq_available=sources.has("int8_qdq")
+    )
     sidecar = None
     if files.sidecar.is_file():
         try:
@@ -248,9 +251,8 @@ def _build_or_reuse(
     if problem is None and sidecar is not None:
         say(f"{precision}: reusing {files.engine} (sidecar matches this device)")
         return files, sidecar, "reused"
-    say(
-        f"{precision}: building {files.engine} ({problem}; {plan.build_path}; this takes minutes on a Jetson)"
-    )
+    how = f"{plan.build_path}, {plan.int8_reason}" if plan.int8_reason else plan.build_path
+    say(f"{precision}: building {files.engine} ({problem}; {how}; this takes minutes on a Jetson)")
     sidecar = build_engine(
         sources,
         files.engine,
@@ -346,7 +348,8 @@ def _one_precision(
         else:
             from edge_runtime.backends.select import create_backend
 
-            backend = create_backend(bundle, config.backend, precision)
+            # no gate: this runs the same golden set itself and reports its figures as the row
+            backend = create_backend(bundle, config.backend, precision, golden_gated=())
         with backend:
             outputs = run_golden(backend, golden)
         _fill_comparison(result, compare_golden(outputs, golden, bundle.info, precision))
@@ -366,13 +369,7 @@ def _fill_comparison(result: PrecisionResult, comparison: GoldenComparison) -> N
     result.max_abs_diff, result.tolerance = comparison.max_abs_diff, comparison.tolerance
     result.decision_agreement, result.flipped = comparison.decision_agreement, comparison.flipped
     result.accuracy, result.n = comparison.accuracy, comparison.n
-    if not comparison.passed:
-        reasons = []
-        if comparison.max_abs_diff > comparison.tolerance:
-            reasons.append(f"max |diff| {comparison.max_abs_diff:.3g} > tolerance {comparison.tolerance:.3g}")
-        if comparison.flipped_outside_tolerance:
-            reasons.append(f"decisions flipped on {', '.join(comparison.flipped_outside_tolerance[:5])}")
-        result.message = "; ".join(reasons)
+    result.message = comparison.failure() or ""
 
 
 def _record_self_test(

@@ -13,13 +13,23 @@ precision  TensorRT 10.x (JetPack 6)                   TensorRT 11.x
 =========  ==========================================  =============================================
 fp32       model.onnx, no precision flag, TF32 off     model.onnx, strongly typed
 fp16       model.onnx + ``BuilderFlag.FP16``           model_fp16.onnx (typed graph), strongly typed
-int8       model.onnx + ``BuilderFlag.INT8`` +         model_int8_qdq.onnx (Q/DQ), strongly typed
-           ``IInt8EntropyCalibrator2`` (cache reused
-           only when TensorRT version, calibration
-           set and model match), or with
-           ``int8_source="qdq"`` the Q/DQ model,
-           strongly typed
+int8       model_int8_qdq.onnx (Q/DQ), strongly        model_int8_qdq.onnx (Q/DQ), strongly typed
+           typed; or the entropy calibrator on
+           model.onnx (see the list below)
 =========  ==========================================  =============================================
+
+INT8 on TensorRT 10, by ``int8_source``:
+
+* ``auto`` (the default): the Q/DQ model whenever there is one. It is the
+  graph ``pneumo export`` measured (accuracy, parity with FP32, the INT8
+  figures the bundle reports), so the engine is the INT8 model that was
+  checked. Only without a Q/DQ model, and with a calibration set or a valid
+  calibration cache at hand, does it calibrate model.onnx instead.
+* ``calibrator``: model.onnx + ``BuilderFlag.INT8`` + ``IInt8EntropyCalibrator2``
+  (cache reused only when TensorRT version, calibration set and model match).
+  Its scales are TensorRT's own, not the ones export measured; the golden
+  self-test of ``pneumo edge build`` is then the only check of that engine.
+* ``qdq``: the Q/DQ model, or an error naming it when it is missing.
 
 TensorRT 11 removed the precision flags and implicit (calibrator) INT8; the
 Q/DQ graph it builds from is the very one ONNX Runtime runs in CI, so its
@@ -190,6 +200,11 @@ class OnnxSources:
     def from_bundle(cls, bundle: Bundle) -> OnnxSources:
         return cls.beside(bundle.root / ONNX_FOR_PRECISION["fp32"])
 
+    def has(self, role: str) -> bool:
+        """The ``role`` model ("fp32", "fp16", "int8_qdq") is on disk."""
+        path = {"fp32": self.fp32, "fp16": self.fp16, "int8_qdq": self.int8_qdq}[role]
+        return path is not None and path.is_file()
+
     def path_for(self, role: str) -> Path:
         path = {"fp32": self.fp32, "fp16": self.fp16, "int8_qdq": self.int8_qdq}[role]
         name = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8_qdq": "model_int8_qdq.onnx"}[role]
@@ -257,6 +272,8 @@ class BuildPlan:
     strongly_typed: bool
     builder_flags: tuple[str, ...]
     calibrator: bool
+    #: INT8 only: why this source of scales was chosen (recorded in the engine sidecar)
+    int8_reason: str = ""
 
     @property
     def build_path(self) -> str:
@@ -273,13 +290,22 @@ def tensorrt_major(version: str) -> int:
 
 
 def plan_build(
-    trt_version: str, precision: str, int8_source: str = "auto", calibration_available: bool = False
+    trt_version: str,
+    precision: str,
+    int8_source: str = "auto",
+    calibration_available: bool = False,
+    *,
+    qdq_available: bool = True,
 ) -> BuildPlan:
     """THE place that chooses the TensorRT 10 or 11 path (see the module docstring's table).
 
+    ``qdq_available``: the Q/DQ model (``model_int8_qdq.onnx``) exists; callers
+    pass what they found on disk (:meth:`OnnxSources.has`).
     ``calibration_available``: a calibration set or a valid calibration cache is
-    at hand; with ``int8_source="auto"`` TensorRT 10 then calibrates with
-    ``IInt8EntropyCalibrator2``, otherwise it builds the Q/DQ model.
+    at hand. With ``int8_source="auto"`` TensorRT 10 builds the Q/DQ model
+    whenever it exists, since that is the graph export measured, and calibrates
+    model.onnx with ``IInt8EntropyCalibrator2`` only when there is no Q/DQ model
+    but calibration data; ``"calibrator"`` and ``"qdq"`` force one.
     """
     major = tensorrt_major(trt_version)
     if precision not in PRECISIONS:
@@ -290,18 +316,31 @@ def plan_build(
         if precision == "int8" and int8_source == "calibrator":
             raise EngineBuildError(
                 f"TensorRT {trt_version} removed implicit INT8 calibration (IInt8EntropyCalibrator2); "
-                "build INT8 from the bundle's Q/DQ model instead (--int8-source qdq, the default)"
+                "build INT8 from the bundle's Q/DQ model instead (--int8-source auto, the default, or qdq)"
             )
         role = {"fp32": "fp32", "fp16": "fp16", "int8": "int8_qdq"}[precision]
-        return BuildPlan(major, precision, role, True, (), False)
+        reason = f"TensorRT {major} builds INT8 from the Q/DQ model only" if precision == "int8" else ""
+        return BuildPlan(major, precision, role, True, (), False, reason)
     if precision == "fp32":
         return BuildPlan(major, precision, "fp32", False, (), False)
     if precision == "fp16":
         return BuildPlan(major, precision, "fp32", False, ("FP16",), False)
-    source = int8_source if int8_source != "auto" else ("calibrator" if calibration_available else "qdq")
+    source, reason = _int8_source(int8_source, qdq_available, calibration_available)
     if source == "calibrator":
-        return BuildPlan(major, precision, "fp32", False, ("INT8",), True)
-    return BuildPlan(major, precision, "int8_qdq", True, (), False)
+        return BuildPlan(major, precision, "fp32", False, ("INT8",), True, reason)
+    return BuildPlan(major, precision, "int8_qdq", True, (), False, reason)
+
+
+def _int8_source(int8_source: str, qdq_available: bool, calibration_available: bool) -> tuple[str, str]:
+    """TensorRT 10's INT8 source ("calibrator" or "qdq") and why, for the sidecar."""
+    if int8_source != "auto":
+        return int8_source, f"--int8-source {int8_source} asked"
+    if qdq_available:
+        return "qdq", "auto: the bundle's Q/DQ model is the INT8 graph export measured"
+    if calibration_available:
+        return "calibrator", "auto: the bundle has no Q/DQ model, only calibration data"
+    # Neither: the Q/DQ role makes the build fail naming the missing model_int8_qdq.onnx.
+    return "qdq", "auto: neither a Q/DQ model nor calibration data"
 
 
 def trtexec_equivalent(
@@ -697,8 +736,17 @@ def _set_up_build(
     available = config.precision == "int8" and int8_calibration_available(
         sources, cache_path, trt_version, calibration
     )
-    plan = plan_build(trt_version, config.precision, config.int8_source, available)
+    plan = plan_build(
+        trt_version, config.precision, config.int8_source, available, qdq_available=sources.has("int8_qdq")
+    )
     onnx_path = sources.path_for(plan.onnx_role)
+    if calibration is not None and config.int8_source == "auto" and plan.onnx_role == "int8_qdq":
+        log.warning(
+            "%s: building the Q/DQ model export measured; the calibration set given is not used "
+            "(--int8-source calibrator calibrates %s with it instead)",
+            onnx_path,
+            sources.path_for("fp32").name,
+        )
     return _BuildSetup(trt, trt_version, gpu, cache_path, plan, onnx_path, sha256_file(onnx_path))
 
 
@@ -789,9 +837,10 @@ def _calibration_record(
             "cache_reused": calibration_state.cache_reused,
             "images": calibration_state.images_used,
             "batch_size": config.calibration_batch_size,
+            "why": setup.plan.int8_reason,
         }
     if config.precision == "int8":
-        return {"source": "qdq-onnx", "onnx_file": setup.onnx_path.name}
+        return {"source": "qdq-onnx", "onnx_file": setup.onnx_path.name, "why": setup.plan.int8_reason}
     return None
 
 

@@ -68,9 +68,14 @@ def engine_files(
 class EngineSidecar:
     """Facts an engine was built under. Written atomically beside the engine.
 
-    ``precision`` is the precision actually built (the builder flags set, or the
-    typed ONNX graph a strongly typed network was built from), never just the
-    one asked for; ``build_path`` says which TensorRT API path produced it.
+    ``precision`` is the precision the build was asked for (``--precision``, after
+    ``export engine --precision best`` is resolved), and ``requested_precision``
+    records the same value: a build either produces that precision, through the
+    builder flag or typed ONNX graph :func:`edge_runtime.engine_from_onnx.plan_build`
+    picked (``build_path``, ``builder_flags`` and ``onnx_file`` say which), or fails
+    (on the builder-flag path a GPU without fast FP16 / INT8 is refused, not built
+    as FP32). It is not read back from the engine: a builder flag allows the
+    precision, and TensorRT may still run single layers in a wider type.
     ``profile`` maps each input name to its optimization profile
     ``{"min": [N, H, W, C], "opt": [...], "max": [...]}``.
     """

@@ -115,6 +115,19 @@ class GoldenComparison:
     def passed(self) -> bool:
         return self.max_abs_diff <= self.tolerance and not self.flipped_outside_tolerance
 
+    def failure(self, shown: int = 5) -> str | None:
+        """Why it failed, in words (None when it passed), naming at most ``shown`` flipped files."""
+        if self.passed:
+            return None
+        reasons = []
+        if self.max_abs_diff > self.tolerance:
+            reasons.append(f"max |diff| {self.max_abs_diff:.3g} > tolerance {self.tolerance:.3g}")
+        flipped = list(self.flipped_outside_tolerance)
+        if flipped:
+            more = f" and {len(flipped) - shown} more" if len(flipped) > shown else ""
+            reasons.append(f"decisions flipped on {', '.join(flipped[:shown])}{more}")
+        return "; ".join(reasons)
+
 
 def compare_golden(
     outputs: np.ndarray, golden: GoldenSet, info: ModelInfo, precision: str

@@ -9,8 +9,9 @@ Three outputs per input, all in the outbox:
 * one line in ``results.jsonl``: the same record, compact, one JSON object a
   line, UTF-8.
 * one line in ``results.csv``: the main columns (:data:`CSV_COLUMNS`) for a
-  spreadsheet; text fields have control characters (a newline in a file
-  name) replaced by ``?`` so that one line is always one record.
+  spreadsheet, the SYNTHETIC warning among them; text fields have control
+  characters (a newline in a file name) replaced by ``?`` so that one line is
+  always one record.
 
 The two logs are append-only. Each batch is one ``write`` on an ``O_APPEND``
 descriptor followed by ``fsync``. A crash can still leave the tail of a batch
@@ -66,7 +67,13 @@ CSV_COLUMNS = (
     "latency_ms",
     "synthetic",
     "reason",
+    # SYNTHETIC_WARNING on every row of a bundle trained on synthetic images, '' otherwise: a CSV
+    # row is read alone, in a spreadsheet, so it says so itself. Last, so readers by position keep working.
+    "warning",
 )
+# The header of results.csv files begun before the warning column: such a file keeps its own
+# layout (see AppendLog.columns), so no reader meets rows wider than their header.
+CSV_COLUMNS_BEFORE_WARNING = CSV_COLUMNS[:-1]
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TEMP_PREFIX = ".pneumo-result-"
@@ -216,6 +223,10 @@ def remove_stale_temp_files(folder: Path) -> int:
     return removed
 
 
+def _csv_header(columns: tuple[str, ...]) -> bytes:
+    return (",".join(columns) + "\n").encode()
+
+
 def _csv_value(value: Any) -> str:
     if value is None:
         return ""
@@ -240,16 +251,27 @@ class AppendLog:
             return 0
 
     def header(self) -> bytes:
-        return (",".join(CSV_COLUMNS) + "\n").encode() if self.fmt == "csv" else b""
+        return _csv_header(CSV_COLUMNS) if self.fmt == "csv" else b""
+
+    def columns(self) -> tuple[str, ...]:
+        """The CSV columns rows are written with: :data:`CSV_COLUMNS`, unless the file was begun
+        with the older header (no ``warning`` column), whose layout it then keeps until rotated."""
+        try:
+            with open(self.path, "rb") as handle:
+                first = handle.readline()
+        except FileNotFoundError:
+            return CSV_COLUMNS
+        return CSV_COLUMNS_BEFORE_WARNING if first == _csv_header(CSV_COLUMNS_BEFORE_WARNING) else CSV_COLUMNS
 
     def encode(self, records: Iterable[dict[str, Any]]) -> bytes:
         """Lines for ``records``; no line contains a newline of its own."""
         if self.fmt == "jsonl":
             return b"".join(_encode_json(r, indent=None) + b"\n" for r in records)
+        columns = self.columns()
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         for record in records:
-            writer.writerow([_csv_value(record.get(column)) for column in CSV_COLUMNS])
+            writer.writerow([_csv_value(record.get(column)) for column in columns])
         return buffer.getvalue().encode("utf-8", "backslashreplace")
 
     def write_bytes(self, data: bytes) -> None:
@@ -286,13 +308,14 @@ class AppendLog:
                 return None
             result_id = value.get("id") if isinstance(value, dict) else None
         else:
-            if line + b"\n" == self.header():
+            if line + b"\n" in (self.header(), _csv_header(CSV_COLUMNS_BEFORE_WARNING)):
                 return ""
             try:
                 row = next(csv.reader([text]))
             except (csv.Error, StopIteration):
                 return None
-            result_id = row[0] if len(row) == len(CSV_COLUMNS) else None
+            # Either layout is a complete line: repair never cuts the rows of a file begun by an older version.
+            result_id = row[0] if len(row) in (len(CSV_COLUMNS), len(CSV_COLUMNS_BEFORE_WARNING)) else None
         return result_id if isinstance(result_id, str) and _ID.match(result_id) else None
 
     def repair_tail(self, offset: int) -> set[str]:

@@ -311,7 +311,10 @@ class BatchProcessor:
             self.events.emit(
                 logging.INFO,
                 "result",
-                f"{entry.name}: {record['label']} p={record['probability']:.3f} -> {record['moved_to']}",
+                f"{entry.name}: {record['label']} p={record['probability']:.3f} "
+                f"(threshold {record['threshold']:.3f}, model {record['model_version']})"
+                + (" [SYNTHETIC]" if record.get("synthetic") else "")
+                + f" -> {record['moved_to']}",
                 id=entry.id,
                 name=entry.name,
                 label=record["label"],

@@ -60,6 +60,7 @@ from export.parity import ParityResult, compare_outputs, onnx_outputs
 from export.precision import fp16_from_onnx, qdq_summary
 from export.report import REPORT_FILE, new_report, write_report
 from export.run_folder import (
+    HeldOutSplit,
     LabelledImage,
     RunFolder,
     balanced_sample,
@@ -252,6 +253,7 @@ class _Inputs:
 
     evaluated: list[LabelledImage]
     train: list[LabelledImage]
+    held_out: HeldOutSplit
     batch: np.ndarray
     y_true: np.ndarray
     parity_batch: np.ndarray
@@ -284,7 +286,7 @@ class _BundleBuilder:
         inputs = self.read_inputs()
         self.convert_to_onnx(inputs.parity_batch)
         fp32_parity = onnx_outputs(self.paths["fp32"], inputs.parity_batch)
-        calibration = self.calibrate(inputs.train) if "int8" in precisions else None
+        calibration = self.calibrate(inputs.train, inputs.held_out) if "int8" in precisions else None
         if "fp16" in precisions:
             self.make_fp16(fp32_parity, inputs.parity_batch)
         if calibration is not None:
@@ -307,6 +309,7 @@ class _BundleBuilder:
             inputs = _Inputs(
                 evaluated=evaluated,
                 train=train,
+                held_out=self.run.held_out(config.data_root),
                 batch=batch,
                 y_true=label_indices(evaluated, info.labels),
                 parity_batch=batch[_subset(evaluated, parity)],
@@ -335,10 +338,12 @@ class _BundleBuilder:
             self.report["onnx"] = exported.to_dict()
             record.detail = f"opset {exported.opset}, {exported.parity.describe()}"
 
-    def calibrate(self, train: list[LabelledImage]) -> CalibrationSet:
-        """Step ``calibration``: class-balanced training images -> calibration/ (INT8 only)."""
+    def calibrate(self, train: list[LabelledImage], held_out: HeldOutSplit) -> CalibrationSet:
+        """Step ``calibration``: class-balanced training images, none of a test file or patient -> calibration/."""
         with self.steps.step("calibration") as record:
-            calibration = build_calibration_set(train, self.contract, self.info, self.config.calibration)
+            calibration = build_calibration_set(
+                train, self.contract, self.info, self.config.calibration, held_out=held_out
+            )
             record.files.extend(save_calibration(calibration, self.root / CALIBRATION_DIR))
             self.report["calibration"] = {k: v for k, v in calibration.meta.items() if k != "files"}
             counts = ", ".join(f"{k} {v}" for k, v in calibration.meta["class_counts"].items())
@@ -424,6 +429,7 @@ class _BundleBuilder:
                     fp32_golden,
                     tolerance,
                     _ort_reference(measured, outputs, idx),
+                    held_out=inputs.held_out,
                 )
             )
             self.report["golden"] = {

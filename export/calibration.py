@@ -5,7 +5,9 @@ and ``calibration/calib.json`` (provenance). The provenance hash is the sha256
 of the sorted list of the images' data-set paths, so a TensorRT calibration
 cache can record which set it came from and refuse a different one. Images
 come from the ``train`` list of split.json only: calibrating on test images
-would leak the test split into the model that is then measured on it.
+would leak the test split into the model that is then measured on it. Given the
+run's test split (:class:`export.run_folder.HeldOutSplit`), no test file, no copy
+of one and no image of a test-split patient enters the set.
 
 :func:`iter_batches` is calibrator-agnostic: ONNX Runtime's quantizer and a
 TensorRT ``IInt8EntropyCalibrator2`` both take batches from it.
@@ -24,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.contract import ModelInfo, PreprocessContract
-from edge_runtime.fileio import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes
+from edge_runtime.fileio import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_file
 from export.config import MIN_CALIBRATION_IMAGES, CalibrationConfig
 from export.errors import CalibrationError
-from export.run_folder import LabelledImage, balanced_sample, load_images
+from export.run_folder import HeldOutSplit, LabelledImage, balanced_sample, load_images
 
 CALIBRATION_DIR = "calibration"
 IMAGES_FILE = "calib.npy"
@@ -69,21 +71,34 @@ def build_calibration_set(
     contract: PreprocessContract,
     info: ModelInfo,
     config: CalibrationConfig,
+    held_out: HeldOutSplit | None = None,
 ) -> CalibrationSet:
-    """Sample ``config.size`` class-balanced training images and preprocess them."""
+    """Sample ``config.size`` class-balanced training images and preprocess them.
+
+    ``held_out``: the run's test split (:meth:`export.run_folder.RunFolder.held_out`). With it,
+    a training list that names a test file, or an image whose bytes are a test image's, is an
+    error, and the images of test-split patients are left out of the sample (the official
+    Kermany test shares patients with its train folder). Without it only the lists' own
+    ``split`` fields are checked, which catches a caller passing the wrong list and nothing else.
+    """
     not_train = [image for image in train_images if image.split != "train"]
     if not_train:
         raise CalibrationError(
             f"{not_train[0].path}: is from the {not_train[0].split!r} split; calibration images must come "
             "from the training split only (test images would leak into the model measured on them)"
         )
-    if len(train_images) < MIN_CALIBRATION_IMAGES and not config.force:
+    pool = train_images if held_out is None else _clear_of_test(train_images, held_out)
+    excluded = len(train_images) - len(pool)
+    if len(pool) < MIN_CALIBRATION_IMAGES and not config.force:
+        left_out = f" once the {excluded} images of test-split patients are left out" if excluded else ""
         raise CalibrationError(
-            f"the training split has {len(train_images)} images, fewer than the {MIN_CALIBRATION_IMAGES} "
+            f"the training split has {len(pool)} images{left_out}, fewer than the {MIN_CALIBRATION_IMAGES} "
             "INT8 calibration needs; use a larger training set, leave out int8 (--precisions fp32,fp16), "
             "or pass --force for a test run"
         )
-    chosen = balanced_sample(train_images, info.labels, config.size, config.seed)
+    chosen = balanced_sample(pool, info.labels, config.size, config.seed)
+    if held_out is not None:
+        _refuse_test_content(chosen, held_out)
     images = load_images(chosen, contract)
     refs = [image.ref or image.path.as_posix() for image in chosen]
     counts = {label: sum(1 for image in chosen if image.label == label) for label in info.labels}
@@ -95,6 +110,9 @@ def build_calibration_set(
         "forced": config.force and len(chosen) < MIN_CALIBRATION_IMAGES,
         "split": "train",
         "sampling": "class-balanced, seeded permutation of each class sorted by path",
+        # False / None: built without the run's test split, so test files and patients were not checked.
+        "test_split_checked": held_out is not None,
+        "excluded_test_patient_images": excluded if held_out is not None else None,
         "seed": config.seed,
         "labels": list(info.labels),
         "class_counts": counts,
@@ -108,6 +126,38 @@ def build_calibration_set(
         "contract": contract.to_dict(),
     }
     return CalibrationSet(images=images, meta=meta)
+
+
+def _clear_of_test(train_images: list[LabelledImage], held_out: HeldOutSplit) -> list[LabelledImage]:
+    """The training images calibration may use: none a test file, none of a test-split patient."""
+    pool = []
+    for image in train_images:
+        if held_out.is_test_file(image.path):
+            raise CalibrationError(
+                f"{image.path}: listed for training but also in the test split of {held_out.source}; "
+                "calibrating on it would leak the test split into the model measured on it. Fix split.json "
+                "(re-run 'pneumo train') so that no file is in both lists"
+            )
+        patient = held_out.patient(image.path)
+        if patient is None:
+            raise CalibrationError(
+                f"{image.path}: not listed in {held_out.source}; the training images and the test split "
+                "must come from the same split.json and the same --data, or the test split cannot be kept out"
+            )
+        if patient not in held_out.patients:
+            pool.append(image)
+    return pool
+
+
+def _refuse_test_content(chosen: list[LabelledImage], held_out: HeldOutSplit) -> None:
+    """A training file whose bytes are a test image's is that test image under another name."""
+    for image in chosen:
+        if sha256_file(image.path) in held_out.sha256:
+            raise CalibrationError(
+                f"{image.path}: has the same bytes as an image of the test split of {held_out.source}; "
+                "the data set holds a copy of a test image among its training images. Remove the copy "
+                "and re-run 'pneumo train'"
+            )
 
 
 def save_calibration(calibration: CalibrationSet, folder: Path) -> tuple[Path, Path]:

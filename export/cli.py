@@ -173,9 +173,10 @@ def _add_engine_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "--int8-source",
         choices=("auto", "calibrator", "qdq"),
         default="auto",
-        help="where INT8 scales come from on TensorRT 10: auto (default) runs the calibrator when --calib "
-        "or a valid calibration cache (--calib-cache, or calib_int8.cache beside -o) is at hand, else "
-        "builds model_int8_qdq.onnx; calibrator or qdq forces one (TensorRT 11 always builds the Q/DQ model)",
+        help="where INT8 scales come from on TensorRT 10: auto (default) builds model_int8_qdq.onnx when it "
+        "is beside MODEL_ONNX (the INT8 graph export measured), else runs the calibrator when --calib or a "
+        "valid calibration cache (--calib-cache, or calib_int8.cache beside -o) is at hand; calibrator or "
+        "qdq forces one (TensorRT 11 always builds the Q/DQ model)",
     )
     engine.add_argument(
         "--batch",
@@ -317,7 +318,9 @@ def _cmd_calib(args: argparse.Namespace) -> int:
         raise OutputExistsError(
             f"{output / META_FILE}: exists; pass --overwrite to replace the calibration set"
         )
-    calibration = build_calibration_set(run.split_images("train", args.data), run.contract, run.info, config)
+    calibration = build_calibration_set(
+        run.split_images("train", args.data), run.contract, run.info, config, held_out=run.held_out(args.data)
+    )
     images_path, meta_path = save_calibration(calibration, output)
     counts = ", ".join(f"{k} {v}" for k, v in calibration.meta["class_counts"].items())
     _log(

@@ -34,7 +34,7 @@ from edge_runtime.predictor import abnormal_probability
 from export.config import GoldenConfig
 from export.errors import ExportError
 from export.parity import ParityResult
-from export.run_folder import LabelledImage
+from export.run_folder import HeldOutSplit, LabelledImage
 
 GOLDEN_SCHEMA = 1
 # Floors for TensorRT vs ONNX Runtime: FP16 kernels differ in accumulation order, INT8 in fusion and rounding.
@@ -88,10 +88,22 @@ def write_golden(
     fp32_outputs: np.ndarray,
     tolerance: dict[str, float],
     ort_reference: dict[str, dict[str, Any]],
+    held_out: HeldOutSplit | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``images.npy`` and ``golden.json`` atomically."""
-    if any(image.split != "test" for image in chosen):
-        raise ExportError("golden images must come from the test split")
+    """Write ``images.npy`` and ``golden.json`` atomically.
+
+    ``held_out``: the run's test split (:meth:`export.run_folder.RunFolder.held_out`); every
+    golden image must be one of its files. Without it only the images' own ``split`` fields
+    are checked, and a data folder scanned as "test" passes whatever it holds.
+    """
+    for image in chosen:
+        if image.split != "test" or (held_out is not None and not held_out.is_test_file(image.path)):
+            where = f"the test split of {held_out.source}" if held_out is not None else "the test split"
+            raise ExportError(
+                f"{image.path}: chosen for the golden set but not in {where}; golden images must be test "
+                "images the model never trained on, or the Jetson's self-test is judged on training data. "
+                "Draw them from the run's split.json test list (RunFolder.split_images('test'))"
+            )
     buffer = io.BytesIO()
     np.save(buffer, images, allow_pickle=False)
     data = buffer.getvalue()

@@ -9,9 +9,10 @@ The search runs only when the fully quantized graph misses
 ``QuantConfig.target_max_diff`` on the calibration images (the training
 split: the test split never decides anything here):
 
-1. sensitivity: quantize one layer alone, calibrated on a probe slice of the
-   calibration set, and record the max abs difference of the raw outputs
-   from FP32 on that slice;
+1. sensitivity: quantize one layer alone, calibrated on a probe of the
+   calibration set (:func:`probe_images`: evenly spaced over the whole set, so
+   every class is in it), and record the max abs difference of the raw outputs
+   from FP32 on that probe;
 2. greedy: keep the most sensitive layers in float, one more each round
    (full calibration set), until the graph is within the target or
    ``max_float_layers`` is reached; the best graph found is kept and the
@@ -103,6 +104,21 @@ def quantizable_layers(source: Path, config: QuantConfig) -> list[tuple[str, str
     ]
 
 
+def probe_images(calibration: np.ndarray, count: int) -> np.ndarray:
+    """``count`` images evenly spaced over the whole calibration set (all of it when it is smaller).
+
+    The calibration set is stored class by class (:func:`export.run_folder.balanced_sample`
+    sorts by label), so its first ``count`` images would all be of the first class and the
+    sensitivity ranking would never see an abnormal image. Deterministic: the same set gives
+    the same probe, so the range cache keyed on the probe's bytes stays valid.
+    """
+    total = len(calibration)
+    if count >= total:
+        return calibration
+    # i * total // count: strictly increasing for count <= total, from the first image to near the last.
+    return calibration[(np.arange(count) * total) // count]
+
+
 def layer_sensitivity(
     source: Path,
     workdir: Path,
@@ -115,7 +131,7 @@ def layer_sensitivity(
     from export.precision import int8_qdq_from_onnx
 
     layers = quantizable_layers(source, config)
-    probe = calibration[: config.sensitivity_images]
+    probe = probe_images(calibration, config.sensitivity_images)
     reference = onnx_outputs(source, probe)
     names = [name for name, _ in layers]
     results = []

@@ -10,6 +10,8 @@ beside it; its parity images then come from ``--data``.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,8 @@ import numpy as np
 from edge_runtime import labelled
 from edge_runtime.contract import CONTRACT_FILE, MODEL_INFO_FILE, ModelInfo, PreprocessContract
 from edge_runtime.errors import ContractError, ImageDecodeError, LabelledSetError
-from edge_runtime.labelled import LabelledImage, image_files
+from edge_runtime.fileio import read_json, sha256_file
+from edge_runtime.labelled import SPLITS, LabelledImage, image_files
 from edge_runtime.preprocess import preprocess_file
 from edge_runtime.run_layout import MODEL_FILE, SPLIT_FILE
 from export.errors import ExportError, RunFolderError
@@ -83,6 +86,81 @@ class RunFolder:
                 "images from the test split it lists. Use the run folder 'pneumo train' wrote"
             )
         return read_split(self.split_path, split, self.info.labels, data_root)
+
+    def held_out(self, data_root: Path | None = None) -> HeldOutSplit:
+        """The test split of split.json, to check calibration and golden image lists against."""
+        if not self.has_split:
+            raise RunFolderError(
+                f"{self.split_path}: missing; export needs the run's test split to keep calibration images "
+                "out of it and draw golden images from it. Use the run folder 'pneumo train' wrote"
+            )
+        return read_held_out(self.split_path, self.info.labels, data_root)
+
+
+@dataclass(frozen=True)
+class HeldOutSplit:
+    """The test split as a run's split.json defines it: its files, their contents and their patients.
+
+    An image's ``split`` field only says which list the caller read it from, so it cannot tell
+    whether a training list names a test file or a test patient; this can. Calibration keeps clear
+    of all three (:func:`export.calibration.build_calibration_set`); golden images must be among
+    ``files`` (:func:`export.golden.write_golden`). ``patient_of`` maps every file split.json lists,
+    in any split, to its recorded ``patient_id`` ('' where it records none). Files are compared by
+    real path (:func:`image_key`), so build the lists and this from the same ``--data``.
+    """
+
+    source: Path
+    files: frozenset[Path]
+    sha256: frozenset[str]
+    patients: frozenset[str]
+    patient_of: Mapping[Path, str]
+
+    def is_test_file(self, path: Path) -> bool:
+        return image_key(path) in self.files
+
+    def patient(self, path: Path) -> str | None:
+        """The patient id split.json records for ``path``; None when split.json does not list the file."""
+        return self.patient_of.get(image_key(path))
+
+
+def image_key(path: Path) -> Path:
+    """One name per file however it was reached (a symlinked data root, a relative --data)."""
+    return Path(os.path.realpath(path))
+
+
+def read_held_out(path: Path, labels: tuple[str, ...], data_root: Path | None = None) -> HeldOutSplit:
+    """:class:`HeldOutSplit` of a split.json; paths resolved as :func:`read_split` resolves them.
+
+    A test file without a recorded ``sha256`` is hashed here, so a copy of it under
+    another name is still recognised.
+    """
+    # Read first: it turns an unreadable file or a missing test list into a RunFolderError.
+    test = read_split(path, "test", labels, data_root)
+    raw = read_json(path)
+    files: set[Path] = set()
+    hashes: set[str] = set()
+    patients: set[str] = set()
+    patient_of: dict[Path, str] = {}
+    for split in SPLITS:
+        if not isinstance(raw.get(split), list):
+            continue  # a hand-written split.json may list only what it needs; the test list is there
+        images = test if split == "test" else read_split(path, split, labels, data_root)
+        for entry, image in zip(raw[split], images):
+            key = image_key(image.path)
+            patient = str(entry.get("patient_id") or "")
+            patient_of[key] = patient
+            if split == "test":
+                files.add(key)
+                hashes.add(str(entry.get("sha256") or "").lower() or sha256_file(image.path))
+                if patient:
+                    patients.add(patient)
+    return HeldOutSplit(
+        source=path,
+        files=frozenset(files),
+        sha256=frozenset(hashes),
+        patients=frozenset(patients),
+        patient_of=patient_of,
+    )
 
 
 def read_split(

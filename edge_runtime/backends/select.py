@@ -8,18 +8,25 @@ the provider loaded, not just that it is listed), the first that opens wins,
 and the choice and the reason every faster one was skipped are logged and
 returned (:class:`BackendChoice`). A named backend that cannot run is an
 error, never a silent fallback.
+
+ONNX Runtime on an accelerator (``ort-trt``, ``ort-cuda``) must also pass the
+bundle's golden set before it classifies images (:func:`golden_gate`, the rule
+export and ``pneumo edge build`` apply): ``ort-trt`` builds a TensorRT engine
+of its own from the ONNX, and neither provider's numerics were measured by
+export. ``auto`` skips one that fails, saying why; a named one is refused.
 """
 
 from __future__ import annotations
 
 import logging
 import shlex
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge_runtime.backends.base import BACKEND_CHOICES, BACKEND_NAMES, Backend
 from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
-from edge_runtime.bundle import ONNX_FOR_PRECISION, Bundle
+from edge_runtime.bundle import GOLDEN_DIR, ONNX_FOR_PRECISION, Bundle
 from edge_runtime.errors import (
     BackendUnavailableError,
     BundleError,
@@ -31,6 +38,12 @@ from edge_runtime.errors import (
 log = logging.getLogger(__name__)
 
 AUTO_ORDER = BACKEND_NAMES
+#: Backends that must reproduce the bundle's golden set each time they are selected. Not ort-cpu:
+#: it is the runtime export measured the model with (its golden outputs come from it), so checking
+#: it again would only add start-up time. Not trt: its engine's self-test is recorded by
+#: 'pneumo edge build' and checked from the sidecar (engine_sidecar.self_test_problem).
+GOLDEN_GATED_BACKENDS: frozenset[str] = frozenset({"ort-trt", "ort-cuda"})
+#: flipped file names shown in a golden-set failure before "and N more"
 
 
 @dataclass
@@ -162,6 +175,55 @@ def _onnxruntime_backend(bundle: Bundle, name: str, precision: str, threads: int
     return backend
 
 
+def golden_gate(backend: Backend, bundle: Bundle, precision: str) -> str | None:
+    """Open ``backend``, run the bundle's golden set through it, close it: None when it passes.
+
+    Otherwise the reason it must not classify images: the largest output difference
+    against the tolerance and the files whose decision flipped, or why the golden set
+    cannot be run (a bundle without one cannot vouch for an unmeasured provider).
+    Errors opening or running the backend propagate as they are, so a provider that
+    does not load, or a model that does not fit the contract, reads as before.
+    """
+    from edge_runtime.golden import GoldenSet, compare_golden, run_golden
+
+    with backend:
+        try:
+            golden = GoldenSet.load(
+                bundle.root / GOLDEN_DIR, bundle.contract.input_shape, bundle.info.threshold
+            )
+        except BundleError as exc:
+            return f"cannot be checked against the bundle's golden set ({exc})"
+        outputs = run_golden(backend, golden)
+    try:
+        comparison = compare_golden(outputs, golden, bundle.info, precision)
+    except BundleError as exc:  # golden.json has no tolerance for this precision
+        return f"cannot be checked against the bundle's golden set ({exc})"
+    failure = comparison.failure()
+    if failure is not None:
+        # commas only: BackendChoice.describe shows a skip reason up to its first "; "
+        return (
+            f"failed the bundle's golden self-test ({failure.replace('; ', ', ')}, on {comparison.n} images)"
+        )
+    log.info(
+        "%s %s passed the golden set: max |diff| %.3g <= tolerance %.3g on %d images",
+        backend.name,
+        precision,
+        comparison.max_abs_diff,
+        comparison.tolerance,
+        comparison.n,
+    )
+    return None
+
+
+def _refuse_ungated(bundle: Bundle, name: str, precision: str, problem: str) -> EngineMismatchError:
+    return EngineMismatchError(
+        f"{bundle.root}: refusing to classify images with --backend {name} ({precision}): it {problem}, "
+        "and the golden set is the check export and 'pneumo edge build' apply to every runtime. Use "
+        f"--backend ort-cpu (the runtime export measured), or build and self-test a TensorRT engine with "
+        f"{rebuild_command(bundle, precision)} and use --backend trt"
+    )
+
+
 def _make(bundle: Bundle, name: str, precision: str, threads: int, dla_core: int | None) -> Backend:
     if name == "trt":
         return _tensorrt_backend(bundle, precision, dla_core)
@@ -178,24 +240,34 @@ def select_backend(
     precision: str = "fp32",
     threads: int = 0,
     dla_core: int | None = None,
+    golden_gated: Collection[str] = GOLDEN_GATED_BACKENDS,
 ) -> BackendChoice:
     """Pick a backend that really loads here; return it unopened with the reasons for skipped ones.
 
     ``dla_core`` asks for the engine built with ``pneumo edge build --dla N``; it
     rules out every ONNX Runtime backend, so ``auto`` then means ``trt`` only.
+    Backends named in ``golden_gated`` are opened and must pass :func:`golden_gate`
+    first; ``pneumo edge build`` passes none, since it runs and reports that test itself.
     """
     if backend not in BACKEND_CHOICES:
         raise BackendUnavailableError(
             f"unknown backend {backend!r}: expected one of {', '.join(BACKEND_CHOICES)}"
         )
     if backend != "auto":
-        return BackendChoice(_make(bundle, backend, precision, threads, dla_core), backend, precision)
+        chosen = _make(bundle, backend, precision, threads, dla_core)
+        if backend in golden_gated and (problem := golden_gate(chosen, bundle, precision)):
+            raise _refuse_ungated(bundle, backend, precision, problem)
+        return BackendChoice(chosen, backend, precision)
     skipped: dict[str, str] = {}
     for name in AUTO_ORDER if dla_core is None else ("trt",):
         try:
             candidate = _make(bundle, name, precision, threads, dla_core)
-            candidate.open()
-            candidate.close()
+            if name in golden_gated:
+                problem = golden_gate(candidate, bundle, precision)
+            else:
+                candidate.open()
+                candidate.close()
+                problem = None
         except (BundleError, ContractError):
             raise  # the bundle itself is wrong: no other backend can fix that
         except EdgeError as exc:
@@ -203,6 +275,9 @@ def select_backend(
             continue
         except Exception as exc:  # noqa: BLE001 - a provider failing to load in any way means "skip it"
             skipped[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        if problem is not None:
+            skipped[name] = f"{name}: {problem}"
             continue
         choice = BackendChoice(candidate, name, precision, skipped)
         log.info("backend auto -> %s", choice.describe())
@@ -219,9 +294,10 @@ def create_backend(
     precision: str = "fp32",
     threads: int = 0,
     dla_core: int | None = None,
+    golden_gated: Collection[str] = GOLDEN_GATED_BACKENDS,
 ) -> Backend:
     """Return an unopened backend for ``bundle``; use it as a context manager.
 
     With ``backend="auto"`` the fastest one that loads here (see :func:`select_backend`).
     """
-    return select_backend(bundle, backend, precision, threads, dla_core).backend
+    return select_backend(bundle, backend, precision, threads, dla_core, golden_gated).backend

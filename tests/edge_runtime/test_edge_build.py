@@ -150,9 +150,8 @@ def test_trt_builds_then_reuses_engines_per_device(
         "built"
     ] * 3
     folder = bundle_root / "engines" / "orin-sm87-trt10.3.0"
+    # no calib_int8.cache: INT8 is built from the bundle's Q/DQ model, not calibrated (see below)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "calib_int8.cache",
-        "calib_int8.cache.json",
         "model_fp16.engine",
         "model_fp16.engine.json",
         "model_fp32.engine",
@@ -162,7 +161,7 @@ def test_trt_builds_then_reuses_engines_per_device(
         "timing.cache",
     ]
     sidecar = json.loads((folder / "model_int8.engine.json").read_text())
-    assert sidecar["build_path"] == "trt10-builder-flags+entropy-calibrator"
+    assert sidecar["build_path"] == "trt10-strongly-typed" and sidecar["onnx_file"] == "model_int8_qdq.onnx"
     assert (
         sidecar["rebuild_command"]
         == f"pneumo edge build {bundle_root} --precision int8 --batch 1,4,16 --workspace 256"
@@ -185,6 +184,47 @@ def test_trt_builds_then_reuses_engines_per_device(
     err = capsys.readouterr().err
     assert "batch profile [1, 4, 16] != [1, 8, 8]" in err and "workspace 256 MiB != 1024 MiB" in err
     assert len(double.builds) == 4
+
+
+def test_default_int8_is_the_qdq_graph_export_measured_and_replaces_a_calibrated_engine(
+    bundle_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    double = trt_double.install(monkeypatch, version="10.3.0")
+    folder = bundle_root / "engines" / "orin-sm87-trt10.3.0"
+    asked = run_edge_build(bundle_root, EdgeBuildConfig(precisions=("int8",), int8_source="calibrator"))
+    assert asked.passed and double.builds[-1].calibrator_used, "asked for explicitly, the calibrator runs"
+    calibrated = json.loads((folder / "model_int8.engine.json").read_text())
+    assert calibrated["build_path"] == "trt10-builder-flags+entropy-calibrator"
+    assert calibrated["calibration"]["why"] == "--int8-source calibrator asked"
+    # The default (auto) does not reuse that engine: the bundle's Q/DQ model is the INT8 graph export
+    # measured, so the calibrated engine is replaced by one built from it.
+    said: list[str] = []
+    report = run_edge_build(bundle_root, EdgeBuildConfig(precisions=("int8",)), said.append)
+    assert report.passed and report.results[0].engine_action == "built"
+    assert any(
+        "build path trt10-builder-flags+entropy-calibrator != trt10-strongly-typed" in line
+        and "export measured" in line
+        for line in said
+    ), said
+    record = double.builds[-1]
+    assert not record.calibrator_used and record.onnx_path.endswith("model_int8_qdq.onnx")
+    sidecar = json.loads((folder / "model_int8.engine.json").read_text())
+    assert sidecar["onnx_file"] == "model_int8_qdq.onnx" and sidecar["calibration"]["source"] == "qdq-onnx"
+    assert sidecar["self_test"]["status"] == "pass"
+
+
+def test_a_bundle_without_a_qdq_model_calibrates_its_calibration_set(
+    bundle_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (bundle_root / "model_int8_qdq.onnx").unlink()
+    write_manifest(bundle_root)
+    double = trt_double.install(monkeypatch, version="10.3.0")
+    report = run_edge_build(bundle_root, EdgeBuildConfig(precisions=("int8",)))
+    assert report.passed and double.builds[-1].calibrator_used
+    sidecar = json.loads(
+        (bundle_root / "engines" / "orin-sm87-trt10.3.0" / "model_int8.engine.json").read_text()
+    )
+    assert sidecar["onnx_file"] == "model.onnx" and "no Q/DQ model" in sidecar["calibration"]["why"]
 
 
 def test_a_new_tensorrt_gets_its_own_engines(bundle_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

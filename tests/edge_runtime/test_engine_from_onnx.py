@@ -44,11 +44,12 @@ def test_plan_picks_the_path_from_the_version() -> None:
     fp16_10 = plan_build("10.3.0", "fp16")
     assert (fp16_10.onnx_role, fp16_10.strongly_typed, fp16_10.builder_flags) == ("fp32", False, ("FP16",))
     assert plan_build("10.3.0", "fp32").builder_flags == ()
-    calib = plan_build("10.3.0", "int8", calibration_available=True)
+    calib = plan_build("10.3.0", "int8", "calibrator", calibration_available=True)
     assert calib.calibrator and calib.builder_flags == ("INT8",) and calib.onnx_role == "fp32"
-    qdq = plan_build("10.3.0", "int8", calibration_available=False)
+    assert calib.build_path == "trt10-builder-flags+entropy-calibrator"
+    qdq = plan_build("10.3.0", "int8", calibration_available=True, qdq_available=True)
     assert qdq.onnx_role == "int8_qdq" and qdq.strongly_typed and not qdq.calibrator
-    assert plan_build("10.3.0", "int8", "qdq", calibration_available=True).onnx_role == "int8_qdq"
+    assert qdq.build_path == "trt10-strongly-typed"
     for precision, role in (("fp32", "fp32"), ("fp16", "fp16"), ("int8", "int8_qdq")):
         plan = plan_build("11.1.0", precision, calibration_available=True)
         assert (plan.onnx_role, plan.strongly_typed, plan.builder_flags, plan.calibrator) == (
@@ -62,6 +63,80 @@ def test_plan_picks_the_path_from_the_version() -> None:
         plan_build("11.0.0", "int8", "calibrator")
     with pytest.raises(EngineBuildError, match="older than 10"):
         plan_build("8.6.2", "fp16")
+
+
+# (int8_source, Q/DQ model present, calibration set or valid cache at hand) -> INT8 source on TensorRT 10
+TRT10_INT8 = [
+    ("auto", True, True, "qdq"),  # the graph export measured wins over the calibrator
+    ("auto", True, False, "qdq"),
+    ("auto", False, True, "calibrator"),  # no Q/DQ model: calibrating is the only way to INT8
+    ("auto", False, False, "qdq"),  # neither: the build fails naming model_int8_qdq.onnx
+    ("calibrator", True, True, "calibrator"),  # asked for explicitly
+    ("calibrator", True, False, "calibrator"),  # refused later without data (INT8 needs real data)
+    ("qdq", True, True, "qdq"),
+    ("qdq", False, True, "qdq"),
+]
+
+
+@pytest.mark.parametrize(("source", "qdq_model", "calibration", "expected"), TRT10_INT8)
+def test_trt10_int8_source_decision_table(
+    source: str, qdq_model: bool, calibration: bool, expected: str
+) -> None:
+    plan = plan_build("10.3.0", "int8", source, calibration, qdq_available=qdq_model)
+    if expected == "calibrator":
+        assert (plan.onnx_role, plan.strongly_typed, plan.builder_flags, plan.calibrator) == (
+            "fp32",
+            False,
+            ("INT8",),
+            True,
+        )
+    else:
+        assert (plan.onnx_role, plan.strongly_typed, plan.builder_flags, plan.calibrator) == (
+            "int8_qdq",
+            True,
+            (),
+            False,
+        )
+    assert plan.int8_reason, "the sidecar records why this source was chosen"
+
+
+@pytest.mark.parametrize(("qdq_model", "calibration"), [(True, True), (False, True), (False, False)])
+def test_trt11_int8_is_always_the_qdq_model_and_refuses_the_calibrator(
+    qdq_model: bool, calibration: bool
+) -> None:
+    plan = plan_build("11.0.0", "int8", "auto", calibration, qdq_available=qdq_model)
+    assert (plan.onnx_role, plan.strongly_typed, plan.calibrator) == ("int8_qdq", True, False)
+    with pytest.raises(EngineBuildError, match="removed implicit INT8 calibration"):
+        plan_build("11.0.0", "int8", "calibrator", calibration, qdq_available=qdq_model)
+
+
+def test_auto_int8_builds_the_measured_qdq_model_even_with_a_calibration_set(
+    bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    double = trt_double.install(monkeypatch, version="10.3.0")
+    calibration = CalibrationData.from_npy(bundle.root / "calibration" / "calib.npy")
+    sidecar = build_engine(
+        OnnxSources.from_bundle(bundle),
+        tmp_path / "eng" / "int8.engine",
+        _config(tmp_path, precision="int8"),
+        calibration,
+    )
+    record = double.builds[-1]
+    assert (
+        record.strongly_typed
+        and not record.calibrator_used
+        and record.onnx_path.endswith("model_int8_qdq.onnx")
+    )
+    assert sidecar.onnx_file == "model_int8_qdq.onnx" and sidecar.build_path == "trt10-strongly-typed"
+    assert sidecar.calibration is not None and sidecar.calibration["source"] == "qdq-onnx"
+    assert "export measured" in sidecar.calibration["why"]
+    # Without a Q/DQ model beside model.onnx, auto calibrates on the set it was given.
+    without_qdq = OnnxSources(fp32=bundle.root / "model.onnx", fp16=bundle.root / "model_fp16.onnx")
+    calibrated = build_engine(
+        without_qdq, tmp_path / "eng" / "int8.engine", _config(tmp_path, precision="int8"), calibration
+    )
+    assert double.builds[-1].calibrator_used and calibrated.onnx_file == "model.onnx"
+    assert calibrated.calibration is not None and "no Q/DQ model" in calibrated.calibration["why"]
 
 
 def test_batch_sizes_and_profile() -> None:
@@ -155,7 +230,11 @@ def test_trt11_builds_typed_graphs_strongly_typed(
         sources, tmp_path / "eng" / "int8.engine", _config(tmp_path, precision="int8"), calibration
     )
     assert int8.onnx_file == "model_int8_qdq.onnx" and not double.builds[-1].calibrator_used
-    assert int8.calibration == {"source": "qdq-onnx", "onnx_file": "model_int8_qdq.onnx"}
+    assert int8.calibration == {
+        "source": "qdq-onnx",
+        "onnx_file": "model_int8_qdq.onnx",
+        "why": "TensorRT 11 builds INT8 from the Q/DQ model only",
+    }
     with pytest.raises(EngineBuildError, match="removed implicit INT8 calibration"):
         build_engine(
             sources,
@@ -201,7 +280,7 @@ def test_int8_calibrates_then_reuses_a_matching_cache_only(
     double = trt_double.install(monkeypatch)
     sources = OnnxSources.from_bundle(bundle)
     calibration = CalibrationData.from_npy(bundle.root / "calibration" / "calib.npy")
-    config = _config(tmp_path, precision="int8", calibration_batch_size=8)
+    config = _config(tmp_path, precision="int8", int8_source="calibrator", calibration_batch_size=8)
     first = build_engine(sources, tmp_path / "eng" / "int8.engine", config, calibration)
     record = double.builds[-1]
     assert record.flags == {"INT8"} and record.calibrator_used and not record.calibration_cache_read
@@ -234,7 +313,7 @@ def test_calibration_cache_from_another_tensorrt_is_never_used(
     trt_double.install(monkeypatch, version="10.3.0")
     sources = OnnxSources.from_bundle(bundle)
     calibration = CalibrationData.from_npy(bundle.root / "calibration" / "calib.npy")
-    config = _config(tmp_path, precision="int8")
+    config = _config(tmp_path, precision="int8", int8_source="calibrator")
     build_engine(sources, tmp_path / "eng" / "int8.engine", config, calibration)
     double = trt_double.install(monkeypatch, version="10.4.0")
     with pytest.raises(EngineBuildError, match="written by TensorRT 10.3.0, this is 10.4.0"):
@@ -243,9 +322,13 @@ def test_calibration_cache_from_another_tensorrt_is_never_used(
             tmp_path / "eng" / "int8.engine",
             _config(tmp_path, precision="int8", int8_source="calibrator"),
         )
-    # auto, with only a stale cache and no images: the Q/DQ model, never the stale scales.
-    auto = build_engine(sources, tmp_path / "eng" / "int8.engine", config, None)
-    assert auto.onnx_file == "model_int8_qdq.onnx" and not double.builds[-1].calibrator_used
+    # auto, with only a stale cache, no images and no Q/DQ model: an error naming the missing model,
+    # never the stale scales.
+    builds = len(double.builds)
+    without_qdq = OnnxSources(fp32=bundle.root / "model.onnx")
+    with pytest.raises(EngineBuildError, match="model_int8_qdq.onnx.*missing"):
+        build_engine(without_qdq, tmp_path / "eng" / "int8.engine", _config(tmp_path, precision="int8"))
+    assert len(double.builds) == builds, "nothing was built"
     rebuilt = build_engine(sources, tmp_path / "eng" / "int8.engine", config, calibration)
     assert double.builds[-1].calibration_batches == 3 and not double.builds[-1].calibration_cache_read
     assert any("TensorRT 10.3.0" in n for n in rebuilt.notes)
@@ -269,7 +352,7 @@ def test_calibration_set_smaller_than_a_batch_is_refused(
         build_engine(
             OnnxSources.from_bundle(bundle),
             tmp_path / "eng" / "i.engine",
-            _config(tmp_path, precision="int8", calibration_batch_size=8),
+            _config(tmp_path, precision="int8", int8_source="calibrator", calibration_batch_size=8),
             tiny_set,
         )
     with pytest.raises(EngineBuildError, match="uint8"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,12 @@ import pytest
 
 from edge_runtime.backends.base import Backend
 from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
-from edge_runtime.backends.select import create_backend, select_backend
+from edge_runtime.backends.select import (
+    GOLDEN_GATED_BACKENDS,
+    create_backend,
+    golden_gate,
+    select_backend,
+)
 from edge_runtime.backends.tensorrt import TensorRTBackend
 from edge_runtime.bundle import Bundle, write_manifest
 from edge_runtime.edge_build import EdgeBuildConfig, run_edge_build
@@ -200,7 +206,8 @@ def test_onnxruntime_trt_caches_each_model_and_precision_apart(tiny_bundle: Path
     bundle = Bundle.open(tiny_bundle)
     caches = {}
     for precision in ("fp32", "fp16", "int8"):
-        backend = create_backend(bundle, "ort-trt", precision)  # not opened: no TensorRT needed
+        # ungated, so not opened: no TensorRT needed to read the options it would open with
+        backend = create_backend(bundle, "ort-trt", precision, golden_gated=())
         assert isinstance(backend, OnnxRuntimeBackend)
         caches[precision] = Path(backend.provider_options["trt_engine_cache_path"])
     assert caches["fp16"].name == f"fp16-{bundle.file_sha256('model.onnx')[:16]}", (
@@ -210,6 +217,70 @@ def test_onnxruntime_trt_caches_each_model_and_precision_apart(tiny_bundle: Path
     assert len(set(caches.values())) == 3 and all(
         c.parent == bundle.engines_dir / "onnxruntime-trt" for c in caches.values()
     )
+
+
+def _alter_golden_outputs(root: Path) -> list[str]:
+    """Invert the recorded FP32 outputs (re-hashed, so the manifest passes): every clear decision flips."""
+    meta_path = root / "golden" / "golden.json"
+    meta = json.loads(meta_path.read_text())
+    meta["fp32_outputs"] = [[1.0 - row[0]] for row in meta["fp32_outputs"]]
+    meta_path.write_text(json.dumps(meta))
+    write_manifest(root)
+    return list(meta["files"])
+
+
+def test_golden_gate_passes_the_bundle_it_was_exported_with(tiny_bundle: Path) -> None:
+    bundle = Bundle.open(complete_bundle(tiny_bundle))
+    for precision in ("fp32", "fp16", "int8"):
+        backend = OnnxRuntimeBackend(
+            bundle.onnx_path(precision), "ort-cpu", precision, expected_item_shape=bundle.contract.input_shape
+        )
+        assert golden_gate(backend, bundle, precision) is None
+        assert backend.active_providers == [], "the gate closes what it opened"
+
+
+def test_golden_gate_names_the_difference_and_the_flipped_files(tiny_bundle: Path) -> None:
+    complete_bundle(tiny_bundle)
+    files = _alter_golden_outputs(tiny_bundle)
+    bundle = Bundle.open(tiny_bundle)
+    backend = OnnxRuntimeBackend(bundle.onnx_path("fp32"), "ort-cpu", "fp32")
+    problem = golden_gate(backend, bundle, "fp32")
+    assert problem is not None
+    assert re.search(r"failed the bundle's golden self-test \(max \|diff\| 0\.\d+ > tolerance 1e-05", problem)
+    assert f"decisions flipped on {files[0]}" in problem and "more, on 24 images)" in problem
+    # A precision golden.json has no tolerance for cannot be vouched for either.
+    meta = json.loads((tiny_bundle / "golden" / "golden.json").read_text())
+    del meta["tolerance"]["fp32"]
+    (tiny_bundle / "golden" / "golden.json").write_text(json.dumps(meta))
+    write_manifest(tiny_bundle)
+    unchecked = golden_gate(backend, Bundle.open(tiny_bundle), "fp32")
+    assert unchecked is not None and "no tolerance for fp32" in unchecked
+
+
+def test_auto_skips_a_gated_backend_that_fails_the_golden_set(tiny_bundle: Path) -> None:
+    complete_bundle(tiny_bundle)
+    # ort-cpu gated here because it is the one provider that loads on this machine
+    passing = select_backend(Bundle.open(tiny_bundle), "auto", "fp32", golden_gated={"ort-cpu"})
+    assert passing.name == "ort-cpu" and "ort-cpu" not in passing.skipped
+    _alter_golden_outputs(tiny_bundle)
+    bundle = Bundle.open(tiny_bundle)
+    with pytest.raises(BackendUnavailableError, match=r"no backend can run") as caught:
+        select_backend(bundle, "auto", "fp32", golden_gated={"ort-cpu"})
+    assert re.search(
+        r"ort-cpu: ort-cpu: failed the bundle's golden self-test \(max \|diff\|", str(caught.value)
+    )
+    assert "decisions flipped on golden_00.png" in str(caught.value)
+    # named, it is refused, saying with which bundle, the numbers, and what to do instead
+    with pytest.raises(EngineMismatchError) as refused:
+        create_backend(bundle, "ort-cpu", "fp32", golden_gated={"ort-cpu"})
+    message = str(refused.value)
+    assert message.startswith(f"{tiny_bundle}: refusing to classify images with --backend ort-cpu (fp32)")
+    assert "max |diff|" in message and "tolerance 1e-05" in message
+    assert f"pneumo edge build {tiny_bundle} --precision fp32" in message
+    # ort-cpu produced the golden outputs at export, the GPU providers' numerics were never measured:
+    # by default only the latter are gated, so the gate adds nothing to CPU start-up
+    assert "ort-cpu" not in GOLDEN_GATED_BACKENDS and {"ort-trt", "ort-cuda"} <= GOLDEN_GATED_BACKENDS
+    assert select_backend(bundle, "auto", "fp32").name == "ort-cpu"
 
 
 def test_a_contract_that_does_not_fit_the_model_is_refused_at_open(tiny_bundle: Path) -> None:

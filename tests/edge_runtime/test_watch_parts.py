@@ -288,5 +288,12 @@ def test_daemon_records_a_vanished_file_once(tiny_bundle: Path, tmp_path: Path) 
     assert daemon.inbox.poll(limit=8) == [] and daemon.counters["failed"] == 1
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [e["event"] for e in events] == ["result", "failed_input"]
+    kept = records["kept.png"]
+    # the log line a technician reads carries what every result must: probability, threshold, model version
+    assert (
+        f"p={kept['probability']:.3f} (threshold {kept['threshold']:.3f}, model {kept['model_version']})"
+        in events[0]["msg"]
+    )
+    assert ("[SYNTHETIC]" in events[0]["msg"]) == kept["synthetic"]
     logging.getLogger("pneumo.watch").handlers.clear()
     assert np.isfinite(records["kept.png"]["probability"])

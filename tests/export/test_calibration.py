@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from export.calibration import (
 )
 from export.config import CalibrationConfig
 from export.errors import CalibrationError, ExportError
-from export.run_folder import LabelledImage, balanced_sample, read_split
+from export.run_folder import LabelledImage, balanced_sample, read_held_out, read_split
 from tests.export.conftest import LABELS, write_data
 
 CONTRACT = PreprocessContract(height=32, width=32)
@@ -31,6 +33,16 @@ def split_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     entries = write_data(root / "data")
     path = root / "split.json"
     path.write_text(json.dumps({"labels": list(LABELS), "root": str(root / "data"), **entries}))
+    return path
+
+
+def _edited_split(split_file: Path, folder: Path, edit: Any) -> Path:
+    """A copy of ``split_file`` (same images) with ``edit(document)`` applied, as a hand edit or a bad merge would."""
+    document = json.loads(split_file.read_text())
+    edit(document)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "split.json"
+    path.write_text(json.dumps(document))
     return path
 
 
@@ -68,6 +80,14 @@ def test_class_balanced_from_train_only(split_file: Path, tmp_path: Path) -> Non
 
     with pytest.raises(CalibrationError, match="from the 'test' split"):
         build_calibration_set(train + test, CONTRACT, INFO, CalibrationConfig(size=100))
+    assert calib.meta["test_split_checked"] is False and calib.meta["excluded_test_patient_images"] is None
+    # The normal path with the run's test split: nothing shared with it, so the very same set.
+    checked = build_calibration_set(
+        train, CONTRACT, INFO, CalibrationConfig(size=100), held_out=read_held_out(split_file, LABELS)
+    )
+    assert checked.meta["file_list_sha256"] == calib.meta["file_list_sha256"]
+    np.testing.assert_array_equal(checked.images, calib.images)
+    assert checked.meta["test_split_checked"] is True and checked.meta["excluded_test_patient_images"] == 0
 
     npy, meta = save_calibration(calib, tmp_path / "calibration")
     loaded = load_calibration(tmp_path / "calibration", CONTRACT)
@@ -80,6 +100,104 @@ def test_class_balanced_from_train_only(split_file: Path, tmp_path: Path) -> Non
     npy.write_bytes(bytes(data))
     with pytest.raises(CalibrationError, match=r"calib\.npy: sha256 does not match"):
         load_calibration(tmp_path / "calibration")
+
+
+def test_images_of_test_patients_are_left_out_of_the_calibration_set(
+    split_file: Path, tmp_path: Path
+) -> None:
+    """The official Kermany test shares patients with its train folder: their training images are not sampled."""
+
+    def share_patients(document: dict[str, Any]) -> None:
+        # Five children of each class have images in both lists, as 170 do in the real data set.
+        for entry in document["train"][:5] + document["train"][-5:]:
+            entry["patient_id"] = document["test"][0]["patient_id"]
+
+    split = _edited_split(split_file, tmp_path, share_patients)
+    train = read_split(split, "train", LABELS)
+    shared = {im.ref for im in train[:5] + train[-5:]}
+    everything = CalibrationConfig(size=len(train))
+    unchecked = build_calibration_set(train, CONTRACT, INFO, everything)
+    assert shared <= set(unchecked.meta["files"]), "without the test split they are sampled like any other"
+
+    held_out = read_held_out(split, LABELS)
+    calib = build_calibration_set(train, CONTRACT, INFO, everything, held_out=held_out)
+    assert not shared & set(calib.meta["files"])
+    assert calib.n == len(train) - 10 and calib.meta["excluded_test_patient_images"] == 10
+    assert calib.meta["class_counts"] == {"NORMAL": 59, "PNEUMONIA": 59}
+
+    # The minimum counts the images left after the exclusion: 115 listed, 105 left, enough for 100.
+    assert (
+        build_calibration_set(
+            train[:60] + train[-55:], CONTRACT, INFO, CalibrationConfig(size=100), held_out=held_out
+        ).n
+        == 100
+    )
+    with pytest.raises(
+        CalibrationError, match="has 95 images once the 10 images of test-split patients are left out"
+    ):
+        build_calibration_set(
+            train[:55] + train[-50:], CONTRACT, INFO, CalibrationConfig(size=100), held_out=held_out
+        )
+
+
+def test_a_training_list_that_names_a_test_file_is_refused(split_file: Path, tmp_path: Path) -> None:
+    """A bad merge of split.json lists one test image for training too; its ``split`` field then says "train"."""
+    split = _edited_split(
+        split_file, tmp_path, lambda d: d["train"].append(dict(d["test"][3], split="train"))
+    )
+    train = read_split(split, "train", LABELS)
+    assert all(im.split == "train" for im in train), "so the lists' own split fields cannot see it"
+    size = CalibrationConfig(size=len(train))
+    with pytest.raises(
+        CalibrationError, match=r"normal-test-003\.png: listed for training but also in the test split"
+    ):
+        build_calibration_set(train, CONTRACT, INFO, size, held_out=read_held_out(split, LABELS))
+
+
+def test_a_copy_of_a_test_image_among_the_training_images_is_refused(
+    split_file: Path, tmp_path: Path
+) -> None:
+    """The same X-ray under another name in the training folder: caught by its bytes."""
+    data = tmp_path / "data"
+    shutil.copytree(split_file.parent / "data", data)
+    shutil.copyfile(
+        data / "test" / "PNEUMONIA" / "pneumonia-test-007.png", data / "train" / "PNEUMONIA" / "copy.png"
+    )
+
+    def add_copy(document: dict[str, Any]) -> None:
+        document["root"] = str(data)
+        document["test"] = [
+            dict(e, path=e["path"].replace(str(split_file.parent / "data"), str(data)))
+            for e in document["test"]
+        ]
+        document["train"].append(
+            {"path": "train/PNEUMONIA/copy.png", "label": "PNEUMONIA", "patient_id": "new"}
+        )
+
+    split = _edited_split(split_file, tmp_path, add_copy)
+    train = read_split(split, "train", LABELS)
+    size = CalibrationConfig(size=len(train))
+    assert build_calibration_set(train, CONTRACT, INFO, size).n == len(train), "unchecked, the copy is used"
+    with pytest.raises(
+        CalibrationError, match=r"copy\.png: has the same bytes as an image of the test split"
+    ):
+        build_calibration_set(train, CONTRACT, INFO, size, held_out=read_held_out(split, LABELS))
+
+
+def test_a_training_list_from_another_split_file_is_refused(split_file: Path, tmp_path: Path) -> None:
+    """Images and test split from different data sets: the test split could not be kept out, so no set is made."""
+    other = tmp_path / "other"
+    entries = write_data(other / "data", seed=1)
+    (other / "split.json").write_text(
+        json.dumps({"labels": list(LABELS), "root": str(other / "data"), **entries})
+    )
+    train = read_split(other / "split.json", "train", LABELS)
+    with pytest.raises(
+        CalibrationError, match=r"-train-\d+\.png: not listed in .*split\.json; the training images"
+    ):
+        build_calibration_set(
+            train, CONTRACT, INFO, CalibrationConfig(), held_out=read_held_out(split_file, LABELS)
+        )
 
 
 def test_balanced_sample_fills_from_the_larger_class() -> None:

@@ -3,22 +3,29 @@ on the tiny run's real ONNX model with ONNX Runtime's real quantizer."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from export.config import QuantConfig
+from edge_runtime.contract import ModelInfo, PreprocessContract
+from edge_runtime.preprocess import preprocess_file
+from export.calibration import build_calibration_set
+from export.config import CalibrationConfig, QuantConfig
 from export.errors import ExportError
 from export.mixed_precision import (
     RangeCache,
     int8_qdq_within_target,
     layer_sensitivity,
+    probe_images,
     quantizable_layers,
 )
 from export.parity import onnx_outputs
 from export.precision import qdq_summary
+from export.run_folder import read_split
+from tests.export.conftest import LABELS, write_data
 
 pytestmark = pytest.mark.tf
 
@@ -28,11 +35,42 @@ def test_every_quantizable_layer_is_ranked_most_sensitive_first(
 ) -> None:
     config = replace(QuantConfig(), sensitivity_images=16)
     layers = quantizable_layers(tiny_onnx, config)
-    ranked = layer_sensitivity(tiny_onnx, tmp_path, calibration, config)
+    cache = RangeCache(tmp_path / "ranges")
+    cache.folder.mkdir()
+    ranked = layer_sensitivity(tiny_onnx, tmp_path, calibration, config, cache)
     assert sorted(s.name for s in ranked) == sorted(name for name, _ in layers)
     diffs = [s.max_abs_diff for s in ranked]
     assert diffs == sorted(diffs, reverse=True) and all(d >= 0 for d in diffs)
     assert diffs[0] > 0, "quantizing the most sensitive layer alone must move the outputs"
+    # The single-layer graphs were calibrated on the spread probe (its ranges are cached under its
+    # bytes), not on the first 16 images, which are all NORMAL in this class-ordered set.
+    assert [p.name for p in cache.folder.iterdir()] == [
+        cache.path(config, probe_images(calibration, 16)).name
+    ]
+    assert not cache.path(config, calibration[:16]).exists()
+
+
+def test_the_sensitivity_probe_spans_the_whole_class_ordered_calibration_set(tmp_path: Path) -> None:
+    """Real PNGs of both classes through the real calibration sampler; each probe image's class found by content."""
+    root = tmp_path / "data"
+    entries = write_data(root)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"labels": list(LABELS), "root": str(root), **entries}))
+    contract = PreprocessContract(height=32, width=32)
+    train = read_split(split, "train", LABELS)
+    info = ModelInfo(model_version="probe-test", arch="tiny", synthetic=True)
+    calib = build_calibration_set(train, contract, info, CalibrationConfig(size=100))
+    label_of = {preprocess_file(image.path, contract).tobytes(): image.label for image in train}
+    labels = [label_of[image.tobytes()] for image in calib.images]
+    assert labels == ["NORMAL"] * 50 + ["PNEUMONIA"] * 50, "the calibration set is stored class by class"
+
+    probe = probe_images(calib.images, 16)
+    probe_labels = [label_of[image.tobytes()] for image in probe]
+    assert probe_labels.count("NORMAL") == probe_labels.count("PNEUMONIA") == 8
+    rows = [next(i for i, image in enumerate(calib.images) if np.array_equal(image, p)) for p in probe]
+    assert rows == sorted(set(rows)) and rows[0] == 0 and rows[-1] >= 100 * 15 // 16
+    np.testing.assert_array_equal(probe_images(calib.images, 16), probe)  # deterministic
+    assert probe_images(calib.images, 500) is calib.images  # a probe larger than the set is the set
 
 
 def test_a_missed_target_keeps_the_most_sensitive_layers_in_float(

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edge_runtime.contract import ModelInfo
+from edge_runtime.contract import ModelInfo, PreprocessContract
+from edge_runtime.fileio import sha256_file
 from export import accuracy
+from export.calibration import build_calibration_set
+from export.config import CalibrationConfig
 from export.errors import ExportError, RunFolderError
-from export.run_folder import folder_images, read_split
+from export.golden import write_golden
+from export.run_folder import (
+    LabelledImage,
+    RunFolder,
+    folder_images,
+    image_key,
+    load_images,
+    read_held_out,
+    read_split,
+)
 from tests.conftest import write_image
+from tests.export.conftest import TinyRun, write_data
 
 LABELS = ("NORMAL", "PNEUMONIA")
 
@@ -53,3 +67,86 @@ def test_outputs_that_cannot_be_scored_are_an_export_error(monkeypatch: pytest.M
         accuracy.evaluate_precisions(
             {"fp32": Path("m.onnx")}, np.zeros((2, 4, 4, 1), np.uint8), np.array([0, 1]), info
         )
+
+
+def _golden_inputs(
+    images: list[LabelledImage],
+) -> tuple[np.ndarray, ModelInfo, PreprocessContract, np.ndarray]:
+    contract = PreprocessContract(height=32, width=32)
+    info = ModelInfo(model_version="golden-guard", arch="tiny", labels=LABELS, synthetic=True)
+    return load_images(images, contract), info, contract, np.full((len(images), 1), 0.25, np.float32)
+
+
+def test_the_held_out_split_is_what_split_json_says_test_is(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    entries = write_data(root)
+    entries["test"][0]["sha256"] = "AB" * 32  # recorded (upper case as some tools write it) is used as is
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"labels": list(LABELS), "root": str(root), **entries}))
+    held_out = read_held_out(split, LABELS)
+    test = read_split(split, "test", LABELS)
+    assert held_out.files == {image_key(im.path) for im in test} and len(held_out.files) == 48
+    assert held_out.patients == {f"ptest{i}" for i in range(24)}
+    assert "ab" * 32 in held_out.sha256 and sha256_file(test[1].path) in held_out.sha256
+    assert sha256_file(test[0].path) not in held_out.sha256
+    train = read_split(split, "train", LABELS)
+    assert held_out.patient(train[0].path) == "ptrain0" and not held_out.is_test_file(train[0].path)
+    assert held_out.is_test_file(root / "test" / "NORMAL" / ".." / "NORMAL" / "normal-test-000.png")
+    assert held_out.patient(tmp_path / "elsewhere.png") is None
+
+
+def test_golden_images_must_be_files_of_the_run_test_split(tmp_path: Path) -> None:
+    """--data pointing at the training folder: every image is scanned as "test", none is in split.json's test list."""
+    root = tmp_path / "data"
+    entries = write_data(root)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"labels": list(LABELS), "root": str(root), **entries}))
+    held_out = read_held_out(split, LABELS)
+
+    test = read_split(split, "test", LABELS)[::6]
+    images, info, contract, outputs = _golden_inputs(test)
+    written = write_golden(
+        tmp_path / "golden", images, test, info, contract, outputs, {"fp32": 1e-4}, {}, held_out=held_out
+    )
+    assert [p.name for p in written] == ["images.npy", "golden.json"]
+    assert json.loads(written[1].read_text())["files"] == [im.ref for im in test]
+
+    scanned = folder_images(root / "train", LABELS, "test")[::16]
+    assert all(im.split == "test" for im in scanned), "the images' own split field says test"
+    images, info, contract, outputs = _golden_inputs(scanned)
+    (tmp_path / "wrong").mkdir()
+    # Without the run's split definition nothing can tell: the images' own split fields pass them.
+    write_golden(tmp_path / "wrong", images, scanned, info, contract, outputs, {"fp32": 1e-4}, {})
+    shutil.rmtree(tmp_path / "wrong")
+    (tmp_path / "wrong").mkdir()
+    with pytest.raises(
+        ExportError,
+        match=r"normal-train-000\.png: chosen for the golden set but not in the test split of .*split\.json",
+    ):
+        write_golden(
+            tmp_path / "wrong",
+            images,
+            scanned,
+            info,
+            contract,
+            outputs,
+            {"fp32": 1e-4},
+            {},
+            held_out=held_out,
+        )
+    assert not any((tmp_path / "wrong").iterdir()), "nothing is written for a refused golden set"
+
+
+@pytest.mark.tf
+def test_a_run_folder_gives_the_test_split_its_calibration_and_golden_set_are_checked_against(
+    tiny_run: TinyRun,
+) -> None:
+    """What export's callers pass: run.held_out() beside run.split_images(); test paths absolute, train relative."""
+    run = RunFolder.resolve(tiny_run.folder)
+    held_out = run.held_out()
+    test = run.split_images("test")
+    assert held_out.files == {image_key(im.path) for im in test} and held_out.source == run.split_path
+    calib = build_calibration_set(
+        run.split_images("train"), run.contract, run.info, CalibrationConfig(size=100), held_out=held_out
+    )
+    assert calib.meta["test_split_checked"] is True and calib.meta["excluded_test_patient_images"] == 0
