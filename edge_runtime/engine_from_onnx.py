@@ -254,9 +254,16 @@ class CalibrationData:
         return cls(images, digest.hexdigest(), source)
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        """Full batches only: TensorRT calibrates on the calibration profile's exact shape."""
-        for start in range(0, len(self.images) - batch_size + 1, batch_size):
-            yield np.ascontiguousarray(self.images[start : start + batch_size], dtype=np.uint8)
+        """Full batches only: TensorRT calibrates on the calibration profile's exact shape.
+
+        When the set does not divide into batches, the images left out are spread evenly over
+        it rather than cut from its end: export stores the set class by class, so its end is
+        all one class.
+        """
+        usable = self.usable_images(batch_size)
+        chosen = (np.arange(usable) * len(self.images)) // max(usable, 1)
+        for start in range(0, usable, batch_size):
+            yield np.ascontiguousarray(self.images[chosen[start : start + batch_size]], dtype=np.uint8)
 
     def usable_images(self, batch_size: int) -> int:
         return (len(self.images) // batch_size) * batch_size

@@ -8,11 +8,14 @@ names, compared exactly everywhere (a model's ``NORMAL`` is not a folder's
 ``normal``); :func:`case_hint` says what to rename.
 
 split.json = ``{"root": DATA_ROOT, "labels": [...], "train": [{"path", "label", ...}],
-"val": [...], "test": [...]}``, paths absolute or relative to ``root``.
+"val": [...], "test": [...]}``, paths absolute or relative to ``root``. Every reader resolves them the
+same way (:func:`split_root`, :func:`locate`): under ``--data`` when one is given (the data set's folder
+now), else under ``root``; a relative ``root`` is relative to the split file's folder.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +58,8 @@ def read_split(
 ) -> list[LabelledImage]:
     """The entries of ``split`` in a split.json, paths resolved, labels checked, every file checked to exist.
 
-    ``data_root`` re-roots the paths when the data set has moved since training.
+    ``data_root``: where the data set is now (``--data``); every path recorded under the split file's
+    root is read from the same relative place under it.
     """
     if split not in SPLITS:
         raise LabelledSetError(f"unknown split {split!r}: expected one of {SPLITS}")
@@ -67,10 +71,14 @@ def read_split(
         ) from exc
     if not isinstance(data, dict) or not isinstance(data.get(split), list):
         raise LabelledSetError(f"{path}: no {split!r} list; expected the split.json 'pneumo train' writes")
-    split_root = Path(str(data.get("root") or path.parent))
+    for entry in data[split]:
+        if not isinstance(entry, dict) or "path" not in entry or "label" not in entry:
+            raise LabelledSetError(f"{path}: a {split} entry lacks 'path' or 'label': {entry!r}")
+    recorded = split_root(data.get("root"), path.parent, recorded_paths(data))
     images = []
     for entry in data[split]:
-        image = _entry(entry, split, split_root, data_root, path)
+        where, ref = locate(str(entry["path"]), recorded, data_root)
+        image = LabelledImage(path=where, label=str(entry["label"]), split=split, ref=ref)
         if image.label not in labels:
             raise LabelledSetError(
                 f"{path}: {image.path} has label {image.label!r}, not one of the model's labels {list(labels)}"
@@ -90,22 +98,56 @@ def read_split(
     return images
 
 
-def _entry(entry: Any, split: str, split_root: Path, data_root: Path | None, source: Path) -> LabelledImage:
-    if not isinstance(entry, dict) or "path" not in entry or "label" not in entry:
-        raise LabelledSetError(f"{source}: a {split} entry lacks 'path' or 'label': {entry!r}")
-    raw = Path(str(entry["path"]))
-    if raw.is_absolute():
-        path = raw
-        if data_root is not None and not raw.exists():
-            # The data set moved: keep the path relative to the old root under the new one.
-            try:
-                path = data_root / raw.relative_to(split_root)
-            except ValueError:
-                path = raw
-    else:
-        path = (data_root or split_root) / raw
-    try:
-        ref = raw.relative_to(split_root).as_posix() if raw.is_absolute() else raw.as_posix()
-    except ValueError:
-        ref = raw.as_posix()
-    return LabelledImage(path=path, label=str(entry["label"]), split=split, ref=ref)
+def recorded_paths(data: dict[str, Any]) -> list[Path]:
+    """Every entry path of a split.json's split lists, as written."""
+    return [
+        Path(str(entry["path"]))
+        for name in SPLITS
+        for entry in data.get(name) or []
+        if isinstance(entry, dict) and "path" in entry
+    ]
+
+
+def split_root(root: Any, base: Path, paths: Sequence[Path] = ()) -> Path:
+    """The absolute data root a split.json names in its ``root`` field.
+
+    An absolute ``root`` is taken as it is. A relative one is relative to ``base`` (the split file's
+    folder; none at all means ``base`` itself), except in files written before session 21: those
+    recorded ``--data`` as typed, relative to a working folder this reader cannot know, with absolute
+    entry paths; their root is then the ancestor of those paths that ends in the typed root's names.
+    """
+    if root is None or str(root) == "":
+        return base
+    given = Path(str(root)).expanduser()
+    if given.is_absolute():
+        return given
+    absolute = [p for p in paths if p.is_absolute()]
+    if not absolute:
+        return base / given
+    common = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+    names = tuple(part for part in Path(os.path.normpath(given)).parts if part not in (os.curdir, os.pardir))
+    for candidate in (common, *common.parents):
+        if not names or candidate.parts[-len(names) :] == names:
+            return candidate
+    return common
+
+
+def locate(recorded: str, root: Path, data_root: Path | None = None) -> tuple[Path, str]:
+    """Where a split.json entry is, and its ref: the path relative to the data root.
+
+    A path under ``root`` (relative, or absolute under it) is read under ``data_root`` when given, so a
+    data set that moved is found again, and its ref names it relative to the root: stable across
+    machines, so provenance hashes do not change when the data set moves. An absolute path outside
+    ``root`` is kept as recorded.
+    """
+    raw = Path(recorded)
+    if not raw.is_absolute():
+        return (data_root or root) / raw, raw.as_posix()
+    # entries are recorded resolved; a root recorded through a symlink is compared resolved too
+    for base in (root, root.resolve()):
+        try:
+            relative = raw.relative_to(base)
+        except ValueError:
+            continue
+        return (raw if data_root is None else data_root / relative), relative.as_posix()
+    return raw, raw.as_posix()

@@ -7,6 +7,10 @@ random layers. Presets:
 * ``none``;
 * ``flip``: horizontal flips (seed 004's CNN3);
 * ``seed004``: horizontal flips and rotations up to 15 degrees (seed 004's CNN1/CNN2);
+* ``seed004-resnet``: seed 004's ResNet-50 augmentation (its section 2.1):
+  shear up to 10 degrees, zoom 30% (each axis), horizontal and vertical flips,
+  brightness x0.5..x2.0, horizontal shifts up to 20%, rotations up to 20
+  degrees, borders filled with the nearest pixel;
 * ``seed001``: rotations up to 90 degrees, 20% zoom, 10% width and height
   shifts, horizontal and vertical flips (seed 001's augmented model);
 * ``light`` (ours): rotations up to 7 degrees, 10% zoom, 5% shifts and
@@ -34,7 +38,8 @@ random layers. Presets:
   validation ROC AUC fell from 0.9982 to 0.9871, so sharpness is also a real
   cue within the training distribution; not a default.
 * ``xray-aspect`` (ours): ``xray``, then a random horizontal-only rescale of
-  each image (width x0.75..x1.25, height kept). The contract squashes every
+  each image (content width x0.80..x1.33, height kept: ``RandomZoom`` width
+  factor +-0.25, see :func:`content_scale_range`). The contract squashes every
   image to a square, and in the training set the two classes were acquired
   at different aspect ratios: original NORMAL images have a median
   width/height of 1.21, PNEUMONIA images 1.50 (MANIFEST.csv, 1,631 originals),
@@ -44,7 +49,7 @@ random layers. Presets:
   squeezing the height to 0.85x lowered it to 0.06. Random anisotropic
   scaling of about that size makes chest shape a weak cue.
 * ``xray-shape`` (ours): ``xray``, then width and height rescaled
-  independently (each x0.8..x1.2). With ``xray-aspect`` the probe found the
+  independently (content x0.83..x1.25 on each axis: factor +-0.2). With ``xray-aspect`` the probe found the
   model invariant to width but moving with height (black bands above and
   below, which width-only training never showed it); this covers both axes.
 
@@ -54,6 +59,7 @@ radiograph, rather than mirrored anatomy.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,10 +150,46 @@ def build_augmenter(name: str, seed: int = 0, negative_index: int = 0) -> Augmen
     return Augmenter(name, _common_layers(name, seed))
 
 
-# xray-aspect: +-25% width at fixed height spans the 1.21 vs 1.50 aspect-ratio gap between classes.
+# RandomZoom factors. xray-aspect: content width x0.80..x1.33 at fixed height spans the 1.21 vs 1.50
+# aspect-ratio gap between classes (a ratio of 0.81).
 ASPECT_WIDTH_RANGE = (-0.25, 0.25)
-# xray-shape: each axis on its own, so neither the width nor the height of the chest is a class cue.
+# xray-shape: each axis on its own (content x0.83..x1.25), so neither the width nor the height of the
+# chest is a class cue.
 SHAPE_RANGE = (-0.2, 0.2)
+
+
+def content_scale_range(factor_range: tuple[float, float]) -> tuple[float, float]:
+    """The (smallest, largest) scale a ``RandomZoom`` factor range gives the image content.
+
+    Keras shows ``1 + factor`` of the side and resizes it back, so a factor of -0.25 shows 75% of
+    the width and stretches the content 1 / 0.75 = 1.33x, while +0.25 shrinks it to 0.80x: the
+    range is not symmetric around 1, which is easy to misquote.
+    """
+    low, high = factor_range
+    return 1.0 / (1.0 + high), 1.0 / (1.0 + low)
+
+
+def _brightness_scale(low: float, high: float, seed: int) -> Any:
+    """Every image multiplied by its own factor in [low, high], clipped to 0..255.
+
+    ImageDataGenerator's ``brightness_range`` (PIL's brightness enhance) scales pixels; Keras'
+    ``RandomBrightness`` adds to them, which is a different change of a radiograph.
+    """
+    import keras
+
+    class RandomBrightnessScale(keras.layers.Layer):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__(name="random_brightness_scale")
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images: Any, training: bool = True) -> Any:
+            if not training:
+                return images
+            shape = (keras.ops.shape(images)[0], 1, 1, 1)
+            factor = keras.random.uniform(shape, low, high, seed=self.generator)
+            return keras.ops.clip(images * factor, 0.0, 255.0)
+
+    return RandomBrightnessScale()
 
 
 def _common_layers(name: str, seed: int) -> Any:
@@ -165,6 +207,19 @@ def _preset_layers(name: str, seed: int) -> list[Any]:
         return [
             keras.layers.RandomFlip("horizontal", seed=seed),
             keras.layers.RandomRotation(15 / 360, seed=seed + 1, **_FILL),
+        ]
+    if name == "seed004-resnet":
+        nearest = {"fill_mode": "nearest"}
+        return [
+            # ImageDataGenerator's shear_range=10 is an angle; Keras' RandomShear takes its tangent.
+            keras.layers.RandomShear(
+                x_factor=(0.0, math.tan(math.radians(10))), y_factor=0.0, seed=seed, **nearest
+            ),
+            keras.layers.RandomZoom(0.3, 0.3, seed=seed + 1, **nearest),
+            keras.layers.RandomFlip("horizontal_and_vertical", seed=seed + 2),
+            _brightness_scale(0.5, 2.0, seed + 3),
+            keras.layers.RandomTranslation(0.0, 0.2, seed=seed + 4, **nearest),
+            keras.layers.RandomRotation(20 / 360, seed=seed + 5, **nearest),
         ]
     if name == "seed001":
         return [

@@ -38,6 +38,7 @@ from train.config import (
     LR_SCHEDULES,
     MIXED_PRECISION,
     OPTIMIZERS,
+    RANDOM_POOLS,
     RESIZES,
     SOURCES,
     SPLIT_MODES,
@@ -51,7 +52,8 @@ from train.errors import ConfigError
 
 TRAIN_EXAMPLES = """examples:
   pneumo train --arch lhu --data ../shared/data/chest_xray --out runs/lhu-seed
-  pneumo train --arch lhu --data DATA --out runs/lhu-leak --split random
+  pneumo train --arch lhu --data DATA --out runs/lhu-leak --split random   # seed 000: train folder, 70/20/10
+  pneumo train --arch lhu --data DATA --out runs/lhu-leak-all --split random --random-pool all
   pneumo train --arch lhu --data DATA --out runs/lhu-toolkit --image-size 224 --color grayscale \\
       --class-weights --augment light
   pneumo train --arch dsconv --data demo/synthetic --out runs/demo --epochs 5
@@ -204,10 +206,20 @@ def train_parser(prog: str) -> argparse.ArgumentParser:
         "--split",
         dest="split_mode",
         choices=SPLIT_MODES,
-        help="patient: validation carved from train by patient (default); random: seed 000's leaky 70/20/10",
+        help="patient: validation carved from train by patient (default); random: seed 000's leaky 70/20/10 "
+        "image-by-image shuffle (see --random-pool)",
     )
     data.add_argument(
-        "--val-fraction", type=float, help="share of the train pool for validation (default 0.1)"
+        "--random-pool",
+        choices=RANDOM_POOLS,
+        help="with --split random, what is shuffled into train/val/test: 'train' (default), the official "
+        "train folder alone, as seed 000 did; 'all': the train, val and test folders together",
+    )
+    data.add_argument(
+        "--val-fraction",
+        type=float,
+        help="share of the train pool carved out for validation by patient (default 0.1); --split patient "
+        "only (random mode's shares are fixed at 70/20/10)",
     )
     data.add_argument(
         "--sources", choices=SOURCES, help="original: train only on checksum-verified originals"
@@ -665,7 +677,7 @@ def ensemble_parser(prog: str) -> argparse.ArgumentParser:
         choices=TTA_MODES,
         default="none",
         help=f"test-time augmentation in the graph: 'crops' averages {len(TTA_CROPS)} views "
-        "(whole, a 6%% zoom, two 8%% corner crops); one RUN is then enough",
+        "(whole, a centre crop 6%% in from every side, two corner crops 8%% in from two sides); one RUN is then enough",
     )
     parser.add_argument(
         "--threshold-rule", help="sensitivity:T, youden or fixed:P (default: the first member's)"

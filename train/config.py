@@ -13,6 +13,7 @@ import inspect
 import math
 import sys
 import types
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -36,6 +37,7 @@ AUGMENTATIONS = (
     "xray-shape",
     "seed001",
     "seed004",
+    "seed004-resnet",
 )
 # The enumerated settings: each a Literal (what the type checker sees) and the tuple of its values
 # (what the flags' choices and the checks of a --config file use), taken from the Literal.
@@ -46,6 +48,8 @@ ThresholdSource = Literal["validation", "shape-pooled"]
 HeadChoice = Literal["auto", "sigmoid", "softmax"]
 LabelMode = Literal["binary", "kind"]
 SplitMode = Literal["patient", "random"]
+# What --split random shuffles: the official train folder (as seed 000 did), or train, val and test pooled.
+RandomPool = Literal["train", "all"]
 SourcesMode = Literal["all", "original"]
 Strategy = Literal["default", "mirrored"]
 MixedPrecision = Literal["auto", "on", "off"]
@@ -60,6 +64,7 @@ INTERPOLATIONS: tuple[Interpolation, ...] = get_args(Interpolation)
 RESIZES: tuple[ResizeMode, ...] = get_args(ResizeMode)
 LABEL_MODES: tuple[LabelMode, ...] = get_args(LabelMode)
 SPLIT_MODES: tuple[SplitMode, ...] = get_args(SplitMode)
+RANDOM_POOLS: tuple[RandomPool, ...] = get_args(RandomPool)
 SOURCES: tuple[SourcesMode, ...] = get_args(SourcesMode)
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 MIXED_PRECISION: tuple[MixedPrecision, ...] = get_args(MixedPrecision)
@@ -111,7 +116,8 @@ class TrainConfig:
     # --- data and splits
     label_mode: LabelMode = "binary"
     split_mode: SplitMode = "patient"
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # patient mode only (random mode's shares are fixed at 70/20/10)
+    random_pool: RandomPool = "train"  # random mode only
     sources: SourcesMode = "all"
     undersample: bool | None = None
     max_per_class: int | None = None
@@ -168,6 +174,7 @@ class TrainConfig:
         _choice("resize", self.resize, RESIZES)
         _choice("label_mode", self.label_mode, LABEL_MODES)
         _choice("split_mode", self.split_mode, SPLIT_MODES)
+        _choice("random_pool", self.random_pool, RANDOM_POOLS)
         _choice("sources", self.sources, SOURCES)
         _choice("loss", self.loss, LOSSES)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -405,6 +412,7 @@ def merge(toml_values: dict[str, Any], flag_values: dict[str, Any], source: str 
     flags = {k: v for k, v in flag_values.items() if v is not None}
     merged.update(flags)
     check_distillation(merged, source, flag_given="distill_weight" in flags)
+    check_split_options(merged, source, flags_given=set(flags))
     return TrainConfig.from_dict(merged, source=source)
 
 
@@ -428,3 +436,44 @@ def check_distillation(values: dict[str, Any], source: str = "config", flag_give
             f"{source}: --distill-weight {weight} has no effect without --teacher; add --teacher RUN (a run or "
             "'pneumo train ensemble' folder to distil from) or drop --distill-weight"
         )
+
+
+# The split options that one split mode alone reads: that mode, what the option does, what to do instead.
+SPLIT_MODE_OPTIONS: dict[str, tuple[SplitMode, str]] = {
+    "val_fraction": (
+        "patient",
+        "random mode's shares are fixed at seed 000's 70/20/10 (train/val/test); drop --val-fraction, or use "
+        "{split} patient to carve validation by patient",
+    ),
+    "random_pool": (
+        "random",
+        "it chooses which folders {split} random shuffles; drop --random-pool, or add {split} random",
+    ),
+}
+_FIELD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig)}
+
+
+def check_split_options(
+    values: dict[str, Any],
+    source: str = "config",
+    flags_given: Collection[str] = (),
+    split_flag: str = "--split",
+) -> None:
+    """ConfigError when ``values`` set a split option that their split mode ignores.
+
+    As for distill_weight, the sweep's configs/NAME.toml and config.json write every setting out,
+    defaults included, so an option counts as set when its flag was given (``flags_given``: snake_case
+    names), or when a file gives a value other than the default. ``split_flag``: what the command
+    calls the split mode (``pneumo data split``: --split-mode).
+    """
+    named = {str(k).replace("-", "_"): v for k, v in values.items()}
+    mode = named.get("split_mode") or _FIELD_DEFAULTS["split_mode"]
+    for name, (applies, why) in SPLIT_MODE_OPTIONS.items():
+        value = named.get(name)
+        if value is None or mode == applies:
+            continue
+        if name in flags_given or value != _FIELD_DEFAULTS[name]:
+            raise ConfigError(
+                f"{source}: {flag(name)} {value} has no effect with {split_flag} {mode}: "
+                + why.format(split=split_flag)
+            )

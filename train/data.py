@@ -10,7 +10,8 @@ Many children have several images, so every carve is done **by patient**
 (``patient_id`` from ``MANIFEST.csv`` when the folder has one, else parsed
 from the Kermany file name): images of one child on both sides of a split
 inflate the validation score. ``split_mode="random"`` reproduces seed 000's
-image-level 70/20/10 shuffle of all images on purpose, to measure that leak.
+image-level 70/20/10 shuffle of the official train folder on purpose, to measure
+that leak (``random_pool="all"`` shuffles the train, val and test folders together).
 
 Nothing here reads pixels; :mod:`train.cache` decodes, :mod:`train.checks`
 inspects files.
@@ -23,14 +24,14 @@ import random
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from edge_runtime.fileio import atomic_write_json, read_json
-from edge_runtime.labelled import image_files
+from edge_runtime.labelled import image_files, locate, recorded_paths, split_root
 from edge_runtime.preprocess import IMAGE_SUFFIXES
-from train.config import LabelMode, SourcesMode, SplitMode
+from train.config import LabelMode, RandomPool, SourcesMode, SplitMode
 from train.errors import DataError
 
 OFFICIAL_SPLITS = ("train", "val", "test")
@@ -69,10 +70,13 @@ class Sample:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], root: Path | None = None) -> Sample:
+    def from_dict(
+        cls, data: dict[str, Any], root: Path | None = None, data_root: Path | None = None
+    ) -> Sample:
+        """A sample of a split.json; paths under ``root`` are read under ``data_root`` when given."""
         path = Path(str(data["path"]))
-        if not path.is_absolute() and root is not None:
-            path = root / path
+        if root is not None:
+            path = locate(str(path), root, data_root)[0]
         return cls(
             path=path,
             label=str(data["label"]),
@@ -92,8 +96,11 @@ class DataConfig:
     split_mode: SplitMode = "patient"
     # Carved from the train pool by patient (patient mode).
     val_fraction: float = 0.1
-    # Random mode: seed 000's image-level (train, val, test) split of ALL images pooled.
+    # Random mode: seed 000's image-level (train, val, test) split of the pooled images.
     random_fractions: tuple[float, float, float] = (0.7, 0.2, 0.1)
+    # Random mode's pool: "train", the official train folder alone, as seed 000 split it; "all": the train,
+    # val and test folders together. A flat ROOT/{CLASS}/ folder has no official splits: all of it either way.
+    random_pool: RandomPool = "train"
     # Flat ROOT/{CLASS}/ layout: share of patients' images carved as test.
     flat_test_fraction: float = 0.15
     # "original": train and validate only on the checksum-verified originals (MANIFEST `source`).
@@ -112,6 +119,7 @@ class DataConfig:
         object.__setattr__(self, "random_fractions", tuple(float(f) for f in self.random_fractions))
         _check_choice("label_mode", self.label_mode, LabelMode)
         _check_choice("split_mode", self.split_mode, SplitMode)
+        _check_choice("random_pool", self.random_pool, RandomPool)
         _check_choice("sources", self.sources, SourcesMode)
         if not 0.0 < self.val_fraction < 0.9:
             raise DataError(f"val_fraction {self.val_fraction} must be within (0, 0.9)")
@@ -136,6 +144,9 @@ class DataConfig:
         if unknown:
             raise DataError(f"data config: unknown keys {unknown}; expected only {sorted(known)}")
         values = dict(data)
+        if values.get("split_mode") == "random":
+            # split.json files written before session 21 have no random_pool: their random split pooled every folder
+            values.setdefault("random_pool", "all")
         if "random_fractions" in values:
             values["random_fractions"] = tuple(values["random_fractions"])
         try:
@@ -188,10 +199,12 @@ class Splits:
                 shared = patients[first] & patients[second]
                 images = sum(1 for s in self.split(second) if s.patient_id in shared)
                 overlap[f"{first}-{second}"] = {"patients": len(shared), f"{second}_images": images}
+        mode = self.config.split_mode
         return {
             "labels": list(self.labels),
             "root": str(self.config.root),
-            "split_mode": self.config.split_mode,
+            "split_mode": mode,
+            **({"random_pool": self.config.random_pool} if mode == "random" else {}),
             "label_mode": self.config.label_mode,
             "splits": parts,
             "patient_overlap": overlap,
@@ -199,21 +212,39 @@ class Splits:
         }
 
     def to_json(self) -> dict[str, Any]:
+        # The root absolute: one typed relative to the working folder means nothing to a later reader.
+        root = str(self.config.root.resolve())
         return {
             "schema": SPLIT_JSON_SCHEMA,
             "labels": list(self.labels),
-            "root": str(self.config.root),
-            "config": self.config.to_dict(),
+            "root": root,
+            "config": {**self.config.to_dict(), "root": root},
             "notes": list(self.notes),
             **{name: [s.to_dict() for s in self.split(name)] for name in OFFICIAL_SPLITS},
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], source: str = "split JSON") -> Splits:
+    def from_json(
+        cls,
+        data: dict[str, Any],
+        source: str = "split JSON",
+        base: Path | None = None,
+        data_root: Path | None = None,
+    ) -> Splits:
+        """``base``: the folder a relative root is relative to (the split file's; default the working folder).
+
+        ``data_root``: where the data set is now (``--data``): paths under the recorded root are read there.
+        """
         try:
             config = DataConfig.from_dict(dict(data["config"]))
-            root = Path(str(data.get("root", config.root)))
-            lists = {name: [Sample.from_dict(item, root) for item in data[name]] for name in OFFICIAL_SPLITS}
+            recorded = split_root(
+                data.get("root", str(config.root)), base or Path.cwd(), recorded_paths(data)
+            )
+            lists = {
+                name: [Sample.from_dict(item, recorded, data_root) for item in data[name]]
+                for name in OFFICIAL_SPLITS
+            }
+            config = replace(config, root=data_root or recorded)
             labels = tuple(str(label) for label in data["labels"])
         except (KeyError, TypeError) as exc:
             raise DataError(
@@ -228,7 +259,8 @@ class Splits:
         return target
 
     @classmethod
-    def load(cls, path: str | Path) -> Splits:
+    def load(cls, path: str | Path, data_root: Path | None = None) -> Splits:
+        """A split.json; ``data_root`` re-roots it where the data set is now (see :meth:`from_json`)."""
         source = Path(path)
         try:
             data = read_json(source)
@@ -236,7 +268,7 @@ class Splits:
             raise DataError(f"{source}: cannot read split JSON ({exc})") from exc
         if not isinstance(data, dict):
             raise DataError(f"{source}: split JSON must be an object; it is written by 'pneumo train'")
-        return cls.from_json(data, str(source))
+        return cls.from_json(data, str(source), source.parent, data_root)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -444,7 +476,8 @@ def _assert_disjoint(first: Sequence[Sample], second: Sequence[Sample], a: str, 
 def _random_split(
     samples: list[Sample], config: DataConfig, notes: list[str]
 ) -> tuple[list[Sample], list[Sample], list[Sample]]:
-    pool = _sorted(samples)
+    pool, pooled = _random_pool(samples, config)
+    pool = _sorted(pool)
     random.Random(f"{config.seed}:random").shuffle(pool)
     n = len(pool)
     n_train = round(config.random_fractions[0] * n)
@@ -452,15 +485,38 @@ def _random_split(
     train, val, test = pool[:n_train], pool[n_train : n_train + n_val], pool[n_train + n_val :]
     shares = "/".join(f"{round(f * 100)}" for f in config.random_fractions)
     notes.append(
-        f"random mode: all {n} images pooled (official splits ignored) and shuffled image by image "
-        f"into train/val/test {shares} like seed 000; patients leak across splits on purpose "
-        "(see patient_overlap): scores on this test are inflated"
+        f"random mode: {pooled}, shuffled image by image into train/val/test {shares}; patients leak across "
+        "splits on purpose (see patient_overlap): scores on this test are inflated"
     )
     if config.exclude_test_patients:
         notes.append("exclude_test_patients has no effect in random mode: patients leak by design")
     if config.sources == ORIGINAL_SOURCE:
         train, val = _originals_only(train, notes, "train"), _originals_only(val, notes, "val")
     return train, val, test
+
+
+def _random_pool(samples: list[Sample], config: DataConfig) -> tuple[list[Sample], str]:
+    """The images random mode shuffles, and the words that say which (for the notes)."""
+    folders = [f for f in OFFICIAL_SPLITS if any(s.split == f for s in samples)]
+    if not folders:
+        return samples, f"all {len(samples)} images of the flat layout (no official folders)"
+    if config.random_pool == "all":
+        return samples, (
+            f"all {len(samples)} images of the {', '.join(folders)} folders pooled (random_pool 'all'; "
+            "seed 000 split the train folder alone)"
+        )
+    pool = [s for s in samples if s.split == "train"]
+    if not pool:
+        raise DataError(
+            f"{config.root / 'train'}: random mode splits the official train folder (as seed 000 did) and there "
+            "is none; add ROOT/train/{CLASS}/ folders, or pool every folder with random_pool 'all' "
+            "(--random-pool all)"
+        )
+    unused = [f"{f}/ {sum(s.split == f for s in samples)}" for f in folders if f != "train"]
+    return pool, (
+        f"the official train folder's {len(pool)} images (random_pool 'train', as seed 000 split it"
+        + (f"; {' and '.join(unused)} images unused)" if unused else ")")
+    )
 
 
 def _patient_split(

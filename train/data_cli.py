@@ -27,7 +27,8 @@ EPILOG = """examples:
   pneumo data check ../shared/data/chest_xray -o data_check.json
   pneumo data check my_xrays/ --json > report.json
   pneumo data split ../shared/data/chest_xray                 # patient-wise split summary
-  pneumo data split ../shared/data/chest_xray --split-mode random   # seed 000's leaky split
+  pneumo data split ../shared/data/chest_xray --split-mode random   # seed 000's leaky split of train/
+  pneumo data split ../shared/data/chest_xray --split-mode random --random-pool all
   pneumo data synth demo/synthetic --per-class 160 --seed 0
 
 Nothing is ever modified or deleted in a data folder."""
@@ -87,10 +88,17 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "leaky image-by-image 70/20/10 split ('pneumo train --split')",
     )
     split.add_argument(
+        "--random-pool",
+        choices=("train", "all"),
+        default=None,
+        help="random mode: shuffle the official train folder alone ('train', default, as seed 000 did) or "
+        "the train, val and test folders together ('all')",
+    )
+    split.add_argument(
         "--val-fraction",
         type=float,
-        default=0.1,
-        help="share of the train pool carved out for validation, patient mode (default 0.1)",
+        default=None,
+        help="share of the train pool carved out for validation, patient mode only (default 0.1)",
     )
     split.add_argument(
         "--sources",
@@ -196,13 +204,18 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
+    from train.config import check_split_options
     from train.data import DataConfig, make_splits
 
+    given = {"val_fraction": args.val_fraction, "random_pool": args.random_pool}
+    check_split_options(
+        {"split_mode": args.split_mode, **given}, "flags", set(given), split_flag="--split-mode"
+    )
     config = DataConfig(
         root=args.root,
         label_mode=args.label_mode,
         split_mode=args.split_mode,
-        val_fraction=args.val_fraction,
+        **{name: value for name, value in given.items() if value is not None},
         sources=args.sources,
         undersample=args.undersample,
         exclude_test_patients=args.exclude_test_patients,
@@ -232,6 +245,8 @@ def _train_command(config: DataConfig, root: str) -> str:
     words += ["--split", config.split_mode, "--split-seed", str(config.seed)]
     if config.label_mode != default.label_mode:
         words += ["--label-mode", config.label_mode]
+    if config.split_mode == "random" and config.random_pool != default.random_pool:
+        words += ["--random-pool", config.random_pool]
     if config.val_fraction != default.val_fraction:
         words += ["--val-fraction", f"{config.val_fraction:g}"]
     if config.sources != default.sources:

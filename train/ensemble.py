@@ -32,8 +32,10 @@ log = logging.getLogger("pneumo")
 ENSEMBLE_FILE = "ensemble.json"
 TTA_MODES = ("none", "crops")
 # Test-time views for --tta crops, as fractions of the side cropped (top, bottom, left, right) before
-# resizing back: the whole image, a 6% zoom and two 8%-crop views (a ~4% shift with a slight zoom), inside
-# what the xray augmentation (zoom 10%, shift 5%) trains on.
+# resizing back: the whole image, a centre view with 6% cut from every side (content x1.14) and two
+# views with 8% cut from two sides (content x1.09, shifted 4%). The shifts lie inside what the xray
+# augmentation trains on (shift 5%), the x1.14 zoom slightly beyond its zoom (content x0.91..x1.11)
+# and inside xray-shape's (x0.83..x1.25).
 TTA_CROPS: tuple[tuple[float, float, float, float], ...] = (
     (0.0, 0.0, 0.0, 0.0),
     (0.06, 0.06, 0.06, 0.06),
@@ -270,7 +272,7 @@ def make_ensemble(config: EnsembleConfig) -> EnsembleResult:
     test = evaluate_outputs(arrays["test"].y, test_out, info, bootstrap=config.bootstrap, seed=config.seed)
     with building_run_folder(config.out, config.overwrite) as work:
         saved = save_model(model, work)
-        reload = reload_check(model, saved["model"], arrays["test"].x)
+        reload = reload_check(model, saved["model"], arrays["val"].x)
         metrics = {
             "model_version": info.model_version,
             "synthetic": synthetic,

@@ -261,7 +261,7 @@ def overlap_refusal(overlap: list[Any], samples: list[Any], data: Path, split: s
     return (
         f"{data} (--split {split}): {len(overlap)} of {len(samples)} images are in the training list of "
         f"{split_file} (first: {overlap[0].path}); the default patient-wise split folds the official val/ "
-        "folder into the training pool, and --split random mixes every folder. Scores on training images are "
+        "folder into the training pool, and --split random --random-pool all mixes every folder. Scores on training images are "
         "optimistic, not validation or test results. Use --split run-val for the run's own held-out "
         f"validation images{'' if split == 'test' else ', or --split test'}; pass --allow-train-overlap "
         "to score them anyway (the report then says the figures include training images)"

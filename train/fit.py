@@ -534,7 +534,10 @@ def save_model(model: Any, out: Path) -> dict[str, Any]:
 
 
 def reload_check(model: Any, reloaded: Any, x: np.ndarray) -> dict[str, Any]:
-    """Max |output difference| between the trained model and its reloaded .h5 on up to 16 images."""
+    """Max |output difference| between the trained model and its reloaded .h5 on up to 16 images.
+
+    Callers pass validation images, so the test split is still predicted only once (by the scoring).
+    """
     sample = x[:16]
     if len(sample) == 0:
         return {"images": 0, "max_abs_diff": None}
@@ -624,6 +627,7 @@ def _make_splits(cfg: TrainConfig) -> Any:
         label_mode=cfg.label_mode,
         split_mode=cfg.split_mode,
         val_fraction=cfg.val_fraction,
+        random_pool=cfg.random_pool,
         sources=cfg.sources,
         undersample=bool(cfg.undersample),
         max_per_class=cfg.max_per_class,
@@ -671,7 +675,7 @@ def _train_into(cfg: TrainConfig, spec: ArchSpec, splits: Any, out: Path, starte
     fitted = _fit(cfg, spec, splits, contract, head, arrays, out)
     scores = _score(cfg, fitted, splits, head, arrays, synthetic)
     saved = save_model(fitted.model, out)
-    reload = reload_check(fitted.model, saved["model"], arrays["test"].x)
+    reload = reload_check(fitted.model, saved["model"], arrays["val"].x)
     metrics = _run_metrics(scores, fitted, arrays, len(splits.labels), decode_seconds, reload)
     card = _write_run_files(out, cfg, spec, contract, splits, arrays, fitted, scores.info, metrics)
     if not math.isfinite(float(fitted.history.get("loss", [0.0])[-1])):

@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.fileio import atomic_write_json, atomic_write_text, atomic_write_via, read_json
-from train.config import TrainConfig, check_distillation
+from train.config import TrainConfig, check_distillation, check_split_options
 from train.errors import ConfigError, TrainError
 from train.sweep_results import (
     is_complete,
@@ -316,6 +316,7 @@ def _reductions(full: TrainConfig, reduced: TrainConfig) -> tuple[str, ...]:
 def _resolve(values: dict[str, Any], source: str) -> TrainConfig:
     try:
         check_distillation(values, source)
+        check_split_options(values, source)
         return TrainConfig.from_dict(values, source=source).resolved()
     except TrainError as exc:
         message = str(exc)

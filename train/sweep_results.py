@@ -33,9 +33,10 @@ METRIC_COLUMNS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "
 RESULT_FILES = ("results.csv", "results.md", "results.json", "results.png")
 # Settings that do not change what a run computes; a completed run is not redone when only these differ.
 NOT_COMPARED = ("out", "overwrite", "progress", "workers", "cache_dir", "tensorboard")
-# Fields that default to "the architecture's" and were added after runs had been saved: what those
-# runs did before the field existed.
-BEFORE_FIELD_EXISTED = MappingProxyType({"threshold_on": "validation"})
+# Fields that default to "the architecture's" (or changed their default) and were added after runs had
+# been saved: what those runs did before the field existed. A random split pooled every folder before
+# session 21 made the official train folder its default pool.
+BEFORE_FIELD_EXISTED = MappingProxyType({"threshold_on": "validation", "random_pool": "all"})
 
 
 def utc_now() -> str:
@@ -87,6 +88,10 @@ def settings_changed(run: PlannedRun) -> list[str]:
     else:
         # `pneumo train --data ../shared/...` records the folder as typed; the sweep plans it absolute
         planned["data"], saved["data"] = _folder(planned["data"]), _folder(saved.get("data"))
+    if "random" not in (planned.get("split_mode"), saved.get("split_mode", defaults["split_mode"])):
+        # only a random split reads its pool: a patient-wise run is the same run whatever it says
+        planned.pop("random_pool", None)
+        saved.pop("random_pool", None)
     if _same_file(planned.get("weights"), saved.get("weights")):
         # a weights package installed in another checkout's .venv: another path, the same file
         saved["weights"] = planned["weights"]
@@ -148,7 +153,9 @@ def settings_summary(config: TrainConfig) -> str:
     if c.lr_schedule != "constant":
         parts.append(f"{c.lr_schedule} lr")
     if c.split_mode == "random":
-        parts.append("random 70/20/10 split")
+        parts.append(
+            f"random 70/20/10 split of {'the train folder' if c.random_pool == 'train' else 'all folders'}"
+        )
     if c.label_mode != "binary":
         parts.append(f"labels {c.label_mode}")
     if c.sources != "all":
@@ -170,9 +177,14 @@ def settings_summary(config: TrainConfig) -> str:
 
 def _test_split(card: dict[str, Any]) -> str:
     data = card.get("data", {})
+    splits = (data.get("split") or {}).get("splits", {})
+    folders = set(splits.get("test", {}).get("from_folder") or {})
     if data.get("split_mode") == "random":
-        return "random image split (leaks patients)"
-    folders = set((data.get("split") or {}).get("splits", {}).get("test", {}).get("from_folder") or {})
+        # read from the folders the images came from, so cards written before random_pool existed say it too
+        pooled = {folder for part in splits.values() for folder in part.get("from_folder") or {}}
+        if pooled == {"flat"}:
+            return "random image split (leaks patients)"
+        return f"random image split of {'train' if pooled == {'train'} else 'all folders'} (leaks patients)"
     return "official test" if folders == {"test"} else "test carved by patient"
 
 
@@ -213,7 +225,8 @@ def result_row(run: PlannedRun, state: dict[str, Any], sweep_name: str) -> dict[
     if changed:
         # the folder holds an older run: show what it actually ran, and say it is stale
         with contextlib.suppress(TrainError, OSError, ValueError, TypeError):
-            row["settings"] = settings_summary(TrainConfig.from_dict(read_json(folder / CONFIG_FILE)))
+            saved = dict(BEFORE_FIELD_EXISTED) | read_json(folder / CONFIG_FILE)
+            row["settings"] = settings_summary(TrainConfig.from_dict(saved))
         row.update(
             status="stale", detail=f"finished with other settings ({', '.join(changed)}); rerun the sweep"
         )

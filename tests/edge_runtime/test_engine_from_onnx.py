@@ -139,6 +139,17 @@ def test_auto_int8_builds_the_measured_qdq_model_even_with_a_calibration_set(
     assert calibrated.calibration is not None and "no Q/DQ model" in calibrated.calibration["why"]
 
 
+def test_calibration_batches_leave_out_images_from_across_a_class_ordered_set() -> None:
+    # 5 images of one class then 5 of the other (export's order); batches of 4 can use 8 of them
+    ordered = np.repeat(np.arange(10, dtype=np.uint8), 4).reshape(10, 2, 2, 1)
+    data = CalibrationData.from_array(ordered, "class-ordered set")
+    used = np.concatenate([batch[:, 0, 0, 0] for batch in data.batches(4)])
+    assert len(used) == data.usable_images(4) == 8 and len(set(used.tolist())) == 8
+    assert (used < 5).sum() == (used >= 5).sum() == 4  # cutting the end would keep 5 and 3
+    whole = np.concatenate(list(CalibrationData.from_array(ordered[:8], "divisible").batches(4)))
+    np.testing.assert_array_equal(whole, ordered[:8])  # a set that divides is used as it is, in order
+
+
 def test_batch_sizes_and_profile() -> None:
     assert parse_batch_sizes("8, 1,32") == (1, 8, 32)
     assert BatchProfile.from_sizes((1, 8, 32)) == BatchProfile(1, 8, 32)

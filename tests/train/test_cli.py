@@ -146,6 +146,71 @@ def test_a_missing_config_file_is_a_failure_not_usage(
     assert "absent.toml: file not found" in capsys.readouterr().err
 
 
+def test_train_help_teaches_the_random_pool(capsys: pytest.CaptureFixture[str]) -> None:
+    assert train_main(["--help"], prog="pneumo train") == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--random-pool {train,all}" in text
+    assert "'train' (default), the official train folder alone, as seed 000 did" in text
+    assert "'all': the train, val and test folders together" in text
+    assert "--split random --random-pool all" in text
+    assert "--split patient only (random mode's shares are fixed at 70/20/10)" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "text"),
+    [
+        (
+            ["--split", "random", "--val-fraction", "0.2"],
+            "--val-fraction 0.2 has no effect with --split random",
+        ),
+        # given on the command line, even at its default value, it asks for something random mode does not do
+        (
+            ["--split", "random", "--val-fraction", "0.1"],
+            "--val-fraction 0.1 has no effect with --split random",
+        ),
+        (["--random-pool", "all"], "--random-pool all has no effect with --split patient"),
+        (
+            ["--split", "patient", "--random-pool", "train"],
+            "--random-pool train has no effect with --split patient",
+        ),
+    ],
+)
+def test_split_options_the_split_mode_ignores_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], text: str
+) -> None:
+    full = ["--arch", "lhu", "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "run"), *argv]
+    assert train_main(full) == 2
+    err = capsys.readouterr().err
+    assert text in err and "data folder not found" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_file_may_hold_the_defaults_of_options_its_split_ignores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sweep's configs/NAME.toml write every setting out: val_fraction = 0.1 with a random split is fine."""
+    from train.config import load_toml, merge
+
+    config = tmp_path / "run.toml"
+    config.write_text('[train]\nsplit_mode = "random"\nval_fraction = 0.1\nrandom_pool = "all"\n')
+    assert merge(load_toml(config), {}, str(config)).random_pool == "all"
+    config.write_text('[train]\nsplit_mode = "random"\nval_fraction = 0.3\n')
+    argv = ["--config", str(config), "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "run")]
+    assert train_main(argv) == 2
+    assert f"{config}: --val-fraction 0.3 has no effect with --split random" in capsys.readouterr().err
+
+
+def test_pneumo_train_splits_the_pool_it_is_given(tmp_path: Path) -> None:
+    from tests.train.test_data import make_folder
+    from train.config import merge
+    from train.fit import _make_splits
+
+    data = make_folder(tmp_path / "data")
+    config = merge({}, {"data": data, "out": tmp_path / "run", "split_mode": "random", "random_pool": "all"})
+    splits = _make_splits(config)
+    assert {s.split for s in splits.train + splits.val + splits.test} == {"train", "val", "test"}
+
+
 def test_data_and_out_are_required(capsys: pytest.CaptureFixture[str]) -> None:
     assert train_main(["--arch", "lhu"]) == 2
     assert "--data and --out are required" in capsys.readouterr().err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +277,142 @@ def test_split_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert data_main([], prog="pneumo data") == 2
 
 
+def _folders(samples: list) -> set[str]:
+    return {s.split for s in samples}
+
+
+def test_random_mode_splits_the_official_train_folder_alone_like_seed_000(tmp_path: Path) -> None:
+    """Seed 000 loaded data/chest_xray/train and split it 70/20/10; the val and test folders were never read."""
+    root = make_folder(tmp_path / "data")  # train/ 10 images, val/ 2, test/ 4
+    splits = make_splits(DataConfig(root, split_mode="random"))
+    everything = splits.train + splits.val + splits.test
+    assert _folders(everything) == {"train"} and len(everything) == 10
+    assert [len(splits.train), len(splits.val), len(splits.test)] == [7, 2, 1]
+    assert any(
+        "the official train folder's 10 images (random_pool 'train', as seed 000 split it; val/ 2 and test/ 4 "
+        "images unused)" in note
+        for note in splits.notes
+    )
+    # the provenance says which pool: the summary (model card) and split.json's config
+    assert splits.summary()["random_pool"] == "train"
+    assert splits.to_json()["config"]["random_pool"] == "train"
+    assert "random_pool" not in make_splits(DataConfig(root)).summary(), "patient mode pools nothing"
+
+
+def test_random_pool_all_pools_the_val_and_test_folders_too(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data")
+    splits = make_splits(DataConfig(root, split_mode="random", random_pool="all"))
+    everything = splits.train + splits.val + splits.test
+    assert _folders(everything) == {"train", "val", "test"} and len(everything) == 16
+    assert any(
+        "all 16 images of the train, val, test folders pooled (random_pool 'all'" in n for n in splits.notes
+    )
+    assert splits.summary()["random_pool"] == "all"
+    assert Splits.load(splits.save(tmp_path / "split.json")).config.random_pool == "all"
+
+
+def test_random_mode_without_a_train_folder_names_the_choice(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data")
+    shutil.rmtree(root / "train")
+    with pytest.raises(
+        DataError, match=r"train: random mode splits the official train folder.*--random-pool all"
+    ):
+        make_splits(DataConfig(root, split_mode="random"))
+    with pytest.raises(DataError, match="random_pool 'banana'"):
+        DataConfig(root, split_mode="random", random_pool="banana")  # type: ignore[arg-type]
+
+
+def test_split_files_of_earlier_random_runs_say_they_pooled_every_folder() -> None:
+    """Before session 21 a random split pooled all folders; its split.json has no random_pool to say so."""
+    assert DataConfig.from_dict({"root": "x", "split_mode": "random"}).random_pool == "all"
+    assert DataConfig.from_dict({"root": "x", "split_mode": "patient"}).random_pool == "train"
+    assert (
+        DataConfig.from_dict({"root": "x", "split_mode": "random", "random_pool": "train"}).random_pool
+        == "train"
+    )
+
+
+def test_split_cli_refuses_options_the_split_mode_ignores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = str(make_folder(tmp_path / "data"))
+    assert data_main(["split", root, "--split-mode", "random", "--val-fraction", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "--val-fraction 0.2 has no effect with --split-mode random" in err and "70/20/10" in err
+    assert data_main(["split", root, "--random-pool", "all"]) == 2
+    assert "--random-pool all has no effect with --split-mode patient" in capsys.readouterr().err
+    assert data_main(["split", root, "--split-mode", "random", "--random-pool", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "random_pool 'all'" in out and "--split random --split-seed 0 --random-pool all" in out
+
+
+def _move(old: Path, new: Path) -> Path:
+    """Copy a data tree to another place and remove the original: the data set moved."""
+    shutil.copytree(old, new)
+    shutil.rmtree(old)
+    return new
+
+
+def test_a_split_file_follows_its_data_set_to_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pneumo data split data -o data/split.json`, then the folder moves: --data finds every image again.
+
+    Before session 21 split.json recorded the root as typed ("data", relative to the working folder of
+    the writer) with absolute image paths, and Splits.load could not re-root them at all.
+    """
+    monkeypatch.chdir(tmp_path)
+    make_folder(tmp_path / "data")
+    assert data_main(["split", "data", "--val-fraction", "0.3", "-o", "data/split.json"]) == 0
+    assert json.loads((tmp_path / "data" / "split.json").read_text())["root"] == str(
+        (tmp_path / "data").resolve()
+    )
+    new = _move(tmp_path / "data", tmp_path / "elsewhere" / "xray")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    moved = Splits.load(new / "split.json", data_root=new)
+    everything = moved.train + moved.val + moved.test
+    assert len(everything) == 16 and all(s.path.is_file() and new in s.path.parents for s in everything)
+    assert moved.config.root == new
+    recorded = Splits.load(
+        new / "split.json"
+    )  # without --data: the paths as recorded, gone with the old folder
+    assert not any(s.path.is_file() for s in recorded.train)
+    assert [s.path.relative_to(recorded.config.root) for s in recorded.train] == [
+        s.path.relative_to(new) for s in moved.train
+    ]
+
+
+def test_an_older_split_file_with_a_relative_root_is_re_rooted_too(tmp_path: Path) -> None:
+    """Files written before session 21: root as typed (relative to an unknown folder), paths absolute."""
+    data = make_folder(tmp_path / "work" / "data")
+    written = make_splits(DataConfig(data, val_fraction=0.3)).to_json()
+    older = written | {"root": "data", "config": written["config"] | {"root": "data"}}
+    (data / "split.json").write_text(json.dumps(older))
+    new = _move(data, tmp_path / "moved")
+    loaded = Splits.load(new / "split.json", data_root=new)
+    assert all(s.path.is_file() for s in loaded.train + loaded.val + loaded.test)
+    assert Splits.load(new / "split.json").config.root == data, "the old root, found from the recorded paths"
+
+
+def test_a_relative_root_is_relative_to_the_split_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A portable split file (root and paths relative) works wherever it and the data set are copied."""
+    data = make_folder(tmp_path / "data")
+    written = make_splits(DataConfig(data, val_fraction=0.3)).to_json()
+    for name in ("train", "val", "test"):
+        for entry in written[name]:
+            entry["path"] = Path(entry["path"]).relative_to(data).as_posix()
+    (data / "lists").mkdir()
+    (data / "lists" / "split.json").write_text(json.dumps(written | {"root": ".."}))
+    new = _move(data, tmp_path / "copy")
+    monkeypatch.chdir(tmp_path)  # not the split file's folder
+    loaded = Splits.load(new / "lists" / "split.json")
+    assert all(
+        s.path.is_file() and new in s.path.resolve().parents for s in loaded.train + loaded.val + loaded.test
+    )
+
+
 # --------------------------------------------------------------------------- real data
 
 
@@ -305,12 +443,21 @@ def test_real_exclude_test_patients_and_originals(real_data: Path) -> None:
 
 
 @pytest.mark.data
-def test_real_random_mode_leaks_patients(real_data: Path) -> None:
-    splits = make_splits(DataConfig(real_data, split_mode="random"))
+@pytest.mark.parametrize(("pool", "images"), [("train", 5216), ("all", 5856)])
+def test_real_random_mode_leaks_patients(real_data: Path, pool: str, images: int) -> None:
+    splits = make_splits(DataConfig(real_data, split_mode="random", random_pool=pool))  # type: ignore[arg-type]
     summary = splits.summary()
     sizes = [summary["splits"][name]["images"] for name in ("train", "val", "test")]
-    assert sum(sizes) == 5856
-    assert sizes == [round(0.7 * 5856), round(0.2 * 5856), 5856 - round(0.7 * 5856) - round(0.2 * 5856)]
+    assert sum(sizes) == images
+    assert sizes == [
+        round(0.7 * images),
+        round(0.2 * images),
+        images - round(0.7 * images) - round(0.2 * images),
+    ]
+    folders = {
+        folder for name in ("train", "val", "test") for folder in summary["splits"][name]["from_folder"]
+    }
+    assert folders == ({"train"} if pool == "train" else {"train", "val", "test"})
     overlap = summary["patient_overlap"]
     # The leak this mode exists to measure: hundreds of children on both sides.
     assert overlap["train-test"]["patients"] > 200

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -127,14 +128,17 @@ def _split_data(root: Path) -> Path:
     return root
 
 
-def _run(tiny_bundle: Path, data: Path, folder: Path, split_mode: str = "patient") -> Path:
+def _run(
+    tiny_bundle: Path, data: Path, folder: Path, split_mode: str = "patient", **data_options: Any
+) -> Path:
     """A run folder (the tiny ONNX model + a split.json made by train.data, as 'pneumo train' writes it)."""
     from train.data import DataConfig, make_splits
 
     folder.mkdir()
     for name in ("model.onnx", "contract.json", "model_info.json"):
         shutil.copy(tiny_bundle / name, folder / name)
-    make_splits(DataConfig(data, split_mode=split_mode, val_fraction=0.25)).save(folder / "split.json")  # type: ignore[arg-type]
+    config = DataConfig(data, split_mode=split_mode, val_fraction=0.25, **data_options)  # type: ignore[arg-type]
+    make_splits(config).save(folder / "split.json")
     return folder
 
 
@@ -171,9 +175,15 @@ def test_official_val_is_refused_where_the_run_trained_on_it(
 
 def test_random_split_runs_may_not_score_the_test_folder(tiny_bundle: Path, tmp_path: Path) -> None:
     data = _split_data(tmp_path / "data")
-    run = _run(tiny_bundle, data, tmp_path / "run", split_mode="random")
+    run = _run(tiny_bundle, data, tmp_path / "run", split_mode="random", random_pool="all")
     with pytest.raises(DataError, match="training list"):
         evaluate_model(run, data, split="test", progress=False, cache_dir=tmp_path / "cache")
+    # seed 000's pool (the train folder alone) never saw the test folder: scoring it is allowed
+    seed000 = _run(
+        tiny_bundle, data, tmp_path / "run-train-pool", "random", random_fractions=(0.5, 0.25, 0.25)
+    )
+    result = evaluate_model(seed000, data, split="test", progress=False, cache_dir=tmp_path / "cache")
+    assert result["train_overlap"] == 0
 
 
 def test_a_model_without_split_json_says_overlap_was_not_checked(

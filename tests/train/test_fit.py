@@ -377,7 +377,18 @@ def test_training_batches_are_float_pixels_with_targets_and_weights() -> None:
 
 @pytest.mark.tf
 @pytest.mark.parametrize(
-    "preset", ["flip", "light", "xray", "xray-balanced", "xray-aspect", "xray-shape", "seed001", "seed004"]
+    "preset",
+    [
+        "flip",
+        "light",
+        "xray",
+        "xray-balanced",
+        "xray-aspect",
+        "xray-shape",
+        "seed001",
+        "seed004",
+        "seed004-resnet",
+    ],
 )
 def test_augmentation_presets_keep_shape_and_pixel_range(preset: str) -> None:
     from train.augment import build_augmenter

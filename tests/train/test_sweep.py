@@ -80,6 +80,10 @@ def test_studies_are_covered_as_the_issue_asks() -> None:
     assert optimizers == set(OPTIMIZERS)
     assert {run.config.arch for run in plan["seed000_lhu_optimizers"]} == {"lhu"}
     assert {run.config.split_mode for run in plan["seed000_lhu_leak"]} == {"random", "patient"}
+    # seed 000 split its train folder alone (image_dataset_from_directory('data/chest_xray/train'))
+    assert {
+        run.config.random_pool for run in plan["seed000_lhu_leak"] if run.config.split_mode == "random"
+    } == {"train"}
     assert {run.config.augment for run in plan["seed001_go19_augmentation"]} == {"seed001", "none"}
     roskilde = plan["seed002_roskilde_adjustments"]
     assert len(roskilde) == 8 and all(run.config.undersample for run in roskilde)
@@ -137,6 +141,9 @@ def test_bad_experiment_files_name_the_run_and_key(tmp_path: Path) -> None:
     )
     with pytest.raises(SweepError, match=r"run 'four'.*--distill-weight 0.3 has no effect without --teacher"):
         plan_sweep(load_experiment(no_teacher), SweepConfig(experiments=no_teacher, data=tmp_path))
+    ignored = _write(tmp_path / "f.toml", '[[run]]\nname = "five"\nsplit = "random"\nval_fraction = 0.2\n')
+    with pytest.raises(SweepError, match=r"run 'five'.*--val-fraction 0.2 has no effect with --split random"):
+        plan_sweep(load_experiment(ignored), SweepConfig(experiments=ignored, data=tmp_path))
     twice = _write(tmp_path / "c.toml", '[[run]]\nname = "x"\n[[run]]\nname = "x"\n')
     with pytest.raises(SweepError, match="used twice"):
         load_experiment(twice)
@@ -435,6 +442,51 @@ def test_a_new_model_option_reruns_only_the_runs_that_set_it(tmp_path: Path) -> 
     assert settings_changed(wide) == ["last_conv_filters", "pool_dropout"]
     assert "last conv 256, pool dropout 0.25" in settings_summary(wide.config)
     assert "last conv" not in settings_summary(plain.config)
+
+
+def test_a_random_run_from_before_the_pool_existed_reruns_and_a_patient_run_does_not(tmp_path: Path) -> None:
+    """Before session 21 a random split pooled every folder; its config.json has no random_pool to say so."""
+    from edge_runtime.fileio import atomic_write_json
+    from train.sweep_results import settings_changed, settings_summary
+
+    path = _write(
+        tmp_path / "x.toml",
+        '[defaults]\narch = "lhu"\n[[run]]\nname = "random"\nsplit = "random"\n[[run]]\nname = "patient"\n',
+    )
+    random_run, patient_run = plan_sweep(load_experiment(path), SweepConfig(experiments=path, data=tmp_path))
+    for run in (random_run, patient_run):
+        assert run.config.out is not None
+        older = {k: v for k, v in run.config.to_dict().items() if k != "random_pool"}
+        atomic_write_json(run.config.out / "config.json", older)
+    assert settings_changed(random_run) == ["random_pool"], "it pooled val/ and test/: not seed 000's split"
+    assert settings_changed(patient_run) == [], "a patient-wise split never read the pool"
+    assert random_run.config.out is not None
+    atomic_write_json(random_run.config.out / "config.json", random_run.config.to_dict())
+    assert settings_changed(random_run) == []
+    assert "random 70/20/10 split of the train folder" in settings_summary(random_run.config)
+
+
+def test_the_test_split_column_says_which_folders_a_random_split_pooled() -> None:
+    """Read from the folders the images came from: model cards from before random_pool existed say it too."""
+    from train.sweep_results import _test_split
+
+    def card(mode: str, **folders: dict[str, int]) -> dict:
+        return {
+            "data": {
+                "split_mode": mode,
+                "split": {"splits": {k: {"from_folder": v} for k, v in folders.items()}},
+            }
+        }
+
+    seed000 = card("random", train={"train": 7}, val={"train": 2}, test={"train": 1})
+    assert _test_split(seed000) == "random image split of train (leaks patients)"
+    pooled = card("random", train={"train": 9, "test": 1}, val={"val": 1, "train": 2}, test={"test": 1})
+    assert _test_split(pooled) == "random image split of all folders (leaks patients)"
+    assert (
+        _test_split(card("random", train={"flat": 7}, test={"flat": 1}))
+        == "random image split (leaks patients)"
+    )
+    assert _test_split(card("patient", train={"train": 9}, test={"test": 4})) == "official test"
 
 
 def test_results_without_data_do_not_call_every_row_stale(tmp_path: Path) -> None:

@@ -152,7 +152,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             builder=build_resnet50,
             height=224, width=224, color="rgb",
             optimizer="adam", learning_rate=1e-4, batch_size=32, epochs=10,
-            early_stopping=3, class_weights=True, augment="seed004", transfer=True,
+            early_stopping=3, class_weights=True, augment="seed004-resnet", transfer=True,
         ),
         ArchSpec(
             name="dsconv",

@@ -8,10 +8,10 @@ blocks sit after a normal stem convolution, BatchNorm keeps them trainable, and
 the global pooling replaces the huge Flatten -> Dense of the seed models (most
 of their parameters).
 
-Default contract 224x224 grayscale (the 224 squash; see the model card):
-260 k parameters and 0.125 GFLOPs per image, about half of ``lhu`` at its
-256x256 (0.24 GFLOPs, 3.7 M parameters) and 1/250 of VGG16 at 224x224 (31
-GFLOPs); ``--width-multiplier`` scales the channels. Every layer maps to a
+Default contract 160x160 grayscale (see the model card): 260 k parameters
+and 0.064 GFLOPs per image (0.125 at 224x224), about a quarter of ``lhu`` at
+its 256x256 (0.24 GFLOPs, 3.7 M parameters) and 1/480 of VGG16 at 224x224
+(30.7 GFLOPs); ``--width-multiplier`` scales the channels. Every layer maps to a
 plain TensorRT kernel (no Lambda, no custom op), and ReLU (not ReLU6 or
 swish) keeps INT8 calibration simple.
 """
