@@ -335,13 +335,15 @@ def child_main(argv: list[str] | None = None) -> int:
     # The parent stops its clock on this line, right after the first inference; what follows is not cold start.
     sys.stdout.write(_READY_LINE + "\n")
     sys.stdout.flush()
+    report["ready_written_monotonic"] = time.monotonic()
     # Memory while the model is loaded and its device context alive: what the process holds to serve.
     report["peak_rss_mb"], report["peak_rss_source"] = _peak_rss_mb()
     report["gpu_memory_mb"], report["gpu_memory_note"] = _gpu_memory_mb(args.backend)
     # Checked after the readings, before close: the model still answering proves they were taken loaded.
     report["memory_read_while_loaded"] = stack.answers()
     report["versions"] = _stack_versions(args.kind)
-    # time.monotonic is one system-wide clock on Linux, so the parent can check it stopped before this.
+    # Recorded by the child itself, so the order READY -> memory -> close is checked without racing the
+    # parent (whose clock stops when it reads READY, whenever the scheduler lets it).
     report["close_started_monotonic"] = time.monotonic()
     stack.close()
     report["teardown_s"] = time.monotonic() - report["close_started_monotonic"]

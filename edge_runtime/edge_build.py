@@ -216,11 +216,15 @@ def _build_or_reuse(
     say: Callable[[str], None],
 ) -> tuple[EngineFiles, EngineSidecar, str]:
     files = engine_files(bundle.engines_dir, key, precision, config.dla_core)
+    sources = OnnxSources.from_bundle(bundle)
     calibration = None
-    if precision == "int8" and (bundle.root / CALIBRATION_NPY).is_file():
+    # calib.npy (tens of MB) is read only where the calibrator may run: not for the Q/DQ model
+    calibrator_possible = config.int8_source == "calibrator" or (
+        config.int8_source == "auto" and not sources.has("int8_qdq")
+    )
+    if precision == "int8" and calibrator_possible and (bundle.root / CALIBRATION_NPY).is_file():
         calibration = CalibrationData.from_npy(bundle.root / CALIBRATION_NPY)
     wanted = config.engine_config(precision, files)
-    sources = OnnxSources.from_bundle(bundle)
     available = precision == "int8" and int8_calibration_available(
         sources, files.calibration_cache, trt_version, calibration
     )

@@ -261,12 +261,23 @@ class CalibrationData:
         all one class.
         """
         usable = self.usable_images(batch_size)
-        chosen = (np.arange(usable) * len(self.images)) // max(usable, 1)
+        chosen = spread_indices(len(self.images), usable)
         for start in range(0, usable, batch_size):
             yield np.ascontiguousarray(self.images[chosen[start : start + batch_size]], dtype=np.uint8)
 
     def usable_images(self, batch_size: int) -> int:
         return (len(self.images) // batch_size) * batch_size
+
+
+def spread_indices(total: int, count: int) -> np.ndarray:
+    """``min(count, total)`` indices of ``range(total)`` evenly spaced from the first, in order.
+
+    A calibration set is stored class by class, so any subset of it (a probe, the images that fill
+    whole batches) is taken across it, never from one end: ``i * total // count`` is strictly
+    increasing for ``count <= total``, and is every index when ``count == total``.
+    """
+    count = min(count, total)
+    return (np.arange(count) * total) // max(count, 1)
 
 
 @dataclass(frozen=True)
@@ -747,7 +758,12 @@ def _set_up_build(
         trt_version, config.precision, config.int8_source, available, qdq_available=sources.has("int8_qdq")
     )
     onnx_path = sources.path_for(plan.onnx_role)
-    if calibration is not None and config.int8_source == "auto" and plan.onnx_role == "int8_qdq":
+    if (
+        calibration is not None
+        and config.int8_source == "auto"
+        and plan.onnx_role == "int8_qdq"
+        and plan.tensorrt_major < 11
+    ):
         log.warning(
             "%s: building the Q/DQ model export measured; the calibration set given is not used "
             "(--int8-source calibrator calibrates %s with it instead)",

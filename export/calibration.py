@@ -76,9 +76,10 @@ def build_calibration_set(
     """Sample ``config.size`` class-balanced training images and preprocess them.
 
     ``held_out``: the run's test split (:meth:`export.run_folder.RunFolder.held_out`). With it,
-    a training list that names a test file, or an image whose bytes are a test image's, is an
-    error, and the images of test-split patients are left out of the sample (the official
-    Kermany test shares patients with its train folder). Without it only the lists' own
+    a training list that names a test file is an error, and the images of test-split patients
+    and copies of test images (the same bytes under another name, which a random split can put
+    on both sides) are left out of the sample: the official Kermany test shares patients with its
+    train folder. Without it only the lists' own
     ``split`` fields are checked, which catches a caller passing the wrong list and nothing else.
     """
     not_train = [image for image in train_images if image.split != "train"]
@@ -87,18 +88,18 @@ def build_calibration_set(
             f"{not_train[0].path}: is from the {not_train[0].split!r} split; calibration images must come "
             "from the training split only (test images would leak into the model measured on them)"
         )
-    pool = train_images if held_out is None else _clear_of_test(train_images, held_out)
+    pool, copies = (train_images, 0) if held_out is None else _clear_of_test(train_images, held_out)
     excluded = len(train_images) - len(pool)
     if len(pool) < MIN_CALIBRATION_IMAGES and not config.force:
-        left_out = f" once the {excluded} images of test-split patients are left out" if excluded else ""
+        parts = [f"{excluded - copies} images of test-split patients"] if excluded > copies else []
+        parts += [f"{copies} copies of test images"] if copies else []
+        left_out = f" once the {' and the '.join(parts)} are left out" if parts else ""
         raise CalibrationError(
             f"the training split has {len(pool)} images{left_out}, fewer than the {MIN_CALIBRATION_IMAGES} "
             "INT8 calibration needs; use a larger training set, leave out int8 (--precisions fp32,fp16), "
             "or pass --force for a test run"
         )
     chosen = balanced_sample(pool, info.labels, config.size, config.seed)
-    if held_out is not None:
-        _refuse_test_content(chosen, held_out)
     images = load_images(chosen, contract)
     refs = [image.ref or image.path.as_posix() for image in chosen]
     counts = {label: sum(1 for image in chosen if image.label == label) for label in info.labels}
@@ -112,7 +113,8 @@ def build_calibration_set(
         "sampling": "class-balanced, seeded permutation of each class sorted by path",
         # False / None: built without the run's test split, so test files and patients were not checked.
         "test_split_checked": held_out is not None,
-        "excluded_test_patient_images": excluded if held_out is not None else None,
+        "excluded_test_patient_images": excluded - copies if held_out is not None else None,
+        "excluded_test_image_copies": copies if held_out is not None else None,
         "seed": config.seed,
         "labels": list(info.labels),
         "class_counts": counts,
@@ -128,9 +130,15 @@ def build_calibration_set(
     return CalibrationSet(images=images, meta=meta)
 
 
-def _clear_of_test(train_images: list[LabelledImage], held_out: HeldOutSplit) -> list[LabelledImage]:
-    """The training images calibration may use: none a test file, none of a test-split patient."""
-    pool = []
+def _clear_of_test(
+    train_images: list[LabelledImage], held_out: HeldOutSplit
+) -> tuple[list[LabelledImage], int]:
+    """The training images calibration may use, and how many were copies of test images.
+
+    None is a test file (an error: the lists are wrong), of a test-split patient, or a copy of a
+    test image (left out, like the patients' images).
+    """
+    pool, copies = [], 0
     for image in train_images:
         if held_out.is_test_file(image.path):
             raise CalibrationError(
@@ -144,20 +152,13 @@ def _clear_of_test(train_images: list[LabelledImage], held_out: HeldOutSplit) ->
                 f"{image.path}: not listed in {held_out.source}; the training images and the test split "
                 "must come from the same split.json and the same --data, or the test split cannot be kept out"
             )
-        if patient not in held_out.patients:
-            pool.append(image)
-    return pool
-
-
-def _refuse_test_content(chosen: list[LabelledImage], held_out: HeldOutSplit) -> None:
-    """A training file whose bytes are a test image's is that test image under another name."""
-    for image in chosen:
+        if patient in held_out.patients:
+            continue
         if sha256_file(image.path) in held_out.sha256:
-            raise CalibrationError(
-                f"{image.path}: has the same bytes as an image of the test split of {held_out.source}; "
-                "the data set holds a copy of a test image among its training images. Remove the copy "
-                "and re-run 'pneumo train'"
-            )
+            copies += 1
+            continue
+        pool.append(image)
+    return pool, copies
 
 
 def save_calibration(calibration: CalibrationSet, folder: Path) -> tuple[Path, Path]:

@@ -151,8 +151,10 @@ def _add_engine_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="TensorRT engine from ONNX (needs TensorRT: on the Jetson prefer 'pneumo edge build')",
         description="Build a TensorRT engine where TensorRT is installed. Engines only run on the GPU and "
         "TensorRT version that built them; on a Jetson, 'pneumo edge build BUNDLE' does this for a bundle.\n\n"
-        "example:\n  pneumo export engine bundles/demo/model.onnx --precision int8 --calib bundles/demo/calibration "
-        "-o model.engine",
+        "examples:\n  pneumo export engine bundles/demo/model.onnx --precision int8 -o model.engine"
+        "   # builds model_int8_qdq.onnx\n"
+        "  pneumo export engine bundles/demo/model.onnx --precision int8 --int8-source calibrator "
+        "--calib bundles/demo/calibration -o model.engine   # TensorRT 10 only",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     engine.add_argument(

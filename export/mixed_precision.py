@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.engine_from_onnx import spread_indices
 from export.config import AUTO_CALIBRATE_METHODS, QuantConfig
 
 
@@ -112,11 +113,9 @@ def probe_images(calibration: np.ndarray, count: int) -> np.ndarray:
     sensitivity ranking would never see an abnormal image. Deterministic: the same set gives
     the same probe, so the range cache keyed on the probe's bytes stays valid.
     """
-    total = len(calibration)
-    if count >= total:
+    if count >= len(calibration):
         return calibration
-    # i * total // count: strictly increasing for count <= total, from the first image to near the last.
-    return calibration[(np.arange(count) * total) // count]
+    return calibration[spread_indices(len(calibration), count)]
 
 
 def layer_sensitivity(

@@ -134,9 +134,11 @@ def read_held_out(path: Path, labels: tuple[str, ...], data_root: Path | None = 
     A test file without a recorded ``sha256`` is hashed here, so a copy of it under
     another name is still recognised.
     """
-    # Read first: it turns an unreadable file or a missing test list into a RunFolderError.
+    # Read first: it turns an unreadable file or a missing test list into a RunFolderError. Only the
+    # test files must be here: an FP32/FP16 export on a machine with the test images alone still works.
     test = read_split(path, "test", labels, data_root)
     raw = read_json(path)
+    root = labelled.split_root(raw.get("root"), path.parent, labelled.recorded_paths(raw))
     files: set[Path] = set()
     hashes: set[str] = set()
     patients: set[str] = set()
@@ -144,14 +146,19 @@ def read_held_out(path: Path, labels: tuple[str, ...], data_root: Path | None = 
     for split in SPLITS:
         if not isinstance(raw.get(split), list):
             continue  # a hand-written split.json may list only what it needs; the test list is there
-        images = test if split == "test" else read_split(path, split, labels, data_root)
-        for entry, image in zip(raw[split], images):
-            key = image_key(image.path)
+        entries = [e for e in raw[split] if isinstance(e, dict) and "path" in e]
+        paths = (
+            [image.path for image in test]
+            if split == "test"
+            else [labelled.locate(str(e["path"]), root, data_root)[0] for e in entries]
+        )
+        for entry, image_path in zip(entries, paths):
+            key = image_key(image_path)
             patient = str(entry.get("patient_id") or "")
             patient_of[key] = patient
             if split == "test":
                 files.add(key)
-                hashes.add(str(entry.get("sha256") or "").lower() or sha256_file(image.path))
+                hashes.add(str(entry.get("sha256") or "").lower() or sha256_file(image_path))
                 if patient:
                     patients.add(patient)
     return HeldOutSplit(

@@ -13,9 +13,10 @@ import inspect
 import math
 import sys
 import types
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from edge_runtime.contract import ColorMode, Interpolation, ResizeMode
@@ -439,18 +440,20 @@ def check_distillation(values: dict[str, Any], source: str = "config", flag_give
 
 
 # The split options that one split mode alone reads: that mode, what the option does, what to do instead.
-SPLIT_MODE_OPTIONS: dict[str, tuple[SplitMode, str]] = {
-    "val_fraction": (
-        "patient",
-        "random mode's shares are fixed at seed 000's 70/20/10 (train/val/test); drop --val-fraction, or use "
-        "{split} patient to carve validation by patient",
-    ),
-    "random_pool": (
-        "random",
-        "it chooses which folders {split} random shuffles; drop --random-pool, or add {split} random",
-    ),
-}
-_FIELD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig)}
+SPLIT_MODE_OPTIONS: Mapping[str, tuple[SplitMode, str]] = MappingProxyType(
+    {
+        "val_fraction": (
+            "patient",
+            "random mode's shares are fixed at seed 000's 70/20/10 (train/val/test); drop --val-fraction, or use "
+            "{split} patient to carve validation by patient",
+        ),
+        "random_pool": (
+            "random",
+            "it chooses which folders {split} random shuffles; drop --random-pool, or add {split} random",
+        ),
+    }
+)
+_FIELD_DEFAULTS: Mapping[str, Any] = MappingProxyType({f.name: f.default for f in fields(TrainConfig)})
 
 
 def check_split_options(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from edge_runtime.contract import SYNTHETIC_WARNING
 from edge_runtime.fileio import atomic_write_json
 from train.command import run_command
+from train.config import RANDOM_POOLS
 
 if TYPE_CHECKING:
     from train.data import DataConfig
@@ -89,7 +90,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     split.add_argument(
         "--random-pool",
-        choices=("train", "all"),
+        choices=RANDOM_POOLS,
         default=None,
         help="random mode: shuffle the official train folder alone ('train', default, as seed 000 did) or "
         "the train, val and test folders together ('all')",

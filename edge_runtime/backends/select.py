@@ -43,7 +43,6 @@ AUTO_ORDER = BACKEND_NAMES
 #: it again would only add start-up time. Not trt: its engine's self-test is recorded by
 #: 'pneumo edge build' and checked from the sidecar (engine_sidecar.self_test_problem).
 GOLDEN_GATED_BACKENDS: frozenset[str] = frozenset({"ort-trt", "ort-cuda"})
-#: flipped file names shown in a golden-set failure before "and N more"
 
 
 @dataclass
@@ -186,6 +185,9 @@ def golden_gate(backend: Backend, bundle: Bundle, precision: str) -> str | None:
     """
     from edge_runtime.golden import GoldenSet, compare_golden, run_golden
 
+    # The provider is opened first so that one which cannot load here says so, as without the gate.
+    # The caller opens the backend again to classify: a second session, which for ort-trt reuses
+    # the engine cache the first one wrote.
     with backend:
         try:
             golden = GoldenSet.load(
@@ -215,7 +217,7 @@ def golden_gate(backend: Backend, bundle: Bundle, precision: str) -> str | None:
     return None
 
 
-def _refuse_ungated(bundle: Bundle, name: str, precision: str, problem: str) -> EngineMismatchError:
+def _golden_refusal(bundle: Bundle, name: str, precision: str, problem: str) -> EngineMismatchError:
     return EngineMismatchError(
         f"{bundle.root}: refusing to classify images with --backend {name} ({precision}): it {problem}, "
         "and the golden set is the check export and 'pneumo edge build' apply to every runtime. Use "
@@ -256,7 +258,7 @@ def select_backend(
     if backend != "auto":
         chosen = _make(bundle, backend, precision, threads, dla_core)
         if backend in golden_gated and (problem := golden_gate(chosen, bundle, precision)):
-            raise _refuse_ungated(bundle, backend, precision, problem)
+            raise _golden_refusal(bundle, backend, precision, problem)
         return BackendChoice(chosen, backend, precision)
     skipped: dict[str, str] = {}
     for name in AUTO_ORDER if dla_core is None else ("trt",):
@@ -277,7 +279,7 @@ def select_backend(
             skipped[name] = f"{type(exc).__name__}: {exc}"
             continue
         if problem is not None:
-            skipped[name] = f"{name}: {problem}"
+            skipped[name] = problem
             continue
         choice = BackendChoice(candidate, name, precision, skipped)
         log.info("backend auto -> %s", choice.describe())

@@ -187,7 +187,7 @@ def test_trt_builds_then_reuses_engines_per_device(
 
 
 def test_default_int8_is_the_qdq_graph_export_measured_and_replaces_a_calibrated_engine(
-    bundle_root: Path, monkeypatch: pytest.MonkeyPatch
+    bundle_root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     double = trt_double.install(monkeypatch, version="10.3.0")
     folder = bundle_root / "engines" / "orin-sm87-trt10.3.0"
@@ -199,7 +199,10 @@ def test_default_int8_is_the_qdq_graph_export_measured_and_replaces_a_calibrated
     # The default (auto) does not reuse that engine: the bundle's Q/DQ model is the INT8 graph export
     # measured, so the calibrated engine is replaced by one built from it.
     said: list[str] = []
+    caplog.clear()
     report = run_edge_build(bundle_root, EdgeBuildConfig(precisions=("int8",)), said.append)
+    # nobody gave a calibration set: the bundle's calib.npy is not even read, nor warned about
+    assert not [r for r in caplog.records if "calibration set given is not used" in r.getMessage()]
     assert report.passed and report.results[0].engine_action == "built"
     assert any(
         "build path trt10-builder-flags+entropy-calibrator != trt10-strongly-typed" in line

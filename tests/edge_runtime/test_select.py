@@ -266,9 +266,7 @@ def test_auto_skips_a_gated_backend_that_fails_the_golden_set(tiny_bundle: Path)
     bundle = Bundle.open(tiny_bundle)
     with pytest.raises(BackendUnavailableError, match=r"no backend can run") as caught:
         select_backend(bundle, "auto", "fp32", golden_gated={"ort-cpu"})
-    assert re.search(
-        r"ort-cpu: ort-cpu: failed the bundle's golden self-test \(max \|diff\|", str(caught.value)
-    )
+    assert re.search(r"ort-cpu: failed the bundle's golden self-test \(max \|diff\|", str(caught.value))
     assert "decisions flipped on golden_00.png" in str(caught.value)
     # named, it is refused, saying with which bundle, the numbers, and what to do instead
     with pytest.raises(EngineMismatchError) as refused:

@@ -95,6 +95,18 @@ def test_the_held_out_split_is_what_split_json_says_test_is(tmp_path: Path) -> N
     assert held_out.patient(tmp_path / "elsewhere.png") is None
 
 
+def test_the_held_out_split_needs_only_the_test_images_on_disk(tmp_path: Path) -> None:
+    """An FP32/FP16 export on a machine that holds the test images alone: the golden check still works."""
+    root = tmp_path / "data"
+    entries = write_data(root)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"labels": list(LABELS), "root": str(root), **entries}))
+    train_file = read_split(split, "train", LABELS)[0].path
+    shutil.rmtree(root / "train")
+    held_out = read_held_out(split, LABELS)
+    assert len(held_out.files) == 48 and held_out.patient(train_file) == "ptrain0"
+
+
 def test_golden_images_must_be_files_of_the_run_test_split(tmp_path: Path) -> None:
     """--data pointing at the training folder: every image is scanned as "test", none is in split.json's test list."""
     root = tmp_path / "data"
