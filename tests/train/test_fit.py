@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from train.config import TrainConfig, load_toml, merge
+from train.config import AUGMENTATIONS, TrainConfig, load_toml, merge
 from train.errors import TrainError
 
 
@@ -376,20 +376,7 @@ def test_training_batches_are_float_pixels_with_targets_and_weights() -> None:
 
 
 @pytest.mark.tf
-@pytest.mark.parametrize(
-    "preset",
-    [
-        "flip",
-        "light",
-        "xray",
-        "xray-balanced",
-        "xray-aspect",
-        "xray-shape",
-        "seed001",
-        "seed004",
-        "seed004-resnet",
-    ],
-)
+@pytest.mark.parametrize("preset", [name for name in AUGMENTATIONS if name != "none"])
 def test_augmentation_presets_keep_shape_and_pixel_range(preset: str) -> None:
     from train.augment import build_augmenter
 
