@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from edge_runtime.contract import SYNTHETIC_WARNING
 from edge_runtime.fileio import atomic_write_json
 from train.command import run_command
-from train.config import RANDOM_POOLS
+from train.config import LABEL_MODES, RANDOM_POOLS, SOURCES, SPLIT_MODES
 
 if TYPE_CHECKING:
     from train.data import DataConfig
@@ -77,13 +77,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     split.add_argument("root", type=Path, help="data folder")
     split.add_argument(
         "--label-mode",
-        choices=("binary", "kind"),
+        choices=LABEL_MODES,
         default="binary",
         help="binary: the class folders (default); kind: NORMAL / BACTERIA / VIRUS from the file names",
     )
     split.add_argument(
         "--split-mode",
-        choices=("patient", "random"),
+        choices=SPLIT_MODES,
         default="patient",
         help="patient (default): validation carved from the train pool by patient; random: seed 000's "
         "leaky image-by-image 70/20/10 split ('pneumo train --split')",
@@ -103,7 +103,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     split.add_argument(
         "--sources",
-        choices=("all", "original"),
+        choices=SOURCES,
         default="all",
         help="all (default), or original: train and validate only on the checksum-verified originals",
     )
