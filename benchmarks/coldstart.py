@@ -243,7 +243,10 @@ def _child_keras(args: argparse.Namespace) -> _Loaded:
     def answers() -> bool:
         if not models:
             return False
-        models[0](batch, training=False).numpy()
+        try:
+            models[0](batch, training=False).numpy()
+        except Exception:  # noqa: BLE001 - as the edge child: a model that cannot answer is not loaded
+            return False
         return True
 
     def close() -> None:

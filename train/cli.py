@@ -594,6 +594,14 @@ def _sweep(args: argparse.Namespace, prog: str, argv: list[str]) -> int:
         _echo(f"\nall {len(plan)} run configs are valid; drop --dry-run to train")
         return 0
     if args.results_only:
+        if not root.is_dir():
+            _echo(
+                f"{prog}: --results-only: {root} holds no sweep yet (expected the folder a sweep of "
+                f"{config.experiments} writes). Drop --results-only to train it, or name the sweep's "
+                "folder with --out.",
+                err=True,
+            )
+            return 2
         with sweep_lock(root):
             write_results(experiment, plan, root, load_settled_state(root))
         _echo(summary_table(read_json(root / "results.json")["rows"], blind=args.blind))

@@ -489,6 +489,22 @@ def test_the_test_split_column_says_which_folders_a_random_split_pooled() -> Non
     assert _test_split(card("patient", train={"train": 9}, test={"test": 4})) == "official test"
 
 
+def test_results_only_for_a_sweep_never_run_says_so(tmp_path: Path) -> None:
+    """--results-only on a folder no sweep wrote is a usage error that names it, not a lock-file errno."""
+    path = _write(tmp_path / "x.toml", '[defaults]\narch = "lhu"\n[[run]]\nname = "one"\n')
+    out = tmp_path / "never-run"
+    done = subprocess.run(
+        [*_sweep_command(path, out), "--results-only"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert str(out) in done.stderr and "holds no sweep yet" in done.stderr and "Errno" not in done.stderr
+    assert not out.exists(), "reporting on a sweep creates no folder"
+
+
 def test_results_without_data_do_not_call_every_row_stale(tmp_path: Path) -> None:
     """--results-only / --dry-run without --data name no folder, so the data folder has not changed."""
     from edge_runtime.fileio import atomic_write_json
