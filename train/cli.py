@@ -540,7 +540,12 @@ def sweep_parser(prog: str) -> argparse.ArgumentParser:
         help="rewrite results.csv/.md/.json/.png from the run folders; train nothing (a --data other "
         "than the runs' marks them stale, no --data marks none)",
     )
-    parser.add_argument("--json", action="store_true", help="print the results rows as JSON on stdout")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print only JSON on stdout: the results rows (without test figures with --blind), "
+        "or the plan with --dry-run",
+    )
     parser.add_argument(
         "--blind",
         action="store_true",
@@ -565,6 +570,7 @@ def _sweep(args: argparse.Namespace, prog: str, argv: list[str]) -> int:
         load_experiment,
         load_settled_state,
         parse_overrides,
+        plan_rows,
         plan_sweep,
         plan_table,
         run_sweep,
@@ -572,7 +578,7 @@ def _sweep(args: argparse.Namespace, prog: str, argv: list[str]) -> int:
         sweep_lock,
         sweep_root,
     )
-    from train.sweep_results import blinded_row, summary_table, write_results
+    from train.sweep_results import write_results
 
     config = SweepConfig(
         experiments=args.experiments,
@@ -588,6 +594,16 @@ def _sweep(args: argparse.Namespace, prog: str, argv: list[str]) -> int:
     plan = plan_sweep(experiment, config)
     root = sweep_root(plan[0])
     if args.dry_run:
+        if args.json:
+            plan_json = {
+                "sweep": experiment.name,
+                "experiments": str(config.experiments),
+                "out": str(root),
+                "reduced": config.reduced,
+                "runs": plan_rows(plan),
+            }
+            _echo(json.dumps(plan_json, indent=2))
+            return 0
         reduced = " (REDUCED)" if config.reduced else ""
         _echo(f"sweep {experiment.name}: {len(plan)} runs -> {root}{reduced}")
         _echo(plan_table(plan))
@@ -604,8 +620,7 @@ def _sweep(args: argparse.Namespace, prog: str, argv: list[str]) -> int:
             return 2
         with sweep_lock(root):
             write_results(experiment, plan, root, load_settled_state(root))
-        _echo(summary_table(read_json(root / "results.json")["rows"], blind=args.blind))
-        _echo(f"\nresults: {root}/results.md, results.csv, results.png")
+        _echo_rows(read_json(root / "results.json")["rows"], root, args.json, args.blind)
         return 0
     try:
         with sigterm_interrupts():
@@ -616,12 +631,7 @@ def _sweep(args: argparse.Namespace, prog: str, argv: list[str]) -> int:
             err=True,
         )
         return 130
-    rows = read_json(root / "results.json")["rows"]
-    if args.json:
-        _echo(json.dumps([blinded_row(row) for row in rows] if args.blind else rows, indent=2))
-    else:
-        _echo(summary_table(rows, blind=args.blind))
-        _echo(f"\nresults: {root}/results.md, results.csv, results.png")
+    _echo_rows(read_json(root / "results.json")["rows"], root, args.json, args.blind)
     failed = [o.name for o in outcomes if o.status == "failed"]
     if failed:
         _echo(
@@ -630,13 +640,28 @@ def _sweep(args: argparse.Namespace, prog: str, argv: list[str]) -> int:
             err=True,
         )
         return 1
-    _echo(f"next: pneumo export bundle {root}/runs/NAME -o bundles/NAME   # package a run for the edge")
+    # with --json, stdout holds the JSON alone: the hint goes with the progress on stderr
+    _echo(
+        f"next: pneumo export bundle {root}/runs/NAME -o bundles/NAME   # package a run for the edge",
+        err=args.json,
+    )
     return 0
 
 
 def _echo(text: str, err: bool = False) -> None:
     """A line of the sweep's own output, flushed: it interleaves with the progress bar on stderr."""
     print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _echo_rows(rows: list[dict[str, Any]], root: Path, as_json: bool, blind: bool) -> None:
+    """The results rows: the console table, or JSON alone on stdout; ``blind``: no test figure in either."""
+    from train.sweep_results import blinded_row, summary_table
+
+    if as_json:
+        _echo(json.dumps([blinded_row(row) for row in rows] if blind else rows, indent=2))
+        return
+    _echo(summary_table(rows, blind=blind))
+    _echo(f"\nresults: {root}/results.md, results.csv, results.png")
 
 
 # --------------------------------------------------------------------------- train ensemble
@@ -811,7 +836,9 @@ REPORT_SEEDS_EXAMPLES = """examples:
   pneumo train report-seeds --sweeps /mnt/gpu-box/runs/sweeps --reports reports
 
 Rewrites only the blocks between '<!-- sweep-table: NAME[,NAME...] [runs=RUN,...] -->' and
-'<!-- end sweep-table -->'; the prose around them is kept.
+'<!-- end sweep-table -->'; the prose around them is kept. A sweep still running, with runs not
+finished, or with fewer finished runs than its copy is not copied (the log says why): finish it,
+or pass --force.
 """
 
 
@@ -836,11 +863,17 @@ def report_seeds_parser(prog: str) -> argparse.ArgumentParser:
         metavar="DIR",
         help="reports folder holding seeds.md (default reports)",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="also copy a sweep that is still running, has runs not finished, or has fewer finished runs "
+        "than its copy in REPORTS/sweeps/ (skipped otherwise, so that committed results are not replaced)",
+    )
     return parser
 
 
 def report_seeds_main(argv: list[str], prog: str = "pneumo train report-seeds") -> int:
-    """``pneumo train report-seeds [--sweeps DIR] [--reports DIR]``; the exit code."""
+    """``pneumo train report-seeds [--sweeps DIR] [--reports DIR] [--force]``; the exit code."""
     # OSError: copying results or rewriting seeds.md is file work; a full disk is a failure, not a bug
     return run_command(prog, report_seeds_parser(prog), argv, _report_seeds, (OSError,))
 
@@ -848,7 +881,7 @@ def report_seeds_main(argv: list[str], prog: str = "pneumo train report-seeds") 
 def _report_seeds(args: argparse.Namespace) -> int:
     from train.report_seeds import ReportSeedsConfig, report_seeds
 
-    report_seeds(ReportSeedsConfig(sweeps=args.sweeps, reports=args.reports))
+    report_seeds(ReportSeedsConfig(sweeps=args.sweeps, reports=args.reports, force=args.force))
     return 0
 
 

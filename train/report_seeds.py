@@ -3,8 +3,11 @@
 ``pneumo train report-seeds [--sweeps runs/sweeps] [--reports reports]`` (its flags live in
 :mod:`train.cli`; ``python -m train.report_seeds`` runs the same command):
 
-1. copies ``results.{csv,md,json,png}`` of every sweep folder under ``--sweeps``
-   into ``REPORTS/sweeps/FOLDER/`` (small files, committed);
+1. copies ``results.{csv,md,json,png}`` of every finished sweep folder under ``--sweeps``
+   into ``REPORTS/sweeps/FOLDER/`` (small files, committed). A sweep still running (its
+   ``.sweep.lock`` held), one with runs not finished (pending, interrupted, failed, stale), or one
+   with fewer finished runs than the copy already there is skipped, and the log says why:
+   its results would replace committed ones. ``--force`` copies it anyway;
 2. rewrites every block of ``REPORTS/seeds.md`` written as::
 
        <!-- sweep-table: seed000_lhu_leak-reduced[,OTHER...] [runs=NAME,NAME] -->
@@ -32,22 +35,78 @@ from typing import Any
 
 from edge_runtime.fileio import atomic_write_text, atomic_write_via, read_json
 from train.errors import TrainError
+from train.sweep import LOCK_FILE, lock_held
 from train.sweep_results import RESULT_FILES, with_ci
 
 log = logging.getLogger(__name__)
 
 BLOCK = re.compile(r"(<!-- sweep-table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- end sweep-table -->)", re.S)
+# Row statuses a sweep never changes again: a run that finished, or one the experiment file skips.
+FINAL_STATUSES = ("done", "not run")
 
 
-def collect(sweeps: Path, reports: Path) -> list[str]:
-    """Copy each sweep folder's result files into ``reports/sweeps/NAME/``; the folder names copied."""
+def _results(path: Path) -> dict[str, Any]:
+    results = read_json(path)
+    if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
+        raise ValueError("expected an object with a 'rows' list")
+    return results
+
+
+def _done(rows: list[dict[str, Any]]) -> int:
+    return sum(row.get("status") == "done" for row in rows)
+
+
+def why_not_copied(folder: Path, target: Path) -> str:
+    """Why the results of sweep ``folder`` must not replace those in ``target``, and what to do; '' when they may."""
+    if lock_held(folder):
+        return f"its sweep is still running (it holds {folder / LOCK_FILE}); wait for it to end"
+    try:
+        results = _results(folder / "results.json")
+    except (OSError, ValueError) as exc:
+        return f"{folder / 'results.json'} is unreadable ({exc}); rewrite it with the sweep's --results-only"
+    rows = results["rows"]
+    again = f"`{results['command']}`" if results.get("command") else "the sweep's command"
+    unfinished = [
+        f"{row.get('run')} ({row.get('status')})" for row in rows if row.get("status") not in FINAL_STATUSES
+    ]
+    if unfinished:
+        return (
+            f"{len(unfinished)} of {len(rows)} runs are not finished: {', '.join(unfinished)}; "
+            f"finish them with {again}"
+        )
+    try:
+        committed = (
+            _done(_results(target / "results.json")["rows"]) if (target / "results.json").is_file() else 0
+        )
+    except (OSError, ValueError):
+        committed = 0  # an unreadable copy holds no results worth keeping
+    if _done(rows) < committed:
+        return f"it has {_done(rows)} finished runs, fewer than the {committed} of the copy in {target}"
+    return ""
+
+
+def collect(sweeps: Path, reports: Path, force: bool = False) -> list[str]:
+    """Copy each finished sweep folder's result files into ``reports/sweeps/NAME/``; the folder names copied.
+
+    A sweep that is running, unfinished or has fewer finished runs than its copy is skipped (its
+    results would replace committed ones), unless ``force``; the log says why, and what was copied.
+    """
     copied = []
     for folder in sorted(p for p in sweeps.iterdir() if (p / "results.json").is_file()):
         target = reports / "sweeps" / folder.name
+        why = why_not_copied(folder, target)
+        if why and not force:
+            log.warning(
+                "%s: not copied, %s is kept: %s, or pass --force to copy it anyway", folder, target, why
+            )
+            continue
+        if why:
+            log.warning("%s: copied anyway (--force): %s", folder, why)
         target.mkdir(parents=True, exist_ok=True)
-        for name in RESULT_FILES:
-            if (folder / name).is_file():
-                atomic_write_via(target / name, partial(shutil.copyfile, folder / name))
+        names = [name for name in RESULT_FILES if (folder / name).is_file()]
+        for name in names:
+            atomic_write_via(target / name, partial(shutil.copyfile, folder / name))
+        log.info("%s: copied %s -> %s", folder, ", ".join(names), target)
         copied.append(folder.name)
     return copied
 
@@ -125,12 +184,13 @@ class ReportSeedsConfig:
 
     sweeps: Path = Path("runs/sweeps")
     reports: Path = Path("reports")
+    force: bool = False  # copy running, unfinished or shrunken sweeps too
 
 
 def report_seeds(config: ReportSeedsConfig) -> Path:
     """Copy the sweeps' results (when ``config.sweeps`` is a folder) and rewrite the tables; ``seeds.md``."""
     if config.sweeps.is_dir():
-        copied = collect(config.sweeps, config.reports)
+        copied = collect(config.sweeps, config.reports, config.force)
         log.info("copied results of %d sweeps: %s", len(copied), ", ".join(copied))
     seeds = config.reports / "seeds.md"
     if not seeds.is_file():

@@ -704,6 +704,25 @@ def _open_lock(lock: Path) -> int:
         os.close(fd)  # a finishing sweep removed the file between our open and flock: take the new one
 
 
+def lock_held(root: Path) -> bool:
+    """True while a sweep, or a training child of a killed one, holds the lock of sweep folder ``root``.
+
+    Only looks: the lock file is never created, and the shared flock tried here is dropped at once,
+    so a reader (``pneumo train report-seeds``) does not stop a sweep from starting.
+    """
+    try:
+        fd = os.open(root / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False  # a sweep removes its lock file when it ends
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared flock, if taken
+    return False
+
+
 @contextlib.contextmanager
 def sweep_lock(root: Path) -> Iterator[int]:
     """One sweep at a time per folder: two would train the same run twice and race on state.json.
@@ -797,11 +816,11 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return values
 
 
-def plan_table(plan: list[PlannedRun]) -> str:
+def plan_rows(plan: list[PlannedRun]) -> list[dict[str, Any]]:
+    """What a sweep would do with each run of ``plan``: the data of ``plan_table`` (``--dry-run --json``)."""
     from train.fit import staging_folders
 
-    width = max(len(run.spec.name) for run in plan)
-    lines = []
+    rows = []
     for run in plan:
         folder = run.config.out
         assert folder is not None
@@ -813,8 +832,28 @@ def plan_table(plan: list[PlannedRun]) -> str:
             state = "incomplete: will move aside and rerun"
         else:
             state = "to run" if run.selected else "not selected"
-        lines.append(f"{run.spec.name.ljust(width)}  {run.config.arch:<15} {settings_summary(run.config)}")
-        lines.append(f"{''.ljust(width)}  -> {state}")
-        if run.reductions:
-            lines.append(f"{''.ljust(width)}     reduced: {'; '.join(run.reductions)}")
+        rows.append(
+            {
+                "run": run.spec.name,
+                "arch": run.config.arch,
+                "settings": settings_summary(run.config),
+                "state": state,
+                "selected": run.selected,
+                "reduced": run.reduced,
+                "reductions": list(run.reductions),
+                "run_folder": str(folder),
+            }
+        )
+    return rows
+
+
+def plan_table(plan: list[PlannedRun]) -> str:
+    rows = plan_rows(plan)
+    width = max(len(row["run"]) for row in rows)
+    lines = []
+    for row in rows:
+        lines.append(f"{row['run'].ljust(width)}  {row['arch']:<15} {row['settings']}")
+        lines.append(f"{''.ljust(width)}  -> {row['state']}")
+        if row["reductions"]:
+            lines.append(f"{''.ljust(width)}     reduced: {'; '.join(row['reductions'])}")
     return "\n".join(lines)

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 KERMANY_2018 = {"accuracy": 0.928, "sensitivity": 0.932, "specificity": 0.901, "roc_auc": 0.968}
 METRIC_COLUMNS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc")
 RESULT_FILES = ("results.csv", "results.md", "results.json", "results.png")
+# Every row column computed from the test split's outputs: what --blind hides (see result_row).
+TEST_FIGURES = frozenset(
+    {name for metric in METRIC_COLUMNS for name in (metric, f"{metric}_low", f"{metric}_high")}
+    | {"accuracy_at_0.5", "sensitivity_at_0.5", "specificity_at_0.5", "class_accuracy"}
+)
 # Settings that do not change what a run computes; a completed run is not redone when only these differ.
 NOT_COMPARED = ("out", "overwrite", "progress", "workers", "cache_dir", "tensorboard")
 # Fields that default to "the architecture's" (or changed their default) and were added after runs had
@@ -439,13 +444,8 @@ def write_results(
 
 
 def blinded_row(row: dict[str, Any]) -> dict[str, Any]:
-    """``row`` without its test figures (every metric column, its interval and its value at 0.5)."""
-    hidden = {
-        name
-        for metric in METRIC_COLUMNS
-        for name in (metric, f"{metric}_low", f"{metric}_high", f"{metric}_at_0.5")
-    }
-    return {key: value for key, value in row.items() if key not in hidden}
+    """``row`` without its test figures (:data:`TEST_FIGURES`), as ``--blind`` shows it."""
+    return {key: value for key, value in row.items() if key not in TEST_FIGURES}
 
 
 def summary_table(rows: list[dict[str, Any]], blind: bool = False) -> str:

@@ -18,7 +18,7 @@ toolkit runs on them unchanged:
   within one split, like the patient ids of the real data.
 
 The folder gets a ``SYNTHETIC.json`` marker (:func:`is_synthetic`) and a
-README.txt: models trained on it are marked SYNTHETIC everywhere. These are
+README.txt: models trained on it, or on any folder inside it, are marked SYNTHETIC everywhere. These are
 phantoms, not X-rays; nothing learned from them means anything medically.
 """
 
@@ -98,8 +98,15 @@ class Anatomy:
 
 
 def is_synthetic(root: str | Path) -> bool:
-    """True when ``root`` holds the SYNTHETIC marker that ``pneumo data synth`` writes."""
-    return (Path(root) / MARKER_FILE).is_file()
+    """True when ``root`` or a folder above it holds the SYNTHETIC marker that ``pneumo data synth`` writes.
+
+    The marker sits at the top of a phantom set only, and ``--data SET/train`` or ``--data SET/test``
+    is as synthetic as the set: a model or report made from any part of it must say so.
+    """
+    path = Path(root).expanduser().absolute()
+    # The path as given and with its links resolved: a link into a phantom set is phantoms too.
+    folders = {path, *path.parents, path.resolve(), *path.resolve().parents}
+    return any((folder / MARKER_FILE).is_file() for folder in folders)
 
 
 def generate(out: str | Path, config: SynthConfig) -> SynthResult:

@@ -367,3 +367,116 @@ def test_python_m_train_report_seeds_runs_the_same_command(tmp_path: Path) -> No
         assert (old_reports / name).read_bytes() == (new_reports / name).read_bytes(), name
     bad = subprocess.run([*module, "--bogus"], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage: python -m train.report_seeds" in bad.stderr
+
+
+def _results_json(folder: Path, statuses: dict[str, str], command: str = "") -> Path:
+    """``folder/results.json`` (and results.md) with one row per run in the given status."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"run": run, "mode": "full", "settings": "adam", "status": status, "detail": "", "claim": "",
+         **({"accuracy": 0.875, "params": 10} if status == "done" else {})}
+        for run, status in statuses.items()
+    ]  # fmt: skip
+    results = {"experiments": "experiments/tiny.toml", "command": command, "rows": rows}
+    (folder / "results.json").write_text(json.dumps(results))
+    (folder / "results.md").write_text(f"| {' | '.join(statuses.values())} |\n")
+    return folder / "results.json"
+
+
+def _committed(root: Path, statuses: dict[str, str]) -> tuple[Path, Path, bytes]:
+    """A reports folder whose seeds.md shows sweep 'tiny' from a committed copy; the sweeps folder; the copy."""
+    reports = root / "reports"
+    committed = _results_json(reports / "sweeps" / "tiny", statuses)
+    (reports / "seeds.md").write_text(SEEDS_MD)
+    return root / "sweeps", reports, committed.read_bytes()
+
+
+def _report_seeds(sweeps: Path, reports: Path, *extra: str) -> None:
+    assert train_main(["report-seeds", "--sweeps", str(sweeps), "--reports", str(reports), *extra]) == 0
+
+
+def test_report_seeds_keeps_the_committed_results_of_an_unfinished_sweep(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="train.report_seeds")
+    sweeps, reports, committed = _committed(tmp_path, {"a": "done", "b": "done"})
+    command = "pneumo train sweep experiments/tiny.toml --out runs/sweeps/tiny"
+    _results_json(sweeps / "tiny", {"a": "done", "b": "pending", "c": "failed"}, command)
+    _report_seeds(sweeps, reports)
+    copy = reports / "sweeps" / "tiny"
+    assert (copy / "results.json").read_bytes() == committed and (
+        copy / "results.md"
+    ).read_text() == "| done | done |\n"
+    assert (
+        f"{sweeps / 'tiny'}: not copied, {copy} is kept: 2 of 3 runs are not finished: b (pending), c (failed)"
+        in caplog.text
+    )
+    assert f"finish them with `{command}`, or pass --force to copy it anyway" in caplog.text
+    assert (
+        "| a | full | adam |" in (reports / "seeds.md").read_text()
+        and "PENDING" not in (reports / "seeds.md").read_text()
+    )
+    assert "copied results of 0 sweeps" in caplog.text
+
+    caplog.clear()
+    _report_seeds(sweeps, reports, "--force")
+    assert (copy / "results.md").read_text() == "| done | pending | failed |\n"
+    assert f"{sweeps / 'tiny'}: copied anyway (--force): 2 of 3 runs are not finished" in caplog.text
+    assert f"{sweeps / 'tiny'}: copied results.md, results.json -> {copy}" in caplog.text
+    assert "PENDING (pending): finish with" in (reports / "seeds.md").read_text()
+
+
+def test_report_seeds_keeps_a_copy_with_more_finished_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every row final (done or skipped) but fewer done than the copy: another or an edited sweep."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="train.report_seeds")
+    sweeps, reports, committed = _committed(tmp_path, {"a": "done", "b": "done"})
+    _results_json(sweeps / "tiny", {"a": "done", "b": "not run"})
+    _report_seeds(sweeps, reports)
+    assert (reports / "sweeps" / "tiny" / "results.json").read_bytes() == committed
+    assert "it has 1 finished runs, fewer than the 2 of the copy in" in caplog.text
+    _results_json(sweeps / "tiny", {"a": "done", "b": "done", "c": "not run"})
+    _report_seeds(sweeps, reports)
+    assert (reports / "sweeps" / "tiny" / "results.md").read_text() == "| done | done | not run |\n"
+
+
+def test_report_seeds_skips_a_sweep_that_is_still_running(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its .sweep.lock is flocked by another process: skipped; a killed sweep's leftover lock file is not."""
+    import logging
+
+    from train.sweep import LOCK_FILE
+
+    caplog.set_level(logging.INFO, logger="train.report_seeds")
+    sweeps, reports, committed = _committed(tmp_path, {"a": "done"})
+    folder = sweeps / "tiny"
+    _results_json(folder, {"a": "done", "b": "done"})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from train.sweep import sweep_lock\n"
+         "with sweep_lock(Path(sys.argv[1])):\n    print('locked', flush=True); sys.stdin.read()", str(folder)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        _report_seeds(sweeps, reports)
+        assert (reports / "sweeps" / "tiny" / "results.json").read_bytes() == committed
+        assert (
+            f"its sweep is still running (it holds {folder / LOCK_FILE}); wait for it to end" in caplog.text
+        )
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0
+    # a SIGKILLed sweep leaves its lock file, unlocked: that sweep is over
+    (folder / LOCK_FILE).write_text("999999999")
+    caplog.clear()
+    _report_seeds(sweeps, reports)
+    assert (reports / "sweeps" / "tiny" / "results.md").read_text() == "| done | done |\n"
+    assert "still running" not in caplog.text and (folder / LOCK_FILE).read_text() == "999999999"

@@ -393,6 +393,8 @@ def test_tiny_sweep_killed_then_resumed_skips_finished_runs(tmp_path: Path) -> N
         "<!-- sweep-table: sweep runs=broken -->\n<!-- end sweep-table -->\nend\n"
     )
     assert report_main(["--sweeps", str(tmp_path), "--reports", str(reports)]) == 0
+    assert not (reports / "sweeps" / "sweep").exists(), "a sweep with a failed run is not copied unasked"
+    assert report_main(["--sweeps", str(tmp_path), "--reports", str(reports), "--force"]) == 0
     assert (reports / "sweeps" / "sweep" / "results.png").is_file()
     seeds = (reports / "seeds.md").read_text()
     full, filtered = seeds.split("middle\n")
@@ -731,3 +733,118 @@ def test_execute_moves_earlier_attempts_aside_and_records_each_attempt(
     assert outcomes[2] == RunOutcome("later", "not-run", "waits for the GPU study")
     assert state["later"] == {"attempts": 0}
     assert json.loads((out / "state.json").read_text()) == {k: state[k] for k in ("changed", "unfinished")}
+
+
+# --------------------------------------------------------------------------- --json and --blind
+
+
+def _test_metrics(matrix: list[list[int]], offset: float) -> dict:
+    """metrics.json of a finished run; every test figure an odd value found nowhere else in the row."""
+    names = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc")
+    test = {name: round(0.7013 + offset + 0.0117 * i, 4) for i, name in enumerate(names)}
+    test["ci95"] = {name: [round(v - 0.0531, 4), round(v + 0.0419, 4)] for name, v in test.items()}
+    test |= {
+        "n_images": sum(map(sum, matrix)),
+        "threshold": 0.37,
+        "confusion_matrix": {"rows_true_cols_predicted": matrix},
+    }
+    half = {name: round(0.6109 + offset + 0.0123 * i, 4) for i, name in enumerate(names[:3])}
+    return {
+        "test": test,
+        "test_at_0.5": half,
+        "validation": {"roc_auc": 0.8871 + offset},
+        "timing": {"fit_seconds": 12.5},
+    }
+
+
+def _test_values(metrics: dict) -> set[float]:
+    """Every figure computed from the test outputs, read from metrics.json (the row derives them from it)."""
+    test = metrics["test"]
+    values = {v for v in test.values() if isinstance(v, float)} - {test["threshold"]}
+    values |= {bound for ci in test["ci95"].values() for bound in ci}
+    values |= set(metrics["test_at_0.5"].values())
+    matrix = test["confusion_matrix"]["rows_true_cols_predicted"]
+    if len(matrix) > 2:
+        values.add(sum(matrix[i][i] for i in range(len(matrix))) / sum(map(sum, matrix)))
+    return values
+
+
+def _finished_sweep(tmp_path: Path) -> tuple[Path, Path, Path, dict[str, dict]]:
+    """An experiment of a 3-class and a binary run whose run folders are complete (no training)."""
+    from edge_runtime.fileio import atomic_write_json
+
+    data = tmp_path / "data"
+    data.mkdir()
+    path = _write(
+        tmp_path / "x.toml",
+        '[sweep]\nname = "x"\n[defaults]\narch = "lhu"\n'
+        '[[run]]\nname = "three"\nlabel_mode = "kind"\n[[run]]\nname = "two"\n',
+    )
+    out = tmp_path / "sweep"
+    plan = plan_sweep(load_experiment(path), SweepConfig(experiments=path, out=out, data=data))
+    matrices = {"three": [[5, 1, 0], [1, 6, 1], [0, 2, 8]], "two": [[7, 2], [1, 9]]}
+    metrics = {}
+    for offset, run in enumerate(plan):
+        folder = run.config.out
+        assert folder is not None
+        folder.mkdir(parents=True)
+        for name in ("model.h5", "contract.json", "model_info.json", "split.json"):
+            (folder / name).write_text("{}")
+        atomic_write_json(folder / "config.json", run.config.to_dict())
+        metrics[run.spec.name] = _test_metrics(matrices[run.spec.name], offset / 100)
+        atomic_write_json(folder / "metrics.json", metrics[run.spec.name])
+        atomic_write_json(folder / "model_card.json", {"architecture": {"params": 1234, "flops": 5678}})
+    return path, out, data, metrics
+
+
+def test_sweep_json_prints_json_alone_on_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--json: stdout parses as JSON in a sweep, with --results-only and with --dry-run; hints go to stderr."""
+    path, out, data, metrics = _finished_sweep(tmp_path)
+    argv = [str(path), "--out", str(out), "--data", str(data), "--json"]
+
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    rows = {row["run"]: row for row in json.loads(captured.out)}
+    assert set(rows) == {"three", "two"} and all(row["status"] == "done" for row in rows.values())
+    assert rows["two"]["accuracy"] == metrics["two"]["test"]["accuracy"]
+    assert "next: pneumo export bundle" in captured.err
+
+    assert main([*argv, "--results-only"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [row["run"] for row in again] == ["three", "two"]
+    assert again[0]["class_accuracy"] == pytest.approx(19 / 24) and again[0]["n_classes"] == 3
+
+    assert main([*argv, "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["sweep"] == "x" and plan["out"] == str(out) and plan["reduced"] is False
+    assert [(r["run"], r["arch"], r["state"]) for r in plan["runs"]] == [
+        ("three", "lhu", "complete"),
+        ("two", "lhu", "complete"),
+    ]
+    assert (
+        plan["runs"][0]["run_folder"] == str(out / "runs" / "three")
+        and "labels kind" in plan["runs"][0]["settings"]
+    )
+
+
+def test_blind_json_rows_hold_no_test_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--blind --json: no value computed from the test split survives, the 3-class accuracy included."""
+    from train.sweep_results import TEST_FIGURES
+
+    path, out, data, metrics = _finished_sweep(tmp_path)
+    argv = [str(path), "--out", str(out), "--data", str(data), "--json"]
+    assert main(argv) == 0
+    full = {row["run"]: row for row in json.loads(capsys.readouterr().out)}
+    for blind_argv in ([*argv, "--blind"], [*argv, "--results-only", "--blind"]):
+        assert main(blind_argv) == 0
+        for row in json.loads(capsys.readouterr().out):
+            test_values = _test_values(metrics[row["run"]])
+            shown = {value for value in full[row["run"]].values() if isinstance(value, float)}
+            assert test_values <= shown, "the full row holds every test figure (else this proves nothing)"
+            leaked = {key: value for key, value in row.items() if value in test_values}
+            assert leaked == {}, f"{row['run']}: test figures in a blinded row: {leaked}"
+            assert not TEST_FIGURES & set(row)
+            assert (
+                row["val_roc_auc"] == metrics[row["run"]]["validation"]["roc_auc"] and row["status"] == "done"
+            )
+    assert full["three"]["class_accuracy"] == pytest.approx(19 / 24)

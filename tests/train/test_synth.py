@@ -152,3 +152,55 @@ def test_default_size_is_fast(tmp_path: Path) -> None:
     result = generate(tmp_path / "demo", SynthConfig())
     assert result.files == 320
     assert time.perf_counter() - start < 30
+
+
+def test_every_folder_and_file_inside_a_phantom_set_is_synthetic(tmp_path: Path) -> None:
+    """The marker sits at the top of the set only; SET/train, SET/test/NORMAL and a link to them are phantoms too."""
+    root = tmp_path / "set"
+    generate(root, SynthConfig(per_class=6, size=64, seed=5))
+    image = next((root / "test" / "NORMAL").glob("*.jpeg"))
+    for inside in (root, root / "train", root / "test" / "NORMAL", image):
+        assert is_synthetic(inside), inside
+    (tmp_path / "link").symlink_to(root / "test")
+    assert is_synthetic(tmp_path / "link")
+    real = tmp_path / "xrays" / "test" / "NORMAL"
+    real.mkdir(parents=True)
+    assert not is_synthetic(real) and not is_synthetic(tmp_path), "a folder beside the set is not synthetic"
+
+
+def test_evaluating_on_a_split_folder_of_a_phantom_set_says_synthetic_data(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    from train.evaluate import evaluate_model
+
+    root = generate(tmp_path / "set", SynthConfig(per_class=6, size=64, seed=5)).root
+    report = evaluate_model(
+        tiny_bundle, root / "test", split="all", bootstrap=10, cache_dir=tmp_path / "cache", progress=False
+    )
+    assert report["images"] == len(list((root / "test").rglob("*.jpeg"))) > 0
+    assert report["synthetic_data"] is True
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_a_run_trained_on_the_train_folder_of_a_phantom_set_is_synthetic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pneumo train --data SET/train and pneumo evaluate --data SET/test: both say SYNTHETIC."""
+    from edge_runtime.contract import SYNTHETIC_WARNING, ModelInfo
+    from train.cli import evaluate_main, train_main
+
+    root = generate(tmp_path / "set", SynthConfig(per_class=24, size=64, seed=5)).root
+    out, cache = tmp_path / "run", str(tmp_path / "cache")
+    argv = ["--arch", "dsconv", "--data", str(root / "train"), "--out", str(out), "--epochs", "1"]
+    flags = ["--image-size", "32", "--bootstrap", "10", "--cache-dir", cache, "--no-tensorboard", "--quiet"]
+    assert train_main([*argv, *flags]) == 0, capsys.readouterr().err[-3000:]
+    card = json.loads((out / "model_card.json").read_text())
+    assert (
+        ModelInfo.load(out).synthetic and card["synthetic"] is True and card["warning"] == SYNTHETIC_WARNING
+    )
+    capsys.readouterr()
+    evaluate = [str(out), "--data", str(root / "test"), "--split", "all", "--json", "--quiet"]
+    assert evaluate_main([*evaluate, "--bootstrap", "10", "--cache-dir", cache]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["synthetic_model"] is True and report["synthetic_data"] is True
