@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.backends.base import BACKEND_NAMES, Backend
-from edge_runtime.bundle import GOLDEN_DIR, Bundle
+from edge_runtime.bundle import GOLDEN_DIR, ONNX_FOR_PRECISION, Bundle
 from edge_runtime.engine_from_onnx import (
     PRECISIONS,
     CalibrationData,
@@ -46,6 +46,7 @@ from edge_runtime.engine_from_onnx import (
 from edge_runtime.engine_sidecar import EngineFiles, EngineSidecar, engine_files, engine_mismatches
 from edge_runtime.errors import BackendUnavailableError, BundleError, EdgeError, UsageError
 from edge_runtime.fileio import sha256_file
+from edge_runtime.golden import META_FILE as GOLDEN_META
 from edge_runtime.golden import GoldenComparison, GoldenSet, compare_golden, run_golden
 
 CALIBRATION_NPY = "calibration/calib.npy"
@@ -276,6 +277,7 @@ def run_edge_build(
     bundle = Bundle.open(bundle_root)
     say(f"manifest verified: {len(bundle.manifest.get('files', {}))} files match their sha256")
     golden = GoldenSet.load(bundle.root / GOLDEN_DIR, bundle.contract.input_shape, bundle.info.threshold)
+    precisions = _precisions_to_build(bundle, golden, config, say)
     key = None
     gpu: Any = None
     trt_version = ""
@@ -293,17 +295,66 @@ def run_edge_build(
         key = device_key(gpu.name, gpu.compute_capability, trt_version)
         # Checked before minutes of building, not when the finished engine cannot be saved.
         require_writable_folder(bundle.engines_dir / key)
-    precisions = config.precisions
-    if config.only_in_bundle:
-        present = set(bundle.precisions)
-        for missing in (p for p in precisions if p not in present):
-            say(f"{missing}: not in this bundle (its export_report.json says why); skipped")
-        precisions = tuple(p for p in precisions if p in present)
     results = []
     for precision in precisions:
         results.append(_one_precision(bundle, golden, precision, config, key, gpu, trt_version, say))
     return EdgeBuildReport(
         str(bundle.root), bundle.info.model_version, bundle.info.synthetic, config.backend, key, results
+    )
+
+
+def carried_precisions(bundle: Bundle, golden: GoldenSet, backend: str = "trt") -> tuple[str, ...]:
+    """The precisions ``backend`` can run this bundle in and self-test: a golden tolerance and a model each."""
+    return tuple(p for p in PRECISIONS if p in golden.tolerance and _has_model(bundle, p, backend))
+
+
+def _has_model(bundle: Bundle, precision: str, backend: str) -> bool:
+    """ONNX Runtime runs the precision's own ONNX file; TensorRT builds more from model.onnx.
+
+    TensorRT 10 builds FP16 from model.onnx with a builder flag, and INT8 with its calibrator
+    on the bundle's calibration set when the Q/DQ model is absent.
+    """
+    if precision in bundle.precisions or backend != "trt":
+        return precision in bundle.precisions
+    return precision != "int8" or (bundle.root / CALIBRATION_NPY).is_file()
+
+
+def _precisions_to_build(
+    bundle: Bundle, golden: GoldenSet, config: EdgeBuildConfig, say: Callable[[str], None]
+) -> tuple[str, ...]:
+    """``config.precisions``, checked against the bundle before any engine is built.
+
+    A bundle exported without fp16 has no fp16 golden tolerance; TensorRT 10 would still build
+    an FP16 engine from model.onnx (minutes on a Jetson) and only then fail the self-test.
+    With ``--precision all`` the ones the bundle lacks are skipped; asked for by name, refused.
+    """
+    carried = carried_precisions(bundle, golden, config.backend)
+    if config.only_in_bundle:
+        for skipped in (p for p in config.precisions if p not in carried):
+            say(f"{skipped}: not in this bundle (its export_report.json says why); skipped")
+        return tuple(p for p in config.precisions if p in carried)
+    missing = [p for p in config.precisions if p not in carried]
+    if not missing:
+        return config.precisions
+    reasons = [_missing_reason(bundle, golden, p, config.backend) for p in missing]
+    example = f"pneumo edge build {shlex.quote(str(bundle.root))} --precision {','.join(carried) or 'fp32'}"
+    raise BundleError(
+        f"{bundle.root}: this bundle has {'; '.join(reasons)}; it carries {', '.join(carried) or 'none'}. "
+        f"Build those ('{example}'), or re-export with 'pneumo export bundle RUN --precisions "
+        f"{','.join(dict.fromkeys(('fp32', *missing)))}'"
+    )
+
+
+def _missing_reason(bundle: Bundle, golden: GoldenSet, precision: str, backend: str) -> str:
+    model = f"no {precision} model ({ONNX_FOR_PRECISION[precision]}"
+    model += f" nor {CALIBRATION_NPY})" if precision == "int8" and backend == "trt" else ")"
+    if precision in golden.tolerance:
+        return model
+    tolerance = f"no {precision} tolerance in {GOLDEN_DIR}/{GOLDEN_META}"
+    return (
+        f"{model} and {tolerance}"
+        if precision not in bundle.precisions
+        else f"{tolerance} to self-test it against"
     )
 
 

@@ -8,6 +8,7 @@ training report and with the benchmarks on the Jetson.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from export.errors import AccuracyDropError, ExportError
 from export.parity import onnx_outputs
 
 HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
+# The order the advice suggests them in: auto's own order first (export.config.AUTO_CALIBRATE_METHODS).
+CALIBRATE_METHODS = ("percentile", "minmax", "entropy")
 
 
 def evaluate_precisions(
@@ -53,17 +56,33 @@ def accuracy_drop_points(results: dict[str, dict[str, Any]], precision: str) -> 
     return 100.0 * (float(results["fp32"]["accuracy"]) - float(results[precision]["accuracy"]))
 
 
-def require_int8_sensitivity(results: dict[str, dict[str, Any]], max_drop: float, path: Path) -> float:
-    """Raise :class:`AccuracyDropError` when INT8 sensitivity falls more than ``max_drop`` points below FP32."""
+def require_int8_sensitivity(
+    results: dict[str, dict[str, Any]], max_drop: float, path: Path, methods_tried: Sequence[str] = ()
+) -> float:
+    """Raise :class:`AccuracyDropError` when INT8 sensitivity falls more than ``max_drop`` points below FP32.
+
+    ``methods_tried``: the calibration methods the INT8 graph was made with, so the advice names another.
+    """
     drop = sensitivity_drop_points(results, "int8")
     if drop > max_drop:
         raise AccuracyDropError(
             f"{path}: INT8 sensitivity {results['int8']['sensitivity']:.3f} is {drop:.1f} points below FP32 "
             f"{results['fp32']['sensitivity']:.3f} on {results['int8']['n_images']} test images (allowed "
             f"{max_drop:g}); a missed pneumonia costs more than latency: ship fp16 (--precisions fp32,fp16), "
-            "calibrate on more images (--calib-size) or try --calib-method percentile"
+            f"calibrate on more images (--calib-size) {_calibration_advice(methods_tried)}"
         )
     return drop
+
+
+def _calibration_advice(methods_tried: Sequence[str]) -> str:
+    """The next calibration setting to try: a method not yet used, else more layers kept in float."""
+    if not methods_tried:
+        return f"or try another --calib-method ({', '.join(CALIBRATE_METHODS)})"
+    used = ", ".join(methods_tried)
+    untried = [m for m in CALIBRATE_METHODS if m not in methods_tried]
+    if untried:
+        return f"or try --calib-method {untried[0]} (tried: {used})"
+    return f"or keep more layers in float (--int8-max-float-layers, --keep-head; tried: {used})"
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, float | None]:

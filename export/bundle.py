@@ -14,16 +14,21 @@ Steps, each timed and reported (one line per step in the CLI):
 The bundle is built in a hidden sibling folder and renamed into place only
 when every step passed, so a failed export never leaves a half bundle where a
 good one is expected; ``--overwrite`` replaces an existing *bundle* (a folder
-with a manifest), never any other folder.
+whose manifest.json is a bundle manifest and which holds nothing the manifest
+does not list, ``engines/`` aside), never any other folder. ``--tar`` packs the
+archive from the staging folder before anything is installed, so a failed
+archive leaves the previous bundle and its archive in place, together.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tarfile
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +38,8 @@ import numpy as np
 
 from edge_runtime import run_layout
 from edge_runtime.bundle import (
+    BUNDLE_SCHEMA,
+    ENGINES_DIR,
     GOLDEN_DIR,
     MANIFEST_FILE,
     MODEL_CARD_FILE,
@@ -42,7 +49,7 @@ from edge_runtime.bundle import (
 )
 from edge_runtime.contract import SYNTHETIC_WARNING, ModelInfo
 from edge_runtime.errors import EdgeError
-from edge_runtime.fileio import atomic_write_via, fsync_dir, sha256_file
+from edge_runtime.fileio import fsync_dir, read_json, sha256_file
 from export.accuracy import (
     accuracy_drop_points,
     evaluate_precisions,
@@ -112,11 +119,15 @@ class _StepRecord:
 
 
 class _Steps:
-    """Times each step and reports it, failed or not, before the error propagates."""
+    """Times each step and reports it, failed or not, before the error propagates.
 
-    def __init__(self, root: Path, on_step: StepCallback | None) -> None:
+    ``root`` is the staging folder the steps write; ``final`` is where the bundle goes.
+    """
+
+    def __init__(self, root: Path, on_step: StepCallback | None, final: Path) -> None:
         self.root = root
         self.on_step = on_step
+        self.final = final
         self.results: list[StepResult] = []
 
     @contextmanager
@@ -126,6 +137,7 @@ class _Steps:
         try:
             yield record
         except (ExportError, EdgeError) as exc:
+            _name_final_paths(exc, self.root, self.final)
             self._emit(name, False, time.perf_counter() - started, record, str(exc))
             raise
         self._emit(name, True, time.perf_counter() - started, record, record.detail)
@@ -147,6 +159,21 @@ class _Steps:
             self.on_step(result)
 
 
+def _name_final_paths(exc: Exception, staging: Path, final: Path) -> None:
+    """Point a step's error at the bundle's own folder, not the staging folder.
+
+    The staging folder is deleted before the user reads the message, so a path in it
+    leads nowhere; the same file in ``final`` is where the user looks, and the note
+    says that folder was not touched (an old bundle there still has its own file).
+    """
+    message = str(exc)
+    if len(exc.args) != 1 or str(staging) not in message:
+        return
+    exc.args = (
+        message.replace(str(staging), str(final)) + f" (the bundle was not installed: {final} is as it was)",
+    )
+
+
 def make_bundle(
     run_or_h5: str | Path,
     output: str | Path,
@@ -160,19 +187,17 @@ def make_bundle(
     output = Path(output)
     check_output(output, run, config.overwrite)
     if config.tar:
-        # before building: a refusal after the new bundle is in place would leave the old model's
-        # archive beside it, for someone to copy to the clinic
+        # before building, so an archive in the way costs no build
         _refuse_archive_in_the_way(archive_path(output), config.overwrite)
     staging = _empty_staging_folder(output)
-    steps = _Steps(staging, on_step)
+    steps = _Steps(staging, on_step, output)
     try:
         report = _build(run, staging, config, steps)
-        _move_into_place(staging, output)
+        archive = install_bundle(staging, output, config.overwrite, config.tar)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     manifest = verify_manifest(output)
-    archive = write_archive(output, config.overwrite) if config.tar else None
     return BundleResult(root=output, report=report, manifest=manifest, steps=steps.results, archive=archive)
 
 
@@ -184,6 +209,11 @@ def check_output(output: Path, run: RunFolder, overwrite: bool) -> None:
             f"{output}: is (or contains) the run folder {run.folder}; choose a separate bundle folder, "
             f"e.g. -o bundles/{run.info.model_version}"
         )
+    _check_replaceable(output, overwrite)
+
+
+def _check_replaceable(output: Path, overwrite: bool) -> None:
+    """``output`` may be replaced: absent, an empty folder, or (with --overwrite) a bundle and nothing else."""
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"{output}: exists and is not a folder; choose another -o")
     if output.is_dir() and any(output.iterdir()):
@@ -191,11 +221,69 @@ def check_output(output: Path, run: RunFolder, overwrite: bool) -> None:
             raise OutputExistsError(
                 f"{output}: folder is not empty; pass --overwrite to replace the bundle there"
             )
-        if not (output / MANIFEST_FILE).is_file():
-            raise OutputExistsError(
-                f"{output}: not empty and not a bundle (no {MANIFEST_FILE}); refusing to delete it even with "
-                "--overwrite, choose another -o"
-            )
+        require_bundle_only(output)
+
+
+def bundle_manifest_files(folder: Path) -> dict[str, Any] | None:
+    """The files table of ``folder/manifest.json`` when it is a bundle manifest of this schema, else None."""
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        manifest = read_json(path)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("schema") != BUNDLE_SCHEMA:
+        return None
+    files = manifest.get("files")
+    return files if isinstance(files, dict) else None
+
+
+def enclosing_bundle(path: Path) -> Path | None:
+    """The bundle folder ``path`` lies in (``path`` itself or a parent with a bundle manifest), or None."""
+    for folder in (path.resolve(), *path.resolve().parents):
+        if folder.is_dir() and bundle_manifest_files(folder) is not None:
+            return folder
+    return None
+
+
+def files_outside_manifest(root: Path, listed: Iterable[str]) -> list[str]:
+    """Every file or link under ``root`` that the manifest does not list, ``engines/`` aside.
+
+    ``engines/`` is the one place the edge side writes into a bundle (engines, their sidecars
+    with the self-test record, timing and calibration caches); the manifest leaves it out.
+    Hidden files count: a bundle is replaced whole, so anything else there is somebody's.
+    """
+    expected = {*listed, MANIFEST_FILE}
+    found = []
+    for folder, dirs, names in os.walk(root):
+        here = Path(folder).relative_to(root)
+        if here == Path("."):
+            dirs[:] = [d for d in dirs if d != ENGINES_DIR]
+            names = [n for n in names if n != ENGINES_DIR]
+        # os.walk lists a link to a folder among the folders and does not enter it
+        links = [d for d in dirs if Path(folder, d).is_symlink()]
+        found += [(here / n).as_posix() for n in (*names, *links) if (here / n).as_posix() not in expected]
+    return sorted(found)
+
+
+def require_bundle_only(output: Path) -> None:
+    """Raise unless ``output`` is a bundle (a bundle manifest) holding nothing its manifest does not list."""
+    listed = bundle_manifest_files(output)
+    if listed is None:
+        raise OutputExistsError(
+            f"{output}: not empty and not a bundle (no {MANIFEST_FILE} with a schema-{BUNDLE_SCHEMA} files "
+            "table); refusing to delete it even with --overwrite, choose another -o"
+        )
+    unexpected = files_outside_manifest(output, listed)
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (
+            f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
+        )
+        raise OutputExistsError(
+            f"{output}: holds files its {MANIFEST_FILE} does not list ({shown}); --overwrite replaces a "
+            "bundle whole and would delete them, so it refuses: move them out or choose another -o"
+        )
 
 
 def _empty_staging_folder(output: Path) -> Path:
@@ -210,14 +298,56 @@ def _empty_staging_folder(output: Path) -> Path:
     return staging
 
 
-def _move_into_place(staging: Path, output: Path) -> None:
-    """Rename the finished bundle into place; an old bundle there is moved aside, then removed."""
-    old = output.parent / f".{output.name}.old-{os.getpid()}"
-    if output.exists():
+def install_bundle(staging: Path, output: Path, overwrite: bool, tar: bool) -> Path | None:
+    """Move the finished bundle in ``staging`` to ``output``; with ``tar``, its archive beside it (returned).
+
+    The archive is packed from ``staging`` under the final folder name before anything is
+    installed, and renamed into place right after the bundle: a failed archive leaves the
+    previous bundle and the previous archive in place, a matching pair.
+    """
+    if not tar:
+        _move_into_place(staging, output, overwrite)
+        return None
+    archive = archive_path(output)
+    packed = _pack_archive(staging, output.name, archive)
+    try:
+        # again: one may have appeared during the build
+        _refuse_archive_in_the_way(archive, overwrite)
+        _move_into_place(staging, output, overwrite)
+    except BaseException:
+        packed.unlink(missing_ok=True)
+        raise
+    os.replace(packed, archive)
+    fsync_dir(archive.parent)
+    return archive
+
+
+def _move_into_place(staging: Path, output: Path, overwrite: bool) -> None:
+    """Rename the finished bundle into place.
+
+    Without --overwrite a plain rename, which the kernel refuses onto a non-empty folder, so a
+    folder that appeared during the build is never replaced. With it, what is there now is
+    checked again (it may have changed during the build), moved aside, then removed.
+    """
+    if overwrite and output.exists():
+        _check_replaceable(output, overwrite)
+        old = output.parent / f".{output.name}.old-{os.getpid()}"
         os.replace(output, old)
-    os.replace(staging, output)
+        os.replace(staging, output)
+        fsync_dir(output.parent)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    try:
+        os.rename(staging, output)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise
+        raise OutputExistsError(
+            f"{output}: appeared while the bundle was being built and is not empty; it was left as it is and "
+            "the new bundle discarded: choose another -o"
+            + ("" if overwrite else ", or pass --overwrite to replace a bundle there")
+        ) from exc
     fsync_dir(output.parent)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def archive_path(root: Path) -> Path:
@@ -230,21 +360,37 @@ def _refuse_archive_in_the_way(archive: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{archive}: exists; pass --overwrite to replace it")
 
 
-def write_archive(root: Path, overwrite: bool) -> Path:
-    """``root.tar.gz`` beside the bundle, written atomically (a copy in progress is never mistaken for it)."""
-    archive = archive_path(root)
-    _refuse_archive_in_the_way(archive, overwrite)
+def _pack_archive(folder: Path, arcname: str, archive: Path) -> Path:
+    """``folder`` as a .tar.gz named ``arcname`` inside, in a hidden temporary file beside ``archive``.
 
-    def pack(tmp: Path) -> None:
-        with tarfile.open(tmp, "w:gz") as tar:
-            tar.add(root, arcname=root.name, filter=_skip_engines)
-
-    return atomic_write_via(archive, pack)
-
-
-def _skip_engines(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    parts = Path(member.name).parts
-    return None if len(parts) > 1 and parts[1] == "engines" else member
+    Returns the temporary file, synced; the caller renames it over ``archive``. On failure
+    it is removed and the error names ``archive``: nothing was installed yet.
+    """
+    fd, name = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".tmp", dir=archive.parent)
+    packed = Path(name)
+    try:
+        try:
+            os.fchmod(fd, 0o644)  # mkstemp makes 0600; others copy this file to the clinic
+        finally:
+            os.close(fd)
+        with tarfile.open(packed, "w:gz") as tar:
+            tar.add(folder, arcname=arcname)
+        synced = os.open(packed, os.O_RDONLY)
+        try:
+            os.fsync(synced)
+        finally:
+            os.close(synced)
+    except OSError as exc:
+        packed.unlink(missing_ok=True)
+        raise ExportError(
+            f"{archive}: cannot write the archive ({exc.strerror or exc}); nothing was installed: the "
+            f"bundle and archive already at {archive.parent}, if any, are as they were. Free space there "
+            "and run again, or leave out --tar"
+        ) from exc
+    except BaseException:
+        packed.unlink(missing_ok=True)
+        raise
+    return packed
 
 
 @dataclass(frozen=True)
@@ -280,6 +426,8 @@ class _BundleBuilder:
         self.contract = run.contract
         self.paths = {p: root / ONNX_FOR_PRECISION[p] for p in config.precisions}
         self.report = _new_bundle_report(run, config)
+        # the calibration methods the INT8 graph was tried with: the gate's advice names another
+        self.int8_methods: tuple[str, ...] = ()
 
     def build(self) -> dict[str, Any]:
         precisions = self.config.precisions
@@ -385,6 +533,7 @@ class _BundleBuilder:
                 "parity": result.to_dict(),
             }
             record.detail = _int8_detail(settings, summary, result)
+            self.int8_methods = methods_tried(settings)
 
     def measure_accuracy(self, inputs: _Inputs) -> dict[str, np.ndarray]:
         """Step ``accuracy``: every precision on the test split; the INT8 sensitivity gate. Returns the outputs."""
@@ -403,7 +552,9 @@ class _BundleBuilder:
             if "int8" in precisions:
                 # Recorded as failed first: the report section says so if the gate raises.
                 accuracy["int8_gate_passed"] = False
-                require_int8_sensitivity(results, self.config.quant.max_sensitivity_drop, self.paths["int8"])
+                require_int8_sensitivity(
+                    results, self.config.quant.max_sensitivity_drop, self.paths["int8"], self.int8_methods
+                )
                 accuracy["int8_gate_passed"] = True
         return outputs
 
@@ -533,11 +684,20 @@ def _int8_detail(settings: dict[str, Any], summary: dict[str, Any], result: Pari
             f"{mixed['initial_max_diff']:.3g} to {mixed['final_max_diff']:.3g}"
             + ("" if mixed["target_met"] else f" (target {mixed['target_max_diff']:g} NOT met)")
         )
-    tried = (settings.get("auto_calibration") or {}).get("tried", {})
-    if len(tried) > 1:
-        detail += "; calibration " + ", ".join(f"{m} {d:.3g}" for m, d in tried.items())
+    auto = settings.get("auto_calibration") or {}
+    tried, failed = auto.get("tried", {}), auto.get("failed", {})
+    if len(tried) + len(failed) > 1:
+        outcomes = [f"{m} {d:.3g}" if d is not None else m for m, d in tried.items()]
+        detail += "; calibration " + ", ".join([*(f"{m} failed" for m in failed), *outcomes])
         detail += f", kept {settings['calibrate_method']}"
     return detail
+
+
+def methods_tried(settings: dict[str, Any]) -> tuple[str, ...]:
+    """Every calibration method the INT8 step ran, the failed ones included (``--calib-method auto`` runs several)."""
+    auto = settings.get("auto_calibration") or {}
+    tried = [*auto.get("failed", {}), *auto.get("tried", {})]
+    return tuple(tried) if tried else (str(settings["calibrate_method"]),)
 
 
 def _accuracy_section(

@@ -173,8 +173,14 @@ def save_calibration(calibration: CalibrationSet, folder: Path) -> tuple[Path, P
     return images_path, meta_path
 
 
-def load_calibration(path: Path, contract: PreprocessContract | None = None) -> CalibrationSet:
-    """Read a calibration folder (or its calib.npy), checking its hash, shape and contract."""
+def load_calibration(
+    path: Path, contract: PreprocessContract | None = None, *, require_test_split_checked: bool = False
+) -> CalibrationSet:
+    """Read a calibration folder (or its calib.npy), checking its hash, shape and contract.
+
+    ``require_test_split_checked``: refuse a set whose calib.json does not record that the run's
+    test split (files, patients, copies) was kept out of it: made before that check, or by hand.
+    """
     folder = path.parent if path.suffix == ".npy" else path
     images_path, meta_path = folder / IMAGES_FILE, folder / META_FILE
     for required in (images_path, meta_path):
@@ -203,5 +209,12 @@ def load_calibration(path: Path, contract: PreprocessContract | None = None) -> 
     if contract is not None and meta.get("contract") != contract.to_dict():
         raise CalibrationError(
             f"{meta_path}: made with another preprocessing contract than this model's; rebuild it for this model"
+        )
+    if require_test_split_checked and meta.get("test_split_checked") is not True:
+        raise CalibrationError(
+            f"{meta_path}: test_split_checked is {meta.get('test_split_checked', 'missing')}: nothing says the "
+            "run's test images and patients were kept out of this set, and calibrating on them leaks the test "
+            f"split into the engine measured on it. Rebuild it with 'pneumo export calib RUN -o {folder}', or "
+            "pass --allow-unchecked-calib to use it anyway"
         )
     return CalibrationSet(images=images, meta=meta)

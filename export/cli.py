@@ -17,9 +17,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge_runtime.contract import SYNTHETIC_WARNING
+from edge_runtime.contract import SYNTHETIC_WARNING, PreprocessContract
 from edge_runtime.errors import EdgeError
 from export.config import (
     DEFAULT_CALIBRATION_IMAGES,
@@ -31,6 +31,9 @@ from export.config import (
     QuantConfig,
 )
 from export.errors import EngineUnavailableError, ExportConfigError, ExportError, OutputExistsError
+
+if TYPE_CHECKING:
+    from export.calibration import CalibrationSet
 
 DESCRIPTION = """Convert a trained Keras model for the edge, and pack the bundle a Jetson builds its engine from.
 
@@ -89,6 +92,11 @@ def _add_onnx_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     onnx.add_argument(
         "--report", type=Path, help="export report path (default: export_report.json beside -o)"
+    )
+    onnx.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing -o, and a report this command wrote (never another file)",
     )
     onnx.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     onnx.set_defaults(handler=_cmd_onnx)
@@ -160,7 +168,13 @@ def _add_engine_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     engine.add_argument(
         "onnx", type=Path, metavar="MODEL_ONNX", help="model.onnx (FP16 / Q/DQ siblings are used)"
     )
-    engine.add_argument("-o", "--output", type=Path, required=True, help="engine file to write")
+    engine.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="engine file to write: outside any bundle, or under a bundle's engines/ folder",
+    )
     engine.add_argument(
         "--precision",
         choices=(*PRECISIONS, "best"),
@@ -188,6 +202,12 @@ def _add_engine_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     engine.add_argument("--workspace", type=int, default=1024, help="builder workspace in MiB (default 1024)")
     engine.add_argument("--dla", type=int, help="DLA core, with GPU fallback (AGX Orin, Orin NX)")
     engine.add_argument("--timing-cache", type=Path, help="timing cache file, read and updated")
+    engine.add_argument(
+        "--allow-unchecked-calib",
+        action="store_true",
+        help="use a --calib set whose calib.json does not record that the run's test split was kept out of it",
+    )
+    engine.add_argument("--overwrite", action="store_true", help="replace an existing engine at -o")
     engine.add_argument("--verbose", action="store_true", help="TensorRT builder log")
     engine.add_argument("--json", action="store_true", help="print the engine sidecar as JSON on stdout")
     engine.set_defaults(handler=_cmd_engine)
@@ -277,6 +297,8 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
         raise ExportConfigError(
             f"{output}: -o must name a new .onnx file (never the model.h5 it reads), e.g. -o model.onnx"
         )
+    report_path: Path = args.report or output.with_name(REPORT_FILE)
+    _check_onnx_outputs(output, report_path, args.overwrite)
     require_modules("ONNX conversion")
     run = RunFolder.resolve(args.source)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -291,7 +313,7 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
         config={"onnx": asdict(config), "data_root": str(args.data) if args.data else None},
     )
     report["onnx"] = exported.to_dict()
-    report_path = write_report(args.report or output.with_name(REPORT_FILE), report)
+    write_report(report_path, report)
     _log(
         f"onnx: ok, saved {output} ({_mb(output)}), opset {exported.opset}, input "
         f"{exported.graph['input']['dtype']} {exported.graph['input']['shape']}; {exported.parity.describe()}"
@@ -304,6 +326,35 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     return 0
+
+
+def _check_onnx_outputs(output: Path, report: Path, overwrite: bool) -> None:
+    """-o and the report are new files, or with --overwrite this command's own earlier ones.
+
+    Never a file of a bundle (it would no longer verify), and never any other existing file as
+    the report: ``--report runs/demo/split.json --overwrite`` would destroy the run's split.
+    """
+    from export.bundle import enclosing_bundle
+    from export.report import is_onnx_report
+
+    if report.resolve() == output.resolve():
+        raise ExportConfigError(f"--report {report}: is the -o file; give the report a path of its own")
+    for path, flag in ((output, "-o"), (report, "--report")):
+        bundle = enclosing_bundle(path)
+        if bundle is not None:
+            raise ExportConfigError(
+                f"{path}: inside the bundle {bundle}, whose files only 'pneumo export bundle' writes (the bundle "
+                f"would no longer verify); choose a {flag} outside it"
+            )
+        if path.exists() and not path.is_file():
+            raise OutputExistsError(f"{path}: exists and is not a file; choose another {flag}")
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"{path}: exists; pass --overwrite to replace it")
+    if report.exists() and not is_onnx_report(report):
+        raise OutputExistsError(
+            f"{report}: exists and is not a report of 'pneumo export onnx' (it may be an input, such as a run's "
+            "split.json); refusing to replace it even with --overwrite: choose another --report"
+        )
 
 
 # --------------------------------------------------------------------------- calib
@@ -390,11 +441,20 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     if result.report.get("synthetic"):
         _log(SYNTHETIC_WARNING)
     _log("next:")
-    _log(f"  on the Jetson:  pneumo edge build {result.root} --precision fp16")
+    _log(f"  on the Jetson:  pneumo edge build {result.root} --precision {edge_precision(config.precisions)}")
     _log(f"  anywhere:       pneumo edge predict {result.root} IMAGES")
     if args.json:
         print(json.dumps(result.report, indent=2, default=str))
     return 0
+
+
+def edge_precision(precisions: Sequence[str]) -> str:
+    """The precision to suggest building on the Jetson, among those the bundle carries.
+
+    fp16 first (fast, no calibration); else int8, which passed the export's sensitivity gate
+    to be in the bundle and is faster than fp32; else fp32.
+    """
+    return next(p for p in ("fp16", "int8", "fp32") if p in precisions)
 
 
 def _print_summary(rows: list[dict[str, Any]]) -> None:
@@ -422,6 +482,13 @@ def _print_summary(rows: list[dict[str, Any]]) -> None:
 
 
 def _cmd_engine(args: argparse.Namespace) -> int:
+    if not args.onnx.is_file():
+        raise ExportError(
+            f"{args.onnx}: not found; pass a bundle's model.onnx (or another exported ONNX file)"
+        )
+    # Before TensorRT is looked for: a wrong -o or calibration set is the user's to fix anywhere.
+    _check_engine_output(args.onnx, args.output, args.overwrite)
+    checked = _engine_calibration(args) if args.calib is not None else None
     if importlib.util.find_spec("tensorrt") is None:
         raise EngineUnavailableError(
             "TensorRT is not installed on this machine; engines are specific to the GPU and TensorRT version that "
@@ -449,12 +516,8 @@ def _cmd_engine(args: argparse.Namespace) -> int:
         verbose=args.verbose,
     )
     calibration = None
-    if args.calib is not None:
-        from export.calibration import load_calibration
-
-        # Checks calib.npy against calib.json (hash, training split) before TensorRT sees it; the sha256
-        # TensorRT's calibration cache records is the same as calib.json's images_sha256.
-        checked = load_calibration(args.calib)
+    if checked is not None:
+        # the sha256 TensorRT's calibration cache records is the same as calib.json's images_sha256
         calibration = CalibrationData(checked.images, str(checked.meta["images_sha256"]), str(args.calib))
     rebuild = " ".join(
         ["pneumo export engine", str(args.onnx), "--precision", precision, "-o", str(args.output)]
@@ -464,10 +527,111 @@ def _cmd_engine(args: argparse.Namespace) -> int:
         f"engine: ok, {args.output} ({_mb(args.output)}), {sidecar.precision} via {sidecar.build_path}, "
         f"TensorRT {sidecar.tensorrt_version} on {sidecar.gpu_name} in {sidecar.build_seconds:.1f}s"
     )
-    _log(f"next: pneumo bench {args.output.parent}")
+    _log(engine_next_step(args.onnx, precision))
     if args.json:
         print(json.dumps(sidecar.to_dict(), indent=2, default=str))
     return 0
+
+
+def _check_engine_output(onnx: Path, output: Path, overwrite: bool) -> None:
+    """-o never replaces an input, nor lands in a bundle outside engines/.
+
+    Inside a bundle, ``engines/`` is where 'pneumo edge build' keeps engines and the one folder
+    its manifest leaves out; a file anywhere else there makes the bundle fail verification.
+    """
+    from edge_runtime.bundle import ENGINES_DIR, MANIFEST_FILE
+    from edge_runtime.engine_from_onnx import OnnxSources
+    from export.bundle import bundle_manifest_files, enclosing_bundle
+
+    sources = OnnxSources.beside(onnx)
+    inputs = {p.resolve() for p in (sources.fp32, sources.fp16, sources.int8_qdq) if p is not None}
+    listed = bundle_manifest_files(onnx.parent)
+    if listed is not None:
+        inputs |= {(onnx.parent / rel).resolve() for rel in (*listed, MANIFEST_FILE)}
+    if output.resolve() in inputs:
+        raise ExportConfigError(
+            f"{output}: is {onnx} or a file of its bundle, an input of this build; choose another -o, "
+            "e.g. -o model_fp16.engine"
+        )
+    bundle = enclosing_bundle(output)
+    if bundle is not None and not output.resolve().is_relative_to(bundle / ENGINES_DIR):
+        raise ExportConfigError(
+            f"{output}: inside the bundle {bundle} but outside its {ENGINES_DIR}/ folder, so the bundle would no "
+            f"longer verify; write engines under {bundle / ENGINES_DIR}/ (where 'pneumo edge build {bundle}' keeps "
+            "them) or outside the bundle"
+        )
+    if output.exists() and not output.is_file():
+        raise OutputExistsError(f"{output}: exists and is not a file; choose another -o")
+    if output.exists() and not overwrite:
+        raise OutputExistsError(f"{output}: exists; pass --overwrite to replace it")
+
+
+def _engine_calibration(args: argparse.Namespace) -> CalibrationSet:
+    """``--calib``, checked against calib.json (hash, training split), the model's contract and the test split."""
+    from export.calibration import load_calibration
+
+    return load_calibration(
+        args.calib, onnx_contract(args.onnx), require_test_split_checked=not args.allow_unchecked_calib
+    )
+
+
+def onnx_contract(onnx: Path) -> PreprocessContract:
+    """The preprocessing contract ``onnx`` was exported with: contract.json beside it, else its metadata."""
+    from edge_runtime.contract import CONTRACT_FILE
+    from export.errors import CalibrationError
+    from export.onnx_from_keras import CONTRACT_METADATA_KEY
+
+    beside = onnx.parent / CONTRACT_FILE
+    if beside.is_file():
+        return PreprocessContract.load(beside)
+    text = _onnx_metadata(onnx).get(CONTRACT_METADATA_KEY)
+    if text is None:
+        raise CalibrationError(
+            f"{onnx}: no {CONTRACT_FILE} beside it and no {CONTRACT_METADATA_KEY} in its metadata, so the "
+            "calibration set cannot be checked against the model's preprocessing; copy the run's "
+            f"{CONTRACT_FILE} beside it"
+        )
+    try:
+        return PreprocessContract.from_dict(json.loads(text), source=f"{onnx} ({CONTRACT_METADATA_KEY})")
+    except (ValueError, TypeError) as exc:
+        raise CalibrationError(f"{onnx}: unreadable {CONTRACT_METADATA_KEY} metadata ({exc})") from exc
+
+
+def _onnx_metadata(onnx: Path) -> dict[str, str]:
+    """The model's metadata_props, read with ONNX Runtime (installed everywhere; the onnx package is not)."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime raises its own exception types for unreadable models
+        raise ExportError(f"{onnx}: ONNX Runtime cannot read it ({exc})") from exc
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def engine_next_step(onnx: Path, precision: str) -> str:
+    """What to run after ``export engine``: only ever a bundle that verifies and carries ``precision``."""
+    from edge_runtime.bundle import GOLDEN_DIR, Bundle
+    from edge_runtime.edge_build import carried_precisions
+    from edge_runtime.golden import GoldenSet
+
+    bundle: Bundle | None = None
+    try:
+        bundle = Bundle.open(onnx.parent)
+        golden = GoldenSet.load(bundle.root / GOLDEN_DIR, bundle.contract.input_shape, bundle.info.threshold)
+        if precision not in carried_precisions(bundle, golden):
+            bundle = None
+    except EdgeError:
+        bundle = None
+    if bundle is None:
+        return (
+            "next: this engine runs only on this GPU and TensorRT version; 'pneumo edge' and 'pneumo bench' "
+            "take a bundle, whose engines 'pneumo edge build BUNDLE' builds and self-tests"
+        )
+    return (
+        f"next: pneumo edge build {bundle.root} --precision {precision}   (builds or reuses this device's engine "
+        f"under {bundle.engines_dir}/ and runs the golden self-test the runtime requires); then pneumo bench "
+        f"{bundle.root}"
+    )
 
 
 # --------------------------------------------------------------------------- helpers

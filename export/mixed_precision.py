@@ -30,6 +30,7 @@ import numpy as np
 
 from edge_runtime.engine_from_onnx import spread_indices
 from export.config import AUTO_CALIBRATE_METHODS, QuantConfig
+from export.errors import ConversionError
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,9 @@ def int8_qdq_within_target(
     (None when the fully quantized graph was within the target or the search is off).
     With ``calibrate_method="auto"`` each method of ``AUTO_CALIBRATE_METHODS`` is tried in
     turn until one meets the target, and the graph closest to FP32 on the calibration
-    images is kept; ``auto_calibration`` then records every method's diff.
+    images is kept; ``auto_calibration`` then records every method's diff, and why a
+    method failed (percentile's histogram cannot bin a near-constant activation of large
+    magnitude: "Too many bins"; MinMax has no histogram), as long as one method succeeds.
     ``reuse_ranges=False`` calibrates every trial graph afresh (the same graphs, slower:
     kept for the side-by-side check in the tests and ``benchmarks``).
     """
@@ -217,12 +220,17 @@ def int8_qdq_within_target(
         if config.calibrate_method != "auto":
             return _int8_within_target(source, output, calibration, config, reference, cache)
         tried: dict[str, float | None] = {}
+        failed: dict[str, str] = {}
         best: dict[str, Any] | None = None
         for method in AUTO_CALIBRATE_METHODS:
             candidate = Path(tmp) / f"{method}.onnx"
-            settings = _int8_within_target(
-                source, candidate, calibration, replace(config, calibrate_method=method), reference, cache
-            )
+            try:
+                settings = _int8_within_target(
+                    source, candidate, calibration, replace(config, calibrate_method=method), reference, cache
+                )
+            except ConversionError as exc:
+                failed[method] = str(exc)
+                continue
             diff = settings.get("calibration_max_diff")
             tried[method] = diff
             if best is None or (diff is not None and diff < best["calibration_max_diff"]):
@@ -230,8 +238,12 @@ def int8_qdq_within_target(
                 shutil.copyfile(candidate, output)
             if diff is None or config.target_max_diff is None or diff <= config.target_max_diff:
                 break
-    assert best is not None
-    best["auto_calibration"] = {"tried": tried, "chosen": best["calibrate_method"]}
+    if best is None:
+        raise ConversionError(
+            f"{source}: INT8 quantization failed with every method --calib-method auto tries: "
+            + "; ".join(f"{m}: {why}" for m, why in failed.items())
+        )
+    best["auto_calibration"] = {"tried": tried, "failed": failed, "chosen": best["calibrate_method"]}
     return best
 
 

@@ -27,6 +27,8 @@ from export.errors import ConversionError, ExportError, MissingDependencyError, 
 from export.parity import ParityResult, compare_outputs, onnx_outputs, require_parity
 
 BATCH_DIM = "batch"
+# The ONNX metadata key holding the preprocessing contract (JSON), for an ONNX file without contract.json beside it.
+CONTRACT_METADATA_KEY = "pneumo.contract"
 # What converting a Keras model imports: Keras loads it, tf2onnx traces it through TensorFlow, onnx checks it.
 CONVERSION_MODULES = ("keras", "tensorflow", "tf2onnx", "onnx")
 
@@ -158,7 +160,7 @@ def onnx_from_keras(model: Any, contract: PreprocessContract, info: ModelInfo, c
     proto.doc_string = f"pneumo-edge {info.model_version}: uint8 NHWC in, scaling inside, {info.head} out"
     metadata = {
         "pneumo.model_version": info.model_version,
-        "pneumo.contract": json.dumps(contract.to_dict(), sort_keys=True),
+        CONTRACT_METADATA_KEY: json.dumps(contract.to_dict(), sort_keys=True),
         "pneumo.labels": json.dumps(list(info.labels)),
         "pneumo.synthetic": str(info.synthetic).lower(),
     }

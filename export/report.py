@@ -18,7 +18,7 @@ from typing import Any
 
 from edge_runtime import __version__
 from edge_runtime.contract import SYNTHETIC_WARNING, ModelInfo
-from edge_runtime.fileio import atomic_write_json
+from edge_runtime.fileio import atomic_write_json, read_json
 
 REPORT_FILE = "export_report.json"
 REPORT_SCHEMA = 1
@@ -69,3 +69,20 @@ def new_report(info: ModelInfo, source: dict[str, Any], config: dict[str, Any]) 
 def write_report(path: Path, report: dict[str, Any]) -> Path:
     atomic_write_json(path, report)
     return path
+
+
+def is_onnx_report(path: Path) -> bool:
+    """``path`` holds a report 'pneumo export onnx' wrote: the only file its --overwrite replaces as the report.
+
+    A bundle's report also has an ``onnx`` section, and its ``steps``; any other file is not one.
+    """
+    try:
+        report = read_json(path)
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(report, dict)
+        and report.get("schema") == REPORT_SCHEMA
+        and {"pneumo_edge_version", "onnx"} <= report.keys()
+        and "steps" not in report
+    )

@@ -324,3 +324,47 @@ def test_bad_flag_values_are_usage_errors(
 ) -> None:
     assert main(["build", str(bundle_root), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_precision_the_bundle_lacks_is_refused_before_any_build(
+    bundle_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Exported with --precisions fp32,int8: no FP16 graph, no FP16 golden tolerance. TensorRT 10 could build
+    # FP16 from model.onnx with its builder flag (minutes on a Jetson), and the self-test would then fail.
+    (bundle_root / "model_fp16.onnx").unlink()
+    golden = bundle_root / "golden" / "golden.json"
+    meta = json.loads(golden.read_text())
+    del meta["tolerance"]["fp16"]
+    golden.write_text(json.dumps(meta))
+    write_manifest(bundle_root)
+    double = trt_double.install(monkeypatch, version="10.3.0")
+    assert main(["build", str(bundle_root), "--precision", "fp16"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "this bundle has no fp16 model (model_fp16.onnx) and no fp16 tolerance in golden/golden.json; "
+        "it carries fp32, int8" in err
+    )
+    assert f"pneumo edge build {bundle_root} --precision fp32,int8" in err
+    assert double.builds == [] and not (bundle_root / "engines").exists()
+    # 'all' builds what the bundle carries
+    report = run_edge_build(
+        bundle_root, EdgeBuildConfig(precisions=("fp32", "fp16", "int8"), only_in_bundle=True)
+    )
+    assert [r.precision for r in report.results] == ["fp32", "int8"] and report.passed
+
+
+def test_a_model_without_a_golden_tolerance_is_refused_before_any_build(
+    bundle_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    golden = bundle_root / "golden" / "golden.json"
+    meta = json.loads(golden.read_text())
+    del meta["tolerance"]["int8"]
+    golden.write_text(json.dumps(meta))
+    write_manifest(bundle_root)
+    double = trt_double.install(monkeypatch, version="10.3.0")
+    with pytest.raises(
+        BundleError,
+        match=r"no int8 tolerance in golden/golden\.json to self-test it against; it carries fp32, fp16",
+    ):
+        run_edge_build(bundle_root, EdgeBuildConfig(precisions=("fp16", "int8")))
+    assert double.builds == []
