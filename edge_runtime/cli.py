@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_runtime.backends.base import BACKEND_CHOICES, BACKEND_NAMES
+from edge_runtime.backends.base import BACKEND_CHOICES, BACKEND_NAMES, source_onnx_sha256
 from edge_runtime.contract import SYNTHETIC_WARNING
 from edge_runtime.errors import EdgeError, UsageError
 
@@ -315,7 +315,7 @@ def _predict(args: argparse.Namespace, prog: str) -> int:
     if args.backend != "auto":  # select_backend logs the auto choice itself
         logging.getLogger(__name__).info("backend %s (%s)", choice.name, choice.precision)
     with choice.backend as backend:
-        predictor = Predictor(backend, bundle.info, _model_sha256(bundle, backend))
+        predictor = Predictor(backend, bundle.info, source_onnx_sha256(bundle, backend))
         workers = default_workers() if args.workers is None else args.workers
         results = predict_files(predictor, inputs.files, bundle.contract, args.batch, workers, failures)
     text = _format_predictions(args, bundle.info, choice.name, args.precision, results, failures)
@@ -387,15 +387,6 @@ def _require_output_file(path: Path) -> None:
         raise UsageError(f"-o {path}: folder {folder} is not writable; choose another place")
 
 
-def _model_sha256(bundle: Any, backend: Any) -> str:
-    """sha256 of the ONNX model the running backend came from (an engine's sidecar names it)."""
-    sidecar = getattr(backend, "sidecar", None)
-    if sidecar is not None:
-        return str(sidecar.onnx_sha256)
-    model_path = getattr(backend, "model_path", None)
-    return str(bundle.file_sha256(Path(model_path).name)) if model_path is not None else ""
-
-
 # The CSV of ``predict``; the watch daemon's results.csv has its own (edge_runtime.results).
 _PREDICTION_CSV_COLUMNS = (
     "file",
@@ -450,21 +441,24 @@ def _predictions_json(
 def _predictions_csv(
     info: Any, backend_name: str, precision: str, results: list[Prediction], failures: list[tuple[str, str]]
 ) -> str:
+    from edge_runtime.results import spreadsheet_text
+
     # Every row carries the note (and the SYNTHETIC warning): a CSV row is read alone, in a spreadsheet.
     note = f"{SYNTHETIC_WARNING} {DISCLAIMER}" if info.synthetic else DISCLAIMER
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=_PREDICTION_CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
+    # file names, model versions and reasons are text a spreadsheet must not run as formulas
     for r in results:
         writer.writerow(
             {
-                "file": r.source,
+                "file": spreadsheet_text(r.source),
                 "probability": f"{r.probability:.6f}",
                 "label": r.label,
                 "decision": r.decision,
                 "threshold": r.threshold,
                 "latency_ms": r.latency_ms,
-                "model_version": r.model_version,
+                "model_version": spreadsheet_text(r.model_version),
                 "backend": r.backend,
                 "precision": r.precision,
                 "input_sha256": r.input_sha256,
@@ -476,14 +470,14 @@ def _predictions_csv(
     for name, reason in failures:
         writer.writerow(
             {
-                "file": name,
+                "file": spreadsheet_text(name),
                 "decision": "FAILED",
                 "threshold": info.threshold,
-                "model_version": info.model_version,
+                "model_version": spreadsheet_text(info.model_version),
                 "backend": backend_name,
                 "precision": precision,
                 "synthetic": info.synthetic,
-                "error": reason,
+                "error": spreadsheet_text(reason),
                 "note": note,
             }
         )
@@ -569,7 +563,7 @@ def _camera(args: argparse.Namespace, prog: str) -> int:
         for line in _header_lines(bundle.info, choice.name, args.precision):
             print(f"{prog}: {line}", file=sys.stderr)
         with choice.backend as backend:
-            predictor = Predictor(backend, bundle.info, _model_sha256(bundle, backend))
+            predictor = Predictor(backend, bundle.info, source_onnx_sha256(bundle, backend))
             summary = run_camera(capture, predictor, bundle.contract, config, stop, source.describe(), window)
     finally:
         for sig, handler in previous.items():

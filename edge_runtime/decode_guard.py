@@ -5,9 +5,11 @@ killer on a huge 16-bit image under ``MemoryMax``, a crash inside a codec).
 The service restarts the daemon, which reads the same oldest file first and
 dies again: one such file would stop the inbox for good.
 
-So before each input is decoded its identity is written to
+So while each input is decoded its identity is in
 ``OUTBOX/.pneumo/decoding`` (a plain write, no fsync: it must outlive the
-process, not a power cut), and the marker is cleared once the batch is read.
+process, not a power cut), written once its bytes are read and removed as
+soon as its decode returns. Reading the bytes (a hung share the watchdog
+kills) and a graceful stop are never recorded: only a death inside a decode.
 A start that finds the marker knows which input the last process died on and
 counts it in ``decode_crashes.json``. An input that has killed the daemon
 :data:`CRASH_LIMIT` times is not decoded again: it gets a failed record that
@@ -92,6 +94,6 @@ class DecodeGuard:
             os.close(fd)
 
     def clear(self) -> None:
-        """The batch is read: no input is being decoded."""
+        """The decode returned: no input is being decoded."""
         with contextlib.suppress(FileNotFoundError):
             self.marker.unlink()

@@ -56,6 +56,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -697,12 +698,17 @@ def _unchanged(path: Path, cand: Candidate) -> bool:
 
 
 def read_input(
-    inbox: Path, cand: Candidate, contract: PreprocessContract, progress: Progress | None = None
+    inbox: Path,
+    cand: Candidate,
+    contract: PreprocessContract,
+    progress: Progress | None = None,
+    decoding: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> InputRead:
     """Read, hash and decode one candidate with the one preprocessing implementation.
 
     ``progress`` is called after every MiB read: a large file on a slow share is progress for
-    the daemon's watchdog, not a hang.
+    the daemon's watchdog, not a hang. ``decoding()`` is entered around the decode alone (not
+    the read): the daemon records there which input a native decoder crash would be blamed on.
 
     Raises InboxUnavailableError when the inbox itself is gone, or its share was
     unmounted (a file is not "vanished" because its share is away).
@@ -778,7 +784,8 @@ def read_input(
         return InputRead(cand, source, "changed")
     sha = hashlib.sha256(data).hexdigest()
     try:
-        image = apply_contract(decode_bytes(data, name=cand.name), contract)
+        with decoding():
+            image = apply_contract(decode_bytes(data, name=cand.name), contract)
     except ImageDecodeError as exc:
         if not _unchanged(path, cand):
             return InputRead(cand, source, "changed")  # written to after it was read: not complete

@@ -96,6 +96,8 @@ _MAX_SUFFIX_BYTES = 16
 _ENTRY_ERRNOS = frozenset(
     {errno.EPERM, errno.EACCES, errno.EBUSY, errno.ETXTBSY, errno.ENAMETOOLONG, errno.EINVAL, errno.ELOOP}
 )
+#: what a failpoint may send: a crash (SIGKILL) or a stop signal
+_FAILPOINT_SIGNALS = ("SIGKILL", "SIGTERM", "SIGINT")
 _COPY_PREFIX = ".pneumo-copy-"
 _PROBE_PREFIX = ".pneumo-probe-"
 _CHUNK = 1 << 20
@@ -161,23 +163,30 @@ def fit_name(stem: str, suffix: str, marker: str, status: str, tag: str, limit: 
 
 
 class Failpoint:
-    """Fault injection for crash tests: SIGKILL the process at a named step.
+    """Fault injection for crash tests: SIGKILL the process (or send it a stop signal) at a named step.
 
-    ``spec`` is ``STEP`` or ``STEP:N`` (the N-th time that step is reached,
-    default 1); the daemon reads it from ``PNEUMO_WATCH_FAILPOINT``. Steps:
-    ``decoding`` (an input about to be decoded), ``after-claim``, ``after-move``,
-    ``after-result-json``, ``torn-jsonl`` (half of the batch's lines written),
-    ``after-jsonl``, ``torn-csv``, ``after-csv``. An empty spec never fires. It exists so tests can stop
-    the real daemon between any two durable steps instead of hoping a timed
-    ``kill -9`` lands there.
+    ``spec`` is ``STEP``, ``STEP:N`` (the N-th time that step is reached,
+    default 1) or ``STEP:N:SIGNAL`` (``SIGTERM`` or ``SIGINT`` instead of
+    ``SIGKILL``: a ``systemctl stop`` landing exactly there); the daemon reads it
+    from ``PNEUMO_WATCH_FAILPOINT``. Steps: ``reading`` (each MiB of an input
+    read, before it is decoded), ``decoding`` (an input about to be decoded),
+    ``after-claim``, ``after-move``, ``after-result-json``, ``torn-jsonl`` (half
+    of the batch's lines written), ``after-jsonl``, ``torn-csv``, ``after-csv``.
+    An empty spec never fires. It exists so tests can stop the real daemon between
+    any two durable steps instead of hoping a timed ``kill -9`` lands there.
     """
 
     def __init__(self, spec: str = "") -> None:
-        name, _, count = spec.partition(":")
+        name, _, rest = spec.partition(":")
+        count, _, signame = rest.partition(":")
         self.name = name.strip()
         self.remaining = int(count) if count.strip() else 1
         if self.name and self.remaining < 1:
             raise ValueError(f"failpoint count must be >= 1: {spec!r}")
+        signame = signame.strip().upper() or "SIGKILL"
+        if signame not in _FAILPOINT_SIGNALS:
+            raise ValueError(f"failpoint signal must be one of {', '.join(_FAILPOINT_SIGNALS)}: {spec!r}")
+        self.signal = signal.Signals[signame]
 
     def wants(self, step: str) -> bool:
         """True when reaching ``step`` now should kill the process."""
@@ -190,9 +199,8 @@ class Failpoint:
         if self.wants(step):
             self.fire()
 
-    @staticmethod
-    def fire() -> None:
-        os.kill(os.getpid(), signal.SIGKILL)
+    def fire(self) -> None:
+        os.kill(os.getpid(), self.signal)
 
 
 def _no_progress() -> None:
@@ -216,6 +224,22 @@ def _stat(path: Path) -> os.stat_result | None:
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+
+def _result_written(entry: JournalEntry) -> bool:
+    """This input's result JSON is at its path already (a finish run again after a crash).
+
+    False for anything else there (another file, a fifo): it is never replaced, and the write says so.
+    """
+    st = _lstat(Path(entry.result_path))
+    if st is None or not stat.S_ISREG(st.st_mode):
+        return False
+    try:
+        with open(entry.result_path, "rb") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("id") == entry.id
 
 
 def _copy_of_the_input(entry: JournalEntry, st: os.stat_result) -> bool:
@@ -475,9 +499,10 @@ class Outbox:
                 self._name_max[key] = NAME_MAX
         return self._name_max[key]
 
-    def _free(self, folder: Path, candidate: str, status: str, reserved: set[str]) -> bool:
+    def _free(self, folder: Path, candidate: str, status: str, folded: set[str]) -> bool:
+        """``candidate`` and its JSON are unused on disk and not among ``folded`` (case-folded) paths."""
         json_name = result_file_name(candidate, status)
-        if str(folder / candidate) in reserved or str(folder / json_name) in reserved:
+        if str(folder / candidate).casefold() in folded or str(folder / json_name).casefold() in folded:
             return False
         try:
             return _lstat(folder / candidate) is None and _lstat(folder / json_name) is None
@@ -491,13 +516,16 @@ class Outbox:
     def unique_name(self, folder: Path, name: str, status: str, reserved: set[str], tag: str) -> str:
         """``name``, else ``stem (2).ext``, ``stem (3).ext``...: free for both the input and its JSON.
 
-        Every candidate fits the name limit with its JSON (:func:`fit_name`).
+        Every candidate fits the name limit with its JSON (:func:`fit_name`). ``reserved`` (paths
+        planned for other inputs) is compared case-folded: on a case-insensitive outbox (exFAT,
+        CIFS) ``IMG1.JPG`` and ``img1.jpg`` are one file.
         """
+        folded = {path.casefold() for path in reserved}
         stem, suffix = _split_name(name)
         for n in range(1, 1000):
             marker = "" if n == 1 else f" ({n})"
             candidate = fit_name(stem, suffix, marker, status, tag, self.name_max(folder))
-            if self._free(folder, candidate, status, reserved):
+            if self._free(folder, candidate, status, folded):
                 return candidate
         return fit_name(stem, suffix, f"-{tag}", status, tag, self.name_max(folder))
 
@@ -610,7 +638,7 @@ class Outbox:
             self.progress()
             before = (entry.target, entry.left_in_inbox)
             try:
-                touched.update(self._move(entry, warn, verify_content, require_inbox))
+                touched.update(self._move(entry, claim, warn, verify_content, require_inbox))
             except InputStuckError as exc:
                 if stuck is None:
                     raise
@@ -642,12 +670,12 @@ class Outbox:
         for folder in touched:
             fsync_dir(folder)
         failpoint.hit("after-move")
-        pending = [
-            (Path(e.result_path), e.record) for e in claim.entries if _lstat(Path(e.result_path)) is None
-        ]
+        pending = [(Path(e.result_path), e.record) for e in claim.entries if not _result_written(e)]
         for path, _ in pending:
             path.parent.mkdir(exist_ok=True)  # done/ or failed/ of a verified root; never parents
-        write_json_files(pending)
+        # never over another file: a result JSON of that name that is not this input's stops the
+        # batch (outbox_write_failed names it) instead of being replaced
+        write_json_files(pending, replace=False)
         failpoint.hit("after-result-json")
         for log, offset, step in (
             (self.jsonl, claim.jsonl_offset, "jsonl"),
@@ -692,7 +720,12 @@ class Outbox:
         return exc
 
     def _move(
-        self, entry: JournalEntry, warn: Warn, verify_content: bool = False, require_inbox: bool = True
+        self,
+        entry: JournalEntry,
+        claim: Claim,
+        warn: Warn,
+        verify_content: bool = False,
+        require_inbox: bool = True,
     ) -> set[Path]:
         """Move one input to its target unless that already happened; return folders to fsync.
 
@@ -762,15 +795,8 @@ class Outbox:
             entry.target = ""
             entry.record["moved_to"] = None
             return set()
-        if at_target is not None:
-            old = target
-            target = target.with_name(
-                self.unique_name(target.parent, target.name, entry.status, set(), entry.id[:8])
-            )
-            warn(
-                "target name was taken after the claim; moved to a new name",
-                {"name": entry.name, "id": entry.id, "claimed": str(old), "moved_to": str(target)},
-            )
+        if at_target is not None or self._result_name_taken(entry):
+            target = self._retarget(entry, claim, warn)
         target.parent.mkdir(exist_ok=True)  # done/ or failed/ of a verified root; never parents
         try:
             os.rename(source, target)
@@ -798,6 +824,37 @@ class Outbox:
                 raise self._classify(exc2, source, target) from exc2
             self._unlink_copied(source, entry, warn)
         return {target.parent, source.parent}
+
+    @staticmethod
+    def _result_name_taken(entry: JournalEntry) -> bool:
+        """Its result JSON's name is taken before the input is moved: by another file, since this
+        input's own JSON is written only after its move."""
+        return Path(entry.target).parent == Path(entry.result_path).parent and (
+            _lstat(Path(entry.result_path)) is not None
+        )
+
+    def _retarget(self, entry: JournalEntry, claim: Claim, warn: Warn) -> Path:
+        """A new name for an input whose claimed name (or its JSON's) was taken after the claim.
+
+        The entry, its record and the journal name it before the input is moved, so a crash
+        right after the rename finds the input where the journal says, and the results name
+        this input's files, never the other ones.
+        """
+        claimed = Path(entry.target)
+        reserved = {p for e in claim.entries if e is not entry for p in (e.target, e.result_path) if p}
+        unique = self.unique_name(claimed.parent, claimed.name, entry.status, reserved, entry.id[:8])
+        target = claimed.with_name(unique)
+        if claimed.parent == Path(entry.result_path).parent:  # else a link parked in the inbox
+            entry.result_path = str(claimed.parent / result_file_name(unique, entry.status))
+        entry.target = str(target)
+        entry.record["moved_to"] = self.moved_to(entry.target)
+        entry.record["result_file"] = self.moved_to(entry.result_path) or entry.result_path
+        self.journal.write(claim)
+        warn(
+            "target name was taken after the claim; moved to a new name",
+            {"name": entry.name, "id": entry.id, "claimed": str(claimed), "moved_to": str(target)},
+        )
+        return target
 
     def _unlink_copied(self, source: Path, entry: JournalEntry, warn: Warn) -> None:
         """Remove the inbox original of a verified copy; an original that cannot go is left, not re-read."""

@@ -11,7 +11,9 @@ Three outputs per input, all in the outbox:
 * one line in ``results.csv``: the main columns (:data:`CSV_COLUMNS`) for a
   spreadsheet, the SYNTHETIC warning among them; text fields have control
   characters (a newline in a file name) replaced by ``?`` so that one line is
-  always one record.
+  always one record, and a leading ``'`` when they start like a formula
+  (``= + - @``), so a file name is never a live formula; results.jsonl keeps
+  the exact text.
 
 The two logs are append-only. Each batch is one ``write`` on an ``O_APPEND``
 descriptor followed by ``fsync``. A crash can still leave the tail of a batch
@@ -28,6 +30,7 @@ Readers should consume only lines that end with a newline.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -76,7 +79,11 @@ CSV_COLUMNS = (
 CSV_COLUMNS_BEFORE_WARNING = CSV_COLUMNS[:-1]
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: first characters that make a spreadsheet read a cell as a formula
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _TEMP_PREFIX = ".pneumo-result-"
+#: errnos of a link(2) the filesystem does not support (exFAT and FAT: EPERM)
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 
 
 @dataclass(frozen=True)
@@ -177,11 +184,13 @@ def _encode_json(record: dict[str, Any], indent: int | None) -> bytes:
     return text.encode("utf-8", "backslashreplace")
 
 
-def write_json_files(files: Sequence[tuple[Path, dict[str, Any]]]) -> None:
+def write_json_files(files: Sequence[tuple[Path, dict[str, Any]]], replace: bool = True) -> None:
     """Write several JSON files atomically: each to a temp file + fsync, then rename, then fsync the folders.
 
     Files are made 0644 (``mkstemp`` gives 0600): results and the heartbeat
     are read by other users, such as a hospital integration or a monitor.
+    ``replace=False``: a path that exists already raises FileExistsError and is left as it is
+    (:func:`place_new`); files placed before it stay.
     """
     staged: list[tuple[str, Path]] = []
     try:
@@ -194,7 +203,10 @@ def write_json_files(files: Sequence[tuple[Path, dict[str, Any]]]) -> None:
                 handle.flush()
                 os.fsync(handle.fileno())
         for tmp, path in staged:
-            os.replace(tmp, path)
+            if replace:
+                os.replace(tmp, path)
+            else:
+                place_new(tmp, path)
     except BaseException:
         for tmp, _ in staged:
             try:
@@ -204,6 +216,27 @@ def write_json_files(files: Sequence[tuple[Path, dict[str, Any]]]) -> None:
         raise
     for folder in sorted({path.parent for path, _ in files}):
         fsync_dir(folder)
+
+
+def place_new(tmp: str, path: Path) -> None:
+    """Rename ``tmp`` to ``path`` unless ``path`` exists: then FileExistsError, and ``path`` untouched.
+
+    A hard link fails on an existing name atomically, where a rename replaces it (also the other
+    spelling of the name on a case-insensitive disk). Without hard links (exFAT, FAT, some CIFS
+    servers) the name is checked first, then renamed: only a foreign write in between can race.
+    """
+    try:
+        os.link(tmp, path)
+    except OSError as exc:
+        if exc.errno != errno.EEXIST and exc.errno not in _NO_HARD_LINKS:
+            raise
+        if exc.errno == errno.EEXIST or os.path.lexists(path):
+            raise FileExistsError(
+                errno.EEXIST, "another file has this name and is never replaced; move it away", str(path)
+            ) from None
+        os.rename(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def remove_stale_temp_files(folder: Path) -> int:
@@ -227,11 +260,20 @@ def _csv_header(columns: tuple[str, ...]) -> bytes:
     return (",".join(columns) + "\n").encode()
 
 
+def spreadsheet_text(text: str) -> str:
+    """``text`` as a CSV cell a spreadsheet shows as text: one starting with ``= + - @``, a tab or a
+    carriage return gets a leading ``'`` (OWASP's advice on CSV injection), since a file named
+    ``=HYPERLINK(...).png`` would otherwise be a live formula. For text fields only, never numbers."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
 def _csv_value(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str):
+        return spreadsheet_text(_CONTROL.sub("?", value))
     return _CONTROL.sub("?", str(value))
 
 

@@ -56,8 +56,8 @@ from types import FrameType
 from typing import Any
 
 from edge_runtime import __version__
-from edge_runtime.backends.base import Backend
-from edge_runtime.bundle import ONNX_FOR_PRECISION, Bundle
+from edge_runtime.backends.base import Backend, source_onnx_sha256
+from edge_runtime.bundle import Bundle
 from edge_runtime.decode_guard import DecodeGuard
 from edge_runtime.errors import EdgeError
 from edge_runtime.inbox import Candidate, InboxUnavailableError, InboxWatcher
@@ -198,6 +198,12 @@ class WatchDaemon:
         self._notify_error = error
 
     # -- waiting (edge_runtime.watch_retries.Pauses) ---------------------
+    def _longest_wait(self) -> float:
+        """The longest the loop may wait between two calls in: the heartbeat file may not grow older
+        than ``heartbeat_seconds``, and systemd's watchdog wants a ping every half interval."""
+        limit, watchdog = self.config.heartbeat_seconds, self.notifier.watchdog_seconds
+        return min(limit, watchdog / 2) if watchdog else limit
+
     def sleep(self, seconds: float) -> None:
         """Wait without spinning, keeping the heartbeat alive; returns early on a stop signal."""
         deadline = time.monotonic() + seconds
@@ -205,7 +211,7 @@ class WatchDaemon:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            self.stop.wait(min(left, self.config.heartbeat_seconds))
+            self.stop.wait(min(left, self._longest_wait()))
             self._beat()
 
     def progress(self) -> None:
@@ -265,6 +271,8 @@ class WatchDaemon:
                 dla_core=config.dla_core,
             )
             backend.open()
+            # what `pneumo edge predict` stamps too: the ONNX file run, or the engine's source
+            model_sha = source_onnx_sha256(bundle, backend)
         except EdgeError as exc:
             self.events.trouble("startup_failed", f"cannot load the model: {exc}", bundle=str(config.bundle))
             return None
@@ -275,8 +283,6 @@ class WatchDaemon:
                 bundle=str(config.bundle),
             )
             return None
-        # the ONNX file the backend runs or its engine was built from
-        model_sha = bundle.file_sha256(ONNX_FOR_PRECISION.get(backend.precision, ONNX_FOR_PRECISION["fp32"]))
         stamp = ModelStamp(
             model_version=bundle.info.model_version,
             model_sha256=model_sha,
@@ -460,7 +466,9 @@ class WatchDaemon:
                 )
             self.state = "running"
             if not batch:
-                self.inbox.wake.wait(self.inbox.next_wakeup())
+                # new files are still looked for every poll-interval (the inbox's own schedule); an
+                # idle turn only beats and pings
+                self.inbox.wake.wait(min(self.inbox.next_wakeup(), self._longest_wait()))
                 self.inbox.wake.clear()
                 continue
             if (

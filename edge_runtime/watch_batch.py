@@ -15,7 +15,8 @@ Per input, reading decides: an image, a failure with the decoder's reason,
 ``changed`` (not complete after all: put back), ``retry`` (a read error that
 may pass: parked), or held for ``settle_seconds`` when it only looks
 truncated because its writer paused. An input the daemon already died on
-twice while decoding is failed without being decoded (``edge_runtime.decode_guard``).
+twice while decoding is failed without being decoded (``edge_runtime.decode_guard``);
+only the decode itself is recorded for that, never the read or a stop.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,8 +95,6 @@ class BatchProcessor:
         reads = self._read_all(batch)
         if reads is None:
             return "requeued"
-        with contextlib.suppress(OSError):
-            self.decode_guard.clear()  # a crash from here on is not one input's fault
         if not reads:
             return "requeued"
         predictions = self._infer(reads)
@@ -121,8 +120,6 @@ class BatchProcessor:
             try:
                 read = self._read_guarded(cand)
             except InboxUnavailableError as exc:
-                with contextlib.suppress(OSError):
-                    self.decode_guard.clear()
                 self.pauses.inbox_unavailable(exc)
                 return None
             if self._put_back(cand, read):
@@ -142,10 +139,28 @@ class BatchProcessor:
                 "in deploy/pneumo-watch.service); it is not decoded again"
             )
             return InputRead(cand, str(self.config.inbox / cand.name), "rejected", reason=reason, kind="file")
+        return read_input(
+            self.config.inbox, cand, self.model.contract, self._reading, decoding=lambda: self._decoding(key)
+        )
+
+    def _reading(self) -> None:
+        """After each MiB read: progress for the watchdog (a slow share is not a hang)."""
+        self.failpoint.hit("reading")  # tests: killed reading the bytes, as by the watchdog on a hung share
+        self.pauses.progress()
+
+    @contextlib.contextmanager
+    def _decoding(self, key: str) -> Iterator[None]:
+        """The decode of one input, recorded while it runs: a process that dies inside it (the OOM
+        killer, a codec crash) is counted against that input at the next start. Only the decode:
+        a stop signal or a watchdog kill during a hung read is no fault of the file."""
         with contextlib.suppress(OSError):  # best effort: a full outbox disk must not stop reading
             self.decode_guard.decoding(key)
-        self.failpoint.hit("decoding")  # tests: the process dies on this input, as under the OOM killer
-        return read_input(self.config.inbox, cand, self.model.contract, self.pauses.progress)
+        try:
+            self.failpoint.hit("decoding")  # tests: the process dies on this input, as under the OOM killer
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                self.decode_guard.clear()
 
     def _put_back(self, cand: Candidate, read: InputRead) -> bool:
         """True when the input is not part of this batch after all: changed, parked or held."""

@@ -186,6 +186,20 @@ def config_from_args(args: argparse.Namespace) -> WatchConfig:
     return resolve_config(file_values, flags)
 
 
+def quiet_opencv() -> None:
+    """Silence OpenCV's own log lines (``[ WARN:0@...]`` on a truncated PNG, ``[ERROR:0@...]`` on a
+    truncated BMP or TIFF): the daemon's stderr is JSON lines, and each decode failure is reported
+    in its record and its ``failed_input`` line already. Text a codec library prints itself
+    (``libpng error: ...``) is not OpenCV's to silence; deploy/WATCH.md reads the log with that in mind."""
+    import cv2
+
+    api = getattr(getattr(cv2, "utils", None), "logging", None)
+    if api is not None:
+        api.setLogLevel(api.LOG_LEVEL_SILENT)
+    elif hasattr(cv2, "setLogLevel"):  # older builds: the same setting, 0 = silent
+        cv2.setLogLevel(0)
+
+
 def main(argv: list[str], prog: str = "pneumo edge watch") -> int:
     """Entry point of ``pneumo edge watch``: 0 after a clean stop, 1 on a fatal failure, 2 on bad settings."""
     args = build_parser(prog).parse_args(argv)
@@ -203,6 +217,7 @@ def main(argv: list[str], prog: str = "pneumo edge watch") -> int:
         print(f"{prog}: error: {FAILPOINT_ENV}: {exc}", file=sys.stderr)  # noqa: T201
         return 2
     logger = json_logger(config.log_level)
+    quiet_opencv()
     # SIGABRT (systemd's watchdog), SIGSEGV and the like: every thread's stack on stderr, so a hang
     # or a native-library crash months into a run says where it happened
     faulthandler.enable(file=sys.stderr, all_threads=True)

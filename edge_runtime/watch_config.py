@@ -56,7 +56,8 @@ class WatchConfig:
     batch: int = 16
     #: a file found by a scan is complete once size and mtime held still this long
     quiet_seconds: float = 2.0
-    #: how often the loop wakes without events (and the scan interval without inotify)
+    #: how often the loop wakes without events (and the scan interval without inotify); it also
+    #: wakes at least every heartbeat_seconds (and half systemd's WatchdogSec) to say it lives
     poll_interval: float = 1.0
     #: full rescans even with inotify, so dropped events and network shares are covered
     rescan_seconds: float = 5.0
@@ -139,6 +140,12 @@ class WatchConfig:
             )
         if inbox.is_relative_to(outbox):
             raise WatchConfigError(f"inbox {self.inbox} must not be inside the outbox {self.outbox}")
+        if self.heartbeat_path.is_relative_to(inbox):
+            raise WatchConfigError(
+                f"heartbeat {self.heartbeat_path} must not be inside the inbox {self.inbox} (the daemon "
+                "would read its own heartbeat as an input, again and again); put it in the outbox "
+                "(the default) or under /run"
+            )
 
     @property
     def heartbeat_path(self) -> Path:

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_runtime.errors import BundleError
+
+if TYPE_CHECKING:
+    from edge_runtime.bundle import Bundle
 
 #: every backend a bundle can run on; "auto" picks the first that loads, in this order
 BACKEND_NAMES = ("trt", "ort-trt", "ort-cuda", "ort-cpu")
@@ -82,3 +87,19 @@ def require_input_shape(model: str, dims: Sequence[object], expected: tuple[int,
             f"contract.json says {'x'.join(map(str, expected))}; the bundle's files do not belong together. "
             "Re-copy the bundle or re-run 'pneumo export bundle'"
         )
+
+
+def source_onnx_sha256(bundle: Bundle, backend: Backend) -> str:
+    """sha256 of the bundle's ONNX file an opened backend runs, or its engine was built from.
+
+    What results stamp as ``model_sha256``, for ``pneumo edge predict`` and the watch daemon alike.
+    A TensorRT engine's sidecar names its source (an FP16 engine built from ``model.onnx``, an INT8
+    one calibrated from it); ONNX Runtime runs its ``model_path`` (``ort-trt`` fp16 runs
+    ``model.onnx`` with a flag). "" for a backend that names neither. Raises OSError when the file
+    is neither in the manifest nor on disk.
+    """
+    sidecar = getattr(backend, "sidecar", None)
+    if sidecar is not None:
+        return str(sidecar.onnx_sha256)
+    model_path = getattr(backend, "model_path", None)
+    return str(bundle.file_sha256(Path(model_path).name)) if model_path is not None else ""

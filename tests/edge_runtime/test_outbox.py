@@ -13,7 +13,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -35,7 +37,7 @@ from edge_runtime.outbox import (
     share_remounted,
 )
 from edge_runtime.results import CSV_COLUMNS
-from tests.edge_runtime.watch_harness import is_mounted, mount, png_bytes, tmpfs_under_number, umount
+from tests.edge_runtime.watch_harness import REPO, is_mounted, mount, png_bytes, tmpfs_under_number, umount
 
 Warnings = list[tuple[str, dict[str, object]]]
 
@@ -287,6 +289,93 @@ def test_a_name_taken_after_the_claim_is_never_overwritten(outbox: Outbox) -> No
     assert warnings[0][1]["moved_to"] == str(outbox.done / "a (2).png")
 
 
+@pytest.mark.parametrize("taken", ["a.png", "a.png.json"])
+def test_a_name_taken_after_the_claim_gives_the_input_and_its_result_one_new_name(
+    outbox: Outbox, taken: str
+) -> None:
+    """The input's name or its JSON's: the records name this input's files, never the other ones."""
+    ours = png_bytes(200, seed=1)
+    (outbox.inbox / "a.png").write_bytes(ours)
+    claim = _claim(outbox, {"a.png": "done"})
+    (outbox.done / taken).write_bytes(b"someone else's file")
+    warnings: Warnings = []
+    outbox.finish(claim, _collect(warnings))
+    assert (outbox.done / taken).read_bytes() == b"someone else's file"
+    assert (outbox.done / "a (2).png").read_bytes() == ours
+    [line] = _jsonl(outbox)
+    assert line["moved_to"] == "done/a (2).png" and line["result_file"] == "done/a (2).png.json"
+    assert json.loads((outbox.done / "a (2).png.json").read_text()) == line
+    assert warnings[0][1]["moved_to"] == str(outbox.done / "a (2).png")
+
+
+def test_a_crash_right_after_a_move_to_a_new_name_is_finished_from_the_journal(outbox: Outbox) -> None:
+    """The journal names the new name before the rename: a process killed right after it (a real
+    SIGKILL, from the outbox's failpoint) leaves a claim whose recovery finds the input there."""
+    ours = png_bytes(200, seed=1)
+    (outbox.inbox / "a.png").write_bytes(ours)
+    _claim(outbox, {"a.png": "done"})
+    (outbox.done / "a.png").write_bytes(b"someone else's file")
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom edge_runtime.outbox import Failpoint, Outbox\n"
+        "box = Outbox(Path(sys.argv[1]), Path(sys.argv[2]))\nbox.ensure_layout()\n"
+        "box.finish(box.journal.read(), lambda *_: None, Failpoint('after-move'))\n"
+    )
+    crashed = subprocess.run(
+        [sys.executable, "-c", script, str(outbox.root), str(outbox.inbox)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert (outbox.done / "a (2).png").read_bytes() == ours and os.listdir(outbox.inbox) == []
+    left = outbox.journal.read()
+    assert left is not None and left.entries[0].target == str(outbox.done / "a (2).png")
+    restarted = Outbox(outbox.root, outbox.inbox)
+    restarted.ensure_layout()
+    warnings: Warnings = []
+    restarted.finish(left, _collect(warnings), verify_content=True)
+    assert warnings == []  # not "input left the inbox ... before it was moved"
+    [line] = _jsonl(outbox)
+    assert line["moved_to"] == "done/a (2).png"
+    assert json.loads((outbox.done / "a (2).png.json").read_text()) == line
+    assert (outbox.done / "a.png").read_bytes() == b"someone else's file"
+
+
+def test_names_that_differ_only_in_case_get_files_of_their_own_in_one_batch(outbox: Outbox) -> None:
+    """On a case-insensitive outbox (exFAT, CIFS) IMG1.JPG and img1.jpg are one file, and the second
+    result would replace the first. No such filesystem mounts here (no vfat or exfat, and tmpfs and
+    ext4 casefold need a kernel with CONFIG_UNICODE), so the plan is checked: case-folded, no two
+    inputs of a batch share a name."""
+    for name, seed in (("IMG1.JPG", 1), ("img1.jpg", 2)):
+        (outbox.inbox / name).write_bytes(png_bytes(200, seed=seed))
+    claim = _claim(outbox, {"IMG1.JPG": "done", "img1.jpg": "done"})
+    names = [Path(p).name.casefold() for e in claim.entries for p in (e.target, e.result_path)]
+    assert len(set(names)) == 4, names
+    outbox.finish(claim, _collect([]))
+    for entry in claim.entries:
+        assert json.loads(Path(entry.result_path).read_text()) == entry.record
+    # the names another part reserves as they are (watch_retries) are compared case-folded too
+    reserved = {str(outbox.done / "X.PNG")}
+    assert outbox.plan("x.png", "file", "done", reserved, "t")[0] == str(outbox.done / "x (2).png")
+
+
+def test_a_result_json_of_another_file_is_never_replaced(outbox: Outbox) -> None:
+    """A file at the result JSON's name after the input was moved: the write stops and names it."""
+    (outbox.inbox / "a.png").write_bytes(png_bytes(200, seed=1))
+    claim = _claim(outbox, {"a.png": "done"})
+    entry = claim.entries[0]
+    os.rename(entry.source, entry.target)  # a crash after the move...
+    Path(entry.result_path).write_text('{"id": "someone else"}')  # ...and a file of its JSON's name since
+    with pytest.raises(FileExistsError, match="never replaced") as caught:
+        outbox.finish(claim, _collect([]))
+    assert caught.value.filename == entry.result_path
+    assert Path(entry.result_path).read_text() == '{"id": "someone else"}'
+    assert outbox.journal.read() is not None and not outbox.jsonl.path.exists()
+    assert sorted(os.listdir(outbox.done)) == ["a.png", "a.png.json"]  # no temp file left
+
+
 def test_an_input_that_cannot_be_moved_is_stuck_alone(outbox: Outbox, immutable: list[Path]) -> None:
     (outbox.inbox / "locked.png").write_bytes(png_bytes(200, seed=1))
     (outbox.inbox / "fine.png").write_bytes(png_bytes(200, seed=2))
@@ -348,13 +437,14 @@ def test_a_claim_is_not_decided_while_its_inbox_is_missing_or_another_disk(tmp_p
         target=str(outbox.done / "x.png"), result_path=str(outbox.done / "x.png.json"), record={},
         ino=1, dev=st.st_dev + 1,
     )  # fmt: skip
+    claim = Claim("b" * 32, 0, 0, [entry])
     with pytest.raises(InboxGoneError, match="another filesystem"):  # an empty mount point
-        outbox._move(entry, lambda *_: None)
+        outbox._move(entry, claim, lambda *_: None)
     shutil.rmtree(inbox)
     with pytest.raises(InboxGoneError, match="inbox is missing"):
-        outbox._move(entry, lambda *_: None)
+        outbox._move(entry, claim, lambda *_: None)
     # waited long enough: decided as before, "nothing moved"
-    assert outbox._move(entry, lambda *_: None, require_inbox=False) == set()
+    assert outbox._move(entry, claim, lambda *_: None, require_inbox=False) == set()
     assert entry.record["moved_to"] is None
 
 
@@ -762,3 +852,7 @@ def test_failpoint_counts_to_the_nth_time() -> None:
     assert not Failpoint("").wants("after-move")
     with pytest.raises(ValueError):
         Failpoint("after-move:0")
+    assert Failpoint("after-move").signal == signal.SIGKILL
+    assert Failpoint("reading:2:sigterm").signal == signal.SIGTERM  # a stop landing there
+    with pytest.raises(ValueError, match="SIGKILL, SIGTERM, SIGINT"):
+        Failpoint("reading:1:SIGHUP")

@@ -317,3 +317,19 @@ def test_a_negative_worker_count_is_a_usage_error(
 ) -> None:
     assert main(["predict", str(tiny_bundle), str(inbox), "--workers", "-1"]) == 2
     assert "--workers -1: expected 0..64" in capsys.readouterr().err
+
+
+def test_csv_never_turns_a_file_name_into_a_live_formula(
+    tiny_bundle: Path, inbox: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files named like formulas, given as relative paths: text cells start with ' (OWASP), numbers do not."""
+    os.rename(inbox / "dark.png", inbox / "=HYPERLINK(A1).png")
+    (inbox / "@SUM(1+1).png").write_text("not an image")
+    monkeypatch.chdir(inbox)
+    assert main(["predict", str(tiny_bundle), "=HYPERLINK(A1).png", "@SUM(1+1).png", "--csv"]) == 1
+    rows = {row["file"]: row for row in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert set(rows) == {"'=HYPERLINK(A1).png", "'@SUM(1+1).png"}
+    done, failed = rows["'=HYPERLINK(A1).png"], rows["'@SUM(1+1).png"]
+    assert done["decision"] == "normal" and float(done["probability"]) < 0.5
+    assert not done["probability"].startswith("'") and not done["latency_ms"].startswith("'")
+    assert failed["decision"] == "FAILED" and failed["error"].startswith("not an image")

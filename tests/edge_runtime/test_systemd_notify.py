@@ -168,6 +168,28 @@ def test_the_daemon_is_ready_after_its_model_loads_pings_while_idle_and_says_whe
     assert not any(e["event"] == "notify_failed" for e in daemon.events())
 
 
+def test_an_idle_daemon_pings_the_watchdog_in_time_whatever_its_poll_and_heartbeat_intervals(
+    tiny_bundle: Path, boxes: tuple[Path, Path], notify_socket: NotifySocket
+) -> None:
+    """poll-interval may be 600 s and heartbeat-seconds an hour: an idle loop must still wake to
+    ping within WatchdogSec, or systemd kills a healthy daemon as hung."""
+    inbox, outbox = boxes
+    watchdog = 2.0
+    env = {"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": str(int(watchdog * 1e6))}
+    slow = {"poll-interval": 30.0, "rescan-seconds": 30.0, "heartbeat-seconds": 60.0}
+    with Daemon(tiny_bundle, inbox, outbox, env=env, config=slow) as daemon:
+        notify_socket.wait_for("READY=1", timeout=90)
+        ready = notify_socket.read_at[next(i for i, m in enumerate(notify_socket.messages) if "READY=1" in m)]
+        while time.monotonic() < ready + 3 * watchdog:
+            notify_socket.read(0.02)
+        until = time.monotonic()
+        assert daemon.signal(signal.SIGTERM) == 0
+    pings = [t for t, m in zip(notify_socket.read_at, notify_socket.messages) if "WATCHDOG=1" in m]
+    during = [ready, *(t for t in pings if ready < t < until), until]
+    gaps = [b - a for a, b in itertools.pairwise(during)]
+    assert max(gaps) < watchdog, f"longest gap {max(gaps):.2f} s between pings while idle"
+
+
 def test_the_daemon_runs_on_when_systemd_cannot_be_reached_and_says_so_once(
     tiny_bundle: Path, boxes: tuple[Path, Path], tmp_path: Path
 ) -> None:

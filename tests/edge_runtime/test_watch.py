@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
 import struct
 import subprocess
@@ -232,6 +234,82 @@ def test_bad_inputs_fail_alone_with_reasons(
     assert inbox_files(inbox) == []
 
 
+#: what a codec library prints to stderr itself, past OpenCV (libpng's own error handler): the
+#: daemon cannot silence it, and deploy/WATCH.md reads the log past it (jq -R 'fromjson?')
+CODEC_LIBRARY_TEXT = ("libpng ",)
+
+
+def test_opencv_writes_nothing_into_the_daemons_json_log(tiny_bundle: Path, boxes: tuple[Path, Path]) -> None:
+    """Truncated PNG and BMP files make OpenCV log '[ WARN:0@...]' and '[ERROR:0@...]' lines on
+    stderr; the daemon silences them. A large truncated PNG also makes libpng print 'libpng error:
+    ...' itself: that text remains (honestly: not every stderr line is JSON), and nothing else."""
+    inbox, outbox = boxes
+    noise = np.random.default_rng(0).integers(0, 255, (300, 400), dtype=np.uint8)
+    small = np.full((8, 8), 128, np.uint8)
+    sources = {"large.png": (noise, ".png"), "small.png": (small, ".png"), "cut.bmp": (noise, ".bmp")}
+    sources |= {"cut.tiff": (noise, ".tiff"), "cut.jpg": (noise, ".jpg")}
+    truncated = {
+        name: encode(image, ext)[: len(encode(image, ext)) // 2] for name, (image, ext) in sources.items()
+    }
+    with Daemon(tiny_bundle, inbox, outbox).start() as daemon:
+        daemon.wait_started()
+        for name, data in truncated.items():
+            drop(inbox, name, data)
+        daemon.wait_until(lambda: result_count(outbox) >= len(truncated), 60, "a result for every input")
+        assert daemon.signal(signal.SIGTERM) == 0
+    other = []
+    for line in filter(str.strip, daemon.log_text().splitlines()):
+        try:
+            json.loads(line)
+        except ValueError:
+            other.append(line)
+    assert all(line.startswith(CODEC_LIBRARY_TEXT) for line in other), other
+    failed = {e["name"] for e in daemon.events() if e["event"] == "failed_input"}
+    assert failed == set(truncated)
+
+
+def test_watch_md_reads_the_daemon_log_past_lines_that_are_not_json() -> None:
+    """The journal command of deploy/WATCH.md section 5, run as written on what the daemon's journal
+    holds: its JSON lines, a codec library's own line (above), a Python stack after a crash."""
+    if shutil.which("jq") is None:
+        pytest.skip("jq is not installed: WATCH.md's journal command cannot be run here")
+    text = (REPO / "deploy" / "WATCH.md").read_text(encoding="utf-8")
+    command = next(
+        line for line in text.splitlines() if line.startswith("journalctl -t pneumo-watch -f -o cat |")
+    )
+    events = [
+        {"ts": "t1", "level": "info", "event": "started", "msg": "watching", "watch_mode": "inotify"},
+        {
+            "ts": "t2",
+            "level": "warning",
+            "event": "failed_input",
+            "msg": "cut.png: corrupt",
+            "name": "cut.png",
+        },
+    ]
+    journal = "\n".join(
+        [
+            json.dumps(events[0]),
+            "libpng error: PNG input buffer is incomplete",
+            json.dumps(events[1]),
+            "Fatal Python error: Aborted",
+            '  File "/opt/pneumo/lib/edge_runtime/inbox.py", line 720 in read_input',
+        ]
+    )
+    shown = subprocess.run(
+        shlex.split(command.split("|", 1)[1]),
+        input=journal + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert shown.returncode == 0, shown.stderr
+    keep = ("ts", "level", "event", "msg")
+    assert [json.loads(line) for line in shown.stdout.splitlines()] == [
+        {key: event[key] for key in keep} for event in events
+    ]
+
+
 def test_vanished_file_is_recorded_and_a_clashing_name_is_made_unique(
     tiny_bundle: Path, boxes: tuple[Path, Path]
 ) -> None:
@@ -313,6 +391,35 @@ def test_heartbeat_counters_and_graceful_stop(
     assert all({"ts", "level", "event", "msg"} <= set(e) for e in events)
     assert events[-1]["event"] == "stopped" and "SIGTERM" in events[-1]["msg"]
     assert not (outbox / "heartbeat.json").exists()
+
+
+def test_an_idle_daemon_keeps_its_heartbeat_fresh_whatever_the_poll_interval(
+    tiny_bundle: Path, boxes: tuple[Path, Path]
+) -> None:
+    """WATCH.md: the heartbeat is at most heartbeat-seconds old. An idle loop waiting out a long
+    poll-interval (or rescan-seconds) must still wake to write it."""
+    inbox, outbox = boxes
+    heartbeat = outbox / "heartbeat.json"
+    slow = {"poll-interval": 30.0, "rescan-seconds": 30.0, "heartbeat-seconds": 0.3}
+    with Daemon(tiny_bundle, inbox, outbox, config=slow).start() as daemon:
+        daemon.wait_started()
+        daemon.wait_until(heartbeat.exists, 30, "a heartbeat")
+        seen, changes = heartbeat.stat().st_mtime_ns, [time.monotonic()]
+        while time.monotonic() - changes[0] < 4.0:
+            time.sleep(0.02)
+            try:
+                mtime = heartbeat.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue
+            if mtime != seen:
+                seen = mtime
+                changes.append(time.monotonic())
+        gaps = [b - a for a, b in zip(changes, [*changes[1:], time.monotonic()])]
+        assert daemon.signal(signal.SIGTERM) == 0
+    # 0.3 s, with room for a loaded two-core machine; a 30 s poll-interval would leave 4 s gaps
+    assert max(gaps) < 1.5, (
+        f"the heartbeat went {max(gaps):.1f} s without a write: {len(changes)} writes in 4 s"
+    )
 
 
 def test_sigterm_during_a_busy_inbox_exits_zero_and_loses_nothing(
@@ -402,6 +509,11 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
         (["b", "--inbox", "i", "--outbox", "o", "--batch", "0"], "batch"),
         (["b", "--inbox", "i", "--outbox", "i/out"], "inside"),
         (["b", "--inbox", "i", "--outbox", "o", "--dla", "-1"], "dla_core = -1"),
+        # read back as an input every few seconds, for ever: refused before anything runs
+        (
+            ["b", "--inbox", "i", "--outbox", "o", "--heartbeat", "i/hb.json", "--print-config"],
+            "inside the inbox",
+        ),
     ],
 )
 def test_bad_settings_exit_2(args: list[str], message: str) -> None:

@@ -143,6 +143,37 @@ def test_an_input_that_kills_the_daemon_while_decoding_fails_alone(tiny_bundle: 
     assert "died 2 times while decoding this file" in records[poison]["reason"]
 
 
+@pytest.mark.parametrize(
+    ("failpoint", "status"),
+    [("reading:1:SIGTERM", 0), ("decoding:1:SIGTERM", 0), ("reading", -signal.SIGKILL)],
+    ids=["sigterm-reading", "sigterm-decoding", "killed-reading"],
+)
+def test_a_stop_or_a_kill_outside_a_decode_is_not_counted_against_the_input(
+    tiny_bundle: Path, tmp_path: Path, failpoint: str, status: int
+) -> None:
+    """Two 'systemctl restart's while the same X-ray is read (SIGTERM in its read, or in its decode,
+    which runs to its end first), or the watchdog killing a hung share read twice: no decoder died,
+    so the image gets its normal result, not "the daemon died 2 times while decoding this file"."""
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    inputs = _fill(inbox, 3)
+    first = "xray 0000.png"
+    os.utime(inbox / first, (1_000_000, 1_000_000))  # the oldest: read first after every restart
+    fast = {"quiet-seconds": 0.0}
+    for round_ in range(2):
+        env = {"PNEUMO_WATCH_FAILPOINT": failpoint}
+        stopped = Daemon(tiny_bundle, inbox, outbox, config=fast, env=env, log_name=f"stop{round_}").start()
+        assert stopped.proc is not None and stopped.proc.wait(timeout=120) == status, stopped.tail()
+        assert result_count(outbox) == 0, "the batch being read was finished instead of put back"
+        assert not (outbox / ".pneumo" / "decoding").exists(), "a decode record outlived its decode"
+    with Daemon(tiny_bundle, inbox, outbox, config=fast, log_name="final").start() as daemon:
+        _finish(daemon, outbox, inbox, len(inputs))
+        crashes = [e for e in daemon.events() if e.get("event") == "decode_crash"]
+    assert not crashes, crashes
+    records = assert_exactly_once(outbox, inputs, failed={"bad 1.jpg", "bad 2.png"})
+    assert records[first]["status"] == "done" and records[first]["label"] == "NORMAL"
+
+
 def test_sighup_is_logged_and_ignored(tiny_bundle: Path, tmp_path: Path) -> None:
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     inbox.mkdir()

@@ -18,6 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_runtime.backends.base import source_onnx_sha256
+from edge_runtime.backends.select import create_backend
+from edge_runtime.backends.tensorrt import TensorRTBackend
+from edge_runtime.bundle import Bundle, write_manifest
+from edge_runtime.edge_build import EdgeBuildConfig, run_edge_build
 from edge_runtime.inbox import InboxWatcher
 from edge_runtime.journal import Claim, Journal, OutboxBusyError, OutboxLock
 from edge_runtime.outbox import Outbox
@@ -29,6 +34,8 @@ from edge_runtime.watch_config import WatchConfig, WatchConfigError, load_config
 from edge_runtime.watch_log import EventLog, describe_os_error, json_logger
 from edge_runtime.watch_retries import Backoff, InputRetries
 from edge_runtime.watch_space import OutboxSpace
+from tests.edge_runtime import trt_double
+from tests.edge_runtime.bundle_kit import complete_bundle
 from tests.edge_runtime.watch_harness import mount, png_bytes, umount
 
 
@@ -297,3 +304,56 @@ def test_daemon_records_a_vanished_file_once(tiny_bundle: Path, tmp_path: Path) 
     assert ("[SYNTHETIC]" in events[0]["msg"]) == kept["synthetic"]
     logging.getLogger("pneumo.watch").handlers.clear()
     assert np.isfinite(records["kept.png"]["probability"])
+
+
+# -- the model a result names ------------------------------------------------------
+@pytest.mark.parametrize(("precision", "removed"), [("fp16", ""), ("int8", "model_int8_qdq.onnx")])
+def test_daemon_results_name_the_onnx_file_a_tensorrt_engine_was_built_from(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str, removed: str
+) -> None:
+    """The real TensorRTBackend on the project's TensorRT double (tests/edge_runtime/trt_double.py;
+    TensorRT cannot be installed here). TensorRT 10 builds FP16 from model.onnx with a builder
+    flag, and INT8 from it with a calibrator when the bundle has no Q/DQ model: the daemon's records
+    name model.onnx, as 'pneumo edge predict' does, and a bundle without the Q/DQ file starts."""
+    complete_bundle(tiny_bundle)
+    if removed:
+        (tiny_bundle / removed).unlink()
+        write_manifest(tiny_bundle)
+    trt_double.install(monkeypatch)
+    assert run_edge_build(tiny_bundle, EdgeBuildConfig(precisions=(precision,))).passed
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    config = WatchConfig(
+        tiny_bundle, inbox, outbox, backend="trt", precision=precision, quiet_seconds=0.0, watchdog=False
+    )
+    daemon = WatchDaemon(config, json_logger("info", io.StringIO()), install_signals=False)
+    opened = daemon.open_model()
+    assert opened is not None
+    bundle, backend = opened
+    try:
+        assert isinstance(backend, TensorRTBackend) and backend.sidecar is not None
+        assert backend.sidecar.onnx_file == "model.onnx"
+        expected = bundle.file_sha256("model.onnx")
+        assert source_onnx_sha256(bundle, backend) == expected  # what 'pneumo edge predict' stamps
+        assert daemon.prepare_outbox()
+        (inbox / "chest.png").write_bytes(png_bytes(200, seed=1))
+        assert daemon.process_batch(daemon.inbox.poll(limit=8)) == "done"
+    finally:
+        backend.close()
+        logging.getLogger("pneumo.watch").handlers.clear()
+    [record] = map(json.loads, (outbox / "results.jsonl").read_text().splitlines())
+    assert record["backend"] == "trt" and record["precision"] == precision
+    assert record["model_sha256"] == expected
+    assert json.loads((outbox / "heartbeat.json").read_text())["model_sha256"] == expected
+
+
+def test_ort_trt_fp16_names_model_onnx_which_it_runs(tiny_bundle: Path) -> None:
+    """ONNX Runtime's TensorRT provider runs FP16 as a flag on model.onnx. The provider cannot load
+    here, so its real backend object is made (not opened) and asked what it runs."""
+    complete_bundle(tiny_bundle)
+    bundle = Bundle.open(tiny_bundle)
+    backend = create_backend(bundle, "ort-trt", "fp16", golden_gated=())
+    assert source_onnx_sha256(bundle, backend) == bundle.file_sha256("model.onnx")
+    assert bundle.file_sha256("model.onnx") != bundle.file_sha256("model_fp16.onnx")
+    cpu = create_backend(bundle, "ort-cpu", "fp16")
+    assert source_onnx_sha256(bundle, cpu) == bundle.file_sha256("model_fp16.onnx")
