@@ -101,6 +101,7 @@ STATE_FILE = "state.json"
 # state.json entry of the sweep itself (run names start with a letter or digit, so it cannot clash)
 SWEEP_KEY = "_sweep"
 LOCK_FILE = ".sweep.lock"
+LOCK_RETRY_S = 0.1  # how long a start waits out a reader's momentary shared flock
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -686,15 +687,31 @@ def _lock_held_message(root: Path) -> str:
     )
 
 
+def _try_exclusive(fd: int) -> bool:
+    """Take the exclusive flock of ``fd`` unless another process keeps it for longer than a moment.
+
+    ``lock_held`` (report-seeds) takes a shared flock for a few microseconds to look; a start that
+    lands in that moment must not read it as a running sweep. flock has no lock-free probe
+    (F_GETLK does not see flock locks on Linux), so the start tries again for LOCK_RETRY_S.
+    """
+    deadline = time.monotonic() + LOCK_RETRY_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+
+
 def _open_lock(lock: Path) -> int:
     """An fd of ``lock`` holding its flock; SweepError when another process holds it."""
     while True:
         fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_exclusive(fd):
             os.close(fd)
-            raise SweepError(_lock_held_message(lock.parent)) from None
+            raise SweepError(_lock_held_message(lock.parent))
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(lock))
         except FileNotFoundError:

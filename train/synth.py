@@ -25,6 +25,7 @@ phantoms, not X-rays; nothing learned from them means anything medically.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,9 +104,12 @@ def is_synthetic(root: str | Path) -> bool:
     The marker sits at the top of a phantom set only, and ``--data SET/train`` or ``--data SET/test``
     is as synthetic as the set: a model or report made from any part of it must say so.
     """
-    path = Path(root).expanduser().absolute()
-    # The path as given and with its links resolved: a link into a phantom set is phantoms too.
-    folders = {path, *path.parents, path.resolve(), *path.resolve().parents}
+    # Without the '..' collapsed, the parents of SET/../real/train would include SET and its marker.
+    path = Path(os.path.abspath(os.path.expanduser(root)))
+    # And with its links resolved (from the path as given, so a link before a '..' is followed as the
+    # kernel follows it): a link into a phantom set is phantoms too.
+    real = Path(root).expanduser().resolve()
+    folders = {path, *path.parents, real, *real.parents}
     return any((folder / MARKER_FILE).is_file() for folder in folders)
 
 

@@ -599,6 +599,50 @@ def test_one_sweep_per_folder_and_stale_locks_are_taken_over(tmp_path: Path) -> 
         assert (tmp_path / LOCK_FILE).read_text() == str(os.getpid())
 
 
+LOOKER = """
+import sys, time
+from pathlib import Path
+from train.sweep import lock_held
+root, seconds = Path(sys.argv[1]), float(sys.argv[2])
+looks, end = 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    lock_held(root)
+    looks += 1
+    if looks == 1:
+        print("looking", flush=True)
+print(looks, flush=True)
+"""
+
+
+def test_report_seeds_looking_at_the_lock_never_stops_a_sweep_from_starting(tmp_path: Path) -> None:
+    """lock_held takes a shared flock for a moment; a sweep starting in that moment must still start.
+
+    A stale lock file (a SIGKILLed sweep's) is the case: lock_held opens and locks it only when it
+    exists, and each finishing sweep_lock removes it, so the loop puts it back.
+    """
+    from train.sweep import LOCK_FILE, sweep_lock
+
+    lock = tmp_path / LOCK_FILE
+    lock.write_text("0")
+    looker = subprocess.Popen(
+        [sys.executable, "-c", LOOKER, str(tmp_path), "2"], stdout=subprocess.PIPE, text=True
+    )
+    assert looker.stdout is not None
+    assert looker.stdout.readline().strip() == "looking"
+    starts, refused = 0, []
+    while looker.poll() is None:
+        starts += 1
+        try:
+            with sweep_lock(tmp_path):
+                pass
+        except SweepError as error:
+            refused.append(str(error))
+        lock.write_text("0")
+    looks = int(looker.stdout.read().split()[-1])
+    assert looker.returncode == 0 and looks > 1000 and starts > 100, (looks, starts)
+    assert not refused, f"{len(refused)} of {starts} starts refused while report-seeds looked: {refused[0]}"
+
+
 def test_only_leaves_other_runs_as_they_are_and_a_failed_run_leaves_no_run_folder(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()

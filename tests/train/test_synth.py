@@ -168,6 +168,23 @@ def test_every_folder_and_file_inside_a_phantom_set_is_synthetic(tmp_path: Path)
     assert not is_synthetic(real) and not is_synthetic(tmp_path), "a folder beside the set is not synthetic"
 
 
+def test_a_real_folder_reached_through_dotdot_from_a_phantom_set_is_not_synthetic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SET/../xrays/train names a real folder beside the set: the '..' must not leave SET among its parents."""
+    root = generate(tmp_path / "set", SynthConfig(per_class=6, size=64, seed=5)).root
+    real = tmp_path / "xrays" / "train"
+    real.mkdir(parents=True)
+    assert not is_synthetic(f"{root}/../xrays/train")
+    assert not is_synthetic(root / "train" / ".." / ".." / "xrays" / "train")
+    monkeypatch.chdir(root / "train")  # a relative path typed from inside the phantom set
+    assert not is_synthetic("../../xrays/train")
+    assert is_synthetic("../test"), "a '..' that stays inside the set is still phantoms"
+    # a link before a '..' is followed as the kernel follows it: link/.. is the set, not tmp_path
+    (tmp_path / "link").symlink_to(root / "test")
+    assert is_synthetic(tmp_path / "link" / ".." / "train")
+
+
 def test_evaluating_on_a_split_folder_of_a_phantom_set_says_synthetic_data(
     tiny_bundle: Path, tmp_path: Path
 ) -> None:
