@@ -94,7 +94,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="JSON on stdout (or -o) instead of a table")
-    out.add_argument("--csv", action="store_true", help="CSV on stdout (or -o) instead of a table")
+    out.add_argument(
+        "--csv",
+        action="store_true",
+        help="CSV on stdout (or -o) instead of a table; a text cell starting with = + - or @ (a file name "
+        "too) gets a leading ' so a spreadsheet shows it as text, never runs it: --json keeps the exact names",
+    )
     p.add_argument(
         "-o", "--output", type=Path, help="write the results to this file (atomically) instead of stdout"
     )

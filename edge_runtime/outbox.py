@@ -27,7 +27,9 @@ image, a fifo) is only ever renamed, never followed or copied: into
 
 Names are planned to fit: an input name whose result JSON name would
 exceed the filesystem's name limit (255 bytes) is shortened, keeping its
-extension and adding ``~`` and 8 characters of the result id.
+extension and adding ``~`` and 8 characters of the result id. A result JSON
+whose name another file took after its input was moved is written under a new
+name (``NAME.json`` -> ``NAME (2).json``, its record's ``result_file``), never over it.
 
 The outbox is never created behind the daemon's back: its root is created
 (never its parents) only at the first preparation of a process; after that
@@ -150,12 +152,16 @@ def fit_name(stem: str, suffix: str, marker: str, status: str, tag: str, limit: 
     ``~TAG`` added: the extension survives for whoever opens the file, and
     the tag (from the result id) keeps cut names distinct.
     """
+    return _fit(stem, suffix, marker, tag, limit - _nbytes(result_file_name("", status)))
+
+
+def _fit(stem: str, suffix: str, marker: str, tag: str, limit: int) -> str:
+    """``stem + marker + suffix`` in ``limit`` bytes, the stem cut and ``~TAG`` added when too long."""
     name = stem + marker + suffix
-    json_extra = _nbytes(result_file_name("", status))
-    if _nbytes(name) + json_extra <= limit:
+    if _nbytes(name) <= limit:
         return name
     keep = f"~{tag}{marker}{suffix}"
-    budget = limit - json_extra - _nbytes(keep)
+    budget = limit - _nbytes(keep)
     cut = stem
     while cut and _nbytes(cut) > budget:
         cut = cut[:-1]
@@ -170,8 +176,10 @@ class Failpoint:
     ``SIGKILL``: a ``systemctl stop`` landing exactly there); the daemon reads it
     from ``PNEUMO_WATCH_FAILPOINT``. Steps: ``reading`` (each MiB of an input
     read, before it is decoded), ``decoding`` (an input about to be decoded),
-    ``after-claim``, ``after-move``, ``after-result-json``, ``torn-jsonl`` (half
-    of the batch's lines written), ``after-jsonl``, ``torn-csv``, ``after-csv``.
+    ``after-claim``, ``after-rename`` (an input just renamed into place, before
+    anything after it reaches the journal), ``after-move``, ``after-result-json``,
+    ``torn-jsonl`` (half of the batch's lines written), ``after-jsonl``, ``torn-csv``,
+    ``after-csv``.
     An empty spec never fires. It exists so tests can stop the real daemon between
     any two durable steps instead of hoping a timed ``kill -9`` lands there.
     """
@@ -229,7 +237,8 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
 def _result_written(entry: JournalEntry) -> bool:
     """This input's result JSON is at its path already (a finish run again after a crash).
 
-    False for anything else there (another file, a fifo): it is never replaced, and the write says so.
+    False for anything else there (another file, a fifo): it is never replaced; the JSON is written
+    under a new name instead (:meth:`Outbox._rename_taken_results`).
     """
     st = _lstat(Path(entry.result_path))
     if st is None or not stat.S_ISREG(st.st_mode):
@@ -529,6 +538,32 @@ class Outbox:
                 return candidate
         return fit_name(stem, suffix, f"-{tag}", status, tag, self.name_max(folder))
 
+    def unique_result_name(self, folder: Path, name: str, reserved: set[str], tag: str) -> str:
+        """A free name for a result JSON whose name another file took: ``a.png (2).json``...
+
+        Only the JSON is renamed (its input keeps its name, and ``result_file`` says where the
+        JSON is), so no candidate can look like the JSON of another input name. Candidates fit
+        the name limit; ``reserved`` is compared case-folded, as in :meth:`unique_name`.
+        """
+        folded = {path.casefold() for path in reserved}
+        stem, suffix = _split_name(name)
+        for n in range(2, 1000):
+            candidate = _fit(stem, suffix, f" ({n})", tag, self.name_max(folder))
+            if str(folder / candidate).casefold() not in folded and self._unused(folder / candidate):
+                return candidate
+        return _fit(stem, suffix, f"-{tag}", tag, self.name_max(folder))
+
+    def _unused(self, path: Path) -> bool:
+        try:
+            return _lstat(path) is None
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            # the filesystem takes less than it said (see _free): learn it, plan shorter names
+            folder = path.parent
+            self._name_max[str(folder)] = max(32, min(self.name_max(folder), _nbytes(path.name)) - 1)
+            return False
+
     def plan(self, name: str, kind: str, status: str, reserved: set[str], tag: str) -> tuple[str, str]:
         """(target path or "", result JSON path) for one input; reserves both names."""
         folder = self.done if status == "done" else self.failed
@@ -638,7 +673,7 @@ class Outbox:
             self.progress()
             before = (entry.target, entry.left_in_inbox)
             try:
-                touched.update(self._move(entry, claim, warn, verify_content, require_inbox))
+                touched.update(self._move(entry, claim, warn, verify_content, require_inbox, failpoint))
             except InputStuckError as exc:
                 if stuck is None:
                     raise
@@ -670,12 +705,13 @@ class Outbox:
         for folder in touched:
             fsync_dir(folder)
         failpoint.hit("after-move")
-        pending = [(Path(e.result_path), e.record) for e in claim.entries if not _result_written(e)]
-        for path, _ in pending:
-            path.parent.mkdir(exist_ok=True)  # done/ or failed/ of a verified root; never parents
-        # never over another file: a result JSON of that name that is not this input's stops the
-        # batch (outbox_write_failed names it) instead of being replaced
-        write_json_files(pending, replace=False)
+        pending = [e for e in claim.entries if not _result_written(e)]
+        for entry in pending:
+            Path(entry.result_path).parent.mkdir(exist_ok=True)  # done/ or failed/ of a verified root
+        self._rename_taken_results(pending, claim, warn)
+        # never over another file: one that takes a JSON's name between the check above and its
+        # write stops the batch (outbox_write_failed names it); the retry renames that JSON
+        write_json_files([(Path(e.result_path), e.record) for e in pending], replace=False)
         failpoint.hit("after-result-json")
         for log, offset, step in (
             (self.jsonl, claim.jsonl_offset, "jsonl"),
@@ -726,6 +762,7 @@ class Outbox:
         warn: Warn,
         verify_content: bool = False,
         require_inbox: bool = True,
+        failpoint: Failpoint | None = None,
     ) -> set[Path]:
         """Move one input to its target unless that already happened; return folders to fsync.
 
@@ -823,6 +860,9 @@ class Outbox:
             except OSError as exc2:
                 raise self._classify(exc2, source, target) from exc2
             self._unlink_copied(source, entry, warn)
+        else:
+            if failpoint is not None:
+                failpoint.hit("after-rename")  # tests: the journal must already name where it went
         return {target.parent, source.parent}
 
     @staticmethod
@@ -855,6 +895,38 @@ class Outbox:
             {"name": entry.name, "id": entry.id, "claimed": str(claimed), "moved_to": str(target)},
         )
         return target
+
+    def _rename_taken_results(self, pending: list[JournalEntry], claim: Claim, warn: Warn) -> None:
+        """A new name for each result JSON whose name another file took after its input was moved.
+
+        That file is never replaced, and the batch goes on rather than stopping the whole inbox
+        until someone removes it. The journal names the new JSON before it is written, as in
+        :meth:`_retarget`, so a recovery after a crash finds it there instead of renaming it again.
+        """
+        taken = [e for e in pending if _lstat(Path(e.result_path)) is not None]
+        if not taken:
+            return
+        reserved = {p for e in claim.entries for p in (e.target, e.result_path) if p}
+        renamed: list[tuple[JournalEntry, Path]] = []
+        for entry in taken:
+            claimed = Path(entry.result_path)
+            unique = self.unique_result_name(claimed.parent, claimed.name, reserved, entry.id[:8])
+            entry.result_path = str(claimed.with_name(unique))
+            entry.record["result_file"] = self.moved_to(entry.result_path) or entry.result_path
+            reserved.add(entry.result_path)
+            renamed.append((entry, claimed))
+        self.journal.write(claim)
+        for entry, claimed in renamed:
+            warn(
+                "result JSON name was taken by another file after the claim; that file is left as it "
+                "is and the result written under a new name",
+                {
+                    "name": entry.name,
+                    "id": entry.id,
+                    "claimed": str(claimed),
+                    "result_file": entry.result_path,
+                },
+            )
 
     def _unlink_copied(self, source: Path, entry: JournalEntry, warn: Warn) -> None:
         """Remove the inbox original of a verified copy; an original that cannot go is left, not re-read."""

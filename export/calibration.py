@@ -186,7 +186,7 @@ def load_calibration(
     for required in (images_path, meta_path):
         if not required.is_file():
             raise CalibrationError(
-                f"{required}: missing; make a calibration set with 'pneumo export calib RUN -o {folder}'"
+                f"{required}: missing; make a calibration set: {rebuild_advice(folder, overwrite=False)}"
             )
     try:
         meta = read_json(meta_path)
@@ -214,7 +214,25 @@ def load_calibration(
         raise CalibrationError(
             f"{meta_path}: test_split_checked is {meta.get('test_split_checked', 'missing')}: nothing says the "
             "run's test images and patients were kept out of this set, and calibrating on them leaks the test "
-            f"split into the engine measured on it. Rebuild it with 'pneumo export calib RUN -o {folder}', or "
+            f"split into the engine measured on it. Rebuild it: {rebuild_advice(folder, overwrite=True)}; or "
             "pass --allow-unchecked-calib to use it anyway"
         )
     return CalibrationSet(images=images, meta=meta)
+
+
+def rebuild_advice(folder: Path, *, overwrite: bool) -> str:
+    """The command that makes a calibration set for ``--calib``, never one that writes into a bundle.
+
+    A bundle's calibration/ is listed in its manifest: 'pneumo export calib' writing there would make
+    the bundle fail verification, so inside a bundle the advice is a set of its own, or a new bundle.
+    """
+    from export.bundle import enclosing_bundle  # export.bundle imports this module
+
+    bundle = enclosing_bundle(folder)
+    if bundle is None:
+        return f"'pneumo export calib RUN -o {folder}{' --overwrite' if overwrite else ''}'"
+    return (
+        f"{folder} is in the bundle {bundle}, whose files only 'pneumo export bundle' writes, so re-export the "
+        f"bundle with 'pneumo export bundle RUN -o {bundle} --overwrite', or make a set outside it with "
+        f"'pneumo export calib RUN -o calibration/' and pass --calib calibration/"
+    )

@@ -207,7 +207,9 @@ def _add_engine_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         action="store_true",
         help="use a --calib set whose calib.json does not record that the run's test split was kept out of it",
     )
-    engine.add_argument("--overwrite", action="store_true", help="replace an existing engine at -o")
+    engine.add_argument(
+        "--overwrite", action="store_true", help="replace an existing engine at -o and its sidecar -o.json"
+    )
     engine.add_argument("--verbose", action="store_true", help="TensorRT builder log")
     engine.add_argument("--json", action="store_true", help="print the engine sidecar as JSON on stdout")
     engine.set_defaults(handler=_cmd_engine)
@@ -361,12 +363,20 @@ def _check_onnx_outputs(output: Path, report: Path, overwrite: bool) -> None:
 
 
 def _cmd_calib(args: argparse.Namespace) -> int:
+    from export.bundle import enclosing_bundle
     from export.calibration import META_FILE, build_calibration_set, save_calibration
     from export.run_folder import RunFolder
 
     config = _calib_config(args)
-    run = RunFolder.resolve(args.source)
     output: Path = args.output
+    bundle = enclosing_bundle(output)
+    if bundle is not None:
+        raise ExportConfigError(
+            f"{output}: inside the bundle {bundle}, whose files only 'pneumo export bundle' writes (the bundle "
+            "would no longer verify); choose an -o outside it, e.g. -o calibration/ and then --calib "
+            f"calibration/, or re-export the bundle with 'pneumo export bundle RUN -o {bundle} --overwrite'"
+        )
+    run = RunFolder.resolve(args.source)
     if (output / META_FILE).exists() and not args.overwrite:
         raise OutputExistsError(
             f"{output / META_FILE}: exists; pass --overwrite to replace the calibration set"
@@ -534,13 +544,14 @@ def _cmd_engine(args: argparse.Namespace) -> int:
 
 
 def _check_engine_output(onnx: Path, output: Path, overwrite: bool) -> None:
-    """-o never replaces an input, nor lands in a bundle outside engines/.
+    """-o and its sidecar (-o + ".json") never replace an input, nor land in a bundle outside engines/.
 
     Inside a bundle, ``engines/`` is where 'pneumo edge build' keeps engines and the one folder
     its manifest leaves out; a file anywhere else there makes the bundle fail verification.
     """
     from edge_runtime.bundle import ENGINES_DIR, MANIFEST_FILE
     from edge_runtime.engine_from_onnx import OnnxSources
+    from edge_runtime.engine_sidecar import sidecar_path
     from export.bundle import bundle_manifest_files, enclosing_bundle
 
     sources = OnnxSources.beside(onnx)
@@ -548,22 +559,43 @@ def _check_engine_output(onnx: Path, output: Path, overwrite: bool) -> None:
     listed = bundle_manifest_files(onnx.parent)
     if listed is not None:
         inputs |= {(onnx.parent / rel).resolve() for rel in (*listed, MANIFEST_FILE)}
-    if output.resolve() in inputs:
-        raise ExportConfigError(
-            f"{output}: is {onnx} or a file of its bundle, an input of this build; choose another -o, "
-            "e.g. -o model_fp16.engine"
+    sidecar = sidecar_path(output)
+    # the build writes the sidecar as well as -o, so either one could replace somebody's file
+    for path in (output, sidecar):
+        name = f"{path}" if path == output else f"{path} (the engine sidecar -o writes)"
+        if path.resolve() in inputs:
+            raise ExportConfigError(
+                f"{name}: is {onnx} or a file of its bundle, an input of this build; choose another -o, "
+                "e.g. -o model_fp16.engine"
+            )
+        bundle = enclosing_bundle(path)
+        if bundle is not None and not path.resolve().is_relative_to(bundle / ENGINES_DIR):
+            raise ExportConfigError(
+                f"{name}: inside the bundle {bundle} but outside its {ENGINES_DIR}/ folder, so the bundle would "
+                f"no longer verify; write engines under {bundle / ENGINES_DIR}/ (where 'pneumo edge build "
+                f"{bundle}' keeps them) or outside the bundle"
+            )
+        if path.exists() and not path.is_file():
+            raise OutputExistsError(f"{name}: exists and is not a file; choose another -o")
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"{name}: exists; pass --overwrite to replace it")
+    if sidecar.exists() and not _is_engine_sidecar(sidecar):
+        raise OutputExistsError(
+            f"{sidecar}: exists and is not an engine sidecar, yet building -o {output} would replace it with one; "
+            "refusing even with --overwrite: choose another -o, e.g. -o model_fp16.engine"
         )
-    bundle = enclosing_bundle(output)
-    if bundle is not None and not output.resolve().is_relative_to(bundle / ENGINES_DIR):
-        raise ExportConfigError(
-            f"{output}: inside the bundle {bundle} but outside its {ENGINES_DIR}/ folder, so the bundle would no "
-            f"longer verify; write engines under {bundle / ENGINES_DIR}/ (where 'pneumo edge build {bundle}' keeps "
-            "them) or outside the bundle"
-        )
-    if output.exists() and not output.is_file():
-        raise OutputExistsError(f"{output}: exists and is not a file; choose another -o")
-    if output.exists() and not overwrite:
-        raise OutputExistsError(f"{output}: exists; pass --overwrite to replace it")
+
+
+def _is_engine_sidecar(path: Path) -> bool:
+    """``path`` holds an engine sidecar: the only file --overwrite replaces beside -o."""
+    from edge_runtime.engine_sidecar import SIDECAR_SCHEMA
+    from edge_runtime.fileio import read_json
+
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("schema") == SIDECAR_SCHEMA and "engine_sha256" in data
 
 
 def _engine_calibration(args: argparse.Namespace) -> CalibrationSet:

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.contract import ModelInfo, PreprocessContract
-from edge_runtime.fileio import atomic_write_bytes, sha256_file
+from edge_runtime.fileio import atomic_write_bytes, atomic_write_via, sha256_file
 from export.config import OnnxConfig
-from export.errors import ConversionError, ExportError, MissingDependencyError, ModelLoadError
+from export.errors import ConversionError, ExportError, MissingDependencyError, ModelLoadError, ParityError
 from export.parity import ParityResult, compare_outputs, onnx_outputs, require_parity
 
 BATCH_DIM = "batch"
@@ -255,8 +255,8 @@ def export_onnx(
 ) -> OnnxExport:
     """Load, convert, check, optionally simplify, save, and compare with Keras on ``parity_batch``.
 
-    Raises :class:`ParityError` (the file is still written, for inspection) when
-    ONNX Runtime's outputs differ from Keras's by more than ``config.tolerance``.
+    Raises :class:`ParityError` when ONNX Runtime's outputs differ from Keras's by more than
+    ``config.tolerance``; ``output`` is then left as it was (absent, or an earlier export).
     """
     require_modules("ONNX conversion")
     if len(parity_batch) == 0:
@@ -272,18 +272,29 @@ def export_onnx(
         proto, simplified, note = simplify_if_identical(
             proto, output, parity_batch[: min(8, len(parity_batch))]
         )
-    save_onnx(proto, output)
     reference = keras_outputs(model, parity_batch)
-    result = compare_outputs(
-        reference,
-        onnx_outputs(output, parity_batch),
-        info,
-        reference_name="keras fp32",
-        candidate_name="onnx fp32 (onnxruntime cpu)",
-        images=parity_source,
-        tolerance=config.tolerance,
-    )
-    require_parity(result, output)
+    checked: list[ParityResult] = []
+
+    def save_if_faithful(candidate: Path) -> None:
+        # checked at a temporary path: a graph that fails parity never replaces an earlier -o
+        candidate.write_bytes(proto.SerializeToString())
+        result = compare_outputs(
+            reference,
+            onnx_outputs(candidate, parity_batch),
+            info,
+            reference_name="keras fp32",
+            candidate_name="onnx fp32 (onnxruntime cpu)",
+            images=parity_source,
+            tolerance=config.tolerance,
+        )
+        require_parity(result, output)
+        checked.append(result)
+
+    try:
+        atomic_write_via(output, save_if_faithful)
+    except ParityError as exc:
+        raise ParityError(f"{exc} ({output} was not written)") from exc
+    result = checked[0]
     return OnnxExport(
         path=output,
         sha256=sha256_file(output),

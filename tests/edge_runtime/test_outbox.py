@@ -90,6 +90,24 @@ def _jsonl(box: Outbox) -> list[dict]:
     return [json.loads(line) for line in box.jsonl.path.read_text().splitlines()]
 
 
+def _finish_until_killed(box: Outbox, failpoint: str) -> None:
+    """Finish the journal's claim in another process, SIGKILLed by the outbox's failpoint there."""
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom edge_runtime.outbox import Failpoint, Outbox\n"
+        "box = Outbox(Path(sys.argv[1]), Path(sys.argv[2]))\nbox.ensure_layout()\n"
+        "box.finish(box.journal.read(), lambda *_: None, Failpoint(sys.argv[3]))\n"
+    )
+    crashed = subprocess.run(
+        [sys.executable, "-c", script, str(box.root), str(box.inbox), failpoint],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+
+
 def _csv_ids(box: Outbox) -> list[str]:
     rows = list(csv.reader(box.csv.path.read_text().splitlines()))
     assert rows[0] == list(CSV_COLUMNS)
@@ -309,27 +327,16 @@ def test_a_name_taken_after_the_claim_gives_the_input_and_its_result_one_new_nam
 
 
 def test_a_crash_right_after_a_move_to_a_new_name_is_finished_from_the_journal(outbox: Outbox) -> None:
-    """The journal names the new name before the rename: a process killed right after it (a real
-    SIGKILL, from the outbox's failpoint) leaves a claim whose recovery finds the input there."""
+    """The journal names the new name before the rename: a process killed right after the rename,
+    before finish() writes the journal again (a real SIGKILL, from the outbox's ``after-rename``
+    failpoint), leaves a claim whose recovery finds the input there."""
     ours = png_bytes(200, seed=1)
     (outbox.inbox / "a.png").write_bytes(ours)
     _claim(outbox, {"a.png": "done"})
     (outbox.done / "a.png").write_bytes(b"someone else's file")
-    script = (
-        "import sys\nfrom pathlib import Path\nfrom edge_runtime.outbox import Failpoint, Outbox\n"
-        "box = Outbox(Path(sys.argv[1]), Path(sys.argv[2]))\nbox.ensure_layout()\n"
-        "box.finish(box.journal.read(), lambda *_: None, Failpoint('after-move'))\n"
-    )
-    crashed = subprocess.run(
-        [sys.executable, "-c", script, str(outbox.root), str(outbox.inbox)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    _finish_until_killed(outbox, "after-rename")
     assert (outbox.done / "a (2).png").read_bytes() == ours and os.listdir(outbox.inbox) == []
+    assert not (outbox.done / "a (2).png.json").exists()  # killed before the result was written
     left = outbox.journal.read()
     assert left is not None and left.entries[0].target == str(outbox.done / "a (2).png")
     restarted = Outbox(outbox.root, outbox.inbox)
@@ -362,18 +369,49 @@ def test_names_that_differ_only_in_case_get_files_of_their_own_in_one_batch(outb
 
 
 def test_a_result_json_of_another_file_is_never_replaced(outbox: Outbox) -> None:
-    """A file at the result JSON's name after the input was moved: the write stops and names it."""
+    """A file at the result JSON's name after the input was moved: the JSON gets a new name, the
+    batch goes on (the whole inbox would otherwise wait until someone removed that file)."""
     (outbox.inbox / "a.png").write_bytes(png_bytes(200, seed=1))
     claim = _claim(outbox, {"a.png": "done"})
     entry = claim.entries[0]
     os.rename(entry.source, entry.target)  # a crash after the move...
-    Path(entry.result_path).write_text('{"id": "someone else"}')  # ...and a file of its JSON's name since
-    with pytest.raises(FileExistsError, match="never replaced") as caught:
-        outbox.finish(claim, _collect([]))
-    assert caught.value.filename == entry.result_path
-    assert Path(entry.result_path).read_text() == '{"id": "someone else"}'
-    assert outbox.journal.read() is not None and not outbox.jsonl.path.exists()
-    assert sorted(os.listdir(outbox.done)) == ["a.png", "a.png.json"]  # no temp file left
+    # ...and a file of its JSON's name since, and of the first new name too
+    (outbox.done / "a.png.json").write_text('{"id": "someone else"}')
+    (outbox.done / "a.png (2).json").write_text("another one")
+    warnings: Warnings = []
+    outbox.finish(claim, _collect(warnings))
+    assert (outbox.done / "a.png.json").read_text() == '{"id": "someone else"}'
+    assert (outbox.done / "a.png (2).json").read_text() == "another one"
+    [line] = _jsonl(outbox)
+    assert line["moved_to"] == "done/a.png" and line["result_file"] == "done/a.png (3).json"
+    assert json.loads((outbox.done / "a.png (3).json").read_text()) == line and _csv_ids(outbox) == [entry.id]
+    assert [(fields["claimed"], fields["result_file"]) for _, fields in warnings] == [
+        (str(outbox.done / "a.png.json"), str(outbox.done / "a.png (3).json"))
+    ]
+    assert outbox.journal.read() is None
+    assert sorted(os.listdir(outbox.done)) == ["a.png", "a.png (2).json", "a.png (3).json", "a.png.json"]
+
+
+def test_a_crash_after_a_result_json_got_a_new_name_is_finished_under_that_name(outbox: Outbox) -> None:
+    """The journal names the JSON's new name before it is written: a recovery after a SIGKILL right
+    after the write finds it there, and neither renames nor writes it again."""
+    (outbox.inbox / "a.png").write_bytes(png_bytes(200, seed=1))
+    claim = _claim(outbox, {"a.png": "done"})
+    entry = claim.entries[0]
+    os.rename(entry.source, entry.target)
+    (outbox.done / "a.png.json").write_text('{"id": "someone else"}')
+    _finish_until_killed(outbox, "after-result-json")
+    left = outbox.journal.read()
+    assert left is not None and left.entries[0].result_path == str(outbox.done / "a.png (2).json")
+    restarted = Outbox(outbox.root, outbox.inbox)
+    restarted.ensure_layout()
+    warnings: Warnings = []
+    restarted.finish(left, _collect(warnings), verify_content=True)
+    assert warnings == []
+    [line] = _jsonl(outbox)
+    assert line["result_file"] == "done/a.png (2).json"
+    assert json.loads((outbox.done / "a.png (2).json").read_text()) == line
+    assert sorted(os.listdir(outbox.done)) == ["a.png", "a.png (2).json", "a.png.json"]
 
 
 def test_an_input_that_cannot_be_moved_is_stuck_alone(outbox: Outbox, immutable: list[Path]) -> None:

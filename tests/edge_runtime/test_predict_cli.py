@@ -333,3 +333,11 @@ def test_csv_never_turns_a_file_name_into_a_live_formula(
     assert done["decision"] == "normal" and float(done["probability"]) < 0.5
     assert not done["probability"].startswith("'") and not done["latency_ms"].startswith("'")
     assert failed["decision"] == "FAILED" and failed["error"].startswith("not an image")
+
+
+def test_the_csv_help_says_formula_like_names_get_a_quote(capsys: pytest.CaptureFixture[str]) -> None:
+    """The ' that --csv adds to a name like =HYPERLINK(...).png is not in the file's name: the help says so."""
+    assert main(["predict", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a text cell starting with = + - or @ (a file name too) gets a leading '" in text
+    assert "--json keeps the exact names" in text

@@ -73,6 +73,7 @@ def test_sigkill_twice_mid_flow_then_restart(
 
 STEPS = [
     "after-claim",
+    "after-rename",
     "after-move",
     "after-result-json",
     "torn-jsonl",

@@ -144,3 +144,24 @@ def test_moved_data_needs_data_root(tiny_run: TinyRun, tmp_path: Path) -> None:
     train = run.split_images("train", data_root=moved)
     assert all(im.path.is_file() and im.path.is_relative_to(moved) for im in test + train)
     assert test[0].ref.startswith("test/") and train[0].ref.startswith("train/")
+
+
+def test_a_parity_failure_leaves_the_earlier_output_untouched(tiny_run: TinyRun, tmp_path: Path) -> None:
+    run = RunFolder.resolve(tiny_run.folder)
+    batch = _probe(run, 8)
+    out = tmp_path / "model.onnx"
+    export_onnx(run.h5_path, run.contract, run.info, out, batch, "t", OnnxConfig())
+    before = out.read_bytes()
+    # another opset gives other bytes; a tolerance below float32 rounding fails the real Keras/ORT comparison
+    strict = OnnxConfig(opset=15, tolerance=1e-12)
+    with pytest.raises(ParityError) as caught:
+        export_onnx(run.h5_path, run.contract, run.info, out, batch, "t", strict)
+    assert out.read_bytes() == before
+    message = str(caught.value)
+    assert message.startswith(f"{out}: onnx fp32") and message.endswith(f"({out} was not written)"), message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"], "no temporary file left"
+
+    fresh = tmp_path / "fresh" / "model.onnx"
+    with pytest.raises(ParityError):
+        export_onnx(run.h5_path, run.contract, run.info, fresh, batch, "t", strict)
+    assert not fresh.exists() and not list(fresh.parent.iterdir())

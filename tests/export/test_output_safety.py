@@ -285,3 +285,79 @@ def test_engine_calib_is_checked_against_the_models_contract_and_the_test_split(
     assert engine(loose / "bare.onnx", checked_linear, "--overwrite") == 1
     assert "no contract.json beside it and no pneumo.contract in its metadata" in capsys.readouterr().err
     np.testing.assert_array_equal(np.load(checked_linear / "calib.npy"), images(24, seed=5))
+
+
+def test_engine_sidecar_never_replaces_a_file_that_is_not_an_engine_sidecar(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    double = _tensorrt_double(monkeypatch)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(tiny_bundle / "model.onnx", loose / "model.onnx")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text('{"auc": 0.97}\n')
+    # -o run/metrics is new, but its sidecar run/metrics.json is the run's
+    assert _engine(loose / "model.onnx", run / "metrics") == 1
+    assert f"{run / 'metrics.json'} (the engine sidecar -o writes): exists; pass --overwrite" in (
+        capsys.readouterr().err
+    )
+    assert _engine(loose / "model.onnx", run / "metrics", "--overwrite") == 1
+    assert "is not an engine sidecar" in capsys.readouterr().err
+    assert (run / "metrics.json").read_text() == '{"auc": 0.97}\n' and sorted(run.iterdir()) == [
+        run / "metrics.json"
+    ]
+    assert double.builds == []
+
+    # an earlier build's sidecar, its engine gone: replaced with --overwrite only
+    out = loose / "model_fp16.engine"
+    assert _engine(loose / "model.onnx", out) == 0, capsys.readouterr().err
+    out.unlink()
+    assert _engine(loose / "model.onnx", out) == 1
+    assert "model_fp16.engine.json (the engine sidecar -o writes): exists" in capsys.readouterr().err
+    assert _engine(loose / "model.onnx", out, "--overwrite") == 0, capsys.readouterr().err
+    assert out.is_file() and len(double.builds) == 2
+
+
+def test_unchecked_bundle_calibration_advice_never_writes_into_the_bundle(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_runtime.bundle import write_manifest
+
+    contract = PreprocessContract.load(tiny_bundle)
+    _calibration_set(tiny_bundle / "calibration", contract, False)
+    write_manifest(tiny_bundle)
+    argv = [
+        "engine",
+        str(tiny_bundle / "model.onnx"),
+        "--precision",
+        "int8",
+        "-o",
+        str(tmp_path / "m.engine"),
+    ]
+    assert main([*argv, "--calib", str(tiny_bundle / "calibration")]) == 1
+    err = capsys.readouterr().err
+    assert "test_split_checked is False" in err and f"-o {tiny_bundle / 'calibration'}" not in err
+    assert f"'pneumo export bundle RUN -o {tiny_bundle} --overwrite'" in err
+    assert "'pneumo export calib RUN -o calibration/' and pass --calib calibration/" in err
+    verify_manifest(tiny_bundle)
+
+    # outside a bundle the set is rebuilt in place, which needs --overwrite
+    loose = _calibration_set(tmp_path / "calibration", contract, False)
+    assert main([*argv, "--calib", str(loose)]) == 1
+    assert f"'pneumo export calib RUN -o {loose} --overwrite'" in capsys.readouterr().err
+
+
+@pytest.mark.tf
+def test_calib_refuses_an_output_inside_a_bundle(
+    tiny_run: TinyRun, tiny_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _contents(tiny_bundle)
+    for output, flags in ((tiny_bundle / "calibration", ()), (tiny_bundle, ("--overwrite",))):
+        argv = ["calib", str(tiny_run.folder), "-o", str(output), "--calib-size", "100", *flags]
+        assert main(argv) == 2, output
+        err = capsys.readouterr().err
+        assert f"{output}: inside the bundle {tiny_bundle}" in err, err
+        assert f"'pneumo export bundle RUN -o {tiny_bundle} --overwrite'" in err
+    assert _contents(tiny_bundle) == before
+    verify_manifest(tiny_bundle)
