@@ -348,10 +348,7 @@ def _check_onnx_outputs(output: Path, report: Path, overwrite: bool) -> None:
                 f"{path}: inside the bundle {bundle}, whose files only 'pneumo export bundle' writes (the bundle "
                 f"would no longer verify); choose a {flag} outside it"
             )
-        if path.exists() and not path.is_file():
-            raise OutputExistsError(f"{path}: exists and is not a file; choose another {flag}")
-        if path.exists() and not overwrite:
-            raise OutputExistsError(f"{path}: exists; pass --overwrite to replace it")
+        _refuse_existing(path, flag, overwrite)
     if report.exists() and not is_onnx_report(report):
         raise OutputExistsError(
             f"{report}: exists and is not a report of 'pneumo export onnx' (it may be an input, such as a run's "
@@ -575,15 +572,21 @@ def _check_engine_output(onnx: Path, output: Path, overwrite: bool) -> None:
                 f"no longer verify; write engines under {bundle / ENGINES_DIR}/ (where 'pneumo edge build "
                 f"{bundle}' keeps them) or outside the bundle"
             )
-        if path.exists() and not path.is_file():
-            raise OutputExistsError(f"{name}: exists and is not a file; choose another -o")
-        if path.exists() and not overwrite:
-            raise OutputExistsError(f"{name}: exists; pass --overwrite to replace it")
+        _refuse_existing(path, "-o", overwrite, name)
     if sidecar.exists() and not _is_engine_sidecar(sidecar):
         raise OutputExistsError(
             f"{sidecar}: exists and is not an engine sidecar, yet building -o {output} would replace it with one; "
             "refusing even with --overwrite: choose another -o, e.g. -o model_fp16.engine"
         )
+
+
+def _refuse_existing(path: Path, flag: str, overwrite: bool, name: str | None = None) -> None:
+    """An existing output is replaced only when it is a file and --overwrite says so."""
+    name = name or str(path)
+    if path.exists() and not path.is_file():
+        raise OutputExistsError(f"{name}: exists and is not a file; choose another {flag}")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{name}: exists; pass --overwrite to replace it")
 
 
 def _is_engine_sidecar(path: Path) -> bool:
