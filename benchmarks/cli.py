@@ -9,18 +9,14 @@ Ctrl-C does: scratch folders are removed and ``pneumo`` exits 130.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shlex
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.errors import BenchConfigError, BenchError
+from benchmarks.interrupts import sigterm_as_interrupt
 from edge_runtime.errors import EdgeError
 
 if TYPE_CHECKING:
@@ -282,33 +278,6 @@ def main(argv: list[str], prog: str = "pneumo bench") -> int:
             return _bench(args, argv, prog)
     except (BenchError, EdgeError) as exc:
         return _error(prog, exc)
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Make SIGTERM (``timeout``, systemd, ``docker stop``) unwind like Ctrl-C while the run lasts.
-
-    Python's default SIGTERM ends the process on the spot, leaving /tmp/pneumo-bench-*/ scratch and
-    daemon children behind; a KeyboardInterrupt runs every ``finally`` and ``with`` on the way out, and
-    the caller exits as for Ctrl-C. Only the main thread may set handlers: elsewhere nothing changes.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    # A parent that started us with SIGTERM blocked (its mask is inherited across exec) would keep
-    # the signal pending forever, handler or not: seen under pytest after other tests had run.
-    previous_mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        # None: a handler set outside Python, which cannot be put back; the default is the closest.
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _log(quiet: bool) -> Any:

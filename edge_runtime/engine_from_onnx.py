@@ -62,6 +62,7 @@ from edge_runtime import __version__
 from edge_runtime.bundle import ONNX_FOR_PRECISION, Bundle
 from edge_runtime.device import TENSORRT_HINT, CudaDevice, cuda_device, device_key, tensorrt_too_old
 from edge_runtime.engine_sidecar import (
+    CALIBRATION_CACHE_SCHEMA,
     CalibrationCacheInfo,
     EngineSidecar,
     calibration_cache_problem,
@@ -577,6 +578,11 @@ def _make_entropy_calibrator(
     return EntropyCalibrator()
 
 
+def _cache_origin_unknown(cache_path: Path) -> bool:
+    info = CalibrationCacheInfo.load(sidecar_path(cache_path))
+    return info is None or info.schema != CALIBRATION_CACHE_SCHEMA
+
+
 def _prepare_calibrator(
     trt: Any,
     builder: Any,
@@ -595,6 +601,14 @@ def _prepare_calibrator(
         calibration_sha256=calibration.sha256 if calibration is not None else None,
         onnx_sha256=onnx_sha256,
     )
+    if problem is not None and cache_path.exists() and _cache_origin_unknown(cache_path):
+        # Not a cache this toolkit wrote (a trtexec cache, or any file of that name): recalibrating
+        # would replace it, and reading it would trust scales nobody can trace.
+        raise EngineBuildError(
+            f"{cache_path} exists but {sidecar_path(cache_path).name} is not beside it, so this is not a "
+            "calibration cache pneumo wrote: it is neither used nor replaced. Move it away, or give "
+            "another path with --calib-cache"
+        )
     if problem is not None and calibration is None:
         raise EngineBuildError(
             "INT8 needs real calibration data: no calibration set was given and the calibration cache "

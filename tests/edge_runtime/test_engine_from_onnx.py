@@ -354,6 +354,26 @@ def test_calibration_cache_from_another_tensorrt_is_never_used(
         )
 
 
+def test_a_calibration_cache_pneumo_did_not_write_is_neither_used_nor_replaced(
+    bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file at the cache's name with no sidecar (a trtexec cache, say) is somebody's: refuse, touch nothing."""
+    double = trt_double.install(monkeypatch)
+    sources = OnnxSources.from_bundle(bundle)
+    calibration = CalibrationData.from_npy(bundle.root / "calibration" / "calib.npy")
+    config = _config(tmp_path, precision="int8", int8_source="calibrator")
+    assert config.calibration_cache is not None
+    config.calibration_cache.parent.mkdir(parents=True, exist_ok=True)
+    foreign = b"TRT-1030-EntropyCalibration2\nmade by trtexec\n"
+    config.calibration_cache.write_bytes(foreign)
+    engine = tmp_path / "eng" / "int8.engine"
+    with pytest.raises(EngineBuildError, match="not a calibration cache pneumo wrote.*--calib-cache"):
+        build_engine(sources, engine, config, calibration)
+    assert config.calibration_cache.read_bytes() == foreign
+    assert not sidecar_path(config.calibration_cache).exists() and not engine.exists()
+    assert double.builds == []
+
+
 def test_calibration_set_smaller_than_a_batch_is_refused(
     bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
