@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.errors import BenchInputError
-from benchmarks.keras_reference import run_dir_from_bundle
+from benchmarks.keras_reference import not_the_bundles_model, run_dir_from_bundle
 from edge_runtime.bundle import MANIFEST_FILE, Bundle
 from edge_runtime.contract import ModelInfo
 from edge_runtime.errors import EdgeError
@@ -71,7 +71,7 @@ def find_bundles(base: Path) -> list[Path]:
 def find_run_for(base: Path, bundle: Bundle) -> Path | None:
     """The run folder that produced ``bundle``: named by its model card, else matched by model version."""
     named = run_dir_from_bundle(bundle.root)
-    if named is not None:
+    if named is not None and not_the_bundles_model(named / MODEL_FILE, bundle.manifest) is None:
         return named
     for parent in RUN_PARENTS:
         for info_path in (
@@ -82,7 +82,12 @@ def find_run_for(base: Path, bundle: Bundle) -> Path | None:
                 info = ModelInfo.load(info_path)
             except EdgeError:
                 continue
-            if info.model_version == bundle.info.model_version and (run / MODEL_FILE).is_file():
+            # a model version names a recipe, not one training: the .h5's sha256 decides
+            if (
+                info.model_version == bundle.info.model_version
+                and (run / MODEL_FILE).is_file()
+                and not_the_bundles_model(run / MODEL_FILE, bundle.manifest) is None
+            ):
                 return run
     return None
 

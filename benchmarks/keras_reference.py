@@ -27,7 +27,7 @@ from edge_runtime.backends.base import Backend
 from edge_runtime.bundle import EXPORT_REPORT_FILE
 from edge_runtime.bundle import MODEL_CARD_FILE as BUNDLE_MODEL_CARD_FILE
 from edge_runtime.contract import CONTRACT_FILE, PreprocessContract
-from edge_runtime.fileio import read_json
+from edge_runtime.fileio import read_json, sha256_file
 from edge_runtime.run_layout import MODEL_FILE, SPLIT_FILE
 
 # Keys under which a bundle's model_card.json may name the training run folder.
@@ -63,6 +63,26 @@ def resolve_keras_source(run_or_h5: str | Path) -> KerasSource:
         run_dir = path.parent if (path.parent / CONTRACT_FILE).is_file() else None
         return KerasSource(path, run_dir)
     raise BenchInputError(f"{path}: no such run folder or Keras file (--keras)")
+
+
+def not_the_bundles_model(h5: Path, bundle_manifest: dict[str, Any]) -> str | None:
+    """Why ``h5`` is not the model the bundle was exported from, or None when it is (or cannot be told).
+
+    A run folder retrained in place (``pneumo train --out RUN --overwrite``) keeps its path and
+    model version; only the sha256 the manifest records tells the old .h5 from the new one. Every
+    "x Keras" ratio, every decision-agreement figure and the run's test split would otherwise
+    describe another model.
+    """
+    expected = bundle_manifest.get("source_h5_sha256")
+    if not isinstance(expected, str) or not expected:
+        return None  # bundles from before the manifest recorded it
+    actual = sha256_file(h5)
+    if actual == expected:
+        return None
+    return (
+        f"{h5} (sha256 {actual[:12]}...) is not the .h5 this bundle was exported from "
+        f"(sha256 {expected[:12]}... in its manifest.json): retrained since?"
+    )
 
 
 def run_dir_from_bundle(bundle_root: Path) -> Path | None:

@@ -63,6 +63,14 @@ def files_from_folder(folder: Path, info: ModelInfo) -> list[LabelledFile]:
             f"{folder}: no class folders named like the model's labels {list(info.labels)}{hints} "
             "(expected TESTDIR/<LABEL>/images, e.g. chest_xray/test)"
         )
+    unknown = _unknown_class_dirs(folder, info)
+    if unknown:
+        # Left out, these images would make a smaller test set look like the whole one.
+        hints = "".join(case_hint(name, info.labels) for name in unknown)
+        raise BenchInputError(
+            f"{folder}: class folder(s) {unknown} hold images but are not labels of this model "
+            f"{list(info.labels)}{hints}; benchmark on a folder with only the model's classes"
+        )
     files = [
         LabelledFile(path, label_index)
         for label_index, class_dir in class_dirs
@@ -71,6 +79,12 @@ def files_from_folder(folder: Path, info: ModelInfo) -> list[LabelledFile]:
     if not files:
         raise BenchInputError(f"{folder}: class folders hold no image files")
     return files
+
+
+def missing_labels(files: Iterable[LabelledFile], info: ModelInfo) -> list[str]:
+    """The model's labels no test image has: a set without them cannot give sensitivity or specificity."""
+    present = {f.label_index for f in files}
+    return [label for i, label in enumerate(info.labels) if i not in present]
 
 
 def files_from_split_json(split_json: Path, info: ModelInfo) -> list[LabelledFile]:
@@ -166,6 +180,17 @@ def write_generated_jpegs(folder: Path, count: int, side: int = 1024, seed: int 
         path.write_bytes(encoded.tobytes())
         paths.append(path)
     return paths
+
+
+def _unknown_class_dirs(folder: Path, info: ModelInfo) -> list[str]:
+    return sorted(
+        child.name
+        for child in folder.iterdir()
+        if child.is_dir()
+        and not child.name.startswith(".")
+        and child.name not in info.labels
+        and image_files(child)
+    )
 
 
 def _class_dirs(folder: Path, info: ModelInfo) -> list[tuple[int, Path]]:

@@ -41,6 +41,7 @@ from benchmarks.errors import BenchConfigError, BenchInputError
 from benchmarks.keras_reference import (
     KerasReference,
     KerasSource,
+    not_the_bundles_model,
     resolve_keras_source,
     run_dir_from_bundle,
 )
@@ -51,6 +52,7 @@ from benchmarks.labelled_images import (
     limit_files,
     load_labelled_images,
     mean_source_size,
+    missing_labels,
     write_generated_jpegs,
 )
 from benchmarks.power import PowerMonitor
@@ -427,6 +429,12 @@ def _prepare_inputs(
             source = f"test split of {keras_source.split_json}"
         if files is not None:
             files = limit_files(files, config.test_limit, config.seed)
+            absent = missing_labels(files, bundle.info)
+            if absent:
+                warnings.append(
+                    f"the test images ({source}) have no {', '.join(absent)} image: accuracy is over one "
+                    "class only, and sensitivity or specificity cannot be measured"
+                )
             if config.test_limit is not None:
                 source += f" (limited to {len(files)} images by --test-limit)"
             log(f"test images: {len(files)} from {source}")
@@ -467,10 +475,22 @@ def _prepare_inputs(
 
 def _resolve_keras(config: BenchConfig, bundle: Bundle) -> tuple[KerasSource | None, str]:
     if config.keras is not None:
-        return resolve_keras_source(config.keras), ""
+        source = resolve_keras_source(config.keras)
+        problem = not_the_bundles_model(source.h5, bundle.manifest)
+        if problem:
+            raise BenchInputError(
+                f"--keras {config.keras}: {problem} Pass the .h5 the bundle was made from, "
+                "or export a new bundle from this run"
+            )
+        return source, ""
     run_dir = run_dir_from_bundle(bundle.root)
     if run_dir is not None:
-        return resolve_keras_source(run_dir), ""
+        source = resolve_keras_source(run_dir)
+        problem = not_the_bundles_model(source.h5, bundle.manifest)
+        if problem is None:
+            return source, ""
+        # Its split.json may list other test images too: neither the model nor the split is used.
+        return None, f"no Keras model: the run folder the bundle names has changed: {problem}"
     return None, "no Keras model: pass --keras RUN_OR_H5 (the training run folder with model.h5)"
 
 

@@ -97,7 +97,14 @@ def run_trtexec(
         argv.append(f"--useDLACore={dla_core}")
     if input_name:
         argv.append(f"--shapes={input_name}:{batch}x{'x'.join(str(d) for d in input_shape)}")
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        # A RuntimeError like every other trtexec failure: the run records a skip and keeps its rows.
+        raise RuntimeError(
+            f"trtexec did not finish within {timeout_s:.0f} s (stopped): {engine}; run the printed "
+            "command by hand to see where it hangs"
+        ) from None
     if proc.returncode != 0:
         tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
         raise RuntimeError(f"trtexec exited {proc.returncode}: {tail}")

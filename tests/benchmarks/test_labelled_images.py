@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,15 +30,42 @@ def test_hidden_files_are_skipped_as_train_skips_them(tmp_path: Path) -> None:
 
 
 def test_class_folders_must_match_labels_exactly(tmp_path: Path) -> None:
+    """A 'normal' folder is not the model's NORMAL (as in training), and is never silently left out:
+    the accuracy of the remaining class alone would pass for the whole test set's."""
     folder = labelled_folder(tmp_path / "test", per_class=1)
     (folder / "NORMAL").rename(folder / "normal")
-    files = files_from_folder(folder, INFO)
-    assert {f.label_index for f in files} == {1}, (
-        "a 'normal' folder is not the model's NORMAL, as in training"
-    )
+    with pytest.raises(
+        BenchInputError, match=r"\['normal'\] hold images but are not labels.*rename 'normal' to 'NORMAL'"
+    ):
+        files_from_folder(folder, INFO)
     (folder / "PNEUMONIA").rename(folder / "Pneumonia")
     with pytest.raises(BenchInputError, match=r"case-sensitive: rename 'normal' to 'NORMAL'"):
         files_from_folder(folder, INFO)
+    (folder / "Pneumonia").rename(folder / "PNEUMONIA")
+    (folder / "normal").rename(folder / "NORMAL")
+    (folder / "notes").mkdir()  # a folder without images is no class folder: fine
+    (folder / "notes" / "readme.txt").write_text("scanned 2026-11")
+    assert len(files_from_folder(folder, INFO)) == 2
+
+
+def test_a_test_set_without_a_class_is_flagged(tiny_bundle: Path, tmp_path: Path) -> None:
+    from benchmarks.run import BenchConfig, run_benchmark
+
+    folder = labelled_folder(tmp_path / "test", per_class=2)
+    shutil.rmtree(folder / "NORMAL")
+    config = BenchConfig(
+        bundle=tiny_bundle,
+        backends=("ort-cpu",),
+        batches=(1,),
+        iterations=10,
+        warmup_s=0.0,
+        data=folder,
+        cold_start_repeats=0,
+        end_to_end=False,
+        progress=False,
+    )
+    document = run_benchmark(config)
+    assert any("have no NORMAL image" in w and "one class only" in w for w in document["warnings"])
 
 
 def test_split_json_labels_must_match_exactly(tmp_path: Path) -> None:

@@ -272,3 +272,38 @@ def test_a_model_that_will_not_load_is_skipped_and_int8_without_accuracy_is_flag
     assert (skip["precision"], skip["batch"]) == ("fp16", None) and "model_fp16.onnx" in skip["reason"]
     assert "ort-cpu int8 has no accuracy on test images: it is not a result" in document["warnings"]
     assert document["accuracy"] == [] and document["cold_start"] == []
+
+
+def _bundle_from_run(bundle: Path, run: Path) -> None:
+    """What `pneumo export bundle` records: the run folder, and the .h5's sha256 in the manifest."""
+    from edge_runtime.fileio import sha256_file
+
+    run.mkdir(parents=True)
+    (run / "model.h5").write_bytes(b"the .h5 the bundle was exported from")
+    (bundle / "export_report.json").write_text(json.dumps({"source": {"run": str(run)}}))
+    write_manifest(bundle, extra={"source_h5_sha256": sha256_file(run / "model.h5")})
+
+
+def test_a_run_retrained_since_the_export_is_not_the_keras_reference(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    """Same folder, same model version, another .h5: its ratios and agreement would describe another model."""
+    from benchmarks.auto import find_run_for
+    from benchmarks.errors import BenchInputError
+    from edge_runtime.bundle import Bundle
+
+    run = tmp_path / "runs" / "tiny"
+    _bundle_from_run(tiny_bundle, run)
+    assert find_run_for(tmp_path, Bundle.open(tiny_bundle)) == run  # the untouched run is found
+    (run / "model.h5").write_bytes(b"retrained with --overwrite")
+
+    assert find_run_for(tmp_path, Bundle.open(tiny_bundle)) is None
+    config = quick_config(
+        tiny_bundle, None, backends=("ort-cpu", "keras"), batches=(1,), cold_start_repeats=0
+    )
+    document = run_benchmark(config)
+    (keras,) = [s for s in document["skipped"] if s["backend"] == "keras" and s["precision"] == "fp32"]
+    assert "is not the .h5 this bundle was exported from" in keras["reason"]
+    assert document["bundle"].get("keras_h5") in (None, "")
+    with pytest.raises(BenchInputError, match="model.h5 .*not the .h5 this bundle was exported from"):
+        run_benchmark(quick_config(tiny_bundle, None, keras=run, backends=("ort-cpu",), batches=(1,)))

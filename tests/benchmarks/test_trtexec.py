@@ -75,3 +75,12 @@ def test_a_dla_engine_is_timed_on_the_core_it_was_built_for(
     assert f"--loadEngine={tmp_path / 'm.engine'}" in argv and "--shapes=input:4x160x160x1" in argv
     assert [a for a in argv if a.startswith("--useDLACore")] == ([expected] if expected else [])
     assert summary["throughput_ips"] == pytest.approx(233.689 * 4)
+
+
+def test_a_trtexec_that_hangs_is_a_failure_the_run_can_skip(tmp_path: Path) -> None:
+    """subprocess's TimeoutExpired is no RuntimeError: uncaught, it lost every row measured before it."""
+    tool = tmp_path / "trtexec"
+    tool.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(120)\n")
+    tool.chmod(0o755)
+    with pytest.raises(RuntimeError, match="did not finish within 1 s"):
+        run_trtexec(tool, tmp_path / "m.engine", 1, "input", (160, 160, 1), 1.0, 0.0, timeout_s=1.0)
