@@ -2,13 +2,16 @@
 
 A target whose rows did not run here, or whose speed rows have no accuracy on
 test images (a fast wrong model is not a result), is "not measured" with the
-reason, never "met"; a verdict from a row with unstable timing says so in its
-status. Ratios are always same-run: a speedup against a Keras number
-from another day or machine would say nothing.
+reason, never "met"; one whose reduced-precision row (INT8, FP16) scores outside
+the INT8 accuracy budget of FP32 on the same images is "not judged" with the
+difference; a verdict from a row with unstable timing says so in its status.
+Ratios are always same-run: a speedup against a Keras number from another day
+or machine would say nothing.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +19,9 @@ from benchmarks.stats import UNSTABLE_CV
 
 # INT8 counts as "no faster" when within this factor of FP32.
 _NO_FASTER = 1.05
+#: Issue 6's budget for INT8: accuracy within this many points of FP32 on the same test images (README,
+#: "The best small model"; tests/export/test_real_data.py asserts it on the real test split).
+INT8_ACCURACY_POINTS = 1.0
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,15 @@ def evaluate_targets(document: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 #: Every status a target can have. "(unstable timing)": a row behind the ratio has CV > UNSTABLE_CV.
-STATUSES = ("met", "missed", "met (unstable timing)", "missed (unstable timing)", "not measured")
+#: "not judged": the speed was measured, but the faster row's accuracy is outside the INT8 budget of FP32.
+STATUSES = (
+    "met",
+    "missed",
+    "met (unstable timing)",
+    "missed (unstable timing)",
+    "not measured",
+    "not judged",
+)
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,8 @@ class _Measure:
     detail: str
     #: "backend precision bN CV x%" of each row behind the ratio whose timing the run flags as unstable
     unstable: tuple[str, ...] = ()
+    #: the ratio was measured but its fast row's accuracy is outside the budget: no verdict
+    not_judged: bool = False
 
 
 def _evaluate(target: Target, document: dict[str, Any]) -> dict[str, Any]:
@@ -149,6 +165,8 @@ def _evaluate(target: Target, document: dict[str, Any]) -> dict[str, Any]:
         "unstable_timing": bool(measure.unstable),
         "detail": measure.detail,
     }
+    if measure.not_judged:
+        result["status"] = "not judged"
     if measure.ratio is None:
         return result
     reached = (
@@ -211,13 +229,71 @@ def _throughput_ratio(target: Target, document: dict[str, Any]) -> _Measure:
             f"{' and '.join(unscored)} has no accuracy on test images in this run, so its speed is not a "
             "result; pass --data TESTDIR (or --keras RUN with split.json) and re-run",
         )
-    ratio = top["throughput_ips"] / bottom["throughput_ips"]
-    return _Measure(
-        ratio,
+    speed = (
         f"{top['throughput_ips']:.1f} vs {bottom['throughput_ips']:.1f} images/s "
-        f"({target.numerator[0]} {target.numerator[1]} / keras, batch {target.batch})",
-        _unstable([top, bottom]),
+        f"({target.numerator[0]} {target.numerator[1]} / keras, batch {target.batch})"
     )
+    off_budget = _accuracy_off_budget(document, target.numerator)
+    if off_budget:
+        # A reduced precision that lost accuracy (an INT8 bundle exported with --force) is fast and wrong.
+        return _Measure(
+            None,
+            f"{off_budget}, so its speed ({speed}) is not judged; re-export the bundle without --force so "
+            f"that its {target.numerator[1]} graph passes the export's accuracy checks, and re-run",
+            not_judged=True,
+        )
+    return _Measure(top["throughput_ips"] / bottom["throughput_ips"], speed, _unstable([top, bottom]))
+
+
+def _accuracy_off_budget(document: dict[str, Any], key: tuple[str, str]) -> str:
+    """Why the ``key`` (backend, precision) row's accuracy is outside the INT8 budget of FP32 ("" when within).
+
+    The reference is FP32 of the same backend (same runtime, same images), else the Keras model every
+    precision was exported from. FP16 is held to the same budget: anything beyond it is a broken graph.
+    """
+    backend, precision = key
+    if precision == "fp32":
+        return ""
+    scores = {(a["backend"], a["precision"]): a for a in document.get("accuracy", [])}
+    reference_key = (backend, "fp32") if (backend, "fp32") in scores else ("keras", "fp32")
+    row, reference = scores.get(key), scores.get(reference_key)
+    if row is None or reference is None:
+        return ""  # _without_accuracy names what was not scored
+    mine, theirs = row.get("accuracy"), reference.get("accuracy")
+    if not _finite(mine) or not _finite(theirs):
+        return f"{backend} {precision} accuracy {mine} cannot be compared with {' '.join(reference_key)} {theirs}"
+    reasons = []
+    points = _points(theirs, mine, absolute=True)
+    n_images = row.get("n_images")
+    # On a small test set (a demo's 40 images) one image is more than a point: one image is allowed.
+    one_image = 100.0 / n_images if isinstance(n_images, int) and n_images > 0 else 0.0
+    if points > max(INT8_ACCURACY_POINTS, round(one_image, 6)):
+        reasons.append(
+            f"accuracy differs from FP32 by {points:.1f} points ({backend} {precision} {float(mine):.3f} vs "
+            f"{' '.join(reference_key)} {float(theirs):.3f} on {n_images or '?'} test images; "
+            f"budget {INT8_ACCURACY_POINTS:g} point or one image)"
+        )
+    sensitivity, reference_sensitivity = row.get("sensitivity"), reference.get("sensitivity")
+    if _finite(sensitivity) and _finite(reference_sensitivity):
+        from export.config import QuantConfig  # the export gate's budget; export.config imports nothing heavy
+
+        drop = _points(reference_sensitivity, sensitivity, absolute=False)
+        if drop > QuantConfig.max_sensitivity_drop:
+            reasons.append(
+                f"sensitivity {drop:.1f} points below FP32 ({float(sensitivity):.3f} vs "
+                f"{float(reference_sensitivity):.3f}; the export gate allows {QuantConfig.max_sensitivity_drop:g})"
+            )
+    return "; ".join(reasons)
+
+
+def _points(reference: float, value: float, absolute: bool) -> float:
+    """``reference - value`` in percentage points, rounded so that 0.93 - 0.92 is 1.0, not 1.0000000000000009."""
+    points = round(100.0 * (float(reference) - float(value)), 6)
+    return abs(points) if absolute else points
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _cold_ratio(target: Target, document: dict[str, Any]) -> tuple[float | None, str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from benchmarks.coldstart import ColdStartSpec, cold_start_warnings, measure_cold_start
 from benchmarks.report import render_markdown, summary_lines
 from benchmarks.targets import STATUSES, evaluate_targets, measurement_notes
@@ -28,8 +30,14 @@ def row(
     }
 
 
-def scored(backend: str, precision: str) -> dict[str, Any]:
-    return {"backend": backend, "precision": precision, "accuracy": 0.9}
+def scored(backend: str, precision: str, accuracy: float = 0.9, sensitivity: float = 0.9) -> dict[str, Any]:
+    return {
+        "backend": backend,
+        "precision": precision,
+        "accuracy": accuracy,
+        "sensitivity": sensitivity,
+        "n_images": 624,
+    }
 
 
 def cold(backend: str, precision: str, seconds: float, rss: float) -> dict[str, Any]:
@@ -82,6 +90,83 @@ def test_a_speed_without_accuracy_is_not_measured() -> None:
     doc["accuracy"] = []  # no labelled test images at all: no speed row is a result
     statuses = {t["key"]: t["status"] for t in evaluate_targets(doc)}
     assert statuses["cpu_ort_fp32_vs_keras_b1"] == "not measured"
+
+
+def test_a_fast_int8_whose_accuracy_collapsed_is_not_judged() -> None:
+    doc = document()
+    doc["accuracy"][1] = scored("ort-cpu", "fp32", accuracy=0.5)
+    doc["accuracy"][2] = scored("ort-cpu", "int8", accuracy=0.125)  # 4.3x Keras, and wrong
+    targets = {t["key"]: t for t in evaluate_targets(doc)}
+    int8 = targets["cpu_ort_int8_vs_keras_b1"]
+    assert (int8["status"], int8["ratio"], int8["threshold_reached"]) == ("not judged", None, None)
+    assert int8["status"] in STATUSES
+    assert int8["detail"].startswith(
+        "accuracy differs from FP32 by 37.5 points (ort-cpu int8 0.125 vs ort-cpu fp32 0.500 on 624 test images"
+    )
+    assert "43.0 vs 10.0 images/s" in int8["detail"] and "without --force" in int8["detail"]
+    assert targets["cpu_ort_fp32_vs_keras_b1"]["status"] == "met"  # FP32 is its own reference
+
+    doc["targets"] = list(targets.values())
+    doc["cold_start"] = []
+    line = next(x for x in render_markdown(doc).splitlines() if x.startswith("| ONNX Runtime INT8 >= 3x"))
+    assert "| not judged |" in line and "✅" not in line and "accuracy differs from FP32" in line
+    assert "target: ONNX Runtime INT8 >= 3x Keras throughput at batch 1 (CPU): not judged" in summary_lines(
+        doc
+    )
+
+
+@pytest.mark.parametrize(
+    ("inside", "outside", "reason"),
+    [
+        # (accuracy, sensitivity) of INT8 against FP32's (0.93, 0.90): 1 point below is the budget
+        ((0.92, 0.90), (0.915, 0.90), "accuracy differs from FP32 by 1.5 points (ort-cpu int8 0.915 vs"),
+        # above FP32 counts too: a model that scores differently is not the one exported
+        ((0.94, 0.90), (0.95, 0.90), "accuracy differs from FP32 by 2.0 points"),
+        # accuracy within budget, but more pneumonia missed than the export gate allows (2 points)
+        (
+            (0.93, 0.88),
+            (0.935, 0.87),
+            "sensitivity 3.0 points below FP32 (0.870 vs 0.900; the export gate allows 2)",
+        ),
+    ],
+)
+def test_int8_is_judged_only_within_the_accuracy_budget_of_fp32(
+    inside: tuple[float, float], outside: tuple[float, float], reason: str
+) -> None:
+    def int8_target(accuracy: float, sensitivity: float) -> dict[str, Any]:
+        doc = document()
+        doc["accuracy"][1] = scored("ort-cpu", "fp32", accuracy=0.93, sensitivity=0.90)
+        doc["accuracy"][2] = scored("ort-cpu", "int8", accuracy=accuracy, sensitivity=sensitivity)
+        return next(t for t in evaluate_targets(doc) if t["key"] == "cpu_ort_int8_vs_keras_b1")
+
+    judged = int8_target(*outside)
+    assert (judged["status"], judged["ratio"]) == ("not judged", None) and reason in judged["detail"], judged
+    within = int8_target(*inside)
+    assert (within["status"], within["ratio"]) == ("met", 4.3), within
+
+
+def test_on_a_small_test_set_one_image_is_within_the_budget() -> None:
+    """40 demo images: one changed decision is 2.5 points, the least a difference can be; two is not."""
+
+    def int8_target(accuracy: float) -> dict[str, Any]:
+        doc = document()
+        doc["accuracy"][1] = scored("ort-cpu", "fp32", accuracy=0.9, sensitivity=0.9) | {"n_images": 40}
+        doc["accuracy"][2] = scored("ort-cpu", "int8", accuracy=accuracy, sensitivity=0.9) | {"n_images": 40}
+        return next(t for t in evaluate_targets(doc) if t["key"] == "cpu_ort_int8_vs_keras_b1")
+
+    assert int8_target(0.875)["status"] == "met"
+    assert int8_target(0.85)["status"] == "not judged"
+
+
+def test_without_an_fp32_row_of_the_backend_int8_is_held_to_keras() -> None:
+    doc = document()
+    doc["accuracy"] = [
+        scored("keras", "fp32", accuracy=0.93),
+        scored("ort-cpu", "int8", accuracy=0.80),
+    ]
+    target = next(t for t in evaluate_targets(doc) if t["key"] == "cpu_ort_int8_vs_keras_b1")
+    assert target["status"] == "not judged"
+    assert "(ort-cpu int8 0.800 vs keras fp32 0.930" in target["detail"]
 
 
 def test_a_verdict_from_an_unstable_row_says_so() -> None:
