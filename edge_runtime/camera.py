@@ -18,11 +18,23 @@ JSON line to ``--jsonl`` (fsynced, through the watch daemon's
 :class:`~edge_runtime.results.AppendLog`) and a PNG snapshot every N seconds, and stops
 cleanly when the ``stop`` event is set (the CLI sets it on Ctrl-C and SIGTERM),
 at the end of a file, or after ``max_frames``.
+
+The outputs never change a file that is not the camera's own (:func:`check_outputs`): a
+``--jsonl`` that is the source video, an existing file that does not read as JSON lines, or
+an output inside a bundle folder (whose manifest would then list a file too few) is refused
+before anything is written. Snapshots are new files named after the run
+(``snapshot_<UTC start>-<random>_<frame>.png``) and never replace one, so the JSONL lines of
+earlier runs keep pointing at the images they were written with.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
+import secrets
+import stat
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,17 +44,21 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.contract import SYNTHETIC_WARNING, PreprocessContract
+from edge_runtime.bundle import MANIFEST_FILE
+from edge_runtime.contract import MODEL_INFO_FILE, SYNTHETIC_WARNING, PreprocessContract
 from edge_runtime.device import opencv_capture_backends, opencv_has_gui
 from edge_runtime.errors import CameraError
-from edge_runtime.fileio import atomic_write_bytes
+from edge_runtime.fileio import fsync_dir
 from edge_runtime.predictor import Prediction, Predictor
 from edge_runtime.preprocess import apply_contract
-from edge_runtime.results import AppendLog
+from edge_runtime.results import AppendLog, place_new
 from edge_runtime.sources import CameraSource
 
 FLIP_METHODS = range(8)  # nvvidconv flip-method: 0 none, 2 rotate 180, 4 horizontal, 6 vertical, ...
 STAGES = ("capture", "preprocess", "infer")
+#: How much of an existing --jsonl is read to tell a JSON-lines log from another file: at most this
+#: many bytes at its start and at its end (one camera or watch record is well under 4 KiB).
+LOG_CHECK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -340,15 +356,152 @@ class Window:
         cv2.destroyWindow(self.title)
 
 
-def _snapshot(folder: Path, frame_index: int, image: np.ndarray) -> Path:
+def run_stamp() -> str:
+    """``20250301T101500Z-3f9a``: a run's UTC start and a random suffix, so runs in one second differ."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+def _snapshot(folder: Path, stem: str, image: np.ndarray) -> Path:
+    """``image`` as a new PNG ``stem.png`` in ``folder`` (``stem-1.png``, ... when that name is taken).
+
+    Written to a temporary file, fsynced, then placed without replacing anything: a snapshot of an
+    earlier run is what that run's JSONL lines point at, so it is never overwritten.
+    """
     import cv2
 
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
-        raise CameraError(f"could not encode snapshot of frame {frame_index}")
-    path = folder / f"snapshot_{frame_index:07d}.png"
-    atomic_write_bytes(path, encoded.tobytes())
+        raise CameraError(f"could not encode snapshot {stem}.png")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=folder)
+    try:
+        # mkstemp creates 0600 files; snapshots are looked at by other users.
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(encoded.tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        for attempt in itertools.count():
+            path = folder / (f"{stem}.png" if attempt == 0 else f"{stem}-{attempt}.png")
+            try:
+                place_new(tmp, path)
+            except FileExistsError:
+                continue
+            break
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(folder)
     return path
+
+
+def check_outputs(config: CameraConfig) -> None:
+    """Refuse outputs that would change a file the camera does not own; called before any is written.
+
+    The JSONL is appended to (and a torn last line cut), so it must not be the source video nor an
+    existing file that is not a JSON-lines log; no output may go into a bundle folder, since a file
+    there that its manifest does not list makes 'pneumo edge predict' refuse the bundle.
+    """
+    if config.jsonl is not None:
+        _refuse_inside_bundle(config.jsonl, "--jsonl", "--jsonl")
+        _refuse_the_source(config.jsonl, config.source)
+        _refuse_foreign_file(config.jsonl)
+    snapshots = config.snapshots
+    if snapshots is not None:
+        named = "--snapshot-dir" if config.snapshot_dir is not None else "the snapshot folder"
+        _refuse_inside_bundle(snapshots, named, "--snapshot-dir")
+
+
+def bundle_holding(path: Path) -> Path | None:
+    """The bundle folder ``path`` is, or is inside (symbolic links resolved); None when there is none."""
+    real = Path(os.path.realpath(path))
+    for folder in (real, *real.parents):
+        # os.path.isfile, unlike Path.is_file, is False for a folder it may not read.
+        if os.path.isfile(folder / MANIFEST_FILE) and os.path.isfile(folder / MODEL_INFO_FILE):
+            return folder
+    return None
+
+
+def _refuse_inside_bundle(path: Path, named: str, flag: str) -> None:
+    """Refuse ``path`` (the output ``named``, set by ``flag``) when it lies in a bundle folder."""
+    root = bundle_holding(path)
+    if root is None:
+        return
+    outside = root.parent / f"{root.name}-camera" / (path.name if flag == "--jsonl" else "snapshots")
+    raise CameraError(
+        f"{path}: {named} is inside the bundle {root}; a file written there is not in its {MANIFEST_FILE}, "
+        f"so 'pneumo edge predict {root}' would refuse the bundle afterwards: write camera outputs to a "
+        f"folder outside the bundle, e.g. {flag} {outside}"
+    )
+
+
+def _refuse_the_source(jsonl: Path, source: str) -> None:
+    try:
+        same = os.path.samefile(jsonl, source)
+    except OSError:  # one of them does not exist: a new JSONL, or a camera rather than a file
+        return
+    if same:
+        raise CameraError(
+            f"{jsonl}: --jsonl is the --source video {source}, which would be appended to and cut; "
+            "the input is only read: write the results to another file, e.g. --jsonl frames.jsonl"
+        )
+
+
+def _refuse_foreign_file(path: Path) -> None:
+    """Refuse an existing ``path`` unless it reads as a JSON-lines log (see :func:`foreign_log_reason`)."""
+    reason = foreign_log_reason(path)
+    if reason is not None:
+        raise CameraError(
+            f"{path}: --jsonl names an existing file that is not a JSON-lines log ({reason}); results are "
+            "only appended to a log of one JSON object a line, and this file is left as it is: "
+            "give --jsonl a new file name, or the JSONL of an earlier camera run"
+        )
+
+
+def foreign_log_reason(path: Path) -> str | None:
+    """Why ``path`` is not a JSON-lines log that may be appended to; None when it is one or is absent.
+
+    Reads at most :data:`LOG_CHECK_BYTES` at each end: the first and the last complete line must be
+    JSON objects. What follows the last newline is the torn line a crash may leave, and is cut
+    before appending, so a file with no complete line is taken only if it starts like a record
+    (``{"``) that breaks off, never when it is one whole value (someone's JSON file).
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(info.st_mode):
+        return "it is a folder"
+    if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+        return None  # /dev/null, a pipe or an empty file: nothing in it to keep or cut
+    with open(path, "rb") as handle:
+        head = handle.read(LOG_CHECK_BYTES)
+        # One byte more than checked, so a line starting right at the window's edge is seen to.
+        window_start = max(0, info.st_size - LOG_CHECK_BYTES - 1)
+        handle.seek(window_start)
+        tail = handle.read(LOG_CHECK_BYTES + 1)
+    if b"\n" not in head:
+        if info.st_size > LOG_CHECK_BYTES:
+            return f"no line break in its first {LOG_CHECK_BYTES} bytes"
+        torn_record = head.startswith(b'{"') and not _is_json_object(head)
+        return None if torn_record else "it has no complete line"
+    first = head[: head.index(b"\n")]
+    end = tail.rfind(b"\n")
+    start = tail.rfind(b"\n", 0, max(end, 0)) + 1
+    if end < 0 or (start == 0 and window_start > 0):
+        return f"its last line is longer than {LOG_CHECK_BYTES} bytes"
+    last = tail[start:end]
+    for name, line in (("first", first), ("last", last)):
+        if not _is_json_object(line):
+            return f"its {name} line is not a JSON object"
+    return None
+
+
+def _is_json_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:  # UnicodeDecodeError too
+        return False
 
 
 @dataclass
@@ -393,7 +546,9 @@ class _FrameOutputs:
         self.on_frame = on_frame
         self.snapshots: list[str] = []
         self.last_snapshot = -float("inf")
+        self.run = run_stamp()
         self.results: AppendLog | None = None
+        check_outputs(config)
         if config.jsonl is not None:
             config.jsonl.parent.mkdir(parents=True, exist_ok=True)
             # Append, never truncate: a previous run's results are someone's record. A last line torn
@@ -414,7 +569,7 @@ class _FrameOutputs:
         shown = None
         if self.snapshot_dir is not None and frame.done - self.last_snapshot >= self.snapshot_every_s:
             shown = overlay(frame.image, frame.prediction, fps, self.synthetic)
-            path = _snapshot(self.snapshot_dir, index, shown)
+            path = _snapshot(self.snapshot_dir, f"snapshot_{self.run}_{index:07d}", shown)
             self.snapshots.append(str(path))
             record["snapshot"] = str(path)
             self.last_snapshot = frame.done
@@ -462,12 +617,13 @@ def run_camera(
 ) -> CameraSummary:
     """Capture -> preprocess -> infer until ``stop`` is set, the stream ends or ``max_frames``."""
     times = StageTimes()
-    outputs = _FrameOutputs(config, predictor.info.synthetic, window, on_frame)
     rate = _RecentRate()
     frames, stop_reason = 0, "stopped by signal"
     started = time.perf_counter()
     pace = _frame_interval(capture) if config.realtime else 0.0
     try:
+        # Inside the try: outputs refused before the first frame still release the camera.
+        outputs = _FrameOutputs(config, predictor.info.synthetic, window, on_frame)
         while not stop.is_set():
             if pace and frames:
                 # Play a file at its own frame rate, as a live camera would deliver it.

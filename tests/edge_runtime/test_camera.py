@@ -1,4 +1,5 @@
-"""``pneumo edge camera`` on generated video files, headless; CSI and GUI detection; SIGTERM stop."""
+"""``pneumo edge camera`` on generated video files, headless; CSI and GUI detection; SIGTERM stop;
+outputs that would change a file the camera does not own are refused."""
 
 from __future__ import annotations
 
@@ -17,13 +18,21 @@ import pytest
 
 from edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edge_runtime.bundle import Bundle
-from edge_runtime.camera import CameraConfig, CameraSummary, Window, csi_pipeline, open_capture, run_camera
+from edge_runtime.camera import (
+    CameraConfig,
+    CameraSummary,
+    Window,
+    _snapshot,
+    csi_pipeline,
+    open_capture,
+    run_camera,
+)
 from edge_runtime.cli import main
 from edge_runtime.device import opencv_capture_backends
 from edge_runtime.errors import CameraError
 from edge_runtime.predictor import Predictor
 from edge_runtime.sources import CameraSource, parse_camera_source
-from tests.conftest import REPO
+from tests.conftest import REPO, write_image
 
 HEADLESS_BUILD = "  GUI:                           NONE\n"
 GSTREAMER_BUILD = (
@@ -31,12 +40,15 @@ GSTREAMER_BUILD = (
 )
 
 
-def make_video(path: Path, frames: int, fps: float = 10.0, fourcc: str = "mp4v") -> Path:
-    """Bright and dark frames alternating in blocks of five (a real encoded file)."""
+def make_video(
+    path: Path, frames: int, fps: float = 10.0, fourcc: str = "mp4v", bright_first: bool = False
+) -> Path:
+    """Bright and dark frames alternating in blocks of five, dark ones first unless ``bright_first``
+    (a real encoded file)."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (64, 48))
     assert writer.isOpened(), f"OpenCV cannot write {fourcc}"
     for i in range(frames):
-        writer.write(np.full((48, 64, 3), 235 if (i // 5) % 2 else 20, np.uint8))
+        writer.write(np.full((48, 64, 3), 235 if ((i // 5) % 2) != bright_first else 20, np.uint8))
     writer.release()
     return path
 
@@ -120,7 +132,9 @@ def test_headless_run_on_a_video_file(tiny_bundle: Path, tmp_path: Path) -> None
     assert first["warning"].startswith("SYNTHETIC") and first["source"] == f"video file {video}"
     assert {"capture_ms", "preprocess_ms", "infer_ms", "fps", "probability", "label"} <= set(first)
     assert set(summary.stages) == {"capture", "preprocess", "infer"} and summary.fps > 0
-    assert len(summary.snapshots) == 20 and Path(summary.snapshots[0]).name == "snapshot_0000000.png"
+    assert len(summary.snapshots) == 20 and [f["snapshot"] for f in frames] == summary.snapshots
+    assert Path(summary.snapshots[0]).name.startswith("snapshot_")
+    assert Path(summary.snapshots[0]).name.endswith("_0000000.png")
     assert cv2.imread(summary.snapshots[0]).shape == (48, 64, 3)
 
 
@@ -257,3 +271,121 @@ def test_realtime_plays_a_file_at_its_frame_rate(tiny_bundle: Path, tmp_path: Pa
     summary = run_headless(tiny_bundle, config)
     assert summary.frames == 6 and summary.stop_reason == "end of stream"
     assert summary.seconds >= 5 / 20.0  # five waits of 50 ms between six frames
+
+
+def test_jsonl_that_is_the_source_video_is_refused_and_the_video_kept(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    video = make_video(tmp_path / "clip2.avi", 5, fourcc="MJPG")
+    before = video.read_bytes()
+    (tmp_path / "link.avi").symlink_to(video)
+    for jsonl in (video, tmp_path / "link.avi"):
+        code = main([*headless_argv(tiny_bundle, str(video), jsonl), "--max-frames", "1"])
+        err = capsys.readouterr().err
+        assert code == 1, err
+        assert f"{jsonl}: --jsonl is the --source video {video}" in err and "another file" in err
+        assert video.read_bytes() == before, "the input video was changed"
+
+
+def _png_bytes() -> bytes:
+    ok, encoded = cv2.imencode(".png", np.arange(64 * 48, dtype=np.uint8).reshape(48, 64))
+    assert ok
+    return encoded.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        pytest.param(_png_bytes(), "its first line is not a JSON object", id="png"),
+        pytest.param(b"notes on the scan\nmore notes", "its first line is not a JSON object", id="text"),
+        pytest.param(b'{"a": 1}\nplain text\n', "its last line is not a JSON object", id="text-after-json"),
+        pytest.param(b'{"threshold": 0.5}', "it has no complete line", id="json-without-newline"),
+        pytest.param(b'{\n  "threshold": 0.5\n}\n', "its first line is not a JSON object", id="pretty-json"),
+        pytest.param(
+            b'{"a": 1}\n' + b"x" * (2 << 20), "its last line is longer than 1048576 bytes", id="huge-tail"
+        ),
+    ],
+)
+def test_jsonl_naming_a_file_that_is_not_json_lines_is_refused_untouched(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, reason: str
+) -> None:
+    video = make_video(tmp_path / "clip.avi", 5, fourcc="MJPG")
+    jsonl = tmp_path / "scan_copy.png"
+    jsonl.write_bytes(content)
+    code = main([*headless_argv(tiny_bundle, str(video), jsonl), "--max-frames", "1"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"{jsonl}: --jsonl names an existing file that is not a JSON-lines log ({reason})" in err
+    assert "give --jsonl a new file name" in err
+    assert jsonl.read_bytes() == content, "a file that is not the camera's log was changed"
+
+
+def test_snapshots_of_an_earlier_run_are_kept_and_its_jsonl_still_points_at_them(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dark = make_video(tmp_path / "dark.avi", 3, fourcc="MJPG")
+    bright = make_video(tmp_path / "bright.avi", 3, fourcc="MJPG", bright_first=True)
+    jsonl = tmp_path / "cam2" / "frames.jsonl"
+    kept: dict[str, bytes] = {}
+    for video in (dark, bright):
+        argv = [
+            *headless_argv(tiny_bundle, str(video), jsonl),
+            "--snapshot-every",
+            "0.0001",
+            "--max-frames",
+            "2",
+        ]
+        assert main(argv) == 0, capsys.readouterr().err
+        for record in map(json.loads, jsonl.read_text().splitlines()):
+            kept.setdefault(record["snapshot"], Path(record["snapshot"]).read_bytes())
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["frame"] for r in records] == [0, 1, 0, 1]
+    assert [r["decision"] for r in records] == ["normal"] * 2 + ["abnormal"] * 2
+    paths = [r["snapshot"] for r in records]
+    assert len(set(paths)) == 4, f"two runs wrote the same snapshot name: {paths}"
+    assert sorted(paths) == sorted(str(p) for p in (tmp_path / "cam2" / "snapshots").iterdir())
+    for path in paths:
+        assert Path(path).read_bytes() == kept[path], f"{path} was replaced by a later run"
+    # Each record's image is the frame it describes: dark frames in the first run, bright in the second.
+    means = [float(cv2.imread(path, cv2.IMREAD_GRAYSCALE)[30:, :].mean()) for path in paths]
+    assert max(means[:2]) < 100 < min(means[2:]), means
+
+
+def test_a_snapshot_never_replaces_a_file_of_its_name(tmp_path: Path) -> None:
+    taken = tmp_path / "snapshot_x_0000000.png"
+    taken.write_bytes(b"someone's image")
+    image = np.full((48, 64, 3), 200, np.uint8)
+    written = _snapshot(tmp_path, "snapshot_x_0000000", image)
+    assert written == tmp_path / "snapshot_x_0000000-1.png"
+    assert taken.read_bytes() == b"someone's image"
+    assert cv2.imread(str(written)).shape == (48, 64, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [written.name, taken.name], (
+        "a temporary file was left"
+    )
+
+
+@pytest.mark.parametrize("where", ["jsonl", "jsonl-in-engines", "jsonl-through-link", "snapshot-dir"])
+def test_camera_outputs_inside_the_bundle_are_refused_and_the_bundle_still_verifies(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    video = make_video(tmp_path / "clip.avi", 5, fourcc="MJPG")
+    (tmp_path / "link").symlink_to(tiny_bundle)
+    jsonl, extra, named = {
+        "jsonl": (tiny_bundle / "x.jsonl", [], "--jsonl"),
+        "jsonl-in-engines": (tiny_bundle / "engines" / "x.jsonl", [], "--jsonl"),
+        "jsonl-through-link": (tmp_path / "link" / "x.jsonl", [], "--jsonl"),
+        "snapshot-dir": (
+            tmp_path / "out" / "x.jsonl",
+            ["--snapshot-every", "0.0001", "--snapshot-dir", str(tiny_bundle / "snaps")],
+            "--snapshot-dir",
+        ),
+    }[where]
+    listed = sorted(p.relative_to(tiny_bundle) for p in tiny_bundle.rglob("*"))
+    code = main([*headless_argv(tiny_bundle, str(video), jsonl), "--max-frames", "1", *extra])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"{named} is inside the bundle {tiny_bundle.resolve()}" in err
+    assert "write camera outputs to a folder outside the bundle" in err
+    assert sorted(p.relative_to(tiny_bundle) for p in tiny_bundle.rglob("*")) == listed
+    image = write_image(tmp_path / "scan.png", np.full((40, 40), 128, np.uint8))
+    assert main(["predict", str(tiny_bundle), str(image), "--json"]) == 0, capsys.readouterr().err

@@ -85,12 +85,27 @@ def test_last_line_start_finds_a_torn_tail(tmp_path: Path) -> None:
     assert last_line_start(path) == path.stat().st_size
 
 
-def test_jsonl_torn_by_a_crash_is_repaired_before_appending(tiny_bundle: Path, tmp_path: Path) -> None:
+EARLIER = b'{"earlier": "run"}\n'
+
+
+@pytest.mark.parametrize(
+    ("content", "kept"),
+    [
+        pytest.param(EARLIER + b'{"frame": 7, "probabil', EARLIER, id="torn-last-line"),
+        pytest.param(b'{"frame": 0, "probabil', b"", id="torn-first-line"),
+        pytest.param(EARLIER + b"\0" * 4096, EARLIER, id="zeros-after-power-cut"),
+        # Larger than the window read to tell a log from another file (LOG_CHECK_BYTES at each end).
+        pytest.param(EARLIER * 80_000 + b'{"frame": 7, "pro', EARLIER * 80_000, id="large-log"),
+    ],
+)
+def test_jsonl_torn_by_a_crash_is_repaired_before_appending(
+    tiny_bundle: Path, tmp_path: Path, content: bytes, kept: bytes
+) -> None:
     video = make_video(tmp_path / "clip.mp4", 3)
     jsonl = tmp_path / "frames.jsonl"
-    jsonl.write_bytes(b'{"earlier": "run"}\n{"frame": 7, "probabil')  # power cut mid-line
+    jsonl.write_bytes(content)  # power cut mid-line
     run_headless(tiny_bundle, CameraConfig(source=str(video), headless=True, jsonl=jsonl))
     raw = jsonl.read_bytes()
-    assert raw.endswith(b"\n")
-    lines = [json.loads(line) for line in raw.splitlines()]
-    assert lines[0] == {"earlier": "run"} and [line["frame"] for line in lines[1:]] == [0, 1, 2]
+    assert raw.startswith(kept) and raw.endswith(b"\n")
+    lines = [json.loads(line) for line in raw[len(kept) :].splitlines()]
+    assert [line["frame"] for line in lines] == [0, 1, 2]
