@@ -17,7 +17,11 @@ Decoding is defensive, because a clinic inbox receives anything:
   with grey and reports success) but may carry trailing bytes after it, as
   phones append them;
 * 16-bit grayscale is scaled to 8 bits by its bit depth (see
-  :func:`to_uint8`), RGBA drops alpha, palette images are expanded;
+  :func:`to_uint8`), RGBA drops alpha (before the bit depth is chosen, so an
+  opaque 16-bit alpha does not darken a 12-bit image), palette images are
+  expanded;
+* only regular files are read (not a FIFO or a device such as /dev/zero), and
+  never more than ``MAX_FILE_BYTES``;
 * EXIF orientation is ignored everywhere, on purpose: OpenCV's default would
   rotate some files at runtime and not in training.
 """
@@ -27,10 +31,10 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -227,6 +231,9 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     (8, 10, 12, 14 or 16 bits): X-ray exports often store 12-bit values in a
     16-bit PNG, and a plain ``>> 8`` would make them nearly black, while an
     8-bit image stored as 16 bits (values x257) maps back exactly.
+
+    The peak (and a float image's range) is taken over every channel, so
+    callers drop alpha first (:func:`_to_gray_or_bgr`).
     """
     if image.dtype == np.uint8:
         return image
@@ -253,24 +260,34 @@ def apply_lut(codes: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """``lut[codes]`` for 8/16-bit unsigned codes, in chunks.
 
     NumPy turns index arrays into 8-byte integers, so one ``lut[codes]`` on a
-    40-megapixel image would briefly take 320 MB; chunks keep that to 8 MB,
-    and the result is uint8 without any float32 copy of the image.
+    40-megapixel image would briefly take 320 MB; chunks of rows keep that to
+    about 8 MB, and the result is uint8 without any float32 copy of the image.
+    ``codes`` may be a strided view (BGR of a BGRA image): only a chunk is copied at a time.
     """
-    flat = np.ascontiguousarray(codes).reshape(-1)
-    out = np.empty(flat.shape, dtype=lut.dtype)
-    for start in range(0, flat.size, _LUT_CHUNK):
-        np.take(lut, flat[start : start + _LUT_CHUNK], out=out[start : start + _LUT_CHUNK])
-    return out.reshape(codes.shape)
+    out = np.empty(codes.shape, dtype=lut.dtype)
+    if codes.ndim == 0 or codes.size == 0:  # nothing to chunk (and no row size to divide by)
+        out[...] = np.take(lut, codes)
+        return out
+    rows = max(1, _LUT_CHUNK // (codes.size // codes.shape[0]))
+    for start in range(0, codes.shape[0], rows):
+        np.take(lut, codes[start : start + rows], out=out[start : start + rows])
+    return out
 
 
 def _to_gray_or_bgr(image: np.ndarray) -> np.ndarray:
-    """Drop alpha, keep 1 channel (2-D) or 3 channels (BGR)."""
+    """Drop alpha, keep 1 channel (2-D) or 3 channels (BGR), in the decoded pixel type.
+
+    Runs before :func:`to_uint8`: an opaque 16-bit alpha (65535) would
+    otherwise set the bit depth of a 12-bit image to 16 and darken it 16x.
+    Alpha is dropped as a view (no copy of a 16-bit image); :func:`decode_bytes`
+    makes the uint8 result contiguous.
+    """
     if image.ndim == 2:
         return image
     if image.ndim == 3 and image.shape[2] == 1:
         return image[:, :, 0]
     if image.ndim == 3 and image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        return image[:, :, :3]
     if image.ndim == 3 and image.shape[2] == 3:
         return image
     raise ValueError(f"unsupported image shape {image.shape}")
@@ -346,7 +363,7 @@ def decode_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXEL
     if min(image.shape[:2]) < MIN_SIDE:
         raise ImageDecodeError(name, f"image is {image.shape[1]}x{image.shape[0]}: too small to read")
     try:
-        return _to_gray_or_bgr(to_uint8(image))
+        return np.ascontiguousarray(to_uint8(_to_gray_or_bgr(image)))
     except ValueError as exc:
         raise ImageDecodeError(name, str(exc)) from exc
 
@@ -472,21 +489,80 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
     return decode_bytes(read_image_file(path), name=str(path), max_pixels=max_pixels)
 
 
-def read_image_file(path: str | os.PathLike[str]) -> bytes:
-    """The bytes of one image file, within the size limit; ImageDecodeError naming the file otherwise."""
+def read_image_file(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of one regular file, at most ``max_bytes``; ImageDecodeError naming the file otherwise.
+
+    A FIFO or a device (/dev/zero) lists size 0, so the size check alone would
+    let a read block for ever or run out of memory: such paths are refused
+    from ``stat`` before any open, and no read goes past ``max_bytes + 1``.
+    """
     name = str(path)
     try:
-        size = os.path.getsize(path)
-        if size > MAX_FILE_BYTES:
-            raise ImageDecodeError(name, f"file is {size:,} bytes, over the {MAX_FILE_BYTES:,} byte limit")
-        data = Path(path).read_bytes()
+        info = os.stat(path)  # follows symlinks: a link to an image file is fine
+        _check_regular(name, info.st_mode)
+        if info.st_size > max_bytes:
+            raise ImageDecodeError(name, f"file is {info.st_size:,} bytes, over the {max_bytes:,} byte limit")
+        with open(path, "rb", opener=_open_nonblocking) as file:
+            # Checked again on the open file: the path may have been swapped for a FIFO since the stat.
+            _check_regular(name, os.fstat(file.fileno()).st_mode)
+            data = _read_at_most(file, max_bytes + 1, info.st_size)
     except IsADirectoryError as exc:
         raise ImageDecodeError(name, "is a directory, not an image file") from exc
     except FileNotFoundError as exc:
         raise ImageDecodeError(name, _missing_reason(path)) from exc
     except OSError as exc:
         raise ImageDecodeError(name, f"cannot read file: {exc.strerror or exc}") from exc
+    if len(data) > max_bytes:
+        # Files in /proc list size 0, and a file may grow between the stat and the read.
+        raise ImageDecodeError(
+            name,
+            f"file is over the {max_bytes:,} byte limit, though it listed {info.st_size:,} bytes (it grew "
+            "while being read, or is a special file); send a finished image file under the limit",
+        )
     return data
+
+
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _check_regular(name: str, mode: int) -> None:
+    """Refuse anything but a regular file, saying what the path is instead."""
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise ImageDecodeError(name, "is a directory, not an image file")
+    kind = next((label for test, label in _SPECIAL_FILES if test(mode)), "a special file")
+    raise ImageDecodeError(
+        name,
+        f"is {kind}, not a regular file: only image files are read; save the image to a file and pass that path",
+    )
+
+
+_READ_CHUNK = 1 << 20
+
+
+def _read_at_most(file: BinaryIO, limit: int, expected: int) -> bytes:
+    """At most ``limit`` bytes of ``file``, in one read when it holds the ``expected`` size.
+
+    ``read(limit)`` would reserve ``limit`` bytes (256 MB) up front even for a
+    small file; the rest is read in chunks only when the file has more than it listed.
+    """
+    chunks = [file.read(min(limit, expected + 1))]
+    total = len(chunks[0])
+    while total < limit and chunks[-1]:
+        chunks.append(file.read(min(limit - total, _READ_CHUNK)))
+        total += len(chunks[-1])
+    return b"".join(chunks)
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    """os.open that cannot wait for a FIFO's writer (O_NONBLOCK changes nothing for regular files)."""
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
 def _missing_reason(path: str | os.PathLike[str]) -> str:
