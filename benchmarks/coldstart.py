@@ -27,15 +27,17 @@ import argparse
 import json
 import os
 import resource
+import selectors
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 _MODULE_START = time.perf_counter()
 _READY_LINE = "COLDSTART-READY"
@@ -130,40 +132,99 @@ def _one_child(spec: ColdStartSpec, timeout_s: float) -> dict[str, Any]:
     # another ``benchmarks`` or ``edge_runtime`` would shadow ours; so argv() passes absolute paths.
     repo = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
-    started = time.perf_counter()
-    try:
-        proc = subprocess.Popen(
-            spec.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=repo
-        )
-    except OSError as exc:
-        return {"error": f"could not start a fresh Python process: {exc}"}
-    report: dict[str, Any] | None = None
-    ready, ready_monotonic = started, 0.0
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            if line.strip() == _READY_LINE:
-                ready = time.perf_counter()
-                ready_monotonic = time.monotonic()
-            elif line.startswith(_RESULT_PREFIX):
-                report = json.loads(line[len(_RESULT_PREFIX) :])
-                break
-        _, stderr = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        return {"error": f"fresh process did not finish within {timeout_s:.0f} s"}
-    except KeyboardInterrupt:
-        # Ctrl-C or SIGTERM of the benchmark: the child must not outlive it.
-        proc.kill()
-        proc.wait()
-        raise
-    if report is None or proc.returncode != 0 or ready == started:
-        tail = (stderr or "").strip().splitlines()[-3:]
-        return {"error": f"fresh process failed (exit {proc.returncode}): {' | '.join(tail) or 'no output'}"}
+    # stderr goes to a nameless file, not a pipe: nobody reads it until the end, and a child writing
+    # more than a pipe holds (TensorRT / TensorFlow warnings) would block before its result line. A
+    # TemporaryFile has no name on disk, so nothing is left behind whatever interrupts us.
+    with tempfile.TemporaryFile() as stderr_file:
+        deadline = time.monotonic() + timeout_s
+        started = time.perf_counter()
+        try:
+            proc = subprocess.Popen(
+                spec.argv(), stdout=subprocess.PIPE, stderr=stderr_file, env=env, cwd=repo
+            )
+        except OSError as exc:
+            return {"error": f"could not start a fresh Python process: {exc}"}
+        try:
+            lines = _stdout_lines(proc, deadline)
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            tail = _stderr_tail(stderr_file)
+            return {
+                "error": f"fresh process did not finish within {timeout_s:.0f} s and was killed: "
+                f"{tail or 'no output on stderr'}"
+            }
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM of the benchmark: the child must not outlive it.
+            _kill(proc)
+            raise
+        finally:
+            assert proc.stdout is not None
+            proc.stdout.close()
+        report, ready, ready_monotonic = _parse_child_output(lines, started)
+        if report is None or proc.returncode != 0 or ready == started:
+            tail = _stderr_tail(stderr_file)
+            return {"error": f"fresh process failed (exit {proc.returncode}): {tail or 'no output'}"}
     report["cold_start_s"] = ready - started
     report["ready_seen_monotonic"] = ready_monotonic
     return report
+
+
+def _stdout_lines(proc: subprocess.Popen[bytes], deadline: float) -> list[tuple[str, float, float]]:
+    """The child's stdout lines until it closes it, each stamped (perf_counter, monotonic) as it arrives.
+
+    Reads raw chunks as soon as the pipe has any, so READY is stamped when the parent could first see
+    it, as a blocking line reader would; raises ``subprocess.TimeoutExpired`` once ``deadline`` (a
+    ``time.monotonic`` value) passes, so a child hung before its result cannot hang the benchmark.
+    """
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    lines: list[tuple[str, float, float]] = []
+    pending = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(timeout=remaining):
+                raise subprocess.TimeoutExpired(proc.args, timeout=0.0)
+            chunk = os.read(fd, 65536)
+            seen, seen_monotonic = time.perf_counter(), time.monotonic()
+            if not chunk:
+                break
+            *complete, pending = (pending + chunk).split(b"\n")
+            lines += [(raw.decode("utf-8", "replace"), seen, seen_monotonic) for raw in complete]
+    if pending:
+        lines.append((pending.decode("utf-8", "replace"), time.perf_counter(), time.monotonic()))
+    return lines
+
+
+def _parse_child_output(
+    lines: list[tuple[str, float, float]], started: float
+) -> tuple[dict[str, Any] | None, float, float]:
+    """(result report or None, perf_counter when READY arrived, its monotonic twin); ``started`` if no READY."""
+    ready, ready_monotonic = started, 0.0
+    for line, seen, seen_monotonic in lines:
+        if line.strip() == _READY_LINE:
+            ready, ready_monotonic = seen, seen_monotonic
+        elif line.startswith(_RESULT_PREFIX):
+            report: dict[str, Any] = json.loads(line[len(_RESULT_PREFIX) :])
+            return report, ready, ready_monotonic
+    return None, ready, ready_monotonic
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the child and reap it, so no process or zombie outlives the measurement."""
+    proc.kill()
+    proc.wait()
+
+
+def _stderr_tail(stderr_file: IO[bytes], lines: int = 3) -> str:
+    """The child's last stderr lines, joined on one line for an error record."""
+    # Only the end: a child may have written megabytes of warnings before the lines that matter.
+    size = stderr_file.seek(0, os.SEEK_END)
+    stderr_file.seek(max(0, size - 65536))
+    tail = stderr_file.read().decode("utf-8", "replace").strip().splitlines()[-lines:]
+    return " | ".join(tail)
 
 
 # --------------------------------------------------------------------------- child side
