@@ -57,7 +57,7 @@ demo: install
 	  $(BIN)/pneumo train ensemble "$$@" --out "$$run" --overwrite; fi; \
 	$(BIN)/pneumo export bundle "$$run" -o $(DEMO)/bundle --overwrite --calib-size $$calib --precisions $$precisions; \
 	$(BIN)/pneumo edge build $(DEMO)/bundle --backend ort-cpu; \
-	$(BIN)/pneumo edge predict $(DEMO)/bundle "$$data/test" -o $(DEMO)/predictions.csv --csv; \
+	$(BIN)/pneumo edge predict $(DEMO)/bundle "$$data/test" -o $(DEMO)/predictions.csv --csv --overwrite; \
 	$(BIN)/pneumo bench $(DEMO)/bundle --keras "$$run" --batch 1,8 --duration 2 -o $(DEMO)/bench --overwrite; \
 	echo "demo: model $$run (seeds $(SEEDS)), bundle $(DEMO)/bundle, predictions $(DEMO)/predictions.csv, benchmark $(DEMO)/bench"
 

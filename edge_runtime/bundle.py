@@ -133,7 +133,11 @@ def verify_manifest(root: str | Path) -> dict[str, Any]:
             raise BundleError(f"{path}: sha256 does not match the manifest (modified or corrupt); re-copy it")
     extra = sorted({p.relative_to(root).as_posix() for p in _listed_files(root)} - set(files))
     if extra:
-        raise BundleError(f"{root / extra[0]}: file is not in the manifest (added after export?)")
+        others = f" (and {len(extra) - 1} more, e.g. {extra[1]})" if len(extra) > 1 else ""
+        raise BundleError(
+            f"{root / extra[0]}: file is not in the manifest (added after export?){others}; move or delete it: "
+            f"the bundle keeps only the files its manifest lists, {ENGINES_DIR}/ aside"
+        )
     return manifest
 
 

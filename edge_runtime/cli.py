@@ -14,11 +14,13 @@ import importlib
 import io
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +40,13 @@ EPILOGS = {
   pneumo edge predict bundles/demo xray.png
   pneumo edge predict bundles/demo scans/ 'more/**/*.jpeg' --backend trt --precision fp16 --batch 16
   pneumo edge predict bundles/demo scans/ --csv -o results.csv
+  pneumo edge predict bundles/demo scans/ --csv -o results.csv --overwrite   # replace an earlier results.csv
 
-Folders are searched recursively for image files; inputs are only read, never changed.
-Exit status 1 when any input failed (each is named with its reason).""",
+Folders are searched recursively for images by name (.png, .jpg, .dcm, ...) or, for other names
+(IM000001, .jfif), by content; their other files are listed as SKIPPED with the reason (hidden ones,
+like .DS_Store, are passed over). Inputs are only read, never changed: -o never replaces an input
+nor writes into the bundle, and replaces an existing file only with --overwrite.
+Exit status 1 when any input failed (each is named with its reason); a SKIPPED file is no failure.""",
     "camera": """examples:
   pneumo edge camera bundles/demo --source 0                       # USB camera, window with overlay
   pneumo edge camera bundles/demo --source csi://0 --width 1920 --height 1080 --fps 30 --flip 2
@@ -101,7 +107,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         "too) gets a leading ' so a spreadsheet shows it as text, never runs it: --json keeps the exact names",
     )
     p.add_argument(
-        "-o", "--output", type=Path, help="write the results to this file (atomically) instead of stdout"
+        "-o",
+        "--output",
+        type=Path,
+        help="write the results to this new file instead of stdout (atomically: a failed write leaves no "
+        "partial file); never an input nor a path inside the bundle",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing -o file (an input is refused even so)"
     )
 
     c = sub.add_parser(
@@ -281,9 +294,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "pneumo edge") -> int:
 # ----------------------------------------------------------------------------- predict
 
 
-def _header_lines(info: Any, backend_name: str, precision: str) -> list[str]:
+def _header_lines(info: Any, backend_name: str, precision: str, decimals: int = 3) -> list[str]:
     lines = [
-        f"model {info.model_version} ({info.arch}), threshold {info.threshold:.3f} on P({info.positive_label}), "
+        f"model {info.model_version} ({info.arch}), threshold {info.threshold:.{decimals}f} on "
+        f"P({info.positive_label}), "
         f"backend {backend_name} ({precision})",
         DISCLAIMER,
     ]
@@ -307,14 +321,11 @@ def _predict(args: argparse.Namespace, prog: str) -> int:
         return 2
     if args.output is not None:
         _require_output_file(args.output)
-    bundle = Bundle.open(args.bundle)
+        _require_outside_bundle(args.output, args.bundle)
     inputs = expand_inputs(args.paths)
-    if args.output is not None and _is_one_of(args.output, inputs.files):
-        print(
-            f"{prog}: -o {args.output} is one of the inputs; refusing to overwrite an input",
-            file=sys.stderr,
-        )
-        return 2
+    if args.output is not None:
+        _require_new_output(args.output, inputs.files, args.overwrite)
+    bundle = Bundle.open(args.bundle)
     failures: list[tuple[str, str]] = list(inputs.failures)
     choice = select_backend(bundle, args.backend, args.precision, args.threads, args.dla)
     if args.backend != "auto":  # select_backend logs the auto choice itself
@@ -323,14 +334,83 @@ def _predict(args: argparse.Namespace, prog: str) -> int:
         predictor = Predictor(backend, bundle.info, source_onnx_sha256(bundle, backend))
         workers = default_workers() if args.workers is None else args.workers
         results = predict_files(predictor, inputs.files, bundle.contract, args.batch, workers, failures)
-    text = _format_predictions(args, bundle.info, choice.name, args.precision, results, failures)
+    shown = _Shown(choice.name, args.precision, _shown_decimals(bundle.info.threshold, results))
+    text = _format_predictions(args, bundle.info, shown, results, failures, inputs.skipped)
     _write_predictions(text, args.output, prog, len(results), failures)
-    return _predict_outcome(prog, results, failures)
+    return _predict_outcome(prog, bundle.info, shown, results, failures, inputs.skipped)
+
+
+@dataclass(frozen=True)
+class _Shown:
+    """How a predict run's results are labelled: the backend, precision and decimals shown."""
+
+    backend: str
+    precision: str
+    decimals: int
+
+
+def _shown_decimals(threshold: float, results: Sequence[Prediction]) -> int:
+    """Decimals of the threshold and probabilities in the table: 4, or more where 4 would mislead.
+
+    Both are rounded alike, so p >= threshold still reads so; a p just below the threshold can
+    round onto it (or the threshold round down past it), and then more decimals tell them apart.
+    """
+    for decimals in range(4, 17):
+        threshold_shown = float(f"{threshold:.{decimals}f}")
+        if all(
+            (float(f"{r.probability:.{decimals}f}") >= threshold_shown) == (r.decision == "abnormal")
+            for r in results
+        ):
+            return decimals
+    return 17
+
+
+def _probability_text(probability: float, threshold: float, abnormal: bool, decimals: int) -> str:
+    """``probability`` with ``decimals`` or more, enough that it reads on its side of the exact threshold."""
+    for more in range(decimals, 17):
+        text = f"{probability:.{more}f}"
+        if (float(text) >= threshold) == abnormal:
+            return text
+    return f"{probability:.17f}"
+
+
+def _real(path: Path) -> Path:
+    """``path`` with its symbolic links resolved; a link loop, which names no file, as it is."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # Python 3.11 raises RuntimeError on a loop, 3.13 OSError
+        return path.absolute()
 
 
 def _is_one_of(output: Path, files: Sequence[Path]) -> bool:
-    target = output.resolve()
-    return any(target == f.resolve() for f in files)
+    target = _real(output)
+    return any(target == _real(f) for f in files)
+
+
+def _require_outside_bundle(output: Path, bundle: Path) -> None:
+    """-o may not land in the bundle: an added file makes every later verification of it fail."""
+    root = _real(bundle)
+    # The rename puts the file in -o's real folder; a link named -o is replaced, but refused too.
+    written = (_real(output.parent) / output.name, _real(output))
+    if any(path.is_relative_to(root) for path in written):
+        raise UsageError(
+            f"-o {output}: is inside the bundle {bundle}, which holds only the files its manifest lists (a file "
+            f"added there makes every later 'pneumo edge predict' and 'pneumo edge build' of it fail); write the "
+            f"results outside the bundle, e.g. -o {root.parent / output.name}"
+        )
+
+
+def _require_new_output(output: Path, inputs: Sequence[Path], overwrite: bool) -> None:
+    """-o is a new file, or with --overwrite an existing file that is not one of the inputs."""
+    if _is_one_of(output, inputs):
+        raise UsageError(
+            f"-o {output}: is one of the inputs; refusing to overwrite an input, even with --overwrite: "
+            f"choose another -o, e.g. -o {output.with_name('results.csv')}"
+        )
+    if os.path.lexists(output) and not output.is_file():
+        raise UsageError(f"-o {output}: exists and is not a file; choose another -o")
+    if os.path.lexists(output) and not overwrite:
+        raise UsageError(f"-o {output}: exists; pass --overwrite to replace it")
 
 
 def _write_predictions(
@@ -355,16 +435,35 @@ def _write_predictions(
         failures.append((str(output), f"results not written: {exc.strerror or exc}"))
 
 
-def _predict_outcome(prog: str, results: list[Prediction], failures: list[tuple[str, str]]) -> int:
-    """Name every failure, summarise on stderr and pick the exit status."""
+def _predict_outcome(
+    prog: str,
+    info: Any,
+    shown: _Shown,
+    results: list[Prediction],
+    failures: list[tuple[str, str]],
+    skipped: list[tuple[str, str]],
+) -> int:
+    """Name every failure, summarise on stderr and pick the exit status (a skipped file is no failure)."""
     for name, reason in failures:
         print(f"{prog}: FAILED {name}: {reason}", file=sys.stderr)
     abnormal = sum(1 for r in results if r.decision == "abnormal")
+    # The summary may be all a terminal shows (results in -o or piped on): it says what decided them.
+    warning = f" *** {SYNTHETIC_WARNING} ***" if info.synthetic else ""
     print(
         f"{prog}: {len(results)} images classified ({abnormal} abnormal, {len(results) - abnormal} normal), "
-        f"{len(failures)} failed",
+        f"{len(failures)} failed; model {info.model_version}, threshold {info.threshold:.{shown.decimals}f} "
+        f"on P({info.positive_label}){warning}",
         file=sys.stderr,
     )
+    if skipped:
+        names = ", ".join(name for name, _ in skipped[:3]) + (
+            f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        )
+        print(
+            f"{prog}: {len(skipped)} files not read: {names} (not images; SKIPPED in the results, each with "
+            "its reason)",
+            file=sys.stderr,
+        )
     if failures:
         return 1
     if not results:
@@ -386,8 +485,6 @@ def _require_output_file(path: Path) -> None:
     folder = path.parent
     if not folder.is_dir():
         raise UsageError(f"-o {path}: folder {folder} does not exist; create it first")
-    import os
-
     if not os.access(folder, os.W_OK):
         raise UsageError(f"-o {path}: folder {folder} is not writable; choose another place")
 
@@ -409,42 +506,54 @@ _PREDICTION_CSV_COLUMNS = (
     "note",
 )
 
+# The decision of a file in a folder that was not read because it is not an image.
+SKIPPED = "SKIPPED"
+
 
 def _format_predictions(
     args: argparse.Namespace,
     info: Any,
-    backend_name: str,
-    precision: str,
+    shown: _Shown,
     results: list[Prediction],
     failures: list[tuple[str, str]],
+    skipped: list[tuple[str, str]],
 ) -> str:
     if args.json:
-        return _predictions_json(info, backend_name, precision, results, failures)
+        return _predictions_json(info, shown, results, failures, skipped)
     if args.csv:
-        return _predictions_csv(info, backend_name, precision, results, failures)
-    return _predictions_table(info, backend_name, precision, results, failures)
+        return _predictions_csv(info, shown, results, failures, skipped)
+    return _predictions_table(info, shown, results, failures, skipped)
 
 
 def _predictions_json(
-    info: Any, backend_name: str, precision: str, results: list[Prediction], failures: list[tuple[str, str]]
+    info: Any,
+    shown: _Shown,
+    results: list[Prediction],
+    failures: list[tuple[str, str]],
+    skipped: list[tuple[str, str]],
 ) -> str:
     document = {
         "model_version": info.model_version,
         "threshold": info.threshold,
-        "backend": backend_name,
-        "precision": precision,
+        "backend": shown.backend,
+        "precision": shown.precision,
         "intended_use": info.intended_use,
         "note": DISCLAIMER,
         "synthetic": info.synthetic,
         **({"warning": SYNTHETIC_WARNING} if info.synthetic else {}),
         "results": [r.to_dict() for r in results],
         "failures": [{"source": name, "error": reason} for name, reason in failures],
+        "skipped": [{"source": name, "reason": reason} for name, reason in skipped],
     }
     return json.dumps(document, indent=2) + "\n"
 
 
 def _predictions_csv(
-    info: Any, backend_name: str, precision: str, results: list[Prediction], failures: list[tuple[str, str]]
+    info: Any,
+    shown: _Shown,
+    results: list[Prediction],
+    failures: list[tuple[str, str]],
+    skipped: list[tuple[str, str]],
 ) -> str:
     from edge_runtime.results import spreadsheet_text
 
@@ -458,7 +567,7 @@ def _predictions_csv(
         writer.writerow(
             {
                 "file": spreadsheet_text(r.source),
-                "probability": f"{r.probability:.6f}",
+                "probability": _probability_text(r.probability, r.threshold, r.decision == "abnormal", 6),
                 "label": r.label,
                 "decision": r.decision,
                 "threshold": r.threshold,
@@ -472,15 +581,15 @@ def _predictions_csv(
                 "note": note,
             }
         )
-    for name, reason in failures:
+    for decision, name, reason in _unread(failures, skipped):
         writer.writerow(
             {
                 "file": spreadsheet_text(name),
-                "decision": "FAILED",
+                "decision": decision,
                 "threshold": info.threshold,
                 "model_version": spreadsheet_text(info.model_version),
-                "backend": backend_name,
-                "precision": precision,
+                "backend": shown.backend,
+                "precision": shown.precision,
                 "synthetic": info.synthetic,
                 "error": spreadsheet_text(reason),
                 "note": note,
@@ -489,16 +598,34 @@ def _predictions_csv(
     return buffer.getvalue()
 
 
+def _unread(failures: list[tuple[str, str]], skipped: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """(decision, file, reason) of each file without a result: the failed ones, then the skipped ones."""
+    return [("FAILED", name, reason) for name, reason in failures] + [
+        (SKIPPED, name, reason) for name, reason in skipped
+    ]
+
+
 def _predictions_table(
-    info: Any, backend_name: str, precision: str, results: list[Prediction], failures: list[tuple[str, str]]
+    info: Any,
+    shown: _Shown,
+    results: list[Prediction],
+    failures: list[tuple[str, str]],
+    skipped: list[tuple[str, str]],
 ) -> str:
-    rows = [[r.source, f"{r.probability:.4f}", r.label, r.decision, f"{r.latency_ms:.2f}"] for r in results]
-    rows += [[name, "-", "-", "FAILED", "-"] for name, _ in failures]
-    reasons = "".join(f"FAILED {name}: {reason}\n" for name, reason in failures)
+    decimals = shown.decimals
+    rows = [
+        [r.source, f"{r.probability:.{decimals}f}", r.label, r.decision, f"{r.latency_ms:.2f}"]
+        for r in results
+    ]
+    unread = _unread(failures, skipped)
+    rows += [[name, "-", "-", decision, "-"] for decision, name, _ in unread]
+    reasons = "".join(f"{decision} {name}: {reason}\n" for decision, name, reason in unread)
     return (
-        "\n".join(_header_lines(info, backend_name, precision))
+        "\n".join(_header_lines(info, shown.backend, shown.precision, decimals))
         + "\n\n"
-        + _table(["file", "probability", "label", f"decision@{info.threshold:.3f}", "latency_ms"], rows)
+        + _table(
+            ["file", "probability", "label", f"decision@{info.threshold:.{decimals}f}", "latency_ms"], rows
+        )
         + (f"\n{reasons}" if reasons else "")
     )
 

@@ -440,8 +440,12 @@ def precision_readiness(facts: DeviceFacts) -> list[PrecisionReadiness]:
                 f"bundle's typed {'FP16' if precision == 'fp16' else 'Q/DQ'} ONNX as a strongly typed network"
             )
         if precision == "int8" and (major is None or major < 11):
+            # What plan_build does on TensorRT 10 (edge_runtime.engine_from_onnx), in words.
             notes.append(
-                "INT8 calibrates on the bundle's calibration set (calibration/calib.npy), never on random data"
+                "INT8 builds from the bundle's Q/DQ model (model_int8_qdq.onnx, the INT8 graph export "
+                "measured); only with 'pneumo edge build --int8-source calibrator', or for a bundle without a "
+                "Q/DQ model, does it calibrate model.onnx on the bundle's calibration set (calibration/calib.npy "
+                "or a valid calibration cache), never on random data"
             )
         result.append(
             PrecisionReadiness(

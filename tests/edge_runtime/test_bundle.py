@@ -53,6 +53,17 @@ def test_added_file_and_missing_manifest(tiny_bundle: Path) -> None:
         Bundle.open(tiny_bundle)
 
 
+def test_an_added_file_is_refused_with_what_to_do(tiny_bundle: Path) -> None:
+    (tiny_bundle / "results.csv").write_text("file,probability\n")
+    (tiny_bundle / "zz.txt").write_text("notes")
+    with pytest.raises(BundleError) as refused:
+        verify_manifest(tiny_bundle)
+    assert str(refused.value) == (
+        f"{tiny_bundle / 'results.csv'}: file is not in the manifest (added after export?) (and 1 more, e.g. "
+        "zz.txt); move or delete it: the bundle keeps only the files its manifest lists, engines/ aside"
+    )
+
+
 def test_engines_folder_is_outside_manifest(tiny_bundle: Path) -> None:
     (tiny_bundle / "engines").mkdir()
     (tiny_bundle / "engines" / "x.engine").write_bytes(b"device specific")

@@ -129,3 +129,20 @@ def test_doctor_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert "CPUExecutionProvider" in document["onnxruntime_providers"]
     assert [p["precision"] for p in document["precisions"]] == ["fp32", "fp16", "int8"]
     assert set(document["opencv_backends"]) == {"gstreamer", "v4l2", "ffmpeg"}
+
+
+def test_the_int8_note_on_tensorrt_10_says_what_edge_build_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT 10 builds INT8 from the Q/DQ model when the bundle has one; the note may not say it calibrates."""
+    from edge_runtime.engine_from_onnx import plan_build
+
+    trt_double.install(monkeypatch, version="10.3.0")
+    facts = collect_device_facts(check_providers=False)
+    [note] = {r.precision: r.notes for r in precision_readiness(facts)}["int8"]
+    assert note.startswith("INT8 builds from the bundle's Q/DQ model (model_int8_qdq.onnx")
+    assert (
+        "only with 'pneumo edge build --int8-source calibrator', or for a bundle without a Q/DQ model" in note
+    )
+    # what the note says is what plan_build chooses
+    assert plan_build("10.3.0", "int8", "auto", True, qdq_available=True).onnx_role == "int8_qdq"
+    assert plan_build("10.3.0", "int8", "calibrator", True, qdq_available=True).calibrator
+    assert plan_build("10.3.0", "int8", "auto", True, qdq_available=False).calibrator

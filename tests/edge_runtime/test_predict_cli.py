@@ -40,9 +40,9 @@ def test_table_names_model_threshold_backend_and_disclaimer(
     assert main(["predict", str(tiny_bundle), str(inbox), "--batch", "2"]) == 0
     out, err = capsys.readouterr()
     assert out.startswith("*** SYNTHETIC")
-    assert "model tiny-test-1 (tiny), threshold 0.500 on P(PNEUMONIA), backend ort-cpu (fp32)" in out
+    assert "model tiny-test-1 (tiny), threshold 0.5000 on P(PNEUMONIA), backend ort-cpu (fp32)" in out
     assert "Decision support for a trained clinician, not a diagnosis." in out
-    assert "decision@0.500" in out and "latency_ms" in out
+    assert "decision@0.5000" in out and "latency_ms" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(str(inbox))}
     assert rows[str(inbox / "dark.png")][2:4] == ["NORMAL", "normal"]
     assert "3 images classified (1 abnormal, 2 normal), 0 failed" in err
@@ -341,3 +341,190 @@ def test_the_csv_help_says_formula_like_names_get_a_quote(capsys: pytest.Capture
     text = " ".join(capsys.readouterr().out.split())
     assert "a text cell starting with = + - or @ (a file name too) gets a leading '" in text
     assert "--json keeps the exact names" in text
+
+
+def test_an_output_inside_the_bundle_is_refused_so_the_bundle_stays_usable(
+    tiny_bundle: Path, inbox: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A results file added to the bundle made every later predict and build of it fail verification."""
+    (tmp_path / "link").symlink_to(tiny_bundle)
+    for target in (
+        tiny_bundle / "results.csv",
+        tmp_path / "link" / "results.csv",
+        tiny_bundle / "engines" / "results.csv",
+    ):
+        target.parent.mkdir(exist_ok=True)
+        assert main(["predict", str(tiny_bundle), str(inbox), "--csv", "-o", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"-o {target}: is inside the bundle {tiny_bundle}" in err
+        assert f"write the results outside the bundle, e.g. -o {tmp_path / 'results.csv'}" in err
+        assert "images classified" not in err and not target.exists()
+    assert main(["predict", str(tiny_bundle), str(inbox), "--csv", "-o", str(tmp_path / "results.csv")]) == 0
+    capsys.readouterr()
+    main(
+        ["build", str(tiny_bundle), "--backend", "ort-cpu"]
+    )  # fails later: the tiny bundle has no golden set
+    assert "manifest verified: 4 files match their sha256" in capsys.readouterr().err
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(
+    tiny_bundle: Path, inbox: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = write_image(tmp_path / "other_scan.png", np.full((40, 40), 99, np.uint8))
+    before = sha256_file(target)
+    assert main(["predict", str(tiny_bundle), str(inbox / "dark.png"), "-o", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {target}: exists; pass --overwrite to replace it" in err and "images classified" not in err
+    assert sha256_file(target) == before
+    assert main(["predict", str(tiny_bundle), str(inbox / "dark.png"), "-o", str(target), "--overwrite"]) == 0
+    assert str(inbox / "dark.png") in target.read_text() and "decision@" in target.read_text()
+
+
+def test_an_input_is_never_overwritten_even_with_overwrite(
+    tiny_bundle: Path, inbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = inbox / "ward 2" / "mid.png"
+    before = sha256_file(target)
+    assert main(["predict", str(tiny_bundle), str(inbox), "-o", str(target), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {target}: is one of the inputs; refusing to overwrite an input, even with --overwrite" in err
+    assert sha256_file(target) == before
+
+
+def test_an_output_that_is_not_a_file_is_refused(
+    tiny_bundle: Path, inbox: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    for overwrite in ([], ["--overwrite"]):
+        assert main(["predict", str(tiny_bundle), str(inbox), "-o", str(pipe), *overwrite]) == 2
+        assert f"-o {pipe}: exists and is not a file; choose another -o" in capsys.readouterr().err
+        assert pipe.is_fifo()
+
+
+def test_a_failed_overwrite_keeps_the_earlier_results_whole(
+    tiny_bundle: Path, inbox: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 250 characters pass the -o check, but the temporary file beside it gets a name over 255: the write fails.
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / ("r" * 246 + ".csv")
+    target.write_text("earlier results\n")
+    command = [
+        "predict",
+        str(tiny_bundle),
+        str(inbox / "dark.png"),
+        "--csv",
+        "-o",
+        str(target),
+        "--overwrite",
+    ]
+    assert main(command) == 1
+    out, err = capsys.readouterr()
+    assert target.read_text() == "earlier results\n", "never a truncated or half-written file"
+    assert out.startswith("file,probability") and f"cannot write {target}" in err
+    assert list((tmp_path / "out").iterdir()) == [target], "no temporary file left behind"
+
+
+def test_a_folder_lists_every_file_it_does_not_classify(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """IM000001 (a PNG without extension, as PACS exports write) and .jfif are classified; .webp fails
+    with the decoder's reason; a text file is SKIPPED, listed everywhere a result is, and no failure."""
+    import cv2
+
+    scans = tmp_path / "export"
+    write_image(scans / "a.png", np.full((40, 40), 30, np.uint8))
+    write_image(scans / "IM000001", np.full((40, 40), 230, np.uint8), ".png")
+    write_image(scans / "c.jfif", np.full((40, 40), 40, np.uint8), ".jpg")
+    (scans / "b.webp").write_bytes(cv2.imencode(".webp", np.full((40, 40), 50, np.uint8))[1].tobytes())
+    (scans / "README.TXT").write_text("burned by the PACS")
+    (scans / "._a.png").write_bytes(b"\x00\x05\x16\x07")
+    (scans / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    readme, webp = str(scans / "README.TXT"), str(scans / "b.webp")
+    not_an_image = "not an image: content is not PNG, JPEG, BMP, TIFF or DICOM"
+
+    assert main(["predict", str(tiny_bundle), str(scans)]) == 1  # b.webp failed
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(str(scans))}
+    assert rows[str(scans / "IM000001")][1:3] == ["PNEUMONIA", "abnormal"]
+    assert rows[str(scans / "c.jfif")][1:3] == ["NORMAL", "normal"]
+    assert rows[webp] == ["-", "-", "FAILED", "-"] and rows[readme] == ["-", "-", "SKIPPED", "-"]
+    assert f"FAILED {webp}: WebP file: this format is not supported" in out
+    assert f"SKIPPED {readme}: {not_an_image}" in out
+    assert "._a.png" not in out + err and ".DS_Store" not in out + err
+    assert "3 images classified (1 abnormal, 2 normal), 1 failed" in err
+    assert f"1 files not read: {readme} (not images; SKIPPED in the results, each with its reason)" in err
+
+    assert main(["predict", str(tiny_bundle), str(scans), "--json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert [r["source"] for r in document["results"]] == [
+        str(scans / n) for n in ("IM000001", "a.png", "c.jfif")
+    ]
+    assert [f["source"] for f in document["failures"]] == [webp]
+    assert document["skipped"] == [{"source": readme, "reason": not_an_image}]
+
+    assert main(["predict", str(tiny_bundle), str(scans), "--csv"]) == 1
+    csv_rows = {r["file"]: r for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert (csv_rows[readme]["decision"], csv_rows[readme]["error"]) == ("SKIPPED", not_an_image)
+    assert csv_rows[readme]["model_version"] == "tiny-test-1" and csv_rows[readme]["threshold"] == "0.5"
+
+    (scans / "b.webp").unlink()  # what remains is classified: a skipped file is no failure
+    assert main(["predict", str(tiny_bundle), str(scans), "--csv", "-o", str(tmp_path / "r.csv")]) == 0
+    assert "1 files not read" in capsys.readouterr().err
+
+
+def test_the_summary_says_model_threshold_and_synthetic_when_results_go_to_a_file(
+    tiny_bundle: Path, inbox: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for fmt in ("--csv", "--json", "--batch"):
+        target = tmp_path / f"results{fmt}"
+        extra = ["3"] if fmt == "--batch" else []
+        assert main(["predict", str(tiny_bundle), str(inbox), fmt, *extra, "-o", str(target)]) == 0
+        out, err = capsys.readouterr()
+        assert out == ""
+        [summary] = [line for line in err.splitlines() if "images classified" in line]
+        assert summary.endswith(
+            "3 images classified (1 abnormal, 2 normal), 0 failed; model tiny-test-1, threshold 0.5000 on "
+            "P(PNEUMONIA) *** SYNTHETIC: trained on procedural phantom images, not X-rays. Demo only. ***"
+        )
+
+
+def test_the_table_never_shows_a_probability_on_the_wrong_side_of_its_threshold(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As in the review: threshold 0.66687 and p 0.66690 printed as '0.6669 abnormal' under 'decision@0.667'."""
+    import re
+
+    from edge_runtime.bundle import write_manifest
+    from edge_runtime.contract import ModelInfo
+
+    scans = tmp_path / "grays"
+    for value in range(120, 200):
+        write_image(scans / f"{value}.png", np.full((32, 32), value, np.uint8))
+    assert main(["predict", str(tiny_bundle), str(scans), "--json"]) == 0
+    probabilities = [r["probability"] for r in json.loads(capsys.readouterr().out)["results"]]
+    # a p whose 4-decimal rounding is below its 3-decimal one: a threshold just under it rounds above it
+    p = next(p for p in probabilities if 0.00055 <= p % 0.001 < 0.00094)
+    for threshold in (p - 0.00003, p + 1e-7):  # abnormal by a hair; normal by a hair
+        ModelInfo(model_version="tiny-test-1", arch="tiny", threshold=threshold, synthetic=True).save(
+            tiny_bundle
+        )
+        write_manifest(tiny_bundle)
+        assert main(["predict", str(tiny_bundle), str(scans)]) == 0
+        out, err = capsys.readouterr()
+        [shown] = re.findall(r"decision@(\d\.\d+)", out)
+        rows = [line.split() for line in out.splitlines() if line.startswith(str(scans))]
+        assert len(rows) == len(probabilities)
+        for _, probability, _, decision, _ in rows:
+            assert len(probability.split(".")[1]) <= len(shown.split(".")[1])
+            assert (float(probability) >= float(shown)) == (decision == "abnormal"), (
+                probability,
+                decision,
+                shown,
+            )
+        assert f"threshold {shown} on P(PNEUMONIA)" in out and f"threshold {shown} on P(PNEUMONIA)" in err
+        assert main(["predict", str(tiny_bundle), str(scans), "--csv"]) == 0
+        for row in csv.DictReader(io.StringIO(capsys.readouterr().out)):
+            assert (float(row["probability"]) >= float(row["threshold"])) == (
+                row["decision"] == "abnormal"
+            ), row

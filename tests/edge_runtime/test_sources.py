@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,51 @@ def test_folders_are_searched_recursively_for_images_only(tmp_path: Path) -> Non
         "sub/deeper/c.png",
     ]
     assert found.failures == []
+    # a file in a folder that is not an image is listed with the reason; hidden ones are passed over
+    assert found.skipped == [
+        (str(tmp_path / "notes.txt"), "not an image: content is not PNG, JPEG, BMP, TIFF or DICOM")
+    ]
+
+
+def test_files_without_an_image_name_are_read_by_content(tmp_path: Path) -> None:
+    """PACS exports name images IM000001, phones .jfif: classified by content, the rest listed, none dropped."""
+    import cv2
+
+    image = np.full((40, 40), 128, np.uint8)
+    write_image(tmp_path / "a.png", image)
+    write_image(tmp_path / "IM000001", image, ".png")
+    write_image(tmp_path / "c.jfif", image, ".jpg")
+    ok, webp = cv2.imencode(".webp", image)
+    assert ok
+    (tmp_path / "b.webp").write_bytes(webp.tobytes())  # read: the decoder's refusal names WebP
+    (tmp_path / "empty").write_bytes(b"")  # read: the decoder says it is empty
+    dicom_index = b"\x00" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00"
+    (tmp_path / "DICOMDIR").write_bytes(dicom_index)
+    (tmp_path / "README.TXT").write_text("Viewer: run autorun.exe")
+    os.mkfifo(tmp_path / "pipe")  # never opened: it would block
+    (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07")  # macOS resource fork: hidden, passed over
+    (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    found = expand_inputs([str(tmp_path)])
+    assert [p.name for p in found.files] == ["IM000001", "a.png", "b.webp", "c.jfif", "empty"]
+    assert found.failures == []
+    assert found.skipped == [
+        (
+            str(tmp_path / "DICOMDIR"),
+            "DICOMDIR: the index of a DICOM export, which lists the images and holds none",
+        ),
+        (str(tmp_path / "README.TXT"), "not an image: content is not PNG, JPEG, BMP, TIFF or DICOM"),
+        (str(tmp_path / "pipe"), "not a regular file (a pipe, socket or device), so not an image"),
+    ]
+
+
+def test_a_file_named_and_in_a_folder_given_is_read_not_skipped(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    found = expand_inputs([str(tmp_path), str(tmp_path), str(tmp_path / "notes.txt")])
+    assert found.files == [tmp_path / "notes.txt"] and found.skipped == []
+    found = expand_inputs([str(tmp_path), str(tmp_path)])
+    assert found.skipped == [
+        (str(tmp_path / "notes.txt"), "not an image: content is not PNG, JPEG, BMP, TIFF or DICOM")
+    ]
 
 
 def test_order_is_kept_and_duplicates_dropped(tmp_path: Path) -> None:
