@@ -108,7 +108,9 @@ def plan_auto(base: Path = Path("."), bundle_path: Path | None = None) -> AutoPl
     notes = [f"--auto: bundle {bundle.root}" + ("" if bundle_path else " (newest valid manifest)")]
     run = find_run_for(base, bundle)
     notes.append(
-        f"--auto: Keras reference {run}" if run else "--auto: no run folder with model.h5 for this bundle"
+        f"--auto: Keras reference {run}"
+        if run
+        else "--auto: no run folder holding the model.h5 this bundle was exported from (same sha256)"
     )
     real = real_data_root(base)
     data = None

@@ -26,9 +26,8 @@ import signal
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 
 RETRY_S = 0.25
@@ -64,8 +63,11 @@ class _Run:
     """What the handler and the resend thread share; plain attributes, as a handler must not take locks."""
 
     main_id: int
+    pid: int
     wake_fd: int
+    finished: threading.Event = field(default_factory=threading.Event)
     requested: bool = False
+    woken: bool = False
     done: bool = False
 
     def wake(self) -> None:
@@ -77,7 +79,9 @@ class _Run:
 def sigterm_as_interrupt(retry_s: float = RETRY_S) -> Iterator[None]:
     """Make SIGTERM unwind like Ctrl-C while the ``with`` body runs (main thread only).
 
-    Elsewhere nothing changes: only the main thread may set signal handlers.
+    A SIGTERM that could not land in the body (held back until its last moment, or arriving
+    as it ends) is raised once the body has ended normally: it is never dropped. Elsewhere
+    nothing changes: only the main thread may set signal handlers.
     """
     main = threading.main_thread()
     if threading.current_thread() is not main or main.ident is None:
@@ -85,28 +89,38 @@ def sigterm_as_interrupt(retry_s: float = RETRY_S) -> Iterator[None]:
         return
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
-    run = _Run(main_id=main.ident, wake_fd=write_fd)
+    run = _Run(main_id=main.ident, pid=os.getpid(), wake_fd=write_fd)
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
-        if run.done:
-            return  # the body has ended: this is a late resend
-        if not run.requested:
-            run.requested = True
+        if os.getpid() != run.pid:
+            # A child forked in the body shares the pipe: it must not wake this process's resender.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        run.requested = True
+        if not run.woken:
+            run.woken = True
             run.wake()
-        if unsafe_to_interrupt(frame) or interrupt_unwinding(sys.exc_info()[1]):
-            return  # the resend thread asks again in retry_s
+        if run.done or unsafe_to_interrupt(frame) or interrupt_unwinding(sys.exc_info()[1]):
+            return  # the resend thread asks again in retry_s, or the end of the body raises it
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    # A parent that started us with SIGTERM blocked (its mask is inherited across exec) would keep
-    # the signal pending forever, handler or not: seen under pytest after other tests had run.
-    previous_mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    # What to put back, read before anything changes: a signal may land right after each change
+    # (a pending one the moment SIGTERM is unblocked), and the clean-up below must undo it.
+    previous = signal.getsignal(signal.SIGTERM)
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     resender = threading.Thread(
         target=_resend_until_done, args=(run, read_fd, retry_s), name="sigterm-resend", daemon=True
     )
-    resender.start()
+    body_raised = True
     try:
+        resender.start()
+        signal.signal(signal.SIGTERM, interrupt)
+        # A parent that started us with SIGTERM blocked (its mask is inherited across exec) would keep
+        # the signal pending forever, handler or not: seen under pytest after other tests had run.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         yield
+        body_raised = False
     finally:
         try:
             run.done = True
@@ -114,20 +128,21 @@ def sigterm_as_interrupt(retry_s: float = RETRY_S) -> Iterator[None]:
             # Reached with run.done set, or with a KeyboardInterrupt unwinding: either way the
             # handler no longer raises, so this clean-up is not cut short.
             run.done = True
+            run.finished.set()
             run.wake()
-            resender.join()  # no resend may arrive after the handler below is put back
+            if resender.ident is not None:
+                resender.join()  # no resend may arrive after the handler below is put back
             os.close(read_fd)
             os.close(write_fd)
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
             # None: a handler set outside Python, which cannot be put back; the default is the closest.
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    if run.requested and not body_raised:
+        raise KeyboardInterrupt(f"signal {signal.SIGTERM.value}")
 
 
 def _resend_until_done(run: _Run, read_fd: int, retry_s: float) -> None:
     os.read(read_fd, 1)  # blocks until the first SIGTERM or the end of the body: no polling meanwhile
-    while True:
-        time.sleep(retry_s)
-        if run.done:
-            return
+    while not run.finished.wait(retry_s):
         # A real signal, not _thread.interrupt_main(): it also wakes a main thread blocked in a read.
         signal.pthread_kill(run.main_id, signal.SIGTERM)

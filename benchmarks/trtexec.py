@@ -15,6 +15,7 @@ like (TensorRT 8.6 - 10.x)::
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -80,12 +81,13 @@ def run_trtexec(
     input_shape: tuple[int, int, int],
     duration_s: float,
     warmup_s: float,
-    timeout_s: float = 600.0,
+    timeout_s: float | None = None,
     dla_core: int | None = None,
 ) -> dict[str, Any]:
     """Run ``trtexec --loadEngine`` and return its parsed summary plus the exact command.
 
     A DLA engine is run on the core it was built for (``--useDLACore``), as the Python runtime does.
+    ``timeout_s`` defaults to the timed duration and warm-up plus 5 minutes for loading the engine.
     """
     argv = [
         str(trtexec),
@@ -97,13 +99,14 @@ def run_trtexec(
         argv.append(f"--useDLACore={dla_core}")
     if input_name:
         argv.append(f"--shapes={input_name}:{batch}x{'x'.join(str(d) for d in input_shape)}")
+    limit = timeout_s if timeout_s is not None else duration_s + warmup_s + 300.0
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=limit, check=False)
     except subprocess.TimeoutExpired:
         # A RuntimeError like every other trtexec failure: the run records a skip and keeps its rows.
         raise RuntimeError(
-            f"trtexec did not finish within {timeout_s:.0f} s (stopped): {engine}; run the printed "
-            "command by hand to see where it hangs"
+            f"trtexec did not finish within {limit:.0f} s (a {duration_s:g} s run) and was stopped; "
+            f"run it by hand to see where it stalls: {shlex.join(argv)}"
         ) from None
     if proc.returncode != 0:
         tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])

@@ -483,7 +483,8 @@ def foreign_log_reason(path: Path) -> str | None:
     if b"\n" not in head:
         if info.st_size > LOG_CHECK_BYTES:
             return f"no line break in its first {LOG_CHECK_BYTES} bytes"
-        torn_record = head.startswith(b'{"') and not _is_json_object(head)
+        # A record cut off, or the zeros a power cut leaves before the first line reached the disk.
+        torn_record = (head.startswith(b'{"') and not _is_json_object(head)) or not head.strip(b"\0")
         return None if torn_record else "it has no complete line"
     first = head[: head.index(b"\n")]
     end = tail.rfind(b"\n")

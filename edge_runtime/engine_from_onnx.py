@@ -561,13 +561,15 @@ def _make_entropy_calibrator(
 
         def write_calibration_cache(self, cache: Any) -> None:
             data = bytes(memoryview(cache))
-            atomic_write_bytes(state.cache_path, data)
+            # The sidecar first: a crash between the two writes then leaves a cache whose sha256
+            # does not match (recalibrated next time), never one that looks like somebody else's.
             CalibrationCacheInfo(
                 cache_sha256=hashlib.sha256(data).hexdigest(),
                 images=state.images_used,
                 created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 **cache_info,
             ).save(sidecar_path(state.cache_path))
+            atomic_write_bytes(state.cache_path, data)
 
         def free(self) -> None:
             if self._device_input is not None:
@@ -605,9 +607,9 @@ def _prepare_calibrator(
         # Not a cache this toolkit wrote (a trtexec cache, or any file of that name): recalibrating
         # would replace it, and reading it would trust scales nobody can trace.
         raise EngineBuildError(
-            f"{cache_path} exists but {sidecar_path(cache_path).name} is not beside it, so this is not a "
-            "calibration cache pneumo wrote: it is neither used nor replaced. Move it away, or give "
-            "another path with --calib-cache"
+            f"{cache_path} exists but {sidecar_path(cache_path).name} beside it is missing or unreadable, "
+            "so this is not a calibration cache pneumo wrote: it is neither used nor replaced. Move it "
+            "away, or give another path with --calib-cache"
         )
     if problem is not None and calibration is None:
         raise EngineBuildError(

@@ -552,12 +552,14 @@ def _read_at_most(file: BinaryIO, limit: int, expected: int) -> bytes:
     ``read(limit)`` would reserve ``limit`` bytes (256 MB) up front even for a
     small file; the rest is read in chunks only when the file has more than it listed.
     """
-    chunks = [file.read(min(limit, expected + 1))]
-    total = len(chunks[0])
+    first = file.read(min(limit, expected + 1))
+    chunks = [first]
+    total = len(first)
     while total < limit and chunks[-1]:
         chunks.append(file.read(min(limit - total, _READ_CHUNK)))
         total += len(chunks[-1])
-    return b"".join(chunks)
+    # The usual case (the file held what it listed) returns the one read: a join would copy it.
+    return first if total == len(first) else b"".join(chunks)
 
 
 def _open_nonblocking(path: str, flags: int) -> int:

@@ -173,8 +173,9 @@ class WatchDaemon:
 
     def _beat(self, force: bool = False) -> None:
         self.space.check()
-        self.heartbeat_file.beat(self.heartbeat, force)
+        # The ping first: the heartbeat's two fsyncs on a slow card must not eat into the watchdog's margin.
         self.notifier.alive(self.status_line())
+        self.heartbeat_file.beat(self.heartbeat, force)
         self._report_notify_error()
 
     def status_line(self) -> str:

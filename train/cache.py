@@ -62,7 +62,9 @@ from train.errors import DataError
 
 # 2: keys are digests of the bytes on disk. Schema 1 keyed by MANIFEST.csv digests and could hold
 # another file's pixels under a key, so its stores are never reused (the contract key includes this).
-CACHE_SCHEMA = 2
+# 3: the decoder drops alpha before a 16-bit image's bit depth is chosen; stores of 2 may hold such
+# images darkened, which the runtime no longer does.
+CACHE_SCHEMA = 3
 INDEX_FILE = "index.json"
 # Rows per shard: a crash loses at most one shard of decoding work.
 SHARD_ROWS = 1024

@@ -149,3 +149,62 @@ def test_other_threads_change_nothing() -> None:
     worker.start()
     worker.join()
     assert seen == [before]
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_sigterm_pending_at_entry_unwinds_with_everything_put_back() -> None:
+    """Inherited blocked and already pending, it lands the moment the handler unblocks it: still clean."""
+    import threading
+
+    before, fds = signal.getsignal(signal.SIGTERM), _open_fds()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        # To this thread: a process-wide SIGTERM would go to a thread that does not block it (numpy's).
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+        ran: list[bool] = []
+        with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt(retry_s=0.05):
+            _wait_for_interrupt()
+            ran.append(True)
+        assert signal.getsignal(signal.SIGTERM) == before
+        assert signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, set()), "the mask is put back"
+        assert not any(t.name == "sigterm-resend" for t in threading.enumerate())
+        assert _open_fds() <= fds | {str(fd) for fd in range(3)}, "the wake pipe is closed"
+        assert ran == []
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def test_a_sigterm_held_back_until_the_body_ends_is_raised_after_it() -> None:
+    """Never dropped: a body that finishes inside tempfile's code after a SIGTERM still ends in Ctrl-C."""
+    source = (
+        "def last_step():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    end = time.monotonic() + 0.2\n"
+        "    while time.monotonic() < end:\n"
+        "        time.sleep(0.01)\n"
+    )
+    last_step = _compiled_as(tempfile.__file__, source)["last_step"]
+    finished: list[bool] = []
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt(retry_s=60.0):  # no resend in time
+        last_step()
+        finished.append(True)
+    assert finished == [True]
+
+
+def test_a_forked_child_s_sigterm_ends_the_child_and_leaves_the_parent_running() -> None:
+    with sigterm_as_interrupt(retry_s=0.05):
+        pid = os.fork()
+        if pid == 0:  # the child: its SIGTERM must act as the default, not wake the parent's resender
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            finally:
+                os._exit(3)  # reached only if the SIGTERM did not end it
+        _, status = os.waitpid(pid, 0)
+        end = time.monotonic() + 0.5  # ten resend periods: an interrupt would land here
+        while time.monotonic() < end:
+            time.sleep(0.01)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM

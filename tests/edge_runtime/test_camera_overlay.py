@@ -94,6 +94,7 @@ EARLIER = b'{"earlier": "run"}\n'
         pytest.param(EARLIER + b'{"frame": 7, "probabil', EARLIER, id="torn-last-line"),
         pytest.param(b'{"frame": 0, "probabil', b"", id="torn-first-line"),
         pytest.param(EARLIER + b"\0" * 4096, EARLIER, id="zeros-after-power-cut"),
+        pytest.param(b"\0" * 4096, b"", id="zeros-before-the-first-line"),
         # Larger than the window read to tell a log from another file (LOG_CHECK_BYTES at each end).
         pytest.param(EARLIER * 80_000 + b'{"frame": 7, "pro', EARLIER * 80_000, id="large-log"),
     ],

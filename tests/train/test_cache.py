@@ -162,6 +162,8 @@ def test_unchanged_files_are_not_read_again(
     cache = tmp_path / "cache"
     contract = PreprocessContract(height=32, width=32)
     # Files written a moment ago may change again within one timestamp tick: hashed until older.
+    # (An hour's window: a stall of the test machine past the real 2 s must not make them "old".)
+    monkeypatch.setattr(cache_module, "RACY_NS", 3600 * 1_000_000_000)
     assert load_arrays(samples, LABELS, contract, cache_dir=cache, progress=False).hashed == 4
     again = load_arrays(samples, LABELS, contract, cache_dir=cache, progress=False)
     assert again.hashed == 4 and again.decoded == 0
