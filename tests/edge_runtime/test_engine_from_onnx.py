@@ -367,7 +367,10 @@ def test_a_calibration_cache_pneumo_did_not_write_is_neither_used_nor_replaced(
     foreign = b"TRT-1030-EntropyCalibration2\nmade by trtexec\n"
     config.calibration_cache.write_bytes(foreign)
     engine = tmp_path / "eng" / "int8.engine"
-    with pytest.raises(EngineBuildError, match="missing or unreadable, so this is not a calibration cache pneumo wrote.*--calib-cache"):
+    with pytest.raises(
+        EngineBuildError,
+        match="missing or unreadable, so this is not a calibration cache pneumo wrote.*--calib-cache",
+    ):
         build_engine(sources, engine, config, calibration)
     assert config.calibration_cache.read_bytes() == foreign
     assert not sidecar_path(config.calibration_cache).exists() and not engine.exists()
