@@ -62,9 +62,9 @@ from edge_runtime import __version__
 from edge_runtime.bundle import ONNX_FOR_PRECISION, Bundle
 from edge_runtime.device import TENSORRT_HINT, CudaDevice, cuda_device, device_key, tensorrt_too_old
 from edge_runtime.engine_sidecar import (
-    CALIBRATION_CACHE_SCHEMA,
     CalibrationCacheInfo,
     EngineSidecar,
+    calibration_cache_info,
     calibration_cache_problem,
     sidecar_path,
 )
@@ -580,11 +580,6 @@ def _make_entropy_calibrator(
     return EntropyCalibrator()
 
 
-def _cache_origin_unknown(cache_path: Path) -> bool:
-    info = CalibrationCacheInfo.load(sidecar_path(cache_path))
-    return info is None or info.schema != CALIBRATION_CACHE_SCHEMA
-
-
 def _prepare_calibrator(
     trt: Any,
     builder: Any,
@@ -603,7 +598,7 @@ def _prepare_calibrator(
         calibration_sha256=calibration.sha256 if calibration is not None else None,
         onnx_sha256=onnx_sha256,
     )
-    if problem is not None and cache_path.exists() and _cache_origin_unknown(cache_path):
+    if problem is not None and cache_path.exists() and calibration_cache_info(cache_path) is None:
         # Not a cache this toolkit wrote (a trtexec cache, or any file of that name): recalibrating
         # would replace it, and reading it would trust scales nobody can trace.
         raise EngineBuildError(

@@ -264,6 +264,12 @@ class CalibrationCacheInfo:
             return None
 
 
+def calibration_cache_info(cache_path: str | Path) -> CalibrationCacheInfo | None:
+    """The sidecar pneumo wrote beside ``cache_path``; None when it is missing, unreadable or of another schema."""
+    info = CalibrationCacheInfo.load(sidecar_path(Path(cache_path)))
+    return info if info is not None and info.schema == CALIBRATION_CACHE_SCHEMA else None
+
+
 def calibration_cache_problem(
     cache_path: str | Path, *, tensorrt_version: str, calibration_sha256: str | None, onnx_sha256: str
 ) -> str | None:
@@ -277,8 +283,8 @@ def calibration_cache_problem(
     info_path = sidecar_path(cache_path)
     if not cache_path.is_file():
         return f"{cache_path} does not exist"
-    info = CalibrationCacheInfo.load(info_path)
-    if info is None or info.schema != CALIBRATION_CACHE_SCHEMA:
+    info = calibration_cache_info(cache_path)
+    if info is None:
         return f"{info_path} is missing or unreadable, so the cache's origin is unknown"
     if info.tensorrt_version != tensorrt_version:
         return f"it was written by TensorRT {info.tensorrt_version}, this is {tensorrt_version}"
